@@ -1,0 +1,200 @@
+//! The one way to run a PostgreSQL program: an absolute path from a chosen
+//! bindir (never PATH), a cleared environment with an explicit allow-list,
+//! English messages, stdin closed, both output pipes drained, and the exit
+//! status always checked. Failures keep the command line and stderr's tail.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// What an observer (the CLI's `--verbose`) learns about each command.
+pub struct CommandRecord<'a> {
+    pub command_line: &'a str,
+    pub duration: Duration,
+    pub success: bool,
+}
+
+type Observer = Box<dyn Fn(&CommandRecord<'_>) + Send + Sync>;
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+/// Installs the process-wide observer; the first call wins.
+pub fn set_observer(observer: impl Fn(&CommandRecord<'_>) + Send + Sync + 'static) {
+    let _ = OBSERVER.set(Box::new(observer));
+}
+
+/// Environment variables passed through from our own environment; everything
+/// else (notably PG* variables that would redirect a client) is dropped.
+const PASSED_THROUGH: &[&str] = &["HOME", "TMPDIR", "TZ"];
+
+/// A PostgreSQL program invocation being built.
+#[derive(Debug, Clone)]
+pub struct PgCommand {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+/// A finished command's captured output.
+#[derive(Debug)]
+pub struct Captured {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PgCommand {
+    pub fn new(program: impl Into<PathBuf>) -> PgCommand {
+        PgCommand {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> PgCommand {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> PgCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> PgCommand {
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The command as a shell-quoted line, for logs and error messages.
+    pub fn command_line(&self) -> String {
+        std::iter::once(self.program.as_os_str())
+            .chain(self.args.iter().map(OsString::as_os_str))
+            .map(|part| shell_quote(&part.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn build(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).env_clear();
+        for key in PASSED_THROUGH {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
+        command
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LC_ALL", "C")
+            .env("LC_MESSAGES", "C")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the program and fails unless it exits with status 0.
+    pub fn run(&self) -> Result<Captured, Error> {
+        let (status, captured) = self.run_unchecked()?;
+        if status.success() {
+            Ok(captured)
+        } else {
+            Err(Error::CommandFailed {
+                command: self.command_line(),
+                status: describe_status(status),
+                stderr_tail: tail(&captured.stderr, &captured.stdout),
+            })
+        }
+    }
+
+    /// Runs the program and returns its status without judging it.
+    pub fn run_unchecked(&self) -> Result<(std::process::ExitStatus, Captured), Error> {
+        let line = self.command_line();
+        let started = Instant::now();
+        let output = self.build().output().map_err(|source| Error::Spawn {
+            command: line.clone(),
+            source,
+        })?;
+        if let Some(observer) = OBSERVER.get() {
+            observer(&CommandRecord {
+                command_line: &line,
+                duration: started.elapsed(),
+                success: output.status.success(),
+            });
+        }
+        Ok((
+            output.status,
+            Captured {
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            },
+        ))
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// The last few lines of stderr (or stdout when stderr is empty).
+fn tail(stderr: &str, stdout: &str) -> String {
+    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Quotes a word for display the way a POSIX shell would need it.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_failures_are_reported_precisely() {
+        assert_eq!(shell_quote("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(shell_quote("it's here"), r"'it'\''s here'");
+        assert_eq!(shell_quote(""), "''");
+        let err = PgCommand::new("/bin/sh")
+            .args(["-c", "echo oops >&2; exit 3"])
+            .run()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("exit status 3") && text.contains("oops"), "{text}");
+        let err = PgCommand::new("/nonexistent/postgres").run().unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }));
+    }
+
+    #[test]
+    fn environment_is_cleared_except_the_allow_list() {
+        std::env::set_var("PGHOST", "elsewhere.example");
+        let out = PgCommand::new("/usr/bin/env").run().unwrap().stdout;
+        assert!(!out.contains("PGHOST"), "{out}");
+        assert!(out.contains("LC_ALL=C"));
+    }
+}
