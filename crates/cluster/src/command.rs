@@ -64,12 +64,14 @@ impl PgCommand {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> PgCommand {
-        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -153,7 +155,11 @@ fn describe_status(status: std::process::ExitStatus) -> String {
 
 /// The last few lines of stderr (or stdout when stderr is empty).
 fn tail(stderr: &str, stdout: &str) -> String {
-    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
@@ -185,7 +191,10 @@ mod tests {
             .run()
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("exit status 3") && text.contains("oops"), "{text}");
+        assert!(
+            text.contains("exit status 3") && text.contains("oops"),
+            "{text}"
+        );
         let err = PgCommand::new("/nonexistent/postgres").run().unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }));
     }

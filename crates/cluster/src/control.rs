@@ -230,10 +230,11 @@ impl ControlFile {
         }
         let r = Reader(bytes);
         let version = r.u32(off::PG_CONTROL_VERSION);
-        let (layout_major, tail) = tail_for(version).ok_or_else(|| Error::ControlUnknownVersion {
-            path: path.into(),
-            found: version,
-        })?;
+        let (layout_major, tail) =
+            tail_for(version).ok_or_else(|| Error::ControlUnknownVersion {
+                path: path.into(),
+                found: version,
+            })?;
         if bytes.len() < tail.crc + 4 {
             return Err(Error::ControlTruncated {
                 path: path.into(),
@@ -340,51 +341,137 @@ impl ControlFile {
             other => format!("unrecognized wal_level {other}"),
         };
         let mut lines = vec![
-            ("pg_control version number", self.pg_control_version.to_string()),
+            (
+                "pg_control version number",
+                self.pg_control_version.to_string(),
+            ),
             ("Catalog version number", self.catalog_version.to_string()),
-            ("Database system identifier", self.system_identifier.to_string()),
+            (
+                "Database system identifier",
+                self.system_identifier.to_string(),
+            ),
             ("Database cluster state", self.state.describe()),
-            ("Latest checkpoint location", format_lsn(self.checkpoint_lsn)),
-            ("Latest checkpoint's REDO location", format_lsn(self.redo_lsn)),
+            (
+                "Latest checkpoint location",
+                format_lsn(self.checkpoint_lsn),
+            ),
+            (
+                "Latest checkpoint's REDO location",
+                format_lsn(self.redo_lsn),
+            ),
             ("Latest checkpoint's TimeLineID", self.timeline.to_string()),
-            ("Latest checkpoint's PrevTimeLineID", self.prev_timeline.to_string()),
-            ("Latest checkpoint's full_page_writes", on_off(self.full_page_writes)),
+            (
+                "Latest checkpoint's PrevTimeLineID",
+                self.prev_timeline.to_string(),
+            ),
+            (
+                "Latest checkpoint's full_page_writes",
+                on_off(self.full_page_writes),
+            ),
             ("Latest checkpoint's NextXID", self.next_xid_text()),
             ("Latest checkpoint's NextOID", self.next_oid.to_string()),
-            ("Latest checkpoint's NextMultiXactId", self.next_multixact.to_string()),
-            ("Latest checkpoint's NextMultiOffset", self.next_multi_offset.to_string()),
+            (
+                "Latest checkpoint's NextMultiXactId",
+                self.next_multixact.to_string(),
+            ),
+            (
+                "Latest checkpoint's NextMultiOffset",
+                self.next_multi_offset.to_string(),
+            ),
             ("Latest checkpoint's oldestXID", self.oldest_xid.to_string()),
-            ("Latest checkpoint's oldestXID's DB", self.oldest_xid_db.to_string()),
-            ("Latest checkpoint's oldestActiveXID", self.oldest_active_xid.to_string()),
-            ("Latest checkpoint's oldestMultiXid", self.oldest_multixact.to_string()),
-            ("Latest checkpoint's oldestMulti's DB", self.oldest_multi_db.to_string()),
-            ("Latest checkpoint's oldestCommitTsXid", self.oldest_commit_ts_xid.to_string()),
-            ("Latest checkpoint's newestCommitTsXid", self.newest_commit_ts_xid.to_string()),
-            ("Fake LSN counter for unlogged rels", format_lsn(self.unlogged_lsn)),
-            ("Minimum recovery ending location", format_lsn(self.min_recovery_point)),
-            ("Min recovery ending loc's timeline", self.min_recovery_point_timeline.to_string()),
+            (
+                "Latest checkpoint's oldestXID's DB",
+                self.oldest_xid_db.to_string(),
+            ),
+            (
+                "Latest checkpoint's oldestActiveXID",
+                self.oldest_active_xid.to_string(),
+            ),
+            (
+                "Latest checkpoint's oldestMultiXid",
+                self.oldest_multixact.to_string(),
+            ),
+            (
+                "Latest checkpoint's oldestMulti's DB",
+                self.oldest_multi_db.to_string(),
+            ),
+            (
+                "Latest checkpoint's oldestCommitTsXid",
+                self.oldest_commit_ts_xid.to_string(),
+            ),
+            (
+                "Latest checkpoint's newestCommitTsXid",
+                self.newest_commit_ts_xid.to_string(),
+            ),
+            (
+                "Fake LSN counter for unlogged rels",
+                format_lsn(self.unlogged_lsn),
+            ),
+            (
+                "Minimum recovery ending location",
+                format_lsn(self.min_recovery_point),
+            ),
+            (
+                "Min recovery ending loc's timeline",
+                self.min_recovery_point_timeline.to_string(),
+            ),
             ("wal_level setting", wal_level),
             ("wal_log_hints setting", on_off(self.wal_log_hints)),
             ("max_connections setting", self.max_connections.to_string()),
-            ("max_worker_processes setting", self.max_worker_processes.to_string()),
+            (
+                "max_worker_processes setting",
+                self.max_worker_processes.to_string(),
+            ),
             ("max_wal_senders setting", self.max_wal_senders.to_string()),
-            ("max_prepared_xacts setting", self.max_prepared_xacts.to_string()),
-            ("max_locks_per_xact setting", self.max_locks_per_xact.to_string()),
-            ("track_commit_timestamp setting", on_off(self.track_commit_timestamp)),
+            (
+                "max_prepared_xacts setting",
+                self.max_prepared_xacts.to_string(),
+            ),
+            (
+                "max_locks_per_xact setting",
+                self.max_locks_per_xact.to_string(),
+            ),
+            (
+                "track_commit_timestamp setting",
+                on_off(self.track_commit_timestamp),
+            ),
             ("Maximum data alignment", self.max_align.to_string()),
             ("Database block size", self.block_size.to_string()),
-            ("Blocks per segment of large relation", self.relseg_size.to_string()),
+            (
+                "Blocks per segment of large relation",
+                self.relseg_size.to_string(),
+            ),
             ("WAL block size", self.wal_block_size.to_string()),
             ("Bytes per WAL segment", self.wal_segment_size.to_string()),
-            ("Maximum length of identifiers", self.name_data_len.to_string()),
-            ("Maximum columns in an index", self.index_max_keys.to_string()),
-            ("Maximum size of a TOAST chunk", self.toast_max_chunk_size.to_string()),
-            ("Size of a large-object chunk", self.large_object_chunk_size.to_string()),
+            (
+                "Maximum length of identifiers",
+                self.name_data_len.to_string(),
+            ),
+            (
+                "Maximum columns in an index",
+                self.index_max_keys.to_string(),
+            ),
+            (
+                "Maximum size of a TOAST chunk",
+                self.toast_max_chunk_size.to_string(),
+            ),
+            (
+                "Size of a large-object chunk",
+                self.large_object_chunk_size.to_string(),
+            ),
             (
                 "Float8 argument passing",
-                if self.float8_by_value { "by value" } else { "by reference" }.to_string(),
+                if self.float8_by_value {
+                    "by value"
+                } else {
+                    "by reference"
+                }
+                .to_string(),
             ),
-            ("Data page checksum version", self.data_checksum_version.to_string()),
+            (
+                "Data page checksum version",
+                self.data_checksum_version.to_string(),
+            ),
         ];
         if let Some(signed) = self.default_char_signed {
             lines.push((
@@ -414,10 +501,19 @@ mod tests {
     #[test]
     fn short_or_foreign_files_are_errors_not_panics() {
         let p = Path::new("pg_control");
-        assert!(matches!(ControlFile::decode(&[], p), Err(Error::ControlTruncated { .. })));
-        assert!(matches!(ControlFile::decode(&[0; 8192], p), Err(Error::ControlUnknownVersion { .. })));
+        assert!(matches!(
+            ControlFile::decode(&[], p),
+            Err(Error::ControlTruncated { .. })
+        ));
+        assert!(matches!(
+            ControlFile::decode(&[0; 8192], p),
+            Err(Error::ControlUnknownVersion { .. })
+        ));
         let mut bytes = vec![0u8; 100];
         bytes[8..12].copy_from_slice(&1300u32.to_ne_bytes());
-        assert!(matches!(ControlFile::decode(&bytes, p), Err(Error::ControlTruncated { .. })));
+        assert!(matches!(
+            ControlFile::decode(&bytes, p),
+            Err(Error::ControlTruncated { .. })
+        ));
     }
 }

@@ -138,7 +138,11 @@ impl DataDir {
         };
         let pid_file = parse_pid_file(&text).ok_or_else(|| Error::NotACluster {
             path: self.path.clone(),
-            reason: format!("{} is unreadable: {:?}", pid_path.display(), text.lines().next()),
+            reason: format!(
+                "{} is unreadable: {:?}",
+                pid_path.display(),
+                text.lines().next()
+            ),
         })?;
         Ok(if process_exists(pid_file.pid) {
             ServerStatus::Running(pid_file)

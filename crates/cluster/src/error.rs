@@ -20,9 +20,19 @@ pub enum Error {
     #[error("PostgreSQL {0} is not supported (supported majors: 12 to 18)")]
     UnsupportedMajor(PgMajor),
     #[error("{path} is truncated: {len} bytes, a pg_control file needs at least {need}")]
-    ControlTruncated { path: PathBuf, len: usize, need: usize },
-    #[error("{path} is damaged: its CRC-32C is {stored:#010x} but its contents give {computed:#010x}")]
-    ControlBadCrc { path: PathBuf, stored: u32, computed: u32 },
+    ControlTruncated {
+        path: PathBuf,
+        len: usize,
+        need: usize,
+    },
+    #[error(
+        "{path} is damaged: its CRC-32C is {stored:#010x} but its contents give {computed:#010x}"
+    )]
+    ControlBadCrc {
+        path: PathBuf,
+        stored: u32,
+        computed: u32,
+    },
     #[error("{path} has pg_control version {found}, which no supported PostgreSQL major writes")]
     ControlUnknownVersion { path: PathBuf, found: u32 },
     #[error("{path} looks damaged: {detail}")]
@@ -51,21 +61,45 @@ pub enum Error {
     },
     #[error("the server for {datadir} did not stop: {detail}")]
     ServerStop { datadir: PathBuf, detail: String },
-    #[error("could not connect to the server at {socket_dir} port {port}, database \"{database}\": {source}")]
+    #[error("could not connect to the server at {socket_dir} port {port}, database \"{database}\": {detail}")]
     Connect {
         socket_dir: PathBuf,
         port: u16,
         database: String,
-        #[source]
-        source: postgres::Error,
+        detail: String,
     },
-    #[error("query failed in database \"{database}\" ({what}): {source}")]
+    #[error("query failed in database \"{database}\" ({what}): {detail}")]
     Query {
         database: String,
         what: String,
-        #[source]
-        source: postgres::Error,
+        detail: String,
     },
+}
+
+/// A client error with the server's own words (the plain Display of a
+/// server error says only "db error").
+pub fn describe_pg_error(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!(" hint: {hint}"));
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(inner) = source {
+                text.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            text
+        }
+    }
 }
 
 impl Error {

@@ -18,7 +18,7 @@ pub mod version;
 
 pub use control::{ClusterState, ControlFile};
 pub use datadir::{DataDir, PidFile, ServerStatus};
-pub use error::Error;
+pub use error::{describe_pg_error, Error};
 pub use install::{Installation, Tool};
 pub use server::{Server, ServerOptions};
 pub use version::{PgMajor, PgVersion};

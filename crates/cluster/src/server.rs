@@ -46,19 +46,19 @@ impl Endpoint {
             .application_name("pg-migrate")
             .connect_timeout(Duration::from_secs(30))
             .connect(postgres::NoTls)
-            .map_err(|source| Error::Connect {
+            .map_err(|e| Error::Connect {
                 socket_dir: self.socket_dir.clone(),
                 port: self.port,
                 database: database.to_string(),
-                source,
+                detail: crate::describe_pg_error(&e),
             })?;
         // Nothing we run may resolve names through a user's search_path.
         client
             .batch_execute("SELECT pg_catalog.set_config('search_path', '', false)")
-            .map_err(|source| Error::Query {
+            .map_err(|e| Error::Query {
                 database: database.to_string(),
                 what: "clearing search_path".into(),
-                source,
+                detail: crate::describe_pg_error(&e),
             })?;
         Ok(client)
     }
@@ -94,19 +94,34 @@ fn binary_upgrade_options(major: PgMajor) -> &'static [&'static str] {
 }
 
 impl Server {
-    pub fn start(install: &Installation, datadir: &DataDir, opts: &ServerOptions) -> Result<Server, Error> {
+    pub fn start(
+        install: &Installation,
+        datadir: &DataDir,
+        opts: &ServerOptions,
+    ) -> Result<Server, Error> {
         let socket_file = opts.socket_dir.join(format!(".s.PGSQL.{}", opts.port));
         let len = socket_file.as_os_str().len();
         if len > 107 {
-            return Err(Error::SocketPathTooLong { path: socket_file, len });
+            return Err(Error::SocketPathTooLong {
+                path: socket_file,
+                len,
+            });
         }
         let mut server_args: Vec<String> = vec!["-p".into(), opts.port.to_string()];
         if opts.binary_upgrade {
             server_args.push("-b".into());
-            server_args.extend(binary_upgrade_options(datadir.major).iter().map(|s| s.to_string()));
+            server_args.extend(
+                binary_upgrade_options(datadir.major)
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
         }
         if opts.durability_off {
-            for setting in ["synchronous_commit=off", "fsync=off", "full_page_writes=off"] {
+            for setting in [
+                "synchronous_commit=off",
+                "fsync=off",
+                "full_page_writes=off",
+            ] {
                 server_args.extend(["-c".into(), setting.into()]);
             }
         }
@@ -117,7 +132,11 @@ impl Server {
             format!("unix_socket_directories={}", opts.socket_dir.display()),
         ]);
         // pg_ctl hands -o to a shell, so each word is quoted.
-        let mut option_text = server_args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+        let mut option_text = server_args
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
         if let Some(extra) = &opts.extra_options {
             option_text.push(' ');
             option_text.push_str(extra);
@@ -140,7 +159,10 @@ impl Server {
             .run();
         // From here on a postmaster may exist even if pg_ctl failed (timeout):
         // register it so that it is stopped on every path.
-        STARTED.lock().unwrap_or_else(|e| e.into_inner()).push(owned.clone());
+        STARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(owned.clone());
         let server = Server {
             endpoint: Endpoint {
                 socket_dir: opts.socket_dir.clone(),
@@ -160,17 +182,23 @@ impl Server {
         }
         // pg_ctl saw *a* server become ready; prove it is ours by connecting
         // through our private socket.
-        server.endpoint.connect("template1").map_err(|e| Error::ServerStart {
-            datadir: datadir.path.clone(),
-            log: opts.log_file.clone(),
-            detail: e.to_string(),
-        })?;
+        server
+            .endpoint
+            .connect("template1")
+            .map_err(|e| Error::ServerStart {
+                datadir: datadir.path.clone(),
+                log: opts.log_file.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(server)
     }
 
     /// A server someone else runs (live check). Never stopped by us.
     pub fn attach(endpoint: Endpoint) -> Server {
-        Server { endpoint, owned: None }
+        Server {
+            endpoint,
+            owned: None,
+        }
     }
 
     pub fn is_owned(&self) -> bool {
@@ -213,14 +241,21 @@ fn stop_owned(owned: &Owned) -> Result<(), Error> {
     if !status.success() && owned.datadir.join("postmaster.pid").exists() {
         return Err(Error::ServerStop {
             datadir: owned.datadir.clone(),
-            detail: format!("{} {}", captured.stderr.trim(), log_tail(&owned.log_file).unwrap_or_default()),
+            detail: format!(
+                "{} {}",
+                captured.stderr.trim(),
+                log_tail(&owned.log_file).unwrap_or_default()
+            ),
         });
     }
     let control = crate::ControlFile::read(&owned.datadir)?;
     if control.state != ClusterState::ShutDown {
         return Err(Error::ServerStop {
             datadir: owned.datadir.clone(),
-            detail: format!("pg_control says \"{}\" after stopping", control.state.describe()),
+            detail: format!(
+                "pg_control says \"{}\" after stopping",
+                control.state.describe()
+            ),
         });
     }
     Ok(())

@@ -162,12 +162,19 @@ mod tests {
 
     #[test]
     fn parses_version_files_and_outputs() {
-        assert_eq!(PgMajor::parse_pg_version_file("15\n").unwrap(), PgMajor::new(15));
-        assert_eq!(PgMajor::parse_pg_version_file("9.6\n").unwrap().to_string(), "9.6");
+        assert_eq!(
+            PgMajor::parse_pg_version_file("15\n").unwrap(),
+            PgMajor::new(15)
+        );
+        assert_eq!(
+            PgMajor::parse_pg_version_file("9.6\n").unwrap().to_string(),
+            "9.6"
+        );
         assert!(PgMajor::parse_pg_version_file("").is_err());
         assert!(PgMajor::parse_pg_version_file("banana").is_err());
-        let v = PgVersion::parse_version_output("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
-            .unwrap();
+        let v =
+            PgVersion::parse_version_output("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
+                .unwrap();
         assert_eq!((v.major, v.text.as_str()), (PgMajor::new(15), "15.18"));
         let v = PgVersion::parse_version_output("postgres (PostgreSQL) 18beta1").unwrap();
         assert_eq!(v.major, PgMajor::new(18));

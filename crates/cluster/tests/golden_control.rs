@@ -45,13 +45,19 @@ fn every_major_decodes_to_what_postgres_reports() {
                     assert_eq!(mine, value, "PostgreSQL {major}: {label}");
                     compared += 1;
                 }
-                None => assert!(NOT_DECODED.contains(&label.as_str()), "{major}: {label} not decoded"),
+                None => assert!(
+                    NOT_DECODED.contains(&label.as_str()),
+                    "{major}: {label} not decoded"
+                ),
             }
         }
         // Where pg_controldata exists, every field we decode is cross-checked.
         if expected.len() > 40 {
             for label in ours.keys() {
-                assert!(expected.contains_key(*label), "{major}: {label} not checked");
+                assert!(
+                    expected.contains_key(*label),
+                    "{major}: {label} not checked"
+                );
             }
         }
         assert!(compared >= 30, "{major}: only {compared} values compared");
@@ -63,7 +69,11 @@ fn char_signedness_is_only_read_where_recorded() {
     for major in 12..=18 {
         let bytes = std::fs::read(golden_dir(major).join("pg_control")).unwrap();
         let control = ControlFile::decode(&bytes, Path::new("pg_control")).unwrap();
-        assert_eq!(control.default_char_signed.is_some(), major >= 18, "{major}");
+        assert_eq!(
+            control.default_char_signed.is_some(),
+            major >= 18,
+            "{major}"
+        );
     }
 }
 
@@ -75,19 +85,34 @@ fn damage_is_a_typed_error() {
 
         let mut flipped = good.clone();
         flipped[100] ^= 0x40;
-        assert!(matches!(ControlFile::decode(&flipped, p), Err(Error::ControlBadCrc { .. })), "{major}");
+        assert!(
+            matches!(
+                ControlFile::decode(&flipped, p),
+                Err(Error::ControlBadCrc { .. })
+            ),
+            "{major}"
+        );
 
         for len in [0, 7, 16, 200, 291, 4096] {
             let err = ControlFile::decode(&good[..len], p).unwrap_err();
-            assert!(matches!(err, Error::ControlTruncated { .. }), "{major} len {len}: {err}");
+            assert!(
+                matches!(err, Error::ControlTruncated { .. }),
+                "{major} len {len}: {err}"
+            );
         }
 
         let mut unknown = good.clone();
         unknown[8..12].copy_from_slice(&942u32.to_ne_bytes());
-        assert!(matches!(ControlFile::decode(&unknown, p), Err(Error::ControlUnknownVersion { found: 942, .. })));
+        assert!(matches!(
+            ControlFile::decode(&unknown, p),
+            Err(Error::ControlUnknownVersion { found: 942, .. })
+        ));
 
         let mut longer = good.clone();
         longer.push(0);
-        assert!(matches!(ControlFile::decode(&longer, p), Err(Error::ControlTruncated { .. })));
+        assert!(matches!(
+            ControlFile::decode(&longer, p),
+            Err(Error::ControlTruncated { .. })
+        ));
     }
 }

@@ -1,0 +1,447 @@
+//! Test support: real PostgreSQL clusters of several majors, made and run as
+//! an unprivileged OS user (PostgreSQL refuses root, and CI runs as root),
+//! plus helpers to run pg-migrate as that user and to prove that a directory
+//! tree did not change. Tests only; never a dependency of the product.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
+
+pub use serde_json::Value;
+
+/// Where scripts/install-postgres.sh put the installs.
+pub fn pg_prefix() -> PathBuf {
+    match std::env::var_os("PG_MIGRATE_PG_PREFIX") {
+        Some(prefix) => PathBuf::from(prefix),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/postgres"),
+    }
+}
+
+/// The bindir of an installed major, if present.
+pub fn bindir(major: u32) -> Option<PathBuf> {
+    let dir = pg_prefix().join(major.to_string()).join("bin");
+    dir.join("postgres")
+        .exists()
+        .then(|| std::fs::canonicalize(&dir).unwrap_or(dir))
+}
+
+/// The bindir of a major a test needs. Missing: a failure in CI (CI=true),
+/// a skip with a message elsewhere (returns None).
+pub fn require(major: u32) -> Option<PathBuf> {
+    if let Some(dir) = bindir(major) {
+        return Some(dir);
+    }
+    let message = format!(
+        "PostgreSQL {major} is not installed under {}: run scripts/install-postgres.sh",
+        pg_prefix().display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIP: {message}");
+    None
+}
+
+/// The OS user that runs servers and pg-migrate in tests.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether we are root and must switch to this user for every child.
+    pub switch: bool,
+}
+
+pub fn test_user() -> &'static TestUser {
+    static USER: OnceLock<TestUser> = OnceLock::new();
+    USER.get_or_init(|| {
+        let me = nix::unistd::geteuid();
+        if !me.is_root() {
+            let user = nix::unistd::User::from_uid(me)
+                .ok()
+                .flatten()
+                .expect("current user has a name");
+            return TestUser {
+                name: user.name,
+                uid: me.as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+                switch: false,
+            };
+        }
+        let name = std::env::var("PG_MIGRATE_TEST_USER").unwrap_or_else(|_| "pgmigrate".into());
+        if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
+            let status = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    &name,
+                ])
+                .status()
+                .expect("run useradd");
+            // Another test binary may have created it meanwhile.
+            assert!(
+                status.success() || nix::unistd::User::from_name(&name).ok().flatten().is_some(),
+                "could not create test user {name}"
+            );
+        }
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        TestUser {
+            name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            switch: true,
+        }
+    })
+}
+
+/// A command that will run as the test user.
+pub fn as_test_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let user = test_user();
+    let mut command = Command::new(program);
+    if user.switch {
+        command.uid(user.uid).gid(user.gid);
+    }
+    command
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .env_remove("PGUSER")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs a command and panics with its output unless it succeeds.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Gives a path to the test user.
+pub fn chown_to_test_user(path: &Path) {
+    let user = test_user();
+    if user.switch {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+}
+
+/// A temporary directory with a short path (unix sockets live in it), owned
+/// by the test user. Removed on drop, after its clusters are stopped.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("pgmt-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown_to_test_user(dir.path());
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A fresh subdirectory owned by the test user.
+    pub fn mkdir(&self, name: &str) -> PathBuf {
+        let dir = self.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_to_test_user(&dir);
+        dir
+    }
+
+    /// initdb a cluster of `major` with UTF8 / C.UTF-8 / trust, the install
+    /// user named after the test user, and `extra` initdb options.
+    pub fn cluster(&self, name: &str, major: u32, extra: &[&str]) -> Cluster {
+        let bindir = bindir(major).unwrap_or_else(|| panic!("PostgreSQL {major} not installed"));
+        let datadir = self.path().join(name);
+        let sockdir = self.mkdir(&format!("{name}.sock"));
+        run_ok(
+            as_test_user(bindir.join("initdb"))
+                .arg("-D")
+                .arg(&datadir)
+                .args(["-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+                .args(extra),
+        );
+        Cluster {
+            major,
+            bindir,
+            datadir,
+            sockdir,
+            port: next_port(),
+            running: false,
+        }
+    }
+}
+
+fn next_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    30000 + (std::process::id() % 500) as u16 * 40 + NEXT.fetch_add(1, Ordering::SeqCst) % 40
+}
+
+/// initdb options that give `major` the checksum setting older majors default to.
+pub fn no_checksums(major: u32) -> &'static [&'static str] {
+    if major >= 18 {
+        &["--no-data-checksums"]
+    } else {
+        &[]
+    }
+}
+
+/// A cluster made by a test. Stopped (immediately) on drop if still running.
+pub struct Cluster {
+    pub major: u32,
+    pub bindir: PathBuf,
+    pub datadir: PathBuf,
+    pub sockdir: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl Cluster {
+    pub fn start(&mut self) {
+        let log = self.datadir.with_extension("log");
+        run_ok(
+            as_test_user(self.bindir.join("pg_ctl"))
+                .args(["-w", "-D"])
+                .arg(&self.datadir)
+                .arg("-l")
+                .arg(&log)
+                .arg("-o")
+                .arg(format!(
+                    "-c listen_addresses='' -c unix_socket_directories='{}' -p {}",
+                    self.sockdir.display(),
+                    self.port
+                ))
+                .arg("start"),
+        );
+        self.running = true;
+    }
+
+    pub fn stop(&mut self) {
+        self.stop_mode("fast");
+    }
+
+    /// Stops with `-m immediate`: the cluster is left needing crash recovery.
+    pub fn stop_immediate(&mut self) {
+        self.stop_mode("immediate");
+    }
+
+    fn stop_mode(&mut self, mode: &str) {
+        run_ok(
+            as_test_user(self.bindir.join("pg_ctl"))
+                .args(["-w", "-m", mode, "-D"])
+                .arg(&self.datadir)
+                .arg("stop"),
+        );
+        self.running = false;
+    }
+
+    /// Forgets that the server runs (after it was killed by the test).
+    pub fn mark_stopped(&mut self) {
+        self.running = false;
+    }
+
+    pub fn postmaster_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.datadir.join("postmaster.pid")).unwrap();
+        text.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    pub fn client(&self, database: &str) -> postgres::Client {
+        postgres::Config::new()
+            .host_path(&self.sockdir)
+            .port(self.port)
+            .user(&test_user().name)
+            .dbname(database)
+            .connect(postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {} ({database}): {e}", self.datadir.display()))
+    }
+
+    /// Runs SQL (several statements allowed) in `database` of a running cluster.
+    pub fn sql(&self, database: &str, sql: &str) {
+        self.client(database)
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Starts the cluster, runs SQL, and stops it again.
+    pub fn with_running<T>(&mut self, f: impl FnOnce(&Cluster) -> T) -> T {
+        self.start();
+        let result = f(self);
+        self.stop();
+        result
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_test_user(self.bindir.join("pg_ctl"))
+                .args(["-w", "-m", "immediate", "-D"])
+                .arg(&self.datadir)
+                .arg("stop")
+                .output();
+        }
+    }
+}
+
+/// Every file under a directory with its size, mode and CRC-32C: two equal
+/// snapshots mean the tree is byte-for-byte the same.
+pub type TreeSnapshot = BTreeMap<PathBuf, (u64, u32, u32)>;
+
+pub fn snapshot(dir: &Path) -> TreeSnapshot {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|entry| entry.unwrap())
+        .map(|entry| {
+            let meta = entry.metadata().unwrap();
+            let crc = if meta.is_file() {
+                crc32c::crc32c(&std::fs::read(entry.path()).unwrap())
+            } else {
+                0
+            };
+            let rel = entry.path().strip_prefix(dir).unwrap().to_path_buf();
+            (
+                rel,
+                (meta.len() * u64::from(meta.is_file()), meta.mode(), crc),
+            )
+        })
+        .collect()
+}
+
+/// Panics with the paths that differ.
+pub fn assert_same_tree(before: &TreeSnapshot, after: &TreeSnapshot, what: &str) {
+    let mut differences = Vec::new();
+    for (path, old) in before {
+        match after.get(path) {
+            None => differences.push(format!("removed {}", path.display())),
+            Some(new) if new != old => differences.push(format!("changed {}", path.display())),
+            _ => {}
+        }
+    }
+    for path in after.keys().filter(|p| !before.contains_key(*p)) {
+        differences.push(format!("added {}", path.display()));
+    }
+    assert!(
+        differences.is_empty(),
+        "{what} changed:\n{}",
+        differences.join("\n")
+    );
+}
+
+/// The result of one pg-migrate run.
+#[derive(Debug)]
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout parsed as JSON lines (empty without --json).
+    pub events: Vec<Value>,
+}
+
+impl Run {
+    /// The events named `name`.
+    pub fn events_named(&self, name: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == name).collect()
+    }
+
+    /// The `check` event with this id.
+    pub fn check(&self, id: &str) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "check" && e["id"] == id)
+            .unwrap_or_else(|| panic!("no check event {id} in:\n{}", self.stdout))
+    }
+
+    pub fn summary(&self) -> &Value {
+        let last = self
+            .events
+            .last()
+            .unwrap_or_else(|| panic!("no events; stderr:\n{}", self.stderr));
+        assert_eq!(last["event"], "summary", "last event must be the summary");
+        last
+    }
+
+    pub fn error(&self) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "error")
+            .unwrap_or_else(|| panic!("no error event in:\n{}", self.stdout))
+    }
+}
+
+/// Runs pg-migrate (as the test user) from `cwd` with `args`.
+pub fn pg_migrate(binary: &Path, cwd: &Path, args: &[&std::ffi::OsStr]) -> Run {
+    let output = as_test_user(binary)
+        .current_dir(cwd)
+        .args(args)
+        .env_remove("PGBINOLD")
+        .env_remove("PGBINNEW")
+        .env_remove("PGDATAOLD")
+        .env_remove("PGDATANEW")
+        .output()
+        .unwrap();
+    finish(output)
+}
+
+/// Turns a process's output into a [`Run`], parsing every stdout line as JSON
+/// when the first one looks like JSON.
+pub fn finish(output: Output) -> Run {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let events = if stdout.starts_with('{') {
+        stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        events,
+    }
+}
+
+/// Makes the pg-migrate binary reachable by the test user (the build tree
+/// may sit under a directory only root can enter): copies it into `dir`.
+pub fn binary_for_test_user(binary: &Path, dir: &Path) -> PathBuf {
+    let user = test_user();
+    if !user.switch {
+        return binary.to_path_buf();
+    }
+    let target = dir.join("pg-migrate");
+    if !target.exists() {
+        std::fs::copy(binary, &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    target
+}

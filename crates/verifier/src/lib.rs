@@ -1,0 +1,144 @@
+//! `pgm-verifier` owns every check pg-migrate makes before it changes
+//! anything: the bindirs, the data directories, the servers' state, the
+//! control data both clusters must share, and what only the catalogs can
+//! tell (install user, databases, an empty new cluster, locale providers).
+//!
+//! It returns findings and the facts it gathered; it never decides how they
+//! are shown, and it never writes to a cluster beyond what starting and
+//! cleanly stopping a server does. Catalog checks run only when every static
+//! check passed, so a problem found on disk leaves both trees untouched.
+
+mod catalog;
+mod finding;
+mod initdb;
+mod statics;
+
+use std::path::PathBuf;
+
+use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
+
+pub use catalog::{CatalogFacts, DatabaseInfo, TemplateLocale};
+pub use finding::{Finding, Status};
+pub use initdb::suggested_initdb;
+
+/// One cluster as the user named it.
+#[derive(Debug, Clone)]
+pub struct SideConfig {
+    pub bindir: PathBuf,
+    pub datadir: PathBuf,
+    pub port: u16,
+    /// `-o` / `-O` text for the server command line.
+    pub server_options: Option<String>,
+}
+
+/// `signed` or `unsigned`, for `--set-char-signedness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CharSignedness {
+    Signed,
+    Unsigned,
+}
+
+/// Everything the checks need to know.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub old: SideConfig,
+    pub new: SideConfig,
+    /// The role to connect as (`-U`); must be each cluster's install user.
+    pub user: String,
+    pub jobs: usize,
+    /// A private (0700) directory for the servers' sockets.
+    pub socket_dir: PathBuf,
+    /// Where server logs go (never inside either data directory).
+    pub log_dir: PathBuf,
+    /// `check` may inspect a running old server instead of starting it.
+    pub allow_live_old: bool,
+    pub set_char_signedness: Option<CharSignedness>,
+}
+
+/// Which cluster a fact or finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Old,
+    New,
+}
+
+impl Which {
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Old => "old",
+            Which::New => "new",
+        }
+    }
+}
+
+/// What was learned about one cluster (as far as the checks got).
+#[derive(Debug, Default)]
+pub struct SideFacts {
+    pub install: Option<Installation>,
+    pub datadir: Option<DataDir>,
+    pub control: Option<ControlFile>,
+    pub server: Option<ServerStatus>,
+    pub catalog: Option<CatalogFacts>,
+}
+
+/// The outcome of a check run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub old: SideFacts,
+    pub new: SideFacts,
+    /// Whether the old server was already running and was only inspected.
+    pub live_old: bool,
+    /// Whether the checks started (and stopped again) each cluster's server.
+    pub old_started: bool,
+    pub new_started: bool,
+}
+
+impl Report {
+    pub fn failed(&self) -> Vec<&Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.status == Status::Fail)
+            .collect()
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.findings.iter().filter(|f| f.status == status).count()
+    }
+}
+
+/// A test hook: with `PG_MIGRATE_TEST_PAUSE=<point>` in the environment the
+/// run waits 60 s at that point, so that a test can signal or kill it at a
+/// known moment. Without the variable nothing changes.
+pub(crate) fn pause_point(point: &str) {
+    if std::env::var("PG_MIGRATE_TEST_PAUSE").is_ok_and(|p| p == point) {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+/// Runs every check, handing each finding to `sink` as soon as it is known.
+pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Report {
+    let mut report = Report::default();
+    let mut emit = |report: &mut Report, finding: Finding| {
+        sink(&finding);
+        report.findings.push(finding);
+    };
+    for finding in statics::run(config, &mut report) {
+        emit(&mut report, finding);
+    }
+    if !report.failed().is_empty() {
+        for (id, title) in catalog::CHECKS {
+            emit(
+                &mut report,
+                Finding::skip(
+                    id,
+                    title,
+                    "not run: an earlier check failed, and catalog checks start servers",
+                ),
+            );
+        }
+        return report;
+    }
+    catalog::run(config, &mut report, &mut |r, f| emit(r, f));
+    report
+}

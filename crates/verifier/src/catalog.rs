@@ -1,0 +1,715 @@
+//! Checks that need a server: the old one is started privately in
+//! binary-upgrade mode (or, in a live check, inspected as it runs), the new
+//! one likewise; one connection per database, `-j` databases at a time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use pgm_cluster::server::Endpoint;
+use pgm_cluster::{DataDir, Installation, PgMajor, Server, ServerOptions, ServerStatus};
+use serde::Serialize;
+
+use crate::initdb::suggested_initdb;
+use crate::{CheckConfig, Finding, Report, Which};
+
+/// Every catalog check, so that all of them can be reported as skipped.
+pub(crate) const CHECKS: [(&str, &str); 10] = [
+    ("old-connect", "old server reachable"),
+    ("old-install-user", "old cluster's install user"),
+    ("old-databases", "old databases accept connections"),
+    ("old-database-scan", "every old database inspected"),
+    (
+        "old-prepared-transactions",
+        "no prepared transactions in the old cluster",
+    ),
+    ("new-connect", "new server reachable"),
+    ("new-install-user", "new cluster's install user"),
+    ("new-empty", "new cluster freshly initialized"),
+    (
+        "new-prepared-transactions",
+        "no prepared transactions in the new cluster",
+    ),
+    ("template0-locale", "encoding and locale provider"),
+];
+
+fn title(id: &str) -> &'static str {
+    CHECKS
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, t)| *t)
+        .unwrap_or("catalog check")
+}
+
+/// What the catalog of one cluster says.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogFacts {
+    /// The bootstrap superuser (OID 10).
+    pub install_user: String,
+    pub connected_as: String,
+    pub databases: Vec<DatabaseInfo>,
+    pub template0: TemplateLocale,
+    /// Whether the server was built with ICU (initdb imports ICU collations).
+    pub icu_available: bool,
+    /// Roles other than the predefined `pg_*` ones.
+    pub roles: Vec<String>,
+    pub prepared_transactions: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseInfo {
+    pub oid: u32,
+    pub name: String,
+    pub allow_connections: bool,
+    pub connection_limit: i32,
+    /// Objects with user OIDs (relations, functions, types, schemas,
+    /// extensions); `None` when the database was not scanned.
+    pub user_objects: Option<i64>,
+    pub user_relations: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateLocale {
+    pub encoding: String,
+    /// "libc", "icu" or "builtin".
+    pub provider: String,
+    pub collate: String,
+    pub ctype: String,
+    /// The ICU or builtin locale, where the provider uses one.
+    pub locale: Option<String>,
+}
+
+type Emit<'a> = dyn FnMut(&mut Report, Finding) + 'a;
+
+pub(crate) fn run(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>) {
+    let Some(old) = inspect(Which::Old, config, report, emit) else {
+        skip_from(
+            CHECKS
+                .iter()
+                .position(|(id, _)| *id == "new-connect")
+                .unwrap(),
+            report,
+            emit,
+        );
+        return;
+    };
+    report.old.catalog = Some(old);
+    let Some(new) = inspect(Which::New, config, report, emit) else {
+        skip_from(CHECKS.len() - 1, report, emit);
+        return;
+    };
+    report.new.catalog = Some(new);
+    let finding = compare_locales(report);
+    emit(report, finding);
+}
+
+fn skip_from(index: usize, report: &mut Report, emit: &mut Emit<'_>) {
+    for (id, title) in &CHECKS[index..] {
+        emit(
+            report,
+            Finding::skip(id, title, "not run: an earlier catalog check failed"),
+        );
+    }
+}
+
+fn ids(which: Which) -> [&'static str; 5] {
+    match which {
+        Which::Old => [
+            "old-connect",
+            "old-install-user",
+            "old-databases",
+            "old-database-scan",
+            "old-prepared-transactions",
+        ],
+        Which::New => [
+            "new-connect",
+            "new-install-user",
+            "new-empty",
+            "new-empty",
+            "new-prepared-transactions",
+        ],
+    }
+}
+
+/// Starts (or attaches to) one cluster's server, gathers its catalog facts
+/// and emits that side's findings. `None` when the server could not be used.
+fn inspect(
+    which: Which,
+    config: &CheckConfig,
+    report: &mut Report,
+    emit: &mut Emit<'_>,
+) -> Option<CatalogFacts> {
+    let [connect_id, user_id, databases_id, _, prepared_id] = ids(which);
+    let side = match which {
+        Which::Old => &config.old,
+        Which::New => &config.new,
+    };
+    let facts = match which {
+        Which::Old => &report.old,
+        Which::New => &report.new,
+    };
+    let install: Installation = facts.install.clone()?;
+    let datadir: DataDir = facts.datadir.clone()?;
+    let live = match (&facts.server, which) {
+        (Some(ServerStatus::Running(pid)), Which::Old) => Some(pid.clone()),
+        _ => None,
+    };
+    let server = match live {
+        Some(pid) => {
+            let (Some(socket_dir), Some(port)) = (pid.socket_dir.clone(), pid.port) else {
+                let f = Finding::fail(
+                    connect_id,
+                    title(connect_id),
+                    "live_server_unreachable",
+                    "the running old server listens on no unix socket, so it cannot be inspected",
+                    "stop the old server and run the check again (it will then be started privately)",
+                );
+                emit(report, f);
+                skip_rest(which, report, emit);
+                return None;
+            };
+            report.live_old = true;
+            Server::attach(Endpoint {
+                socket_dir,
+                port,
+                user: config.user.clone(),
+            })
+        }
+        None => {
+            let options = ServerOptions {
+                port: side.port,
+                socket_dir: config.socket_dir.clone(),
+                binary_upgrade: true,
+                durability_off: which == Which::New,
+                extra_options: side.server_options.clone(),
+                log_file: config.log_dir.join(format!("{}-server.log", which.name())),
+                user: config.user.clone(),
+            };
+            match which {
+                Which::Old => report.old_started = true,
+                Which::New => report.new_started = true,
+            }
+            match Server::start(&install, &datadir, &options) {
+                Ok(server) => server,
+                Err(e) => {
+                    let (code, remedy) = classify_connect_error(&e.to_string(), which, config);
+                    emit(
+                        report,
+                        Finding::fail(connect_id, title(connect_id), code, e.to_string(), remedy),
+                    );
+                    skip_rest(which, report, emit);
+                    return None;
+                }
+            }
+        }
+    };
+    crate::pause_point(match which {
+        Which::Old => "old-server-started",
+        Which::New => "new-server-started",
+    });
+    let gathered = gather(&server, install.version.major, config.jobs);
+    let stopped = server.stop();
+    let mut facts = match gathered {
+        Ok(facts) => facts,
+        Err(e) => {
+            let (code, remedy) = classify_connect_error(&e.to_string(), which, config);
+            emit(
+                report,
+                Finding::fail(connect_id, title(connect_id), code, e.to_string(), remedy),
+            );
+            skip_rest(which, report, emit);
+            return None;
+        }
+    };
+    if let Err(e) = stopped {
+        emit(
+            report,
+            Finding::fail(
+                connect_id,
+                title(connect_id),
+                "server_stop_failed",
+                e.to_string(),
+                "look at the server log named above; stop the server by hand with pg_ctl stop before retrying",
+            ),
+        );
+        skip_rest(which, report, emit);
+        return None;
+    }
+    emit(
+        report,
+        Finding::pass(
+            connect_id,
+            title(connect_id),
+            format!(
+                "PostgreSQL {} {} as \"{}\"",
+                install.version,
+                if report.live_old && which == Which::Old {
+                    "inspected while running"
+                } else {
+                    "started privately and stopped again"
+                },
+                facts.connected_as
+            ),
+        ),
+    );
+    // The connecting role must be the bootstrap superuser on both sides.
+    let user_finding = if facts.connected_as != facts.install_user {
+        Finding::fail(
+            user_id,
+            title(user_id),
+            "not_install_user",
+            format!(
+                "connected as \"{}\", but the {} cluster's install user (the role initdb created) is \"{}\"",
+                facts.connected_as,
+                which.name(),
+                facts.install_user
+            ),
+            format!("pass -U {} (or set PGUSER)", facts.install_user),
+        )
+    } else if which == Which::New && facts.roles.len() > 1 {
+        let others: Vec<&String> = facts
+            .roles
+            .iter()
+            .filter(|r| **r != facts.install_user)
+            .collect();
+        Finding::fail(
+            user_id,
+            title(user_id),
+            "new_cluster_not_empty",
+            format!(
+                "the new cluster has roles besides its install user: {}",
+                others
+                    .iter()
+                    .map(|r| format!("\"{r}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!(
+                "the new cluster must be freshly initialized; remove it and re-create it: {}",
+                suggested_initdb(config, report)
+            ),
+        )
+    } else {
+        Finding::pass(
+            user_id,
+            title(user_id),
+            format!("\"{}\" is the install user", facts.install_user),
+        )
+    };
+    emit(report, user_finding);
+    match which {
+        Which::Old => {
+            let blocked: Vec<String> = facts
+                .databases
+                .iter()
+                .filter(|d| d.name != "template0" && !d.allow_connections)
+                .map(|d| d.name.clone())
+                .collect();
+            let invalid: Vec<String> = facts
+                .databases
+                .iter()
+                .filter(|d| d.connection_limit == -2)
+                .map(|d| d.name.clone())
+                .collect();
+            let finding = if !invalid.is_empty() {
+                Finding::fail(
+                    databases_id,
+                    title(databases_id),
+                    "invalid_database",
+                    format!(
+                        "invalid databases (left by an interrupted DROP DATABASE): {}",
+                        quote_list(&invalid)
+                    ),
+                    format!(
+                        "drop them in the old cluster: {}",
+                        invalid
+                            .iter()
+                            .map(|d| format!("DROP DATABASE {};", quote_ident(d)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                )
+            } else if !blocked.is_empty() {
+                Finding::fail(
+                    databases_id,
+                    title(databases_id),
+                    "database_not_connectable",
+                    format!(
+                        "databases that refuse connections cannot be carried over: {}",
+                        quote_list(&blocked)
+                    ),
+                    format!(
+                        "allow connections to them in the old cluster: {}",
+                        blocked
+                            .iter()
+                            .map(|d| format!(
+                                "ALTER DATABASE {} ALLOW_CONNECTIONS true;",
+                                quote_ident(d)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                )
+            } else {
+                Finding::pass(
+                    databases_id,
+                    title(databases_id),
+                    format!("{} databases", facts.databases.len()),
+                )
+            };
+            emit(report, finding);
+            let scanned: Vec<&DatabaseInfo> = facts
+                .databases
+                .iter()
+                .filter(|d| d.user_objects.is_some())
+                .collect();
+            let relations: i64 = scanned.iter().filter_map(|d| d.user_relations).sum();
+            emit(
+                report,
+                Finding::pass(
+                    "old-database-scan",
+                    title("old-database-scan"),
+                    format!(
+                        "{} databases scanned ({} user relations), {} at a time",
+                        scanned.len(),
+                        relations,
+                        config.jobs
+                    ),
+                ),
+            );
+        }
+        Which::New => {
+            let extra_dbs: Vec<String> = facts
+                .databases
+                .iter()
+                .filter(|d| !["template0", "template1", "postgres"].contains(&d.name.as_str()))
+                .map(|d| d.name.clone())
+                .collect();
+            let busy_dbs: Vec<String> = facts
+                .databases
+                .iter()
+                .filter(|d| d.user_objects.unwrap_or(0) > 0)
+                .map(|d| {
+                    let n = d.user_objects.unwrap_or(0);
+                    format!(
+                        "{} ({n} user object{})",
+                        d.name,
+                        if n == 1 { "" } else { "s" }
+                    )
+                })
+                .collect();
+            let finding = if extra_dbs.is_empty() && busy_dbs.is_empty() {
+                Finding::pass(
+                    "new-empty",
+                    title("new-empty"),
+                    "only the databases and objects initdb creates",
+                )
+            } else {
+                let mut what = Vec::new();
+                if !extra_dbs.is_empty() {
+                    what.push(format!("user databases {}", quote_list(&extra_dbs)));
+                }
+                if !busy_dbs.is_empty() {
+                    what.push(format!("user objects in {}", busy_dbs.join(", ")));
+                }
+                Finding::fail(
+                    "new-empty",
+                    title("new-empty"),
+                    "new_cluster_not_empty",
+                    format!(
+                        "the new cluster is not freshly initialized: it has {}",
+                        what.join(" and ")
+                    ),
+                    format!(
+                        "remove the new cluster and re-create it empty: {}",
+                        suggested_initdb(config, report)
+                    ),
+                )
+            };
+            emit(report, finding);
+        }
+    }
+    let prepared = if facts.prepared_transactions > 0 {
+        Finding::fail(
+            prepared_id,
+            title(prepared_id),
+            "prepared_transactions",
+            format!("the {} cluster has {} prepared transactions", which.name(), facts.prepared_transactions),
+            "commit or roll them back (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED)",
+        )
+    } else {
+        Finding::pass(prepared_id, title(prepared_id), "none")
+    };
+    emit(report, prepared);
+    facts.databases.sort_by_key(|d| d.oid);
+    Some(facts)
+}
+
+fn skip_rest(which: Which, report: &mut Report, emit: &mut Emit<'_>) {
+    let mut seen = Vec::new();
+    for id in ids(which).into_iter().skip(1) {
+        if !seen.contains(&id) {
+            seen.push(id);
+            emit(
+                report,
+                Finding::skip(id, title(id), "not run: the server could not be used"),
+            );
+        }
+    }
+}
+
+fn classify_connect_error(
+    text: &str,
+    which: Which,
+    config: &CheckConfig,
+) -> (&'static str, String) {
+    if text.contains("does not exist") && text.contains("role") {
+        (
+            "not_install_user",
+            format!(
+                "the role \"{}\" does not exist in the {} cluster: pass its install user (the role initdb created) with -U",
+                config.user,
+                which.name()
+            ),
+        )
+    } else if text.contains("socket path") {
+        (
+            "socket_path_too_long",
+            "pass a short socket directory with -s, e.g. -s /tmp".to_string(),
+        )
+    } else {
+        (
+            "server_start_failed",
+            format!(
+                "read the server log in {}; fix what it names (often an option given with {} or a setting in postgresql.conf)",
+                config.log_dir.display(),
+                if which == Which::Old { "-o" } else { "-O" }
+            ),
+        )
+    }
+}
+
+fn gather(
+    server: &Server,
+    major: PgMajor,
+    jobs: usize,
+) -> Result<CatalogFacts, pgm_cluster::Error> {
+    let db = "template1";
+    let mut client = server.connect(db)?;
+    let q = |what: &str| {
+        let what = what.to_string();
+        move |e: postgres::Error| pgm_cluster::Error::Query {
+            database: db.to_string(),
+            what,
+            detail: pgm_cluster::describe_pg_error(&e),
+        }
+    };
+    let row = client
+        .query_one(
+            "SELECT current_user::text, (SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10),
+                    (SELECT count(*) FROM pg_catalog.pg_prepared_xacts),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collprovider = 'i')",
+            &[],
+        )
+        .map_err(q("reading the install user"))?;
+    let (connected_as, install_user, prepared_transactions, icu_available): (
+        String,
+        String,
+        i64,
+        bool,
+    ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let roles = client
+        .query(
+            "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1",
+            &[],
+        )
+        .map_err(q("listing roles"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let provider = if major.has_locale_provider() {
+        "CASE datlocprovider WHEN 'i' THEN 'icu' WHEN 'b' THEN 'builtin' ELSE 'libc' END"
+    } else {
+        "'libc'"
+    };
+    let locale = major
+        .datlocale_column()
+        .map_or("NULL::text".to_string(), |c| format!("{c}::text"));
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT pg_catalog.pg_encoding_to_char(encoding)::text, {provider}, datcollate::text, datctype::text, {locale}
+                   FROM pg_catalog.pg_database WHERE datname = 'template0'"
+            ),
+            &[],
+        )
+        .map_err(q("reading template0's locale"))?;
+    let template0 = TemplateLocale {
+        encoding: row.get(0),
+        provider: row.get(1),
+        collate: row.get(2),
+        ctype: row.get(3),
+        locale: row.get(4),
+    };
+    let mut databases: Vec<DatabaseInfo> = client
+        .query(
+            "SELECT oid, datname::text, datallowconn, datconnlimit FROM pg_catalog.pg_database ORDER BY oid",
+            &[],
+        )
+        .map_err(q("listing databases"))?
+        .iter()
+        .map(|r| DatabaseInfo {
+            oid: r.get(0),
+            name: r.get(1),
+            allow_connections: r.get(2),
+            connection_limit: r.get(3),
+            user_objects: None,
+            user_relations: None,
+        })
+        .collect();
+    drop(client);
+    scan_databases(server, &mut databases, jobs)?;
+    Ok(CatalogFacts {
+        install_user,
+        connected_as,
+        databases,
+        template0,
+        icu_available,
+        roles,
+        prepared_transactions,
+    })
+}
+
+/// One connection per database, `jobs` databases at a time.
+fn scan_databases(
+    server: &Server,
+    databases: &mut [DatabaseInfo],
+    jobs: usize,
+) -> Result<(), pgm_cluster::Error> {
+    let targets: Vec<(usize, String)> = databases
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.allow_connections && d.connection_limit != -2 && d.name != "template0")
+        .map(|(i, d)| (i, d.name.clone()))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, i64, i64)>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<pgm_cluster::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, targets.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((index, name)) = targets.get(i) else {
+                    break;
+                };
+                match scan_one(server, name) {
+                    Ok((objects, relations)) => {
+                        results.lock().unwrap().push((*index, objects, relations))
+                    }
+                    Err(e) => {
+                        first_error.lock().unwrap().get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    for (index, objects, relations) in results.into_inner().unwrap() {
+        databases[index].user_objects = Some(objects);
+        databases[index].user_relations = Some(relations);
+    }
+    Ok(())
+}
+
+fn scan_one(server: &Server, database: &str) -> Result<(i64, i64), pgm_cluster::Error> {
+    let mut client = server.connect(database)?;
+    // OIDs below 16384 belong to initdb; temporary schemas come and go.
+    let row = client
+        .query_one(
+            "SELECT
+               (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384),
+               (SELECT count(*) FROM pg_catalog.pg_proc WHERE oid >= 16384)
+             + (SELECT count(*) FROM pg_catalog.pg_type t WHERE oid >= 16384
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e JOIN pg_catalog.pg_class c ON c.oid = e.typrelid
+                                   WHERE e.oid = t.typelem))
+             + (SELECT count(*) FROM pg_catalog.pg_namespace WHERE oid >= 16384 AND nspname !~ '^pg_(toast_)?temp_')
+             + (SELECT count(*) FROM pg_catalog.pg_extension WHERE oid >= 16384)",
+            &[],
+        )
+        .map_err(|e| pgm_cluster::Error::Query {
+            database: database.to_string(),
+            what: "counting user objects".into(),
+            detail: pgm_cluster::describe_pg_error(&e),
+        })?;
+    let relations: i64 = row.get(0);
+    let others: i64 = row.get(1);
+    Ok((relations + others, relations))
+}
+
+fn compare_locales(report: &Report) -> Finding {
+    let id = "template0-locale";
+    let (Some(old), Some(new)) = (&report.old.catalog, &report.new.catalog) else {
+        return Finding::skip(id, title(id), "catalogs not read");
+    };
+    let new_major = report.new.install.as_ref().map(|i| i.version.major);
+    let o = &old.template0;
+    let describe = |l: &TemplateLocale| {
+        format!(
+            "{} / {}{} / collate {} / ctype {}",
+            l.encoding,
+            l.provider,
+            l.locale
+                .as_ref()
+                .map(|x| format!(" {x}"))
+                .unwrap_or_default(),
+            l.collate,
+            l.ctype
+        )
+    };
+    if o.provider == "icu" && !new.icu_available {
+        return Finding::fail(
+            id,
+            title(id),
+            "locale_provider_unsupported",
+            format!("the old cluster's default locale comes from ICU ({}), but the new installation was built without ICU", o.locale.clone().unwrap_or_default()),
+            "use a new PostgreSQL installation built with ICU (configure --with-icu), or move the data by dump and restore into a libc-locale cluster",
+        );
+    }
+    if o.provider == "builtin" && !new_major.is_some_and(|m| m.has_builtin_locale_provider()) {
+        return Finding::fail(
+            id,
+            title(id),
+            "locale_provider_unsupported",
+            "the old cluster uses the builtin locale provider, which the new installation does not have",
+            "upgrade to PostgreSQL 17 or later",
+        );
+    }
+    if *o == new.template0 {
+        Finding::pass(id, title(id), format!("{} on both", describe(o)))
+    } else {
+        Finding::pass(
+            id,
+            title(id),
+            format!(
+                "old {}; new {}: the upgrade gives the new template0 the old settings, and each database keeps its own",
+                describe(o),
+                describe(&new.template0)
+            ),
+        )
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

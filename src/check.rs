@@ -1,0 +1,141 @@
+//! The check run shared by `pg-migrate check` and the upgrade's first phase.
+
+use std::time::Instant;
+
+use pgm_verifier::{CharSignedness, CheckConfig, Report, SideConfig, Status};
+
+use crate::cli::{Settings, Signedness};
+use crate::exit;
+use crate::report::{Cause, CheckCounts, ClusterStates, Event, PlanSide, Printer};
+use crate::rundir::RunDir;
+
+pub struct Outcome {
+    pub report: Report,
+    pub exit_code: i32,
+}
+
+fn command_name(settings: &Settings) -> &'static str {
+    if settings.check_only {
+        "check"
+    } else {
+        "upgrade"
+    }
+}
+
+/// Runs every check, streaming the events; returns the report and the exit
+/// status a `check` run ends with.
+pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> Outcome {
+    let config = CheckConfig {
+        old: SideConfig {
+            bindir: settings.old_bindir.clone(),
+            datadir: settings.old_datadir.clone(),
+            port: settings.old_port,
+            server_options: settings.old_options.clone(),
+        },
+        new: SideConfig {
+            bindir: settings.new_bindir.clone(),
+            datadir: settings.new_datadir.clone(),
+            port: settings.new_port,
+            server_options: settings.new_options.clone(),
+        },
+        user: settings.user.clone(),
+        jobs: settings.jobs,
+        socket_dir: run_dir.path().to_path_buf(),
+        log_dir: run_dir.log_dir(),
+        allow_live_old: settings.check_only,
+        set_char_signedness: settings.set_char_signedness.map(|s| match s {
+            Signedness::Signed => CharSignedness::Signed,
+            Signedness::Unsigned => CharSignedness::Unsigned,
+        }),
+    };
+    printer.emit(&Event::Plan {
+        command: command_name(settings),
+        mode: settings.mode,
+        old: PlanSide {
+            bindir: settings.old_bindir.display().to_string(),
+            datadir: settings.old_datadir.display().to_string(),
+            port: settings.old_port,
+        },
+        new: PlanSide {
+            bindir: settings.new_bindir.display().to_string(),
+            datadir: settings.new_datadir.display().to_string(),
+            port: settings.new_port,
+        },
+        user: settings.user.clone(),
+        jobs: settings.jobs,
+        run_dir: run_dir.path().display().to_string(),
+        live_check_allowed: settings.check_only,
+    });
+    let started = Instant::now();
+    printer.emit(&Event::StepStart { step: "checks" });
+    let report = pgm_verifier::run_checks(&config, &mut |f| {
+        printer.emit(&Event::Check {
+            id: f.id,
+            title: f.title,
+            status: f.status,
+            code: f.code,
+            message: f.message.clone(),
+            remedy: f.remedy.clone(),
+        })
+    });
+    let failed = report.failed();
+    printer.emit(&Event::StepEnd {
+        step: "checks",
+        status: if failed.is_empty() { "ok" } else { "failed" },
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    let exit_code = if failed.is_empty() {
+        exit::SUCCESS
+    } else {
+        let names: Vec<String> = failed.iter().map(|f| f.id.to_string()).collect();
+        let first = failed[0];
+        printer.emit(&Event::Error {
+            code: "checks_failed",
+            message: format!(
+                "{} check{} failed: {}; first: {}",
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                first.message
+            ),
+            remedy: first.remedy.clone(),
+            causes: failed
+                .iter()
+                .map(|f| Cause {
+                    check: f.id,
+                    code: f.code.unwrap_or("failed"),
+                })
+                .collect(),
+            clusters: cluster_states(&report),
+        });
+        exit::CHECKS_FAILED
+    };
+    Outcome { report, exit_code }
+}
+
+/// What the checks did to each cluster.
+pub fn cluster_states(report: &Report) -> ClusterStates {
+    ClusterStates {
+        old: if report.live_old {
+            "running_untouched"
+        } else if report.old_started {
+            "started_and_stopped"
+        } else {
+            "unchanged"
+        },
+        new: if report.new_started {
+            "started_and_stopped"
+        } else {
+            "unchanged"
+        },
+    }
+}
+
+pub fn counts(report: &Report) -> CheckCounts {
+    CheckCounts {
+        pass: report.count(Status::Pass),
+        warn: report.count(Status::Warn),
+        fail: report.count(Status::Fail),
+        skip: report.count(Status::Skip),
+    }
+}

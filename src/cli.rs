@@ -1,0 +1,286 @@
+//! Command-line flags, compatible with pg_upgrade's (same names, same
+//! environment variables), resolved into validated settings before any work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pg-migrate",
+    version,
+    about = "Upgrade a PostgreSQL cluster to a new major version in place (a drop-in for pg_upgrade)",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every check without changing either cluster (same as -c/--check)
+    Check(Options),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMethod {
+    Fsync,
+    Syncfs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Signedness {
+    Signed,
+    Unsigned,
+}
+
+/// The transfer mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Copy,
+    Link,
+    Clone,
+    CopyFileRange,
+    Swap,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Old cluster's bin directory
+    #[arg(short = 'b', long = "old-bindir", env = "PGBINOLD", value_name = "DIR")]
+    pub old_bindir: Option<PathBuf>,
+    /// New cluster's bin directory [default: the directory of this program]
+    #[arg(short = 'B', long = "new-bindir", env = "PGBINNEW", value_name = "DIR")]
+    pub new_bindir: Option<PathBuf>,
+    /// Old cluster's data (or configuration) directory
+    #[arg(
+        short = 'd',
+        long = "old-datadir",
+        env = "PGDATAOLD",
+        value_name = "DIR"
+    )]
+    pub old_datadir: Option<PathBuf>,
+    /// New cluster's data (or configuration) directory
+    #[arg(
+        short = 'D',
+        long = "new-datadir",
+        env = "PGDATANEW",
+        value_name = "DIR"
+    )]
+    pub new_datadir: Option<PathBuf>,
+    /// Port for the old cluster's temporary server
+    #[arg(
+        short = 'p',
+        long = "old-port",
+        env = "PGPORTOLD",
+        default_value_t = 50432
+    )]
+    pub old_port: u16,
+    /// Port for the new cluster's temporary server
+    #[arg(
+        short = 'P',
+        long = "new-port",
+        env = "PGPORTNEW",
+        default_value_t = 50432
+    )]
+    pub new_port: u16,
+    /// Cluster's install user (superuser created by initdb) [default: current OS user]
+    #[arg(short = 'U', long = "username", env = "PGUSER", value_name = "NAME")]
+    pub username: Option<String>,
+    /// Directory in which a private socket directory is made [default: $TMPDIR or /tmp]
+    #[arg(
+        short = 's',
+        long = "socketdir",
+        env = "PGSOCKETDIR",
+        value_name = "DIR"
+    )]
+    pub socketdir: Option<PathBuf>,
+    /// Number of databases (and files) to work on at once
+    #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// Options for the old server's command line (repeatable)
+    #[arg(
+        short = 'o',
+        long = "old-options",
+        value_name = "OPTIONS",
+        allow_hyphen_values = true
+    )]
+    pub old_options: Vec<String>,
+    /// Options for the new server's command line (repeatable)
+    #[arg(
+        short = 'O',
+        long = "new-options",
+        value_name = "OPTIONS",
+        allow_hyphen_values = true
+    )]
+    pub new_options: Vec<String>,
+    /// Check clusters only, change nothing
+    #[arg(short = 'c', long = "check")]
+    pub check: bool,
+    /// Hard-link files instead of copying them
+    #[arg(short = 'k', long = "link", group = "mode")]
+    pub link: bool,
+    /// Copy files (the default)
+    #[arg(long = "copy", group = "mode")]
+    pub copy: bool,
+    /// Clone (reflink) files
+    #[arg(long = "clone", group = "mode")]
+    pub clone: bool,
+    /// Copy files with copy_file_range(2)
+    #[arg(long = "copy-file-range", group = "mode")]
+    pub copy_file_range: bool,
+    /// Move data directories into the new cluster
+    #[arg(long = "swap", group = "mode")]
+    pub swap: bool,
+    /// Keep logs and the run directory after success
+    #[arg(short = 'r', long = "retain")]
+    pub retain: bool,
+    /// Do not wait for changes to be written safely to disk
+    #[arg(short = 'N', long = "no-sync")]
+    pub no_sync: bool,
+    /// How to sync the new cluster to disk
+    #[arg(long = "sync-method", value_enum, default_value_t = SyncMethod::Fsync)]
+    pub sync_method: SyncMethod,
+    /// Show every command run, with its duration
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Do not carry optimizer statistics
+    #[arg(long = "no-statistics")]
+    pub no_statistics: bool,
+    /// Default char signedness to record in the new cluster (old < 18 only)
+    #[arg(long = "set-char-signedness", value_enum)]
+    pub set_char_signedness: Option<Signedness>,
+    /// Write status to stdout as JSON lines (see docs/json-status.md)
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+impl Options {
+    pub fn mode(&self) -> Mode {
+        if self.link {
+            Mode::Link
+        } else if self.clone {
+            Mode::Clone
+        } else if self.copy_file_range {
+            Mode::CopyFileRange
+        } else if self.swap {
+            Mode::Swap
+        } else {
+            Mode::Copy
+        }
+    }
+}
+
+/// What the user asked for, complete and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub check_only: bool,
+    pub old_bindir: PathBuf,
+    pub new_bindir: PathBuf,
+    pub old_datadir: PathBuf,
+    pub new_datadir: PathBuf,
+    pub old_port: u16,
+    pub new_port: u16,
+    pub user: String,
+    pub socket_base: PathBuf,
+    pub jobs: usize,
+    pub old_options: Option<String>,
+    pub new_options: Option<String>,
+    pub mode: Mode,
+    pub retain: bool,
+    pub verbose: bool,
+    pub json: bool,
+    pub set_char_signedness: Option<Signedness>,
+}
+
+/// A flag problem: names what is wrong and how to say it right.
+#[derive(Debug)]
+pub struct UsageError {
+    pub message: String,
+    pub remedy: String,
+}
+
+impl Options {
+    pub fn resolve(self, check_only: bool) -> Result<Settings, UsageError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
+        let required = |value: Option<PathBuf>, what: &str, flag: &str, env: &str| {
+            value
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(absolute)
+                .ok_or_else(|| UsageError {
+                    message: format!("no {what} was given"),
+                    remedy: format!("pass it with {flag} or set {env}"),
+                })
+        };
+        let old_bindir = required(
+            self.old_bindir.clone(),
+            "old bin directory",
+            "-b/--old-bindir",
+            "PGBINOLD",
+        )?;
+        let old_datadir = required(
+            self.old_datadir.clone(),
+            "old data directory",
+            "-d/--old-datadir",
+            "PGDATAOLD",
+        )?;
+        let new_datadir = required(
+            self.new_datadir.clone(),
+            "new data directory",
+            "-D/--new-datadir",
+            "PGDATANEW",
+        )?;
+        let new_bindir = match self
+            .new_bindir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(dir) => absolute(dir),
+            // pg_upgrade's default: the directory it was started from.
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|p| p.to_path_buf()))
+                .ok_or_else(|| UsageError {
+                    message: "no new bin directory was given".into(),
+                    remedy: "pass it with -B/--new-bindir or set PGBINNEW".into(),
+                })?,
+        };
+        let user = match self.username.clone().filter(|u| !u.is_empty()) {
+            Some(user) => user,
+            None => nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .ok_or_else(|| UsageError {
+                    message: "the current user has no name in the user database".into(),
+                    remedy: "pass the cluster's install user with -U/--username".into(),
+                })?,
+        };
+        let socket_base = absolute(self.socketdir.clone().unwrap_or_else(std::env::temp_dir));
+        let join = |opts: &[String]| (!opts.is_empty()).then(|| opts.join(" "));
+        Ok(Settings {
+            check_only: check_only || self.check,
+            old_bindir,
+            new_bindir,
+            old_datadir,
+            new_datadir,
+            old_port: self.old_port,
+            new_port: self.new_port,
+            user,
+            socket_base,
+            jobs: usize::from(self.jobs),
+            old_options: join(&self.old_options),
+            new_options: join(&self.new_options),
+            mode: self.mode(),
+            retain: self.retain,
+            verbose: self.verbose,
+            json: self.json,
+            set_char_signedness: self.set_char_signedness,
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! Exit statuses, documented in docs/exit-codes.md. Each class is distinct so
+//! that a wrapper can decide what to do without reading any text.
+
+/// Everything went as asked.
+pub const SUCCESS: i32 = 0;
+/// One or more checks failed; nothing was changed.
+pub const CHECKS_FAILED: i32 = 1;
+/// The command line (or the way pg-migrate was started) is wrong; nothing was done.
+pub const USAGE: i32 = 2;
+/// The run failed, and the old cluster is intact and can be started as before.
+pub const FAILED_OLD_INTACT: i32 = 3;
+/// The run failed after changing things that need `pg-migrate resume` or
+/// `revert` (reserved for the upgrade engine; `check` never returns it).
+#[allow(dead_code)]
+pub const FAILED_NEEDS_RECOVERY: i32 = 4;

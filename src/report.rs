@@ -1,0 +1,245 @@
+//! All output goes through the [`Printer`]: NDJSON events on stdout under
+//! `--json` (and nothing else there), text for people on stderr always.
+//! The event types here are the documented schema (docs/json-status.md).
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Bumped only by a deliberate, documented change of the event schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One status event. Every event carries `schema` and `event`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// What will be done, with which clusters; always the first event of a run
+    /// whose flags parsed.
+    Plan {
+        command: &'static str,
+        mode: crate::cli::Mode,
+        old: PlanSide,
+        new: PlanSide,
+        user: String,
+        jobs: usize,
+        run_dir: String,
+        live_check_allowed: bool,
+    },
+    StepStart {
+        step: &'static str,
+    },
+    StepEnd {
+        step: &'static str,
+        status: &'static str,
+        duration_ms: u64,
+    },
+    /// One check's verdict.
+    Check {
+        id: &'static str,
+        title: &'static str,
+        status: pgm_verifier::Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<&'static str>,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remedy: Option<String>,
+    },
+    /// Why the run failed, and in what state it leaves each cluster.
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remedy: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        causes: Vec<Cause>,
+        clusters: ClusterStates,
+    },
+    /// Always the last event.
+    Summary {
+        command: &'static str,
+        result: &'static str,
+        exit_code: i32,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checks: Option<CheckCounts>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old_version: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        new_version: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        logs: Option<String>,
+        next_steps: Vec<String>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanSide {
+    pub bindir: String,
+    pub datadir: String,
+    pub port: u16,
+}
+
+/// A failed check behind an error.
+#[derive(Debug, Serialize)]
+pub struct Cause {
+    pub check: &'static str,
+    pub code: &'static str,
+}
+
+/// What a run did to each cluster: `unchanged` (not touched at all),
+/// `started_and_stopped` (a server was started privately and stopped
+/// cleanly; only the files any clean start and stop rewrites changed),
+/// `running_untouched` (a running server was only queried).
+#[derive(Debug, Serialize)]
+pub struct ClusterStates {
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CheckCounts {
+    pub pass: usize,
+    pub warn: usize,
+    pub fail: usize,
+    pub skip: usize,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    schema: u32,
+    time_ms: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+pub struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    pub fn new(json: bool) -> Printer {
+        Printer { json }
+    }
+
+    /// Emits one event as a JSON line (under `--json`) and as text for people.
+    pub fn emit(&self, event: &Event) {
+        if self.json {
+            let time_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let line = serde_json::to_string(&Envelope {
+                schema: SCHEMA_VERSION,
+                time_ms,
+                event,
+            })
+            .unwrap_or_else(|e| format!("{{\"schema\":{SCHEMA_VERSION},\"event\":\"error\",\"code\":\"internal\",\"message\":\"{e}\"}}"));
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        if let Some(text) = human(event) {
+            self.say(&text);
+        }
+    }
+
+    /// Text for people only (stderr).
+    pub fn say(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{text}");
+    }
+}
+
+fn human(event: &Event) -> Option<String> {
+    match event {
+        Event::Plan {
+            command, old, new, ..
+        } => Some(format!(
+            "pg-migrate {command}\n  old: {} (bin {})\n  new: {} (bin {})",
+            old.datadir, old.bindir, new.datadir, new.bindir
+        )),
+        Event::StepStart { .. } | Event::StepEnd { .. } => None,
+        Event::Check {
+            id,
+            title,
+            status,
+            message,
+            remedy,
+            ..
+        } => {
+            let mark = match status {
+                pgm_verifier::Status::Pass => "✓",
+                pgm_verifier::Status::Warn => "!",
+                pgm_verifier::Status::Fail => "✗",
+                pgm_verifier::Status::Skip => "-",
+            };
+            let mut text = format!("  {mark} {title} [{id}]: {message}");
+            if let Some(remedy) = remedy {
+                text.push_str(&format!("\n      fix: {remedy}"));
+            }
+            Some(text)
+        }
+        Event::Error {
+            code,
+            message,
+            remedy,
+            clusters,
+            ..
+        } => {
+            let mut text = format!("error [{code}]: {message}");
+            if let Some(remedy) = remedy {
+                text.push_str(&format!("\n  fix: {remedy}"));
+            }
+            text.push_str(&format!(
+                "\n  old cluster: {}; new cluster: {}",
+                words(clusters.old),
+                words(clusters.new)
+            ));
+            Some(text)
+        }
+        Event::Summary {
+            result,
+            checks,
+            logs,
+            next_steps,
+            duration_ms,
+            ..
+        } => {
+            let mut text = String::new();
+            if let Some(c) = checks {
+                text.push_str(&format!(
+                    "{} passed, {} warnings, {} failed, {} skipped ({:.1} s)",
+                    c.pass,
+                    c.warn,
+                    c.fail,
+                    c.skip,
+                    Duration::from_millis(*duration_ms).as_secs_f64()
+                ));
+            }
+            match *result {
+                "ok" => text.push_str("\n*Clusters are compatible*"),
+                "checks_failed" => {
+                    text.push_str("\nThe clusters are not compatible yet; nothing was changed.")
+                }
+                _ => {}
+            }
+            if let Some(logs) = logs {
+                text.push_str(&format!("\nLogs: {logs}"));
+            }
+            for step in next_steps {
+                text.push_str(&format!("\nnext: {step}"));
+            }
+            Some(text.trim_start().to_string())
+        }
+    }
+}
+
+fn words(state: &str) -> &'static str {
+    match state {
+        "unchanged" => "unchanged",
+        "started_and_stopped" => "unchanged (its server was started privately and stopped cleanly)",
+        "running_untouched" => "still running, only queried",
+        _ => "see the log",
+    }
+}

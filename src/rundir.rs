@@ -1,0 +1,45 @@
+//! The run directory: a private (0700) directory outside both clusters that
+//! holds the servers' unix sockets and the logs. Removed after success unless
+//! `--retain`; kept after a failure so that its logs can be read.
+
+use std::path::{Path, PathBuf};
+
+pub struct RunDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn create(base: &Path) -> std::io::Result<RunDir> {
+        let dir = tempfile::Builder::new().prefix("pgm-").tempdir_in(base)?;
+        let path = dir.path().to_path_buf();
+        std::fs::create_dir(path.join("log"))?;
+        Ok(RunDir {
+            dir: Some(dir),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.path.join("log")
+    }
+
+    /// Keeps the directory on disk and returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+        self.path.clone()
+    }
+
+    /// Whether any server wrote a log (worth keeping after a failure).
+    pub fn has_logs(&self) -> bool {
+        std::fs::read_dir(self.log_dir())
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    }
+}

@@ -1,0 +1,236 @@
+//! `pg-migrate check` on every supported pair of real clusters.
+
+use crate::support::*;
+
+/// Every check id a complete run reports, in order.
+const ALL_CHECKS: [&str; 33] = [
+    "old-bindir",
+    "new-bindir",
+    "version-pair",
+    "old-datadir",
+    "new-datadir",
+    "distinct-datadirs",
+    "old-datadir-version",
+    "old-control",
+    "old-server",
+    "new-datadir-version",
+    "new-control",
+    "new-server",
+    "control-alignment",
+    "control-block-size",
+    "control-segment-size",
+    "control-wal-block-size",
+    "control-wal-segment-size",
+    "control-name-length",
+    "control-index-columns",
+    "control-toast-chunk",
+    "control-large-object-chunk",
+    "control-data-checksums",
+    "char-signedness",
+    "old-connect",
+    "old-install-user",
+    "old-databases",
+    "old-database-scan",
+    "old-prepared-transactions",
+    "new-connect",
+    "new-install-user",
+    "new-empty",
+    "new-prepared-transactions",
+    "template0-locale",
+];
+
+fn check_passes(old_major: u32, new_major: u32) {
+    let Some(mut pair) = Pair::new(old_major, new_major) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    let run = pair.check(&["-j", "2"]);
+    assert_eq!(
+        run.status, 0,
+        "stderr:\n{}\nstdout:\n{}",
+        run.stderr, run.stdout
+    );
+    let ids: Vec<&str> = run
+        .events_named("check")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ALL_CHECKS);
+    for check in run.events_named("check") {
+        assert_eq!(check["status"], "pass", "{check}");
+    }
+    assert_eq!(run.events[0]["event"], "plan");
+    let summary = run.summary();
+    assert_eq!(summary["result"], "ok");
+    assert_eq!(summary["checks"]["pass"], 33);
+    assert!(summary["old_version"]
+        .as_str()
+        .unwrap()
+        .starts_with(&old_major.to_string()));
+    assert!(summary["new_version"]
+        .as_str()
+        .unwrap()
+        .starts_with(&new_major.to_string()));
+    assert!(run.events_named("error").is_empty());
+    // Every database was reached, two at a time.
+    let scan = run.check("old-database-scan")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        scan.starts_with("4 databases scanned") && scan.ends_with("2 at a time"),
+        "{scan}"
+    );
+    // The old cluster is intact and still starts with its data.
+    pair.old.with_running(|c| {
+        let n: i64 = c
+            .client("app")
+            .query_one("SELECT count(*) FROM items", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 500);
+    });
+    // The run directory (sockets, logs) is gone after success.
+    let run_dir = run.events[0]["run_dir"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(run_dir).exists(),
+        "{run_dir} left behind"
+    );
+}
+
+macro_rules! pairs {
+    ($($name:ident: $old:expr => $new:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            check_passes($old, $new);
+        }
+    )*};
+}
+
+pairs! {
+    check_15_to_17: 15 => 17;
+    check_15_to_18: 15 => 18;
+    check_17_to_18: 17 => 18;
+    check_12_to_18: 12 => 18;
+    check_13_to_18: 13 => 18;
+    check_14_to_18: 14 => 18;
+    check_16_to_18: 16 => 18;
+}
+
+#[test]
+fn human_output_lists_every_check_on_stderr_and_nothing_on_stdout() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let mut args = vec!["check".into()];
+    args.extend(pair.dir_args());
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.is_empty(),
+        "stdout must stay empty without --json: {}",
+        run.stdout
+    );
+    assert_eq!(run.stderr.matches('✓').count(), 33, "{}", run.stderr);
+    assert!(run.stderr.contains("*Clusters are compatible*"));
+}
+
+#[test]
+fn pg_upgrade_flags_and_environment_variables_are_accepted() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    // The pg_upgrade spelling: -c instead of the subcommand, every path from
+    // the environment, the options pg_upgrade has.
+    let output = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args([
+            "-c",
+            "--json",
+            "-k",
+            "-j",
+            "2",
+            "-r",
+            "-N",
+            "--sync-method=fsync",
+            "-v",
+        ])
+        .args(["-p", "50555", "-P", "50556", "-s", "/tmp"])
+        .args(["-o", "-c work_mem=8MB", "-O", "-c work_mem=16MB"])
+        .env("PGBINOLD", &pair.old.bindir)
+        .env("PGBINNEW", &pair.new.bindir)
+        .env("PGDATAOLD", &pair.old.datadir)
+        .env("PGDATANEW", &pair.new.datadir)
+        .output()
+        .unwrap();
+    let run = pgm_testkit::finish(output);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let plan = &run.events[0];
+    assert_eq!(plan["mode"], "link");
+    assert_eq!(plan["old"]["port"], 50555);
+    assert_eq!(plan["jobs"], 2);
+    // --verbose shows every command with its duration.
+    assert!(
+        run.stderr.contains("pg_ctl") && run.stderr.contains(" ms"),
+        "{}",
+        run.stderr
+    );
+    // --retain keeps the run directory and says where.
+    let logs = run.summary()["logs"]
+        .as_str()
+        .expect("logs kept with -r")
+        .to_string();
+    let server_log =
+        std::fs::read_to_string(std::path::Path::new(&logs).join("log/new-server.log")).unwrap();
+    assert!(!server_log.is_empty());
+    std::fs::remove_dir_all(&logs).unwrap();
+}
+
+#[test]
+fn live_check_inspects_a_running_old_server_and_leaves_it_running() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    pair.old.start();
+    let pid = pair.old.postmaster_pid();
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let server = run.check("old-server");
+    assert_eq!(server["status"], "warn");
+    assert_eq!(server["code"], "old_server_running");
+    assert!(run.check("old-connect")["message"]
+        .as_str()
+        .unwrap()
+        .contains("inspected while running"));
+    assert!(run.check("old-database-scan")["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("4 databases"));
+    assert_eq!(
+        pair.old.postmaster_pid(),
+        pid,
+        "the old server must keep running"
+    );
+    pair.old.sql("app", "SELECT 1");
+    // The upgrade itself refuses a running old server, and leaves it running.
+    let mut args = pair.dir_args();
+    args.push("--json".into());
+    let run = pair.run(&args);
+    assert_refused(&run, "old-server", "old_server_running");
+    assert_eq!(pair.old.postmaster_pid(), pid);
+    pair.old.stop();
+}
+
+#[test]
+fn the_upgrade_command_runs_the_checks_and_says_it_cannot_upgrade_yet() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let mut args = pair.dir_args();
+    args.push("--json".into());
+    let run = pair.run(&args);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    assert_eq!(run.error()["code"], "not_implemented");
+    assert_eq!(run.summary()["result"], "error");
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the pg-migrate binary against real PostgreSQL servers of
+//! several majors (scripts/install-postgres.sh installs them). One test
+//! binary; each module is one area.
+
+mod bad_input;
+mod check_pairs;
+mod cli;
+mod control;
+mod json_schema;
+mod support;

@@ -1,0 +1,137 @@
+//! The harness: a pair of clusters in a sandbox and pg-migrate run on them.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+pub use pgm_testkit::{
+    as_test_user, assert_same_tree, no_checksums, require, run_ok, snapshot, Cluster, Run, Sandbox,
+    TreeSnapshot,
+};
+
+/// The pg-migrate binary, where the test user can run it.
+pub fn binary(sandbox: &Sandbox) -> PathBuf {
+    pgm_testkit::binary_for_test_user(Path::new(env!("CARGO_BIN_EXE_pg-migrate")), sandbox.path())
+}
+
+/// An old and a new cluster made for one test.
+pub struct Pair {
+    pub old: Cluster,
+    pub new: Cluster,
+    pub bin: PathBuf,
+    // Last: dropped after the clusters are stopped.
+    pub sandbox: Sandbox,
+}
+
+impl Pair {
+    /// Both majors must be installed (a failure in CI, a skip elsewhere).
+    pub fn new(old_major: u32, new_major: u32) -> Option<Pair> {
+        Pair::with_options(
+            old_major,
+            no_checksums(old_major),
+            new_major,
+            no_checksums(new_major),
+        )
+    }
+
+    pub fn with_options(
+        old_major: u32,
+        old_opts: &[&str],
+        new_major: u32,
+        new_opts: &[&str],
+    ) -> Option<Pair> {
+        require(old_major)?;
+        require(new_major)?;
+        let sandbox = Sandbox::new();
+        let old = sandbox.cluster("old", old_major, old_opts);
+        let new = sandbox.cluster("new", new_major, new_opts);
+        let bin = binary(&sandbox);
+        Some(Pair {
+            old,
+            new,
+            bin,
+            sandbox,
+        })
+    }
+
+    /// The four directory flags.
+    pub fn dir_args(&self) -> Vec<OsString> {
+        vec![
+            "-b".into(),
+            self.old.bindir.clone().into(),
+            "-B".into(),
+            self.new.bindir.clone().into(),
+            "-d".into(),
+            self.old.datadir.clone().into(),
+            "-D".into(),
+            self.new.datadir.clone().into(),
+        ]
+    }
+
+    /// `pg-migrate check <dirs> --json <extra>`.
+    pub fn check(&self, extra: &[&str]) -> Run {
+        let mut args: Vec<OsString> = vec!["check".into()];
+        args.extend(self.dir_args());
+        args.push("--json".into());
+        args.extend(extra.iter().map(OsString::from));
+        self.run(&args)
+    }
+
+    pub fn run(&self, args: &[OsString]) -> Run {
+        let refs: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        pgm_testkit::pg_migrate(&self.bin, self.sandbox.path(), &refs)
+    }
+
+    pub fn snapshots(&self) -> (TreeSnapshot, TreeSnapshot) {
+        (snapshot(&self.old.datadir), snapshot(&self.new.datadir))
+    }
+}
+
+/// Fills a cluster with a little of everything a check must look through.
+pub fn add_some_data(cluster: &mut Cluster) {
+    cluster.with_running(|c| {
+        c.sql("postgres", "CREATE DATABASE \"odd \"\"name\"\" é\"");
+        c.sql("postgres", "CREATE DATABASE app");
+        c.sql(
+            "app",
+            "CREATE TABLE items (id serial PRIMARY KEY, name text); INSERT INTO items (name) SELECT 'n' || g FROM generate_series(1, 500) g;",
+        );
+        c.sql("odd \"name\" é", "CREATE SCHEMA s; CREATE TABLE s.t AS SELECT 1 AS x;");
+    });
+}
+
+/// The assertions every refusal must satisfy: the named check failed with the
+/// named code, a message and a remedy; one error event lists it; the summary
+/// is last and carries the exit status.
+pub fn assert_refused(run: &Run, check_id: &str, code: &str) {
+    assert_eq!(run.status, 1, "exit status; stderr:\n{}", run.stderr);
+    let check = run.check(check_id);
+    assert_eq!(check["status"], "fail", "{check}");
+    assert_eq!(check["code"], code, "{check}");
+    assert!(
+        check["message"].as_str().is_some_and(|m| m.len() > 10),
+        "{check}"
+    );
+    assert!(
+        check["remedy"].as_str().is_some_and(|m| m.len() > 10),
+        "{check}"
+    );
+    let error = run.error();
+    assert_eq!(error["code"], "checks_failed");
+    assert!(
+        error["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == check_id && c["code"] == code),
+        "{error}"
+    );
+    let summary = run.summary();
+    assert_eq!(summary["exit_code"], 1);
+    assert_eq!(summary["result"], "checks_failed");
+    // People get the same problem and its fix on stderr.
+    assert!(
+        run.stderr.contains(check["remedy"].as_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+}
