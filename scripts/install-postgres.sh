@@ -6,12 +6,14 @@
 # initdb + start + a query + stop (as an unprivileged user when run as root).
 #
 # Usage: scripts/install-postgres.sh [MAJOR ...]     (default: 12 13 14 15 16 17 18)
-# Prefix: $PG_MIGRATE_PG_PREFIX, default <project>/.cache/postgres
+# Prefix: $PG_MIGRATE_PG_PREFIX, default <project>/.cache/postgres (or
+# /var/cache/pg-migrate/postgres when root runs a checkout that other users
+# cannot enter).
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-prefix=${PG_MIGRATE_PG_PREFIX:-$root/.cache/postgres}
-test_user=${PG_MIGRATE_TEST_USER:-pgmigrate}
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+prefix=$(resolve_prefix)
 majors=("$@")
 [ ${#majors[@]} -gt 0 ] || majors=(12 13 14 15 16 17 18)
 
@@ -31,14 +33,6 @@ pin() {
 
 log() { printf '[install-postgres] %s\n' "$*" >&2; }
 
-as_test_user() {
-  if [ "$(id -u)" = 0 ]; then runuser -u "$test_user" -- "$@"; else "$@"; fi
-}
-
-ensure_test_user() {
-  [ "$(id -u)" = 0 ] || return 0
-  id "$test_user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$test_user"
-}
 
 # Fetch one pinned file into $prefix/downloads and check its sha256.
 fetch() {
@@ -115,19 +109,20 @@ verify() {
   work=$(mktemp -d /tmp/pgm-verify.XXXXXX)
   chmod 0700 "$work"
   [ "$(id -u)" = 0 ] && chown "$test_user" "$work"
-  as_test_user "$bin/initdb" -D "$work/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 \
+  as_user "$bin/initdb" -D "$work/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 \
     || { cat "$work/initdb.log" >&2; return 1; }
-  as_test_user "$bin/pg_ctl" -D "$work/data" -w -l "$work/log" \
+  as_user "$bin/pg_ctl" -D "$work/data" -w -l "$work/log" \
     -o "-c listen_addresses='' -c unix_socket_directories='$work' -p 54399" start >/dev/null
-  out=$(as_test_user "$psql" -h "$work" -p 54399 -U postgres -d postgres -Atc "select current_setting('server_version_num')::int / 10000" 2>&1) || true
-  as_test_user "$bin/pg_ctl" -D "$work/data" -w -m fast stop >/dev/null || true
+  out=$(as_user "$psql" -h "$work" -p 54399 -U postgres -d postgres -Atc "select current_setting('server_version_num')::int / 10000" 2>&1) || true
+  as_user "$bin/pg_ctl" -D "$work/data" -w -m fast stop >/dev/null || true
   rm -rf "$work"
   if [ "$out" != "$major" ]; then log "verification of $major failed: got '$out'"; return 1; fi
 }
 
 main() {
+  ensure_prerequisites
   mkdir -p "$prefix"
-  ensure_test_user
+  ensure_user
   # 18 first: its psql verifies the server-only installs.
   local ordered=() m
   for m in 18 15; do [[ " ${majors[*]} " == *" $m "* ]] && ordered+=("$m"); done

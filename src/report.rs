@@ -115,11 +115,17 @@ struct Envelope<'a> {
 
 pub struct Printer {
     json: bool,
+    /// The reason of the last skipped check, so that a run of checks skipped
+    /// for one reason states it once.
+    last_skip: std::sync::Mutex<Option<String>>,
 }
 
 impl Printer {
     pub fn new(json: bool) -> Printer {
-        Printer { json }
+        Printer {
+            json,
+            last_skip: std::sync::Mutex::new(None),
+        }
     }
 
     /// Emits one event as a JSON line (under `--json`) and as text for people.
@@ -139,9 +145,19 @@ impl Printer {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
-        if let Some(text) = human(event) {
+        let skip_reason = match event {
+            Event::Check {
+                status: pgm_verifier::Status::Skip,
+                message,
+                ..
+            } => Some(message.clone()),
+            _ => None,
+        };
+        let repeated = skip_reason.is_some() && *self.last_skip.lock().unwrap_or_else(|e| e.into_inner()) == skip_reason;
+        if let Some(text) = human(event, repeated) {
             self.say(&text);
         }
+        *self.last_skip.lock().unwrap_or_else(|e| e.into_inner()) = skip_reason;
     }
 
     /// Text for people only (stderr).
@@ -151,7 +167,7 @@ impl Printer {
     }
 }
 
-fn human(event: &Event) -> Option<String> {
+fn human(event: &Event, repeated_skip: bool) -> Option<String> {
     match event {
         Event::Plan {
             command, old, new, ..
@@ -174,6 +190,9 @@ fn human(event: &Event) -> Option<String> {
                 pgm_verifier::Status::Fail => "✗",
                 pgm_verifier::Status::Skip => "-",
             };
+            if repeated_skip {
+                return Some(format!("  {mark} {title} [{id}]"));
+            }
             let mut text = format!("  {mark} {title} [{id}]: {message}");
             if let Some(remedy) = remedy {
                 text.push_str(&format!("\n      fix: {remedy}"));

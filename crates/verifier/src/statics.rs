@@ -649,7 +649,7 @@ fn compare_control(old: &ControlFile, new: &ControlFile, initdb: &str) -> Vec<Fi
             c.title,
             "control_mismatch",
             format!(
-                "{} differs: old cluster {}, new cluster {}",
+                "{}: old cluster {}, new cluster {}",
                 c.title, c.old, c.new
             ),
             remedy,

@@ -1,0 +1,57 @@
+# Shared by the scripts: project root, PostgreSQL prefix, the unprivileged
+# user that runs servers when we are root, and the prerequisites.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+test_user=${PG_MIGRATE_TEST_USER:-pgmigrate}
+
+# The prefix must be reachable by the unprivileged user: a checkout under a
+# directory only root can enter (e.g. /root) gets a prefix under /var/cache.
+resolve_prefix() {
+  if [ -n "${PG_MIGRATE_PG_PREFIX:-}" ]; then
+    echo "$PG_MIGRATE_PG_PREFIX"
+    return
+  fi
+  local dir=$root
+  if [ "$(id -u)" = 0 ]; then
+    while [ "$dir" != / ]; do
+      if [ "$(stat -c %A "$dir" | cut -c10)" != x ]; then
+        echo /var/cache/pg-migrate/postgres
+        return
+      fi
+      dir=$(dirname "$dir")
+    done
+  fi
+  echo "$root/.cache/postgres"
+}
+
+as_user() {
+  if [ "$(id -u)" = 0 ]; then runuser -u "$test_user" -- "$@"; else "$@"; fi
+}
+
+ensure_user() {
+  [ "$(id -u)" = 0 ] || return 0
+  id "$test_user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$test_user"
+}
+
+# Debian packages the scripts rely on (present on most machines already).
+ensure_prerequisites() {
+  local missing=()
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  command -v npm >/dev/null || missing+=(npm)
+  command -v runuser >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "missing: ${missing[*]}; install them (apt-get install ${missing[*]}) and run again" >&2
+      return 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null || {
+    echo "cargo is missing: install the Rust toolchain (https://rustup.rs) and run again" >&2
+    return 1
+  }
+}
