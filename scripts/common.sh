@@ -13,10 +13,14 @@ resolve_prefix() {
   local dir=$root
   if [ "$(id -u)" = 0 ]; then
     while [ "$dir" != / ]; do
-      if [ "$(stat -c %A "$dir" | cut -c10)" != x ]; then
-        echo /var/cache/pg-migrate/postgres
-        return
-      fi
+      # Others need search permission on every ancestor (x, or t: sticky + x).
+      case $(stat -c %A "$dir" | cut -c10) in
+        x | t) ;;
+        *)
+          echo /var/cache/pg-migrate/postgres
+          return
+          ;;
+      esac
       dir=$(dirname "$dir")
     done
   fi

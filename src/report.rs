@@ -153,7 +153,8 @@ impl Printer {
             } => Some(message.clone()),
             _ => None,
         };
-        let repeated = skip_reason.is_some() && *self.last_skip.lock().unwrap_or_else(|e| e.into_inner()) == skip_reason;
+        let repeated = skip_reason.is_some()
+            && *self.last_skip.lock().unwrap_or_else(|e| e.into_inner()) == skip_reason;
         if let Some(text) = human(event, repeated) {
             self.say(&text);
         }

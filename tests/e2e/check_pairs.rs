@@ -234,3 +234,38 @@ fn the_upgrade_command_runs_the_checks_and_says_it_cannot_upgrade_yet() {
     assert_eq!(run.error()["code"], "not_implemented");
     assert_eq!(run.summary()["result"], "error");
 }
+
+#[test]
+fn configuration_only_directories_are_resolved() {
+    // Debian's layout: postgresql.conf, pg_hba.conf and pg_ident.conf live
+    // in /etc/postgresql/<major>/<name>, which is what -d/-D name.
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let config = pair.sandbox.mkdir("old-config");
+    for file in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+        std::fs::rename(pair.old.datadir.join(file), config.join(file)).unwrap();
+    }
+    let mut conf = std::fs::read_to_string(config.join("postgresql.conf")).unwrap();
+    conf.push_str(&format!(
+        "\ndata_directory = '{}'\n",
+        pair.old.datadir.display()
+    ));
+    std::fs::write(config.join("postgresql.conf"), conf).unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec!["check".into()];
+    let mut dirs = pair.dir_args();
+    let at = dirs.iter().position(|a| a == "-d").unwrap();
+    dirs[at + 1] = config.clone().into();
+    args.extend(dirs);
+    args.push("--json".into());
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let datadir = run.check("old-datadir")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        datadir.contains(pair.old.datadir.to_str().unwrap()),
+        "{datadir}"
+    );
+}

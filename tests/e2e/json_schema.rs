@@ -128,7 +128,7 @@ fn validate_object(
     }
 }
 
-fn validate(events: &[Value]) {
+pub fn validate(events: &[Value]) {
     let docs = documented_events();
     let common = &docs["Every event"];
     let error_codes = documented_codes("docs/json-status.md", "Error codes:");

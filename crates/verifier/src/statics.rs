@@ -648,10 +648,7 @@ fn compare_control(old: &ControlFile, new: &ControlFile, initdb: &str) -> Vec<Fi
             c.id,
             c.title,
             "control_mismatch",
-            format!(
-                "{}: old cluster {}, new cluster {}",
-                c.title, c.old, c.new
-            ),
+            format!("{}: old cluster {}, new cluster {}", c.title, c.old, c.new),
             remedy,
         ));
     }
