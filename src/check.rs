@@ -11,6 +11,7 @@ use crate::rundir::RunDir;
 
 pub struct Outcome {
     pub report: Report,
+    pub config: CheckConfig,
     pub exit_code: i32,
 }
 
@@ -43,6 +44,7 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
         socket_dir: run_dir.path().to_path_buf(),
         log_dir: run_dir.log_dir(),
         allow_live_old: settings.check_only,
+        create_new: true,
         set_char_signedness: settings.set_char_signedness.map(|s| match s {
             Signedness::Signed => CharSignedness::Signed,
             Signedness::Unsigned => CharSignedness::Unsigned,
@@ -68,16 +70,7 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     });
     let started = Instant::now();
     printer.emit(&Event::StepStart { step: "checks" });
-    let report = pgm_verifier::run_checks(&config, &mut |f| {
-        printer.emit(&Event::Check {
-            id: f.id,
-            title: f.title,
-            status: f.status,
-            code: f.code,
-            message: f.message.clone(),
-            remedy: f.remedy.clone(),
-        })
-    });
+    let report = pgm_verifier::run_checks(&config, &mut |f| printer.emit(&check_event(f)));
     let failed = report.failed();
     printer.emit(&Event::StepEnd {
         step: "checks",
@@ -110,7 +103,22 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
         });
         exit::CHECKS_FAILED
     };
-    Outcome { report, exit_code }
+    Outcome {
+        report,
+        config,
+        exit_code,
+    }
+}
+
+pub fn check_event(f: &pgm_verifier::Finding) -> Event {
+    Event::Check {
+        id: f.id,
+        title: f.title,
+        status: f.status,
+        code: f.code,
+        message: f.message.clone(),
+        remedy: f.remedy.clone(),
+    }
 }
 
 /// What the checks did to each cluster.

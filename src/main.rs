@@ -4,8 +4,10 @@
 mod check;
 mod cli;
 mod exit;
+mod journal;
 mod report;
 mod rundir;
+mod upgrade;
 
 use std::time::Instant;
 
@@ -115,32 +117,133 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 
     let outcome = check::run_checks(settings, printer, &run_dir);
     let mut exit_code = outcome.exit_code;
     let mut next_steps = Vec::new();
-    if exit_code == exit::SUCCESS && !settings.check_only {
-        printer.emit(&Event::Error {
-            code: "not_implemented",
-            message: "the checks passed, but this version of pg-migrate cannot perform the upgrade itself yet (only `check`)".into(),
-            remedy: Some("use pg-migrate check for now; nothing was changed".into()),
-            causes: Vec::new(),
-            clusters: check::cluster_states(&outcome.report),
-        });
-        exit_code = exit::FAILED_OLD_INTACT;
-    } else if exit_code == exit::SUCCESS {
-        let mode = match settings.mode {
-            cli::Mode::Link => " --link",
-            cli::Mode::Clone => " --clone",
-            cli::Mode::CopyFileRange => " --copy-file-range",
-            cli::Mode::Swap => " --swap",
-            cli::Mode::Copy => "",
-        };
+    let mut upgrade_counts = None;
+    let mut logs = None;
+    if exit_code == exit::SUCCESS && settings.check_only {
         if outcome.report.live_old {
             next_steps.push("stop the old server before upgrading".to_string());
         }
         next_steps.push(format!(
-            "run the same command without `check`{mode} to upgrade"
+            "run the same command without `check`{} to upgrade",
+            mode_flag(settings.mode)
         ));
+    } else if exit_code == exit::SUCCESS {
+        match run_upgrade(settings, printer, &run_dir, outcome) {
+            Ok(finished) => {
+                next_steps = finished.next_steps;
+                logs = finished.logs.map(|p| p.display().to_string());
+                upgrade_counts = Some(report::UpgradeCounts {
+                    mode: settings.mode,
+                    databases: finished.databases,
+                    relations: finished.relations,
+                    files: finished.files,
+                    bytes: finished.bytes,
+                });
+            }
+            Err(code) => {
+                exit_code = code;
+                logs = Some(run_dir.path().display().to_string());
+            }
+        }
+        return summarize(
+            settings,
+            printer,
+            started,
+            run_dir,
+            exit_code,
+            None,
+            next_steps,
+            upgrade_counts,
+            logs,
+        );
     }
+    let checks = Some(check::counts(&outcome.report));
+    summarize(
+        settings,
+        printer,
+        started,
+        run_dir,
+        exit_code,
+        checks,
+        next_steps,
+        upgrade_counts,
+        logs,
+    )
+}
+
+fn mode_flag(mode: cli::Mode) -> &'static str {
+    match mode {
+        cli::Mode::Link => " --link",
+        cli::Mode::Clone => " --clone",
+        cli::Mode::CopyFileRange => " --copy-file-range",
+        cli::Mode::Swap => " --swap",
+        cli::Mode::Copy => "",
+    }
+}
+
+/// The upgrade after its checks passed; returns the exit status on failure.
+fn run_upgrade(
+    settings: &Settings,
+    printer: &Printer,
+    run_dir: &RunDir,
+    outcome: check::Outcome,
+) -> Result<upgrade::Finished, i32> {
+    if !matches!(settings.mode, cli::Mode::Copy | cli::Mode::Link) {
+        printer.emit(&Event::Error {
+            code: "mode_not_supported",
+            message: format!(
+                "{} is not supported yet; use --copy or --link",
+                mode_flag(settings.mode).trim()
+            ),
+            remedy: Some("nothing was changed".into()),
+            causes: Vec::new(),
+            clusters: check::cluster_states(&outcome.report),
+        });
+        return Err(exit::USAGE);
+    }
+    let mut engine =
+        match upgrade::Engine::new(settings, printer, run_dir, outcome.config, outcome.report) {
+            Ok(engine) => engine,
+            Err(failure) => {
+                printer.emit(&Event::Error {
+                    code: failure.code,
+                    message: failure.message,
+                    remedy: failure.remedy,
+                    causes: Vec::new(),
+                    clusters: ClusterStates {
+                        old: "started_and_stopped",
+                        new: "unchanged",
+                    },
+                });
+                return Err(exit::FAILED_OLD_INTACT);
+            }
+        };
+    engine.run().map_err(|(failure, clusters, code)| {
+        printer.emit(&Event::Error {
+            code: failure.code,
+            message: failure.message,
+            remedy: failure.remedy,
+            causes: Vec::new(),
+            clusters,
+        });
+        code
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    run_dir: RunDir,
+    exit_code: i32,
+    checks: Option<report::CheckCounts>,
+    next_steps: Vec<String>,
+    upgrade: Option<report::UpgradeCounts>,
+    logs: Option<String>,
+) -> i32 {
     let keep = settings.retain || (exit_code != exit::SUCCESS && run_dir.has_logs());
-    let logs = keep.then(|| run_dir.keep().display().to_string());
+    let run_dir_kept = keep.then(|| run_dir.keep().display().to_string());
     printer.emit(&Event::Summary {
         command: if settings.check_only {
             "check"
@@ -154,20 +257,11 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 
         },
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
-        checks: Some(check::counts(&outcome.report)),
-        old_version: outcome
-            .report
-            .old
-            .install
-            .as_ref()
-            .map(|i| i.version.text.clone()),
-        new_version: outcome
-            .report
-            .new
-            .install
-            .as_ref()
-            .map(|i| i.version.text.clone()),
-        logs,
+        checks,
+        old_version: None,
+        new_version: None,
+        upgrade,
+        logs: logs.or(run_dir_kept),
         next_steps,
     });
     exit_code
@@ -200,6 +294,7 @@ fn fail_early(
         checks: None,
         old_version: None,
         new_version: None,
+        upgrade: None,
         logs: None,
         next_steps: Vec::new(),
     });

@@ -3,6 +3,7 @@
 //! The event types here are the documented schema (docs/json-status.md).
 
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -28,6 +29,22 @@ pub enum Event {
     },
     StepStart {
         step: &'static str,
+    },
+    /// pg-migrate created the new cluster with this initdb command.
+    Initdb {
+        command: String,
+        datadir: String,
+    },
+    /// How far a long step is.
+    Progress {
+        step: &'static str,
+        done: u64,
+        total: u64,
+        unit: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes_done: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes_total: Option<u64>,
     },
     StepEnd {
         step: &'static str,
@@ -68,9 +85,21 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         new_version: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        upgrade: Option<UpgradeCounts>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         logs: Option<String>,
         next_steps: Vec<String>,
     },
+}
+
+/// What an upgrade carried.
+#[derive(Debug, Serialize)]
+pub struct UpgradeCounts {
+    pub mode: crate::cli::Mode,
+    pub databases: usize,
+    pub relations: usize,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,14 +146,14 @@ pub struct Printer {
     json: bool,
     /// The reason of the last skipped check, so that a run of checks skipped
     /// for one reason states it once.
-    last_skip: std::sync::Mutex<Option<String>>,
+    last_skip: Mutex<Option<String>>,
 }
 
 impl Printer {
     pub fn new(json: bool) -> Printer {
         Printer {
             json,
-            last_skip: std::sync::Mutex::new(None),
+            last_skip: Mutex::new(None),
         }
     }
 
@@ -176,7 +205,19 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             "pg-migrate {command}\n  old: {} (bin {})\n  new: {} (bin {})",
             old.datadir, old.bindir, new.datadir, new.bindir
         )),
-        Event::StepStart { .. } | Event::StepEnd { .. } => None,
+        Event::StepStart { step } => Some(format!("{step} …")),
+        Event::StepEnd {
+            step,
+            status,
+            duration_ms,
+        } => (*status != "ok" || *duration_ms >= 1000).then(|| {
+            format!(
+                "{step}: {status} ({:.1} s)",
+                Duration::from_millis(*duration_ms).as_secs_f64()
+            )
+        }),
+        Event::Initdb { command, .. } => Some(format!("creating the new cluster: {command}")),
+        Event::Progress { .. } => None,
         Event::Check {
             id,
             title,
@@ -238,7 +279,12 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
                 ));
             }
             match *result {
-                "ok" => text.push_str("\n*Clusters are compatible*"),
+                "ok" if checks.is_some()
+                    && next_steps.iter().any(|s| s.contains("without `check`")) =>
+                {
+                    text.push_str("\n*Clusters are compatible*")
+                }
+                "ok" => text.push_str("\nUpgrade complete."),
                 "checks_failed" => {
                     text.push_str("\nThe clusters are not compatible yet; nothing was changed.")
                 }
@@ -260,6 +306,120 @@ fn words(state: &str) -> &'static str {
         "unchanged" => "unchanged",
         "started_and_stopped" => "unchanged (its server was started privately and stopped cleanly)",
         "running_untouched" => "still running, only queried",
+        "protected" => "intact, but its global/pg_control is renamed to pg_control.old so that it cannot be started by mistake",
+        "incomplete" => "half-made: it must be re-created before another attempt",
+        "created" => "created by pg-migrate, still empty",
         _ => "see the log",
+    }
+}
+
+/// Progress of a long step: throttled `progress` events, and a bar on a
+/// terminal when no JSON is asked for.
+pub struct ProgressMeter<'a> {
+    printer: &'a Printer,
+    step: &'static str,
+    unit: &'static str,
+    total: u64,
+    bytes_total: Option<u64>,
+    done: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    last: Mutex<std::time::Instant>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Printer {
+    pub fn meter(&self, step: &'static str, total: u64, unit: &'static str) -> ProgressMeter<'_> {
+        self.make_meter(step, total, unit, None)
+    }
+
+    pub fn meter_bytes(&self, step: &'static str, files: u64, bytes: u64) -> ProgressMeter<'_> {
+        self.make_meter(step, files, "files", Some(bytes))
+    }
+
+    fn make_meter(
+        &self,
+        step: &'static str,
+        total: u64,
+        unit: &'static str,
+        bytes_total: Option<u64>,
+    ) -> ProgressMeter<'_> {
+        use std::io::IsTerminal;
+        let bar = (!self.json && std::io::stderr().is_terminal() && total > 0).then(|| {
+            let bar = indicatif::ProgressBar::new(bytes_total.unwrap_or(total));
+            let template = if bytes_total.is_some() {
+                "  {prefix} [{bar:30}] {bytes}/{total_bytes} ({eta})"
+            } else {
+                "  {prefix} [{bar:30}] {pos}/{len} (eta {eta})"
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(step);
+            bar
+        });
+        ProgressMeter {
+            printer: self,
+            step,
+            unit,
+            total,
+            bytes_total,
+            done: 0.into(),
+            bytes: 0.into(),
+            last: Mutex::new(std::time::Instant::now()),
+            bar,
+        }
+    }
+}
+
+impl ProgressMeter<'_> {
+    pub fn add(&self, done: u64, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let d = self.done.fetch_add(done, Ordering::SeqCst) + done;
+        let b = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.report(d, b, false);
+    }
+
+    pub fn set(&self, done: u64, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        self.done.fetch_max(done, Ordering::SeqCst);
+        self.bytes.fetch_max(bytes, Ordering::SeqCst);
+        self.report(done, bytes, false);
+    }
+
+    pub fn finish(&self) {
+        use std::sync::atomic::Ordering;
+        self.report(
+            self.done.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
+            true,
+        );
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn report(&self, done: u64, bytes: u64, last: bool) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(if self.bytes_total.is_some() {
+                bytes
+            } else {
+                done
+            });
+        }
+        let mut previous = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if !last && previous.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        *previous = std::time::Instant::now();
+        if self.printer.json {
+            self.printer.emit(&Event::Progress {
+                step: self.step,
+                done,
+                total: self.total,
+                unit: self.unit,
+                bytes_done: self.bytes_total.map(|_| bytes),
+                bytes_total: self.bytes_total,
+            });
+        }
     }
 }

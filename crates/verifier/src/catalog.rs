@@ -93,6 +93,28 @@ pub(crate) fn run(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>
         return;
     };
     report.old.catalog = Some(old);
+    if report.new_to_create {
+        for (id, title) in &CHECKS[CHECKS
+            .iter()
+            .position(|(id, _)| *id == "new-connect")
+            .unwrap()..]
+        {
+            emit(
+                report,
+                Finding::skip(
+                    id,
+                    title,
+                    "the new cluster does not exist yet: checked once pg-migrate has created it",
+                ),
+            );
+        }
+        return;
+    }
+    run_new(config, report, emit);
+}
+
+/// The new cluster's catalog checks and the locale comparison.
+pub(crate) fn run_new(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>) {
     let Some(new) = inspect(Which::New, config, report, emit) else {
         skip_from(CHECKS.len() - 1, report, emit);
         return;

@@ -5,7 +5,17 @@ use pgm_cluster::command::shell_quote;
 
 use crate::{CheckConfig, Report};
 
+/// The initdb command (program first) that makes a new cluster matching the old one.
 pub fn suggested_initdb(config: &CheckConfig, report: &Report) -> String {
+    matching_initdb(config, report)
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The same as words: program path, then arguments.
+pub fn matching_initdb(config: &CheckConfig, report: &Report) -> Vec<String> {
     let bindir = report
         .new
         .install
@@ -64,8 +74,4 @@ pub fn suggested_initdb(config: &CheckConfig, report: &Report) -> String {
         }
     }
     words
-        .iter()
-        .map(|w| shell_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

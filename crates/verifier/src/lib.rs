@@ -19,7 +19,8 @@ use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
 
 pub use catalog::{CatalogFacts, DatabaseInfo, TemplateLocale};
 pub use finding::{Finding, Status};
-pub use initdb::suggested_initdb;
+pub use initdb::{matching_initdb, suggested_initdb};
+pub use statics::platform_char_is_signed;
 
 /// One cluster as the user named it.
 #[derive(Debug, Clone)]
@@ -53,6 +54,9 @@ pub struct CheckConfig {
     /// `check` may inspect a running old server instead of starting it.
     pub allow_live_old: bool,
     pub set_char_signedness: Option<CharSignedness>,
+    /// A new data directory that does not exist yet will be created by
+    /// pg-migrate (checks of it then wait until it exists).
+    pub create_new: bool,
 }
 
 /// Which cluster a fact or finding is about.
@@ -92,6 +96,8 @@ pub struct Report {
     /// Whether the checks started (and stopped again) each cluster's server.
     pub old_started: bool,
     pub new_started: bool,
+    /// The new data directory does not exist yet; pg-migrate will create it.
+    pub new_to_create: bool,
 }
 
 impl Report {
@@ -141,4 +147,31 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
     }
     catalog::run(config, &mut report, &mut |r, f| emit(r, f));
     report
+}
+
+/// The checks of a new cluster pg-migrate has just created: what `run_checks`
+/// skipped for it, now on the real directory and server. Returns whether all passed.
+pub fn check_created_new(
+    config: &CheckConfig,
+    report: &mut Report,
+    sink: &mut dyn FnMut(&Finding),
+) -> bool {
+    report.new_to_create = false;
+    let first = report.findings.len();
+    let mut emit = |report: &mut Report, finding: Finding| {
+        sink(&finding);
+        report.findings.push(finding);
+    };
+    for finding in statics::run_created_new(config, report) {
+        emit(report, finding);
+    }
+    if report.findings[first..]
+        .iter()
+        .all(|f| f.status != Status::Fail)
+    {
+        catalog::run_new(config, report, &mut |r, f| emit(r, f));
+    }
+    report.findings[first..]
+        .iter()
+        .all(|f| f.status != Status::Fail)
 }

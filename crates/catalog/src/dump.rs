@@ -1,0 +1,249 @@
+//! Schema-only binary-upgrade dump of the old cluster and its restore into
+//! the new one, always with the new installation's client programs (they
+//! talk to every older server).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pgm_cluster::command::PgCommand;
+use pgm_cluster::{Installation, PgMajor, Tool};
+
+use crate::Error;
+
+/// How client programs reach a server: its private socket.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+}
+
+impl ClientConn {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--host".into(),
+            self.socket_dir.display().to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--username".into(),
+            self.user.clone(),
+        ]
+    }
+}
+
+/// What the per-database dump carries besides the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpOptions {
+    /// The new installation's major (decides the flags its pg_dump takes).
+    pub new_major: PgMajor,
+    /// Carry optimizer statistics (18 and later can).
+    pub statistics: bool,
+}
+
+impl DumpOptions {
+    /// 18's pg_dump carries sequence state in the dump; before 18 the
+    /// sequences' files are transferred like tables.
+    pub fn sequences_in_dump(&self) -> bool {
+        self.new_major.number() >= 18
+    }
+}
+
+/// `--transaction-size` for pg_restore: batches commits (17 and later), kept
+/// small enough with `-j` that the parallel restores do not exhaust the lock table.
+pub fn restore_transaction_size(new_major: PgMajor, jobs: usize) -> Option<u32> {
+    (new_major.number() >= 17).then(|| (1000 / jobs.max(1) as u32).max(10))
+}
+
+/// Every client program: no read-only default transactions in the way, no
+/// psqlrc, and the PG* environment cleared by PgCommand.
+fn client(install: &Installation, tool: Tool) -> Result<PgCommand, Error> {
+    Ok(install
+        .command(tool)?
+        .env("PGOPTIONS", "-c default_transaction_read_only=false"))
+}
+
+/// Runs a program, appending its command line and output to `log`.
+fn run_logged(command: PgCommand, what: &str, log: &Path) -> Result<(), Error> {
+    let line = command.command_line();
+    let result = command.run_unchecked();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(log, e))?;
+    let (status, captured) = result?;
+    writeln!(
+        file,
+        "command: {line}\n{}{}",
+        captured.stdout, captured.stderr
+    )
+    .map_err(|e| Error::io(log, e))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<&str> = captured.stderr.trim_end().lines().collect();
+    let detail = tail[tail.len().saturating_sub(5)..].join("\n");
+    Err(Error::Program {
+        what: what.to_string(),
+        detail: if detail.is_empty() {
+            status.to_string()
+        } else {
+            detail
+        },
+        log: log.to_path_buf(),
+    })
+}
+
+/// A libpq connection string naming one database, quoted so that any name works.
+fn dbname_conninfo(name: &str) -> String {
+    format!(
+        "dbname='{}'",
+        name.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+pub fn dump_globals(
+    install: &Installation,
+    conn: &ClientConn,
+    out: &Path,
+    log: &Path,
+) -> Result<(), Error> {
+    let command = client(install, Tool::PgDumpall)?
+        .args(conn.args())
+        .args([
+            "--globals-only",
+            "--quote-all-identifiers",
+            "--binary-upgrade",
+            "--no-sync",
+            "-f",
+        ])
+        .arg(out);
+    run_logged(
+        command,
+        "dumping roles and tablespaces (pg_dumpall --globals-only)",
+        log,
+    )
+}
+
+pub fn dump_database(
+    install: &Installation,
+    conn: &ClientConn,
+    database: &str,
+    out: &Path,
+    log: &Path,
+    options: DumpOptions,
+) -> Result<(), Error> {
+    let mut command = client(install, Tool::PgDump)?.args(conn.args());
+    if options.new_major.number() >= 18 {
+        command = command
+            .args(["--no-data", "--sequence-data"])
+            .arg(if options.statistics {
+                "--statistics"
+            } else {
+                "--no-statistics"
+            });
+    } else {
+        command = command.arg("--schema-only");
+    }
+    let command = command
+        .args([
+            "--quote-all-identifiers",
+            "--binary-upgrade",
+            "--format=custom",
+            "--no-sync",
+            "--verbose",
+        ])
+        .arg(format!("--file={}", out.display()))
+        .arg(dbname_conninfo(database));
+    run_logged(
+        command,
+        &format!("dumping the schema of database \"{database}\""),
+        log,
+    )
+}
+
+pub fn restore_globals(
+    install: &Installation,
+    conn: &ClientConn,
+    file: &Path,
+    log: &Path,
+) -> Result<(), Error> {
+    let command = client(install, Tool::Psql)?
+        .args([
+            "--echo-queries",
+            "--set",
+            "ON_ERROR_STOP=on",
+            "--no-psqlrc",
+            "--dbname=template1",
+        ])
+        .args(conn.args())
+        .arg("-f")
+        .arg(file);
+    run_logged(command, "restoring roles and tablespaces", log)
+}
+
+/// Restores one database's dump. template1 is re-created from `postgres`;
+/// every other database from template1 (`postgres` itself is dropped first).
+pub fn restore_database(
+    install: &Installation,
+    conn: &ClientConn,
+    database: &str,
+    dump: &Path,
+    log: &Path,
+    transaction_size: Option<u32>,
+) -> Result<(), Error> {
+    let mut command = client(install, Tool::PgRestore)?.args(conn.args());
+    if database == "template1" || database == "postgres" {
+        command = command.arg("--clean");
+    }
+    command = command.args(["--create", "--exit-on-error", "--verbose"]);
+    if let Some(size) = transaction_size {
+        command = command.arg(format!("--transaction-size={size}"));
+    }
+    let via = if database == "template1" {
+        "postgres"
+    } else {
+        "template1"
+    };
+    let command = command.args(["--dbname", via]).arg(dump);
+    run_logged(
+        command,
+        &format!("restoring the schema of database \"{database}\""),
+        log,
+    )
+}
+
+/// `vacuumdb --all` with `--analyze` or `--freeze` on the new cluster: the
+/// freeze makes every catalog row independent of the new cluster's own
+/// transaction history, which the counter hand-over replaces.
+pub fn vacuum_all(
+    install: &Installation,
+    conn: &ClientConn,
+    option: &str,
+    log: &Path,
+) -> Result<(), Error> {
+    let command = client(install, Tool::Vacuumdb)?
+        .args(conn.args())
+        .args(["--all", option]);
+    run_logged(command, &format!("vacuumdb --all {option}"), log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_quoted_for_libpq() {
+        assert_eq!(dbname_conninfo("app"), "dbname='app'");
+        assert_eq!(dbname_conninfo("it's"), r"dbname='it\'s'");
+        assert_eq!(dbname_conninfo(r"a\b c"), r"dbname='a\\b c'");
+    }
+
+    #[test]
+    fn transaction_size_shrinks_with_jobs_and_needs_17() {
+        assert_eq!(restore_transaction_size(PgMajor::new(18), 1), Some(1000));
+        assert_eq!(restore_transaction_size(PgMajor::new(18), 4), Some(250));
+        assert_eq!(restore_transaction_size(PgMajor::new(17), 200), Some(10));
+        assert_eq!(restore_transaction_size(PgMajor::new(15), 1), None);
+    }
+}

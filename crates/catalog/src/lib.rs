@@ -1,0 +1,29 @@
+//! `pgm-catalog` moves the catalog: it reads the old cluster's databases,
+//! tablespaces and relation map, dumps globals and each database's schema
+//! with the new installation's binary-upgrade pg_dumpall/pg_dump, restores
+//! them into the new cluster, and hands over the transaction counters
+//! (commit log, multixacts, XID/epoch/OID, WAL position) with pg_resetwal.
+//!
+//! It never touches user data files (that is `pgm-transfer`'s job) and
+//! never writes to the old cluster: the old side is only read (its server
+//! queried, its pg_xact and pg_multixact copied from).
+
+mod dump;
+mod error;
+mod handover;
+mod relations;
+
+pub use dump::{
+    dump_database, dump_globals, restore_database, restore_globals, restore_transaction_size,
+    vacuum_all, ClientConn, DumpOptions,
+};
+pub use error::Error;
+pub use handover::{
+    copy_commit_log, copy_multixacts, next_wal_file_name, reset_counters, set_char_signedness,
+    set_frozen_xids, set_next_oid, set_template0_locale,
+};
+pub use relations::{
+    list_databases, list_relations, list_tablespaces, Database, Relation, RelationQuery,
+};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,331 @@
+//! `pgm-transfer` moves user data: it turns a relation map into file pairs
+//! (every segment of every fork, in base/ or a tablespace) and links or
+//! copies them into the new cluster, `jobs` files at a time, reporting files
+//! and bytes as it goes.
+//!
+//! It never writes to the old cluster's files: linking adds a name to an old
+//! inode, copying reads it. It knows nothing of catalogs or servers.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// How files reach the new cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Read and write every byte: the old cluster stays independent.
+    Copy,
+    /// A hard link: instant, but old and new then share the files.
+    Link,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the old cluster has no file {0} for a relation it lists (is the old data directory damaged?)")]
+    MissingMainFork(PathBuf),
+    #[error("could not {verb} {from} to {to}: {source}")]
+    Transfer {
+        verb: &'static str,
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One relation's storage in both clusters: the path of its main fork's
+/// first segment (`…/<dboid>/<relfilenode>`), without fork or segment suffix.
+#[derive(Debug, Clone)]
+pub struct RelationFiles {
+    pub old_base: PathBuf,
+    pub new_base: PathBuf,
+}
+
+/// One file to move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMove {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub bytes: u64,
+}
+
+/// Where a relation's files live: `base/<db>` in the data directory for the
+/// default tablespace, `<location>/<version dir>/<db>` for a user tablespace.
+pub fn relation_base(
+    datadir: &Path,
+    tablespace_version_dir: &str,
+    tablespace_location: &str,
+    database_oid: u32,
+    relfilenode: u32,
+) -> PathBuf {
+    let dir = if tablespace_location.is_empty() {
+        datadir.join("base")
+    } else {
+        Path::new(tablespace_location).join(tablespace_version_dir)
+    };
+    dir.join(database_oid.to_string())
+        .join(relfilenode.to_string())
+}
+
+/// The forks a relation may have besides the main one.
+const FORKS: [&str; 4] = ["", "_fsm", "_vm", "_init"];
+
+/// Every existing segment of every fork, as file names relative to the base.
+fn existing_files(base: &Path) -> Result<Vec<(String, u64)>, Error> {
+    let mut out = Vec::new();
+    for fork in FORKS {
+        for segment in 0u32.. {
+            let suffix = if segment == 0 {
+                fork.to_string()
+            } else {
+                format!("{fork}.{segment}")
+            };
+            let path = with_suffix(base, &suffix);
+            match std::fs::metadata(&path) {
+                Ok(meta) => out.push((suffix, meta.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(io(&path, e)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The files to move for these relations. Files of the new relation that the
+/// old one lacks (a fork the restore created) are removed here, so that the
+/// new relation ends up with exactly the old one's files.
+pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
+    let mut moves = Vec::new();
+    for relation in relations {
+        let old_files = existing_files(&relation.old_base)?;
+        if !old_files.iter().any(|(suffix, _)| suffix.is_empty()) {
+            return Err(Error::MissingMainFork(relation.old_base.clone()));
+        }
+        for (suffix, _) in existing_files(&relation.new_base)? {
+            if !old_files.iter().any(|(s, _)| *s == suffix) {
+                let stray = with_suffix(&relation.new_base, &suffix);
+                std::fs::remove_file(&stray).map_err(|e| io(&stray, e))?;
+            }
+        }
+        for (suffix, bytes) in old_files {
+            moves.push(FileMove {
+                from: with_suffix(&relation.old_base, &suffix),
+                to: with_suffix(&relation.new_base, &suffix),
+                bytes,
+            });
+        }
+    }
+    Ok(moves)
+}
+
+/// Progress so far.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Progress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Moves every file, `jobs` at a time; `progress` is called after each file
+/// (from worker threads). Stops at the first error and returns it.
+pub fn transfer(
+    moves: &[FileMove],
+    mode: Mode,
+    jobs: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Progress, Error> {
+    let next = AtomicUsize::new(0);
+    let files_done = AtomicU64::new(0);
+    let bytes_done = AtomicU64::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let bytes_total: u64 = moves.iter().map(|m| m.bytes).sum();
+    let files_total = moves.len() as u64;
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, moves.len().max(1)) {
+            scope.spawn(|| loop {
+                if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(file) = moves.get(i) else { break };
+                match move_one(file, mode) {
+                    Ok(()) => {
+                        let files = files_done.fetch_add(1, Ordering::SeqCst) + 1;
+                        let bytes = bytes_done.fetch_add(file.bytes, Ordering::SeqCst) + file.bytes;
+                        progress(Progress {
+                            files_done: files,
+                            files_total,
+                            bytes_done: bytes,
+                            bytes_total,
+                        });
+                    }
+                    Err(e) => {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(Progress {
+        files_done: files_done.into_inner(),
+        files_total,
+        bytes_done: bytes_done.into_inner(),
+        bytes_total,
+    })
+}
+
+fn move_one(file: &FileMove, mode: Mode) -> Result<(), Error> {
+    // The restore created an (empty) file under the same name; a re-run may
+    // find a partial copy. Either way the old file replaces it.
+    match std::fs::remove_file(&file.to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&file.to, e)),
+    }
+    let failed = |verb, source| Error::Transfer {
+        verb,
+        from: file.from.clone(),
+        to: file.to.clone(),
+        source,
+    };
+    match mode {
+        Mode::Link => std::fs::hard_link(&file.from, &file.to).map_err(|e| failed("link", e)),
+        Mode::Copy => copy_bytes(&file.from, &file.to).map_err(|e| failed("copy", e)),
+    }
+}
+
+/// A plain read/write copy: no reflink or in-kernel copy that could make the
+/// two clusters share storage behind the user's back.
+fn copy_bytes(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut source = std::fs::File::open(from)?;
+    let permissions = source.metadata()?.permissions();
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = source.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        target.write_all(&buffer[..n])?;
+    }
+    target.set_permissions(permissions)?;
+    Ok(())
+}
+
+/// Whether a hard link from `old_dir` into `new_dir` works (same filesystem,
+/// links supported), tried with a link of `probe` that is removed at once.
+pub fn probe_link(probe: &Path, new_dir: &Path) -> Result<(), Error> {
+    let target = new_dir.join(".pg-migrate-link-probe");
+    let _ = std::fs::remove_file(&target);
+    std::fs::hard_link(probe, &target).map_err(|source| Error::Transfer {
+        verb: "link",
+        from: probe.to_path_buf(),
+        to: target.clone(),
+        source,
+    })?;
+    std::fs::remove_file(&target).map_err(|e| io(&target, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn paths_follow_the_tablespace_layout() {
+        let base = relation_base(Path::new("/data"), "PG_18_202506291", "", 5, 16384);
+        assert_eq!(base, Path::new("/data/base/5/16384"));
+        let base = relation_base(Path::new("/data"), "PG_18_202506291", "/ts", 16400, 16500);
+        assert_eq!(base, Path::new("/ts/PG_18_202506291/16400/16500"));
+    }
+
+    #[test]
+    fn every_fork_and_segment_moves_and_strays_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old/base/5/16384");
+        let new = dir.path().join("new/base/5/16384");
+        for suffix in ["", ".1", ".2", "_fsm", "_vm", "_init"] {
+            write(&with_suffix(&old, suffix), suffix.as_bytes());
+        }
+        // The restore left an empty main fork and a fork the old relation lacks.
+        write(&new, b"");
+        write(&with_suffix(&new, "_vm"), b"stale");
+        std::fs::remove_file(with_suffix(&old, "_vm")).unwrap();
+        let rel = RelationFiles {
+            old_base: old.clone(),
+            new_base: new.clone(),
+        };
+        let moves = plan(std::slice::from_ref(&rel)).unwrap();
+        assert_eq!(moves.len(), 5);
+        assert!(
+            !with_suffix(&new, "_vm").exists(),
+            "a fork the old relation lacks is removed"
+        );
+        for mode in [Mode::Copy, Mode::Link] {
+            let seen = AtomicU64::new(0);
+            let done = transfer(&moves, mode, 3, &|p| {
+                seen.fetch_max(p.files_done, Ordering::SeqCst);
+            })
+            .unwrap();
+            assert_eq!((done.files_done, seen.into_inner()), (5, 5));
+            for m in &moves {
+                assert_eq!(
+                    std::fs::read(&m.to).unwrap(),
+                    std::fs::read(&m.from).unwrap()
+                );
+                let same_inode = std::fs::metadata(&m.to).unwrap().ino()
+                    == std::fs::metadata(&m.from).unwrap().ino();
+                assert_eq!(same_inode, mode == Mode::Link);
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_old_main_fork_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = RelationFiles {
+            old_base: dir.path().join("old/1/2"),
+            new_base: dir.path().join("new/1/2"),
+        };
+        assert!(matches!(plan(&[rel]), Err(Error::MissingMainFork(_))));
+    }
+}

@@ -1,0 +1,999 @@
+//! The upgrade, as the ordered list of named steps it is. Each step is
+//! announced, timed and recorded in the journal; everything before
+//! `protect-old` leaves the old cluster as it was, and in link mode nothing
+//! after it happens unless everything before it succeeded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pgm_catalog::{ClientConn, Database, DumpOptions, Relation, RelationQuery};
+use pgm_cluster::command::{shell_quote, PgCommand};
+use pgm_cluster::{ControlFile, DataDir, Installation, Server, ServerOptions, Tool};
+use pgm_transfer::{FileMove, RelationFiles};
+use pgm_verifier::{CheckConfig, Report};
+use serde_json::json;
+
+use crate::cli::{Mode, Settings, Signedness, SyncMethod};
+use crate::exit;
+use crate::journal::Journal;
+use crate::report::{ClusterStates, Event, Printer};
+use crate::rundir::RunDir;
+
+/// Why a step failed: a stable code, what happened, and what to do.
+pub struct Failure {
+    pub code: &'static str,
+    pub message: String,
+    pub remedy: Option<String>,
+}
+
+impl Failure {
+    fn new(code: &'static str, error: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            message: error.to_string(),
+            remedy: None,
+        }
+    }
+}
+
+/// One database's part of the plan.
+struct DatabasePlan {
+    db: Database,
+    old_relations: Vec<Relation>,
+    new_relations: Vec<Relation>,
+    new_oid: u32,
+    new_tablespace_location: String,
+    dump: PathBuf,
+    log: PathBuf,
+}
+
+/// What the finished upgrade reports.
+pub struct Finished {
+    pub next_steps: Vec<String>,
+    pub databases: usize,
+    pub relations: usize,
+    pub files: u64,
+    pub bytes: u64,
+    pub logs: Option<PathBuf>,
+}
+
+pub struct Engine<'a> {
+    settings: &'a Settings,
+    printer: &'a Printer,
+    run_dir: &'a RunDir,
+    config: CheckConfig,
+    report: Report,
+    old_install: Installation,
+    new_install: Installation,
+    old_dir: DataDir,
+    old_control: ControlFile,
+    new_dir: Option<DataDir>,
+    output: Option<PathBuf>,
+    journal: Option<Journal>,
+    databases: Vec<DatabasePlan>,
+    tablespaces: Vec<String>,
+    moves: Vec<FileMove>,
+    /// Set once the new cluster differs from what initdb made.
+    new_touched: bool,
+    created_new: bool,
+    /// Link mode: the old cluster's pg_control has been renamed.
+    old_protected: bool,
+    transferred: (u64, u64),
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        settings: &'a Settings,
+        printer: &'a Printer,
+        run_dir: &'a RunDir,
+        config: CheckConfig,
+        report: Report,
+    ) -> Result<Engine<'a>, Failure> {
+        let missing = |what| {
+            Failure::new(
+                "internal",
+                format!("the checks passed without establishing {what}"),
+            )
+        };
+        let old_install = report
+            .old
+            .install
+            .clone()
+            .ok_or_else(|| missing("the old installation"))?;
+        let new_install = report
+            .new
+            .install
+            .clone()
+            .ok_or_else(|| missing("the new installation"))?;
+        let old_dir = report
+            .old
+            .datadir
+            .clone()
+            .ok_or_else(|| missing("the old data directory"))?;
+        let old_control = report
+            .old
+            .control
+            .clone()
+            .ok_or_else(|| missing("the old pg_control"))?;
+        let new_dir = report.new.datadir.clone();
+        Ok(Engine {
+            settings,
+            printer,
+            run_dir,
+            config,
+            report,
+            old_install,
+            new_install,
+            old_dir,
+            old_control,
+            new_dir,
+            output: None,
+            journal: None,
+            databases: Vec::new(),
+            tablespaces: Vec::new(),
+            moves: Vec::new(),
+            new_touched: false,
+            created_new: false,
+            old_protected: false,
+            transferred: (0, 0),
+        })
+    }
+
+    /// Runs every step in order; stops at the first failure.
+    pub fn run(&mut self) -> Result<Finished, (Failure, ClusterStates, i32)> {
+        let result = self.run_steps();
+        result.map_err(|failure| {
+            pgm_cluster::server::stop_all();
+            let states = self.cluster_states();
+            let code = if self.old_protected {
+                exit::FAILED_NEEDS_RECOVERY
+            } else {
+                exit::FAILED_OLD_INTACT
+            };
+            if let Some(journal) = self.journal.as_mut() {
+                let _ = journal.record(
+                    "failed",
+                    json!({ "code": failure.code, "message": failure.message }),
+                );
+            }
+            (self.with_recovery_advice(failure), states, code)
+        })
+    }
+
+    fn run_steps(&mut self) -> Result<Finished, Failure> {
+        if self.report.new_to_create {
+            self.step("create-new-cluster", Engine::create_new_cluster)?;
+        }
+        self.open_output()?;
+        self.step("dump-old", Engine::dump_old)?;
+        self.step("prepare-new", Engine::prepare_new)?;
+        self.step("handover-counters", Engine::handover_counters)?;
+        self.step("restore-schema", Engine::restore_schema)?;
+        self.step("match-relations", Engine::match_relations)?;
+        if self.settings.mode == Mode::Link {
+            self.step("protect-old", Engine::protect_old)?;
+        }
+        self.step("transfer", Engine::transfer)?;
+        self.step("set-next-oid", Engine::set_next_oid)?;
+        if !self.settings.no_sync {
+            self.step("sync", Engine::sync)?;
+        }
+        let mut next_steps = Vec::new();
+        self.step("finish", |e| {
+            next_steps = e.finish()?;
+            Ok(())
+        })?;
+        let logs = self.cleanup_output();
+        Ok(Finished {
+            next_steps,
+            databases: self.databases.len(),
+            relations: self.databases.iter().map(|d| d.old_relations.len()).sum(),
+            files: self.transferred.0,
+            bytes: self.transferred.1,
+            logs,
+        })
+    }
+
+    fn step(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut Engine<'a>) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        self.printer.emit(&Event::StepStart { step: name });
+        let started = Instant::now();
+        let result = f(self);
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.printer.emit(&Event::StepEnd {
+            step: name,
+            status: if result.is_ok() { "ok" } else { "failed" },
+            duration_ms,
+        });
+        if result.is_ok() {
+            if let Some(journal) = self.journal.as_mut() {
+                journal
+                    .record(
+                        "step",
+                        json!({ "step": name, "status": "done", "duration_ms": duration_ms }),
+                    )
+                    .map_err(|e| Failure::new("journal_failed", e))?;
+            }
+        }
+        result.map_err(|mut failure| {
+            failure.message = format!("step {name}: {}", failure.message);
+            failure
+        })
+    }
+
+    fn new_dir(&self) -> &DataDir {
+        self.new_dir
+            .as_ref()
+            .expect("the new data directory exists from create-new-cluster on")
+    }
+
+    fn output(&self) -> &Path {
+        self.output
+            .as_deref()
+            .expect("the output directory exists from dump-old on")
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.output().join("log").join(name)
+    }
+
+    fn server_options(&self, old: bool) -> ServerOptions {
+        ServerOptions {
+            port: if old {
+                self.settings.old_port
+            } else {
+                self.settings.new_port
+            },
+            socket_dir: self.run_dir.path().to_path_buf(),
+            binary_upgrade: true,
+            durability_off: !old,
+            extra_options: if old {
+                self.settings.old_options.clone()
+            } else {
+                self.settings.new_options.clone()
+            },
+            log_file: self.log(if old {
+                "old-server.log"
+            } else {
+                "new-server.log"
+            }),
+            user: self.settings.user.clone(),
+        }
+    }
+
+    fn client_conn(&self, old: bool) -> ClientConn {
+        ClientConn {
+            socket_dir: self.run_dir.path().to_path_buf(),
+            port: if old {
+                self.settings.old_port
+            } else {
+                self.settings.new_port
+            },
+            user: self.settings.user.clone(),
+        }
+    }
+
+    fn start_old(&self) -> Result<Server, Failure> {
+        Server::start(&self.old_install, &self.old_dir, &self.server_options(true))
+            .map_err(|e| Failure::new("server_start_failed", e))
+    }
+
+    fn start_new(&self) -> Result<Server, Failure> {
+        Server::start(
+            &self.new_install,
+            self.new_dir(),
+            &self.server_options(false),
+        )
+        .map_err(|e| Failure::new("server_start_failed", e))
+    }
+
+    /// initdb a new cluster that matches the old one, then run the checks
+    /// that had to wait for it.
+    fn create_new_cluster(&mut self) -> Result<(), Failure> {
+        let mut words = pgm_verifier::matching_initdb(&self.config, &self.report);
+        let os_user = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        // Local connections by the install user's own OS account; passwords
+        // over TCP. Trust only when the names differ and nothing else works.
+        if os_user.as_deref() == Some(self.settings.user.as_str()) {
+            words.extend([
+                "--auth-local=peer".to_string(),
+                "--auth-host=scram-sha-256".to_string(),
+            ]);
+        } else {
+            words.push("--auth=trust".to_string());
+            self.printer.say(&format!(
+                "warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{}\" is not this OS user; review it before starting the server",
+                self.settings.user
+            ));
+        }
+        // The whole cluster is synced at the end.
+        words.push("--no-sync".to_string());
+        let command_line = words
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.printer.emit(&Event::Initdb {
+            command: command_line.clone(),
+            datadir: self.settings.new_datadir.display().to_string(),
+        });
+        PgCommand::new(&words[0])
+            .args(&words[1..])
+            .run()
+            .map_err(|e| Failure::new("initdb_failed", e))?;
+        self.created_new = true;
+        let printer = self.printer;
+        let ok = pgm_verifier::check_created_new(&self.config, &mut self.report, &mut |f| {
+            printer.emit(&crate::check::check_event(f))
+        });
+        if !ok {
+            return Err(Failure {
+                code: "new_cluster_mismatch",
+                message: "the new cluster pg-migrate created does not pass the checks (see the failed check events)".into(),
+                remedy: Some(format!(
+                    "remove {} and use a new installation built like the old one",
+                    self.settings.new_datadir.display()
+                )),
+            });
+        }
+        self.new_dir = self.report.new.datadir.clone();
+        Ok(())
+    }
+
+    /// `<new>/pg_migrate.d/`: the journal, and per run the logs and dumps.
+    fn open_output(&mut self) -> Result<(), Failure> {
+        let base = self.new_dir().path.join("pg_migrate.d");
+        let output = base.join(format!("run-{}", now_ms()));
+        for sub in ["log", "dump"] {
+            std::fs::create_dir_all(output.join(sub)).map_err(|e| {
+                Failure::new("output_dir_failed", format!("{}: {e}", output.display()))
+            })?;
+        }
+        let mut journal = Journal::open(&base).map_err(|e| Failure::new("journal_failed", e))?;
+        journal
+            .record(
+                "plan",
+                json!({
+                    "mode": self.settings.mode,
+                    "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text },
+                    "new": { "bindir": self.new_install.bindir, "datadir": self.new_dir().path, "version": self.new_install.version.text },
+                    "created_new": self.created_new,
+                    "output": output,
+                }),
+            )
+            .map_err(|e| Failure::new("journal_failed", e))?;
+        self.journal = Some(journal);
+        self.output = Some(output);
+        Ok(())
+    }
+
+    fn dump_options(&self) -> DumpOptions {
+        DumpOptions {
+            new_major: self.new_install.version.major,
+            statistics: !self.settings.no_statistics,
+        }
+    }
+
+    /// Old server up: list databases, tablespaces and relations; dump globals
+    /// and every database's schema (`-j` at a time); old server down.
+    fn dump_old(&mut self) -> Result<(), Failure> {
+        let server = self.start_old()?;
+        let mut client = server
+            .connect("template1")
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        let databases = pgm_catalog::list_databases(&mut client)
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        self.tablespaces = pgm_catalog::list_tablespaces(&mut client)
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        drop(client);
+        let new_suffix = self.tablespace_dir(false)?;
+        for location in &self.tablespaces {
+            let dir = Path::new(location).join(&new_suffix);
+            if dir.exists() {
+                return Err(Failure {
+                    code: "new_tablespace_dir_exists",
+                    message: format!("{} already exists", dir.display()),
+                    remedy: Some("remove it (a leftover of an earlier attempt) if it holds nothing you need, and run again".into()),
+                });
+            }
+        }
+        let conn = self.client_conn(true);
+        pgm_catalog::dump_globals(
+            &self.new_install,
+            &conn,
+            &self.output().join("dump/globals.sql"),
+            &self.log("globals.log"),
+        )
+        .map_err(|e| Failure::new("dump_failed", e))?;
+        let query = RelationQuery {
+            include_sequences: !self.dump_options().sequences_in_dump(),
+        };
+        self.databases = databases
+            .into_iter()
+            .map(|db| DatabasePlan {
+                dump: self.output().join(format!("dump/{}.custom", db.oid)),
+                log: self.log(&format!("database-{}.log", db.oid)),
+                db,
+                old_relations: Vec::new(),
+                new_relations: Vec::new(),
+                new_oid: 0,
+                new_tablespace_location: String::new(),
+            })
+            .collect();
+        let options = self.dump_options();
+        let install = &self.new_install;
+        let meter = self
+            .printer
+            .meter("dump-old", self.databases.len() as u64, "databases");
+        let results = parallel(&self.databases, self.settings.jobs, |plan| {
+            let mut client = server
+                .connect(&plan.db.name)
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            let relations = pgm_catalog::list_relations(&mut client, &plan.db.name, query)
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            drop(client);
+            pgm_catalog::dump_database(
+                install,
+                &conn,
+                &plan.db.name,
+                &plan.dump,
+                &plan.log,
+                options,
+            )
+            .map_err(|e| Failure::new("dump_failed", e))?;
+            meter.add(1, 0);
+            Ok(relations)
+        })?;
+        meter.finish();
+        for (plan, relations) in self.databases.iter_mut().zip(results) {
+            plan.old_relations = relations;
+        }
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))?;
+        Ok(())
+    }
+
+    /// `PG_<major>_<catversion>`: the per-version directory in a tablespace.
+    fn tablespace_dir(&self, old: bool) -> Result<String, Failure> {
+        let (major, control) = if old {
+            (self.old_install.version.major, Some(&self.old_control))
+        } else {
+            (
+                self.new_install.version.major,
+                self.report.new.control.as_ref(),
+            )
+        };
+        let control =
+            control.ok_or_else(|| Failure::new("internal", "the new pg_control was not read"))?;
+        Ok(format!("PG_{major}_{}", control.catalog_version))
+    }
+
+    /// New server up: template0 gets the old locale; every row analyzed and
+    /// frozen, so nothing in the new catalogs depends on the new cluster's
+    /// commit log, which is about to be replaced.
+    fn prepare_new(&mut self) -> Result<(), Failure> {
+        self.new_touched = true;
+        let server = self.start_new()?;
+        let locale = self
+            .report
+            .old
+            .catalog
+            .as_ref()
+            .map(|c| c.template0.clone())
+            .ok_or_else(|| Failure::new("internal", "the old catalog was not read"))?;
+        let mut client = server
+            .connect("template1")
+            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        pgm_catalog::set_template0_locale(
+            &mut client,
+            self.new_install.version.major,
+            &locale.encoding,
+            &locale.provider,
+            &locale.collate,
+            &locale.ctype,
+            locale.locale.as_deref(),
+        )
+        .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        drop(client);
+        let conn = self.client_conn(false);
+        for option in ["--analyze", "--freeze"] {
+            pgm_catalog::vacuum_all(&self.new_install, &conn, option, &self.log("vacuum.log"))
+                .map_err(|e| Failure::new("vacuum_failed", e))?;
+        }
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    fn char_signedness(&self) -> Option<bool> {
+        if self.new_install.version.major.number() < 18 {
+            return None;
+        }
+        Some(match self.settings.set_char_signedness {
+            Some(Signedness::Signed) => true,
+            Some(Signedness::Unsigned) => false,
+            None => self
+                .old_control
+                .default_char_signed
+                .unwrap_or(pgm_verifier::platform_char_is_signed()),
+        })
+    }
+
+    /// The old commit log and multixacts replace the new ones; the new
+    /// cluster's counters continue the old ones.
+    fn handover_counters(&mut self) -> Result<(), Failure> {
+        let (old, new) = (self.old_dir.path.clone(), self.new_dir().path.clone());
+        pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
+        pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
+        let wal = pgm_catalog::next_wal_file_name(&old, &self.old_control)
+            .map_err(|e| Failure::new("handover_failed", e))?;
+        pgm_catalog::reset_counters(
+            &self.new_install,
+            &new,
+            &self.old_control,
+            &wal,
+            self.char_signedness(),
+        )
+        .map_err(|e| Failure::new("handover_failed", e))
+    }
+
+    /// New server up: frozen horizons set to the old next XID, globals and
+    /// every database's schema restored (template1 first, then `-j` at a
+    /// time), the new relation map read.
+    fn restore_schema(&mut self) -> Result<(), Failure> {
+        let server = self.start_new()?;
+        pgm_catalog::set_frozen_xids(
+            |db| server.connect(db),
+            self.old_control.next_xid,
+            self.old_control.next_multixact,
+        )
+        .map_err(|e| Failure::new("restore_failed", e))?;
+        let conn = self.client_conn(false);
+        pgm_catalog::restore_globals(
+            &self.new_install,
+            &conn,
+            &self.output().join("dump/globals.sql"),
+            &self.log("globals.log"),
+        )
+        .map_err(|e| Failure::new("restore_failed", e))?;
+        // Databases are created with the FILE_COPY strategy, whose checkpoints
+        // binary-upgrade mode skips: template0 must be on disk first.
+        server
+            .connect("template1")
+            .and_then(|mut c| {
+                c.batch_execute("CHECKPOINT")
+                    .map_err(|e| pgm_cluster::Error::Query {
+                        database: "template1".into(),
+                        what: "CHECKPOINT".into(),
+                        detail: pgm_cluster::describe_pg_error(&e),
+                    })
+            })
+            .map_err(|e| Failure::new("restore_failed", e))?;
+        let major = self.new_install.version.major;
+        let size = pgm_catalog::restore_transaction_size(major, self.settings.jobs);
+        let install = &self.new_install;
+        let meter = self
+            .printer
+            .meter("restore-schema", self.databases.len() as u64, "databases");
+        let restore = |plan: &DatabasePlan| -> Result<(), Failure> {
+            pgm_catalog::restore_database(
+                install,
+                &conn,
+                &plan.db.name,
+                &plan.dump,
+                &plan.log,
+                size,
+            )
+            .map_err(|e| Failure::new("restore_failed", e))?;
+            meter.add(1, 0);
+            Ok(())
+        };
+        // template1 is dropped and re-created: nothing else may use it meanwhile.
+        let (first, rest): (Vec<&DatabasePlan>, Vec<&DatabasePlan>) = self
+            .databases
+            .iter()
+            .partition(|p| p.db.name == "template1");
+        for plan in first {
+            restore(plan)?;
+        }
+        parallel(&rest, self.settings.jobs, |plan| restore(plan))?;
+        meter.finish();
+        let mut client = server
+            .connect("template1")
+            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        let new_databases = pgm_catalog::list_databases(&mut client)
+            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        drop(client);
+        let by_name: BTreeMap<&str, &Database> =
+            new_databases.iter().map(|d| (d.name.as_str(), d)).collect();
+        let query = RelationQuery {
+            include_sequences: !self.dump_options().sequences_in_dump(),
+        };
+        let lists = parallel(&self.databases, self.settings.jobs, |plan| {
+            let mut client = server
+                .connect(&plan.db.name)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            pgm_catalog::list_relations(&mut client, &plan.db.name, query)
+                .map_err(|e| Failure::new("new_catalog_failed", e))
+        })?;
+        for (plan, relations) in self.databases.iter_mut().zip(lists) {
+            let new_db = by_name.get(plan.db.name.as_str()).ok_or_else(|| {
+                Failure::new(
+                    "relation_map_mismatch",
+                    format!("database \"{}\" is missing after the restore", plan.db.name),
+                )
+            })?;
+            plan.new_oid = new_db.oid;
+            plan.new_tablespace_location = new_db.tablespace_location.clone();
+            plan.new_relations = relations;
+        }
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// Old and new relation maps must list the same relations (by OID);
+    /// each pair becomes its files' moves.
+    fn match_relations(&mut self) -> Result<(), Failure> {
+        let old_suffix = self.tablespace_dir(true)?;
+        let new_suffix = self.tablespace_dir(false)?;
+        let mut pairs = Vec::new();
+        for plan in &self.databases {
+            let new_by_oid: BTreeMap<u32, &Relation> =
+                plan.new_relations.iter().map(|r| (r.oid, r)).collect();
+            let mut missing = Vec::new();
+            for old in &plan.old_relations {
+                let Some(new) = new_by_oid.get(&old.oid) else {
+                    missing.push(format!("{}.{}", old.namespace, old.name));
+                    continue;
+                };
+                let old_location = if old.tablespace_location.is_empty() {
+                    &plan.db.tablespace_location
+                } else {
+                    &old.tablespace_location
+                };
+                let new_location = if new.tablespace_location.is_empty() {
+                    &plan.new_tablespace_location
+                } else {
+                    &new.tablespace_location
+                };
+                pairs.push(RelationFiles {
+                    old_base: pgm_transfer::relation_base(
+                        &self.old_dir.path,
+                        &old_suffix,
+                        old_location,
+                        plan.db.oid,
+                        old.relfilenode,
+                    ),
+                    new_base: pgm_transfer::relation_base(
+                        &self.new_dir().path,
+                        &new_suffix,
+                        new_location,
+                        plan.new_oid,
+                        new.relfilenode,
+                    ),
+                });
+            }
+            if !missing.is_empty() || plan.new_relations.len() != plan.old_relations.len() {
+                return Err(Failure::new(
+                    "relation_map_mismatch",
+                    format!(
+                        "database \"{}\": the old cluster has {} relations with data, the new one {} after the restore{}",
+                        plan.db.name,
+                        plan.old_relations.len(),
+                        plan.new_relations.len(),
+                        if missing.is_empty() { String::new() } else { format!("; missing in the new cluster: {}", missing.join(", ")) }
+                    ),
+                ));
+            }
+        }
+        self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
+        Ok(())
+    }
+
+    /// Link mode's point of no return: the old cluster is made unstartable
+    /// (its pg_control renamed) so that nobody starts it while it shares
+    /// files with the new one. A link is tried first so that a cross-device
+    /// setup fails here, with the old cluster still intact.
+    fn protect_old(&mut self) -> Result<(), Failure> {
+        pgm_transfer::probe_link(&self.old_dir.path.join("PG_VERSION"), &self.new_dir().path).map_err(|e| Failure {
+            code: "link_not_possible",
+            message: e.to_string(),
+            remedy: Some("hard links need the old and new data directories (and tablespaces) on one filesystem: use --copy, or put the new cluster on the old one's filesystem".into()),
+        })?;
+        let control = self.old_dir.path.join("global/pg_control");
+        let renamed = self.old_dir.path.join("global/pg_control.old");
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record(
+                    "point_of_no_return",
+                    json!({ "renamed": control, "to": renamed }),
+                )
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        std::fs::rename(&control, &renamed)
+            .map_err(|e| Failure::new("protect_failed", format!("{}: {e}", control.display())))?;
+        self.old_protected = true;
+        Ok(())
+    }
+
+    fn transfer(&mut self) -> Result<(), Failure> {
+        let mode = match self.settings.mode {
+            Mode::Link => pgm_transfer::Mode::Link,
+            _ => pgm_transfer::Mode::Copy,
+        };
+        let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
+        let meter = self
+            .printer
+            .meter_bytes("transfer", self.moves.len() as u64, total_bytes);
+        let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, &|p| {
+            meter.set(p.files_done, p.bytes_done)
+        })
+        .map_err(|e| Failure::new("transfer_failed", e))?;
+        meter.finish();
+        self.transferred = (done.files_done, done.bytes_done);
+        Ok(())
+    }
+
+    fn set_next_oid(&mut self) -> Result<(), Failure> {
+        pgm_catalog::set_next_oid(
+            &self.new_install,
+            &self.new_dir().path,
+            self.old_control.next_oid,
+        )
+        .map_err(|e| Failure::new("handover_failed", e))
+    }
+
+    fn sync(&mut self) -> Result<(), Failure> {
+        let mut command = self
+            .new_install
+            .command(Tool::Initdb)
+            .map_err(|e| Failure::new("sync_failed", e))?
+            .arg("--sync-only")
+            .arg("-D")
+            .arg(&self.new_dir().path);
+        if self.new_install.version.major.number() >= 17 {
+            let method = match self.settings.sync_method {
+                SyncMethod::Fsync => "fsync",
+                SyncMethod::Syncfs => "syncfs",
+            };
+            command = command.args(["--sync-method", method]);
+        }
+        command.run().map_err(|e| Failure::new("sync_failed", e))?;
+        Ok(())
+    }
+
+    /// Scripts for the user, and one clean start and stop of the new cluster
+    /// (pg_resetwal left wal_level at minimal in pg_control; a checkpoint
+    /// records the real one, which standbys built by rsync need).
+    fn finish(&mut self) -> Result<Vec<String>, Failure> {
+        let mut next = Vec::new();
+        let newbin = self.new_install.bindir.clone();
+        let new_path = self.new_dir().path.clone();
+        next.push(format!(
+            "start the new cluster: {} -D {} start",
+            shell_quote(&newbin.join("pg_ctl").display().to_string()),
+            shell_quote(&new_path.display().to_string())
+        ));
+        let server = self.start_new()?;
+        let mut outdated: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for plan in &self.databases {
+            let mut client = server
+                .connect(&plan.db.name)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            let rows = client
+                .query(
+                    "SELECT name::text FROM pg_catalog.pg_available_extensions
+                      WHERE installed_version IS NOT NULL AND installed_version <> default_version ORDER BY 1",
+                    &[],
+                )
+                .map_err(|e| Failure::new("new_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
+            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            if !names.is_empty() {
+                outdated.insert(plan.db.name.clone(), names);
+            }
+        }
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        if !outdated.is_empty() {
+            let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n");
+            for (db, names) in &outdated {
+                sql.push_str(&format!("\\connect {}\n", shell_quote(db)));
+                for name in names {
+                    sql.push_str(&format!(
+                        "ALTER EXTENSION \"{}\" UPDATE;\n",
+                        name.replace('"', "\"\"")
+                    ));
+                }
+            }
+            let path = cwd.join("update_extensions.sql");
+            std::fs::write(&path, sql)
+                .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
+            next.push(format!(
+                "update extensions: {} -f {}",
+                shell_quote(&newbin.join("psql").display().to_string()),
+                shell_quote(&path.display().to_string())
+            ));
+        }
+        if self.new_install.version.major.number() >= 18 && !self.settings.no_statistics {
+            next.push(format!(
+                "fill in statistics the upgrade could not carry: {} --all --analyze-in-stages --missing-stats-only, later {} --all --analyze-only",
+                newbin.join("vacuumdb").display(),
+                newbin.join("vacuumdb").display()
+            ));
+        } else {
+            next.push(format!(
+                "gather optimizer statistics (they were not carried): {} --all --analyze-in-stages",
+                newbin.join("vacuumdb").display()
+            ));
+        }
+        match self.write_delete_script(&cwd) {
+            Some(path) => next.push(format!(
+                "once the new cluster runs well, delete the old one's files with {}",
+                shell_quote(&path.display().to_string())
+            )),
+            None => next.push("delete the old cluster's files by hand once the new one runs well (no script: a data directory or tablespace lies inside another)".into()),
+        }
+        if self.settings.mode == Mode::Link {
+            next.push(format!(
+                "the old cluster cannot be started: its global/pg_control was renamed to pg_control.old; to go back instead, and only while the new cluster has never been started, rename it back: mv {0}/global/pg_control.old {0}/global/pg_control",
+                shell_quote(&self.old_dir.path.display().to_string())
+            ));
+        }
+        Ok(next)
+    }
+
+    /// `delete_old_cluster.sh` in the current directory, unless a directory
+    /// of one cluster lies inside the other's (deleting would hit the new one).
+    fn write_delete_script(&self, cwd: &Path) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let old = &self.old_dir.path;
+        let new = &self.new_dir().path;
+        if new.starts_with(old)
+            || self
+                .tablespaces
+                .iter()
+                .any(|t| Path::new(t).starts_with(old))
+        {
+            return None;
+        }
+        let suffix = self.tablespace_dir(true).ok()?;
+        let mut script = String::from(
+            "#!/bin/sh\n# Written by pg-migrate: removes the old cluster's files.\n\n",
+        );
+        script.push_str(&format!(
+            "rm -rf {}\n",
+            shell_quote(&old.display().to_string())
+        ));
+        for location in &self.tablespaces {
+            script.push_str(&format!(
+                "rm -rf {}\n",
+                shell_quote(&Path::new(location).join(&suffix).display().to_string())
+            ));
+        }
+        let path = cwd.join("delete_old_cluster.sh");
+        std::fs::write(&path, script).ok()?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).ok()?;
+        Some(path)
+    }
+
+    /// Removes this run's logs and dumps after success unless `--retain`;
+    /// the journal stays.
+    fn cleanup_output(&mut self) -> Option<PathBuf> {
+        let output = self.output.clone()?;
+        if let Some(journal) = self.journal.as_mut() {
+            let _ = journal.record("complete", json!({}));
+        }
+        if self.settings.retain {
+            return Some(output);
+        }
+        let _ = std::fs::remove_dir_all(&output);
+        None
+    }
+
+    fn cluster_states(&self) -> ClusterStates {
+        ClusterStates {
+            old: if self.old_protected {
+                "protected"
+            } else {
+                "started_and_stopped"
+            },
+            new: if self.new_touched {
+                "incomplete"
+            } else if self.created_new {
+                "created"
+            } else {
+                "unchanged"
+            },
+        }
+    }
+
+    fn with_recovery_advice(&self, mut failure: Failure) -> Failure {
+        let new = self.settings.new_datadir.display();
+        let mut advice = Vec::new();
+        if let Some(remedy) = failure.remedy.take() {
+            advice.push(remedy);
+        }
+        if let Some(output) = &self.output {
+            advice.push(format!("the logs are in {}", output.join("log").display()));
+        }
+        if self.new_touched {
+            if self.created_new {
+                advice.push(format!("remove the half-made new cluster (pg-migrate created it: rm -rf {new}) and run again; pg-migrate will create it afresh"));
+            } else {
+                advice.push(format!("the new cluster is half-made: remove it (rm -rf {new}), re-create it with initdb as before, and run again"));
+            }
+        }
+        if self.old_protected {
+            advice.push(format!(
+                "the old cluster is intact but disabled: to start it again, rename {0}/global/pg_control.old back to pg_control (only while the new cluster has never been started)",
+                self.old_dir.path.display()
+            ));
+        } else {
+            advice.push("the old cluster is unchanged and can be started as before".into());
+        }
+        failure.remedy = Some(advice.join("; "));
+        failure
+    }
+}
+
+/// Runs `f` on every item, `jobs` at a time, keeping the input order in the
+/// results; the first failure wins.
+fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> Result<R, Failure> + Sync,
+) -> Result<Vec<R>, Failure> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let failure: Mutex<Option<Failure>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(i) else { break };
+                match f(item) {
+                    Ok(r) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r),
+                    Err(e) => {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(f) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(f);
+    }
+    Ok(results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every item produced a result"))
+        .collect())
+}
