@@ -115,6 +115,20 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 
         }
     };
     let outcome = check::run_checks(settings, printer, &run_dir);
+    let versions = (
+        outcome
+            .report
+            .old
+            .install
+            .as_ref()
+            .map(|i| i.version.text.clone()),
+        outcome
+            .report
+            .new
+            .install
+            .as_ref()
+            .map(|i| i.version.text.clone()),
+    );
     let mut exit_code = outcome.exit_code;
     let mut next_steps = Vec::new();
     let mut upgrade_counts = None;
@@ -145,30 +159,25 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 
                 logs = Some(run_dir.path().display().to_string());
             }
         }
-        return summarize(
-            settings,
-            printer,
-            started,
-            run_dir,
+        let summary = Summary {
             exit_code,
-            None,
+            checks: None,
+            versions,
             next_steps,
-            upgrade_counts,
+            upgrade: upgrade_counts,
             logs,
-        );
+        };
+        return summarize(settings, printer, started, run_dir, summary);
     }
-    let checks = Some(check::counts(&outcome.report));
-    summarize(
-        settings,
-        printer,
-        started,
-        run_dir,
+    let summary = Summary {
         exit_code,
-        checks,
+        checks: Some(check::counts(&outcome.report)),
+        versions,
         next_steps,
-        upgrade_counts,
+        upgrade: upgrade_counts,
         logs,
-    )
+    };
+    summarize(settings, printer, started, run_dir, summary)
 }
 
 fn mode_flag(mode: cli::Mode) -> &'static str {
@@ -230,18 +239,31 @@ fn run_upgrade(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the final summary event reports.
+struct Summary {
+    exit_code: i32,
+    checks: Option<report::CheckCounts>,
+    versions: (Option<String>, Option<String>),
+    next_steps: Vec<String>,
+    upgrade: Option<report::UpgradeCounts>,
+    logs: Option<String>,
+}
+
 fn summarize(
     settings: &Settings,
     printer: &Printer,
     started: Instant,
     run_dir: RunDir,
-    exit_code: i32,
-    checks: Option<report::CheckCounts>,
-    next_steps: Vec<String>,
-    upgrade: Option<report::UpgradeCounts>,
-    logs: Option<String>,
+    summary: Summary,
 ) -> i32 {
+    let Summary {
+        exit_code,
+        checks,
+        versions,
+        next_steps,
+        upgrade,
+        logs,
+    } = summary;
     let keep = settings.retain || (exit_code != exit::SUCCESS && run_dir.has_logs());
     let run_dir_kept = keep.then(|| run_dir.keep().display().to_string());
     printer.emit(&Event::Summary {
@@ -258,8 +280,8 @@ fn summarize(
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
         checks,
-        old_version: None,
-        new_version: None,
+        old_version: versions.0,
+        new_version: versions.1,
         upgrade,
         logs: logs.or(run_dir_kept),
         next_steps,

@@ -223,19 +223,6 @@ fn live_check_inspects_a_running_old_server_and_leaves_it_running() {
 }
 
 #[test]
-fn the_upgrade_command_runs_the_checks_and_says_it_cannot_upgrade_yet() {
-    let Some(pair) = Pair::new(15, 18) else {
-        return;
-    };
-    let mut args = pair.dir_args();
-    args.push("--json".into());
-    let run = pair.run(&args);
-    assert_eq!(run.status, 3, "{}", run.stderr);
-    assert_eq!(run.error()["code"], "not_implemented");
-    assert_eq!(run.summary()["result"], "error");
-}
-
-#[test]
 fn configuration_only_directories_are_resolved() {
     // Debian's layout: postgresql.conf, pg_hba.conf and pg_ident.conf live
     // in /etc/postgresql/<major>/<name>, which is what -d/-D name.

@@ -7,4 +7,5 @@ mod check_pairs;
 mod cli;
 mod control;
 mod json_schema;
+mod proof;
 mod support;
