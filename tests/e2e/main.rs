@@ -9,3 +9,4 @@ mod control;
 mod json_schema;
 mod proof;
 mod support;
+mod upgrade;

@@ -152,9 +152,14 @@ impl Default for Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
+        Sandbox::new_in(Path::new("/tmp"))
+    }
+
+    /// A sandbox on another filesystem (e.g. /dev/shm), for cross-device cases.
+    pub fn new_in(base: &Path) -> Sandbox {
         let dir = tempfile::Builder::new()
             .prefix("pgmt-")
-            .tempdir_in("/tmp")
+            .tempdir_in(base)
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         chown_to_test_user(dir.path());
@@ -191,6 +196,18 @@ impl Sandbox {
             bindir,
             datadir,
             sockdir,
+            port: next_port(),
+            running: false,
+        }
+    }
+
+    /// A cluster someone else made (pg-migrate, pg_upgrade) at `datadir`.
+    pub fn existing(&self, name: &str, major: u32, datadir: &Path) -> Cluster {
+        Cluster {
+            major,
+            bindir: bindir(major).unwrap_or_else(|| panic!("PostgreSQL {major} not installed")),
+            datadir: datadir.to_path_buf(),
+            sockdir: self.mkdir(&format!("{name}.sock")),
             port: next_port(),
             running: false,
         }

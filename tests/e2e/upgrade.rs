@@ -1,0 +1,560 @@
+//! The upgrade beyond the proof matrix: against PostgreSQL's own pg_upgrade,
+//! transaction visibility, a new cluster pg-migrate creates itself, scripts
+//! and statistics, many relations and segment files, and failures.
+
+use std::path::Path;
+
+use crate::proof::*;
+use crate::support::*;
+
+/// pg_upgrade (18's) and pg-migrate, each on the same old cluster, must give
+/// new clusters whose dumps are identical to the byte, with no rule at all.
+#[test]
+fn same_result_as_pg_upgrade() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    let tablespace = load_rich(&pair);
+    pair.old.stop();
+
+    run_ok(
+        as_test_user(pair.new.bindir.join("pg_upgrade"))
+            .current_dir(pair.sandbox.path())
+            .arg("-b")
+            .arg(&pair.old.bindir)
+            .arg("-B")
+            .arg(&pair.new.bindir)
+            .arg("-d")
+            .arg(&pair.old.datadir)
+            .arg("-D")
+            .arg(&pair.new.datadir)
+            .arg("-s")
+            .arg(pair.sandbox.path())
+            .args(["--copy", "--no-sync"]),
+    );
+    pair.new.start();
+    let by_pg_upgrade = capture(&pair.new, &pair.new.bindir);
+    pair.new.stop();
+    // Make room for the second upgrade of the same old cluster.
+    for entry in std::fs::read_dir(&tablespace).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("PG_18_")
+        {
+            std::fs::remove_dir_all(path).unwrap();
+        }
+    }
+    let mut ours = pair.sandbox.cluster("ours", 18, no_checksums(18));
+    let mut args = pair.dir_args();
+    let at = args.iter().position(|a| a == "-D").unwrap();
+    args[at + 1] = ours.datadir.clone().into();
+    args.extend(["--copy".into(), "--json".into(), "--no-sync".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    ours.start();
+    let by_pg_migrate = capture(&ours, &pair.new.bindir);
+    ours.stop();
+    assert_same_dump(
+        &by_pg_upgrade.dump,
+        &by_pg_migrate.dump,
+        "pg_upgrade vs pg-migrate",
+    );
+    assert_eq!(by_pg_upgrade.contents, by_pg_migrate.contents);
+}
+
+const VISIBILITY_SETUP: &str = "
+CREATE TABLE vis (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false);
+INSERT INTO vis SELECT g, 'v' || g FROM generate_series(1, 1000) g;
+CREATE SEQUENCE vis_seq;
+SELECT nextval('vis_seq') FROM generate_series(1, 41);";
+
+/// Rows whose fate only the commit log and multixacts know: deleted but not
+/// vacuumed, written by aborted transactions, locked by several transactions.
+/// Nothing reads them after the last change, so no hint bit gives it away.
+fn make_visibility_probes(cluster: &Cluster) {
+    cluster.sql("postgres", VISIBILITY_SETUP);
+    cluster.sql("postgres", "DELETE FROM vis WHERE id <= 100");
+    let mut a = cluster.client("postgres");
+    let mut b = cluster.client("postgres");
+    a.batch_execute("BEGIN; INSERT INTO vis VALUES (5000, 'aborted insert'); ROLLBACK;")
+        .unwrap();
+    a.batch_execute("BEGIN; UPDATE vis SET v = 'aborted update' WHERE id = 200; ROLLBACK;")
+        .unwrap();
+    a.batch_execute("BEGIN; DELETE FROM vis WHERE id = 300; ROLLBACK;")
+        .unwrap();
+    // Two share lockers: the rows' xmax becomes a multixact.
+    a.batch_execute("BEGIN; SELECT * FROM vis WHERE id BETWEEN 400 AND 410 FOR SHARE;")
+        .unwrap();
+    b.batch_execute("BEGIN; SELECT * FROM vis WHERE id BETWEEN 400 AND 410 FOR SHARE;")
+        .unwrap();
+    b.batch_execute("COMMIT").unwrap();
+    a.batch_execute("COMMIT").unwrap();
+    // A key-share locker and a committed updater in one multixact.
+    a.batch_execute("BEGIN; SELECT * FROM vis WHERE id = 500 FOR KEY SHARE;")
+        .unwrap();
+    b.batch_execute("UPDATE vis SET v = 'updated under a lock' WHERE id = 500")
+        .unwrap();
+    a.batch_execute("COMMIT").unwrap();
+    // A key-share locker and an aborted updater.
+    a.batch_execute("BEGIN; SELECT * FROM vis WHERE id = 600 FOR KEY SHARE;")
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE vis SET v = 'aborted under a lock' WHERE id = 600;")
+        .unwrap();
+    b.batch_execute("ROLLBACK").unwrap();
+    a.batch_execute("COMMIT").unwrap();
+}
+
+fn assert_visibility(cluster: &Cluster, major: u32) {
+    let mut c = cluster.client("postgres");
+    let one =
+        |c: &mut postgres::Client, sql: &str| -> String { c.query_one(sql, &[]).unwrap().get(0) };
+    assert_eq!(
+        one(&mut c, "SELECT count(*)::text FROM vis"),
+        "900",
+        "deleted rows stay deleted, aborted inserts invisible"
+    );
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT count(*)::text FROM vis WHERE id <= 100 OR id = 5000"
+        ),
+        "0"
+    );
+    assert_eq!(
+        one(&mut c, "SELECT v FROM vis WHERE id = 200"),
+        "v200",
+        "an aborted update leaves the old row"
+    );
+    assert_eq!(
+        one(&mut c, "SELECT v FROM vis WHERE id = 300"),
+        "v300",
+        "an aborted delete leaves the row"
+    );
+    assert_eq!(
+        one(&mut c, "SELECT v FROM vis WHERE id = 500"),
+        "updated under a lock"
+    );
+    assert_eq!(one(&mut c, "SELECT v FROM vis WHERE id = 600"), "v600");
+    // Multixact-locked rows can be locked and changed again.
+    c.batch_execute("BEGIN; SELECT * FROM vis WHERE id BETWEEN 400 AND 410 FOR UPDATE; UPDATE vis SET v = 'relocked' WHERE id BETWEEN 400 AND 410; COMMIT;")
+        .unwrap();
+    assert_eq!(
+        one(
+            &mut c,
+            "SELECT count(*)::text FROM vis WHERE v = 'relocked'"
+        ),
+        "11"
+    );
+    assert_eq!(
+        one(&mut c, "SELECT nextval('vis_seq')::text"),
+        "42",
+        "sequences continue"
+    );
+    // Freezing must find no tuple older than the horizons the upgrade set,
+    // and the heap must verify clean.
+    c.batch_execute("VACUUM (FREEZE) vis").unwrap();
+    c.batch_execute("VACUUM (FREEZE)").unwrap();
+    assert_eq!(one(&mut c, "SELECT count(*)::text FROM vis"), "900");
+    if major >= 14 {
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            .unwrap();
+        assert_eq!(
+            one(&mut c, "SELECT count(*)::text FROM verify_heapam('vis')"),
+            "0"
+        );
+    }
+}
+
+fn visibility(old_major: u32, mode: &str) {
+    let Some(mut pair) = Pair::new(old_major, 18) else {
+        return;
+    };
+    pair.old.start();
+    make_visibility_probes(&pair.old);
+    let multis: i64 = pair
+        .old
+        .client("postgres")
+        .query_one(
+            "SELECT count(*) FROM pg_get_multixact_members((SELECT xmax FROM vis WHERE id = 400))",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(multis, 2, "the probe rows must hold a multixact");
+    pair.old.stop();
+    let control = pgm_cluster::ControlFile::read(&pair.old.datadir).unwrap();
+    assert!(control.next_multixact > 1);
+    upgrade(&pair, &[mode]);
+    let new_control = pgm_cluster::ControlFile::read(&pair.new.datadir).unwrap();
+    // The new cluster continues the old counters (the restore itself then
+    // used a few more XIDs, in the new cluster's own, carried-over history).
+    assert_eq!(new_control.next_xid_epoch, control.next_xid_epoch);
+    assert!(
+        new_control.next_xid >= control.next_xid
+            && new_control.next_xid < control.next_xid + 10_000
+    );
+    assert!(new_control.oldest_xid <= control.next_xid);
+    assert!(new_control.next_multixact >= control.next_multixact);
+    assert!(new_control.next_multi_offset >= control.next_multi_offset);
+    assert!(new_control.next_oid >= control.next_oid);
+    pair.new.start();
+    assert_visibility(&pair.new, 18);
+    pair.new.stop();
+}
+
+#[test]
+fn transaction_visibility_survives_link_15_to_18() {
+    visibility(15, "--link");
+}
+
+#[test]
+fn transaction_visibility_survives_copy_12_to_18() {
+    visibility(12, "--copy");
+}
+
+#[test]
+fn creates_a_matching_new_cluster_when_d_does_not_exist() {
+    let Some(mut pair) = Pair::with_options(15, &["--wal-segsize=32", "--locale=C"], 18, &[])
+    else {
+        return;
+    };
+    pair.old.start();
+    load_rich(&pair);
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let target = pair.sandbox.path().join("made-by-pg-migrate");
+    let mut args = pair.dir_args();
+    let at = args.iter().position(|a| a == "-D").unwrap();
+    args[at + 1] = target.clone().into();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    crate::json_schema::validate(&run.events);
+    let initdb = run.events_named("initdb");
+    assert_eq!(initdb.len(), 1);
+    let command = initdb[0]["command"].as_str().unwrap();
+    for word in [
+        "--wal-segsize=32",
+        "--no-data-checksums",
+        "--encoding=UTF8",
+        "--locale=C",
+        "-U pgmigrate",
+    ] {
+        assert!(command.contains(word), "{command} lacks {word}");
+    }
+    // The checks that waited for the new cluster ran once it existed.
+    let checks = run.events_named("check");
+    assert!(checks
+        .iter()
+        .any(|c| c["id"] == "control-wal-segment-size" && c["status"] == "pass"));
+    assert!(checks
+        .iter()
+        .any(|c| c["id"] == "new-empty" && c["status"] == "pass"));
+    let control = pgm_cluster::ControlFile::read(&target).unwrap();
+    assert_eq!(control.wal_segment_size, 32 * 1024 * 1024);
+    assert_eq!(control.data_checksum_version, 0);
+    // pg-migrate gave the new cluster peer authentication; the tests connect
+    // as root over the socket, so they trust local connections here.
+    let hba = std::fs::read_to_string(target.join("pg_hba.conf")).unwrap();
+    assert!(
+        hba.lines()
+            .any(|l| l.starts_with("local") && l.contains("peer")),
+        "{hba}"
+    );
+    std::fs::write(target.join("pg_hba.conf"), "local all all trust\n").unwrap();
+    let mut new = pair.sandbox.existing("made", 18, &target);
+    new.start();
+    let after = capture(&new, &pair.new.bindir);
+    assert_same_state(&before, &after, (15, 18), "created new cluster");
+    new.stop();
+}
+
+#[test]
+fn scripts_and_statistics_advice() {
+    let Some(mut pair) = Pair::new(12, 18) else {
+        return;
+    };
+    pair.old.start();
+    load_rich(&pair);
+    pair.old.stop();
+    let run = upgrade(&pair, &["--link"]);
+    let next: Vec<&str> = run.summary()["next_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    // 12's hstore and pg_trgm are older than 18's.
+    let script =
+        std::fs::read_to_string(pair.sandbox.path().join("update_extensions.sql")).unwrap();
+    assert!(
+        script.contains("ALTER EXTENSION \"hstore\" UPDATE;"),
+        "{script}"
+    );
+    assert!(
+        next.iter().any(|s| s.contains("update_extensions.sql")),
+        "{next:?}"
+    );
+    let delete =
+        std::fs::read_to_string(pair.sandbox.path().join("delete_old_cluster.sh")).unwrap();
+    assert!(
+        delete.contains(&format!("rm -rf {}", pair.old.datadir.display())),
+        "{delete}"
+    );
+    assert!(delete.contains("tblspc/PG_12_"), "{delete}");
+    assert!(
+        next.iter().any(|s| s.contains("--missing-stats-only")),
+        "{next:?}"
+    );
+    pair.new.start();
+    // The update script runs cleanly and brings the extensions up to date.
+    run_ok(
+        as_test_user(pair.new.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&pair.new.sockdir)
+            .args(["-p", &pair.new.port.to_string(), "-d", "postgres", "-f"])
+            .arg(pair.sandbox.path().join("update_extensions.sql")),
+    );
+    let stale: i64 = pair
+        .new
+        .client("appdb")
+        .query_one("SELECT count(*) FROM pg_available_extensions WHERE installed_version <> default_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stale, 0);
+    pair.new.stop();
+}
+
+#[test]
+fn statistics_are_carried_to_18_and_advised_before() {
+    for new_major in [18, 17] {
+        let Some(mut pair) = Pair::new(15, new_major) else {
+            return;
+        };
+        pair.old.start();
+        pair.old.sql("postgres", "CREATE TABLE s AS SELECT g AS id, g % 10 AS bucket FROM generate_series(1, 5000) g; ANALYZE s;");
+        pair.old.stop();
+        let run = upgrade(&pair, &["--link"]);
+        let next = run.summary()["next_steps"].to_string();
+        pair.new.start();
+        let stats: i64 = pair
+            .new
+            .client("postgres")
+            .query_one("SELECT count(*) FROM pg_stats WHERE tablename = 's'", &[])
+            .unwrap()
+            .get(0);
+        pair.new.stop();
+        if new_major >= 18 {
+            assert_eq!(stats, 2, "18 carries the statistics");
+            assert!(next.contains("--missing-stats-only"), "{next}");
+        } else {
+            assert_eq!(stats, 0);
+            assert!(next.contains("--analyze-in-stages"), "{next}");
+        }
+    }
+}
+
+#[test]
+fn many_relations() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    psql_file(
+        &pair.old,
+        &pair.new.bindir,
+        "postgres",
+        &fixture("many_relations.sql"),
+        &[],
+    );
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let run = upgrade(&pair, &["--link"]);
+    assert!(run.summary()["upgrade"]["relations"].as_u64().unwrap() >= 6000);
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    assert_same_state(&before, &after, (15, 18), "many relations");
+    pair.new.stop();
+}
+
+/// A table over 1 GiB has segment files (`<relfilenode>.1`); all must move.
+#[test]
+fn relation_larger_than_a_segment() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    pair.old.start();
+    psql_file(
+        &pair.old,
+        &pair.new.bindir,
+        "postgres",
+        &fixture("big_table.sql"),
+        &[],
+    );
+    let before = contents(&pair.old);
+    let relfilenode: u32 = pair
+        .old
+        .client("postgres")
+        .query_one(
+            "SELECT relfilenode FROM pg_class WHERE relname = 'big'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    pair.old.stop();
+    let segment = |dir: &Path| dir.join(format!("base/5/{relfilenode}.1"));
+    assert!(
+        segment(&pair.old.datadir).exists(),
+        "the fixture must reach a second segment"
+    );
+    upgrade(&pair, &["--link"]);
+    assert!(segment(&pair.new.datadir).exists());
+    pair.new.start();
+    assert_eq!(before, contents(&pair.new));
+    pair.new.stop();
+}
+
+/// An extension the new installation lacks (18's build has no OpenSSL, so
+/// no pgcrypto) makes the restore fail: a clear error naming it, the state of
+/// each cluster, and in copy mode an old cluster that is untouched.
+#[test]
+fn failed_restore_leaves_the_old_cluster_intact() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    if pair
+        .new
+        .bindir
+        .join("../share/extension/pgcrypto.control")
+        .exists()
+    {
+        eprintln!("SKIP: this 18 build has pgcrypto");
+        return;
+    }
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "CREATE EXTENSION pgcrypto; CREATE TABLE t AS SELECT digest('x', 'sha256') AS d;",
+    );
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let old_snapshot = snapshot(&pair.old.datadir);
+    let mut args = pair.dir_args();
+    args.extend(["--copy".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    let error = run.error();
+    assert_eq!(error["code"], "restore_failed");
+    assert!(
+        error["message"].as_str().unwrap().contains("pgcrypto"),
+        "{error}"
+    );
+    assert_eq!(error["clusters"]["old"], "started_and_stopped");
+    assert_eq!(error["clusters"]["new"], "incomplete");
+    let remedy = error["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains("old cluster is unchanged") && remedy.contains("re-create"),
+        "{remedy}"
+    );
+    assert_data_files_untouched(&old_snapshot, &snapshot(&pair.old.datadir));
+    pair.old.start();
+    assert_same_state(
+        &before,
+        &capture(&pair.old, &pair.new.bindir),
+        (18, 18),
+        "old cluster after a failed upgrade",
+    );
+    pair.old.stop();
+}
+
+/// `--link` across filesystems is found before the point of no return.
+#[test]
+fn link_across_filesystems_stops_before_the_point_of_no_return() {
+    if require(15).is_none() || require(18).is_none() {
+        return;
+    }
+    let shm = Path::new("/dev/shm");
+    let same_device = |a: &Path, b: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(a).unwrap().dev() == std::fs::metadata(b).unwrap().dev()
+    };
+    if !shm.is_dir() || same_device(shm, Path::new("/tmp")) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI machines have /dev/shm on tmpfs"
+        );
+        eprintln!("SKIP: no second filesystem");
+        return;
+    }
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let elsewhere = pgm_testkit::Sandbox::new_in(shm);
+    let new = elsewhere.cluster("new", 18, no_checksums(18));
+    pair.old.start();
+    pair.old.sql("postgres", "CREATE TABLE t AS SELECT 1 AS x;");
+    pair.old.stop();
+    let mut args = pair.dir_args();
+    let at = args.iter().position(|a| a == "-D").unwrap();
+    args[at + 1] = new.datadir.clone().into();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    assert_eq!(run.error()["code"], "link_not_possible");
+    assert_eq!(run.error()["clusters"]["old"], "started_and_stopped");
+    assert!(
+        pair.old.datadir.join("global/pg_control").exists(),
+        "the old cluster must stay startable"
+    );
+    pair.old.start();
+    pair.old.sql("postgres", "SELECT * FROM t");
+    pair.old.stop();
+}
+
+/// A file that cannot be read fails the copy; the old cluster stays intact.
+#[test]
+fn failed_transfer_in_copy_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g;",
+    );
+    let path: String = pair
+        .old
+        .client("postgres")
+        .query_one("SELECT pg_relation_filepath('t')", &[])
+        .unwrap()
+        .get(0);
+    pair.old.stop();
+    let file = pair.old.datadir.join(path);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut args = pair.dir_args();
+    args.extend(["--copy".into(), "--json".into()]);
+    let run = pair.run(&args);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    assert_eq!(run.error()["code"], "transfer_failed");
+    assert!(run.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains(file.to_str().unwrap()));
+    assert_eq!(run.error()["clusters"]["new"], "incomplete");
+    pair.old.start();
+    let n: i64 = pair
+        .old
+        .client("postgres")
+        .query_one("SELECT count(*) FROM t", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+    pair.old.stop();
+}
