@@ -154,9 +154,9 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 
                     bytes: finished.bytes,
                 });
             }
-            Err(code) => {
+            Err((code, kept)) => {
                 exit_code = code;
-                logs = Some(run_dir.path().display().to_string());
+                logs = kept.map(|p| p.display().to_string());
             }
         }
         let summary = Summary {
@@ -196,7 +196,7 @@ fn run_upgrade(
     printer: &Printer,
     run_dir: &RunDir,
     outcome: check::Outcome,
-) -> Result<upgrade::Finished, i32> {
+) -> Result<upgrade::Finished, (i32, Option<std::path::PathBuf>)> {
     if !matches!(settings.mode, cli::Mode::Copy | cli::Mode::Link) {
         printer.emit(&Event::Error {
             code: "mode_not_supported",
@@ -208,7 +208,7 @@ fn run_upgrade(
             causes: Vec::new(),
             clusters: check::cluster_states(&outcome.report),
         });
-        return Err(exit::USAGE);
+        return Err((exit::USAGE, None));
     }
     let mut engine =
         match upgrade::Engine::new(settings, printer, run_dir, outcome.config, outcome.report) {
@@ -224,18 +224,18 @@ fn run_upgrade(
                         new: "unchanged",
                     },
                 });
-                return Err(exit::FAILED_OLD_INTACT);
+                return Err((exit::FAILED_OLD_INTACT, None));
             }
         };
-    engine.run().map_err(|(failure, clusters, code)| {
+    engine.run().map_err(|failed| {
         printer.emit(&Event::Error {
-            code: failure.code,
-            message: failure.message,
-            remedy: failure.remedy,
+            code: failed.failure.code,
+            message: failed.failure.message,
+            remedy: failed.failure.remedy,
             causes: Vec::new(),
-            clusters,
+            clusters: failed.clusters,
         });
-        code
+        (failed.exit_code, failed.logs)
     })
 }
 

@@ -50,6 +50,15 @@ struct DatabasePlan {
     log: PathBuf,
 }
 
+/// A failed upgrade: why, the state of each cluster, the exit status, and
+/// where the logs are.
+pub struct Failed {
+    pub failure: Failure,
+    pub clusters: ClusterStates,
+    pub exit_code: i32,
+    pub logs: Option<PathBuf>,
+}
+
 /// What the finished upgrade reports.
 pub struct Finished {
     pub next_steps: Vec<String>,
@@ -150,7 +159,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs every step in order; stops at the first failure.
-    pub fn run(&mut self) -> Result<Finished, (Failure, ClusterStates, i32)> {
+    pub fn run(&mut self) -> Result<Finished, Failed> {
         let result = self.run_steps();
         result.map_err(|failure| {
             pgm_cluster::server::stop_all();
@@ -166,7 +175,12 @@ impl<'a> Engine<'a> {
                     json!({ "code": failure.code, "message": failure.message }),
                 );
             }
-            (self.with_recovery_advice(failure), states, code)
+            Failed {
+                failure: self.with_recovery_advice(failure),
+                clusters: states,
+                exit_code: code,
+                logs: self.output.as_ref().map(|o| o.join("log")),
+            }
         })
     }
 

@@ -256,3 +256,39 @@ fn configuration_only_directories_are_resolved() {
         "{datadir}"
     );
 }
+
+#[test]
+fn check_with_a_new_data_directory_still_to_be_created() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["check".into()];
+    let mut dirs = pair.dir_args();
+    let at = dirs.iter().position(|a| a == "-D").unwrap();
+    let target = pair.sandbox.path().join("not-yet");
+    dirs[at + 1] = target.clone().into();
+    args.extend(dirs);
+    args.push("--json".into());
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    crate::json_schema::validate(&run.events);
+    assert!(run.check("new-datadir")["message"]
+        .as_str()
+        .unwrap()
+        .contains("will create it"));
+    assert_eq!(run.check("new-empty")["status"], "skip");
+    assert_eq!(
+        run.check("old-connect")["status"],
+        "pass",
+        "the old cluster is still inspected"
+    );
+    assert!(!target.exists(), "check creates nothing");
+    // A parent that does not exist is refused.
+    let mut args: Vec<std::ffi::OsString> = vec!["check".into()];
+    let mut dirs = pair.dir_args();
+    dirs[at + 1] = pair.sandbox.path().join("no/such/parent").into();
+    args.extend(dirs);
+    args.push("--json".into());
+    let run = pair.run(&args);
+    assert_refused(&run, "new-datadir", "datadir_not_found");
+}
