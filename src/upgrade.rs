@@ -159,7 +159,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs every step in order; stops at the first failure.
-    pub fn run(&mut self) -> Result<Finished, Failed> {
+    pub fn run(&mut self) -> Result<Finished, Box<Failed>> {
         let result = self.run_steps();
         result.map_err(|failure| {
             pgm_cluster::server::stop_all();
@@ -175,12 +175,12 @@ impl<'a> Engine<'a> {
                     json!({ "code": failure.code, "message": failure.message }),
                 );
             }
-            Failed {
+            Box::new(Failed {
                 failure: self.with_recovery_advice(failure),
                 clusters: states,
                 exit_code: code,
                 logs: self.output.as_ref().map(|o| o.join("log")),
-            }
+            })
         })
     }
 
