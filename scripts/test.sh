@@ -15,4 +15,11 @@ export PG_MIGRATE_PG_PREFIX
 bash scripts/install-postgres.sh
 
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked -- "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo ends with its last, often empty, doc-test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
