@@ -23,10 +23,9 @@ fn command_name(settings: &Settings) -> &'static str {
     }
 }
 
-/// Runs every check, streaming the events; returns the report and the exit
-/// status a `check` run ends with.
-pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> Outcome {
-    let config = CheckConfig {
+/// What the verifier needs to know, from the settings.
+pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
+    CheckConfig {
         old: SideConfig {
             bindir: settings.old_bindir.clone(),
             datadir: settings.old_datadir.clone(),
@@ -49,7 +48,13 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
             Signedness::Signed => CharSignedness::Signed,
             Signedness::Unsigned => CharSignedness::Unsigned,
         }),
-    };
+    }
+}
+
+/// Runs every check, streaming the events; returns the report and the exit
+/// status a `check` run ends with.
+pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> Outcome {
+    let config = config(settings, run_dir);
     printer.emit(&Event::Plan {
         command: command_name(settings),
         mode: settings.mode,

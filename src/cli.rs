@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run every check without changing either cluster (same as -c/--check)
     Check(Options),
+    /// Finish an interrupted upgrade (reads the journal in -D; other flags default to the journal's)
+    Resume(Options),
+    /// Undo an interrupted or finished upgrade whose new cluster has never run
+    Revert(Options),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,7 +42,7 @@ pub enum Signedness {
 }
 
 /// The transfer mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Copy,

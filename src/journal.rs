@@ -1,25 +1,85 @@
-//! The journal: an append-only NDJSON file in the new cluster's
-//! `pg_migrate.d/` that records the plan and each finished step, fsynced at
-//! every step boundary, so that a later run knows exactly how far an
-//! interrupted one got (resume and revert build on it).
+//! What pg-migrate keeps in the new cluster's `pg_migrate.d/`, so that an
+//! interrupted run can be resumed or reverted and wrappers can tell where an
+//! upgrade stands without running pg-migrate (docs/recovery.md):
+//!
+//! - `journal.ndjson`: append-only records (the plan, each finished step, the
+//!   point of no return, the end), fsynced at every step boundary;
+//! - `state`: one word, `upgrading`, `failed`, `reverted` or `complete`,
+//!   replaced atomically;
+//! - `pristine/`: the new cluster as initdb made it, to return to;
+//! - `transfer-plan.json`: the files to move, saved before the first one
+//!   moves, so that the transfer can be finished without the old catalog.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+pub const DIR: &str = "pg_migrate.d";
+
+pub fn dir(new_datadir: &Path) -> PathBuf {
+    new_datadir.join(DIR)
+}
+
+/// Where an upgrade stands, as the `state` file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Upgrading,
+    Failed,
+    Reverted,
+    Complete,
+}
+
+impl State {
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Upgrading => "upgrading",
+            State::Failed => "failed",
+            State::Reverted => "reverted",
+            State::Complete => "complete",
+        }
+    }
+}
+
+/// Replaces the state file atomically (write, fsync, rename, fsync the directory).
+pub fn write_state(new_datadir: &Path, state: State) -> std::io::Result<()> {
+    let dir = dir(new_datadir);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join("state.tmp");
+    let mut file = File::create(&tmp)?;
+    writeln!(file, "{}", state.word())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join("state"))?;
+    File::open(&dir)?.sync_all()
+}
+
+pub fn read_state(new_datadir: &Path) -> Option<State> {
+    let text = std::fs::read_to_string(dir(new_datadir).join("state")).ok()?;
+    match text.trim() {
+        "upgrading" => Some(State::Upgrading),
+        "failed" => Some(State::Failed),
+        "reverted" => Some(State::Reverted),
+        "complete" => Some(State::Complete),
+        _ => None,
+    }
+}
 
 pub struct Journal {
     file: File,
 }
 
 impl Journal {
-    /// Opens (creating) `<dir>/journal.ndjson` for appending.
-    pub fn open(dir: &Path) -> std::io::Result<Journal> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("journal.ndjson");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    /// Opens (creating) `<new>/pg_migrate.d/journal.ndjson` for appending.
+    pub fn open(new_datadir: &Path) -> std::io::Result<Journal> {
+        let dir = dir(new_datadir);
+        std::fs::create_dir_all(&dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("journal.ndjson"))?;
         Ok(Journal { file })
     }
 
@@ -35,5 +95,254 @@ impl Journal {
         }
         writeln!(self.file, "{fields}")?;
         self.file.sync_all()
+    }
+}
+
+/// A journal read back.
+pub struct JournalView {
+    records: Vec<Value>,
+}
+
+impl JournalView {
+    pub fn read(new_datadir: &Path) -> Option<JournalView> {
+        let text = std::fs::read_to_string(dir(new_datadir).join("journal.ndjson")).ok()?;
+        // A record cut short by a crash is ignored: it was never fsynced.
+        let records = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Some(JournalView { records })
+    }
+
+    fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.records.iter().filter(move |r| r["record"] == kind)
+    }
+
+    /// The first plan: what the upgrade was started with.
+    pub fn plan(&self) -> Option<&Value> {
+        self.of_kind("plan").next()
+    }
+
+    /// Steps recorded as done since the last reset of the new cluster.
+    pub fn done_steps(&self) -> BTreeSet<String> {
+        let mut done = BTreeSet::new();
+        for record in &self.records {
+            match record["record"].as_str() {
+                Some("reset") => done.clear(),
+                Some("step") => {
+                    if let Some(step) = record["step"].as_str() {
+                        done.insert(step.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        done
+    }
+
+    /// Every run directory (sockets) a run recorded: servers listening there
+    /// were started by pg-migrate.
+    pub fn run_dirs(&self) -> Vec<PathBuf> {
+        self.of_kind("run")
+            .filter_map(|r| r["run_dir"].as_str().map(PathBuf::from))
+            .collect()
+    }
+
+    /// The new cluster's checkpoint location recorded when the upgrade
+    /// completed: if pg_control still says so, nobody has run the cluster since.
+    pub fn completed_checkpoint(&self) -> Option<u64> {
+        self.of_kind("complete")
+            .last()
+            .and_then(|r| r["checkpoint_lsn"].as_u64())
+    }
+}
+
+/// Copies a directory tree (files, directories, symlinks, permissions),
+/// skipping the top-level entries named in `skip`.
+pub fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for entry in walkdir::WalkDir::new(from)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && skip.iter().any(|s| e.file_name() == *s)))
+    {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let target = to.join(
+            entry
+                .path()
+                .strip_prefix(from)
+                .map_err(std::io::Error::other)?,
+        );
+        let kind = entry.file_type();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else if kind.is_dir() {
+            std::fs::create_dir(&target)?;
+            let mode = entry
+                .metadata()
+                .map_err(std::io::Error::other)?
+                .permissions()
+                .mode();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Saves the new cluster as initdb made it (once; the copy is made under a
+/// temporary name and renamed, so a half-made copy is never taken for whole).
+pub fn save_pristine(new_datadir: &Path) -> std::io::Result<()> {
+    let dir = dir(new_datadir);
+    let pristine = dir.join("pristine");
+    if pristine.exists() {
+        return Ok(());
+    }
+    let tmp = dir.join("pristine.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    copy_tree(
+        new_datadir,
+        &tmp,
+        &[DIR, "postmaster.pid", "postmaster.opts"],
+    )?;
+    std::fs::rename(&tmp, &pristine)?;
+    File::open(&dir)?.sync_all()
+}
+
+/// Returns the new cluster to its pristine state: every new-version directory
+/// it made in a tablespace, and everything in the data directory but
+/// `pg_migrate.d`, is removed; the saved copy is put back.
+pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std::io::Result<()> {
+    let pristine = dir(new_datadir).join("pristine");
+    if !pristine.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is missing", pristine.display()),
+        ));
+    }
+    let tblspc = new_datadir.join("pg_tblspc");
+    if let Ok(entries) = std::fs::read_dir(&tblspc) {
+        for entry in entries.flatten() {
+            if let Ok(location) = std::fs::read_link(entry.path()) {
+                let version_dir = location.join(tablespace_version_dir);
+                if version_dir.exists() {
+                    std::fs::remove_dir_all(&version_dir)?;
+                }
+            }
+        }
+    }
+    for entry in std::fs::read_dir(new_datadir)? {
+        let entry = entry?;
+        if entry.file_name() == DIR {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for entry in std::fs::read_dir(&pristine)? {
+        let entry = entry?;
+        let target = new_datadir.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target, &[])?;
+        } else if entry.file_type()?.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    File::open(new_datadir)?.sync_all()
+}
+
+/// An exclusive lock on each existing directory, held until dropped (and
+/// released by the kernel if the process dies): a second pg-migrate on the
+/// same clusters refuses instead of interfering.
+pub struct RunLock {
+    _locks: Vec<nix::fcntl::Flock<File>>,
+}
+
+impl RunLock {
+    pub fn acquire(dirs: &[&Path]) -> Result<RunLock, PathBuf> {
+        let mut locks = Vec::new();
+        for dir in dirs {
+            let Ok(file) = File::open(dir) else { continue };
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => locks.push(lock),
+                Err(_) => return Err(dir.to_path_buf()),
+            }
+        }
+        Ok(RunLock { _locks: locks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_journal_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_state(dir.path()), None);
+        write_state(dir.path(), State::Upgrading).unwrap();
+        assert_eq!(read_state(dir.path()), Some(State::Upgrading));
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal.record("plan", json!({"mode": "link"})).unwrap();
+        journal.record("step", json!({"step": "dump-old"})).unwrap();
+        journal.record("reset", json!({})).unwrap();
+        journal.record("step", json!({"step": "checks"})).unwrap();
+        journal
+            .record("run", json!({"run_dir": "/tmp/pgm-x"}))
+            .unwrap();
+        // A torn last line is ignored.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(DIR).join("journal.ndjson"))
+            .unwrap()
+            .write_all(b"{\"record\":\"st")
+            .unwrap();
+        let view = JournalView::read(dir.path()).unwrap();
+        assert_eq!(view.plan().unwrap()["mode"], "link");
+        assert_eq!(
+            view.done_steps().into_iter().collect::<Vec<_>>(),
+            vec!["checks"]
+        );
+        assert_eq!(view.run_dirs(), vec![PathBuf::from("/tmp/pgm-x")]);
+    }
+
+    #[test]
+    fn pristine_copy_comes_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("base/1")).unwrap();
+        std::fs::write(data.join("base/1/1259"), b"catalog").unwrap();
+        std::fs::write(data.join("PG_VERSION"), b"18\n").unwrap();
+        std::os::unix::fs::symlink("/somewhere", data.join("link")).unwrap();
+        save_pristine(&data).unwrap();
+        std::fs::write(data.join("base/1/1259"), b"changed").unwrap();
+        std::fs::write(data.join("base/1/16384"), b"restored table").unwrap();
+        restore_pristine(&data, "PG_18_1").unwrap();
+        assert_eq!(std::fs::read(data.join("base/1/1259")).unwrap(), b"catalog");
+        assert!(!data.join("base/1/16384").exists());
+        assert_eq!(
+            std::fs::read_link(data.join("link")).unwrap(),
+            PathBuf::from("/somewhere")
+        );
+        assert!(dir.path().join("data").join(DIR).join("pristine").exists());
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunLock::acquire(&[dir.path()]).unwrap();
+        assert!(RunLock::acquire(&[dir.path()]).is_err());
+        drop(first);
+        assert!(RunLock::acquire(&[dir.path()]).is_ok());
     }
 }

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod exit;
 mod journal;
+mod recovery;
 mod report;
 mod rundir;
 mod upgrade;
@@ -21,8 +22,30 @@ fn main() {
     std::process::exit(run());
 }
 
+/// What was asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Check,
+    Upgrade,
+    Resume,
+    Revert,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Check => "check",
+            Action::Upgrade => "upgrade",
+            Action::Resume => "resume",
+            Action::Revert => "revert",
+        }
+    }
+}
+
 fn run() -> i32 {
     let started = Instant::now();
+    // Everything pg-migrate writes (journal, logs, dumps, scripts) is private.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let wants_json = std::env::args_os().any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -44,9 +67,11 @@ fn run() -> i32 {
                 .unwrap_or(&message)
                 .trim_start_matches("error: ")
                 .to_string();
+            let printer = Printer::new(true);
             return fail_early(
-                &Printer::new(true),
+                &printer,
                 started,
+                "pg-migrate",
                 "usage",
                 first,
                 "run pg-migrate --help for the options",
@@ -54,27 +79,51 @@ fn run() -> i32 {
             );
         }
     };
-    let (options, check_only) = match cli.command {
-        Some(Command::Check(options)) => (options, true),
-        None => (cli.options, false),
+    let (mut options, action) = match cli.command {
+        Some(Command::Check(options)) => (options, Action::Check),
+        Some(Command::Resume(options)) => (options, Action::Resume),
+        Some(Command::Revert(options)) => (options, Action::Revert),
+        None if cli.options.check => (cli.options, Action::Check),
+        None => (cli.options, Action::Upgrade),
     };
     let printer = Printer::new(options.json);
+    let name = action.name();
     if nix::unistd::geteuid().is_root() {
         return fail_early(
             &printer,
             started,
+            name,
             "running_as_root",
             "pg-migrate cannot be run as root".into(),
             "run it as the operating-system user that owns the clusters, e.g. sudo -u postgres pg-migrate …",
             exit::USAGE,
         );
     }
-    let settings = match options.resolve(check_only) {
+    let journal = if matches!(action, Action::Resume | Action::Revert) {
+        match recovery::fill_from_journal(&mut options) {
+            Ok(view) => Some(view),
+            Err(r) => {
+                return fail_early(
+                    &printer,
+                    started,
+                    name,
+                    r.code,
+                    r.message,
+                    &r.remedy,
+                    exit::USAGE,
+                )
+            }
+        }
+    } else {
+        None
+    };
+    let settings = match options.resolve(action == Action::Check) {
         Ok(settings) => settings,
         Err(e) => {
             return fail_early(
                 &printer,
                 started,
+                name,
                 "usage",
                 e.message,
                 &e.remedy,
@@ -93,26 +142,81 @@ fn run() -> i32 {
             ));
         });
     }
-    install_signal_handlers(settings.json, started);
-    run_command(&settings, &printer, started)
-}
-
-fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
-    let run_dir = match RunDir::create(&settings.socket_base) {
-        Ok(dir) => dir,
-        Err(e) => {
+    let _lock = match recovery::lock(&settings) {
+        Ok(lock) => lock,
+        Err(r) => {
             return fail_early(
-                printer,
+                &printer,
                 started,
-                "run_dir_failed",
-                format!(
-                    "cannot make a private directory in {}: {e}",
-                    settings.socket_base.display()
-                ),
-                "pass a writable directory with -s/--socketdir",
+                name,
+                r.code,
+                r.message,
+                &r.remedy,
                 exit::USAGE,
             )
         }
+    };
+    install_signal_handlers(settings.json, started, name);
+    match (action, journal) {
+        (Action::Revert, Some(view)) => run_revert(&settings, &printer, started, &view),
+        (Action::Resume, Some(view)) => run_resume(&settings, &printer, started, &view),
+        _ => {
+            if let Err(r) = recovery::refuse_unfinished(&settings) {
+                return fail_early(
+                    &printer,
+                    started,
+                    name,
+                    r.code,
+                    r.message,
+                    &r.remedy,
+                    exit::USAGE,
+                );
+            }
+            if action == Action::Upgrade {
+                recovery::archive_reverted_journal(&settings.new_datadir);
+            }
+            // A pg-migrate killed during its checks may have left a server of
+            // its own running; with the lock held, it can be stopped.
+            let _ = recovery::stop_leftover_servers(&settings, None);
+            run_command(&settings, &printer, started, false)
+        }
+    }
+}
+
+fn make_run_dir(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    name: &'static str,
+) -> Result<RunDir, i32> {
+    RunDir::create(&settings.socket_base).map_err(|e| {
+        fail_early(
+            printer,
+            started,
+            name,
+            "run_dir_failed",
+            format!(
+                "cannot make a private directory in {}: {e}",
+                settings.socket_base.display()
+            ),
+            "pass a writable directory with -s/--socketdir",
+            exit::USAGE,
+        )
+    })
+}
+
+/// `check`, or the upgrade (checks first); `resuming` continues a journal.
+fn run_command(settings: &Settings, printer: &Printer, started: Instant, resuming: bool) -> i32 {
+    let name = if settings.check_only {
+        "check"
+    } else if resuming {
+        "resume"
+    } else {
+        "upgrade"
+    };
+    let run_dir = match make_run_dir(settings, printer, started, name) {
+        Ok(dir) => dir,
+        Err(code) => return code,
     };
     let outcome = check::run_checks(settings, printer, &run_dir);
     let versions = (
@@ -129,55 +233,277 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant) -> i32 
             .as_ref()
             .map(|i| i.version.text.clone()),
     );
-    let mut exit_code = outcome.exit_code;
-    let mut next_steps = Vec::new();
-    let mut upgrade_counts = None;
-    let mut logs = None;
-    if exit_code == exit::SUCCESS && settings.check_only {
+    let mut summary = Summary {
+        command: name,
+        exit_code: outcome.exit_code,
+        checks: Some(check::counts(&outcome.report)),
+        versions,
+        next_steps: Vec::new(),
+        upgrade: None,
+        logs: None,
+        result: None,
+    };
+    if summary.exit_code == exit::SUCCESS && settings.check_only {
         if outcome.report.live_old {
-            next_steps.push("stop the old server before upgrading".to_string());
+            summary
+                .next_steps
+                .push("stop the old server before upgrading".to_string());
         }
-        next_steps.push(format!(
+        summary.next_steps.push(format!(
             "run the same command without `check`{} to upgrade",
             mode_flag(settings.mode)
         ));
-    } else if exit_code == exit::SUCCESS {
-        match run_upgrade(settings, printer, &run_dir, outcome) {
-            Ok(finished) => {
-                next_steps = finished.next_steps;
-                logs = finished.logs.map(|p| p.display().to_string());
-                upgrade_counts = Some(report::UpgradeCounts {
-                    mode: settings.mode,
-                    databases: finished.databases,
-                    relations: finished.relations,
-                    files: finished.files,
-                    bytes: finished.bytes,
-                });
-            }
-            Err((code, kept)) => {
-                exit_code = code;
-                logs = kept.map(|p| p.display().to_string());
-            }
+    } else if summary.exit_code == exit::SUCCESS {
+        summary.checks = None;
+        let engine =
+            upgrade::Engine::new(settings, printer, &run_dir, outcome.config, outcome.report);
+        finish_upgrade(
+            settings,
+            printer,
+            engine.map(|e| e.resuming(resuming)),
+            &mut summary,
+        );
+    }
+    summarize(settings, printer, started, run_dir, summary)
+}
+
+/// Runs an engine and fills the summary from its outcome.
+fn finish_upgrade(
+    settings: &Settings,
+    printer: &Printer,
+    engine: Result<upgrade::Engine<'_>, upgrade::Failure>,
+    summary: &mut Summary,
+) {
+    if !matches!(settings.mode, cli::Mode::Copy | cli::Mode::Link) {
+        printer.emit(&Event::Error {
+            code: "mode_not_supported",
+            message: format!(
+                "{} is not supported yet; use --copy or --link",
+                mode_flag(settings.mode).trim()
+            ),
+            remedy: Some("nothing was changed".into()),
+            causes: Vec::new(),
+            clusters: ClusterStates {
+                old: "started_and_stopped",
+                new: "unchanged",
+            },
+        });
+        summary.exit_code = exit::USAGE;
+        return;
+    }
+    let mut engine = match engine {
+        Ok(engine) => engine,
+        Err(failure) => {
+            printer.emit(&Event::Error {
+                code: failure.code,
+                message: failure.message,
+                remedy: failure.remedy,
+                causes: Vec::new(),
+                clusters: ClusterStates {
+                    old: "started_and_stopped",
+                    new: "unchanged",
+                },
+            });
+            summary.exit_code = exit::FAILED_OLD_INTACT;
+            return;
         }
-        let summary = Summary {
-            exit_code,
-            checks: None,
-            versions,
-            next_steps,
-            upgrade: upgrade_counts,
-            logs,
+    };
+    match engine.run() {
+        Ok(finished) => {
+            summary.next_steps = finished.next_steps;
+            summary.logs = finished.logs.map(|p| p.display().to_string());
+            summary.upgrade = Some(report::UpgradeCounts {
+                mode: settings.mode,
+                databases: finished.databases,
+                relations: finished.relations,
+                files: finished.files,
+                bytes: finished.bytes,
+            });
+        }
+        Err(failed) => {
+            printer.emit(&Event::Error {
+                code: failed.failure.code,
+                message: failed.failure.message,
+                remedy: failed.failure.remedy,
+                causes: Vec::new(),
+                clusters: failed.clusters,
+            });
+            summary.exit_code = failed.exit_code;
+            summary.logs = failed.logs.map(|p| p.display().to_string());
+        }
+    }
+}
+
+/// `pg-migrate resume`: finishes an interrupted upgrade. Once the relation
+/// map was saved, the remaining steps continue where they stopped; before
+/// that, the new cluster returns to its pristine state and the upgrade runs
+/// again from its checks.
+fn run_resume(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    view: &journal::JournalView,
+) -> i32 {
+    let name = "resume";
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+        return fail_early(
+            printer,
+            started,
+            name,
+            r.code,
+            r.message,
+            &r.remedy,
+            exit::FAILED_OLD_INTACT,
+        );
+    }
+    match journal::read_state(&settings.new_datadir) {
+        Some(journal::State::Complete) => {
+            return fail_early(
+                printer,
+                started,
+                name,
+                "already_upgraded",
+                format!(
+                    "the upgrade into {} already finished",
+                    settings.new_datadir.display()
+                ),
+                "start the new cluster",
+                exit::USAGE,
+            )
+        }
+        Some(journal::State::Reverted) => {
+            return fail_early(
+                printer,
+                started,
+                name,
+                "already_reverted",
+                format!(
+                    "the upgrade into {} was reverted",
+                    settings.new_datadir.display()
+                ),
+                "run the upgrade again to start afresh",
+                exit::USAGE,
+            )
+        }
+        _ => {}
+    }
+    let done = view.done_steps();
+    if done.contains("match-relations") {
+        let run_dir = match make_run_dir(settings, printer, started, name) {
+            Ok(dir) => dir,
+            Err(code) => return code,
         };
+        printer.emit(&Event::Plan {
+            command: name,
+            mode: settings.mode,
+            old: report::PlanSide {
+                bindir: settings.old_bindir.display().to_string(),
+                datadir: settings.old_datadir.display().to_string(),
+                port: settings.old_port,
+            },
+            new: report::PlanSide {
+                bindir: settings.new_bindir.display().to_string(),
+                datadir: settings.new_datadir.display().to_string(),
+                port: settings.new_port,
+            },
+            user: settings.user.clone(),
+            jobs: settings.jobs,
+            run_dir: run_dir.path().display().to_string(),
+            live_check_allowed: false,
+        });
+        let config = check::config(settings, &run_dir);
+        let engine = upgrade::Engine::resume_late(settings, printer, &run_dir, config, view);
+        let mut summary = Summary {
+            command: name,
+            exit_code: exit::SUCCESS,
+            checks: None,
+            versions: (None, None),
+            next_steps: Vec::new(),
+            upgrade: None,
+            logs: None,
+            result: None,
+        };
+        finish_upgrade(settings, printer, engine, &mut summary);
         return summarize(settings, printer, started, run_dir, summary);
     }
-    let summary = Summary {
-        exit_code,
-        checks: Some(check::counts(&outcome.report)),
-        versions,
-        next_steps,
-        upgrade: upgrade_counts,
-        logs,
-    };
-    summarize(settings, printer, started, run_dir, summary)
+    if let Err(r) = recovery::reset_new_cluster(settings) {
+        return fail_early(
+            printer,
+            started,
+            name,
+            r.code,
+            r.message,
+            &r.remedy,
+            exit::FAILED_OLD_INTACT,
+        );
+    }
+    run_command(settings, printer, started, true)
+}
+
+/// `pg-migrate revert`: the old cluster as before the upgrade, the new one as
+/// initdb made it.
+fn run_revert(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    view: &journal::JournalView,
+) -> i32 {
+    let name = "revert";
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+        return fail_early(
+            printer,
+            started,
+            name,
+            r.code,
+            r.message,
+            &r.remedy,
+            exit::FAILED_OLD_INTACT,
+        );
+    }
+    match recovery::revert(settings, view) {
+        Ok(reverted) => {
+            let mut next_steps = Vec::new();
+            if reverted.renamed_control_back {
+                next_steps.push(format!(
+                    "the old cluster's global/pg_control is back in place; start it as before: {} -D {} start",
+                    settings.old_bindir.join("pg_ctl").display(),
+                    settings.old_datadir.display()
+                ));
+            } else {
+                next_steps.push(format!(
+                    "the old cluster was never disabled; start it as before: {} -D {} start",
+                    settings.old_bindir.join("pg_ctl").display(),
+                    settings.old_datadir.display()
+                ));
+            }
+            next_steps.push(format!(
+                "the new cluster {} is back as initdb made it; run the upgrade again when ready, or remove it",
+                settings.new_datadir.display()
+            ));
+            printer.emit(&Event::Summary {
+                command: name,
+                result: "reverted",
+                exit_code: exit::SUCCESS,
+                duration_ms: started.elapsed().as_millis() as u64,
+                checks: None,
+                old_version: None,
+                new_version: None,
+                upgrade: None,
+                logs: None,
+                next_steps,
+            });
+            exit::SUCCESS
+        }
+        Err(r) => fail_early(
+            printer,
+            started,
+            name,
+            r.code,
+            r.message,
+            &r.remedy,
+            exit::FAILED_NEEDS_RECOVERY,
+        ),
+    }
 }
 
 fn mode_flag(mode: cli::Mode) -> &'static str {
@@ -190,63 +516,16 @@ fn mode_flag(mode: cli::Mode) -> &'static str {
     }
 }
 
-/// The upgrade after its checks passed; returns the exit status on failure.
-fn run_upgrade(
-    settings: &Settings,
-    printer: &Printer,
-    run_dir: &RunDir,
-    outcome: check::Outcome,
-) -> Result<upgrade::Finished, (i32, Option<std::path::PathBuf>)> {
-    if !matches!(settings.mode, cli::Mode::Copy | cli::Mode::Link) {
-        printer.emit(&Event::Error {
-            code: "mode_not_supported",
-            message: format!(
-                "{} is not supported yet; use --copy or --link",
-                mode_flag(settings.mode).trim()
-            ),
-            remedy: Some("nothing was changed".into()),
-            causes: Vec::new(),
-            clusters: check::cluster_states(&outcome.report),
-        });
-        return Err((exit::USAGE, None));
-    }
-    let mut engine =
-        match upgrade::Engine::new(settings, printer, run_dir, outcome.config, outcome.report) {
-            Ok(engine) => engine,
-            Err(failure) => {
-                printer.emit(&Event::Error {
-                    code: failure.code,
-                    message: failure.message,
-                    remedy: failure.remedy,
-                    causes: Vec::new(),
-                    clusters: ClusterStates {
-                        old: "started_and_stopped",
-                        new: "unchanged",
-                    },
-                });
-                return Err((exit::FAILED_OLD_INTACT, None));
-            }
-        };
-    engine.run().map_err(|failed| {
-        printer.emit(&Event::Error {
-            code: failed.failure.code,
-            message: failed.failure.message,
-            remedy: failed.failure.remedy,
-            causes: Vec::new(),
-            clusters: failed.clusters,
-        });
-        (failed.exit_code, failed.logs)
-    })
-}
-
 /// What the final summary event reports.
 struct Summary {
+    command: &'static str,
     exit_code: i32,
     checks: Option<report::CheckCounts>,
     versions: (Option<String>, Option<String>),
     next_steps: Vec<String>,
     upgrade: Option<report::UpgradeCounts>,
     logs: Option<String>,
+    result: Option<&'static str>,
 }
 
 fn summarize(
@@ -256,43 +535,32 @@ fn summarize(
     run_dir: RunDir,
     summary: Summary,
 ) -> i32 {
-    let Summary {
-        exit_code,
-        checks,
-        versions,
-        next_steps,
-        upgrade,
-        logs,
-    } = summary;
-    let keep = settings.retain || (exit_code != exit::SUCCESS && run_dir.has_logs());
+    let keep = settings.retain || (summary.exit_code != exit::SUCCESS && run_dir.has_logs());
     let run_dir_kept = keep.then(|| run_dir.keep().display().to_string());
     printer.emit(&Event::Summary {
-        command: if settings.check_only {
-            "check"
-        } else {
-            "upgrade"
-        },
-        result: match exit_code {
+        command: summary.command,
+        result: summary.result.unwrap_or(match summary.exit_code {
             exit::SUCCESS => "ok",
             exit::CHECKS_FAILED => "checks_failed",
             _ => "error",
-        },
-        exit_code,
+        }),
+        exit_code: summary.exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
-        checks,
-        old_version: versions.0,
-        new_version: versions.1,
-        upgrade,
-        logs: logs.or(run_dir_kept),
-        next_steps,
+        checks: summary.checks,
+        old_version: summary.versions.0,
+        new_version: summary.versions.1,
+        upgrade: summary.upgrade,
+        logs: summary.logs.or(run_dir_kept),
+        next_steps: summary.next_steps,
     });
-    exit_code
+    summary.exit_code
 }
 
-/// Reports an error found before any cluster was looked at, and the summary.
+/// Reports an error found before any cluster was changed, and the summary.
 fn fail_early(
     printer: &Printer,
     started: Instant,
+    command: &'static str,
     code: &'static str,
     message: String,
     remedy: &str,
@@ -309,7 +577,7 @@ fn fail_early(
         },
     });
     printer.emit(&Event::Summary {
-        command: "pg-migrate",
+        command,
         result: "error",
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -323,32 +591,76 @@ fn fail_early(
     exit_code
 }
 
-/// On SIGINT/SIGTERM: stop every server we started, say so, and exit.
-fn install_signal_handlers(json: bool, started: Instant) {
+/// On SIGINT/SIGTERM: stop every server we started, record the interruption
+/// in the journal, say in what state each cluster is and what to run next,
+/// and exit.
+fn install_signal_handlers(json: bool, started: Instant, command: &'static str) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
         return;
     };
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
             pgm_cluster::server::stop_all();
             let printer = Printer::new(json);
-            fail_early(
-                &printer,
-                started,
-                "interrupted",
-                format!(
-                    "interrupted by signal {}; every server pg-migrate started was stopped",
-                    if signal == SIGINT {
-                        "SIGINT"
-                    } else {
-                        "SIGTERM"
+            let status = upgrade::INTERRUPT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let code = match status {
+                Some(status) => {
+                    if let Ok(mut journal) = journal::Journal::open(&status.new_datadir) {
+                        let _ =
+                            journal.record("interrupted", serde_json::json!({ "signal": name }));
                     }
-                ),
-                "run the command again when ready; nothing was changed",
-                exit::FAILED_OLD_INTACT,
-            );
-            std::process::exit(exit::FAILED_OLD_INTACT);
+                    let _ = journal::write_state(&status.new_datadir, journal::State::Failed);
+                    printer.emit(&Event::Error {
+                        code: "interrupted",
+                        message: format!(
+                            "interrupted by {name}; every server pg-migrate started was stopped"
+                        ),
+                        remedy: Some(status.resume.clone()),
+                        causes: Vec::new(),
+                        clusters: status.clusters.clone(),
+                    });
+                    status.exit_code
+                }
+                None => {
+                    printer.emit(&Event::Error {
+                        code: "interrupted",
+                        message: format!(
+                            "interrupted by {name}; every server pg-migrate started was stopped"
+                        ),
+                        remedy: Some(
+                            "run the command again when ready; nothing was changed".into(),
+                        ),
+                        causes: Vec::new(),
+                        clusters: ClusterStates {
+                            old: "unchanged",
+                            new: "unchanged",
+                        },
+                    });
+                    exit::FAILED_OLD_INTACT
+                }
+            };
+            printer.emit(&Event::Summary {
+                command,
+                result: "error",
+                exit_code: code,
+                duration_ms: started.elapsed().as_millis() as u64,
+                checks: None,
+                old_version: None,
+                new_version: None,
+                upgrade: None,
+                logs: None,
+                next_steps: Vec::new(),
+            });
+            std::process::exit(code);
         }
     });
 }

@@ -120,7 +120,7 @@ pub struct Cause {
 /// `started_and_stopped` (a server was started privately and stopped
 /// cleanly; only the files any clean start and stop rewrites changed),
 /// `running_untouched` (a running server was only queried).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ClusterStates {
     pub old: &'static str,
     pub new: &'static str,

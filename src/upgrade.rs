@@ -3,7 +3,7 @@
 //! `protect-old` leaves the old cluster as it was, and in link mode nothing
 //! after it happens unless everything before it succeeded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::cli::{Mode, Settings, Signedness, SyncMethod};
 use crate::exit;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalView, State};
 use crate::report::{ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
 
@@ -91,7 +91,44 @@ pub struct Engine<'a> {
     /// Link mode: the old cluster's pg_control has been renamed.
     old_protected: bool,
     transferred: (u64, u64),
+    /// Steps an earlier run finished (a resumed run skips them).
+    done: BTreeSet<String>,
+    /// Whether this run continues a journal (resume) rather than starting one.
+    resuming: bool,
 }
+
+/// The transfer as planned before its first file moves: enough to finish
+/// the upgrade without the old catalog (whose cluster link mode has disabled).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPlan {
+    moves: Vec<(PathBuf, PathBuf, u64)>,
+    databases: Vec<String>,
+    tablespaces: Vec<String>,
+}
+
+/// Kill points for fault-injection tests: with `PG_MIGRATE_TEST_KILL_AT=<point>`
+/// the process kills itself with SIGKILL there. Without the variable nothing
+/// changes.
+pub fn kill_point(point: impl FnOnce() -> String) {
+    static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(target) = TARGET.get_or_init(|| std::env::var("PG_MIGRATE_TEST_KILL_AT").ok()) else {
+        return;
+    };
+    if *target == point() {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+    }
+}
+
+/// What a signal handler needs to report an interrupted upgrade.
+#[derive(Clone)]
+pub struct Interruptible {
+    pub new_datadir: PathBuf,
+    pub clusters: ClusterStates,
+    pub exit_code: i32,
+    pub resume: String,
+}
+
+pub static INTERRUPT: Mutex<Option<Interruptible>> = Mutex::new(None);
 
 fn now_ms() -> u128 {
     SystemTime::now()
@@ -155,7 +192,98 @@ impl<'a> Engine<'a> {
             created_new: false,
             old_protected: false,
             transferred: (0, 0),
+            done: BTreeSet::new(),
+            resuming: false,
         })
+    }
+
+    /// Marks a run that continues an earlier one's journal.
+    pub fn resuming(mut self, resuming: bool) -> Self {
+        self.resuming = resuming;
+        self
+    }
+
+    /// An engine that continues a journal whose relation map was saved: the
+    /// remaining steps need neither the old server nor the old catalog.
+    pub fn resume_late(
+        settings: &'a Settings,
+        printer: &'a Printer,
+        run_dir: &'a RunDir,
+        config: CheckConfig,
+        journal: &JournalView,
+    ) -> Result<Engine<'a>, Failure> {
+        let io = |e: pgm_cluster::Error| Failure::new("resume_failed", e);
+        let old_install = Installation::discover(&settings.old_bindir).map_err(io)?;
+        let new_install = Installation::discover(&settings.new_bindir).map_err(io)?;
+        let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
+        let new_dir = DataDir::open(&settings.new_datadir, None).map_err(io)?;
+        // Link mode may have renamed the old pg_control already.
+        let control_path = ["pg_control", "pg_control.old"]
+            .iter()
+            .map(|n| old_dir.path.join("global").join(n))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Failure::new(
+                    "resume_failed",
+                    "the old cluster has neither global/pg_control nor pg_control.old",
+                )
+            })?;
+        let bytes = std::fs::read(&control_path).map_err(|e| {
+            Failure::new("resume_failed", format!("{}: {e}", control_path.display()))
+        })?;
+        let old_control = ControlFile::decode(&bytes, &control_path).map_err(io)?;
+        let mut report = Report::default();
+        report.old.install = Some(old_install);
+        report.new.install = Some(new_install);
+        report.old.control = Some(old_control);
+        report.new.control = Some(new_dir.control().map_err(io)?);
+        report.old.datadir = Some(old_dir);
+        report.new.datadir = Some(new_dir.clone());
+        let mut engine = Engine::new(settings, printer, run_dir, config, report)?;
+        engine.new_touched = true;
+        engine.resuming = true;
+        let global = engine.old_dir.path.join("global");
+        engine.old_protected =
+            !global.join("pg_control").exists() && global.join("pg_control.old").exists();
+        engine.done = journal.done_steps();
+        engine.created_new = journal
+            .plan()
+            .and_then(|p| p["created_new"].as_bool())
+            .unwrap_or(false);
+        let plan_path = crate::journal::dir(&new_dir.path).join("transfer-plan.json");
+        let saved: SavedPlan = std::fs::read(&plan_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                Failure::new(
+                    "resume_failed",
+                    format!("{} is missing or damaged", plan_path.display()),
+                )
+            })?;
+        engine.moves = saved
+            .moves
+            .into_iter()
+            .map(|(from, to, bytes)| FileMove { from, to, bytes })
+            .collect();
+        engine.tablespaces = saved.tablespaces;
+        engine.databases = saved
+            .databases
+            .into_iter()
+            .map(|name| DatabasePlan {
+                db: Database {
+                    oid: 0,
+                    name,
+                    tablespace_location: String::new(),
+                },
+                old_relations: Vec::new(),
+                new_relations: Vec::new(),
+                new_oid: 0,
+                new_tablespace_location: String::new(),
+                dump: PathBuf::new(),
+                log: PathBuf::new(),
+            })
+            .collect();
+        Ok(engine)
     }
 
     /// Runs every step in order; stops at the first failure.
@@ -175,6 +303,10 @@ impl<'a> Engine<'a> {
                     json!({ "code": failure.code, "message": failure.message }),
                 );
             }
+            if self.journal.is_some() {
+                let _ = crate::journal::write_state(&self.new_dir().path, State::Failed);
+            }
+            *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = None;
             Box::new(Failed {
                 failure: self.with_recovery_advice(failure),
                 clusters: states,
@@ -189,6 +321,7 @@ impl<'a> Engine<'a> {
             self.step("create-new-cluster", Engine::create_new_cluster)?;
         }
         self.open_output()?;
+        self.publish_interrupt_status();
         self.step("dump-old", Engine::dump_old)?;
         self.step("prepare-new", Engine::prepare_new)?;
         self.step("handover-counters", Engine::handover_counters)?;
@@ -223,9 +356,19 @@ impl<'a> Engine<'a> {
         name: &'static str,
         f: impl FnOnce(&mut Engine<'a>) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
+        if self.done.contains(name) {
+            self.printer.emit(&Event::StepEnd {
+                step: name,
+                status: "skipped",
+                duration_ms: 0,
+            });
+            return Ok(());
+        }
+        kill_point(|| format!("before:{name}"));
         self.printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();
         let result = f(self);
+        self.publish_interrupt_status();
         let duration_ms = started.elapsed().as_millis() as u64;
         self.printer.emit(&Event::StepEnd {
             step: name,
@@ -241,11 +384,30 @@ impl<'a> Engine<'a> {
                     )
                     .map_err(|e| Failure::new("journal_failed", e))?;
             }
+            kill_point(|| format!("after:{name}"));
         }
         result.map_err(|mut failure| {
             failure.message = format!("step {name}: {}", failure.message);
             failure
         })
+    }
+
+    /// Tells the signal handler what an interruption now would leave behind.
+    fn publish_interrupt_status(&self) {
+        let Some(new_dir) = self.new_dir.as_ref() else {
+            return;
+        };
+        let status = Interruptible {
+            new_datadir: new_dir.path.clone(),
+            clusters: self.cluster_states(),
+            exit_code: if self.old_protected {
+                exit::FAILED_NEEDS_RECOVERY
+            } else {
+                exit::FAILED_OLD_INTACT
+            },
+            resume: recovery_commands(&new_dir.path),
+        };
+        *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     }
 
     fn new_dir(&self) -> &DataDir {
@@ -347,10 +509,25 @@ impl<'a> Engine<'a> {
             command: command_line.clone(),
             datadir: self.settings.new_datadir.display().to_string(),
         });
+        // initdb writes into a sibling directory that is renamed into place, so
+        // that an interrupted initdb never leaves a half-made cluster at -D.
+        let target = self.settings.new_datadir.clone();
+        let staging = PathBuf::from(format!("{}.pg-migrate-initdb", target.display()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| {
+                Failure::new("initdb_failed", format!("{}: {e}", staging.display()))
+            })?;
+        }
+        let mut args = words[1..].to_vec();
+        if let Some(at) = args.iter().position(|w| w == "-D") {
+            args[at + 1] = staging.display().to_string();
+        }
         PgCommand::new(&words[0])
-            .args(&words[1..])
+            .args(&args)
             .run()
             .map_err(|e| Failure::new("initdb_failed", e))?;
+        std::fs::rename(&staging, &target)
+            .map_err(|e| Failure::new("initdb_failed", format!("{}: {e}", target.display())))?;
         self.created_new = true;
         let printer = self.printer;
         let ok = pgm_verifier::check_created_new(&self.config, &mut self.report, &mut |f| {
@@ -370,28 +547,47 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// `<new>/pg_migrate.d/`: the journal, and per run the logs and dumps.
+    /// `<new>/pg_migrate.d/`: the journal, the state file, the pristine copy
+    /// of the new cluster, and per run the logs and dumps.
     fn open_output(&mut self) -> Result<(), Failure> {
-        let base = self.new_dir().path.join("pg_migrate.d");
+        let new_path = self.new_dir().path.clone();
+        let base = crate::journal::dir(&new_path);
         let output = base.join(format!("run-{}", now_ms()));
+        let fail = |e: std::io::Error| {
+            Failure::new("output_dir_failed", format!("{}: {e}", base.display()))
+        };
         for sub in ["log", "dump"] {
-            std::fs::create_dir_all(output.join(sub)).map_err(|e| {
-                Failure::new("output_dir_failed", format!("{}: {e}", output.display()))
-            })?;
+            std::fs::create_dir_all(output.join(sub)).map_err(fail)?;
         }
-        let mut journal = Journal::open(&base).map_err(|e| Failure::new("journal_failed", e))?;
-        journal
-            .record(
-                "plan",
-                json!({
-                    "mode": self.settings.mode,
-                    "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text },
-                    "new": { "bindir": self.new_install.bindir, "datadir": self.new_dir().path, "version": self.new_install.version.text },
-                    "created_new": self.created_new,
-                    "output": output,
-                }),
-            )
+        let first = JournalView::read(&new_path)
+            .and_then(|j| j.plan().cloned())
+            .is_none();
+        let mut journal =
+            Journal::open(&new_path).map_err(|e| Failure::new("journal_failed", e))?;
+        crate::journal::write_state(&new_path, State::Upgrading)
             .map_err(|e| Failure::new("journal_failed", e))?;
+        if first {
+            journal
+                .record(
+                    "plan",
+                    json!({
+                        "mode": self.settings.mode,
+                        "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
+                        "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
+                        "user": self.settings.user,
+                        "jobs": self.settings.jobs,
+                        "created_new": self.created_new,
+                    }),
+                )
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        journal
+            .record("run", json!({ "run_dir": self.run_dir.path(), "output": output, "pid": std::process::id(), "resuming": self.resuming }))
+            .map_err(|e| Failure::new("journal_failed", e))?;
+        // The new cluster as initdb made it, to return to (resume, revert).
+        if !self.resuming {
+            crate::journal::save_pristine(&new_path).map_err(fail)?;
+        }
         self.journal = Some(journal);
         self.output = Some(output);
         Ok(())
@@ -555,6 +751,7 @@ impl<'a> Engine<'a> {
     fn handover_counters(&mut self) -> Result<(), Failure> {
         let (old, new) = (self.old_dir.path.clone(), self.new_dir().path.clone());
         pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
+        kill_point(|| "handover-counters:commit-log-copied".into());
         pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
         let wal = pgm_catalog::next_wal_file_name(&old, &self.old_control)
             .map_err(|e| Failure::new("handover_failed", e))?;
@@ -606,6 +803,7 @@ impl<'a> Engine<'a> {
         let meter = self
             .printer
             .meter("restore-schema", self.databases.len() as u64, "databases");
+        let restored = AtomicUsize::new(0);
         let restore = |plan: &DatabasePlan| -> Result<(), Failure> {
             pgm_catalog::restore_database(
                 install,
@@ -616,7 +814,9 @@ impl<'a> Engine<'a> {
                 size,
             )
             .map_err(|e| Failure::new("restore_failed", e))?;
+            let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
             meter.add(1, 0);
+            kill_point(|| format!("restore-schema:database:{restored}"));
             Ok(())
         };
         // template1 is dropped and re-created: nothing else may use it meanwhile.
@@ -719,6 +919,29 @@ impl<'a> Engine<'a> {
             }
         }
         self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
+        self.save_plan()
+    }
+
+    /// Saves the transfer plan beside the journal (fsynced) before any file moves.
+    fn save_plan(&self) -> Result<(), Failure> {
+        let plan = SavedPlan {
+            moves: self
+                .moves
+                .iter()
+                .map(|m| (m.from.clone(), m.to.clone(), m.bytes))
+                .collect(),
+            databases: self.databases.iter().map(|d| d.db.name.clone()).collect(),
+            tablespaces: self.tablespaces.clone(),
+        };
+        let dir = crate::journal::dir(&self.new_dir().path);
+        let tmp = dir.join("transfer-plan.json.tmp");
+        let fail =
+            |e: std::io::Error| Failure::new("journal_failed", format!("{}: {e}", tmp.display()));
+        let bytes = serde_json::to_vec(&plan).map_err(|e| Failure::new("journal_failed", e))?;
+        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, dir.join("transfer-plan.json")).map_err(fail)?;
         Ok(())
     }
 
@@ -727,13 +950,18 @@ impl<'a> Engine<'a> {
     /// files with the new one. A link is tried first so that a cross-device
     /// setup fails here, with the old cluster still intact.
     fn protect_old(&mut self) -> Result<(), Failure> {
+        let control = self.old_dir.path.join("global/pg_control");
+        let renamed = self.old_dir.path.join("global/pg_control.old");
+        if !control.exists() && renamed.exists() {
+            // An interrupted run got this far already.
+            self.old_protected = true;
+            return Ok(());
+        }
         pgm_transfer::probe_link(&self.old_dir.path.join("PG_VERSION"), &self.new_dir().path).map_err(|e| Failure {
             code: "link_not_possible",
             message: e.to_string(),
             remedy: Some("hard links need the old and new data directories (and tablespaces) on one filesystem: use --copy, or put the new cluster on the old one's filesystem".into()),
         })?;
-        let control = self.old_dir.path.join("global/pg_control");
-        let renamed = self.old_dir.path.join("global/pg_control.old");
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record(
@@ -758,7 +986,8 @@ impl<'a> Engine<'a> {
             .printer
             .meter_bytes("transfer", self.moves.len() as u64, total_bytes);
         let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, &|p| {
-            meter.set(p.files_done, p.bytes_done)
+            meter.set(p.files_done, p.bytes_done);
+            kill_point(|| format!("transfer:file:{}", p.files_done));
         })
         .map_err(|e| Failure::new("transfer_failed", e))?;
         meter.finish();
@@ -914,9 +1143,12 @@ impl<'a> Engine<'a> {
     /// the journal stays.
     fn cleanup_output(&mut self) -> Option<PathBuf> {
         let output = self.output.clone()?;
+        let checkpoint = self.new_dir().control().ok().map(|c| c.checkpoint_lsn);
         if let Some(journal) = self.journal.as_mut() {
-            let _ = journal.record("complete", json!({}));
+            let _ = journal.record("complete", json!({ "checkpoint_lsn": checkpoint }));
         }
+        let _ = crate::journal::write_state(&self.new_dir().path, State::Complete);
+        *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if self.settings.retain {
             return Some(output);
         }
@@ -950,7 +1182,9 @@ impl<'a> Engine<'a> {
         if let Some(output) = &self.output {
             advice.push(format!("the logs are in {}", output.join("log").display()));
         }
-        if self.new_touched {
+        if self.journal.is_some() {
+            advice.push(recovery_commands(&self.new_dir().path));
+        } else if self.new_touched {
             if self.created_new {
                 advice.push(format!("remove the half-made new cluster (pg-migrate created it: rm -rf {new}) and run again; pg-migrate will create it afresh"));
             } else {
@@ -968,6 +1202,14 @@ impl<'a> Engine<'a> {
         failure.remedy = Some(advice.join("; "));
         failure
     }
+}
+
+/// The commands that continue or undo an interrupted upgrade of `new_datadir`.
+pub fn recovery_commands(new_datadir: &Path) -> String {
+    let dir = shell_quote(&new_datadir.display().to_string());
+    format!(
+        "continue with: pg-migrate resume -D {dir}; or go back with: pg-migrate revert -D {dir}"
+    )
 }
 
 /// Runs `f` on every item, `jobs` at a time, keeping the input order in the

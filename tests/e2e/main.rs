@@ -6,6 +6,7 @@ mod bad_input;
 mod check_pairs;
 mod cli;
 mod control;
+mod faults;
 mod json_schema;
 mod proof;
 mod support;

@@ -41,14 +41,18 @@ pub fn psql_file(
 /// goes to `<sandbox>/tblspc`.
 pub fn load_rich(pair: &Pair) -> PathBuf {
     let tablespace = pair.sandbox.mkdir("tblspc");
+    load_rich_into(&pair.old, &pair.new.bindir, &tablespace);
+    tablespace
+}
+
+pub fn load_rich_into(cluster: &Cluster, psql_bindir: &Path, tablespace: &Path) {
     psql_file(
-        &pair.old,
-        &pair.new.bindir,
+        cluster,
+        psql_bindir,
         "postgres",
         &fixture("rich/base.sql"),
         &[("tblspc", tablespace.to_str().unwrap())],
     );
-    tablespace
 }
 
 /// pg_dumpall of a running cluster, made with the programs in `bindir`.
