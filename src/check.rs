@@ -44,6 +44,10 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         log_dir: run_dir.log_dir(),
         allow_live_old: settings.check_only,
         create_new: true,
+        transfer: match settings.mode {
+            crate::cli::Mode::Link => pgm_verifier::TransferKind::Link,
+            _ => pgm_verifier::TransferKind::Copy,
+        },
         set_char_signedness: settings.set_char_signedness.map(|s| match s {
             Signedness::Signed => CharSignedness::Signed,
             Signedness::Unsigned => CharSignedness::Unsigned,

@@ -19,13 +19,13 @@ pub struct Refusal {
 
 /// Locks both clusters' directories for the life of the run.
 pub fn lock(settings: &Settings) -> Result<RunLock, Refusal> {
-    let dirs: Vec<&Path> = [
-        settings.old_datadir.as_path(),
-        settings.new_datadir.as_path(),
-    ]
-    .into_iter()
-    .filter(|d| d.is_dir())
-    .collect();
+    let mut dirs: Vec<std::path::PathBuf> = [&settings.old_datadir, &settings.new_datadir]
+        .into_iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .filter(|d| d.is_dir())
+        .collect();
+    dirs.dedup();
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     RunLock::acquire(&dirs).map_err(|busy| Refusal {
         code: "locked",
         message: format!("another pg-migrate is working on {}", busy.display()),

@@ -106,17 +106,9 @@ struct SavedPlan {
     tablespaces: Vec<String>,
 }
 
-/// Kill points for fault-injection tests: with `PG_MIGRATE_TEST_KILL_AT=<point>`
-/// the process kills itself with SIGKILL there. Without the variable nothing
-/// changes.
+/// A named fault point (tests only; see `pgm_cluster::faults`).
 pub fn kill_point(point: impl FnOnce() -> String) {
-    static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let Some(target) = TARGET.get_or_init(|| std::env::var("PG_MIGRATE_TEST_KILL_AT").ok()) else {
-        return;
-    };
-    if *target == point() {
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
-    }
+    pgm_cluster::faults::point(point);
 }
 
 /// What a signal handler needs to report an interrupted upgrade.

@@ -447,7 +447,7 @@ fn interrupted_check_stops_the_servers_it_started() {
     let child = as_test_user(&pair.bin)
         .current_dir(pair.sandbox.path())
         .args(&args)
-        .env("PG_MIGRATE_TEST_PAUSE", "old-server-started")
+        .env("PG_MIGRATE_TEST_PAUSE_AT", "checks:old-server-started")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

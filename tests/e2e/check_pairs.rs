@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 33] = [
+const ALL_CHECKS: [&str; 36] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -27,9 +27,12 @@ const ALL_CHECKS: [&str; 33] = [
     "control-large-object-chunk",
     "control-data-checksums",
     "char-signedness",
+    "transfer-mode",
+    "disk-space",
     "old-connect",
     "old-install-user",
     "old-databases",
+    "old-names",
     "old-database-scan",
     "old-prepared-transactions",
     "new-connect",
@@ -62,7 +65,7 @@ fn check_passes(old_major: u32, new_major: u32) {
     assert_eq!(run.events[0]["event"], "plan");
     let summary = run.summary();
     assert_eq!(summary["result"], "ok");
-    assert_eq!(summary["checks"]["pass"], 33);
+    assert_eq!(summary["checks"]["pass"], 36);
     assert!(summary["old_version"]
         .as_str()
         .unwrap()
@@ -131,7 +134,7 @@ fn human_output_lists_every_check_on_stderr_and_nothing_on_stdout() {
         "stdout must stay empty without --json: {}",
         run.stdout
     );
-    assert_eq!(run.stderr.matches('✓').count(), 33, "{}", run.stderr);
+    assert_eq!(run.stderr.matches('✓').count(), 36, "{}", run.stderr);
     assert!(run.stderr.contains("*Clusters are compatible*"));
 }
 

@@ -170,7 +170,6 @@ pub fn restore_globals(
 ) -> Result<(), Error> {
     let command = client(install, Tool::Psql)?
         .args([
-            "--echo-queries",
             "--set",
             "ON_ERROR_STOP=on",
             "--no-psqlrc",

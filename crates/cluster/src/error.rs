@@ -51,6 +51,8 @@ pub enum Error {
         status: String,
         stderr_tail: String,
     },
+    #[error("the server options \"{0}\" have an unbalanced quote")]
+    BadServerOptions(String),
     #[error("the unix socket path {path} is {len} bytes long; the limit is 107")]
     SocketPathTooLong { path: PathBuf, len: usize },
     #[error("the server for {datadir} did not start: {detail} (server log: {log})")]

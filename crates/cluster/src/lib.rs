@@ -12,6 +12,7 @@ pub mod command;
 pub mod control;
 pub mod datadir;
 mod error;
+pub mod faults;
 pub mod install;
 pub mod server;
 pub mod version;

@@ -13,10 +13,11 @@ use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 10] = [
+pub(crate) const CHECKS: [(&str, &str); 11] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
+    ("old-names", "names the dump tools can carry"),
     ("old-database-scan", "every old database inspected"),
     (
         "old-prepared-transactions",
@@ -52,6 +53,9 @@ pub struct CatalogFacts {
     pub icu_available: bool,
     /// Roles other than the predefined `pg_*` ones.
     pub roles: Vec<String>,
+    /// Databases, roles and tablespaces whose names hold a newline or
+    /// carriage return (pg_dumpall refuses them).
+    pub names_with_newlines: Vec<String>,
     pub prepared_transactions: i64,
 }
 
@@ -224,10 +228,7 @@ fn inspect(
             }
         }
     };
-    crate::pause_point(match which {
-        Which::Old => "old-server-started",
-        Which::New => "new-server-started",
-    });
+    pgm_cluster::faults::point(|| format!("checks:{}-server-started", which.name()));
     let gathered = gather(&server, install.version.major, config.jobs);
     let stopped = server.stop();
     let mut facts = match gathered {
@@ -379,6 +380,21 @@ fn inspect(
                 )
             };
             emit(report, finding);
+            let names = if facts.names_with_newlines.is_empty() {
+                Finding::pass("old-names", title("old-names"), "no database, role or tablespace name holds a line break")
+            } else {
+                Finding::fail(
+                    "old-names",
+                    title("old-names"),
+                    "newline_in_name",
+                    format!(
+                        "these names hold a newline or carriage return, which pg_dumpall refuses to write into a script: {}",
+                        facts.names_with_newlines.join(", ").replace('\n', "\\n").replace('\r', "\\r")
+                    ),
+                    "rename them in the old cluster (ALTER DATABASE … RENAME TO, ALTER ROLE … RENAME TO, ALTER TABLESPACE … RENAME TO)",
+                )
+            };
+            emit(report, names);
             let scanned: Vec<&DatabaseInfo> = facts
                 .databases
                 .iter()
@@ -467,15 +483,9 @@ fn inspect(
 }
 
 fn skip_rest(which: Which, report: &mut Report, emit: &mut Emit<'_>) {
-    let mut seen = Vec::new();
-    for id in ids(which).into_iter().skip(1) {
-        if !seen.contains(&id) {
-            seen.push(id);
-            emit(
-                report,
-                Finding::skip(id, title(id), "not run: the server could not be used"),
-            );
-        }
+    let prefix = format!("{}-", which.name());
+    for (id, title) in CHECKS.iter().filter(|(id, _)| id.starts_with(&prefix)).skip(1) {
+        emit(report, Finding::skip(id, title, "not run: the server could not be used"));
     }
 }
 
@@ -588,6 +598,19 @@ fn gather(
             user_relations: None,
         })
         .collect();
+    let names_with_newlines = client
+        .query(
+            "SELECT kind || ' ' || pg_catalog.quote_ident(name) FROM (
+               SELECT 'database' AS kind, datname::text AS name FROM pg_catalog.pg_database
+               UNION ALL SELECT 'role', rolname::text FROM pg_catalog.pg_roles
+               UNION ALL SELECT 'tablespace', spcname::text FROM pg_catalog.pg_tablespace) n
+             WHERE name ~ '[\n\r]' ORDER BY 1",
+            &[],
+        )
+        .map_err(q("looking for names with newlines"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     drop(client);
     scan_databases(server, &mut databases, jobs)?;
     Ok(CatalogFacts {
@@ -597,6 +620,7 @@ fn gather(
         template0,
         icu_available,
         roles,
+        names_with_newlines,
         prepared_transactions,
     })
 }

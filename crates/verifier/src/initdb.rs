@@ -59,6 +59,14 @@ pub fn matching_initdb(config: &CheckConfig, report: &Report) -> Vec<String> {
             words.push(format!("--lc-ctype={}", locale.ctype));
         }
     }
+    // A cluster whose files the group may read (initdb -g) stays so.
+    let group_access = report.old.datadir.as_ref().is_some_and(|d| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&d.path).is_ok_and(|m| m.permissions().mode() & 0o070 != 0)
+    });
+    if group_access {
+        words.push("--allow-group-access".into());
+    }
     if let Some(control) = &report.old.control {
         words.push(format!(
             "--wal-segsize={}",

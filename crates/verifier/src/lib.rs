@@ -57,6 +57,17 @@ pub struct CheckConfig {
     /// A new data directory that does not exist yet will be created by
     /// pg-migrate (checks of it then wait until it exists).
     pub create_new: bool,
+    /// How files will move: decides what the filesystems must allow.
+    pub transfer: TransferKind,
+}
+
+/// What the transfer mode asks of the filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    /// Every file copied: the new side needs room for all of it.
+    Copy,
+    /// Hard links: old and new must share a filesystem.
+    Link,
 }
 
 /// Which cluster a fact or finding is about.
@@ -110,15 +121,6 @@ impl Report {
 
     pub fn count(&self, status: Status) -> usize {
         self.findings.iter().filter(|f| f.status == status).count()
-    }
-}
-
-/// A test hook: with `PG_MIGRATE_TEST_PAUSE=<point>` in the environment the
-/// run waits 60 s at that point, so that a test can signal or kill it at a
-/// known moment. Without the variable nothing changes.
-pub(crate) fn pause_point(point: &str) {
-    if std::env::var("PG_MIGRATE_TEST_PAUSE").is_ok_and(|p| p == point) {
-        std::thread::sleep(std::time::Duration::from_secs(60));
     }
 }
 

@@ -1,13 +1,14 @@
 //! Checks that only read files and run `--version`: no server is started, so
 //! a failure here leaves both data directories byte-for-byte as they were.
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::Path;
 
 use pgm_cluster::{ClusterState, ControlFile, DataDir, Error, Installation, ServerStatus, Tool};
 
 use crate::initdb::suggested_initdb;
-use crate::{CharSignedness, CheckConfig, Finding, Report, SideConfig, Which};
+use crate::{CharSignedness, CheckConfig, Finding, Report, SideConfig, TransferKind, Which};
 
 pub(crate) fn run(config: &CheckConfig, report: &mut Report) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -48,6 +49,7 @@ pub(crate) fn run(config: &CheckConfig, report: &mut Report) -> Vec<Finding> {
         out.extend(compare_with_old(config, report));
     }
     out.push(check_char_signedness(config, report));
+    out.extend(check_filesystems(config, report));
     out
 }
 
@@ -811,4 +813,130 @@ pub fn platform_char_is_signed() -> bool {
         target_arch = "powerpc64",
         target_arch = "s390x"
     ))
+}
+
+/// Bytes in every file under `dir` (what a copy of it needs).
+fn tree_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn device(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    std::fs::metadata(existing).ok().map(|m| m.dev())
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// Link mode needs one filesystem; copy mode needs room for the data, the
+/// new cluster's own files and the pristine copy pg-migrate keeps of it.
+fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
+    let (link_id, link_title) = ("transfer-mode", "filesystems allow the transfer mode");
+    let (space_id, space_title) = ("disk-space", "room for the new cluster");
+    let Some(old) = report.old.datadir.as_ref() else {
+        return vec![
+            Finding::skip(link_id, link_title, "no old data directory"),
+            Finding::skip(space_id, space_title, "no old data directory"),
+        ];
+    };
+    let new = &config.new.datadir;
+    // Old tablespaces: the new cluster's files go beside them, in the same place.
+    let tablespaces: Vec<std::path::PathBuf> = std::fs::read_dir(old.path.join("pg_tblspc"))
+        .map(|entries| entries.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    match config.transfer {
+        TransferKind::Link => {
+            if device(&old.path) != device(new) {
+                out.push(Finding::fail(
+                    link_id,
+                    link_title,
+                    "cross_device_link",
+                    format!(
+                        "--link needs the old and new data directories on one filesystem; {} and {} are on different ones",
+                        old.path.display(),
+                        new.display()
+                    ),
+                    "put the new data directory on the old one's filesystem, or use --copy",
+                ));
+            } else {
+                out.push(Finding::pass(link_id, link_title, "old and new data directories share a filesystem: hard links work"));
+            }
+            out.push(Finding::pass(space_id, space_title, "link mode moves no data"));
+        }
+        TransferKind::Copy => {
+            out.push(Finding::pass(link_id, link_title, "copy mode works across filesystems"));
+            // Needs per filesystem: the data directory's share, each tablespace's.
+            let mut needs: BTreeMap<u64, (u64, std::path::PathBuf)> = BTreeMap::new();
+            let mut add = |path: &Path, bytes: u64| {
+                if let Some(dev) = device(path) {
+                    let entry = needs.entry(dev).or_insert((0, path.to_path_buf()));
+                    entry.0 += bytes;
+                }
+            };
+            let new_cluster = if new.exists() { tree_size(new) } else { 64 << 20 };
+            add(new, tree_size(&old.path.join("base")) + 2 * new_cluster);
+            for location in &tablespaces {
+                let size = std::fs::read_dir(location)
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("PG_{}_", old.major)))
+                            .map(|e| tree_size(&e.path()))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                add(location, size);
+            }
+            let mut short = Vec::new();
+            let mut total = 0;
+            for (need, path) in needs.values() {
+                total += need;
+                let need = need + need / 20;
+                if let Some(free) = free_bytes(path) {
+                    if free < need {
+                        short.push(format!(
+                            "{} needs about {} but has {} free",
+                            path.display(),
+                            human_bytes(need),
+                            human_bytes(free)
+                        ));
+                    }
+                }
+            }
+            out.push(if short.is_empty() {
+                Finding::pass(space_id, space_title, format!("about {} to copy, and room for it", human_bytes(total)))
+            } else {
+                Finding::fail(
+                    space_id,
+                    space_title,
+                    "insufficient_space",
+                    format!("not enough free space for a copy: {}", short.join("; ")),
+                    "free space there, put the new cluster on a larger filesystem, or use --link (no copy) if old and new can share a filesystem",
+                )
+            });
+        }
+    }
+    out
 }

@@ -1,0 +1,50 @@
+//! Named fault points for tests. With none of these variables set (as in
+//! every real run) a point does nothing:
+//!
+//! - `PG_MIGRATE_TEST_KILL_AT=<point>`: the process kills itself with SIGKILL
+//!   at that point (crash tests).
+//! - `PG_MIGRATE_TEST_PAUSE_AT=<point>` with `PG_MIGRATE_TEST_PAUSE_FILE=<path>`:
+//!   at that point the process creates the file and waits (up to 120 s) until
+//!   the test removes it, so that the test can act at a known moment (send a
+//!   signal, fill a disk, probe a running server).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+struct Hooks {
+    kill_at: Option<String>,
+    pause_at: Option<String>,
+    pause_file: Option<std::path::PathBuf>,
+}
+
+fn hooks() -> &'static Hooks {
+    static HOOKS: OnceLock<Hooks> = OnceLock::new();
+    HOOKS.get_or_init(|| Hooks {
+        kill_at: std::env::var("PG_MIGRATE_TEST_KILL_AT").ok(),
+        pause_at: std::env::var("PG_MIGRATE_TEST_PAUSE_AT").ok(),
+        pause_file: std::env::var_os("PG_MIGRATE_TEST_PAUSE_FILE").map(Into::into),
+    })
+}
+
+/// A fault point; `name` is only computed when a hook is set.
+pub fn point(name: impl FnOnce() -> String) {
+    let hooks = hooks();
+    if hooks.kill_at.is_none() && hooks.pause_at.is_none() {
+        return;
+    }
+    let name = name();
+    if hooks.kill_at.as_deref() == Some(name.as_str()) {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+    }
+    if hooks.pause_at.as_deref() == Some(name.as_str()) {
+        let Some(file) = &hooks.pause_file else {
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        };
+        let _ = std::fs::write(file, name.as_bytes());
+        let started = Instant::now();
+        while file.exists() && started.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
