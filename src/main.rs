@@ -606,6 +606,8 @@ fn install_signal_handlers(json: bool, started: Instant, command: &'static str) 
             } else {
                 "SIGTERM"
             };
+            report::REPORTS_INTERRUPTION.with(|r| r.set(true));
+            report::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
             pgm_cluster::server::stop_all();
             let printer = Printer::new(json);
             let status = upgrade::INTERRUPT

@@ -8,6 +8,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+/// Set by the signal handler: from then on only its own thread reports (the
+/// interrupted work would otherwise report the failures the interruption
+/// causes, e.g. a restore whose server was just stopped).
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    /// Marks the signal handler's thread.
+    pub static REPORTS_INTERRUPTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Blocks the calling thread for good if an interruption is being reported
+/// by the signal handler, which ends the process.
+pub fn park_if_interrupted() {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+        && !REPORTS_INTERRUPTION.with(|r| r.get())
+    {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
 /// Bumped only by a deliberate, documented change of the event schema.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -159,6 +181,7 @@ impl Printer {
 
     /// Emits one event as a JSON line (under `--json`) and as text for people.
     pub fn emit(&self, event: &Event) {
+        park_if_interrupted();
         if self.json {
             let time_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -356,6 +356,7 @@ impl<'a> Engine<'a> {
             });
             return Ok(());
         }
+        crate::report::park_if_interrupted();
         kill_point(|| format!("before:{name}"));
         self.printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();
@@ -962,9 +963,19 @@ impl<'a> Engine<'a> {
                 )
                 .map_err(|e| Failure::new("journal_failed", e))?;
         }
-        std::fs::rename(&control, &renamed)
-            .map_err(|e| Failure::new("protect_failed", format!("{}: {e}", control.display())))?;
+        // Said before it happens: an interruption now must not report an
+        // old cluster that might already be disabled as untouched.
         self.old_protected = true;
+        self.publish_interrupt_status();
+        crate::report::park_if_interrupted();
+        if let Err(e) = std::fs::rename(&control, &renamed) {
+            self.old_protected = false;
+            self.publish_interrupt_status();
+            return Err(Failure::new(
+                "protect_failed",
+                format!("{}: {e}", control.display()),
+            ));
+        }
         Ok(())
     }
 

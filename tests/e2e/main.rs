@@ -9,5 +9,6 @@ mod control;
 mod faults;
 mod json_schema;
 mod proof;
+mod safety;
 mod support;
 mod upgrade;

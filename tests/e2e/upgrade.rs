@@ -457,7 +457,7 @@ fn failed_restore_leaves_the_old_cluster_intact() {
     assert_eq!(error["clusters"]["new"], "incomplete");
     let remedy = error["remedy"].as_str().unwrap();
     assert!(
-        remedy.contains("old cluster is unchanged") && remedy.contains("re-create"),
+        remedy.contains("old cluster is unchanged") && remedy.contains("pg-migrate revert -D"),
         "{remedy}"
     );
     assert_data_files_untouched(&old_snapshot, &snapshot(&pair.old.datadir));
@@ -471,9 +471,9 @@ fn failed_restore_leaves_the_old_cluster_intact() {
     pair.old.stop();
 }
 
-/// `--link` across filesystems is found before the point of no return.
+/// `--link` across filesystems is found by the checks, before anything changes.
 #[test]
-fn link_across_filesystems_stops_before_the_point_of_no_return() {
+fn link_across_filesystems_is_refused_by_the_checks() {
     if require(15).is_none() || require(18).is_none() {
         return;
     }
@@ -499,21 +499,21 @@ fn link_across_filesystems_stops_before_the_point_of_no_return() {
     pair.old.start();
     pair.old.sql("postgres", "CREATE TABLE t AS SELECT 1 AS x;");
     pair.old.stop();
+    let (old_before, new_before) = (snapshot(&pair.old.datadir), snapshot(&new.datadir));
     let mut args = pair.dir_args();
     let at = args.iter().position(|a| a == "-D").unwrap();
     args[at + 1] = new.datadir.clone().into();
     args.extend(["--link".into(), "--json".into()]);
     let run = pair.run(&args);
-    assert_eq!(run.status, 3, "{}", run.stderr);
-    assert_eq!(run.error()["code"], "link_not_possible");
-    assert_eq!(run.error()["clusters"]["old"], "started_and_stopped");
-    assert!(
-        pair.old.datadir.join("global/pg_control").exists(),
-        "the old cluster must stay startable"
-    );
-    pair.old.start();
-    pair.old.sql("postgres", "SELECT * FROM t");
-    pair.old.stop();
+    assert_refused(&run, "transfer-mode", "cross_device_link");
+    assert_same_tree(&old_before, &snapshot(&pair.old.datadir), "old cluster");
+    assert_same_tree(&new_before, &snapshot(&new.datadir), "new cluster");
+    // The same pair in copy mode is fine.
+    let mut args = pair.dir_args();
+    args[at + 1] = new.datadir.clone().into();
+    args.extend(["-c".into(), "--copy".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.check("transfer-mode")["status"], "pass");
 }
 
 /// A file that cannot be read fails the copy; the old cluster stays intact.

@@ -141,7 +141,8 @@ impl Server {
             // The user's words are split the way a shell would and quoted
             // again one by one, so that a metacharacter in -o/-O reaches the
             // server as text and is never run by pg_ctl's shell.
-            let words = shlex::split(extra).ok_or_else(|| Error::BadServerOptions(extra.clone()))?;
+            let words =
+                shlex::split(extra).ok_or_else(|| Error::BadServerOptions(extra.clone()))?;
             for word in words {
                 option_text.push(' ');
                 option_text.push_str(&shell_quote(&word));

@@ -201,6 +201,28 @@ impl Sandbox {
         }
     }
 
+    /// initdb a cluster at a given path (e.g. on another filesystem).
+    pub fn cluster_at(&self, datadir: &Path, major: u32, extra: &[&str]) -> Cluster {
+        let bindir = bindir(major).unwrap_or_else(|| panic!("PostgreSQL {major} not installed"));
+        let name = datadir.file_name().unwrap().to_string_lossy().into_owned();
+        let sockdir = self.mkdir(&format!("{name}-at.sock"));
+        run_ok(
+            as_test_user(bindir.join("initdb"))
+                .arg("-D")
+                .arg(datadir)
+                .args(["-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+                .args(extra),
+        );
+        Cluster {
+            major,
+            bindir,
+            datadir: datadir.to_path_buf(),
+            sockdir,
+            port: next_port(),
+            running: false,
+        }
+    }
+
     /// A cluster someone else made (pg-migrate, pg_upgrade) at `datadir`.
     pub fn existing(&self, name: &str, major: u32, datadir: &Path) -> Cluster {
         Cluster {

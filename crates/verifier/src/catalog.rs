@@ -381,7 +381,11 @@ fn inspect(
             };
             emit(report, finding);
             let names = if facts.names_with_newlines.is_empty() {
-                Finding::pass("old-names", title("old-names"), "no database, role or tablespace name holds a line break")
+                Finding::pass(
+                    "old-names",
+                    title("old-names"),
+                    "no database, role or tablespace name holds a line break",
+                )
             } else {
                 Finding::fail(
                     "old-names",
@@ -484,8 +488,15 @@ fn inspect(
 
 fn skip_rest(which: Which, report: &mut Report, emit: &mut Emit<'_>) {
     let prefix = format!("{}-", which.name());
-    for (id, title) in CHECKS.iter().filter(|(id, _)| id.starts_with(&prefix)).skip(1) {
-        emit(report, Finding::skip(id, title, "not run: the server could not be used"));
+    for (id, title) in CHECKS
+        .iter()
+        .filter(|(id, _)| id.starts_with(&prefix))
+        .skip(1)
+    {
+        emit(
+            report,
+            Finding::skip(id, title, "not run: the server could not be used"),
+        );
     }
 }
 

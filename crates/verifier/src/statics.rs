@@ -863,7 +863,12 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
     let new = &config.new.datadir;
     // Old tablespaces: the new cluster's files go beside them, in the same place.
     let tablespaces: Vec<std::path::PathBuf> = std::fs::read_dir(old.path.join("pg_tblspc"))
-        .map(|entries| entries.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).collect())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = Vec::new();
     match config.transfer {
@@ -881,12 +886,24 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
                     "put the new data directory on the old one's filesystem, or use --copy",
                 ));
             } else {
-                out.push(Finding::pass(link_id, link_title, "old and new data directories share a filesystem: hard links work"));
+                out.push(Finding::pass(
+                    link_id,
+                    link_title,
+                    "old and new data directories share a filesystem: hard links work",
+                ));
             }
-            out.push(Finding::pass(space_id, space_title, "link mode moves no data"));
+            out.push(Finding::pass(
+                space_id,
+                space_title,
+                "link mode moves no data",
+            ));
         }
         TransferKind::Copy => {
-            out.push(Finding::pass(link_id, link_title, "copy mode works across filesystems"));
+            out.push(Finding::pass(
+                link_id,
+                link_title,
+                "copy mode works across filesystems",
+            ));
             // Needs per filesystem: the data directory's share, each tablespace's.
             let mut needs: BTreeMap<u64, (u64, std::path::PathBuf)> = BTreeMap::new();
             let mut add = |path: &Path, bytes: u64| {
@@ -895,14 +912,22 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
                     entry.0 += bytes;
                 }
             };
-            let new_cluster = if new.exists() { tree_size(new) } else { 64 << 20 };
+            let new_cluster = if new.exists() {
+                tree_size(new)
+            } else {
+                64 << 20
+            };
             add(new, tree_size(&old.path.join("base")) + 2 * new_cluster);
             for location in &tablespaces {
                 let size = std::fs::read_dir(location)
                     .map(|entries| {
                         entries
                             .flatten()
-                            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("PG_{}_", old.major)))
+                            .filter(|e| {
+                                e.file_name()
+                                    .to_string_lossy()
+                                    .starts_with(&format!("PG_{}_", old.major))
+                            })
                             .map(|e| tree_size(&e.path()))
                             .sum()
                     })
