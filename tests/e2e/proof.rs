@@ -491,4 +491,24 @@ proofs! {
     link_13_to_18: 13 => 18, "--link";
     link_14_to_18: 14 => 18, "--link";
     link_16_to_18: 16 => 18, "--link";
+    // The rest of the version matrix: every old major to 17 and 18, and the
+    // older ones to 15, in both modes.
+    copy_12_to_18: 12 => 18, "--copy";
+    copy_13_to_18: 13 => 18, "--copy";
+    copy_14_to_18: 14 => 18, "--copy";
+    copy_16_to_18: 16 => 18, "--copy";
+    link_12_to_17: 12 => 17, "--link";
+    copy_12_to_17: 12 => 17, "--copy";
+    link_13_to_17: 13 => 17, "--link";
+    copy_13_to_17: 13 => 17, "--copy";
+    link_14_to_17: 14 => 17, "--link";
+    copy_14_to_17: 14 => 17, "--copy";
+    link_16_to_17: 16 => 17, "--link";
+    copy_16_to_17: 16 => 17, "--copy";
+    link_12_to_15: 12 => 15, "--link";
+    copy_12_to_15: 12 => 15, "--copy";
+    link_13_to_15: 13 => 15, "--link";
+    copy_13_to_15: 13 => 15, "--copy";
+    link_14_to_15: 14 => 15, "--link";
+    copy_14_to_15: 14 => 15, "--copy";
 }
