@@ -127,6 +127,7 @@ pub fn check_event(f: &pgm_verifier::Finding) -> Event {
         code: f.code,
         message: f.message.clone(),
         remedy: f.remedy.clone(),
+        objects: f.objects.clone(),
     }
 }
 

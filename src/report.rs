@@ -83,6 +83,8 @@ pub enum Event {
         message: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         remedy: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        objects: Vec<pgm_verifier::ObjectRef>,
     },
     /// Why the run failed, and in what state it leaves each cluster.
     Error {

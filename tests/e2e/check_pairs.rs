@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 36] = [
+const ALL_CHECKS: [&str; 47] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -35,11 +35,22 @@ const ALL_CHECKS: [&str; 36] = [
     "old-names",
     "old-database-scan",
     "old-prepared-transactions",
+    "old-reg-types",
+    "old-aclitem-columns",
+    "old-postfix-operators",
+    "old-polymorphic-functions",
+    "old-encoding-conversions",
+    "old-reserved-role-names",
     "new-connect",
     "new-install-user",
     "new-empty",
     "new-prepared-transactions",
     "template0-locale",
+    "new-icu",
+    "new-lz4",
+    "new-xml",
+    "new-extensions",
+    "new-libraries",
 ];
 
 fn check_passes(old_major: u32, new_major: u32) {
@@ -65,7 +76,7 @@ fn check_passes(old_major: u32, new_major: u32) {
     assert_eq!(run.events[0]["event"], "plan");
     let summary = run.summary();
     assert_eq!(summary["result"], "ok");
-    assert_eq!(summary["checks"]["pass"], 36);
+    assert_eq!(summary["checks"]["pass"], 47);
     assert!(summary["old_version"]
         .as_str()
         .unwrap()
@@ -134,7 +145,7 @@ fn human_output_lists_every_check_on_stderr_and_nothing_on_stdout() {
         "stdout must stay empty without --json: {}",
         run.stdout
     );
-    assert_eq!(run.stderr.matches('✓').count(), 36, "{}", run.stderr);
+    assert_eq!(run.stderr.matches('✓').count(), 47, "{}", run.stderr);
     assert!(run.stderr.contains("*Clusters are compatible*"));
 }
 

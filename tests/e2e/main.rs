@@ -3,6 +3,7 @@
 //! binary; each module is one area.
 
 mod bad_input;
+mod catalogue;
 mod check_pairs;
 mod cli;
 mod control;

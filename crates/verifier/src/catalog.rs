@@ -2,6 +2,7 @@
 //! binary-upgrade mode (or, in a live check, inspected as it runs), the new
 //! one likewise; one connection per database, `-j` databases at a time.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -9,11 +10,14 @@ use pgm_cluster::server::Endpoint;
 use pgm_cluster::{DataDir, Installation, PgMajor, Server, ServerOptions, ServerStatus};
 use serde::Serialize;
 
+use crate::catalogue::{
+    not_applicable, CapabilityUse, ObjectRef, EXTENSIONS_SQL, LIBRARIES_SQL, RULES,
+};
 use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 11] = [
+pub(crate) const CHECKS: [(&str, &str); 22] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -23,6 +27,18 @@ pub(crate) const CHECKS: [(&str, &str); 11] = [
         "old-prepared-transactions",
         "no prepared transactions in the old cluster",
     ),
+    ("old-reg-types", "no columns of OID-referencing reg* types"),
+    ("old-aclitem-columns", "no columns of type aclitem"),
+    ("old-postfix-operators", "no postfix operators"),
+    (
+        "old-polymorphic-functions",
+        "no aggregates or operators on the old polymorphic array functions",
+    ),
+    (
+        "old-encoding-conversions",
+        "no user-defined encoding conversions",
+    ),
+    ("old-reserved-role-names", "no user roles named pg_*"),
     ("new-connect", "new server reachable"),
     ("new-install-user", "new cluster's install user"),
     ("new-empty", "new cluster freshly initialized"),
@@ -31,6 +47,17 @@ pub(crate) const CHECKS: [(&str, &str); 11] = [
         "no prepared transactions in the new cluster",
     ),
     ("template0-locale", "encoding and locale provider"),
+    ("new-icu", "ICU, where the old cluster uses it"),
+    ("new-lz4", "lz4, where the old cluster uses it"),
+    ("new-xml", "libxml, where the old cluster has xml columns"),
+    (
+        "new-extensions",
+        "every installed extension available in the new installation",
+    ),
+    (
+        "new-libraries",
+        "every shared library the old cluster needs loads in the new installation",
+    ),
 ];
 
 fn title(id: &str) -> &'static str {
@@ -56,6 +83,12 @@ pub struct CatalogFacts {
     /// Databases, roles and tablespaces whose names hold a newline or
     /// carriage return (pg_dumpall refuses them).
     pub names_with_newlines: Vec<String>,
+    /// Old cluster: offending objects per catalogue rule.
+    pub rule_hits: Vec<(&'static str, ObjectRef)>,
+    /// Old cluster: what it uses that the new installation must provide.
+    pub uses: CapabilityUse,
+    /// New cluster: what its installation can do.
+    pub can: Capabilities,
     pub prepared_transactions: i64,
 }
 
@@ -126,9 +159,20 @@ pub(crate) fn run_new(config: &CheckConfig, report: &mut Report, emit: &mut Emit
     report.new.catalog = Some(new);
     let finding = compare_locales(report);
     emit(report, finding);
+    for finding in compare_capabilities(report) {
+        emit(report, finding);
+    }
 }
 
 fn skip_from(index: usize, report: &mut Report, emit: &mut Emit<'_>) {
+    let index = if index == CHECKS.len() - 1 {
+        CHECKS
+            .iter()
+            .position(|(id, _)| *id == "template0-locale")
+            .unwrap()
+    } else {
+        index
+    };
     for (id, title) in &CHECKS[index..] {
         emit(
             report,
@@ -229,7 +273,21 @@ fn inspect(
         }
     };
     pgm_cluster::faults::point(|| format!("checks:{}-server-started", which.name()));
-    let gathered = gather(&server, install.version.major, config.jobs);
+    let new_major = report
+        .new
+        .install
+        .as_ref()
+        .map(|i| i.version.major)
+        .unwrap_or(install.version.major);
+    let needed = report.old.catalog.as_ref().map(|c| c.uses.clone());
+    let gathered = gather(
+        &server,
+        which,
+        install.version.major,
+        new_major,
+        config.jobs,
+        needed.as_ref(),
+    );
     let stopped = server.stop();
     let mut facts = match gathered {
         Ok(facts) => facts,
@@ -482,13 +540,22 @@ fn inspect(
         Finding::pass(prepared_id, title(prepared_id), "none")
     };
     emit(report, prepared);
+    if which == Which::Old {
+        for finding in rule_findings(report, &facts) {
+            emit(report, finding);
+        }
+    }
     facts.databases.sort_by_key(|d| d.oid);
     Some(facts)
 }
 
 fn skip_rest(which: Which, report: &mut Report, emit: &mut Emit<'_>) {
     let prefix = format!("{}-", which.name());
-    for (id, title) in CHECKS
+    let compare_phase = CHECKS
+        .iter()
+        .position(|(id, _)| *id == "template0-locale")
+        .unwrap();
+    for (id, title) in CHECKS[..compare_phase]
         .iter()
         .filter(|(id, _)| id.starts_with(&prefix))
         .skip(1)
@@ -533,11 +600,17 @@ fn classify_connect_error(
 
 fn gather(
     server: &Server,
+    which: Which,
     major: PgMajor,
+    new_major: PgMajor,
     jobs: usize,
+    needed: Option<&CapabilityUse>,
 ) -> Result<CatalogFacts, pgm_cluster::Error> {
     let db = "template1";
     let mut client = server.connect(db)?;
+    let mut rule_hits: Vec<(&'static str, ObjectRef)> = Vec::new();
+    let mut cluster_uses = CapabilityUse::default();
+    let mut uses_preload: Vec<String> = Vec::new();
     let q = |what: &str| {
         let what = what.to_string();
         move |e: postgres::Error| pgm_cluster::Error::Query {
@@ -622,26 +695,116 @@ fn gather(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let (mut rule_hits, can) = match (which, needed) {
+        (Which::Old, _) => {
+            for rule in RULES
+                .iter()
+                .filter(|r| r.global && (r.applies)(major, new_major))
+            {
+                for mut object in objects(&mut client, db, &(rule.sql)(), rule.title)? {
+                    object.database = None;
+                    rule_hits.push((rule.id, object));
+                }
+            }
+            let preload: String = client
+                .query_one(
+                    "SELECT pg_catalog.current_setting('shared_preload_libraries')",
+                    &[],
+                )
+                .map_err(q("reading shared_preload_libraries"))?
+                .get(0);
+            for library in preload.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                uses_preload.push(library.trim_matches('"').to_string());
+            }
+            if major.number() >= 14 {
+                let compression: String = client
+                    .query_one(
+                        "SELECT pg_catalog.current_setting('default_toast_compression')",
+                        &[],
+                    )
+                    .map_err(q("reading default_toast_compression"))?
+                    .get(0);
+                if compression == "lz4" {
+                    cluster_uses.lz4.push(ObjectRef {
+                        database: None,
+                        kind: "setting".into(),
+                        name: "default_toast_compression = lz4".into(),
+                    });
+                }
+            }
+            if major.has_locale_provider() {
+                for row in client
+                    .query("SELECT datname::text FROM pg_catalog.pg_database WHERE datlocprovider = 'i' ORDER BY 1", &[])
+                    .map_err(q("looking for ICU databases"))?
+                {
+                    cluster_uses.icu.push(ObjectRef {
+                        database: None,
+                        kind: "database".into(),
+                        name: quote_ident(&row.get::<_, String>(0)),
+                    });
+                }
+            }
+            (rule_hits, Capabilities::default())
+        }
+        (Which::New, needed) => (Vec::new(), probe_capabilities(&mut client, needed)?),
+    };
     drop(client);
-    scan_databases(server, &mut databases, jobs)?;
+    let pair = (which == Which::Old).then_some((major, new_major));
+    let (hits, scanned) = scan_databases(server, &mut databases, jobs, pair)?;
+    rule_hits.extend(hits);
+    let mut uses = scanned;
+    uses.icu.splice(0..0, cluster_uses.icu);
+    uses.lz4.splice(0..0, cluster_uses.lz4);
+    for library in uses_preload {
+        uses.libraries
+            .entry(library.clone())
+            .or_default()
+            .push(ObjectRef {
+                database: None,
+                kind: "setting".into(),
+                name: format!("shared_preload_libraries = '{library}'"),
+            });
+    }
     Ok(CatalogFacts {
         install_user,
         connected_as,
         databases,
         template0,
-        icu_available,
+        icu_available: if which == Which::New {
+            can.icu
+        } else {
+            icu_available
+        },
         roles,
         names_with_newlines,
         prepared_transactions,
+        rule_hits,
+        uses,
+        can,
     })
 }
 
 /// One connection per database, `jobs` databases at a time.
+/// Offending objects, by the id of the rule they break.
+type RuleHits = Vec<(&'static str, ObjectRef)>;
+
+/// What one database's scan found.
+#[derive(Default)]
+struct DbScan {
+    objects: i64,
+    relations: i64,
+    hits: Vec<(&'static str, ObjectRef)>,
+    uses: CapabilityUse,
+}
+
+/// One connection per database, `jobs` databases at a time. With `pair`,
+/// the old cluster's catalogue rules run in each database too.
 fn scan_databases(
     server: &Server,
     databases: &mut [DatabaseInfo],
     jobs: usize,
-) -> Result<(), pgm_cluster::Error> {
+    pair: Option<(PgMajor, PgMajor)>,
+) -> Result<(RuleHits, CapabilityUse), pgm_cluster::Error> {
     let targets: Vec<(usize, String)> = databases
         .iter()
         .enumerate()
@@ -649,7 +812,7 @@ fn scan_databases(
         .map(|(i, d)| (i, d.name.clone()))
         .collect();
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, i64, i64)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, DbScan)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<pgm_cluster::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, targets.len().max(1)) {
@@ -658,10 +821,8 @@ fn scan_databases(
                 let Some((index, name)) = targets.get(i) else {
                     break;
                 };
-                match scan_one(server, name) {
-                    Ok((objects, relations)) => {
-                        results.lock().unwrap().push((*index, objects, relations))
-                    }
+                match scan_one(server, name, pair) {
+                    Ok(scan) => results.lock().unwrap().push((*index, scan)),
                     Err(e) => {
                         first_error.lock().unwrap().get_or_insert(e);
                         break;
@@ -673,14 +834,55 @@ fn scan_databases(
     if let Some(e) = first_error.into_inner().unwrap() {
         return Err(e);
     }
-    for (index, objects, relations) in results.into_inner().unwrap() {
-        databases[index].user_objects = Some(objects);
-        databases[index].user_relations = Some(relations);
+    let mut hits = Vec::new();
+    let mut uses = CapabilityUse::default();
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    for (index, scan) in results {
+        databases[index].user_objects = Some(scan.objects);
+        databases[index].user_relations = Some(scan.relations);
+        hits.extend(scan.hits);
+        uses.icu.extend(scan.uses.icu);
+        uses.lz4.extend(scan.uses.lz4);
+        uses.xml.extend(scan.uses.xml);
+        for (key, dbs) in scan.uses.extensions {
+            uses.extensions.entry(key).or_default().extend(dbs);
+        }
+        for (lib, objects) in scan.uses.libraries {
+            uses.libraries.entry(lib).or_default().extend(objects);
+        }
     }
-    Ok(())
+    Ok((hits, uses))
 }
 
-fn scan_one(server: &Server, database: &str) -> Result<(i64, i64), pgm_cluster::Error> {
+/// Runs `sql` (returning kind, name) in one database.
+fn objects(
+    client: &mut postgres::Client,
+    database: &str,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<ObjectRef>, pgm_cluster::Error> {
+    Ok(client
+        .query(sql, &[])
+        .map_err(|e| pgm_cluster::Error::Query {
+            database: database.to_string(),
+            what: what.to_string(),
+            detail: pgm_cluster::describe_pg_error(&e),
+        })?
+        .iter()
+        .map(|r| ObjectRef {
+            database: Some(database.to_string()),
+            kind: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+fn scan_one(
+    server: &Server,
+    database: &str,
+    pair: Option<(PgMajor, PgMajor)>,
+) -> Result<DbScan, pgm_cluster::Error> {
     let mut client = server.connect(database)?;
     // OIDs below 16384 belong to initdb; temporary schemas come and go.
     let row = client
@@ -703,7 +905,63 @@ fn scan_one(server: &Server, database: &str) -> Result<(i64, i64), pgm_cluster::
         })?;
     let relations: i64 = row.get(0);
     let others: i64 = row.get(1);
-    Ok((relations + others, relations))
+    let mut scan = DbScan {
+        objects: relations + others,
+        relations,
+        ..DbScan::default()
+    };
+    let Some((old, new)) = pair else {
+        return Ok(scan);
+    };
+    for rule in RULES.iter().filter(|r| !r.global && (r.applies)(old, new)) {
+        for object in objects(&mut client, database, &(rule.sql)(), rule.title)? {
+            scan.hits.push((rule.id, object));
+        }
+    }
+    if let Some(sql) = crate::catalogue::icu_sql(old) {
+        scan.uses.icu = objects(&mut client, database, &sql, "looking for ICU collations")?;
+    }
+    if let Some(sql) = crate::catalogue::lz4_sql(old) {
+        scan.uses.lz4 = objects(&mut client, database, &sql, "looking for lz4 columns")?;
+    }
+    scan.uses.xml = objects(
+        &mut client,
+        database,
+        &crate::catalogue::xml_sql(),
+        "looking for xml columns",
+    )?;
+    let q = |what: &'static str| {
+        move |e: postgres::Error| pgm_cluster::Error::Query {
+            database: database.to_string(),
+            what: what.into(),
+            detail: pgm_cluster::describe_pg_error(&e),
+        }
+    };
+    for row in client
+        .query(EXTENSIONS_SQL, &[])
+        .map_err(q("listing extensions"))?
+    {
+        scan.uses
+            .extensions
+            .entry((row.get(0), row.get(1)))
+            .or_default()
+            .push(database.to_string());
+    }
+    for row in client
+        .query(LIBRARIES_SQL, &[])
+        .map_err(q("listing shared libraries"))?
+    {
+        scan.uses
+            .libraries
+            .entry(row.get(0))
+            .or_default()
+            .push(ObjectRef {
+                database: Some(database.to_string()),
+                kind: "function".into(),
+                name: row.get(1),
+            });
+    }
+    Ok(scan)
 }
 
 fn compare_locales(report: &Report) -> Finding {
@@ -769,4 +1027,295 @@ fn quote_list(names: &[String]) -> String {
         .map(|n| quote_ident(n))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What the new installation can do, for the old cluster's needs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Capabilities {
+    pub icu: bool,
+    pub lz4: bool,
+    pub xml: bool,
+    /// Extensions the old cluster has whose control file the new installation lacks.
+    pub missing_extensions: Vec<String>,
+    /// (extension, old version) with no update path to the new default version.
+    pub stuck_extensions: Vec<(String, String, String)>,
+    /// Libraries that did not load, with the server's complaint.
+    pub failed_libraries: BTreeMap<String, String>,
+}
+
+fn probe_capabilities(
+    client: &mut postgres::Client,
+    needed: Option<&CapabilityUse>,
+) -> Result<Capabilities, pgm_cluster::Error> {
+    let q = |what: &'static str| {
+        move |e: postgres::Error| pgm_cluster::Error::Query {
+            database: "template1".into(),
+            what: what.into(),
+            detail: pgm_cluster::describe_pg_error(&e),
+        }
+    };
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collprovider = 'i'),
+                    coalesce((SELECT 'lz4' = ANY(enumvals) FROM pg_catalog.pg_settings
+                               WHERE name = 'default_toast_compression'), false)",
+            &[],
+        )
+        .map_err(q("probing ICU and lz4"))?;
+    let mut can = Capabilities {
+        icu: icu_built_in(client)?,
+        lz4: row.get(1),
+        // Without libxml every xml input fails.
+        xml: client
+            .batch_execute("SELECT '<a/>'::pg_catalog.xml")
+            .is_ok(),
+        ..Capabilities::default()
+    };
+    let Some(needed) = needed else { return Ok(can) };
+    for (name, version) in needed.extensions.keys() {
+        let default: Option<String> = client
+            .query_opt(
+                "SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = $1",
+                &[name],
+            )
+            .map_err(q("looking for an extension"))?
+            .map(|r| r.get(0));
+        match default {
+            None => can.missing_extensions.push(name.clone()),
+            Some(default) if default != *version => {
+                let reachable: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension_update_paths($1)
+                                         WHERE source = $2 AND target = $3 AND path IS NOT NULL)",
+                        &[name, version, &default],
+                    )
+                    .map_err(q("looking for an extension update path"))?
+                    .get(0);
+                if !reachable {
+                    can.stuck_extensions
+                        .push((name.clone(), version.clone(), default));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for library in needed.libraries.keys() {
+        let load = format!("LOAD {}", quote_literal(library));
+        if let Err(e) = client.batch_execute(&load) {
+            can.failed_libraries
+                .insert(library.clone(), pgm_cluster::describe_pg_error(&e));
+        }
+    }
+    Ok(can)
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The old cluster's catalogue rules, as findings.
+fn rule_findings(report: &Report, facts: &CatalogFacts) -> Vec<Finding> {
+    let old = report.old.install.as_ref().map(|i| i.version.major);
+    let new = report.new.install.as_ref().map(|i| i.version.major);
+    let (Some(old), Some(new)) = (old, new) else {
+        return Vec::new();
+    };
+    RULES
+        .iter()
+        .map(|rule| {
+            if !(rule.applies)(old, new) {
+                return Finding::pass(rule.id, rule.title, not_applicable(old, new));
+            }
+            let hits: Vec<ObjectRef> = facts
+                .rule_hits
+                .iter()
+                .filter(|(id, _)| *id == rule.id)
+                .map(|(_, o)| o.clone())
+                .collect();
+            if hits.is_empty() {
+                Finding::pass(rule.id, rule.title, "none")
+            } else {
+                Finding::fail(
+                    rule.id,
+                    rule.title,
+                    rule.code,
+                    format!(
+                        "{} found ({}): {}",
+                        hits.len(),
+                        rule.why,
+                        describe_objects(&hits)
+                    ),
+                    rule.remedy,
+                )
+                .with_objects(hits)
+            }
+        })
+        .collect()
+}
+
+fn describe_objects(objects: &[ObjectRef]) -> String {
+    let mut shown: Vec<String> = objects
+        .iter()
+        .take(10)
+        .map(|o| match &o.database {
+            Some(db) => format!("{} {} in database {}", o.kind, o.name, quote_ident(db)),
+            None => format!("{} {}", o.kind, o.name),
+        })
+        .collect();
+    if objects.len() > 10 {
+        shown.push(format!(
+            "and {} more (see the objects list)",
+            objects.len() - 10
+        ));
+    }
+    shown.join("; ")
+}
+
+/// What the old cluster uses against what the new installation can do.
+fn compare_capabilities(report: &Report) -> Vec<Finding> {
+    let (Some(old), Some(new)) = (&report.old.catalog, &report.new.catalog) else {
+        return Vec::new();
+    };
+    let (uses, can) = (&old.uses, &new.can);
+    let capability = |id: &'static str,
+                      used: &[ObjectRef],
+                      available: bool,
+                      code: &'static str,
+                      what: &str,
+                      remedy: &str| {
+        let title = title(id);
+        if used.is_empty() {
+            Finding::pass(id, title, format!("the old cluster does not use {what}"))
+        } else if available {
+            Finding::pass(
+                id,
+                title,
+                format!("the old cluster uses {what}, and the new installation has it"),
+            )
+        } else {
+            Finding::fail(
+                id,
+                title,
+                code,
+                format!(
+                    "the old cluster uses {what}, which the new installation was built without: {}",
+                    describe_objects(used)
+                ),
+                remedy,
+            )
+            .with_objects(used.to_vec())
+        }
+    };
+    let mut out = vec![
+        capability(
+            "new-icu",
+            &uses.icu,
+            can.icu,
+            "icu_unavailable",
+            "ICU collations",
+            "use a new installation built with ICU (configure --with-icu), or move these objects to libc collations in the old cluster first",
+        ),
+        capability(
+            "new-lz4",
+            &uses.lz4,
+            can.lz4,
+            "lz4_unavailable",
+            "lz4 compression",
+            "use a new installation built with lz4 (configure --with-lz4), or recompress in the old cluster: ALTER TABLE … ALTER COLUMN … SET COMPRESSION pglz, then rewrite the table (VACUUM FULL)",
+        ),
+        capability(
+            "new-xml",
+            &uses.xml,
+            can.xml,
+            "xml_unavailable",
+            "the xml type",
+            "use a new installation built with libxml (configure --with-libxml), or change those columns to text in the old cluster",
+        ),
+    ];
+    let missing: Vec<ObjectRef> = uses
+        .extensions
+        .iter()
+        .filter(|((name, _), _)| can.missing_extensions.contains(name))
+        .flat_map(|((name, version), dbs)| {
+            dbs.iter().map(move |db| ObjectRef {
+                database: Some(db.clone()),
+                kind: "extension".into(),
+                name: format!("{name} {version}"),
+            })
+        })
+        .collect();
+    out.push(if !missing.is_empty() {
+        Finding::fail(
+            "new-extensions",
+            title("new-extensions"),
+            "extension_missing",
+            format!("the new installation lacks these extensions: {}", describe_objects(&missing)),
+            "install the extensions for the new PostgreSQL major (their packages or builds), or drop them in the old cluster (DROP EXTENSION … in each database)",
+        )
+        .with_objects(missing)
+    } else if !can.stuck_extensions.is_empty() {
+        let stuck: Vec<String> = can.stuck_extensions.iter().map(|(n, from, to)| format!("{n} {from} (new default {to})")).collect();
+        Finding::warn(
+            "new-extensions",
+            title("new-extensions"),
+            "extension_not_updatable",
+            format!("these extensions will move as they are, but have no update path to the new default version: {}", stuck.join(", ")),
+            "they keep their old version after the upgrade; check with the extension's maintainers how to update them",
+        )
+    } else {
+        let count = uses.extensions.len();
+        Finding::pass(
+            "new-extensions",
+            title("new-extensions"),
+            format!("{count} extension versions in use; each is available in the new installation"),
+        )
+    });
+    let failed: Vec<ObjectRef> = can
+        .failed_libraries
+        .keys()
+        .flat_map(|lib| uses.libraries.get(lib).cloned().unwrap_or_default())
+        .collect();
+    out.push(if can.failed_libraries.is_empty() {
+        Finding::pass(
+            "new-libraries",
+            title("new-libraries"),
+            format!("{} shared libraries load in the new installation", uses.libraries.len()),
+        )
+    } else {
+        let libs: Vec<String> = can.failed_libraries.iter().map(|(l, e)| format!("{l} ({e})")).collect();
+        Finding::fail(
+            "new-libraries",
+            title("new-libraries"),
+            "library_missing",
+            format!("these shared libraries do not load in the new installation: {}; needed by: {}", libs.join("; "), describe_objects(&failed)),
+            "install the new major's build of the extension or module that provides them, or drop the objects that need them in the old cluster",
+        )
+        .with_objects(failed)
+    });
+    out
+}
+
+/// Whether the server was built with ICU. 16 and later say so directly
+/// (icu_unicode_version() is NULL without ICU; they keep an ICU "unicode"
+/// collation row either way); before 16, initdb imports ICU collations only
+/// when built with ICU.
+fn icu_built_in(client: &mut postgres::Client) -> Result<bool, pgm_cluster::Error> {
+    let q = |e: postgres::Error| pgm_cluster::Error::Query {
+        database: "template1".into(),
+        what: "probing ICU".into(),
+        detail: pgm_cluster::describe_pg_error(&e),
+    };
+    let has_function: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proname = 'icu_unicode_version')",
+            &[],
+        )
+        .map_err(q)?
+        .get(0);
+    let sql = if has_function {
+        "SELECT pg_catalog.icu_unicode_version() IS NOT NULL"
+    } else {
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collprovider = 'i')"
+    };
+    Ok(client.query_one(sql, &[]).map_err(q)?.get(0))
 }

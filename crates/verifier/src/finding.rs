@@ -26,6 +26,9 @@ pub struct Finding {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
+    /// The objects the finding is about (database, kind, name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<crate::catalogue::ObjectRef>,
 }
 
 impl Finding {
@@ -37,7 +40,13 @@ impl Finding {
             code: None,
             message: message.into(),
             remedy: None,
+            objects: Vec::new(),
         }
+    }
+
+    pub fn with_objects(mut self, objects: Vec<crate::catalogue::ObjectRef>) -> Finding {
+        self.objects = objects;
+        self
     }
 
     pub fn fail(
@@ -54,6 +63,7 @@ impl Finding {
             code: Some(code),
             message: message.into(),
             remedy: Some(remedy.into()),
+            objects: Vec::new(),
         }
     }
 
@@ -78,6 +88,7 @@ impl Finding {
             code: None,
             message: reason.into(),
             remedy: None,
+            objects: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! check passed, so a problem found on disk leaves both trees untouched.
 
 mod catalog;
+mod catalogue;
 mod finding;
 mod initdb;
 mod statics;
@@ -17,7 +18,8 @@ use std::path::PathBuf;
 
 use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
 
-pub use catalog::{CatalogFacts, DatabaseInfo, TemplateLocale};
+pub use catalog::{Capabilities, CatalogFacts, DatabaseInfo, TemplateLocale};
+pub use catalogue::{columns_using, CapabilityUse, ObjectRef};
 pub use finding::{Finding, Status};
 pub use initdb::{matching_initdb, suggested_initdb};
 pub use statics::platform_char_is_signed;

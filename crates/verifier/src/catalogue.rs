@@ -1,0 +1,235 @@
+//! The catalogue of incompatibilities only the old catalog reveals: each
+//! rule names the majors it concerns, the query that lists offending
+//! objects in one database, why they matter, and the remedy. Rules about
+//! what the new installation can do (ICU, lz4, libxml, extensions, shared
+//! libraries) are judged once the new server has been asked.
+
+use std::collections::BTreeMap;
+
+use pgm_cluster::PgMajor;
+use serde::Serialize;
+
+/// An object a finding is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ObjectRef {
+    /// The database it lives in (absent for cluster-wide objects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// column, operator, aggregate, conversion, role, collation, extension, library, function …
+    pub kind: String,
+    /// The qualified name, quoted as SQL needs it.
+    pub name: String,
+}
+
+pub(crate) struct Rule {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub code: &'static str,
+    /// Whether the rule concerns this old → new pair.
+    pub applies: fn(PgMajor, PgMajor) -> bool,
+    /// Lists (kind, name) of offending objects in the connected database.
+    pub sql: fn() -> String,
+    /// Cluster-wide objects: asked in one database only.
+    pub global: bool,
+    pub why: &'static str,
+    pub remedy: &'static str,
+}
+
+/// Columns of user relations whose type is one of `types` (schema, name),
+/// directly or through a domain, an array, a composite or a range.
+pub fn columns_using(types: &[(&str, &str)]) -> String {
+    let list = types
+        .iter()
+        .map(|(schema, name)| format!("(n.nspname = '{schema}' AND t.typname = '{name}')"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!(
+        "WITH RECURSIVE oids AS (
+             SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {list}
+           UNION ALL
+             -- One recursive reference only: the derived types of the last round.
+             SELECT * FROM (
+               WITH x AS (SELECT oid FROM oids)
+                 SELECT t.oid FROM pg_catalog.pg_type t, x WHERE t.typtype = 'd' AND t.typbasetype = x.oid
+               UNION ALL
+                 SELECT t.oid FROM pg_catalog.pg_type t, x WHERE t.typtype = 'b' AND t.typelem = x.oid
+               UNION ALL
+                 SELECT t.oid FROM pg_catalog.pg_type t
+                   JOIN pg_catalog.pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
+                   JOIN x ON a.atttypid = x.oid
+               UNION ALL
+                 SELECT r.rngtypid FROM pg_catalog.pg_range r, x WHERE r.rngsubtype = x.oid) derived)
+         SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname)
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+          WHERE a.atttypid IN (SELECT oid FROM oids) AND NOT a.attisdropped AND a.attnum > 0
+            AND c.relkind IN ('r', 'm', 'p', 'i', 'I')
+            AND n.nspname !~ '^pg_(toast_)?temp_' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          ORDER BY 2"
+    )
+}
+
+fn reg_types() -> String {
+    columns_using(&[
+        ("pg_catalog", "regcollation"),
+        ("pg_catalog", "regconfig"),
+        ("pg_catalog", "regdictionary"),
+        ("pg_catalog", "regnamespace"),
+        ("pg_catalog", "regoper"),
+        ("pg_catalog", "regoperator"),
+        ("pg_catalog", "regproc"),
+        ("pg_catalog", "regprocedure"),
+    ])
+}
+
+/// Array functions whose signatures changed to anycompatible* in 14.
+const OLD_POLYMORPHICS: &str =
+    "ARRAY['array_append(anyarray,anyelement)', 'array_cat(anyarray,anyarray)',
+    'array_prepend(anyelement,anyarray)', 'array_remove(anyarray,anyelement)',
+    'array_replace(anyarray,anyelement,anyelement)', 'array_position(anyarray,anyelement)',
+    'array_position(anyarray,anyelement,integer)', 'array_positions(anyarray,anyelement)',
+    'width_bucket(anyelement,anyarray)']::pg_catalog.regprocedure[]";
+
+pub(crate) const RULES: &[Rule] = &[
+    Rule {
+        id: "old-reg-types",
+        title: "no columns of OID-referencing reg* types",
+        code: "reg_type_columns",
+        applies: |_, _| true,
+        sql: reg_types,
+        global: false,
+        why: "values of these types store OIDs of functions, operators, namespaces or configurations, which the upgrade does not preserve",
+        remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster; regclass, regrole and regtype columns are fine",
+    },
+    Rule {
+        id: "old-aclitem-columns",
+        title: "no columns of type aclitem",
+        code: "aclitem_columns",
+        applies: |old, new| old.number() < 16 && new.number() >= 16,
+        sql: || columns_using(&[("pg_catalog", "aclitem")]),
+        global: false,
+        why: "the storage format of aclitem changed in PostgreSQL 16",
+        remedy: "drop those columns or change them to text (ALTER TABLE … ALTER COLUMN … TYPE text) in the old cluster",
+    },
+    Rule {
+        id: "old-postfix-operators",
+        title: "no postfix operators",
+        code: "postfix_operators",
+        applies: |old, new| old.number() <= 13 && new.number() >= 14,
+        sql: || "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype)
+                   FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+                  WHERE o.oprright = 0 AND o.oid >= 16384 ORDER BY 2".into(),
+        global: false,
+        why: "PostgreSQL 14 removed postfix operators",
+        remedy: "drop them (DROP OPERATOR name (type, NONE)) in the old cluster and use a function or a prefix operator instead",
+    },
+    Rule {
+        id: "old-polymorphic-functions",
+        title: "no aggregates or operators on the old polymorphic array functions",
+        code: "incompatible_polymorphics",
+        applies: |old, new| old.number() <= 13 && new.number() >= 14,
+        sql: || format!(
+            "SELECT 'aggregate', p.oid::pg_catalog.regprocedure::text
+               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = p.oid
+              WHERE p.oid >= 16384
+                AND (a.aggtransfn = ANY({OLD_POLYMORPHICS}) OR a.aggfinalfn = ANY({OLD_POLYMORPHICS}))
+                AND a.aggtranstype = ANY(ARRAY['anyarray', 'anyelement']::pg_catalog.regtype[])
+             UNION ALL
+             SELECT 'operator', o.oid::pg_catalog.regoperator::text
+               FROM pg_catalog.pg_operator o
+              WHERE o.oid >= 16384 AND o.oprcode = ANY({OLD_POLYMORPHICS})
+                AND o.oprleft = ANY(ARRAY['anyarray', 'anyelement']::pg_catalog.regtype[])
+             ORDER BY 2"
+        ),
+        global: false,
+        why: "PostgreSQL 14 changed these array functions to take anycompatible arguments; objects built on the old signatures cannot be restored",
+        remedy: "drop them in the old cluster and re-create them after the upgrade with anycompatible/anycompatiblearray in place of anyelement/anyarray",
+    },
+    Rule {
+        id: "old-encoding-conversions",
+        title: "no user-defined encoding conversions",
+        code: "user_encoding_conversions",
+        applies: |old, new| old.number() <= 13 && new.number() >= 14,
+        sql: || "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname)
+                   FROM pg_catalog.pg_conversion c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
+                  WHERE c.oid >= 16384 ORDER BY 2".into(),
+        global: false,
+        why: "PostgreSQL 14 changed the signature of encoding conversion functions",
+        remedy: "drop them (DROP CONVERSION) in the old cluster and re-create them after the upgrade with functions of the new signature",
+    },
+    Rule {
+        id: "old-reserved-role-names",
+        title: "no user roles named pg_*",
+        code: "reserved_role_names",
+        applies: |_, _| true,
+        sql: || "SELECT 'role', pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_roles
+                  WHERE rolname ~ '^pg_' AND oid >= 16384 ORDER BY 2".into(),
+        global: true,
+        why: "role names starting with pg_ are reserved for the system; the new cluster refuses to create them",
+        remedy: "rename them in the old cluster (ALTER ROLE … RENAME TO …)",
+    },
+];
+
+/// Facts gathered per old database for the rules judged against the new installation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CapabilityUse {
+    /// Columns, collations and databases that use ICU.
+    pub icu: Vec<ObjectRef>,
+    /// Columns set to lz4 compression (14 and later).
+    pub lz4: Vec<ObjectRef>,
+    /// Columns of type xml.
+    pub xml: Vec<ObjectRef>,
+    /// Installed extensions: (name, version) → databases.
+    pub extensions: BTreeMap<(String, String), Vec<String>>,
+    /// Shared libraries of C functions → the functions that need them.
+    pub libraries: BTreeMap<String, Vec<ObjectRef>>,
+}
+
+pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
+    // ICU collations exist since 10; database-level ICU since 15.
+    let columns = "SELECT 'column', pg_catalog.format('%I.%I.%I (collation %I)', n.nspname, c.relname, a.attname, co.collname)
+                     FROM pg_catalog.pg_attribute a
+                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+                    WHERE co.collprovider = 'i' AND NOT a.attisdropped AND a.attnum > 0
+                      AND c.relkind IN ('r', 'm', 'p', 'i', 'I')
+                      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   UNION ALL
+                   SELECT 'collation', pg_catalog.format('%I.%I', n.nspname, co.collname)
+                     FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
+                    WHERE co.collprovider = 'i' AND co.oid >= 16384";
+    let _ = old;
+    Some(format!("{columns} ORDER BY 2"))
+}
+
+pub(crate) fn lz4_sql(old: PgMajor) -> Option<String> {
+    (old.number() >= 14).then(|| {
+        "SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname)
+           FROM pg_catalog.pg_attribute a
+           JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE a.attcompression = 'l' AND NOT a.attisdropped
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 2"
+            .into()
+    })
+}
+
+pub(crate) fn xml_sql() -> String {
+    columns_using(&[("pg_catalog", "xml")])
+}
+
+pub(crate) const EXTENSIONS_SQL: &str =
+    "SELECT extname::text, extversion FROM pg_catalog.pg_extension ORDER BY 1";
+
+/// Shared libraries of C-language functions (13 is the C language's OID).
+pub(crate) const LIBRARIES_SQL: &str =
+    "SELECT probin, p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p
+      WHERE prolang = 13 AND probin IS NOT NULL AND p.oid >= 16384 ORDER BY 1, 2";
+
+/// Whether a rule concerns the pair, as text for a passing finding.
+pub(crate) fn not_applicable(old: PgMajor, new: PgMajor) -> String {
+    format!("does not concern an upgrade from {old} to {new}")
+}
