@@ -276,3 +276,83 @@ fn the_column_type_query_finds_sql_identifier_columns() {
     pair.old.stop();
     assert_eq!(found, ["public.meta.n", "public.meta.ns"]);
 }
+
+#[test]
+fn nullable_children_of_not_null_parents_before_18() {
+    // Only a catalog edit (or an old bug) makes this state; 18 cannot restore it.
+    let Some(run) = check_with(
+        15,
+        18,
+        "CREATE TABLE parent (c int NOT NULL);
+         CREATE TABLE child () INHERITS (parent);
+         UPDATE pg_attribute SET attnotnull = false WHERE attrelid = 'child'::regclass AND attname = 'c';",
+    ) else {
+        return;
+    };
+    assert_refused(&run, "old-not-null-inheritance", "inconsistent_not_null");
+    assert_eq!(names(&run, "old-not-null-inheritance"), ["public.child.c"]);
+}
+
+#[test]
+fn logical_slots_are_refused_until_they_can_be_carried() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    let conf = pair.old.datadir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nwal_level = logical\n");
+    std::fs::write(&conf, text).unwrap();
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('subscriber_a', 'pgoutput');",
+        )
+    });
+    let run = pair.check(&[]);
+    assert_refused(&run, "old-logical-slots", "logical_slots_not_carried");
+    assert_eq!(names(&run, "old-logical-slots"), ["subscriber_a"]);
+}
+
+/// The isn rule fires only when the installations pass float8 differently,
+/// which two x86-64 builds never do; its query is proven on a real isn install.
+#[test]
+fn the_isn_query_finds_isn_functions() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql("postgres", "CREATE EXTENSION isn;");
+    let sql = pgm_verifier::rule_sql("old-isn-float8").unwrap();
+    let found = pair
+        .old
+        .client("postgres")
+        .query(sql.as_str(), &[])
+        .unwrap()
+        .len();
+    pair.old.stop();
+    assert!(found > 20, "isn has many C functions; found {found}");
+    // With matching float8 passing the check passes, isn and all.
+    let run = pair.check(&[]);
+    assert_eq!(run.check("old-isn-float8")["status"], "pass");
+}
+
+#[test]
+fn a_tablespace_inside_the_old_data_directory_is_a_warning() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let inside = pair.old.datadir.join("ts_inside");
+    std::fs::create_dir(&inside).unwrap();
+    pgm_testkit::chown_to_test_user(&inside);
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            &format!("CREATE TABLESPACE inside LOCATION '{}'", inside.display()),
+        )
+    });
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "a warning, not a failure: {}", run.stderr);
+    let check = run.check("old-tablespace-locations");
+    assert_eq!(check["status"], "warn");
+    assert_eq!(check["code"], "tablespace_in_datadir");
+}

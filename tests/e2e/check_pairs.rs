@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 47] = [
+const ALL_CHECKS: [&str; 51] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -27,6 +27,7 @@ const ALL_CHECKS: [&str; 47] = [
     "control-large-object-chunk",
     "control-data-checksums",
     "char-signedness",
+    "old-tablespace-locations",
     "transfer-mode",
     "disk-space",
     "old-connect",
@@ -40,6 +41,9 @@ const ALL_CHECKS: [&str; 47] = [
     "old-postfix-operators",
     "old-polymorphic-functions",
     "old-encoding-conversions",
+    "old-not-null-inheritance",
+    "old-logical-slots",
+    "old-isn-float8",
     "old-reserved-role-names",
     "new-connect",
     "new-install-user",
@@ -76,7 +80,7 @@ fn check_passes(old_major: u32, new_major: u32) {
     assert_eq!(run.events[0]["event"], "plan");
     let summary = run.summary();
     assert_eq!(summary["result"], "ok");
-    assert_eq!(summary["checks"]["pass"], 47);
+    assert_eq!(summary["checks"]["pass"], 51);
     assert!(summary["old_version"]
         .as_str()
         .unwrap()
@@ -145,7 +149,7 @@ fn human_output_lists_every_check_on_stderr_and_nothing_on_stdout() {
         "stdout must stay empty without --json: {}",
         run.stdout
     );
-    assert_eq!(run.stderr.matches('✓').count(), 47, "{}", run.stderr);
+    assert_eq!(run.stderr.matches('✓').count(), 51, "{}", run.stderr);
     assert!(run.stderr.contains("*Clusters are compatible*"));
 }
 

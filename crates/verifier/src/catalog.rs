@@ -17,7 +17,7 @@ use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 22] = [
+pub(crate) const CHECKS: [(&str, &str); 25] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -37,6 +37,18 @@ pub(crate) const CHECKS: [(&str, &str); 22] = [
     (
         "old-encoding-conversions",
         "no user-defined encoding conversions",
+    ),
+    (
+        "old-not-null-inheritance",
+        "NOT NULL agrees between inheritance parents and children",
+    ),
+    (
+        "old-logical-slots",
+        "no logical replication slots left behind",
+    ),
+    (
+        "old-isn-float8",
+        "contrib/isn only where float8 passing matches",
     ),
     ("old-reserved-role-names", "no user roles named pg_*"),
     ("new-connect", "new server reachable"),
@@ -1125,6 +1137,19 @@ fn rule_findings(report: &Report, facts: &CatalogFacts) -> Vec<Finding> {
         .map(|rule| {
             if !(rule.applies)(old, new) {
                 return Finding::pass(rule.id, rule.title, not_applicable(old, new));
+            }
+            if rule.id == "old-isn-float8" {
+                let differs = match (&report.old.control, &report.new.control) {
+                    (Some(o), Some(n)) => o.float8_by_value != n.float8_by_value,
+                    _ => false,
+                };
+                if !differs {
+                    return Finding::pass(
+                        rule.id,
+                        rule.title,
+                        "both installations pass float8 the same way",
+                    );
+                }
             }
             let hits: Vec<ObjectRef> = facts
                 .rule_hits

@@ -160,6 +160,46 @@ pub(crate) const RULES: &[Rule] = &[
         remedy: "drop them (DROP CONVERSION) in the old cluster and re-create them after the upgrade with functions of the new signature",
     },
     Rule {
+        id: "old-not-null-inheritance",
+        title: "NOT NULL agrees between inheritance parents and children",
+        code: "inconsistent_not_null",
+        applies: |old, new| old.number() < 18 && new.number() >= 18,
+        sql: || "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname)
+                   FROM pg_catalog.pg_inherits i
+                   JOIN pg_catalog.pg_attribute ac ON ac.attrelid = i.inhrelid
+                   JOIN pg_catalog.pg_attribute ap ON ap.attrelid = i.inhparent AND ap.attname = ac.attname
+                   JOIN pg_catalog.pg_class cc ON cc.oid = ac.attrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = cc.relnamespace
+                  WHERE ac.attnum > 0 AND ap.attnum > 0 AND ap.attnotnull AND NOT ac.attnotnull
+                    AND NOT ac.attisdropped AND NOT ap.attisdropped ORDER BY 2".into(),
+        global: false,
+        why: "18 records NOT NULL as constraints that children inherit; a child column that is nullable under a NOT NULL parent column cannot be restored",
+        remedy: "make the child columns NOT NULL in the old cluster: ALTER TABLE child ALTER COLUMN col SET NOT NULL",
+    },
+    Rule {
+        id: "old-logical-slots",
+        title: "no logical replication slots left behind",
+        code: "logical_slots_not_carried",
+        applies: |old, _| old.number() >= 17,
+        sql: || "SELECT 'slot', pg_catalog.quote_ident(slot_name::text) FROM pg_catalog.pg_replication_slots
+                  WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2".into(),
+        global: true,
+        why: "this version of pg-migrate does not yet re-create logical replication slots in the new cluster; their subscribers would lose their place",
+        remedy: "drop the slots before upgrading (SELECT pg_drop_replication_slot(name)) and re-create them, and re-sync their subscribers, afterwards; or use PostgreSQL's pg_upgrade for this cluster",
+    },
+    Rule {
+        id: "old-isn-float8",
+        title: "contrib/isn only where float8 passing matches",
+        code: "isn_float8_mismatch",
+        // Judged against control data: see `float8_by_value_differs`.
+        applies: |_, _| true,
+        sql: || "SELECT 'function', p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p
+                  WHERE p.probin = '$libdir/isn' ORDER BY 2".into(),
+        global: false,
+        why: "the old and new installations pass float8 differently (by value or by reference), and contrib/isn's functions depend on it",
+        remedy: "drop the isn extension (and what uses its types) in the old cluster, or use a new installation built like the old one",
+    },
+    Rule {
         id: "old-reserved-role-names",
         title: "no user roles named pg_*",
         code: "reserved_role_names",
@@ -232,4 +272,10 @@ pub(crate) const LIBRARIES_SQL: &str =
 /// Whether a rule concerns the pair, as text for a passing finding.
 pub(crate) fn not_applicable(old: PgMajor, new: PgMajor) -> String {
     format!("does not concern an upgrade from {old} to {new}")
+}
+
+/// The query of a catalogue rule, by id (for tests that prove a rule's query
+/// on a real cluster where the rule itself cannot fire).
+pub fn rule_sql(id: &str) -> Option<String> {
+    RULES.iter().find(|r| r.id == id).map(|r| (r.sql)())
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
 
 pub use catalog::{Capabilities, CatalogFacts, DatabaseInfo, TemplateLocale};
-pub use catalogue::{columns_using, CapabilityUse, ObjectRef};
+pub use catalogue::{columns_using, rule_sql, CapabilityUse, ObjectRef};
 pub use finding::{Finding, Status};
 pub use initdb::{matching_initdb, suggested_initdb};
 pub use statics::platform_char_is_signed;

@@ -856,6 +856,11 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
     let (space_id, space_title) = ("disk-space", "room for the new cluster");
     let Some(old) = report.old.datadir.as_ref() else {
         return vec![
+            Finding::skip(
+                "old-tablespace-locations",
+                "tablespaces outside the old data directory",
+                "no old data directory",
+            ),
             Finding::skip(link_id, link_title, "no old data directory"),
             Finding::skip(space_id, space_title, "no old data directory"),
         ];
@@ -871,6 +876,29 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
         })
         .unwrap_or_default();
     let mut out = Vec::new();
+    let inside: Vec<String> = tablespaces
+        .iter()
+        .filter(|t| t.starts_with(&old.path))
+        .map(|t| t.display().to_string())
+        .collect();
+    out.push(if inside.is_empty() {
+        Finding::pass(
+            "old-tablespace-locations",
+            "tablespaces outside the old data directory",
+            format!("{} user tablespaces, none inside the data directory", tablespaces.len()),
+        )
+    } else {
+        Finding::warn(
+            "old-tablespace-locations",
+            "tablespaces outside the old data directory",
+            "tablespace_in_datadir",
+            format!(
+                "these tablespaces lie inside the old data directory: {}; the new cluster's files will be put beside them, so deleting the old data directory later would delete them too",
+                inside.join(", ")
+            ),
+            "no delete_old_cluster.sh is written; after the upgrade, move those tablespaces' contents out (ALTER TABLE … SET TABLESPACE to a tablespace elsewhere) before removing the old data directory",
+        )
+    });
     match config.transfer {
         TransferKind::Link => {
             if device(&old.path) != device(new) {
