@@ -1063,7 +1063,7 @@ impl<'a> Engine<'a> {
         if !outdated.is_empty() {
             let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n");
             for (db, names) in &outdated {
-                sql.push_str(&format!("\\connect {}\n", shell_quote(db)));
+                sql.push_str(&format!("\\connect {}\n", psql_quote(db)));
                 for name in names {
                     sql.push_str(&format!(
                         "ALTER EXTENSION \"{}\" UPDATE;\n",
@@ -1092,6 +1092,13 @@ impl<'a> Engine<'a> {
                 newbin.join("vacuumdb").display()
             ));
         }
+        if let Some(path) = self.write_reindex_script(&cwd)? {
+            next.push(format!(
+                "rebuild the indexes whose collation changed version: {} -f {}",
+                shell_quote(&newbin.join("psql").display().to_string()),
+                shell_quote(&path.display().to_string())
+            ));
+        }
         match self.write_delete_script(&cwd) {
             Some(path) => next.push(format!(
                 "once the new cluster runs well, delete the old one's files with {}",
@@ -1106,6 +1113,43 @@ impl<'a> Engine<'a> {
             ));
         }
         Ok(next)
+    }
+
+    /// `reindex_after_upgrade.sql`: the indexes ordered by a collation whose
+    /// library version differs between the installations (the check warned).
+    fn write_reindex_script(&self, cwd: &Path) -> Result<Option<PathBuf>, Failure> {
+        let (Some(old), Some(new)) = (&self.report.old.catalog, &self.report.new.catalog) else {
+            return Ok(None);
+        };
+        let mut by_database: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for index in &old.uses.collated_indexes {
+            let key = (index.provider.clone(), index.locale.clone());
+            if new
+                .can
+                .collation_versions
+                .get(&key)
+                .is_some_and(|v| *v != index.old_version)
+            {
+                by_database
+                    .entry(index.database.as_str())
+                    .or_default()
+                    .push(index.index.as_str());
+            }
+        }
+        if by_database.is_empty() {
+            return Ok(None);
+        }
+        let mut sql = String::from("-- Written by pg-migrate: indexes ordered by collations whose library version changed.\n");
+        for (database, indexes) in by_database {
+            sql.push_str(&format!("\\connect {}\n", psql_quote(database)));
+            for index in indexes {
+                sql.push_str(&format!("REINDEX INDEX CONCURRENTLY {index};\n"));
+            }
+        }
+        let path = cwd.join("reindex_after_upgrade.sql");
+        std::fs::write(&path, sql)
+            .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
+        Ok(Some(path))
     }
 
     /// `delete_old_cluster.sh` in the current directory, unless a directory
@@ -1205,6 +1249,11 @@ impl<'a> Engine<'a> {
         failure.remedy = Some(advice.join("; "));
         failure
     }
+}
+
+/// A psql meta-command argument: single quotes, a quote doubled.
+fn psql_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The commands that continue or undo an interrupted upgrade of `new_datadir`.

@@ -356,3 +356,77 @@ fn a_tablespace_inside_the_old_data_directory_is_a_warning() {
     assert_eq!(check["status"], "warn");
     assert_eq!(check["code"], "tablespace_in_datadir");
 }
+
+/// The extension preflight lists every installed extension per database with
+/// what the new installation offers: 12's hstore 1.6 meets 18's 1.8.
+#[test]
+fn extension_preflight_report() {
+    let Some(run) = check_with(12, 18, "CREATE EXTENSION hstore; CREATE EXTENSION citext;") else {
+        return;
+    };
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = names(&run, "new-extensions");
+    assert!(
+        report
+            .iter()
+            .any(|n| n.starts_with("hstore 1.6; update to 1.8")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .iter()
+            .any(|n| n.starts_with("plpgsql 1.0, the new installation's default too")),
+        "{report:?}"
+    );
+    assert!(
+        report.iter().any(|n| n.starts_with("citext ")),
+        "{report:?}"
+    );
+}
+
+/// 12's build carries ICU 60, 15's (Debian) a newer ICU: an index ordered by
+/// an ICU collation changes meaning. The check warns and lists it; the
+/// upgrade writes reindex_after_upgrade.sql, which rebuilds it.
+#[test]
+fn collation_library_versions_that_changed() {
+    let Some(mut pair) = Pair::new(12, 15) else {
+        return;
+    };
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "CREATE COLLATION german (provider = icu, locale = 'de');
+             CREATE TABLE words (w text COLLATE german);
+             INSERT INTO words SELECT md5(g::text) FROM generate_series(1, 1000) g;
+             CREATE INDEX words_w ON words (w);",
+        )
+    });
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "a warning, not a failure: {}", run.stderr);
+    let check = run.check("new-collation-versions");
+    assert_eq!(check["status"], "warn", "{check}");
+    assert_eq!(check["code"], "collation_version_changed");
+    assert!(
+        names(&run, "new-collation-versions")[0].starts_with("public.words_w (ICU collation de:")
+    );
+    let mut args = pair.dir_args();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let script =
+        std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap();
+    assert!(
+        script.contains("\\connect 'postgres'")
+            && script.contains("REINDEX INDEX CONCURRENTLY public.words_w;"),
+        "{script}"
+    );
+    pair.new.start();
+    run_ok(
+        as_test_user(pair.new.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&pair.new.sockdir)
+            .args(["-p", &pair.new.port.to_string(), "-d", "postgres", "-f"])
+            .arg(pair.sandbox.path().join("reindex_after_upgrade.sql")),
+    );
+    pair.new.stop();
+}

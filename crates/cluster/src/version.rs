@@ -82,6 +82,15 @@ impl PgMajor {
         }
     }
 
+    /// The pg_collation column holding an ICU collation's locale.
+    pub fn icu_collation_locale_column(self) -> &'static str {
+        match self.number() {
+            ..=14 => "collcollate",
+            15 | 16 => "colliculocale",
+            _ => "colllocale",
+        }
+    }
+
     /// 18's initdb enables data checksums unless told otherwise.
     pub fn initdb_checksums_default_on(self) -> bool {
         self.0 >= 1800

@@ -17,7 +17,7 @@ use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 25] = [
+pub(crate) const CHECKS: [(&str, &str); 26] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -69,6 +69,10 @@ pub(crate) const CHECKS: [(&str, &str); 25] = [
     (
         "new-libraries",
         "every shared library the old cluster needs loads in the new installation",
+    ),
+    (
+        "new-collation-versions",
+        "collation library versions unchanged for indexes",
     ),
 ];
 
@@ -758,7 +762,7 @@ fn gather(
             }
             (rule_hits, Capabilities::default())
         }
-        (Which::New, needed) => (Vec::new(), probe_capabilities(&mut client, needed)?),
+        (Which::New, needed) => (Vec::new(), probe_capabilities(&mut client, major, needed)?),
     };
     drop(client);
     let pair = (which == Which::Old).then_some((major, new_major));
@@ -857,6 +861,7 @@ fn scan_databases(
         uses.icu.extend(scan.uses.icu);
         uses.lz4.extend(scan.uses.lz4);
         uses.xml.extend(scan.uses.xml);
+        uses.collated_indexes.extend(scan.uses.collated_indexes);
         for (key, dbs) in scan.uses.extensions {
             uses.extensions.entry(key).or_default().extend(dbs);
         }
@@ -942,6 +947,24 @@ fn scan_one(
         &crate::catalogue::xml_sql(),
         "looking for xml columns",
     )?;
+    let collated = client
+        .query(crate::catalogue::collated_indexes_sql(old).as_str(), &[])
+        .map_err(|e| pgm_cluster::Error::Query {
+            database: database.to_string(),
+            what: "looking for collation-dependent indexes".into(),
+            detail: pgm_cluster::describe_pg_error(&e),
+        })?;
+    scan.uses.collated_indexes = collated
+        .iter()
+        .map(|r| crate::catalogue::CollatedIndex {
+            database: database.to_string(),
+            index: r.get(0),
+            bytes: r.get(1),
+            provider: r.get(2),
+            locale: r.get(3),
+            old_version: r.get(4),
+        })
+        .collect();
     let q = |what: &'static str| {
         move |e: postgres::Error| pgm_cluster::Error::Query {
             database: database.to_string(),
@@ -1053,10 +1076,15 @@ pub struct Capabilities {
     pub stuck_extensions: Vec<(String, String, String)>,
     /// Libraries that did not load, with the server's complaint.
     pub failed_libraries: BTreeMap<String, String>,
+    /// The new installation's default version of each extension the old cluster has.
+    pub extension_defaults: BTreeMap<String, String>,
+    /// (provider, locale) → the collation library's version in the new installation.
+    pub collation_versions: BTreeMap<(String, String), String>,
 }
 
 fn probe_capabilities(
     client: &mut postgres::Client,
+    new_major: PgMajor,
     needed: Option<&CapabilityUse>,
 ) -> Result<Capabilities, pgm_cluster::Error> {
     let q = |what: &'static str| {
@@ -1095,6 +1123,7 @@ fn probe_capabilities(
         match default {
             None => can.missing_extensions.push(name.clone()),
             Some(default) if default != *version => {
+                can.extension_defaults.insert(name.clone(), default.clone());
                 let reachable: bool = client
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension_update_paths($1)
@@ -1108,7 +1137,35 @@ fn probe_capabilities(
                         .push((name.clone(), version.clone(), default));
                 }
             }
-            Some(_) => {}
+            Some(default) => {
+                can.extension_defaults.insert(name.clone(), default);
+            }
+        }
+    }
+    let mut wanted: Vec<(String, String)> = needed
+        .collated_indexes
+        .iter()
+        .map(|i| (i.provider.clone(), i.locale.clone()))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    for (provider, locale) in wanted {
+        let column = if provider == "i" {
+            new_major.icu_collation_locale_column()
+        } else {
+            "collcollate"
+        };
+        let sql = format!(
+            "SELECT pg_catalog.pg_collation_actual_version(oid) FROM pg_catalog.pg_collation
+              WHERE collprovider::text = $1 AND {column} = $2
+                AND pg_catalog.pg_collation_actual_version(oid) IS NOT NULL LIMIT 1"
+        );
+        if let Some(row) = client
+            .query_opt(sql.as_str(), &[&provider, &locale])
+            .map_err(q("reading collation versions"))?
+        {
+            can.collation_versions
+                .insert((provider, locale), row.get(0));
         }
     }
     for library in needed.libraries.keys() {
@@ -1294,6 +1351,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
             title("new-extensions"),
             format!("{count} extension versions in use; each is available in the new installation"),
         )
+        .with_objects(extension_report(uses, can))
     });
     let failed: Vec<ObjectRef> = can
         .failed_libraries
@@ -1317,6 +1375,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         )
         .with_objects(failed)
     });
+    out.push(collation_drift(uses, can));
     out
 }
 
@@ -1343,4 +1402,86 @@ fn icu_built_in(client: &mut postgres::Client) -> Result<bool, pgm_cluster::Erro
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collprovider = 'i')"
     };
     Ok(client.query_one(sql, &[]).map_err(q)?.get(0))
+}
+
+/// Every installed extension, per database, with what the new installation
+/// offers for it: the preflight report.
+fn extension_report(uses: &CapabilityUse, can: &Capabilities) -> Vec<ObjectRef> {
+    uses.extensions
+        .iter()
+        .flat_map(|((name, version), dbs)| {
+            let status = match can.extension_defaults.get(name) {
+                None => "not available in the new installation".to_string(),
+                Some(default) if default == version => {
+                    format!("{version}, the new installation's default too")
+                }
+                Some(default) if can.stuck_extensions.iter().any(|(n, _, _)| n == name) => {
+                    format!("{version}; the new default {default} cannot be reached")
+                }
+                Some(default) => {
+                    format!("{version}; update to {default} afterwards (update_extensions.sql)")
+                }
+            };
+            dbs.iter().map(move |db| ObjectRef {
+                database: Some(db.clone()),
+                kind: "extension".into(),
+                name: format!("{name} {status}"),
+            })
+        })
+        .collect()
+}
+
+/// Indexes ordered by a collation whose library version differs between the
+/// installations may be silently corrupt after the upgrade until rebuilt.
+fn collation_drift(uses: &CapabilityUse, can: &Capabilities) -> Finding {
+    let id = "new-collation-versions";
+    let drifted: Vec<&crate::catalogue::CollatedIndex> = uses
+        .collated_indexes
+        .iter()
+        .filter(|i| {
+            can.collation_versions
+                .get(&(i.provider.clone(), i.locale.clone()))
+                .is_some_and(|v| *v != i.old_version)
+        })
+        .collect();
+    if drifted.is_empty() {
+        return Finding::pass(
+            id,
+            title(id),
+            format!(
+                "{} indexes depend on a versioned collation; none changed version",
+                uses.collated_indexes.len()
+            ),
+        );
+    }
+    let bytes: i64 = drifted.iter().map(|i| i.bytes).sum();
+    let objects: Vec<ObjectRef> = drifted
+        .iter()
+        .map(|i| ObjectRef {
+            database: Some(i.database.clone()),
+            kind: "index".into(),
+            name: format!(
+                "{} ({} collation {}: {} -> {}, {} bytes)",
+                i.index,
+                if i.provider == "i" { "ICU" } else { "libc" },
+                i.locale,
+                i.old_version,
+                can.collation_versions[&(i.provider.clone(), i.locale.clone())],
+                i.bytes
+            ),
+        })
+        .collect();
+    Finding::warn(
+        id,
+        title(id),
+        "collation_version_changed",
+        format!(
+            "{} indexes ({} bytes) are ordered by collations whose library version differs in the new installation; they may return wrong results until rebuilt: {}",
+            drifted.len(),
+            bytes,
+            describe_objects(&objects)
+        ),
+        "after the upgrade, rebuild them with the REINDEX statements in reindex_after_upgrade.sql (written by the upgrade)",
+    )
+    .with_objects(objects)
 }

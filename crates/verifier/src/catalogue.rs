@@ -225,6 +225,40 @@ pub struct CapabilityUse {
     pub extensions: BTreeMap<(String, String), Vec<String>>,
     /// Shared libraries of C functions → the functions that need them.
     pub libraries: BTreeMap<String, Vec<ObjectRef>>,
+    /// Indexes that depend on a versioned collation.
+    pub collated_indexes: Vec<CollatedIndex>,
+}
+
+/// An index whose order depends on a collation's library version.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollatedIndex {
+    pub database: String,
+    pub index: String,
+    pub bytes: i64,
+    /// "c" (libc) or "i" (ICU).
+    pub provider: String,
+    pub locale: String,
+    /// The collation library's version as the old installation reports it.
+    pub old_version: String,
+}
+
+pub(crate) fn collated_indexes_sql(old: PgMajor) -> String {
+    let icu = old.icu_collation_locale_column();
+    format!(
+        "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, ic.relname), pg_catalog.pg_relation_size(ic.oid),
+                c.collprovider::text,
+                CASE WHEN c.collprovider = 'i' THEN c.{icu} ELSE c.collcollate END::text,
+                pg_catalog.pg_collation_actual_version(c.oid)
+           FROM pg_catalog.pg_index i
+           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
+           CROSS JOIN LATERAL pg_catalog.unnest(i.indcollation::pg_catalog.oid[]) AS u(coll)
+           JOIN pg_catalog.pg_collation c ON c.oid = u.coll
+          WHERE c.collprovider IN ('c', 'i')
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+            AND pg_catalog.pg_collation_actual_version(c.oid) IS NOT NULL
+          ORDER BY 1"
+    )
 }
 
 pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
