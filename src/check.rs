@@ -44,6 +44,7 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         log_dir: run_dir.log_dir(),
         allow_live_old: settings.check_only,
         create_new: true,
+        strict: settings.strict,
         transfer: match settings.mode {
             crate::cli::Mode::Link => pgm_verifier::TransferKind::Link,
             _ => pgm_verifier::TransferKind::Copy,

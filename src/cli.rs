@@ -161,6 +161,9 @@ pub struct Options {
     /// Write status to stdout as JSON lines (see docs/json-status.md)
     #[arg(long = "json")]
     pub json: bool,
+    /// Treat warnings that can hide wrong results (collation versions) as failures
+    #[arg(long = "strict")]
+    pub strict: bool,
 }
 
 impl Options {
@@ -201,6 +204,7 @@ pub struct Settings {
     pub no_statistics: bool,
     pub verbose: bool,
     pub json: bool,
+    pub strict: bool,
     pub set_char_signedness: Option<Signedness>,
 }
 
@@ -290,6 +294,7 @@ impl Options {
             no_statistics: self.no_statistics,
             verbose: self.verbose,
             json: self.json,
+            strict: self.strict,
             set_char_signedness: self.set_char_signedness,
         })
     }

@@ -409,6 +409,13 @@ fn collation_library_versions_that_changed() {
     assert!(
         names(&run, "new-collation-versions")[0].starts_with("public.words_w (ICU collation de:")
     );
+    // --strict makes it a failure.
+    let strict = pair.check(&["--strict"]);
+    assert_refused(
+        &strict,
+        "new-collation-versions",
+        "collation_version_changed",
+    );
     let mut args = pair.dir_args();
     args.extend(["--link".into(), "--json".into()]);
     let run = pair.run(&args);

@@ -1375,7 +1375,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         )
         .with_objects(failed)
     });
-    out.push(collation_drift(uses, can));
+    out.push(collation_drift(uses, can, report.strict));
     out
 }
 
@@ -1433,7 +1433,7 @@ fn extension_report(uses: &CapabilityUse, can: &Capabilities) -> Vec<ObjectRef> 
 
 /// Indexes ordered by a collation whose library version differs between the
 /// installations may be silently corrupt after the upgrade until rebuilt.
-fn collation_drift(uses: &CapabilityUse, can: &Capabilities) -> Finding {
+fn collation_drift(uses: &CapabilityUse, can: &Capabilities, strict: bool) -> Finding {
     let id = "new-collation-versions";
     let drifted: Vec<&crate::catalogue::CollatedIndex> = uses
         .collated_indexes
@@ -1471,7 +1471,8 @@ fn collation_drift(uses: &CapabilityUse, can: &Capabilities) -> Finding {
             ),
         })
         .collect();
-    Finding::warn(
+    let finding = if strict { Finding::fail } else { Finding::warn };
+    finding(
         id,
         title(id),
         "collation_version_changed",

@@ -61,6 +61,8 @@ pub struct CheckConfig {
     pub create_new: bool,
     /// How files will move: decides what the filesystems must allow.
     pub transfer: TransferKind,
+    /// Collation-version changes fail instead of warning.
+    pub strict: bool,
 }
 
 /// What the transfer mode asks of the filesystems.
@@ -111,6 +113,8 @@ pub struct Report {
     pub new_started: bool,
     /// The new data directory does not exist yet; pg-migrate will create it.
     pub new_to_create: bool,
+    /// `--strict`: warnings that can hide wrong results fail.
+    pub strict: bool,
 }
 
 impl Report {
@@ -128,7 +132,10 @@ impl Report {
 
 /// Runs every check, handing each finding to `sink` as soon as it is known.
 pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Report {
-    let mut report = Report::default();
+    let mut report = Report {
+        strict: config.strict,
+        ..Report::default()
+    };
     let mut emit = |report: &mut Report, finding: Finding| {
         sink(&finding);
         report.findings.push(finding);
