@@ -102,17 +102,7 @@ fn run() -> i32 {
     let journal = if matches!(action, Action::Resume | Action::Revert) {
         match recovery::fill_from_journal(&mut options) {
             Ok(view) => Some(view),
-            Err(r) => {
-                return fail_early(
-                    &printer,
-                    started,
-                    name,
-                    r.code,
-                    r.message,
-                    &r.remedy,
-                    exit::USAGE,
-                )
-            }
+            Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
         }
     } else {
         None
@@ -144,17 +134,7 @@ fn run() -> i32 {
     }
     let _lock = match recovery::lock(&settings) {
         Ok(lock) => lock,
-        Err(r) => {
-            return fail_early(
-                &printer,
-                started,
-                name,
-                r.code,
-                r.message,
-                &r.remedy,
-                exit::USAGE,
-            )
-        }
+        Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
     };
     install_signal_handlers(settings.json, started, name);
     match (action, journal) {
@@ -162,15 +142,7 @@ fn run() -> i32 {
         (Action::Resume, Some(view)) => run_resume(&settings, &printer, started, &view),
         _ => {
             if let Err(r) = recovery::refuse_unfinished(&settings) {
-                return fail_early(
-                    &printer,
-                    started,
-                    name,
-                    r.code,
-                    r.message,
-                    &r.remedy,
-                    exit::USAGE,
-                );
+                return refuse(&printer, started, name, r, exit::USAGE);
             }
             if action == Action::Upgrade {
                 recovery::archive_reverted_journal(&settings.new_datadir);
@@ -346,15 +318,7 @@ fn run_resume(
 ) -> i32 {
     let name = "resume";
     if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
-        return fail_early(
-            printer,
-            started,
-            name,
-            r.code,
-            r.message,
-            &r.remedy,
-            exit::FAILED_OLD_INTACT,
-        );
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
     match journal::read_state(&settings.new_datadir) {
         Some(journal::State::Complete) => {
@@ -427,15 +391,7 @@ fn run_resume(
         return summarize(settings, printer, started, run_dir, summary);
     }
     if let Err(r) = recovery::reset_new_cluster(settings) {
-        return fail_early(
-            printer,
-            started,
-            name,
-            r.code,
-            r.message,
-            &r.remedy,
-            exit::FAILED_OLD_INTACT,
-        );
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
     run_command(settings, printer, started, true)
 }
@@ -450,15 +406,7 @@ fn run_revert(
 ) -> i32 {
     let name = "revert";
     if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
-        return fail_early(
-            printer,
-            started,
-            name,
-            r.code,
-            r.message,
-            &r.remedy,
-            exit::FAILED_OLD_INTACT,
-        );
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
     match recovery::revert(settings, view) {
         Ok(reverted) => {
@@ -494,15 +442,7 @@ fn run_revert(
             });
             exit::SUCCESS
         }
-        Err(r) => fail_early(
-            printer,
-            started,
-            name,
-            r.code,
-            r.message,
-            &r.remedy,
-            exit::FAILED_NEEDS_RECOVERY,
-        ),
+        Err(r) => refuse(printer, started, name, r, exit::FAILED_NEEDS_RECOVERY),
     }
 }
 
@@ -554,6 +494,19 @@ fn summarize(
         next_steps: summary.next_steps,
     });
     summary.exit_code
+}
+
+/// Reports a refusal (nothing was done) and the summary.
+fn refuse(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    r: recovery::Refusal,
+    exit_code: i32,
+) -> i32 {
+    fail_early(
+        printer, started, command, r.code, r.message, &r.remedy, exit_code,
+    )
 }
 
 /// Reports an error found before any cluster was changed, and the summary.

@@ -470,17 +470,32 @@ pub fn finish(output: Output) -> Run {
     }
 }
 
-/// Makes the pg-migrate binary reachable by the test user (the build tree
-/// may sit under a directory only root can enter): copies it into `dir`.
-pub fn binary_for_test_user(binary: &Path, dir: &Path) -> PathBuf {
+/// The pg-migrate binary as the test user can run it: the build's own file
+/// when the test user can reach it, else one copy per test process (made
+/// once: copying a binary while other threads fork makes exec fail with
+/// "text file busy").
+pub fn binary_for_test_user(binary: &Path, _dir: &Path) -> PathBuf {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
     let user = test_user();
     if !user.switch {
         return binary.to_path_buf();
     }
-    let target = dir.join("pg-migrate");
-    if !target.exists() {
+    let reachable = as_test_user("test")
+        .arg("-x")
+        .arg(binary)
+        .status()
+        .is_ok_and(|s| s.success());
+    if reachable {
+        return binary.to_path_buf();
+    }
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pgmt-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let target = dir.join("pg-migrate");
         std::fs::copy(binary, &target).unwrap();
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    target
+        target
+    })
+    .clone()
 }

@@ -277,12 +277,7 @@ fn inspect(
             match Server::start(&install, &datadir, &options) {
                 Ok(server) => server,
                 Err(e) => {
-                    let (code, remedy) = classify_connect_error(&e.to_string(), which, config);
-                    emit(
-                        report,
-                        Finding::fail(connect_id, title(connect_id), code, e.to_string(), remedy),
-                    );
-                    skip_rest(which, report, emit);
+                    fail_connect(&e, which, config, report, emit);
                     return None;
                 }
             }
@@ -308,12 +303,7 @@ fn inspect(
     let mut facts = match gathered {
         Ok(facts) => facts,
         Err(e) => {
-            let (code, remedy) = classify_connect_error(&e.to_string(), which, config);
-            emit(
-                report,
-                Finding::fail(connect_id, title(connect_id), code, e.to_string(), remedy),
-            );
-            skip_rest(which, report, emit);
+            fail_connect(&e, which, config, report, emit);
             return None;
         }
     };
@@ -563,6 +553,30 @@ fn inspect(
     }
     facts.databases.sort_by_key(|d| d.oid);
     Some(facts)
+}
+
+/// The server could not be started or queried: that side's connect check
+/// fails and the rest of its checks are skipped.
+fn fail_connect(
+    error: &pgm_cluster::Error,
+    which: Which,
+    config: &CheckConfig,
+    report: &mut Report,
+    emit: &mut Emit<'_>,
+) {
+    let connect_id = ids(which)[0];
+    let (code, remedy) = classify_connect_error(&error.to_string(), which, config);
+    emit(
+        report,
+        Finding::fail(
+            connect_id,
+            title(connect_id),
+            code,
+            error.to_string(),
+            remedy,
+        ),
+    );
+    skip_rest(which, report, emit);
 }
 
 fn skip_rest(which: Which, report: &mut Report, emit: &mut Emit<'_>) {
