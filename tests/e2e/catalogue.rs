@@ -437,3 +437,30 @@ fn collation_library_versions_that_changed() {
     );
     pair.new.stop();
 }
+
+/// A subscription whose table is mid-copy cannot be carried. No publisher is
+/// needed to show it: the subscription is made without connecting and the
+/// table's state is set the way the initial copy would leave it.
+#[test]
+fn subscriptions_with_tables_mid_synchronization() {
+    let Some(run) = check_with(
+        17,
+        18,
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE SUBSCRIPTION sub CONNECTION 'host=/nonexistent dbname=nowhere' PUBLICATION pub
+           WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE);
+         INSERT INTO pg_subscription_rel (srsubid, srrelid, srsubstate, srsublsn)
+           SELECT oid, 't'::regclass, 'd', NULL FROM pg_subscription WHERE subname = 'sub';",
+    ) else {
+        return;
+    };
+    assert_refused(
+        &run,
+        "old-subscription-states",
+        "subscription_relation_state",
+    );
+    assert_eq!(
+        names(&run, "old-subscription-states"),
+        ["sub: table public.t in state d"]
+    );
+}

@@ -17,7 +17,7 @@ use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 26] = [
+pub(crate) const CHECKS: [(&str, &str); 27] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -45,6 +45,10 @@ pub(crate) const CHECKS: [(&str, &str); 26] = [
     (
         "old-logical-slots",
         "no logical replication slots left behind",
+    ),
+    (
+        "old-subscription-states",
+        "every subscribed table ready or still to be copied",
     ),
     (
         "old-isn-float8",

@@ -188,6 +188,18 @@ pub(crate) const RULES: &[Rule] = &[
         remedy: "drop the slots before upgrading (SELECT pg_drop_replication_slot(name)) and re-create them, and re-sync their subscribers, afterwards; or use PostgreSQL's pg_upgrade for this cluster",
     },
     Rule {
+        id: "old-subscription-states",
+        title: "every subscribed table ready or still to be copied",
+        code: "subscription_relation_state",
+        applies: |old, _| old.number() >= 17,
+        sql: || "SELECT 'subscription', pg_catalog.format('%I: table %s in state %s', s.subname, r.srrelid::pg_catalog.regclass, r.srsubstate)
+                   FROM pg_catalog.pg_subscription_rel r JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
+                  WHERE r.srsubstate NOT IN ('i', 'r') ORDER BY 2".into(),
+        global: false,
+        why: "a table in the middle of its initial copy or catch-up cannot be carried: its synchronization state does not survive the upgrade",
+        remedy: "let the subscriptions finish synchronizing (every table 'r' in pg_subscription_rel) or disable them before the initial copy starts, then upgrade",
+    },
+    Rule {
         id: "old-isn-float8",
         title: "contrib/isn only where float8 passing matches",
         code: "isn_float8_mismatch",
