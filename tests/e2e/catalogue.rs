@@ -464,3 +464,31 @@ fn subscriptions_with_tables_mid_synchronization() {
         ["sub: table public.t in state d"]
     );
 }
+
+/// Each carried subscription needs a replication origin in the new server.
+#[test]
+fn too_few_replication_origins_for_the_subscriptions() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "CREATE SUBSCRIPTION sub CONNECTION 'host=/nonexistent dbname=nowhere' PUBLICATION pub
+               WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE);",
+        )
+    });
+    let ok = pair.check(&[]);
+    assert_eq!(
+        ok.check("new-replication-origins")["status"],
+        "pass",
+        "{}",
+        ok.stderr
+    );
+    let run = pair.check(&["-O", "-c max_active_replication_origins=0"]);
+    assert_refused(
+        &run,
+        "new-replication-origins",
+        "too_few_replication_origins",
+    );
+}

@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 53] = [
+const ALL_CHECKS: [&str; 54] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -57,6 +57,7 @@ const ALL_CHECKS: [&str; 53] = [
     "new-extensions",
     "new-libraries",
     "new-collation-versions",
+    "new-replication-origins",
 ];
 
 fn check_passes(old_major: u32, new_major: u32) {
@@ -82,7 +83,7 @@ fn check_passes(old_major: u32, new_major: u32) {
     assert_eq!(run.events[0]["event"], "plan");
     let summary = run.summary();
     assert_eq!(summary["result"], "ok");
-    assert_eq!(summary["checks"]["pass"], 53);
+    assert_eq!(summary["checks"]["pass"], 54);
     assert!(summary["old_version"]
         .as_str()
         .unwrap()
@@ -151,7 +152,7 @@ fn human_output_lists_every_check_on_stderr_and_nothing_on_stdout() {
         "stdout must stay empty without --json: {}",
         run.stdout
     );
-    assert_eq!(run.stderr.matches('✓').count(), 53, "{}", run.stderr);
+    assert_eq!(run.stderr.matches('✓').count(), 54, "{}", run.stderr);
     assert!(run.stderr.contains("*Clusters are compatible*"));
 }
 

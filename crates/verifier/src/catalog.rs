@@ -17,7 +17,7 @@ use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 27] = [
+pub(crate) const CHECKS: [(&str, &str); 28] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -77,6 +77,10 @@ pub(crate) const CHECKS: [(&str, &str); 27] = [
     (
         "new-collation-versions",
         "collation library versions unchanged for indexes",
+    ),
+    (
+        "new-replication-origins",
+        "replication origins for every subscription",
     ),
 ];
 
@@ -750,6 +754,12 @@ fn gather(
             for library in preload.split(',').map(str::trim).filter(|l| !l.is_empty()) {
                 uses_preload.push(library.trim_matches('"').to_string());
             }
+            if major.number() >= 17 {
+                cluster_uses.subscriptions = client
+                    .query_one("SELECT count(*) FROM pg_catalog.pg_subscription", &[])
+                    .map_err(q("counting subscriptions"))?
+                    .get(0);
+            }
             if major.number() >= 14 {
                 let compression: String = client
                     .query_one(
@@ -789,6 +799,7 @@ fn gather(
     let mut uses = scanned;
     uses.icu.splice(0..0, cluster_uses.icu);
     uses.lz4.splice(0..0, cluster_uses.lz4);
+    uses.subscriptions = cluster_uses.subscriptions;
     for library in uses_preload {
         uses.libraries
             .entry(library.clone())
@@ -1098,6 +1109,8 @@ pub struct Capabilities {
     pub extension_defaults: BTreeMap<String, String>,
     /// (provider, locale) → the collation library's version in the new installation.
     pub collation_versions: BTreeMap<(String, String), String>,
+    /// How many replication origins the new server can track (17 and later).
+    pub replication_origins: Option<i64>,
 }
 
 fn probe_capabilities(
@@ -1129,6 +1142,19 @@ fn probe_capabilities(
             .is_ok(),
         ..Capabilities::default()
     };
+    if new_major.number() >= 17 {
+        // 18 has its own setting; 17 counted origins against replication slots.
+        let setting = if new_major.number() >= 18 {
+            "max_active_replication_origins"
+        } else {
+            "max_replication_slots"
+        };
+        let value: String = client
+            .query_one("SELECT pg_catalog.current_setting($1)", &[&setting])
+            .map_err(q("reading the replication origin limit"))?
+            .get(0);
+        can.replication_origins = value.parse().ok();
+    }
     let Some(needed) = needed else { return Ok(can) };
     for (name, version) in needed.extensions.keys() {
         let default: Option<String> = client
@@ -1394,6 +1420,21 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         .with_objects(failed)
     });
     out.push(collation_drift(uses, can, report.strict));
+    let id = "new-replication-origins";
+    out.push(match can.replication_origins {
+        _ if uses.subscriptions == 0 => Finding::pass(id, title(id), "the old cluster has no subscriptions to carry"),
+        Some(limit) if limit < uses.subscriptions => Finding::fail(
+            id,
+            title(id),
+            "too_few_replication_origins",
+            format!(
+                "the old cluster has {} subscriptions, each needing a replication origin, but the new server allows {limit}",
+                uses.subscriptions
+            ),
+            "raise max_active_replication_origins (18; max_replication_slots on 17) in the new cluster's postgresql.conf to at least the number of subscriptions",
+        ),
+        _ => Finding::pass(id, title(id), format!("{} subscriptions, and origins enough for them", uses.subscriptions)),
+    });
     out
 }
 

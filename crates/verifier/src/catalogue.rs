@@ -239,6 +239,8 @@ pub struct CapabilityUse {
     pub libraries: BTreeMap<String, Vec<ObjectRef>>,
     /// Indexes that depend on a versioned collation.
     pub collated_indexes: Vec<CollatedIndex>,
+    /// Subscriptions (17 and later carry them; each needs a replication origin).
+    pub subscriptions: i64,
 }
 
 /// An index whose order depends on a collation's library version.
