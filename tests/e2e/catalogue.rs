@@ -51,6 +51,7 @@ fn reg_type_columns_directly_and_through_domains_arrays_and_composites() {
         run.check("old-reg-types")["objects"][0]["database"],
         "postgres"
     );
+    assert_eq!(run.check("old-reg-types")["objects"][0]["schema"], "public");
 }
 
 #[test]

@@ -770,6 +770,7 @@ fn gather(
                     .get(0);
                 if compression == "lz4" {
                     cluster_uses.lz4.push(ObjectRef {
+                        schema: None,
                         database: None,
                         kind: "setting".into(),
                         name: "default_toast_compression = lz4".into(),
@@ -782,6 +783,7 @@ fn gather(
                     .map_err(q("looking for ICU databases"))?
                 {
                     cluster_uses.icu.push(ObjectRef {
+                        schema: None,
                         database: None,
                         kind: "database".into(),
                         name: quote_ident(&row.get::<_, String>(0)),
@@ -805,6 +807,7 @@ fn gather(
             .entry(library.clone())
             .or_default()
             .push(ObjectRef {
+                schema: None,
                 database: None,
                 kind: "setting".into(),
                 name: format!("shared_preload_libraries = '{library}'"),
@@ -920,6 +923,8 @@ fn objects(
             database: Some(database.to_string()),
             kind: r.get(0),
             name: r.get(1),
+            // Schema objects' queries name the schema in a third column.
+            schema: if r.len() > 2 { r.get(2) } else { None },
         })
         .collect())
 }
@@ -1020,6 +1025,7 @@ fn scan_one(
             .entry(row.get(0))
             .or_default()
             .push(ObjectRef {
+                schema: None,
                 database: Some(database.to_string()),
                 kind: "function".into(),
                 name: row.get(1),
@@ -1364,6 +1370,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         .filter(|((name, _), _)| can.missing_extensions.contains(name))
         .flat_map(|((name, version), dbs)| {
             dbs.iter().map(move |db| ObjectRef {
+                schema: None,
                 database: Some(db.clone()),
                 kind: "extension".into(),
                 name: format!("{name} {version}"),
@@ -1482,6 +1489,7 @@ fn extension_report(uses: &CapabilityUse, can: &Capabilities) -> Vec<ObjectRef> 
                 }
             };
             dbs.iter().map(move |db| ObjectRef {
+                schema: None,
                 database: Some(db.clone()),
                 kind: "extension".into(),
                 name: format!("{name} {status}"),
@@ -1517,6 +1525,7 @@ fn collation_drift(uses: &CapabilityUse, can: &Capabilities, strict: bool) -> Fi
     let objects: Vec<ObjectRef> = drifted
         .iter()
         .map(|i| ObjectRef {
+            schema: None,
             database: Some(i.database.clone()),
             kind: "index".into(),
             name: format!(

@@ -19,6 +19,9 @@ pub struct ObjectRef {
     pub kind: String,
     /// The qualified name, quoted as SQL needs it.
     pub name: String,
+    /// The schema it lives in, for schema objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 pub(crate) struct Rule {
@@ -60,7 +63,7 @@ pub fn columns_using(types: &[(&str, &str)]) -> String {
                    JOIN x ON a.atttypid = x.oid
                UNION ALL
                  SELECT r.rngtypid FROM pg_catalog.pg_range r, x WHERE r.rngsubtype = x.oid) derived)
-         SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname)
+         SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), n.nspname::text
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
@@ -118,7 +121,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no postfix operators",
         code: "postfix_operators",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: || "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype)
+        sql: || "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype), n.nspname::text
                    FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
                   WHERE o.oprright = 0 AND o.oid >= 16384 ORDER BY 2".into(),
         global: false,
@@ -131,13 +134,13 @@ pub(crate) const RULES: &[Rule] = &[
         code: "incompatible_polymorphics",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
         sql: || format!(
-            "SELECT 'aggregate', p.oid::pg_catalog.regprocedure::text
+            "SELECT 'aggregate', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = p.oid
               WHERE p.oid >= 16384
                 AND (a.aggtransfn = ANY({OLD_POLYMORPHICS}) OR a.aggfinalfn = ANY({OLD_POLYMORPHICS}))
                 AND a.aggtranstype = ANY(ARRAY['anyarray', 'anyelement']::pg_catalog.regtype[])
              UNION ALL
-             SELECT 'operator', o.oid::pg_catalog.regoperator::text
+             SELECT 'operator', o.oid::pg_catalog.regoperator::text, o.oprnamespace::pg_catalog.regnamespace::text
                FROM pg_catalog.pg_operator o
               WHERE o.oid >= 16384 AND o.oprcode = ANY({OLD_POLYMORPHICS})
                 AND o.oprleft = ANY(ARRAY['anyarray', 'anyelement']::pg_catalog.regtype[])
@@ -152,7 +155,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no user-defined encoding conversions",
         code: "user_encoding_conversions",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: || "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname)
+        sql: || "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname), n.nspname::text
                    FROM pg_catalog.pg_conversion c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
                   WHERE c.oid >= 16384 ORDER BY 2".into(),
         global: false,
@@ -164,7 +167,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "NOT NULL agrees between inheritance parents and children",
         code: "inconsistent_not_null",
         applies: |old, new| old.number() < 18 && new.number() >= 18,
-        sql: || "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname)
+        sql: || "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname), n.nspname::text
                    FROM pg_catalog.pg_inherits i
                    JOIN pg_catalog.pg_attribute ac ON ac.attrelid = i.inhrelid
                    JOIN pg_catalog.pg_attribute ap ON ap.attrelid = i.inhparent AND ap.attname = ac.attname
@@ -205,7 +208,7 @@ pub(crate) const RULES: &[Rule] = &[
         code: "isn_float8_mismatch",
         // Judged against control data: see `float8_by_value_differs`.
         applies: |_, _| true,
-        sql: || "SELECT 'function', p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p
+        sql: || "SELECT 'function', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text FROM pg_catalog.pg_proc p
                   WHERE p.probin = '$libdir/isn' ORDER BY 2".into(),
         global: false,
         why: "the old and new installations pass float8 differently (by value or by reference), and contrib/isn's functions depend on it",
@@ -277,7 +280,7 @@ pub(crate) fn collated_indexes_sql(old: PgMajor) -> String {
 
 pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
     // ICU collations exist since 10; database-level ICU since 15.
-    let columns = "SELECT 'column', pg_catalog.format('%I.%I.%I (collation %I)', n.nspname, c.relname, a.attname, co.collname)
+    let columns = "SELECT 'column', pg_catalog.format('%I.%I.%I (collation %I)', n.nspname, c.relname, a.attname, co.collname), n.nspname::text
                      FROM pg_catalog.pg_attribute a
                      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -286,7 +289,7 @@ pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
                       AND c.relkind IN ('r', 'm', 'p', 'i', 'I')
                       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                    UNION ALL
-                   SELECT 'collation', pg_catalog.format('%I.%I', n.nspname, co.collname)
+                   SELECT 'collation', pg_catalog.format('%I.%I', n.nspname, co.collname), n.nspname::text
                      FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
                     WHERE co.collprovider = 'i' AND co.oid >= 16384";
     let _ = old;
@@ -295,7 +298,7 @@ pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
 
 pub(crate) fn lz4_sql(old: PgMajor) -> Option<String> {
     (old.number() >= 14).then(|| {
-        "SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname)
+        "SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), n.nspname::text
            FROM pg_catalog.pg_attribute a
            JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
