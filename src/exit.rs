@@ -9,7 +9,6 @@ pub const CHECKS_FAILED: i32 = 1;
 pub const USAGE: i32 = 2;
 /// The run failed, and the old cluster is intact and can be started as before.
 pub const FAILED_OLD_INTACT: i32 = 3;
-/// The run failed after changing things that need `pg-migrate resume` or
-/// `revert` (reserved for the upgrade engine; `check` never returns it).
-#[allow(dead_code)]
+/// The run failed after link mode's point of no return (the old cluster is
+/// disabled until `pg-migrate resume` or `revert`), or `revert` refused.
 pub const FAILED_NEEDS_RECOVERY: i32 = 4;

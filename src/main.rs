@@ -442,7 +442,16 @@ fn run_revert(
             });
             exit::SUCCESS
         }
-        Err(r) => refuse(printer, started, name, r, exit::FAILED_NEEDS_RECOVERY),
+        Err(r) => {
+            // Refusals that change nothing are usage-class; the others leave
+            // an upgrade that still needs resolving.
+            let code = match r.code {
+                "already_reverted" => exit::USAGE,
+                "reset_failed" => exit::FAILED_OLD_INTACT,
+                _ => exit::FAILED_NEEDS_RECOVERY,
+            };
+            refuse(printer, started, name, r, code)
+        }
     }
 }
 

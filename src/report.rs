@@ -285,6 +285,7 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             Some(text)
         }
         Event::Summary {
+            command,
             result,
             checks,
             logs,
@@ -304,12 +305,9 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
                 ));
             }
             match *result {
-                "ok" if checks.is_some()
-                    && next_steps.iter().any(|s| s.contains("without `check`")) =>
-                {
-                    text.push_str("\n*Clusters are compatible*")
-                }
+                "ok" if *command == "check" => text.push_str("\n*Clusters are compatible*"),
                 "ok" => text.push_str("\nUpgrade complete."),
+                "reverted" => text.push_str("\nUpgrade reverted."),
                 "checks_failed" => {
                     text.push_str("\nThe clusters are not compatible yet; nothing was changed.")
                 }

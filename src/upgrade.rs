@@ -106,11 +106,6 @@ struct SavedPlan {
     tablespaces: Vec<String>,
 }
 
-/// A named fault point (tests only; see `pgm_cluster::faults`).
-pub fn kill_point(point: impl FnOnce() -> String) {
-    pgm_cluster::faults::point(point);
-}
-
 /// What a signal handler needs to report an interrupted upgrade.
 #[derive(Clone)]
 pub struct Interruptible {
@@ -357,7 +352,7 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         crate::report::park_if_interrupted();
-        kill_point(|| format!("before:{name}"));
+        pgm_cluster::faults::point(|| format!("before:{name}"));
         self.printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();
         let result = f(self);
@@ -377,7 +372,7 @@ impl<'a> Engine<'a> {
                     )
                     .map_err(|e| Failure::new("journal_failed", e))?;
             }
-            kill_point(|| format!("after:{name}"));
+            pgm_cluster::faults::point(|| format!("after:{name}"));
         }
         result.map_err(|mut failure| {
             failure.message = format!("step {name}: {}", failure.message);
@@ -744,7 +739,7 @@ impl<'a> Engine<'a> {
     fn handover_counters(&mut self) -> Result<(), Failure> {
         let (old, new) = (self.old_dir.path.clone(), self.new_dir().path.clone());
         pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
-        kill_point(|| "handover-counters:commit-log-copied".into());
+        pgm_cluster::faults::point(|| "handover-counters:commit-log-copied".into());
         pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
         let wal = pgm_catalog::next_wal_file_name(&old, &self.old_control)
             .map_err(|e| Failure::new("handover_failed", e))?;
@@ -809,7 +804,7 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new("restore_failed", e))?;
             let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
             meter.add(1, 0);
-            kill_point(|| format!("restore-schema:database:{restored}"));
+            pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
             Ok(())
         };
         // template1 is dropped and re-created: nothing else may use it meanwhile.
@@ -990,7 +985,7 @@ impl<'a> Engine<'a> {
             .meter_bytes("transfer", self.moves.len() as u64, total_bytes);
         let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, &|p| {
             meter.set(p.files_done, p.bytes_done);
-            kill_point(|| format!("transfer:file:{}", p.files_done));
+            pgm_cluster::faults::point(|| format!("transfer:file:{}", p.files_done));
         })
         .map_err(|e| Failure::new("transfer_failed", e))?;
         meter.finish();

@@ -120,6 +120,19 @@ fn revert_after_a_finished_link_upgrade_and_its_limit() {
     ));
     assert_eq!(reverted.status, 0, "{}", reverted.stderr);
     assert_eq!(state(&pair), "reverted");
+    // Reverting or resuming what was reverted is refused, changing nothing.
+    let (old_before, new_before) = pair.snapshots();
+    for command in ["revert", "resume"] {
+        let again = pair.run(&with(
+            vec!["-D".into(), pair.new.datadir.clone().into()],
+            &[command],
+        ));
+        assert_eq!(again.status, 2, "{}", again.stderr);
+        assert_eq!(again.error()["code"], "already_reverted");
+    }
+    let (old_after, new_after) = pair.snapshots();
+    assert_same_tree(&old_before, &old_after, "old cluster");
+    assert_same_tree(&new_before, &new_after, "new cluster");
     pair.old.start();
     assert_same_state(
         &before,
@@ -131,6 +144,10 @@ fn revert_after_a_finished_link_upgrade_and_its_limit() {
     // Upgrade again, then run the new cluster: now revert must refuse.
     let run = pair.run(&with(pair.dir_args(), &["--link"]));
     assert_eq!(run.status, 0, "{}", run.stderr);
+    // A finished upgrade is not run over.
+    let again = pair.run(&with(pair.dir_args(), &["--link"]));
+    assert_eq!(again.status, 2, "{}", again.stderr);
+    assert_eq!(again.error()["code"], "already_upgraded");
     pair.new.start();
     pair.new.sql("postgres", "INSERT INTO kept VALUES (0)");
     pair.new.stop();
@@ -571,4 +588,26 @@ fn copy_onto_a_filesystem_that_is_too_small() {
     );
     pair.old.stop();
     drop(disk);
+}
+
+/// resume and revert need a journal; a new data directory without one is refused.
+#[test]
+fn resume_and_revert_without_a_journal_are_refused() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let (old_before, new_before) = pair.snapshots();
+    for command in ["resume", "revert"] {
+        let run = pair.run(&with(
+            vec!["-D".into(), pair.new.datadir.clone().into()],
+            &[command],
+        ));
+        assert_eq!(run.status, 2, "{}", run.stderr);
+        let error = run.error();
+        assert_eq!(error["code"], "no_journal");
+        assert!(error["remedy"].as_str().unwrap().contains("-D"), "{error}");
+    }
+    let (old_after, new_after) = pair.snapshots();
+    assert_same_tree(&old_before, &old_after, "old cluster");
+    assert_same_tree(&new_before, &new_after, "new cluster");
 }
