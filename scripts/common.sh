@@ -59,3 +59,21 @@ ensure_prerequisites() {
     return 1
   }
 }
+
+# A versioned libc locale for the collation tests (PostgreSQL records no
+# version for C, C.UTF-8 or POSIX). Generated system-wide, so root only.
+test_locale=en_US.UTF-8
+ensure_test_locale() {
+  if locale -a 2>/dev/null | grep -qix 'en_US\.utf-\?8'; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "warning: locale $test_locale is missing and only root can generate it (localedef -i en_US -c -f UTF-8 $test_locale); the collation tests will fail" >&2
+    return 0
+  fi
+  if ! [ -e /usr/share/i18n/locales/en_US ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq locales >&2
+  fi
+  localedef -i en_US -c -f UTF-8 "$test_locale"
+}

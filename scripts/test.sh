@@ -10,6 +10,7 @@ cd "$root"
 
 ensure_prerequisites
 ensure_user
+ensure_test_locale
 PG_MIGRATE_PG_PREFIX=$(resolve_prefix)
 export PG_MIGRATE_PG_PREFIX
 bash scripts/install-postgres.sh

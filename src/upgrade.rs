@@ -1089,7 +1089,7 @@ impl<'a> Engine<'a> {
         }
         if let Some(path) = self.write_reindex_script(&cwd)? {
             next.push(format!(
-                "rebuild the indexes whose collation changed version: {} -f {}",
+                "rebuild what a changed collation or Unicode version affects: {} -f {}",
                 shell_quote(&newbin.join("psql").display().to_string()),
                 shell_quote(&path.display().to_string())
             ));
@@ -1110,35 +1110,69 @@ impl<'a> Engine<'a> {
         Ok(next)
     }
 
-    /// `reindex_after_upgrade.sql`: the indexes ordered by a collation whose
-    /// library version differs between the installations (the check warned).
+    /// `reindex_after_upgrade.sql`: what the check warned may disagree with
+    /// the new installation: indexes ordered by a collation whose version
+    /// changed (then the collation's recorded version is refreshed), and
+    /// indexes and materialized views computed with the old Unicode tables.
     fn write_reindex_script(&self, cwd: &Path) -> Result<Option<PathBuf>, Failure> {
         let (Some(old), Some(new)) = (&self.report.old.catalog, &self.report.new.catalog) else {
             return Ok(None);
         };
-        let mut by_database: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for index in &old.uses.collated_indexes {
-            let key = (index.provider.clone(), index.locale.clone());
-            if new
-                .can
-                .collation_versions
-                .get(&key)
-                .is_some_and(|v| *v != index.old_version)
-            {
-                by_database
-                    .entry(index.database.as_str())
-                    .or_default()
-                    .push(index.index.as_str());
+        #[derive(Default)]
+        struct Work {
+            reindex: BTreeSet<String>,
+            refresh_views: BTreeSet<String>,
+            refresh_versions: BTreeSet<String>,
+        }
+        let mut by_database: BTreeMap<String, Work> = BTreeMap::new();
+        for (index, _) in pgm_verifier::drifted_indexes(&old.uses, &new.can) {
+            let work = by_database.entry(index.database.clone()).or_default();
+            work.reindex.insert(index.index.clone());
+            work.refresh_versions.insert(match &index.collation {
+                Some(collation) => format!("ALTER COLLATION {collation} REFRESH VERSION;"),
+                None => format!(
+                    "ALTER DATABASE {} REFRESH COLLATION VERSION;",
+                    format_args!("\"{}\"", index.database.replace('"', "\"\""))
+                ),
+            });
+        }
+        if old.uses.unicode_version.is_some() && old.uses.unicode_version != new.can.unicode_version
+        {
+            for object in &old.uses.unicode_dependent {
+                let Some(database) = &object.database else {
+                    continue;
+                };
+                let work = by_database.entry(database.clone()).or_default();
+                match object.kind.as_str() {
+                    "index" => {
+                        work.reindex.insert(object.name.clone());
+                    }
+                    "materialized view" => {
+                        work.refresh_views.insert(object.name.clone());
+                    }
+                    _ => {}
+                }
             }
         }
+        by_database.retain(|_, w| !w.reindex.is_empty() || !w.refresh_views.is_empty());
         if by_database.is_empty() {
             return Ok(None);
         }
-        let mut sql = String::from("-- Written by pg-migrate: indexes ordered by collations whose library version changed.\n");
-        for (database, indexes) in by_database {
-            sql.push_str(&format!("\\connect {}\n", psql_quote(database)));
-            for index in indexes {
+        let mut sql = String::from(
+            "-- Written by pg-migrate: indexes and materialized views computed under a collation\n\
+             -- or Unicode version that changed with the upgrade.\n",
+        );
+        for (database, work) in by_database {
+            sql.push_str(&format!("\\connect {}\n", psql_quote(&database)));
+            for index in work.reindex {
                 sql.push_str(&format!("REINDEX INDEX CONCURRENTLY {index};\n"));
+            }
+            for view in work.refresh_views {
+                sql.push_str(&format!("REFRESH MATERIALIZED VIEW {view};\n"));
+            }
+            for statement in work.refresh_versions {
+                sql.push_str(&statement);
+                sql.push('\n');
             }
         }
         let path = cwd.join("reindex_after_upgrade.sql");

@@ -17,6 +17,17 @@ fn check_with(old_major: u32, new_major: u32, sql: &str) -> Option<Run> {
     Some(run)
 }
 
+/// Runs the upgrade's reindex_after_upgrade.sql on the (running) new cluster.
+fn run_reindex_script(pair: &Pair) {
+    run_ok(
+        as_test_user(pair.new.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&pair.new.sockdir)
+            .args(["-p", &pair.new.port.to_string(), "-d", "postgres", "-f"])
+            .arg(pair.sandbox.path().join("reindex_after_upgrade.sql")),
+    );
+}
+
 fn names(run: &Run, id: &str) -> Vec<String> {
     run.check(id)["objects"]
         .as_array()
@@ -294,24 +305,137 @@ fn nullable_children_of_not_null_parents_before_18() {
     assert_eq!(names(&run, "old-not-null-inheritance"), ["public.child.c"]);
 }
 
+fn append_conf(cluster: &Cluster, lines: &str) {
+    let conf = cluster.datadir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(lines);
+    std::fs::write(&conf, text).unwrap();
+}
+
+/// Three slots on a 17 cluster: one invalidated (its WAL removed past
+/// max_slot_wal_keep_size), one whose consumer has not received the last
+/// changes, one current. The engine does not carry slots yet, so any slot is
+/// refused; the other checks say what else would stand in the way.
 #[test]
-fn logical_slots_are_refused_until_they_can_be_carried() {
+fn logical_slots_invalid_behind_and_where_the_new_cluster_lacks_room() {
     let Some(mut pair) = Pair::new(17, 18) else {
         return;
     };
-    let conf = pair.old.datadir.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\nwal_level = logical\n");
-    std::fs::write(&conf, text).unwrap();
+    append_conf(&pair.old, "\nwal_level = logical\n");
     pair.old.with_running(|c| {
+        // ALTER SYSTEM refuses to share a transaction with other statements.
         c.sql(
             "postgres",
-            "SELECT pg_create_logical_replication_slot('subscriber_a', 'pgoutput');",
-        )
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        );
+        c.sql("postgres", "SELECT pg_reload_conf()");
+        c.sql(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('lost', 'pgoutput');
+             CREATE TABLE t (x int);",
+        );
+        // Two segment switches and a checkpoint put the slot's WAL past the limit.
+        for _ in 0..2 {
+            c.sql(
+                "postgres",
+                "INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal();",
+            );
+        }
+        c.sql("postgres", "CHECKPOINT;");
+        c.sql("postgres", "ALTER SYSTEM RESET max_slot_wal_keep_size");
+        c.sql(
+            "postgres",
+            "SELECT pg_reload_conf();
+             SELECT pg_create_logical_replication_slot('behind', 'pgoutput');",
+        );
+        // A slot is made in a transaction of its own, after the write.
+        c.sql("postgres", "INSERT INTO t VALUES (1)");
+        c.sql(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('current', 'pgoutput')",
+        );
     });
+    let (old_before, new_before) = pair.snapshots();
     let run = pair.check(&[]);
+    crate::json_schema::validate(&run.events);
     assert_refused(&run, "old-logical-slots", "logical_slots_not_carried");
-    assert_eq!(names(&run, "old-logical-slots"), ["subscriber_a"]);
+    assert_eq!(
+        names(&run, "old-logical-slots"),
+        ["behind", "current", "lost"]
+    );
+    assert_refused(&run, "old-logical-slots-usable", "logical_slot_unusable");
+    assert_eq!(
+        names(&run, "old-logical-slots-usable"),
+        [
+            "behind (has not consumed all WAL)",
+            "lost (invalidated: wal_removed)"
+        ]
+    );
+    let settings = run.check("new-logical-slots");
+    assert_eq!(settings["status"], "fail", "{settings}");
+    assert_eq!(settings["code"], "new_wal_level_not_logical", "{settings}");
+    crate::proof::assert_data_files_untouched(&old_before, &snapshot(&pair.old.datadir));
+    crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
+
+    append_conf(
+        &pair.new,
+        "\nwal_level = logical\nmax_replication_slots = 2\n",
+    );
+    let run = pair.check(&[]);
+    let settings = run.check("new-logical-slots");
+    assert_eq!(settings["code"], "too_few_replication_slots", "{settings}");
+    assert!(
+        settings["message"]
+            .as_str()
+            .unwrap()
+            .contains("fewer than the old cluster's 3"),
+        "{settings}"
+    );
+    append_conf(&pair.new, "\nmax_replication_slots = 3\n");
+    let run = pair.check(&[]);
+    assert_eq!(
+        run.check("new-logical-slots")["status"],
+        "pass",
+        "{}",
+        run.stderr
+    );
+
+    // A live check cannot ask whether a slot caught up (the server still
+    // writes WAL): only the invalid slot is reported.
+    pair.old.start();
+    let live = pair.check(&[]);
+    pair.old.stop();
+    assert_eq!(
+        names(&live, "old-logical-slots-usable"),
+        ["lost (invalidated: wal_removed)"],
+        "{}",
+        live.stderr
+    );
+}
+
+/// A subscription whose replication origin was dropped has lost its place.
+#[test]
+fn subscriptions_without_their_replication_origin() {
+    let Some(run) = check_with(
+        17,
+        18,
+        "CREATE SUBSCRIPTION kept CONNECTION 'host=/nonexistent dbname=nowhere' PUBLICATION pub
+           WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE);
+         CREATE SUBSCRIPTION orphan CONNECTION 'host=/nonexistent dbname=nowhere' PUBLICATION pub
+           WITH (connect = false, enabled = false, create_slot = false, slot_name = NONE);
+         SELECT pg_replication_origin_drop('pg_' || oid) FROM pg_subscription WHERE subname = 'orphan';",
+    ) else {
+        return;
+    };
+    assert_refused(
+        &run,
+        "old-subscription-origins",
+        "subscription_without_origin",
+    );
+    assert_eq!(
+        names(&run, "old-subscription-origins"),
+        ["orphan (database postgres)"]
+    );
 }
 
 /// The isn rule fires only when the installations pass float8 differently,
@@ -429,13 +553,164 @@ fn collation_library_versions_that_changed() {
         "{script}"
     );
     pair.new.start();
-    run_ok(
-        as_test_user(pair.new.bindir.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&pair.new.sockdir)
-            .args(["-p", &pair.new.port.to_string(), "-d", "postgres", "-f"])
-            .arg(pair.sandbox.path().join("reindex_after_upgrade.sql")),
+    run_reindex_script(&pair);
+    pair.new.stop();
+}
+
+/// Both installations run on this machine's C library, so libc versions
+/// can only differ from what the catalog recorded: a database and a
+/// collation made under an older glibc (as after an OS upgrade under the old
+/// cluster) are produced by recording the older version, exactly as such a
+/// catalog would hold it. Needs the en_US.UTF-8 locale (scripts/test.sh
+/// generates it).
+#[test]
+fn indexes_on_collations_recorded_under_another_version_including_the_default() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "CREATE DATABASE shop LOCALE 'en_US.UTF-8' TEMPLATE template0",
+        );
+        c.sql(
+            "postgres",
+            "UPDATE pg_database SET datcollversion = '2.31' WHERE datname = 'shop'",
+        );
+        c.sql(
+            "shop",
+            "CREATE COLLATION us (provider = libc, locale = 'en_US.UTF-8');
+             UPDATE pg_collation SET collversion = '2.31' WHERE collname = 'us';
+             CREATE TABLE names (n text, u text COLLATE us, c text COLLATE \"C\");
+             INSERT INTO names SELECT md5(g::text), md5(g::text), md5(g::text) FROM generate_series(1, 500) g;
+             CREATE INDEX names_n ON names (n);
+             CREATE INDEX names_u ON names (u);
+             CREATE INDEX names_c ON names (c);",
+        );
+    });
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "a warning, not a failure: {}", run.stderr);
+    let check = run.check("new-collation-versions");
+    assert_eq!(check["status"], "warn", "{check}");
+    let found = names(&run, "new-collation-versions");
+    assert_eq!(
+        found.len(),
+        2,
+        "the C-collated index is not versioned: {found:?}"
     );
+    assert!(
+        found[0].starts_with("public.names_n (libc collation en_US.UTF-8, the database default: recorded 2.31, old library ")
+            && found[1].starts_with("public.names_u (libc collation en_US.UTF-8: recorded 2.31, old library "),
+        "{found:?}"
+    );
+    assert_eq!(check["objects"][0]["database"], "shop");
+    assert_eq!(check["objects"][0]["schema"], "public");
+
+    let mut args = pair.dir_args();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let script =
+        std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap();
+    for line in [
+        "\\connect 'shop'",
+        "REINDEX INDEX CONCURRENTLY public.names_n;",
+        "REINDEX INDEX CONCURRENTLY public.names_u;",
+        "ALTER COLLATION public.us REFRESH VERSION;",
+        "ALTER DATABASE \"shop\" REFRESH COLLATION VERSION;",
+    ] {
+        assert!(script.contains(line), "{line} missing from:\n{script}");
+    }
+    assert!(!script.contains("names_c"), "{script}");
+    pair.new.start();
+    run_reindex_script(&pair);
+    // The refreshed versions are now the library's own.
+    let row = pair
+        .new
+        .client("shop")
+        .query_one(
+            "SELECT d.datcollversion = pg_database_collation_actual_version(d.oid),
+                    c.collversion = pg_collation_actual_version(c.oid)
+               FROM pg_database d, pg_collation c WHERE d.datname = 'shop' AND c.collname = 'us'",
+            &[],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1));
+    pair.new.stop();
+}
+
+/// 17 and 18 carry different Unicode tables. Expressions that case-map or
+/// match case-insensitively under the builtin Unicode collation, or call the
+/// Unicode functions, are listed; the same under libc's C.UTF-8 are not.
+#[test]
+fn expressions_that_depend_on_the_unicode_version() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "CREATE TABLE u (t text COLLATE pg_c_utf8, plain text,
+                             CONSTRAINT u_check CHECK (t !~* 'forbidden'));
+             INSERT INTO u SELECT 'Word ' || g, 'plain ' || g FROM generate_series(1, 200) g;
+             CREATE INDEX u_upper ON u (upper(t));
+             CREATE INDEX u_norm ON u (normalize(plain));
+             CREATE INDEX u_lower_libc ON u (lower(plain));
+             CREATE INDEX u_t ON u (t);
+             CREATE MATERIALIZED VIEW mv AS SELECT initcap(t) AS i FROM u;
+             CREATE TABLE p (t text COLLATE pg_c_utf8) PARTITION BY RANGE (lower(t));
+             CREATE TABLE p1 PARTITION OF p FOR VALUES FROM ('a') TO ('n');",
+        )
+    });
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "a warning, not a failure: {}", run.stderr);
+    let check = run.check("new-unicode-version");
+    assert_eq!(check["status"], "warn", "{check}");
+    assert_eq!(check["code"], "unicode_version_changed");
+    assert_eq!(
+        names(&run, "new-unicode-version"),
+        [
+            "public.mv",
+            "public.p",
+            "public.u (u_check)",
+            "public.u_norm",
+            "public.u_upper"
+        ]
+    );
+    let kinds: Vec<&str> = check["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "materialized view",
+            "partitioned table",
+            "constraint",
+            "index",
+            "index"
+        ]
+    );
+    let strict = pair.check(&["--strict"]);
+    assert_refused(&strict, "new-unicode-version", "unicode_version_changed");
+
+    let mut args = pair.dir_args();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let script =
+        std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap();
+    assert!(
+        script.contains("REINDEX INDEX CONCURRENTLY public.u_norm;")
+            && script.contains("REINDEX INDEX CONCURRENTLY public.u_upper;")
+            && script.contains("REFRESH MATERIALIZED VIEW public.mv;")
+            && !script.contains("u_lower_libc"),
+        "{script}"
+    );
+    pair.new.start();
+    run_reindex_script(&pair);
     pair.new.stop();
 }
 

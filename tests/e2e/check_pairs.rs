@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 54] = [
+const ALL_CHECKS: [&str; 58] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -43,7 +43,9 @@ const ALL_CHECKS: [&str; 54] = [
     "old-encoding-conversions",
     "old-not-null-inheritance",
     "old-logical-slots",
+    "old-logical-slots-usable",
     "old-subscription-states",
+    "old-subscription-origins",
     "old-isn-float8",
     "old-reserved-role-names",
     "new-connect",
@@ -57,7 +59,9 @@ const ALL_CHECKS: [&str; 54] = [
     "new-extensions",
     "new-libraries",
     "new-collation-versions",
+    "new-unicode-version",
     "new-replication-origins",
+    "new-logical-slots",
 ];
 
 fn check_passes(old_major: u32, new_major: u32) {
@@ -83,7 +87,7 @@ fn check_passes(old_major: u32, new_major: u32) {
     assert_eq!(run.events[0]["event"], "plan");
     let summary = run.summary();
     assert_eq!(summary["result"], "ok");
-    assert_eq!(summary["checks"]["pass"], 54);
+    assert_eq!(summary["checks"]["pass"], ALL_CHECKS.len());
     assert!(summary["old_version"]
         .as_str()
         .unwrap()
@@ -152,7 +156,12 @@ fn human_output_lists_every_check_on_stderr_and_nothing_on_stdout() {
         "stdout must stay empty without --json: {}",
         run.stdout
     );
-    assert_eq!(run.stderr.matches('✓').count(), 54, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches('✓').count(),
+        ALL_CHECKS.len(),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("*Clusters are compatible*"));
 }
 

@@ -323,7 +323,10 @@ impl Cluster {
     pub fn sql(&self, database: &str, sql: &str) {
         self.client(database)
             .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            .unwrap_or_else(|e| match e.as_db_error() {
+                Some(db) => panic!("{sql}: {}: {}", db.code().code(), db.message()),
+                None => panic!("{sql}: {e}"),
+            });
     }
 
     /// Starts the cluster, runs SQL, and stops it again.

@@ -11,13 +11,14 @@ use pgm_cluster::{DataDir, Installation, PgMajor, Server, ServerOptions, ServerS
 use serde::Serialize;
 
 use crate::catalogue::{
-    not_applicable, CapabilityUse, ObjectRef, EXTENSIONS_SQL, LIBRARIES_SQL, RULES,
+    not_applicable, CapabilityUse, ObjectRef, ScanMode, EXTENSIONS_SQL, LIBRARIES_SQL, RULES,
+    UNICODE_DEPENDENT_SQL,
 };
 use crate::initdb::suggested_initdb;
 use crate::{CheckConfig, Finding, Report, Which};
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 28] = [
+pub(crate) const CHECKS: [(&str, &str); 32] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -47,8 +48,16 @@ pub(crate) const CHECKS: [(&str, &str); 28] = [
         "no logical replication slots left behind",
     ),
     (
+        "old-logical-slots-usable",
+        "every logical slot valid and caught up",
+    ),
+    (
         "old-subscription-states",
         "every subscribed table ready or still to be copied",
+    ),
+    (
+        "old-subscription-origins",
+        "every subscription has its replication origin",
     ),
     (
         "old-isn-float8",
@@ -79,8 +88,16 @@ pub(crate) const CHECKS: [(&str, &str); 28] = [
         "collation library versions unchanged for indexes",
     ),
     (
+        "new-unicode-version",
+        "no expressions that depend on a changed Unicode version",
+    ),
+    (
         "new-replication-origins",
         "replication origins for every subscription",
+    ),
+    (
+        "new-logical-slots",
+        "the new cluster can take the old cluster's logical slots",
     ),
 ];
 
@@ -299,11 +316,19 @@ fn inspect(
         .map(|i| i.version.major)
         .unwrap_or(install.version.major);
     let needed = report.old.catalog.as_ref().map(|c| c.uses.clone());
+    let mode = if report.live_old && which == Which::Old {
+        ScanMode::Live
+    } else {
+        ScanMode::Private
+    };
     let gathered = gather(
         &server,
         which,
-        install.version.major,
-        new_major,
+        Majors {
+            this: install.version.major,
+            new: new_major,
+        },
+        mode,
         config.jobs,
         needed.as_ref(),
     );
@@ -636,14 +661,22 @@ fn classify_connect_error(
     }
 }
 
+/// The major of the cluster being inspected and of the new installation.
+#[derive(Clone, Copy)]
+struct Majors {
+    this: PgMajor,
+    new: PgMajor,
+}
+
 fn gather(
     server: &Server,
     which: Which,
-    major: PgMajor,
-    new_major: PgMajor,
+    majors: Majors,
+    mode: ScanMode,
     jobs: usize,
     needed: Option<&CapabilityUse>,
 ) -> Result<CatalogFacts, pgm_cluster::Error> {
+    let (major, new_major) = (majors.this, majors.new);
     let db = "template1";
     let mut client = server.connect(db)?;
     let mut rule_hits: Vec<(&'static str, ObjectRef)> = Vec::new();
@@ -739,7 +772,7 @@ fn gather(
                 .iter()
                 .filter(|r| r.global && (r.applies)(major, new_major))
             {
-                for mut object in objects(&mut client, db, &(rule.sql)(), rule.title)? {
+                for mut object in objects(&mut client, db, &(rule.sql)(mode), rule.title)? {
                     object.database = None;
                     rule_hits.push((rule.id, object));
                 }
@@ -755,10 +788,18 @@ fn gather(
                 uses_preload.push(library.trim_matches('"').to_string());
             }
             if major.number() >= 17 {
-                cluster_uses.subscriptions = client
-                    .query_one("SELECT count(*) FROM pg_catalog.pg_subscription", &[])
-                    .map_err(q("counting subscriptions"))?
-                    .get(0);
+                let row = client
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM pg_catalog.pg_subscription),
+                                (SELECT count(*) FROM pg_catalog.pg_replication_slots
+                                  WHERE slot_type = 'logical' AND NOT temporary),
+                                pg_catalog.unicode_version()",
+                        &[],
+                    )
+                    .map_err(q("counting subscriptions and logical slots"))?;
+                cluster_uses.subscriptions = row.get(0);
+                cluster_uses.logical_slots = row.get(1);
+                cluster_uses.unicode_version = row.get(2);
             }
             if major.number() >= 14 {
                 let compression: String = client
@@ -795,13 +836,15 @@ fn gather(
         (Which::New, needed) => (Vec::new(), probe_capabilities(&mut client, major, needed)?),
     };
     drop(client);
-    let pair = (which == Which::Old).then_some((major, new_major));
-    let (hits, scanned) = scan_databases(server, &mut databases, jobs, pair)?;
+    let old_scan = (which == Which::Old).then_some((majors, mode));
+    let (hits, scanned) = scan_databases(server, &mut databases, jobs, old_scan)?;
     rule_hits.extend(hits);
     let mut uses = scanned;
     uses.icu.splice(0..0, cluster_uses.icu);
     uses.lz4.splice(0..0, cluster_uses.lz4);
     uses.subscriptions = cluster_uses.subscriptions;
+    uses.logical_slots = cluster_uses.logical_slots;
+    uses.unicode_version = cluster_uses.unicode_version;
     for library in uses_preload {
         uses.libraries
             .entry(library.clone())
@@ -845,13 +888,13 @@ struct DbScan {
     uses: CapabilityUse,
 }
 
-/// One connection per database, `jobs` databases at a time. With `pair`,
-/// the old cluster's catalogue rules run in each database too.
+/// One connection per database, `jobs` databases at a time. With
+/// `old_scan`, the old cluster's catalogue rules run in each database too.
 fn scan_databases(
     server: &Server,
     databases: &mut [DatabaseInfo],
     jobs: usize,
-    pair: Option<(PgMajor, PgMajor)>,
+    old_scan: Option<(Majors, ScanMode)>,
 ) -> Result<(RuleHits, CapabilityUse), pgm_cluster::Error> {
     let targets: Vec<(usize, String)> = databases
         .iter()
@@ -869,7 +912,7 @@ fn scan_databases(
                 let Some((index, name)) = targets.get(i) else {
                     break;
                 };
-                match scan_one(server, name, pair) {
+                match scan_one(server, name, old_scan) {
                     Ok(scan) => results.lock().unwrap().push((*index, scan)),
                     Err(e) => {
                         first_error.lock().unwrap().get_or_insert(e);
@@ -894,6 +937,7 @@ fn scan_databases(
         uses.lz4.extend(scan.uses.lz4);
         uses.xml.extend(scan.uses.xml);
         uses.collated_indexes.extend(scan.uses.collated_indexes);
+        uses.unicode_dependent.extend(scan.uses.unicode_dependent);
         for (key, dbs) in scan.uses.extensions {
             uses.extensions.entry(key).or_default().extend(dbs);
         }
@@ -932,7 +976,7 @@ fn objects(
 fn scan_one(
     server: &Server,
     database: &str,
-    pair: Option<(PgMajor, PgMajor)>,
+    old_scan: Option<(Majors, ScanMode)>,
 ) -> Result<DbScan, pgm_cluster::Error> {
     let mut client = server.connect(database)?;
     // OIDs below 16384 belong to initdb; temporary schemas come and go.
@@ -961,11 +1005,12 @@ fn scan_one(
         relations,
         ..DbScan::default()
     };
-    let Some((old, new)) = pair else {
+    let Some((majors, mode)) = old_scan else {
         return Ok(scan);
     };
+    let (old, new) = (majors.this, majors.new);
     for rule in RULES.iter().filter(|r| !r.global && (r.applies)(old, new)) {
-        for object in objects(&mut client, database, &(rule.sql)(), rule.title)? {
+        for object in objects(&mut client, database, &(rule.sql)(mode), rule.title)? {
             scan.hits.push((rule.id, object));
         }
     }
@@ -997,8 +1042,19 @@ fn scan_one(
             provider: r.get(2),
             locale: r.get(3),
             old_version: r.get(4),
+            recorded_version: r.get(5),
+            collation: r.get(6),
+            schema: r.get(7),
         })
         .collect();
+    if old.number() >= 17 {
+        scan.uses.unicode_dependent = objects(
+            &mut client,
+            database,
+            UNICODE_DEPENDENT_SQL,
+            "looking for expressions that depend on Unicode",
+        )?;
+    }
     let q = |what: &'static str| {
         move |e: postgres::Error| pgm_cluster::Error::Query {
             database: database.to_string(),
@@ -1117,6 +1173,18 @@ pub struct Capabilities {
     pub collation_versions: BTreeMap<(String, String), String>,
     /// How many replication origins the new server can track (17 and later).
     pub replication_origins: Option<i64>,
+    /// What the new server offers logical slots carried into it.
+    pub slot_settings: Option<SlotSettings>,
+    /// `unicode_version()` of the new server (17 and later).
+    pub unicode_version: Option<String>,
+}
+
+/// The new server's settings that carried logical slots depend on.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotSettings {
+    pub logical_slots: i64,
+    pub wal_level: String,
+    pub max_replication_slots: i64,
 }
 
 fn probe_capabilities(
@@ -1160,7 +1228,25 @@ fn probe_capabilities(
             .map_err(q("reading the replication origin limit"))?
             .get(0);
         can.replication_origins = value.parse().ok();
+        can.unicode_version = client
+            .query_one("SELECT pg_catalog.unicode_version()", &[])
+            .map_err(q("reading the Unicode version"))?
+            .get(0);
     }
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots
+                      WHERE slot_type = 'logical' AND NOT temporary),
+                    pg_catalog.current_setting('wal_level'),
+                    pg_catalog.current_setting('max_replication_slots')::bigint",
+            &[],
+        )
+        .map_err(q("reading the replication slot settings"))?;
+    can.slot_settings = Some(SlotSettings {
+        logical_slots: row.get(0),
+        wal_level: row.get(1),
+        max_replication_slots: row.get(2),
+    });
     let Some(needed) = needed else { return Ok(can) };
     for (name, version) in needed.extensions.keys() {
         let default: Option<String> = client
@@ -1200,15 +1286,19 @@ fn probe_capabilities(
     wanted.sort();
     wanted.dedup();
     for (provider, locale) in wanted {
-        let column = if provider == "i" {
-            new_major.icu_collation_locale_column()
+        // ICU versions its collators per locale; libc reports the C
+        // library's version for every locale, so any versioned libc
+        // collation answers for a locale the new cluster has no row for.
+        let (column, any_locale) = if provider == "i" {
+            (new_major.icu_collation_locale_column(), "false")
         } else {
-            "collcollate"
+            ("collcollate", "true")
         };
         let sql = format!(
             "SELECT pg_catalog.pg_collation_actual_version(oid) FROM pg_catalog.pg_collation
-              WHERE collprovider::text = $1 AND {column} = $2
-                AND pg_catalog.pg_collation_actual_version(oid) IS NOT NULL LIMIT 1"
+              WHERE collprovider::text = $1 AND ({column} = $2 OR {any_locale})
+                AND pg_catalog.pg_collation_actual_version(oid) IS NOT NULL
+              ORDER BY {column} = $2 DESC LIMIT 1"
         );
         if let Some(row) = client
             .query_opt(sql.as_str(), &[&provider, &locale])
@@ -1427,6 +1517,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         .with_objects(failed)
     });
     out.push(collation_drift(uses, can, report.strict));
+    out.push(unicode_update(uses, can, report.strict));
     let id = "new-replication-origins";
     out.push(match can.replication_origins {
         _ if uses.subscriptions == 0 => Finding::pass(id, title(id), "the old cluster has no subscriptions to carry"),
@@ -1442,6 +1533,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         ),
         _ => Finding::pass(id, title(id), format!("{} subscriptions, and origins enough for them", uses.subscriptions)),
     });
+    out.push(new_slot_settings(uses, can));
     out
 }
 
@@ -1498,19 +1590,29 @@ fn extension_report(uses: &CapabilityUse, can: &Capabilities) -> Vec<ObjectRef> 
         .collect()
 }
 
+/// Indexes ordered by a collation whose version in the new installation
+/// differs from the one they may have been built under, with that new version.
+pub fn drifted_indexes<'a>(
+    uses: &'a CapabilityUse,
+    can: &'a Capabilities,
+) -> Vec<(&'a crate::catalogue::CollatedIndex, &'a str)> {
+    uses.collated_indexes
+        .iter()
+        .filter_map(|i| {
+            let new = can
+                .collation_versions
+                .get(&(i.provider.clone(), i.locale.clone()))?;
+            i.drifts_to(new).then_some((i, new.as_str()))
+        })
+        .collect()
+}
+
 /// Indexes ordered by a collation whose library version differs between the
-/// installations may be silently corrupt after the upgrade until rebuilt.
+/// installations, or from the version recorded when the collation was made,
+/// may be silently corrupt after the upgrade until rebuilt.
 fn collation_drift(uses: &CapabilityUse, can: &Capabilities, strict: bool) -> Finding {
     let id = "new-collation-versions";
-    let drifted: Vec<&crate::catalogue::CollatedIndex> = uses
-        .collated_indexes
-        .iter()
-        .filter(|i| {
-            can.collation_versions
-                .get(&(i.provider.clone(), i.locale.clone()))
-                .is_some_and(|v| *v != i.old_version)
-        })
-        .collect();
+    let drifted = drifted_indexes(uses, can);
     if drifted.is_empty() {
         return Finding::pass(
             id,
@@ -1521,22 +1623,35 @@ fn collation_drift(uses: &CapabilityUse, can: &Capabilities, strict: bool) -> Fi
             ),
         );
     }
-    let bytes: i64 = drifted.iter().map(|i| i.bytes).sum();
+    let bytes: i64 = drifted.iter().map(|(i, _)| i.bytes).sum();
     let objects: Vec<ObjectRef> = drifted
         .iter()
-        .map(|i| ObjectRef {
-            schema: None,
-            database: Some(i.database.clone()),
-            kind: "index".into(),
-            name: format!(
-                "{} ({} collation {}: {} -> {}, {} bytes)",
-                i.index,
-                if i.provider == "i" { "ICU" } else { "libc" },
-                i.locale,
-                i.old_version,
-                can.collation_versions[&(i.provider.clone(), i.locale.clone())],
-                i.bytes
-            ),
+        .map(|(i, new)| {
+            let built_under = match (&i.recorded_version, &i.old_version) {
+                (Some(recorded), Some(old)) if recorded != old => {
+                    format!("recorded {recorded}, old library {old}")
+                }
+                (_, Some(old)) => old.clone(),
+                (Some(recorded), None) => format!("recorded {recorded}"),
+                (None, None) => "unknown".into(),
+            };
+            ObjectRef {
+                schema: Some(i.schema.clone()),
+                database: Some(i.database.clone()),
+                kind: "index".into(),
+                name: format!(
+                    "{} ({} collation {}{}: {built_under} -> {new}, {} bytes)",
+                    i.index,
+                    if i.provider == "i" { "ICU" } else { "libc" },
+                    i.locale,
+                    if i.collation.is_none() {
+                        ", the database default"
+                    } else {
+                        ""
+                    },
+                    i.bytes
+                ),
+            }
         })
         .collect();
     let finding = if strict { Finding::fail } else { Finding::warn };
@@ -1545,12 +1660,112 @@ fn collation_drift(uses: &CapabilityUse, can: &Capabilities, strict: bool) -> Fi
         title(id),
         "collation_version_changed",
         format!(
-            "{} indexes ({} bytes) are ordered by collations whose library version differs in the new installation; they may return wrong results until rebuilt: {}",
+            "{} indexes ({} bytes) are ordered by collations whose version differs in the new installation; they may return wrong results until rebuilt: {}",
             drifted.len(),
             bytes,
             describe_objects(&objects)
         ),
-        "after the upgrade, rebuild them with the REINDEX statements in reindex_after_upgrade.sql (written by the upgrade)",
+        "after the upgrade, rebuild them and record the new collation versions with the statements in reindex_after_upgrade.sql (written by the upgrade)",
     )
     .with_objects(objects)
+}
+
+/// 17 and later carry Unicode tables of their own (case mapping,
+/// normalization, the builtin provider's classes): expressions computed
+/// under the old tables may disagree with the new ones.
+fn unicode_update(uses: &CapabilityUse, can: &Capabilities, strict: bool) -> Finding {
+    let id = "new-unicode-version";
+    let (Some(old), Some(new)) = (&uses.unicode_version, &can.unicode_version) else {
+        return Finding::pass(
+            id,
+            title(id),
+            "the old server predates the builtin Unicode provider (17): nothing to compare",
+        );
+    };
+    if old == new {
+        return Finding::pass(id, title(id), format!("Unicode {old} in both"));
+    }
+    if uses.unicode_dependent.is_empty() {
+        return Finding::pass(
+            id,
+            title(id),
+            format!("Unicode {old} -> {new}; no index, constraint, partition key or materialized view depends on it"),
+        );
+    }
+    let finding = if strict { Finding::fail } else { Finding::warn };
+    finding(
+        id,
+        title(id),
+        "unicode_version_changed",
+        format!(
+            "the new installation carries Unicode {new} (the old one {old}); these depend on Unicode behaviour and may disagree with their stored results: {}",
+            describe_objects(&uses.unicode_dependent)
+        ),
+        "after the upgrade, rebuild the indexes and refresh the materialized views (reindex_after_upgrade.sql does both), and check that rows still satisfy the listed constraints and partition keys",
+    )
+    .with_objects(uses.unicode_dependent.clone())
+}
+
+/// Logical slots carried into the new cluster need room and `wal_level = logical` there.
+fn new_slot_settings(uses: &CapabilityUse, can: &Capabilities) -> Finding {
+    let id = "new-logical-slots";
+    let Some(settings) = can
+        .slot_settings
+        .as_ref()
+        .filter(|_| uses.logical_slots > 0)
+    else {
+        return Finding::pass(
+            id,
+            title(id),
+            "the old cluster has no logical slots to carry",
+        );
+    };
+    let mut problems = Vec::new();
+    if settings.logical_slots > 0 {
+        problems.push((
+            "new_cluster_has_logical_slots",
+            format!(
+                "the new cluster already has {} logical slots",
+                settings.logical_slots
+            ),
+        ));
+    }
+    if settings.wal_level != "logical" {
+        problems.push((
+            "new_wal_level_not_logical",
+            format!(
+                "the new cluster's wal_level is {}, not logical",
+                settings.wal_level
+            ),
+        ));
+    }
+    if settings.max_replication_slots < uses.logical_slots {
+        problems.push((
+            "too_few_replication_slots",
+            format!(
+                "the new cluster's max_replication_slots is {}, fewer than the old cluster's {} logical slots",
+                settings.max_replication_slots, uses.logical_slots
+            ),
+        ));
+    }
+    let Some((code, _)) = problems.first() else {
+        return Finding::pass(
+            id,
+            title(id),
+            format!(
+                "{} logical slots; wal_level = logical and room for them",
+                uses.logical_slots
+            ),
+        );
+    };
+    Finding::fail(
+        id,
+        title(id),
+        code,
+        problems.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join("; "),
+        format!(
+            "in the new cluster's postgresql.conf set wal_level = logical and max_replication_slots = {} or more, and drop any logical slots it has (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_type = 'logical')",
+            uses.logical_slots
+        ),
+    )
 }

@@ -24,14 +24,24 @@ pub struct ObjectRef {
     pub schema: Option<String>,
 }
 
+/// How the old server is being inspected: some questions can only be asked
+/// of a server pg-migrate started privately in binary-upgrade mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScanMode {
+    /// Started by pg-migrate with `-b`.
+    Private,
+    /// A running server, inspected as it serves (`check` only).
+    Live,
+}
+
 pub(crate) struct Rule {
     pub id: &'static str,
     pub title: &'static str,
     pub code: &'static str,
     /// Whether the rule concerns this old → new pair.
     pub applies: fn(PgMajor, PgMajor) -> bool,
-    /// Lists (kind, name) of offending objects in the connected database.
-    pub sql: fn() -> String,
+    /// Lists (kind, name[, schema]) of offending objects in the connected database.
+    pub sql: fn(ScanMode) -> String,
     /// Cluster-wide objects: asked in one database only.
     pub global: bool,
     pub why: &'static str,
@@ -101,7 +111,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no columns of OID-referencing reg* types",
         code: "reg_type_columns",
         applies: |_, _| true,
-        sql: reg_types,
+        sql: |_| reg_types(),
         global: false,
         why: "values of these types store OIDs of functions, operators, namespaces or configurations, which the upgrade does not preserve",
         remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster; regclass, regrole and regtype columns are fine",
@@ -111,7 +121,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no columns of type aclitem",
         code: "aclitem_columns",
         applies: |old, new| old.number() < 16 && new.number() >= 16,
-        sql: || columns_using(&[("pg_catalog", "aclitem")]),
+        sql: |_| columns_using(&[("pg_catalog", "aclitem")]),
         global: false,
         why: "the storage format of aclitem changed in PostgreSQL 16",
         remedy: "drop those columns or change them to text (ALTER TABLE … ALTER COLUMN … TYPE text) in the old cluster",
@@ -121,7 +131,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no postfix operators",
         code: "postfix_operators",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: || "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype), n.nspname::text
+        sql: |_| "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype), n.nspname::text
                    FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
                   WHERE o.oprright = 0 AND o.oid >= 16384 ORDER BY 2".into(),
         global: false,
@@ -133,7 +143,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no aggregates or operators on the old polymorphic array functions",
         code: "incompatible_polymorphics",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: || format!(
+        sql: |_| format!(
             "SELECT 'aggregate', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = p.oid
               WHERE p.oid >= 16384
@@ -155,7 +165,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no user-defined encoding conversions",
         code: "user_encoding_conversions",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: || "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname), n.nspname::text
+        sql: |_| "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname), n.nspname::text
                    FROM pg_catalog.pg_conversion c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
                   WHERE c.oid >= 16384 ORDER BY 2".into(),
         global: false,
@@ -167,7 +177,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "NOT NULL agrees between inheritance parents and children",
         code: "inconsistent_not_null",
         applies: |old, new| old.number() < 18 && new.number() >= 18,
-        sql: || "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname), n.nspname::text
+        sql: |_| "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname), n.nspname::text
                    FROM pg_catalog.pg_inherits i
                    JOIN pg_catalog.pg_attribute ac ON ac.attrelid = i.inhrelid
                    JOIN pg_catalog.pg_attribute ap ON ap.attrelid = i.inhparent AND ap.attname = ac.attname
@@ -184,18 +194,30 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no logical replication slots left behind",
         code: "logical_slots_not_carried",
         applies: |old, _| old.number() >= 17,
-        sql: || "SELECT 'slot', pg_catalog.quote_ident(slot_name::text) FROM pg_catalog.pg_replication_slots
+        sql: |_| "SELECT 'slot', pg_catalog.quote_ident(slot_name::text) FROM pg_catalog.pg_replication_slots
                   WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2".into(),
         global: true,
         why: "this version of pg-migrate does not yet re-create logical replication slots in the new cluster; their subscribers would lose their place",
         remedy: "drop the slots before upgrading (SELECT pg_drop_replication_slot(name)) and re-create them, and re-sync their subscribers, afterwards; or use PostgreSQL's pg_upgrade for this cluster",
     },
     Rule {
+        id: "old-logical-slots-usable",
+        title: "every logical slot valid and caught up",
+        code: "logical_slot_unusable",
+        applies: |old, _| old.number() >= 17,
+        sql: logical_slots_unusable,
+        // The caught-up question decodes the slot's WAL, which only works
+        // in the slot's own database.
+        global: false,
+        why: "a slot that was invalidated, or whose consumer has not yet received all WAL before the shutdown, cannot be carried: the changes it still owes would be lost",
+        remedy: "drop invalid slots (SELECT pg_drop_replication_slot(name)); let the consumers of the others catch up (or advance them with pg_replication_slot_advance), then stop the old server cleanly and check again",
+    },
+    Rule {
         id: "old-subscription-states",
         title: "every subscribed table ready or still to be copied",
         code: "subscription_relation_state",
         applies: |old, _| old.number() >= 17,
-        sql: || "SELECT 'subscription', pg_catalog.format('%I: table %s in state %s', s.subname, r.srrelid::pg_catalog.regclass, r.srsubstate)
+        sql: |_| "SELECT 'subscription', pg_catalog.format('%I: table %s in state %s', s.subname, r.srrelid::pg_catalog.regclass, r.srsubstate)
                    FROM pg_catalog.pg_subscription_rel r JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
                   WHERE r.srsubstate NOT IN ('i', 'r') ORDER BY 2".into(),
         global: false,
@@ -203,12 +225,27 @@ pub(crate) const RULES: &[Rule] = &[
         remedy: "let the subscriptions finish synchronizing (every table 'r' in pg_subscription_rel) or disable them before the initial copy starts, then upgrade",
     },
     Rule {
+        id: "old-subscription-origins",
+        title: "every subscription has its replication origin",
+        code: "subscription_without_origin",
+        applies: |old, _| old.number() >= 17,
+        sql: |_| "SELECT 'subscription', pg_catalog.format('%I (database %I)', s.subname, d.datname)
+                   FROM pg_catalog.pg_subscription s
+                   JOIN pg_catalog.pg_database d ON d.oid = s.subdbid
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin o
+                                     WHERE o.roname = 'pg_' || s.oid::text)
+                  ORDER BY 2".into(),
+        global: true,
+        why: "a subscription's replication origin records how far it has applied; without it the new cluster cannot know where to resume",
+        remedy: "re-create the subscription in the old cluster (DROP SUBSCRIPTION, then CREATE SUBSCRIPTION … WITH (copy_data = false) if its tables are current), or drop it",
+    },
+    Rule {
         id: "old-isn-float8",
         title: "contrib/isn only where float8 passing matches",
         code: "isn_float8_mismatch",
         // Judged against control data: see `float8_by_value_differs`.
         applies: |_, _| true,
-        sql: || "SELECT 'function', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text FROM pg_catalog.pg_proc p
+        sql: |_| "SELECT 'function', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text FROM pg_catalog.pg_proc p
                   WHERE p.probin = '$libdir/isn' ORDER BY 2".into(),
         global: false,
         why: "the old and new installations pass float8 differently (by value or by reference), and contrib/isn's functions depend on it",
@@ -219,13 +256,37 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no user roles named pg_*",
         code: "reserved_role_names",
         applies: |_, _| true,
-        sql: || "SELECT 'role', pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_roles
+        sql: |_| "SELECT 'role', pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_roles
                   WHERE rolname ~ '^pg_' AND oid >= 16384 ORDER BY 2".into(),
         global: true,
         why: "role names starting with pg_ are reserved for the system; the new cluster refuses to create them",
         remedy: "rename them in the old cluster (ALTER ROLE … RENAME TO …)",
     },
 ];
+
+/// Logical slots of the connected database that cannot be carried: invalid
+/// ones, and (privately started servers only: the question needs
+/// binary-upgrade mode, and a live server is still producing WAL) those that
+/// have not consumed all WAL.
+fn logical_slots_unusable(mode: ScanMode) -> String {
+    let behind = match mode {
+        ScanMode::Private => "NOT pg_catalog.binary_upgrade_logical_slot_has_caught_up(slot_name)",
+        ScanMode::Live => "false",
+    };
+    // CASE, not OR: the caught-up question must never reach an invalid slot.
+    format!(
+        "SELECT 'slot', pg_catalog.format('%s (%s)', pg_catalog.quote_ident(slot_name::text), problem)
+           FROM (SELECT slot_name,
+                        CASE WHEN invalidation_reason IS NOT NULL THEN 'invalidated: ' || invalidation_reason
+                             WHEN conflicting THEN 'invalidated: conflicting'
+                             WHEN {behind} THEN 'has not consumed all WAL'
+                        END AS problem
+                   FROM pg_catalog.pg_replication_slots
+                  WHERE slot_type = 'logical' AND NOT temporary
+                    AND database = pg_catalog.current_database()) s
+          WHERE problem IS NOT NULL ORDER BY 2"
+    )
+}
 
 /// Facts gathered per old database for the rules judged against the new installation.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -244,39 +305,142 @@ pub struct CapabilityUse {
     pub collated_indexes: Vec<CollatedIndex>,
     /// Subscriptions (17 and later carry them; each needs a replication origin).
     pub subscriptions: i64,
+    /// Logical replication slots (17 and later).
+    pub logical_slots: i64,
+    /// `unicode_version()` of the old server (17 and later).
+    pub unicode_version: Option<String>,
+    /// Relations whose contents depend on that Unicode version.
+    pub unicode_dependent: Vec<ObjectRef>,
 }
 
 /// An index whose order depends on a collation's library version.
 #[derive(Debug, Clone, Serialize)]
 pub struct CollatedIndex {
     pub database: String,
+    pub schema: String,
+    /// Qualified and quoted.
     pub index: String,
     pub bytes: i64,
     /// "c" (libc) or "i" (ICU).
     pub provider: String,
     pub locale: String,
     /// The collation library's version as the old installation reports it.
-    pub old_version: String,
+    pub old_version: Option<String>,
+    /// The version the catalog recorded when the collation (or, for the
+    /// database default, the database) was created or last refreshed: the
+    /// one the index was most likely built under.
+    pub recorded_version: Option<String>,
+    /// The collation's qualified name; `None` for the database's default.
+    pub collation: Option<String>,
 }
 
+impl CollatedIndex {
+    /// Whether `new_version` differs from a version the index may have been
+    /// built under.
+    pub fn drifts_to(&self, new_version: &str) -> bool {
+        [&self.old_version, &self.recorded_version]
+            .into_iter()
+            .flatten()
+            .any(|v| v != new_version)
+    }
+}
+
+/// Indexes of the connected database ordered by a versioned libc or ICU
+/// collation, explicit or the database default (15 and later record the
+/// default's version).
 pub(crate) fn collated_indexes_sql(old: PgMajor) -> String {
     let icu = old.icu_collation_locale_column();
+    let default_collation = match old.datlocale_column() {
+        Some(datlocale) => format!(
+            "UNION ALL
+             SELECT 100, d.datlocprovider::text,
+                    CASE WHEN d.datlocprovider = 'i' THEN d.{datlocale} ELSE d.datcollate END::text,
+                    pg_catalog.pg_database_collation_actual_version(d.oid), d.datcollversion, NULL
+               FROM pg_catalog.pg_database d
+              WHERE d.datname = pg_catalog.current_database() AND d.datlocprovider IN ('c', 'i')"
+        ),
+        None => String::new(),
+    };
     format!(
-        "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, ic.relname), pg_catalog.pg_relation_size(ic.oid),
-                c.collprovider::text,
-                CASE WHEN c.collprovider = 'i' THEN c.{icu} ELSE c.collcollate END::text,
-                pg_catalog.pg_collation_actual_version(c.oid)
+        "WITH versioned (oid, provider, locale, actual, recorded, name) AS (
+             SELECT c.oid, c.collprovider::text,
+                    CASE WHEN c.collprovider = 'i' THEN c.{icu} ELSE c.collcollate END::text,
+                    pg_catalog.pg_collation_actual_version(c.oid), c.collversion,
+                    pg_catalog.format('%I.%I', cn.nspname, c.collname)
+               FROM pg_catalog.pg_collation c JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace
+              WHERE c.collprovider IN ('c', 'i')
+             {default_collation})
+         SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, ic.relname), pg_catalog.pg_relation_size(ic.oid),
+                v.provider, v.locale, v.actual, v.recorded, v.name, n.nspname::text
            FROM pg_catalog.pg_index i
            JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
            CROSS JOIN LATERAL pg_catalog.unnest(i.indcollation::pg_catalog.oid[]) AS u(coll)
-           JOIN pg_catalog.pg_collation c ON c.oid = u.coll
-          WHERE c.collprovider IN ('c', 'i')
-            AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
-            AND pg_catalog.pg_collation_actual_version(c.oid) IS NOT NULL
+           JOIN versioned v ON v.oid = u.coll
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+            AND (v.actual IS NOT NULL OR v.recorded IS NOT NULL)
           ORDER BY 1"
     )
 }
+
+/// Relations of the connected database (17 and later) whose contents depend
+/// on the Unicode tables built into PostgreSQL: expressions in indexes,
+/// constraints, partition keys and materialized views that call the
+/// Unicode functions, or case mapping and case-insensitive matching under a
+/// builtin Unicode collation. A new major with other Unicode tables may
+/// order, match or normalize them differently.
+pub(crate) const UNICODE_DEPENDENT_SQL: &str = r"
+WITH unicode_collations (oid) AS (
+    SELECT oid FROM pg_catalog.pg_collation
+     WHERE collprovider = 'b' AND colllocale IN ('C.UTF-8', 'PG_UNICODE_FAST')
+    UNION
+    SELECT 100 FROM pg_catalog.pg_database
+     WHERE datname = pg_catalog.current_database() AND datlocprovider = 'b'
+       AND datlocale IN ('C.UTF-8', 'PG_UNICODE_FAST')),
+unicode_functions (oid) AS (
+    SELECT oid FROM pg_catalog.pg_proc
+     WHERE pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+       AND proname IN ('normalize', 'is_normalized', 'unicode_assigned', 'unicode_version')),
+case_operators (oid, code) AS (
+    SELECT oid, oprcode FROM pg_catalog.pg_operator
+     WHERE oprnamespace = 'pg_catalog'::pg_catalog.regnamespace
+       AND oprname IN ('~', '~*', '!~', '!~*', '~~*', '!~~*') AND oprright = 'text'::pg_catalog.regtype),
+case_functions (oid) AS (
+    SELECT oid FROM pg_catalog.pg_proc
+     WHERE pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+       AND proname IN ('lower', 'upper', 'initcap') AND proargtypes[0] = 'text'::pg_catalog.regtype
+    UNION SELECT code FROM case_operators),
+patterns (p) AS (
+    SELECT '\{FUNCEXPR :funcid ' || f.oid || '[ }]' FROM unicode_functions f
+    UNION
+    SELECT '\{OPEXPR :opno ' || o.oid || ' (:\w+ \w+ )*:inputcollid ' || c.oid || '[ }]'
+      FROM case_operators o, unicode_collations c
+    UNION
+    SELECT '\{FUNCEXPR :funcid ' || f.oid || ' (:\w+ \w+ )*:inputcollid ' || c.oid || '[ }]'
+      FROM case_functions f, unicode_collations c),
+dependent (relid, kind, detail) AS (
+    SELECT conrelid, 'constraint', conname::text FROM pg_catalog.pg_constraint, patterns
+     WHERE conrelid <> 0 AND conbin::text ~ p
+    UNION
+    SELECT indexrelid, 'index', NULL FROM pg_catalog.pg_index, patterns
+     WHERE indexprs::text ~ p OR indpred::text ~ p
+    UNION
+    SELECT partrelid, 'partitioned table', NULL FROM pg_catalog.pg_partitioned_table, patterns
+     WHERE partexprs::text ~ p
+    UNION
+    SELECT r.ev_class, 'materialized view', NULL
+      FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class, patterns
+     WHERE c.relkind = 'm' AND r.ev_action::text ~ p)
+SELECT d.kind,
+       pg_catalog.format('%I.%I', n.nspname, c.relname)
+         || CASE WHEN d.detail IS NULL THEN '' ELSE pg_catalog.format(' (%I)', d.detail) END,
+       n.nspname::text
+  FROM dependent d
+  JOIN pg_catalog.pg_class c ON c.oid = d.relid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE (SELECT encoding FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+       = pg_catalog.pg_char_to_encoding('UTF8')
+ ORDER BY 2, 1";
 
 pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
     // ICU collations exist since 10; database-level ICU since 15.
@@ -328,5 +492,8 @@ pub(crate) fn not_applicable(old: PgMajor, new: PgMajor) -> String {
 /// The query of a catalogue rule, by id (for tests that prove a rule's query
 /// on a real cluster where the rule itself cannot fire).
 pub fn rule_sql(id: &str) -> Option<String> {
-    RULES.iter().find(|r| r.id == id).map(|r| (r.sql)())
+    RULES
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| (r.sql)(ScanMode::Private))
 }

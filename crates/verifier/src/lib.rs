@@ -18,8 +18,10 @@ use std::path::PathBuf;
 
 use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
 
-pub use catalog::{Capabilities, CatalogFacts, DatabaseInfo, TemplateLocale};
-pub use catalogue::{columns_using, rule_sql, CapabilityUse, ObjectRef};
+pub use catalog::{
+    drifted_indexes, Capabilities, CatalogFacts, DatabaseInfo, SlotSettings, TemplateLocale,
+};
+pub use catalogue::{columns_using, rule_sql, CapabilityUse, CollatedIndex, ObjectRef};
 pub use finding::{Finding, Status};
 pub use initdb::{matching_initdb, suggested_initdb};
 pub use statics::platform_char_is_signed;
