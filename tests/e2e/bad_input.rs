@@ -475,3 +475,53 @@ fn interrupted_check_stops_the_servers_it_started() {
     let control = pgm_cluster::ControlFile::read(&pair.old.datadir).unwrap();
     assert_eq!(control.state, pgm_cluster::ClusterState::ShutDown);
 }
+
+/// A directory of the new major already in an old tablespace (left by an
+/// earlier attempt) would make the restore fail: the check finds it, with
+/// the new cluster present (its exact name) and with one still to be created
+/// (any directory of that major).
+#[test]
+fn tablespace_already_holding_a_directory_of_the_new_major() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let location = pair.sandbox.mkdir("tblspc");
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            &format!("CREATE TABLESPACE space LOCATION '{}'", location.display()),
+        )
+    });
+    let control = pgm_cluster::ControlFile::read(&pair.new.datadir).unwrap();
+    let leftover = location.join(format!("PG_18_{}", control.catalog_version));
+    std::fs::create_dir(&leftover).unwrap();
+    pgm_testkit::chown_to_test_user(&leftover);
+    let run = refused_unchanged(
+        &pair,
+        pair.dir_args(),
+        "new-tablespace-dirs",
+        "new_tablespace_dir_exists",
+    );
+    assert!(run.check("new-tablespace-dirs")["message"]
+        .as_str()
+        .unwrap()
+        .contains(&leftover.display().to_string()));
+    // With -D still to be created, any directory of the new major counts.
+    let args = replace(&pair.dir_args(), "-D", pair.sandbox.path().join("new18"));
+    refused_unchanged(
+        &pair,
+        args,
+        "new-tablespace-dirs",
+        "new_tablespace_dir_exists",
+    );
+    assert!(!pair.sandbox.path().join("new18").exists());
+    // Gone, the check passes.
+    std::fs::remove_dir(&leftover).unwrap();
+    let run = pair.check(&[]);
+    assert_eq!(
+        run.check("new-tablespace-dirs")["status"],
+        "pass",
+        "{}",
+        run.stderr
+    );
+}

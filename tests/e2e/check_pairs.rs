@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 58] = [
+const ALL_CHECKS: [&str; 59] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -28,6 +28,7 @@ const ALL_CHECKS: [&str; 58] = [
     "control-data-checksums",
     "char-signedness",
     "old-tablespace-locations",
+    "new-tablespace-dirs",
     "transfer-mode",
     "disk-space",
     "old-connect",

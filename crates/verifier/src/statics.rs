@@ -849,6 +849,67 @@ fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", units[unit])
 }
 
+/// The new cluster puts its files for each tablespace in a directory named
+/// for its major and catalog version beside the old one's; one that exists
+/// already (an earlier attempt, or another cluster sharing the location)
+/// would make the restore fail.
+fn new_tablespace_dirs(report: &Report, tablespaces: &[std::path::PathBuf]) -> Finding {
+    let (id, title) = (
+        "new-tablespace-dirs",
+        "no directory of the new major in the tablespaces yet",
+    );
+    let Some(new_major) = report.new.install.as_ref().map(|i| i.version.major) else {
+        return Finding::skip(id, title, "the new installation is unknown");
+    };
+    // Without a new cluster yet its catalog version is unknown: any
+    // directory of the new major is in the way.
+    let exact = report
+        .new
+        .control
+        .as_ref()
+        .map(|c| format!("PG_{}_{}", new_major, c.catalog_version));
+    let prefix = format!("PG_{new_major}_");
+    let found: Vec<String> = tablespaces
+        .iter()
+        .flat_map(|location| {
+            std::fs::read_dir(location)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            match &exact {
+                Some(exact) => name == exact.as_str(),
+                None => name.starts_with(&prefix),
+            }
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    if found.is_empty() {
+        Finding::pass(
+            id,
+            title,
+            format!(
+                "{} user tablespaces have room for the new cluster's directory",
+                tablespaces.len()
+            ),
+        )
+    } else {
+        Finding::fail(
+            id,
+            title,
+            "new_tablespace_dir_exists",
+            format!(
+                "the new cluster's tablespace directories exist already: {}",
+                found.join(", ")
+            ),
+            "remove them if they hold nothing you need (a leftover of an earlier attempt: pg-migrate revert -D NEW removes its own), or give the other cluster that shares the location its own",
+        )
+    }
+}
+
 /// Link mode needs one filesystem; copy mode needs room for the data, the
 /// new cluster's own files and the pristine copy pg-migrate keeps of it.
 fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
@@ -859,6 +920,11 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
             Finding::skip(
                 "old-tablespace-locations",
                 "tablespaces outside the old data directory",
+                "no old data directory",
+            ),
+            Finding::skip(
+                "new-tablespace-dirs",
+                "no directory of the new major in the tablespaces yet",
                 "no old data directory",
             ),
             Finding::skip(link_id, link_title, "no old data directory"),
@@ -899,6 +965,7 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
             "no delete_old_cluster.sh is written; after the upgrade, move those tablespaces' contents out (ALTER TABLE … SET TABLESPACE to a tablespace elsewhere) before removing the old data directory",
         )
     });
+    out.push(new_tablespace_dirs(report, &tablespaces));
     match config.transfer {
         TransferKind::Link => {
             if device(&old.path) != device(new) {
