@@ -46,8 +46,11 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         create_new: true,
         strict: settings.strict,
         transfer: match settings.mode {
+            crate::cli::Mode::Copy => pgm_verifier::TransferKind::Copy,
+            crate::cli::Mode::CopyFileRange => pgm_verifier::TransferKind::CopyFileRange,
+            crate::cli::Mode::Clone => pgm_verifier::TransferKind::Clone,
             crate::cli::Mode::Link => pgm_verifier::TransferKind::Link,
-            _ => pgm_verifier::TransferKind::Copy,
+            crate::cli::Mode::Swap => pgm_verifier::TransferKind::Swap,
         },
         set_char_signedness: settings.set_char_signedness.map(|s| match s {
             Signedness::Signed => CharSignedness::Signed,

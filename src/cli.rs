@@ -52,6 +52,19 @@ pub enum Mode {
     Swap,
 }
 
+impl Mode {
+    /// How single files move. Swap moves whole directories and links the
+    /// files of relations it cannot move that way.
+    pub fn transfer(self) -> pgm_transfer::Mode {
+        match self {
+            Mode::Copy => pgm_transfer::Mode::Copy,
+            Mode::CopyFileRange => pgm_transfer::Mode::CopyFileRange,
+            Mode::Clone => pgm_transfer::Mode::Clone,
+            Mode::Link | Mode::Swap => pgm_transfer::Mode::Link,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Options {
     /// Old cluster's bin directory

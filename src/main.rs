@@ -246,7 +246,7 @@ fn finish_upgrade(
     engine: Result<upgrade::Engine<'_>, upgrade::Failure>,
     summary: &mut Summary,
 ) {
-    if !matches!(settings.mode, cli::Mode::Copy | cli::Mode::Link) {
+    if settings.mode == cli::Mode::Swap {
         printer.emit(&Event::Error {
             code: "mode_not_supported",
             message: format!(

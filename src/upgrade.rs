@@ -945,7 +945,7 @@ impl<'a> Engine<'a> {
             self.old_protected = true;
             return Ok(());
         }
-        pgm_transfer::probe_link(&self.old_dir.path.join("PG_VERSION"), &self.new_dir().path).map_err(|e| Failure {
+        pgm_transfer::probe(pgm_transfer::Mode::Link, &self.old_dir.path.join("PG_VERSION"), &self.new_dir().path).map_err(|e| Failure {
             code: "link_not_possible",
             message: e.to_string(),
             remedy: Some("hard links need the old and new data directories (and tablespaces) on one filesystem: use --copy, or put the new cluster on the old one's filesystem".into()),
@@ -975,10 +975,7 @@ impl<'a> Engine<'a> {
     }
 
     fn transfer(&mut self) -> Result<(), Failure> {
-        let mode = match self.settings.mode {
-            Mode::Link => pgm_transfer::Mode::Link,
-            _ => pgm_transfer::Mode::Copy,
-        };
+        let mode = self.settings.mode.transfer();
         let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
         let meter = self
             .printer

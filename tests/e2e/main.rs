@@ -9,6 +9,7 @@ mod cli;
 mod control;
 mod faults;
 mod json_schema;
+mod modes;
 mod proof;
 mod safety;
 mod support;

@@ -372,13 +372,24 @@ fn prove(old_major: u32, new_major: u32, mode: &str) {
     let Some(mut pair) = Pair::new(old_major, new_major) else {
         return;
     };
+    prove_on(&mut pair, mode, |_| ());
+}
+
+/// The full proof on a pair: the rich fixture, the upgrade in `mode`, dump
+/// and contents compared, the new cluster healthy, and the old cluster
+/// protected (link) or untouched and still equal (every other mode).
+/// `after_upgrade` looks at the pair before either server starts again.
+pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) {
+    let old_major = pair.old.major;
+    let new_major = pair.new.major;
     pair.old.start();
-    load_rich(&pair);
+    load_rich(pair);
     let before = capture(&pair.old, &pair.new.bindir);
     pair.old.stop();
     let old_snapshot = snapshot(&pair.old.datadir);
 
-    let run = upgrade(&pair, &[mode]);
+    let run = upgrade(pair, &[mode]);
+    after_upgrade(pair);
     let summary = run.summary();
     assert_eq!(summary["result"], "ok");
     assert_eq!(summary["upgrade"]["mode"], mode.trim_start_matches("--"));
@@ -511,4 +522,5 @@ proofs! {
     copy_13_to_15: 13 => 15, "--copy";
     link_14_to_15: 14 => 15, "--link";
     copy_14_to_15: 14 => 15, "--copy";
+    copy_file_range_15_to_18: 15 => 18, "--copy-file-range";
 }

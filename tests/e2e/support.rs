@@ -41,16 +41,35 @@ impl Pair {
     ) -> Option<Pair> {
         require(old_major)?;
         require(new_major)?;
-        let sandbox = Sandbox::new();
+        Some(Pair::in_sandbox(
+            Sandbox::new(),
+            (old_major, old_opts),
+            (new_major, new_opts),
+        ))
+    }
+
+    /// Both clusters in a sandbox under `base` (another filesystem).
+    pub fn new_in(base: &Path, old_major: u32, new_major: u32) -> Option<Pair> {
+        require(old_major)?;
+        require(new_major)?;
+        Some(Pair::in_sandbox(
+            Sandbox::new_in(base),
+            (old_major, no_checksums(old_major)),
+            (new_major, no_checksums(new_major)),
+        ))
+    }
+
+    fn in_sandbox(sandbox: Sandbox, old: (u32, &[&str]), new: (u32, &[&str])) -> Pair {
+        let ((old_major, old_opts), (new_major, new_opts)) = (old, new);
         let old = sandbox.cluster("old", old_major, old_opts);
         let new = sandbox.cluster("new", new_major, new_opts);
         let bin = binary(&sandbox);
-        Some(Pair {
+        Pair {
             old,
             new,
             bin,
             sandbox,
-        })
+        }
     }
 
     /// The four directory flags.

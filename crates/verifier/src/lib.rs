@@ -72,8 +72,38 @@ pub struct CheckConfig {
 pub enum TransferKind {
     /// Every file copied: the new side needs room for all of it.
     Copy,
+    /// Copied by the kernel (`copy_file_range`): room as for a copy, and
+    /// the call must work between the two directories.
+    CopyFileRange,
+    /// Reflinks: one filesystem, and one that can clone.
+    Clone,
     /// Hard links: old and new must share a filesystem.
     Link,
+    /// Directories moved into the new cluster: one filesystem.
+    Swap,
+}
+
+impl TransferKind {
+    /// The way single files move, for a probe; swap renames, which works
+    /// wherever a hard link does.
+    fn file_mode(self) -> pgm_transfer::Mode {
+        match self {
+            TransferKind::Copy => pgm_transfer::Mode::Copy,
+            TransferKind::CopyFileRange => pgm_transfer::Mode::CopyFileRange,
+            TransferKind::Clone => pgm_transfer::Mode::Clone,
+            TransferKind::Link | TransferKind::Swap => pgm_transfer::Mode::Link,
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            TransferKind::Copy => "--copy",
+            TransferKind::CopyFileRange => "--copy-file-range",
+            TransferKind::Clone => "--clone",
+            TransferKind::Link => "--link",
+            TransferKind::Swap => "--swap",
+        }
+    }
 }
 
 /// Which cluster a fact or finding is about.

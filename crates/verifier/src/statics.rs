@@ -910,6 +910,73 @@ fn new_tablespace_dirs(report: &Report, tablespaces: &[std::path::PathBuf]) -> F
     }
 }
 
+/// Link, clone and swap need one filesystem (clone one that can clone);
+/// copy_file_range must work between the two. Tried for real with a scratch
+/// file in the new directory (the old cluster's PG_VERSION is only read).
+fn check_transfer_mode(config: &CheckConfig, old: &Path, new: &Path) -> Finding {
+    let (id, title) = ("transfer-mode", "filesystems allow the transfer mode");
+    let mode = config.transfer;
+    let flag = mode.flag();
+    let same_device = device(old) == device(new);
+    if matches!(
+        mode,
+        TransferKind::Link | TransferKind::Clone | TransferKind::Swap
+    ) && !same_device
+    {
+        return Finding::fail(
+            id,
+            title,
+            "cross_device_link",
+            format!(
+                "{flag} needs the old and new data directories on one filesystem; {} and {} are on different ones",
+                old.display(),
+                new.display()
+            ),
+            "put the new data directory on the old one's filesystem, or use --copy",
+        );
+    }
+    if mode == TransferKind::Copy {
+        return Finding::pass(id, title, "copy mode works across filesystems");
+    }
+    // The new directory, or the existing directory it will be made in.
+    let Some(target) = new.ancestors().find(|p| p.is_dir()) else {
+        return Finding::skip(id, title, "no existing directory to try the transfer in");
+    };
+    match pgm_transfer::probe(mode.file_mode(), &old.join("PG_VERSION"), target) {
+        Ok(()) => Finding::pass(
+            id,
+            title,
+            match mode {
+                TransferKind::Link => "old and new data directories share a filesystem: hard links work".to_string(),
+                _ => format!("{flag} works from the old data directory into {}", target.display()),
+            },
+        ),
+        Err(e) => match mode {
+            TransferKind::Clone => Finding::fail(
+                id,
+                title,
+                "clone_unsupported",
+                format!("the filesystem cannot clone files (reflink): {e}"),
+                "use --link or --copy, or put both clusters on a filesystem that clones (XFS made with reflink=1, btrfs)",
+            ),
+            TransferKind::CopyFileRange => Finding::fail(
+                id,
+                title,
+                "copy_file_range_unsupported",
+                format!("copy_file_range does not work here: {e}"),
+                "use --copy",
+            ),
+            _ => Finding::fail(
+                id,
+                title,
+                "cross_device_link",
+                format!("{flag} does not work between the data directories: {e}"),
+                "put the new data directory on the old one's filesystem, or use --copy",
+            ),
+        },
+    }
+}
+
 /// Link mode needs one filesystem; copy mode needs room for the data, the
 /// new cluster's own files and the pristine copy pg-migrate keeps of it.
 fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
@@ -966,39 +1033,16 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
         )
     });
     out.push(new_tablespace_dirs(report, &tablespaces));
+    out.push(check_transfer_mode(config, &old.path, new));
     match config.transfer {
-        TransferKind::Link => {
-            if device(&old.path) != device(new) {
-                out.push(Finding::fail(
-                    link_id,
-                    link_title,
-                    "cross_device_link",
-                    format!(
-                        "--link needs the old and new data directories on one filesystem; {} and {} are on different ones",
-                        old.path.display(),
-                        new.display()
-                    ),
-                    "put the new data directory on the old one's filesystem, or use --copy",
-                ));
-            } else {
-                out.push(Finding::pass(
-                    link_id,
-                    link_title,
-                    "old and new data directories share a filesystem: hard links work",
-                ));
-            }
+        TransferKind::Link | TransferKind::Clone | TransferKind::Swap => {
             out.push(Finding::pass(
                 space_id,
                 space_title,
-                "link mode moves no data",
+                format!("{} copies no data", config.transfer.flag()),
             ));
         }
-        TransferKind::Copy => {
-            out.push(Finding::pass(
-                link_id,
-                link_title,
-                "copy mode works across filesystems",
-            ));
+        TransferKind::Copy | TransferKind::CopyFileRange => {
             // Needs per filesystem: the data directory's share, each tablespace's.
             let mut needs: BTreeMap<u64, (u64, std::path::PathBuf)> = BTreeMap::new();
             let mut add = |path: &Path, bytes: u64| {
