@@ -164,6 +164,18 @@ struct Envelope<'a> {
     time_ms: u64,
     #[serde(flatten)]
     event: &'a Event,
+    /// On the summary: pg-migrate's own peak memory (its servers and the
+    /// tools it runs not included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_bytes: Option<u64>,
+}
+
+/// This process's peak resident set size, from /proc/self/status (VmHWM).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub struct Printer {
@@ -193,6 +205,9 @@ impl Printer {
                 schema: SCHEMA_VERSION,
                 time_ms,
                 event,
+                peak_rss_bytes: matches!(event, Event::Summary { .. })
+                    .then(peak_rss_bytes)
+                    .flatten(),
             })
             .unwrap_or_else(|e| format!("{{\"schema\":{SCHEMA_VERSION},\"event\":\"error\",\"code\":\"internal\",\"message\":\"{e}\"}}"));
             let mut out = std::io::stdout().lock();

@@ -395,6 +395,8 @@ pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) 
     assert_eq!(summary["upgrade"]["mode"], mode.trim_start_matches("--"));
     assert_eq!(summary["upgrade"]["databases"], 6);
     assert!(summary["upgrade"]["files"].as_u64().unwrap() > 50);
+    // Its own memory, reported for benchmarks and capacity planning.
+    assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
 
     pair.new.start();
     let after = capture(&pair.new, &pair.new.bindir);

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""pg-migrate against PostgreSQL 18's pg_upgrade, measured in one run.
+
+Run through scripts/bench.sh, which installs PostgreSQL and builds the
+release binary first. For every dataset (built once on a PostgreSQL 15
+cluster) and every mode, each round gives both tools identical fresh copies
+of the old cluster and a fresh new 18 cluster, alternating which goes first;
+medians are compared. The physical floors (cp -al, cp -a of the same data
+directory) are timed the same way. pg-migrate's step durations (its JSON
+step_end events) show where its time goes.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prefix", required=True, help="PostgreSQL installs: PREFIX/<major>/bin")
+    p.add_argument("--user", default="pgmigrate", help="unprivileged user that runs servers (when root)")
+    p.add_argument("--workdir", default=os.environ.get("PG_MIGRATE_BENCH_DIR", "/var/tmp/pg-migrate-bench"))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("-j", "--jobs", type=int, default=2)
+    p.add_argument("--datasets", default="manyrels,pgbench,lobj")
+    p.add_argument("--modes", default="link,copy,check")
+    p.add_argument("--manyrels-dbs", type=int, default=8)
+    p.add_argument("--manyrels-tables", type=int, default=2500, help="tables per database (each with an index and a TOAST table)")
+    p.add_argument("--pgbench-scale", type=int, default=50)
+    p.add_argument("--lobjs", type=int, default=50000)
+    p.add_argument("--series", default="1000,5000,20000", help="table counts of the scaling series (one database; empty: none)")
+    p.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: does everything work?")
+    p.add_argument("--output", default=str(ROOT / "docs"), help="where benchmarks.md and benchmarks.json go")
+    a = p.parse_args()
+    if a.quick:
+        a.rounds, a.manyrels_dbs, a.manyrels_tables = 2, 2, 100
+        a.pgbench_scale, a.lobjs, a.series = 2, 1000, "100,300"
+    return a
+
+
+ARGS = parse_args()
+OLD_BIN = Path(ARGS.prefix) / "15" / "bin"
+NEW_BIN = Path(ARGS.prefix) / "18" / "bin"
+WORK = Path(ARGS.workdir)
+IS_ROOT = os.geteuid() == 0
+
+
+def as_user(cmd):
+    cmd = [str(c) for c in cmd]
+    return ["runuser", "-u", ARGS.user, "--"] + cmd if IS_ROOT else cmd
+
+
+def run(cmd, cwd=None, stdin=None, capture=False):
+    result = subprocess.run(as_user(cmd), cwd=cwd, input=stdin, text=True,
+                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        sys.exit(f"failed ({result.returncode}): {' '.join(map(str, cmd))}\n{result.stderr[-3000:]}"
+                 + (f"\n{result.stdout[-3000:]}" if capture and result.stdout else ""))
+    return result.stdout
+
+
+def timed(cmd, cwd=None):
+    start = time.monotonic()
+    out = run(cmd, cwd=cwd, capture=True)
+    return time.monotonic() - start, out
+
+
+def mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    if IS_ROOT:
+        shutil.chown(path, ARGS.user)
+    path.chmod(0o755)
+
+
+def initdb(bindir, datadir):
+    run([bindir / "initdb", "-D", datadir, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "--no-sync"]
+        + (["--no-data-checksums"] if bindir == NEW_BIN else []))
+
+
+class Server:
+    """A PostgreSQL 15 server on a private socket, to build a dataset."""
+
+    def __init__(self, datadir):
+        self.datadir, self.port = datadir, "5699"
+
+    def __enter__(self):
+        run([OLD_BIN / "pg_ctl", "-D", self.datadir, "-w", "-l", self.datadir.with_suffix(".log"), "-o",
+             f"-c listen_addresses='' -c unix_socket_directories='{WORK}' -p {self.port} -c fsync=off "
+             "-c max_locks_per_transaction=1024", "start"])
+        return self
+
+    def __exit__(self, *exc):
+        run([OLD_BIN / "pg_ctl", "-D", self.datadir, "-w", "-m", "fast", "stop"])
+
+    def psql(self, database, sql):
+        run([OLD_BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", WORK, "-p", self.port, "-d", database,
+             "-f", "-"], stdin=sql)
+
+
+def tables_sql(count):
+    """`count` tables, each with a primary-key index, a TOAST table and one row, 250 per transaction."""
+    out = []
+    for start in range(1, count + 1, 250):
+        out.append("BEGIN;")
+        for i in range(start, min(start + 250, count + 1)):
+            out.append(f"CREATE TABLE t{i} (id int PRIMARY KEY, payload text); INSERT INTO t{i} VALUES (1, 'x');")
+        out.append("COMMIT;")
+    return "\n".join(out)
+
+
+def build(name, loader):
+    """A golden old cluster for one dataset, built once."""
+    golden = WORK / "golden" / name
+    if golden.exists():
+        shutil.rmtree(golden)
+    mkdir(golden.parent)
+    initdb(OLD_BIN, golden)
+    print(f"  building {name} …", flush=True)
+    start = time.monotonic()
+    with Server(golden) as server:
+        loader(server)
+        server.psql("postgres", "CHECKPOINT;")
+    print(f"  built {name} in {time.monotonic() - start:.0f} s ({du(golden)})", flush=True)
+    return golden
+
+
+def du(path):
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return f"{total / 2**20:.0f} MiB"
+
+
+def load_manyrels(dbs, tables):
+    def loader(server):
+        for d in range(1, dbs + 1):
+            server.psql("postgres", f"CREATE DATABASE db{d};")
+            server.psql(f"db{d}", tables_sql(tables))
+    return loader
+
+
+def load_pgbench(server):
+    run([OLD_BIN / "pgbench", "-i", "-q", "-s", ARGS.pgbench_scale, "-h", WORK, "-p", server.port, "postgres"])
+
+
+def load_lobj(server):
+    server.psql("postgres", f"SELECT count(lo_from_bytea(0, convert_to(g::text, 'UTF8'))) FROM generate_series(1, {ARGS.lobjs}) g;")
+
+
+def trial_dirs(golden):
+    trial = WORK / "trial"
+    if trial.exists():
+        shutil.rmtree(trial)
+    mkdir(trial)
+    run(["cp", "-a", golden, trial / "old"])
+    initdb(NEW_BIN, trial / "new")
+    return trial
+
+
+def run_tool(tool, golden, mode):
+    """Seconds one tool takes, with pg-migrate's summary; fresh clusters each time."""
+    trial = trial_dirs(golden)
+    dirs = ["-b", OLD_BIN, "-B", NEW_BIN, "-d", trial / "old", "-D", trial / "new", "-j", ARGS.jobs]
+    flag = [] if mode == "check" else [f"--{mode}"]
+    if tool == "pg_upgrade":
+        extra = ["--check"] if mode == "check" else []
+        seconds, _ = timed([NEW_BIN / "pg_upgrade"] + dirs + flag + extra, cwd=trial)
+        return seconds, None
+    command = [WORK / "pg-migrate"] + (["check"] if mode == "check" else []) + dirs + flag + ["--json"]
+    seconds, out = timed(command, cwd=trial)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    summary = events[-1]
+    steps = {e["step"]: e["duration_ms"] / 1000 for e in events if e.get("event") == "step_end"}
+    return seconds, {"peak_rss_bytes": summary.get("peak_rss_bytes"), "steps": steps}
+
+
+def floor(golden, how):
+    target = WORK / "floor"
+    if target.exists():
+        shutil.rmtree(target)
+    seconds, _ = timed(["cp", how, golden, target])
+    shutil.rmtree(target)
+    return seconds
+
+
+def measure(name, golden, modes):
+    results = {}
+    for mode in modes:
+        times = {"pg_upgrade": [], "pg-migrate": []}
+        rss, steps = [], []
+        for r in range(ARGS.rounds):
+            order = ["pg_upgrade", "pg-migrate"] if r % 2 == 0 else ["pg-migrate", "pg_upgrade"]
+            for tool in order:
+                seconds, info = run_tool(tool, golden, mode)
+                times[tool].append(seconds)
+                if info:
+                    rss.append(info["peak_rss_bytes"] or 0)
+                    steps.append(info["steps"])
+                print(f"    {name} {mode} round {r + 1}: {tool} {seconds:.2f} s", flush=True)
+        entry = {tool: statistics.median(t) for tool, t in times.items()}
+        entry["ratio"] = entry["pg-migrate"] / entry["pg_upgrade"]
+        entry["rounds"] = times
+        entry["peak_rss_bytes"] = max(rss) if rss else None
+        entry["steps"] = {s: statistics.median(st.get(s, 0) for st in steps) for s in (steps[0] if steps else {})}
+        results[mode] = entry
+    floors = {how: statistics.median(floor(golden, how) for _ in range(ARGS.rounds)) for how in ("-al", "-a")}
+    return {"size": du(golden), "modes": results, "cp -al": floors["-al"], "cp -a": floors["-a"]}
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    fs = subprocess.run(["df", "-T", str(WORK)], text=True, capture_output=True).stdout.splitlines()[-1].split()[1]
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**20, 1),
+            "kernel": platform.release(), "filesystem": fs,
+            "pg_upgrade": run([NEW_BIN / "pg_upgrade", "-V"], capture=True).strip(),
+            "old": run([OLD_BIN / "postgres", "-V"], capture=True).strip()}
+
+
+def targets(report):
+    out = []
+    ds = report["datasets"]
+
+    def ratio(dataset, mode):
+        return ds.get(dataset, {}).get("modes", {}).get(mode, {}).get("ratio")
+
+    def add(what, value, limit):
+        if value is not None:
+            out.append({"target": what, "value": round(value, 3), "limit": limit, "met": value <= limit})
+
+    add("link, manyrels: pg-migrate / pg_upgrade", ratio("manyrels", "link"), 0.6)
+    add("copy, pgbench: pg-migrate / pg_upgrade --copy", ratio("pgbench", "copy"), 0.8)
+    pgbench = ds.get("pgbench", {})
+    if "copy" in pgbench.get("modes", {}):
+        add("copy, pgbench: pg-migrate / cp -a", pgbench["modes"]["copy"]["pg-migrate"] / pgbench["cp -a"], 1.15)
+    add("check, manyrels: pg-migrate / pg_upgrade --check", ratio("manyrels", "check"), 0.5)
+    series = report.get("series", [])
+    if series:
+        largest = series[-1]
+        add(f"peak RSS at {largest['tables']} tables (MB)", largest["peak_rss_bytes"] / 1e6, 64)
+        if len(series) >= 2:
+            a, b = series[-2], series[-1]
+            growth = (b["pg-migrate"] / b["tables"]) / (a["pg-migrate"] / a["tables"])
+            add(f"time per table, {b['tables']} vs {a['tables']} tables (1 = linear)", growth, 1.25)
+    return out
+
+
+def markdown(report):
+    m = report["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `scripts/bench.sh`" + (" (--quick: small datasets, not the targets' sizes)" if report["quick"] else "")
+        + f" on {report['date']}. Each number is the median of {report['rounds']} rounds; in each round both tools get",
+        "identical fresh copies of the old PostgreSQL 15 cluster and a fresh new 18 cluster, and they alternate",
+        f"going first. Both run with -j {report['jobs']}. Ratios below 1 mean pg-migrate is faster.",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, {m['filesystem']}; "
+        f"{m['old']} → {m['pg_upgrade']}.",
+        "",
+        "| dataset | size | mode | pg_upgrade (s) | pg-migrate (s) | ratio | cp -al (s) | cp -a (s) | pg-migrate peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in report["datasets"].items():
+        for mode, e in d["modes"].items():
+            rss = f"{e['peak_rss_bytes'] / 2**20:.1f} MiB" if e["peak_rss_bytes"] else "—"
+            lines.append(f"| {name} | {d['size']} | {mode} | {e['pg_upgrade']:.2f} | {e['pg-migrate']:.2f} | "
+                         f"{e['ratio']:.2f} | {d['cp -al']:.2f} | {d['cp -a']:.2f} | {rss} |")
+    if report.get("series"):
+        lines += ["", "## Scaling (one database, link mode)", "",
+                  "| tables | relations | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate peak RSS |", "|---|---|---|---|---|---|"]
+        for s in report["series"]:
+            lines.append(f"| {s['tables']} | {4 * s['tables']} | {s['pg_upgrade']:.2f} | {s['pg-migrate']:.2f} | "
+                         f"{s['pg-migrate'] / s['pg_upgrade']:.2f} | {s['peak_rss_bytes'] / 2**20:.1f} MiB |")
+    lines += ["", "## Where pg-migrate's time goes (median seconds per step)", ""]
+    for name, d in report["datasets"].items():
+        for mode, e in d["modes"].items():
+            if e["steps"]:
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(e["steps"].items(), key=lambda kv: -kv[1]))
+                lines.append(f"- {name} {mode}: {parts}")
+    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | ≤ {t['limit']} | {'yes' if t['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    mkdir(WORK)
+    shutil.copy(ROOT / "target" / "release" / "pg-migrate", WORK / "pg-migrate")
+    (WORK / "pg-migrate").chmod(0o755)
+    loaders = {
+        "manyrels": load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables),
+        "pgbench": load_pgbench,
+        "lobj": load_lobj,
+    }
+    modes = [m for m in ARGS.modes.split(",") if m]
+    report = {"date": time.strftime("%Y-%m-%d"), "quick": ARGS.quick, "rounds": ARGS.rounds, "jobs": ARGS.jobs,
+              "machine": machine(), "datasets": {}, "series": []}
+    for name in [d for d in ARGS.datasets.split(",") if d]:
+        print(f"dataset {name}", flush=True)
+        golden = build(name, loaders[name])
+        report["datasets"][name] = measure(name, golden, modes)
+        shutil.rmtree(golden)
+    for tables in [int(t) for t in ARGS.series.split(",") if t]:
+        print(f"series {tables} tables", flush=True)
+        golden = build(f"series-{tables}", load_manyrels(1, tables))
+        entry = measure(f"series-{tables}", golden, ["link"])["modes"]["link"]
+        report["series"].append({"tables": tables, "pg_upgrade": entry["pg_upgrade"],
+                                 "pg-migrate": entry["pg-migrate"], "peak_rss_bytes": entry["peak_rss_bytes"]})
+        shutil.rmtree(golden)
+    report["targets"] = targets(report)
+    out = Path(ARGS.output)
+    (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / "benchmarks.md").write_text(text)
+    print("\n" + text)
+    shutil.rmtree(WORK / "trial", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
