@@ -29,7 +29,7 @@ def parse_args():
     p.add_argument("--prefix", required=True, help="PostgreSQL installs: PREFIX/<major>/bin")
     p.add_argument("--user", default="pgmigrate", help="unprivileged user that runs servers (when root)")
     p.add_argument("--workdir", default=os.environ.get("PG_MIGRATE_BENCH_DIR", "/var/tmp/pg-migrate-bench"))
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, choices=range(1, 100), metavar="N")
     p.add_argument("-j", "--jobs", type=int, default=2)
     p.add_argument("--datasets", default="manyrels,pgbench,lobj")
     p.add_argument("--modes", default="link,copy,check")

@@ -1053,7 +1053,7 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new("server_stop_failed", e))?;
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         if !outdated.is_empty() {
-            let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n");
+            let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n\\set ON_ERROR_STOP on\n");
             for (db, names) in &outdated {
                 sql.push_str(&format!("\\connect {}\n", psql_quote(db)));
                 for name in names {
@@ -1157,7 +1157,9 @@ impl<'a> Engine<'a> {
         }
         let mut sql = String::from(
             "-- Written by pg-migrate: indexes and materialized views computed under a collation\n\
-             -- or Unicode version that changed with the upgrade.\n",
+             -- or Unicode version that changed with the upgrade. It stops at the first error, so\n\
+             -- that no collation is marked current while an index built under it failed to rebuild.\n\
+             \\set ON_ERROR_STOP on\n",
         );
         for (database, work) in by_database {
             sql.push_str(&format!("\\connect {}\n", psql_quote(&database)));

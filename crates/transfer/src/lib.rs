@@ -275,11 +275,12 @@ fn copy_bytes(from: &Path, to: &Path) -> std::io::Result<()> {
 /// `copy_file_range` until the end of the source.
 fn copy_in_kernel(from: &Path, to: &Path) -> std::io::Result<()> {
     let source = std::fs::File::open(from)?;
-    let permissions = source.metadata()?.permissions();
+    let metadata = source.metadata()?;
     let target = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)?;
+    let mut copied = 0u64;
     loop {
         // Up to 1 GiB per call: a segment file at most.
         let n = nix::fcntl::copy_file_range(&source, None, &target, None, 1 << 30)
@@ -287,8 +288,17 @@ fn copy_in_kernel(from: &Path, to: &Path) -> std::io::Result<()> {
         if n == 0 {
             break;
         }
+        copied += n as u64;
     }
-    target.set_permissions(permissions)?;
+    // The file does not change under us (its server is stopped): a short
+    // copy is an error, never a truncated relation.
+    if copied != metadata.len() {
+        return Err(std::io::Error::other(format!(
+            "copied {copied} of {} bytes",
+            metadata.len()
+        )));
+    }
+    target.set_permissions(metadata.permissions())?;
     Ok(())
 }
 

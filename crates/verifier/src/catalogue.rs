@@ -383,9 +383,10 @@ pub(crate) fn collated_indexes_sql(old: PgMajor) -> String {
     )
 }
 
-/// Relations of the connected database (17 and later) whose contents depend
+/// Objects of the connected database (17 and later) whose contents depend
 /// on the Unicode tables built into PostgreSQL: expressions in indexes,
-/// constraints, partition keys and materialized views that call the
+/// table and domain constraints, partition keys, stored generated columns
+/// and materialized views that call the
 /// Unicode functions, or case mapping and case-insensitive matching under a
 /// builtin Unicode collation. A new major with other Unicode tables may
 /// order, match or normalize them differently.
@@ -413,7 +414,7 @@ case_functions (oid) AS (
 patterns (p) AS (
     SELECT '\{FUNCEXPR :funcid ' || f.oid || '[ }]' FROM unicode_functions f
     UNION
-    SELECT '\{OPEXPR :opno ' || o.oid || ' (:\w+ \w+ )*:inputcollid ' || c.oid || '[ }]'
+    SELECT '\{(OPEXPR|SCALARARRAYOPEXPR) :opno ' || o.oid || ' (:\w+ \w+ )*:inputcollid ' || c.oid || '[ }]'
       FROM case_operators o, unicode_collations c
     UNION
     SELECT '\{FUNCEXPR :funcid ' || f.oid || ' (:\w+ \w+ )*:inputcollid ' || c.oid || '[ }]'
@@ -421,6 +422,11 @@ patterns (p) AS (
 dependent (relid, kind, detail) AS (
     SELECT conrelid, 'constraint', conname::text FROM pg_catalog.pg_constraint, patterns
      WHERE conrelid <> 0 AND conbin::text ~ p
+    UNION
+    SELECT a.attrelid, 'generated column', a.attname::text
+      FROM pg_catalog.pg_attrdef d
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum, patterns
+     WHERE a.attgenerated = 's' AND d.adbin::text ~ p
     UNION
     SELECT indexrelid, 'index', NULL FROM pg_catalog.pg_index, patterns
      WHERE indexprs::text ~ p OR indpred::text ~ p
@@ -430,14 +436,22 @@ dependent (relid, kind, detail) AS (
     UNION
     SELECT r.ev_class, 'materialized view', NULL
       FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class, patterns
-     WHERE c.relkind = 'm' AND r.ev_action::text ~ p)
-SELECT d.kind,
-       pg_catalog.format('%I.%I', n.nspname, c.relname)
-         || CASE WHEN d.detail IS NULL THEN '' ELSE pg_catalog.format(' (%I)', d.detail) END,
-       n.nspname::text
-  FROM dependent d
-  JOIN pg_catalog.pg_class c ON c.oid = d.relid
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'm' AND r.ev_action::text ~ p),
+found (kind, name, schema) AS (
+    SELECT d.kind,
+           pg_catalog.format('%I.%I', n.nspname, c.relname)
+             || CASE WHEN d.detail IS NULL THEN '' ELSE pg_catalog.format(' (%I)', d.detail) END,
+           n.nspname::text
+      FROM dependent d
+      JOIN pg_catalog.pg_class c ON c.oid = d.relid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    UNION
+    SELECT 'domain constraint', pg_catalog.format('%I.%I (%I)', n.nspname, t.typname, k.conname), n.nspname::text
+      FROM pg_catalog.pg_constraint k
+      JOIN pg_catalog.pg_type t ON t.oid = k.contypid
+      JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace, patterns
+     WHERE k.contypid <> 0 AND k.conbin::text ~ p)
+SELECT kind, name, schema FROM found
  WHERE (SELECT encoding FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
        = pg_catalog.pg_char_to_encoding('UTF8')
  ORDER BY 2, 1";

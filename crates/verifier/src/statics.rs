@@ -913,16 +913,18 @@ fn new_tablespace_dirs(report: &Report, tablespaces: &[std::path::PathBuf]) -> F
 /// Link, clone and swap need one filesystem (clone one that can clone);
 /// copy_file_range must work between the two. Tried for real with a scratch
 /// file in the new directory (the old cluster's PG_VERSION is only read).
-fn check_transfer_mode(config: &CheckConfig, old: &Path, new: &Path) -> Finding {
+fn check_transfer_mode(
+    config: &CheckConfig,
+    old: &Path,
+    new: &Path,
+    tablespaces: &[std::path::PathBuf],
+) -> Finding {
     let (id, title) = ("transfer-mode", "filesystems allow the transfer mode");
     let mode = config.transfer;
     let flag = mode.flag();
     let same_device = device(old) == device(new);
-    if matches!(
-        mode,
-        TransferKind::Link | TransferKind::Clone | TransferKind::Swap
-    ) && !same_device
-    {
+    // Clones may cross devices (btrfs subvolumes): the probe decides.
+    if matches!(mode, TransferKind::Link | TransferKind::Swap) && !same_device {
         return Finding::fail(
             id,
             title,
@@ -942,7 +944,23 @@ fn check_transfer_mode(config: &CheckConfig, old: &Path, new: &Path) -> Finding 
     let Some(target) = new.ancestors().find(|p| p.is_dir()) else {
         return Finding::skip(id, title, "no existing directory to try the transfer in");
     };
-    match pgm_transfer::probe(mode.file_mode(), &old.join("PG_VERSION"), target) {
+    // Each tablespace's files go beside the old ones, in the same location:
+    // tried there too, from one of the old cluster's files in it.
+    let mut trials = vec![(old.join("PG_VERSION"), target.to_path_buf())];
+    for location in tablespaces {
+        let sample = walkdir::WalkDir::new(location)
+            .min_depth(2)
+            .into_iter()
+            .flatten()
+            .find(|e| e.file_type().is_file());
+        if let Some(sample) = sample {
+            trials.push((sample.into_path(), location.clone()));
+        }
+    }
+    let outcome = trials
+        .iter()
+        .try_for_each(|(from, into)| pgm_transfer::probe(mode.file_mode(), from, into));
+    match outcome {
         Ok(()) => Finding::pass(
             id,
             title,
@@ -1033,7 +1051,7 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
         )
     });
     out.push(new_tablespace_dirs(report, &tablespaces));
-    out.push(check_transfer_mode(config, &old.path, new));
+    out.push(check_transfer_mode(config, &old.path, new, &tablespaces));
     match config.transfer {
         TransferKind::Link | TransferKind::Clone | TransferKind::Swap => {
             out.push(Finding::pass(
