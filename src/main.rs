@@ -246,23 +246,6 @@ fn finish_upgrade(
     engine: Result<upgrade::Engine<'_>, upgrade::Failure>,
     summary: &mut Summary,
 ) {
-    if settings.mode == cli::Mode::Swap {
-        printer.emit(&Event::Error {
-            code: "mode_not_supported",
-            message: format!(
-                "{} is not supported yet; use --copy or --link",
-                mode_flag(settings.mode).trim()
-            ),
-            remedy: Some("nothing was changed".into()),
-            causes: Vec::new(),
-            clusters: ClusterStates {
-                old: "started_and_stopped",
-                new: "unchanged",
-            },
-        });
-        summary.exit_code = exit::USAGE;
-        return;
-    }
     let mut engine = match engine {
         Ok(engine) => engine,
         Err(failure) => {

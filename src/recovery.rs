@@ -126,6 +126,9 @@ pub fn fill_from_journal(options: &mut Options) -> Result<JournalView, Refusal> 
     }
     options.link = mode == "link";
     options.copy = mode == "copy";
+    options.clone = mode == "clone";
+    options.copy_file_range = mode == "copy-file-range";
+    options.swap = mode == "swap";
     Ok(view)
 }
 
@@ -240,6 +243,25 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
                 message: "the new cluster has been started since the upgrade finished: it may hold changes, and in link mode it has written to files it shares with the old cluster".into(),
                 remedy: "revert is no longer safe; keep the new cluster, or restore the old one from a backup".into(),
             });
+        }
+    }
+    if settings.mode == crate::cli::Mode::Swap {
+        // The old cluster's directories come home before anything else
+        // touches the new cluster (its reset would delete them).
+        if let Some(moves) = crate::upgrade::saved_moves(new) {
+            let dirs = pgm_transfer::swap_dirs(&moves).map_err(|file| Refusal {
+                code: "revert_failed",
+                message: format!(
+                    "the saved transfer plan cannot be swapped back ({})",
+                    file.display()
+                ),
+                remedy: "restore the old cluster from a backup".into(),
+            })?;
+            pgm_transfer::unswap(&dirs, &journal::dir(new).join("swap")).map_err(|e| Refusal {
+                code: "revert_failed",
+                message: format!("could not move the old cluster's directories back: {e}"),
+                remedy: "run pg-migrate revert again; if it fails again, move the directories named above back by hand".into(),
+            })?;
         }
     }
     let control = settings.old_datadir.join("global/pg_control");

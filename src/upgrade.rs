@@ -106,6 +106,19 @@ struct SavedPlan {
     tablespaces: Vec<String>,
 }
 
+/// The transfer plan an upgrade saved, for revert.
+pub fn saved_moves(new_datadir: &Path) -> Option<Vec<FileMove>> {
+    let path = crate::journal::dir(new_datadir).join("transfer-plan.json");
+    let saved: SavedPlan = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(
+        saved
+            .moves
+            .into_iter()
+            .map(|(from, to, bytes)| FileMove { from, to, bytes })
+            .collect(),
+    )
+}
+
 /// What a signal handler needs to report an interrupted upgrade.
 #[derive(Clone)]
 pub struct Interruptible {
@@ -314,7 +327,7 @@ impl<'a> Engine<'a> {
         self.step("handover-counters", Engine::handover_counters)?;
         self.step("restore-schema", Engine::restore_schema)?;
         self.step("match-relations", Engine::match_relations)?;
-        if self.settings.mode == Mode::Link {
+        if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
             self.step("protect-old", Engine::protect_old)?;
         }
         self.step("transfer", Engine::transfer)?;
@@ -907,6 +920,17 @@ impl<'a> Engine<'a> {
             }
         }
         self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
+        if self.settings.mode == Mode::Swap {
+            // Found here, before the point of no return.
+            pgm_transfer::swap_dirs(&self.moves).map_err(|file| Failure {
+                code: "swap_not_possible",
+                message: format!(
+                    "{} would change its name in the new cluster: --swap needs every relation file to keep its name",
+                    file.display()
+                ),
+                remedy: Some("use --link (or --copy); nothing was changed in the old cluster".into()),
+            })?;
+        }
         self.save_plan()
     }
 
@@ -975,6 +999,9 @@ impl<'a> Engine<'a> {
     }
 
     fn transfer(&mut self) -> Result<(), Failure> {
+        if self.settings.mode == Mode::Swap {
+            return self.swap();
+        }
         let mode = self.settings.mode.transfer();
         let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
         let meter = self
@@ -987,6 +1014,29 @@ impl<'a> Engine<'a> {
         .map_err(|e| Failure::new("transfer_failed", e))?;
         meter.finish();
         self.transferred = (done.files_done, done.bytes_done);
+        Ok(())
+    }
+
+    /// Swap mode: whole database directories move into the new cluster.
+    fn swap(&mut self) -> Result<(), Failure> {
+        let dirs = pgm_transfer::swap_dirs(&self.moves).map_err(|file| {
+            Failure::new(
+                "swap_not_possible",
+                format!("{} would change its name", file.display()),
+            )
+        })?;
+        let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
+        let meter = self
+            .printer
+            .meter_bytes("transfer", dirs.len() as u64, total_bytes);
+        let markers = crate::journal::dir(&self.new_dir().path).join("swap");
+        pgm_transfer::swap(&dirs, &markers, &|done| {
+            meter.set(done as u64, 0);
+            pgm_cluster::faults::point(|| format!("transfer:directory:{done}"));
+        })
+        .map_err(|e| Failure::new("transfer_failed", e))?;
+        meter.finish();
+        self.transferred = (self.moves.len() as u64, total_bytes);
         Ok(())
     }
 
@@ -1098,11 +1148,16 @@ impl<'a> Engine<'a> {
             )),
             None => next.push("delete the old cluster's files by hand once the new one runs well (no script: a data directory or tablespace lies inside another)".into()),
         }
-        if self.settings.mode == Mode::Link {
-            next.push(format!(
+        match self.settings.mode {
+            Mode::Link => next.push(format!(
                 "the old cluster cannot be started: its global/pg_control was renamed to pg_control.old; to go back instead, and only while the new cluster has never been started, rename it back: mv {0}/global/pg_control.old {0}/global/pg_control",
                 shell_quote(&self.old_dir.path.display().to_string())
-            ));
+            )),
+            Mode::Swap => next.push(format!(
+                "the old cluster cannot be started: its database directories now belong to the new cluster; to go back instead, and only while the new cluster has never been started: pg-migrate revert -D {}",
+                shell_quote(&self.new_dir().path.display().to_string())
+            )),
+            _ => {}
         }
         Ok(next)
     }

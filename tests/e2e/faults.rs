@@ -225,6 +225,11 @@ kill_points! {
     link_after_set_next_oid: "--link", "after:set-next-oid";
     link_after_sync: "--link", "after:sync";
     link_after_finish: "--link", "after:finish";
+    swap_after_protect_old: "--swap", "after:protect-old";
+    swap_inside_transfer_first_directory: "--swap", "transfer:directory:1";
+    swap_inside_transfer_third_directory: "--swap", "transfer:directory:3";
+    swap_after_transfer: "--swap", "after:transfer";
+    swap_after_finish: "--swap", "after:finish";
     copy_after_dump_old: "--copy", "after:dump-old";
     copy_after_prepare_new: "--copy", "after:prepare-new";
     copy_after_handover: "--copy", "after:handover-counters";

@@ -1,8 +1,8 @@
 //! Transfer modes beyond link and copy. `--clone` is proven on a real
 //! reflink filesystem: an XFS image on a loop device that the test makes
 //! (root only; CI runs as root). Where the filesystem cannot clone, the
-//! check refuses before anything changes. `--copy-file-range` has its proof
-//! in proof.rs.
+//! check refuses before anything changes. `--copy-file-range` and `--swap`
+//! have their proofs in proof.rs, swap's interruptions in faults.rs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,6 +167,21 @@ fn clone_refused_where_the_filesystem_cannot_clone() {
     assert_refused(&run, "transfer-mode", "clone_unsupported");
     assert_eq!(run.error()["clusters"]["old"], "unchanged");
     assert_eq!(run.error()["clusters"]["new"], "unchanged");
+    let (old_after, new_after) = pair.snapshots();
+    assert_same_tree(&old_before, &old_after, "old cluster");
+    assert_same_tree(&new_before, &new_after, "new cluster");
+}
+
+/// Before 15 the new cluster gives relation files new names: --swap cannot
+/// move directories whole, and the check says so before anything changes.
+#[test]
+fn swap_needs_a_new_cluster_that_keeps_file_names() {
+    let Some(pair) = Pair::new(12, 14) else {
+        return;
+    };
+    let (old_before, new_before) = pair.snapshots();
+    let run = pair.check(&["--swap"]);
+    assert_refused(&run, "transfer-mode", "swap_not_possible");
     let (old_after, new_after) = pair.snapshots();
     assert_same_tree(&old_before, &old_after, "old cluster");
     assert_same_tree(&new_before, &new_after, "new cluster");

@@ -410,12 +410,23 @@ pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) 
     pair.new.stop();
 
     let control = pair.old.datadir.join("global/pg_control");
-    if mode == "--link" {
+    if mode == "--link" || mode == "--swap" {
         assert!(
             !control.exists() && control.with_extension("old").exists(),
-            "link mode protects the old cluster"
+            "{mode} protects the old cluster"
         );
-    } else {
+    }
+    if mode == "--swap" {
+        // The old cluster's database directories (but template0's and
+        // those without user relations) went whole into the new one; its
+        // catalog files wait beside them.
+        let aside = pair.old.datadir.join("base/moved_for_upgrade");
+        assert!(aside.is_dir(), "{} is missing", aside.display());
+        assert!(std::fs::read_dir(&aside)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with("_old_catalogs")));
+    } else if mode != "--link" {
         // Copy mode: no data file of the old cluster was written (its server
         // ran only to be read), and it still starts with identical contents.
         assert_data_files_untouched(&old_snapshot, &snapshot(&pair.old.datadir));
@@ -525,4 +536,7 @@ proofs! {
     link_14_to_15: 14 => 15, "--link";
     copy_14_to_15: 14 => 15, "--copy";
     copy_file_range_15_to_18: 15 => 18, "--copy-file-range";
+    swap_15_to_18: 15 => 18, "--swap";
+    swap_17_to_18: 17 => 18, "--swap";
+    swap_12_to_15: 12 => 15, "--swap";
 }

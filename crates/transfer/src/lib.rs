@@ -14,6 +14,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+mod swap;
+pub use swap::{swap, swap_dirs, unswap, SwapDir};
+
 /// How files reach the new cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

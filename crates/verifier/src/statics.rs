@@ -918,10 +918,20 @@ fn check_transfer_mode(
     old: &Path,
     new: &Path,
     tablespaces: &[std::path::PathBuf],
+    new_major: Option<pgm_cluster::PgMajor>,
 ) -> Finding {
     let (id, title) = ("transfer-mode", "filesystems allow the transfer mode");
     let mode = config.transfer;
     let flag = mode.flag();
+    if mode == TransferKind::Swap && new_major.is_some_and(|m| m.number() < 15) {
+        return Finding::fail(
+            id,
+            title,
+            "swap_not_possible",
+            "--swap needs a new cluster of PostgreSQL 15 or later, which keeps every relation file's name (relfilenumber)",
+            "use --link or --copy",
+        );
+    }
     let same_device = device(old) == device(new);
     // Clones may cross devices (btrfs subvolumes): the probe decides.
     if matches!(mode, TransferKind::Link | TransferKind::Swap) && !same_device {
@@ -1051,7 +1061,14 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
         )
     });
     out.push(new_tablespace_dirs(report, &tablespaces));
-    out.push(check_transfer_mode(config, &old.path, new, &tablespaces));
+    let new_major = report.new.install.as_ref().map(|i| i.version.major);
+    out.push(check_transfer_mode(
+        config,
+        &old.path,
+        new,
+        &tablespaces,
+        new_major,
+    ));
     match config.transfer {
         TransferKind::Link | TransferKind::Clone | TransferKind::Swap => {
             out.push(Finding::pass(
