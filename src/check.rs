@@ -45,6 +45,7 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         allow_live_old: settings.check_only,
         create_new: true,
         strict: settings.strict,
+        keep_old_server: !settings.check_only,
         transfer: match settings.mode {
             crate::cli::Mode::Copy => pgm_verifier::TransferKind::Copy,
             crate::cli::Mode::CopyFileRange => pgm_verifier::TransferKind::CopyFileRange,

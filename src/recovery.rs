@@ -149,10 +149,16 @@ pub fn stop_leftover_servers(
         if let Ok(ServerStatus::Running(pid)) = dir.server_status() {
             // Our private socket directories are named pgm-*; with the lock
             // held, no other pg-migrate can be using one.
-            let mine = pid.socket_dir.as_ref().is_some_and(|s| {
-                ours.iter().any(|o| o == s)
-                    || s.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("pgm-"))
+            // The new server's socket is in the run directory's `new`.
+            let mine = pid.socket_dir.as_ref().is_some_and(|socket| {
+                [Some(socket.as_path()), socket.parent()]
+                    .into_iter()
+                    .flatten()
+                    .any(|s| {
+                        ours.iter().any(|o| o == s)
+                            || s.file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with("pgm-"))
+                    })
             });
             if !mine {
                 if view.is_none() {

@@ -14,6 +14,10 @@ impl RunDir {
         let dir = tempfile::Builder::new().prefix("pgm-").tempdir_in(base)?;
         let path = dir.path().to_path_buf();
         std::fs::create_dir(path.join("log"))?;
+        // The new server's socket lives apart from the old one's: both may
+        // run at once (the checks hand the old server on to the dump) with
+        // the same port, as pg_upgrade's defaults have it.
+        std::fs::create_dir(path.join("new"))?;
         Ok(RunDir {
             dir: Some(dir),
             path,
@@ -22,6 +26,15 @@ impl RunDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where a server puts its unix socket.
+    pub fn socket_dir(&self, old: bool) -> PathBuf {
+        if old {
+            self.path.clone()
+        } else {
+            self.path.join("new")
+        }
     }
 
     pub fn log_dir(&self) -> PathBuf {

@@ -3,7 +3,7 @@
 //! `protect-old` leaves the old cluster as it was, and in link mode nothing
 //! after it happens unless everything before it succeeded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -434,7 +434,7 @@ impl<'a> Engine<'a> {
             } else {
                 self.settings.new_port
             },
-            socket_dir: self.run_dir.path().to_path_buf(),
+            socket_dir: self.run_dir.socket_dir(old),
             binary_upgrade: true,
             durability_off: !old,
             extra_options: if old {
@@ -453,7 +453,7 @@ impl<'a> Engine<'a> {
 
     fn client_conn(&self, old: bool) -> ClientConn {
         ClientConn {
-            socket_dir: self.run_dir.path().to_path_buf(),
+            socket_dir: self.run_dir.socket_dir(old),
             port: if old {
                 self.settings.old_port
             } else {
@@ -604,7 +604,11 @@ impl<'a> Engine<'a> {
     /// Old server up: list databases, tablespaces and relations; dump globals
     /// and every database's schema (`-j` at a time); old server down.
     fn dump_old(&mut self) -> Result<(), Failure> {
-        let server = self.start_old()?;
+        // The checks leave the old server running (unless resumed).
+        let server = match self.report.kept_old.take() {
+            Some(server) => server,
+            None => self.start_old()?,
+        };
         let mut client = server
             .connect("template1")
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
@@ -1049,7 +1053,37 @@ impl<'a> Engine<'a> {
         .map_err(|e| Failure::new("handover_failed", e))
     }
 
+    /// The new cluster to disk. With fsync (the default) pg-migrate syncs
+    /// it itself, `-j` files at a time, and skips the files whose contents
+    /// were durable before the upgrade began: the old cluster's relation
+    /// files that link and swap mode only gave new names (their directories
+    /// are synced, which makes the names durable). syncfs goes to initdb.
     fn sync(&mut self) -> Result<(), Failure> {
+        if self.settings.sync_method == SyncMethod::Fsync {
+            let new = self.new_dir().path.clone();
+            let mut roots = vec![new.clone()];
+            // What initdb --sync-only follows: pg_wal and the tablespaces.
+            if let Ok(wal) = std::fs::read_link(new.join("pg_wal")) {
+                roots.push(new.join(wal));
+            }
+            let version_dir = self.tablespace_dir(false)?;
+            if let Ok(entries) = std::fs::read_dir(new.join("pg_tblspc")) {
+                for entry in entries.flatten() {
+                    if let Ok(location) = std::fs::read_link(entry.path()) {
+                        roots.push(location.join(&version_dir));
+                    }
+                }
+            }
+            let durable: HashSet<PathBuf> = if matches!(self.settings.mode, Mode::Link | Mode::Swap)
+            {
+                self.moves.iter().map(|m| m.to.clone()).collect()
+            } else {
+                HashSet::new()
+            };
+            pgm_transfer::sync_tree(&roots, &durable, self.settings.jobs)
+                .map_err(|e| Failure::new("sync_failed", e))?;
+            return Ok(());
+        }
         let mut command = self
             .new_install
             .command(Tool::Initdb)

@@ -7,6 +7,8 @@
 //! inode, cloning shares its blocks copy-on-write, copying reads it. It
 //! knows nothing of catalogs or servers.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -109,25 +111,67 @@ pub fn relation_base(
 /// The forks a relation may have besides the main one.
 const FORKS: [&str; 4] = ["", "_fsm", "_vm", "_init"];
 
-/// Every existing segment of every fork, as file names relative to the base.
-fn existing_files(base: &Path) -> Result<Vec<(String, u64)>, Error> {
-    let mut out = Vec::new();
-    for fork in FORKS {
-        for segment in 0u32.. {
-            let suffix = if segment == 0 {
-                fork.to_string()
-            } else {
-                format!("{fork}.{segment}")
-            };
-            let path = with_suffix(base, &suffix);
-            match std::fs::metadata(&path) {
-                Ok(meta) => out.push((suffix, meta.len())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) => return Err(io(&path, e)),
+/// The names in each database directory, read once: a relation's forks
+/// and segments are looked up here rather than asked of the filesystem one
+/// by one (tens of thousands of relations would cost hundreds of thousands
+/// of stat calls).
+#[derive(Default)]
+struct Listing {
+    dirs: HashMap<PathBuf, HashSet<OsString>>,
+}
+
+impl Listing {
+    fn names(&mut self, dir: &Path) -> Result<&mut HashSet<OsString>, Error> {
+        if !self.dirs.contains_key(dir) {
+            let mut names = HashSet::new();
+            match std::fs::read_dir(dir) {
+                Ok(entries) => {
+                    for entry in entries {
+                        names.insert(entry.map_err(|e| io(dir, e))?.file_name());
+                    }
+                }
+                // A database without files in this tablespace yet.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(dir, e)),
+            }
+            self.dirs.insert(dir.to_path_buf(), names);
+        }
+        Ok(self.dirs.get_mut(dir).expect("just inserted"))
+    }
+
+    /// Every existing segment of every fork, as suffixes of the base name.
+    fn existing(&mut self, base: &Path) -> Result<Vec<String>, Error> {
+        let (Some(dir), Some(name)) = (base.parent(), base.file_name()) else {
+            return Ok(Vec::new());
+        };
+        let name = name.to_os_string();
+        let names = self.names(dir)?;
+        let mut out = Vec::new();
+        for fork in FORKS {
+            for segment in 0u32.. {
+                let suffix = if segment == 0 {
+                    fork.to_string()
+                } else {
+                    format!("{fork}.{segment}")
+                };
+                let mut file = name.clone();
+                file.push(&suffix);
+                if !names.contains(&file) {
+                    break;
+                }
+                out.push(suffix);
+            }
+        }
+        Ok(out)
+    }
+
+    fn forget(&mut self, path: &Path) {
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            if let Some(names) = self.dirs.get_mut(dir) {
+                names.remove(name);
             }
         }
     }
-    Ok(out)
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
@@ -140,27 +184,90 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 /// old one lacks (a fork the restore created) are removed here, so that the
 /// new relation ends up with exactly the old one's files.
 pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
+    let mut listing = Listing::default();
     let mut moves = Vec::new();
     for relation in relations {
-        let old_files = existing_files(&relation.old_base)?;
-        if !old_files.iter().any(|(suffix, _)| suffix.is_empty()) {
+        let old_files = listing.existing(&relation.old_base)?;
+        if !old_files.iter().any(|suffix| suffix.is_empty()) {
             return Err(Error::MissingMainFork(relation.old_base.clone()));
         }
-        for (suffix, _) in existing_files(&relation.new_base)? {
-            if !old_files.iter().any(|(s, _)| *s == suffix) {
+        for suffix in listing.existing(&relation.new_base)? {
+            if !old_files.contains(&suffix) {
                 let stray = with_suffix(&relation.new_base, &suffix);
                 std::fs::remove_file(&stray).map_err(|e| io(&stray, e))?;
+                listing.forget(&stray);
             }
         }
-        for (suffix, bytes) in old_files {
+        for suffix in old_files {
+            let from = with_suffix(&relation.old_base, &suffix);
+            // One stat per file that exists, for the byte counts.
+            let bytes = std::fs::metadata(&from).map_err(|e| io(&from, e))?.len();
             moves.push(FileMove {
-                from: with_suffix(&relation.old_base, &suffix),
+                from,
                 to: with_suffix(&relation.new_base, &suffix),
                 bytes,
             });
         }
     }
     Ok(moves)
+}
+
+/// fsyncs every regular file under `roots` but those in `durable` (files
+/// whose contents already were on disk: the old cluster's, hard-linked or
+/// moved), then every directory, so that new names are durable too; `jobs`
+/// files at a time. Symbolic links are not followed. Returns how many files
+/// were synced.
+pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<PathBuf>, jobs: usize) -> Result<u64, Error> {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for root in roots {
+        for entry in walkdir::WalkDir::new(root) {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                io(&path, std::io::Error::other(e.to_string()))
+            })?;
+            if entry.file_type().is_dir() {
+                dirs.push(entry.into_path());
+            } else if entry.file_type().is_file() && !durable.contains(entry.path()) {
+                files.push(entry.into_path());
+            }
+        }
+        if let Some(parent) = root.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    let fsync = |path: &Path| -> Result<(), Error> {
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(path, e))
+    };
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let all: Vec<&PathBuf> = files.iter().chain(dirs.iter()).collect();
+    // Files before directories: a directory is synced after the files in it
+    // got their names (a directory's fsync does not wait for file data).
+    for batch in [&all[..files.len()], &all[files.len()..]] {
+        next.store(0, Ordering::SeqCst);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.clamp(1, batch.len().max(1)) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(path) = batch.get(i) else { break };
+                    if let Err(e) = fsync(path) {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(e);
+        }
+    }
+    Ok(files.len() as u64)
 }
 
 /// Progress so far.
@@ -384,6 +491,24 @@ mod tests {
                 assert_eq!(same_inode, mode == Mode::Link);
             }
         }
+    }
+
+    #[test]
+    fn sync_tree_syncs_all_but_durable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("new");
+        for name in [
+            "base/5/1259",
+            "base/5/16384",
+            "global/pg_control",
+            "PG_VERSION",
+        ] {
+            write(&root.join(name), b"x");
+        }
+        let durable = HashSet::from([root.join("base/5/16384")]);
+        assert_eq!(sync_tree(&[root.clone()], &durable, 2).unwrap(), 3);
+        assert_eq!(sync_tree(&[root], &HashSet::new(), 1).unwrap(), 4);
+        assert!(sync_tree(&[dir.path().join("missing")], &HashSet::new(), 1).is_err());
     }
 
     #[test]

@@ -288,7 +288,10 @@ fn inspect(
         None => {
             let options = ServerOptions {
                 port: side.port,
-                socket_dir: config.socket_dir.clone(),
+                socket_dir: match which {
+                    Which::Old => config.socket_dir.clone(),
+                    Which::New => config.socket_dir.join("new"),
+                },
                 binary_upgrade: true,
                 durability_off: which == Which::New,
                 extra_options: side.server_options.clone(),
@@ -332,7 +335,15 @@ fn inspect(
         config.jobs,
         needed.as_ref(),
     );
-    let stopped = server.stop();
+    // An upgrade keeps a server it started for its first steps.
+    let keep =
+        config.keep_old_server && which == Which::Old && gathered.is_ok() && !report.live_old;
+    let stopped = if keep {
+        report.kept_old = Some(server);
+        Ok(())
+    } else {
+        server.stop()
+    };
     let mut facts = match gathered {
         Ok(facts) => facts,
         Err(e) => {
@@ -364,6 +375,8 @@ fn inspect(
                 install.version,
                 if report.live_old && which == Which::Old {
                     "inspected while running"
+                } else if keep {
+                    "started privately (kept running for the upgrade)"
                 } else {
                     "started privately and stopped again"
                 },

@@ -51,7 +51,8 @@ pub struct CheckConfig {
     /// The role to connect as (`-U`); must be each cluster's install user.
     pub user: String,
     pub jobs: usize,
-    /// A private (0700) directory for the servers' sockets.
+    /// A private (0700) directory for the servers' sockets: the old
+    /// server's in it, the new one's in its subdirectory `new`.
     pub socket_dir: PathBuf,
     /// Where server logs go (never inside either data directory).
     pub log_dir: PathBuf,
@@ -65,6 +66,10 @@ pub struct CheckConfig {
     pub transfer: TransferKind,
     /// Collation-version changes fail instead of warning.
     pub strict: bool,
+    /// The upgrade: the old server the checks started stays up when every
+    /// check passes, for the dump (each start costs time). The new one is
+    /// always stopped: the upgrade copies it as it is before changing it.
+    pub keep_old_server: bool,
 }
 
 /// What the transfer mode asks of the filesystems.
@@ -147,9 +152,21 @@ pub struct Report {
     pub new_to_create: bool,
     /// `--strict`: warnings that can hide wrong results fail.
     pub strict: bool,
+    /// With `keep_old_server`, the old server the checks started, still
+    /// running (stopped when dropped); `None` when any check failed.
+    pub kept_old: Option<pgm_cluster::Server>,
 }
 
 impl Report {
+    /// Servers are kept only for an upgrade that goes on.
+    fn stop_kept_if_failed(&mut self) {
+        if !self.failed().is_empty() {
+            if let Some(server) = self.kept_old.take() {
+                let _ = server.stop();
+            }
+        }
+    }
+
     pub fn failed(&self) -> Vec<&Finding> {
         self.findings
             .iter()
@@ -189,6 +206,7 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
         return report;
     }
     catalog::run(config, &mut report, &mut |r, f| emit(r, f));
+    report.stop_kept_if_failed();
     report
 }
 
@@ -214,6 +232,7 @@ pub fn check_created_new(
     {
         catalog::run_new(config, report, &mut |r, f| emit(r, f));
     }
+    report.stop_kept_if_failed();
     report.findings[first..]
         .iter()
         .all(|f| f.status != Status::Fail)
