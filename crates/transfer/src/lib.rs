@@ -506,7 +506,10 @@ mod tests {
             write(&root.join(name), b"x");
         }
         let durable = HashSet::from([root.join("base/5/16384")]);
-        assert_eq!(sync_tree(&[root.clone()], &durable, 2).unwrap(), 3);
+        assert_eq!(
+            sync_tree(std::slice::from_ref(&root), &durable, 2).unwrap(),
+            3
+        );
         assert_eq!(sync_tree(&[root], &HashSet::new(), 1).unwrap(), 4);
         assert!(sync_tree(&[dir.path().join("missing")], &HashSet::new(), 1).is_err());
     }
