@@ -463,6 +463,45 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The max_locks_per_transaction the dump needs when the old server's
+    /// lock table cannot hold the tables of the `-j` largest databases at
+    /// once (each pg_dump locks all of its database's tables); `None` when
+    /// it can.
+    fn lock_slots_for_dump(&self, server: &Server) -> Result<Option<u64>, Failure> {
+        let mut sizes: Vec<u64> = self
+            .report
+            .old
+            .catalog
+            .as_ref()
+            .map(|c| {
+                c.databases
+                    .iter()
+                    .filter_map(|d| d.user_relations)
+                    .map(|n| n.max(0) as u64)
+                    .collect()
+            })
+            .unwrap_or_default();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let needed: u64 = sizes.iter().take(self.settings.jobs.max(1)).sum::<u64>() + 1000;
+        let mut client = server
+            .connect("template1")
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('max_locks_per_transaction')::bigint,
+                        pg_catalog.current_setting('max_connections')::bigint
+                      + pg_catalog.current_setting('max_prepared_transactions')::bigint",
+                &[],
+            )
+            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
+        let (per_transaction, slots_for): (i64, i64) = (row.get(0), row.get(1));
+        let slots_for = slots_for.max(1) as u64;
+        if (per_transaction.max(0) as u64) * slots_for >= needed {
+            return Ok(None);
+        }
+        Ok(Some(needed.div_ceil(slots_for)))
+    }
+
     fn start_old(&self) -> Result<Server, Failure> {
         Server::start(&self.old_install, &self.old_dir, &self.server_options(true))
             .map_err(|e| Failure::new("server_start_failed", e))
@@ -605,10 +644,28 @@ impl<'a> Engine<'a> {
     /// and every database's schema (`-j` at a time); old server down.
     fn dump_old(&mut self) -> Result<(), Failure> {
         // The checks leave the old server running (unless resumed).
-        let server = match self.report.kept_old.take() {
+        let mut server = match self.report.kept_old.take() {
             Some(server) => server,
             None => self.start_old()?,
         };
+        if let Some(per_transaction) = self.lock_slots_for_dump(&server)? {
+            // pg_dump locks every table of a database in one transaction:
+            // the private server gets a lock table that holds them, where
+            // pg_upgrade would fail with "out of shared memory".
+            server
+                .stop()
+                .map_err(|e| Failure::new("server_stop_failed", e))?;
+            let mut options = self.server_options(true);
+            options.extra_options = Some(format!(
+                "{} -c max_locks_per_transaction={per_transaction}",
+                options.extra_options.unwrap_or_default()
+            ));
+            self.printer.say(&format!(
+                "  the old server restarts with max_locks_per_transaction={per_transaction}: its databases have more tables than its lock table holds"
+            ));
+            server = Server::start(&self.old_install, &self.old_dir, &options)
+                .map_err(|e| Failure::new("server_start_failed", e))?;
+        }
         let mut client = server
             .connect("template1")
             .map_err(|e| Failure::new("old_catalog_failed", e))?;

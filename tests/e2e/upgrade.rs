@@ -358,6 +358,8 @@ fn statistics_are_carried_to_18_and_advised_before() {
     }
 }
 
+/// 2,000 tables (6,000+ relations) in one database, and an old lock table
+/// too small for pg_dump to lock them all.
 #[test]
 fn many_relations() {
     let Some(mut pair) = Pair::new(15, 18) else {
@@ -373,7 +375,20 @@ fn many_relations() {
     );
     let before = capture(&pair.old, &pair.new.bindir);
     pair.old.stop();
+    // A lock table of 10 x 5 slots (and the spare shared memory it may
+    // grow into) cannot hold pg_dump's lock on each of 2,000 tables: a
+    // plain pg_dump fails with "out of shared memory". pg-migrate sizes its
+    // private old server's lock table for the dump.
+    let conf = pair.old.datadir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nmax_locks_per_transaction = 10\nmax_connections = 5\n");
+    std::fs::write(&conf, text).unwrap();
     let run = upgrade(&pair, &["--link"]);
+    assert!(
+        run.stderr.contains("max_locks_per_transaction="),
+        "{}",
+        run.stderr
+    );
     assert!(run.summary()["upgrade"]["relations"].as_u64().unwrap() >= 6000);
     pair.new.start();
     let after = capture(&pair.new, &pair.new.bindir);
