@@ -167,6 +167,8 @@ def trial_dirs(golden):
     mkdir(trial)
     run(["cp", "-a", golden, trial / "old"])
     initdb(NEW_BIN, trial / "new")
+    # The copy's write-back must not land on whichever tool runs next.
+    os.sync()
     return trial
 
 
