@@ -79,3 +79,13 @@ ensure_test_locale() {
   fi
   localedef -i en_US -c -f UTF-8 "$test_locale"
 }
+
+# What every entry script does first: prerequisites, the test user, and the
+# PostgreSQL majors it needs (all when none are named) under the prefix.
+prepare_environment() {
+  ensure_prerequisites
+  ensure_user
+  PG_MIGRATE_PG_PREFIX=$(resolve_prefix)
+  export PG_MIGRATE_PG_PREFIX
+  bash "$root/scripts/install-postgres.sh" "$@"
+}

@@ -11,11 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$root"
 
-ensure_prerequisites
-ensure_user
-PG_MIGRATE_PG_PREFIX=$(resolve_prefix)
-export PG_MIGRATE_PG_PREFIX
-bash scripts/install-postgres.sh 15 18
+prepare_environment 15 18
 cargo build --locked --quiet
 
 demo=${PG_MIGRATE_DEMO_DIR:-/tmp/pg-migrate-demo}

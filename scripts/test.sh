@@ -8,12 +8,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$root"
 
-ensure_prerequisites
-ensure_user
+prepare_environment
 ensure_test_locale
-PG_MIGRATE_PG_PREFIX=$(resolve_prefix)
-export PG_MIGRATE_PG_PREFIX
-bash scripts/install-postgres.sh
 
 cargo build --workspace --all-targets --locked
 log=$(mktemp)

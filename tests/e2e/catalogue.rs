@@ -17,6 +17,15 @@ fn check_with(old_major: u32, new_major: u32, sql: &str) -> Option<Run> {
     Some(run)
 }
 
+/// Upgrades (link) and returns the reindex_after_upgrade.sql it wrote.
+fn upgrade_for_reindex_script(pair: &Pair) -> String {
+    let mut args = pair.dir_args();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap()
+}
+
 /// Runs the upgrade's reindex_after_upgrade.sql on the (running) new
 /// cluster as the next steps say (plain `psql -f`: the script itself stops
 /// at the first error).
@@ -550,12 +559,7 @@ fn collation_library_versions_that_changed() {
         "new-collation-versions",
         "collation_version_changed",
     );
-    let mut args = pair.dir_args();
-    args.extend(["--link".into(), "--json".into()]);
-    let run = pair.run(&args);
-    assert_eq!(run.status, 0, "{}", run.stderr);
-    let script =
-        std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap();
+    let script = upgrade_for_reindex_script(&pair);
     assert!(
         script.contains("\\connect 'postgres'")
             && script.contains("REINDEX INDEX CONCURRENTLY public.words_w;"),
@@ -615,12 +619,7 @@ fn indexes_on_collations_recorded_under_another_version_including_the_default() 
     assert_eq!(check["objects"][0]["database"], "shop");
     assert_eq!(check["objects"][0]["schema"], "public");
 
-    let mut args = pair.dir_args();
-    args.extend(["--link".into(), "--json".into()]);
-    let run = pair.run(&args);
-    assert_eq!(run.status, 0, "{}", run.stderr);
-    let script =
-        std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap();
+    let script = upgrade_for_reindex_script(&pair);
     for line in [
         "\\connect 'shop'",
         "REINDEX INDEX CONCURRENTLY public.names_n;",
@@ -714,12 +713,7 @@ fn expressions_that_depend_on_the_unicode_version() {
     let strict = pair.check(&["--strict"]);
     assert_refused(&strict, "new-unicode-version", "unicode_version_changed");
 
-    let mut args = pair.dir_args();
-    args.extend(["--link".into(), "--json".into()]);
-    let run = pair.run(&args);
-    assert_eq!(run.status, 0, "{}", run.stderr);
-    let script =
-        std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap();
+    let script = upgrade_for_reindex_script(&pair);
     assert!(
         script.contains("REINDEX INDEX CONCURRENTLY public.u_norm;")
             && script.contains("REINDEX INDEX CONCURRENTLY public.u_upper;")
