@@ -344,7 +344,7 @@ fn words(state: &str) -> &'static str {
         "unchanged" => "unchanged",
         "started_and_stopped" => "unchanged (its server was started privately and stopped cleanly)",
         "running_untouched" => "still running, only queried",
-        "protected" => "intact, but its global/pg_control is renamed to pg_control.old so that it cannot be started by mistake",
+        "protected" => "disabled so that it cannot be started by mistake: its global/pg_control is renamed to pg_control.old (and in swap mode its database directories may be in the new cluster: go back only with pg-migrate revert)",
         "incomplete" => "half-made: it must be re-created before another attempt",
         "created" => "created by pg-migrate, still empty",
         _ => "see the log",

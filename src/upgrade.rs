@@ -1412,7 +1412,13 @@ impl<'a> Engine<'a> {
                 advice.push(format!("the new cluster is half-made: remove it (rm -rf {new}), re-create it with initdb as before, and run again"));
             }
         }
-        if self.old_protected {
+        if self.old_protected && self.settings.mode == Mode::Swap {
+            // Renaming pg_control back is not enough: directories may have moved.
+            advice.push(format!(
+                "the old cluster is disabled and some of its database directories may now be in the new cluster: to go back, run pg-migrate revert -D {} (only while the new cluster has never been started); do not rename its pg_control by hand",
+                self.new_dir().path.display()
+            ));
+        } else if self.old_protected {
             advice.push(format!(
                 "the old cluster is intact but disabled: to start it again, rename {0}/global/pg_control.old back to pg_control (only while the new cluster has never been started)",
                 self.old_dir.path.display()

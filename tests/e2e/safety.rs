@@ -247,6 +247,11 @@ fn sigterm_after_the_point_of_no_return_says_so() {
     interrupted("--link", "after:protect-old", 4, "protected");
 }
 
+#[test]
+fn sigterm_in_the_middle_of_a_swap_says_so_and_resumes() {
+    interrupted("--swap", "transfer:directory:1", 4, "protected");
+}
+
 /// Names and paths that break naive quoting, a symlinked data directory,
 /// group access, a new data directory with spaces created by pg-migrate.
 #[test]
