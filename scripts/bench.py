@@ -39,6 +39,8 @@ def parse_args():
     p.add_argument("--lobjs", type=int, default=50000)
     p.add_argument("--series", default="1000,5000,20000", help="table counts of the scaling series (one database; empty: none)")
     p.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: does everything work?")
+    p.add_argument("--keep-datasets", action="store_true",
+                   help="keep the built old clusters in WORKDIR/golden and reuse those built with the same sizes")
     p.add_argument("--output", default=str(ROOT / "docs"), help="where benchmarks.md and benchmarks.json go")
     a = p.parse_args()
     if a.quick:
@@ -118,9 +120,15 @@ def tables_sql(count):
     return "\n".join(out)
 
 
-def build(name, loader):
-    """A golden old cluster for one dataset, built once."""
+def build(name, loader, sizes):
+    """A golden old cluster for one dataset, built once (or reused with --keep-datasets)."""
     golden = WORK / "golden" / name
+    stamp = golden.with_suffix(".sizes")
+    wanted = json.dumps({"sizes": sizes, "old": str(OLD_BIN)})
+    if ARGS.keep_datasets and golden.exists() and stamp.exists() and stamp.read_text() == wanted:
+        print(f"  reusing {name} ({du(golden)})", flush=True)
+        return golden
+    stamp.unlink(missing_ok=True)
     if golden.exists():
         shutil.rmtree(golden)
     mkdir(golden.parent)
@@ -136,7 +144,14 @@ def build(name, loader):
         loader(server)
         server.psql("postgres", "CHECKPOINT;")
     print(f"  built {name} in {time.monotonic() - start:.0f} s ({du(golden)})", flush=True)
+    stamp.write_text(wanted)
     return golden
+
+
+def drop(golden):
+    if not ARGS.keep_datasets:
+        shutil.rmtree(golden)
+        golden.with_suffix(".sizes").unlink(missing_ok=True)
 
 
 def du(path):
@@ -304,25 +319,25 @@ def main():
     shutil.copy(ROOT / "target" / "release" / "pg-migrate", WORK / "pg-migrate")
     (WORK / "pg-migrate").chmod(0o755)
     loaders = {
-        "manyrels": load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables),
-        "pgbench": load_pgbench,
-        "lobj": load_lobj,
+        "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
+        "pgbench": (load_pgbench, ARGS.pgbench_scale),
+        "lobj": (load_lobj, ARGS.lobjs),
     }
     modes = [m for m in ARGS.modes.split(",") if m]
     report = {"date": time.strftime("%Y-%m-%d"), "quick": ARGS.quick, "rounds": ARGS.rounds, "jobs": ARGS.jobs,
               "machine": machine(), "datasets": {}, "series": []}
     for name in [d for d in ARGS.datasets.split(",") if d]:
         print(f"dataset {name}", flush=True)
-        golden = build(name, loaders[name])
+        golden = build(name, *loaders[name])
         report["datasets"][name] = measure(name, golden, modes)
-        shutil.rmtree(golden)
+        drop(golden)
     for tables in [int(t) for t in ARGS.series.split(",") if t]:
         print(f"series {tables} tables", flush=True)
-        golden = build(f"series-{tables}", load_manyrels(1, tables))
+        golden = build(f"series-{tables}", load_manyrels(1, tables), tables)
         entry = measure(f"series-{tables}", golden, ["link"])["modes"]["link"]
         report["series"].append({"tables": tables, "pg_upgrade": entry["pg_upgrade"],
                                  "pg-migrate": entry["pg-migrate"], "peak_rss_bytes": entry["peak_rss_bytes"]})
-        shutil.rmtree(golden)
+        drop(golden)
     report["targets"] = targets(report)
     out = Path(ARGS.output)
     (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
