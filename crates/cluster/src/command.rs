@@ -105,6 +105,44 @@ impl PgCommand {
         command
     }
 
+    /// Starts the program in a process group of its own (so that a Ctrl-C
+    /// at the terminal reaches only us), its output appended to `output`.
+    pub fn spawn_into(&self, output: &Path) -> Result<std::process::Child, Error> {
+        use std::os::unix::process::CommandExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(output)
+            .map_err(|source| Error::Spawn {
+                command: self.command_line(),
+                source,
+            })?;
+        let error_file = file.try_clone().map_err(|source| Error::Spawn {
+            command: self.command_line(),
+            source,
+        })?;
+        self.build()
+            .stdout(file)
+            .stderr(error_file)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: self.command_line(),
+                source,
+            })
+    }
+
+    /// Tells the observer about a command run some other way than [`run`](Self::run).
+    pub fn observe(&self, duration: Duration, success: bool) {
+        if let Some(observer) = OBSERVER.get() {
+            observer(&CommandRecord {
+                command_line: &self.command_line(),
+                duration,
+                success,
+            });
+        }
+    }
+
     /// Runs the program and fails unless it exits with status 0.
     pub fn run(&self) -> Result<Captured, Error> {
         let (status, captured) = self.run_unchecked()?;

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::command::{shell_quote, PgCommand};
+use crate::command::PgCommand;
 use crate::{ClusterState, DataDir, Error, Installation, PgMajor, Tool};
 
 /// How to start a server.
@@ -74,10 +74,46 @@ pub struct Server {
 
 #[derive(Debug, Clone)]
 struct Owned {
-    pg_ctl: PathBuf,
-    pg_ctl_dir: PathBuf,
+    /// The postmaster: our child.
+    pid: i32,
     datadir: PathBuf,
     log_file: PathBuf,
+}
+
+/// How long a server may take to start or to stop (pg_ctl's -t 120).
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(5);
+
+/// Waits until the postmaster we started says "ready" in its lock file
+/// (PostgreSQL 10 and later write the status there); an error with the
+/// reason if it exits first or takes too long.
+fn wait_until_ready(
+    child: &mut std::process::Child,
+    datadir: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let pid = child.id().to_string();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the server exited at start ({status})"));
+        }
+        if let Ok(text) = std::fs::read_to_string(datadir.join("postmaster.pid")) {
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.first().map(|l| l.trim()) == Some(pid.as_str())
+                && lines.get(7).map(|l| l.trim()) == Some("ready")
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the server did not become ready within {} s",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 static STARTED: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
@@ -131,45 +167,35 @@ impl Server {
             "-c".into(),
             format!("unix_socket_directories={}", opts.socket_dir.display()),
         ]);
-        // pg_ctl hands -o to a shell, so each word is quoted.
-        let mut option_text = server_args
-            .iter()
-            .map(|a| shell_quote(a))
-            .collect::<Vec<_>>()
-            .join(" ");
         if let Some(extra) = &opts.extra_options {
-            // The user's words are split the way a shell would and quoted
-            // again one by one, so that a metacharacter in -o/-O reaches the
-            // server as text and is never run by pg_ctl's shell.
+            // The user's words are split the way a shell would; they reach
+            // the server as arguments and no shell ever runs them.
             let words =
                 shlex::split(extra).ok_or_else(|| Error::BadServerOptions(extra.clone()))?;
-            for word in words {
-                option_text.push(' ');
-                option_text.push_str(&shell_quote(&word));
-            }
+            server_args.extend(words);
         }
-        let pg_ctl = install.require(Tool::PgCtl)?.to_path_buf();
+        // The postmaster is started directly rather than through pg_ctl,
+        // whose waits poll every 100 ms: a run starts and stops servers
+        // half a dozen times.
+        let command = PgCommand::new(install.require(Tool::Postgres)?)
+            .arg("-D")
+            .arg(datadir.pg_ctl_dir())
+            .args(&server_args);
+        let started_at = Instant::now();
+        let mut child = command.spawn_into(&opts.log_file)?;
         let owned = Owned {
-            pg_ctl: pg_ctl.clone(),
-            pg_ctl_dir: datadir.pg_ctl_dir().to_path_buf(),
+            pid: child.id() as i32,
             datadir: datadir.path.clone(),
             log_file: opts.log_file.clone(),
         };
-        let started = PgCommand::new(&pg_ctl)
-            .args(["-w", "-t", "120", "-l"])
-            .arg(&opts.log_file)
-            .arg("-D")
-            .arg(datadir.pg_ctl_dir())
-            .arg("-o")
-            .arg(&option_text)
-            .arg("start")
-            .run();
-        // From here on a postmaster may exist even if pg_ctl failed (timeout):
-        // register it so that it is stopped on every path.
+        // From here on the postmaster exists: register it so that it is
+        // stopped on every path.
         STARTED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(owned.clone());
+        let ready = wait_until_ready(&mut child, &datadir.path, STOP_TIMEOUT);
+        command.observe(started_at.elapsed(), ready.is_ok());
         let server = Server {
             endpoint: Endpoint {
                 socket_dir: opts.socket_dir.clone(),
@@ -178,8 +204,8 @@ impl Server {
             },
             owned: Some(owned),
         };
-        if let Err(e) = started {
-            let detail = log_tail(&opts.log_file).unwrap_or_else(|| e.to_string());
+        if let Err(detail) = ready {
+            let detail = log_tail(&opts.log_file).unwrap_or(detail);
             drop(server);
             return Err(Error::ServerStart {
                 datadir: datadir.path.clone(),
@@ -187,8 +213,8 @@ impl Server {
                 detail,
             });
         }
-        // pg_ctl saw *a* server become ready; prove it is ours by connecting
-        // through our private socket.
+        // Ready by its lock file; prove it is ours by connecting through
+        // our private socket.
         server
             .endpoint
             .connect("template1")
@@ -234,27 +260,43 @@ impl Drop for Server {
     }
 }
 
+/// A fast shutdown (SIGINT), waited for by reaping our child, then
+/// pg_control must say "shut down".
 fn stop_owned(owned: &Owned) -> Result<(), Error> {
-    let result = PgCommand::new(&owned.pg_ctl)
-        .args(["-w", "-t", "120", "-m", "fast", "-D"])
-        .arg(&owned.pg_ctl_dir)
-        .arg("stop")
-        .run_unchecked();
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(owned.pid);
+    let fail = |detail: String| Error::ServerStop {
+        datadir: owned.datadir.clone(),
+        detail: format!("{detail} {}", log_tail(&owned.log_file).unwrap_or_default()),
+    };
+    let signalled = kill(pid, Signal::SIGINT);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    let result = loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => break Ok(()),
+            // Not (or no longer) our child: it is gone once its lock file is.
+            Err(_) if !owned.datadir.join("postmaster.pid").exists() => break Ok(()),
+            Err(_) if signalled.is_err() => {
+                break Err(fail(format!("could not signal process {pid}")))
+            }
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            break Err(fail(format!(
+                "the server did not stop within {} s",
+                STOP_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(POLL);
+    };
     STARTED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|o| o.datadir != owned.datadir);
-    let (status, captured) = result?;
-    if !status.success() && owned.datadir.join("postmaster.pid").exists() {
-        return Err(Error::ServerStop {
-            datadir: owned.datadir.clone(),
-            detail: format!(
-                "{} {}",
-                captured.stderr.trim(),
-                log_tail(&owned.log_file).unwrap_or_default()
-            ),
-        });
-    }
+    result?;
     let control = crate::ControlFile::read(&owned.datadir)?;
     if control.state != ClusterState::ShutDown {
         return Err(Error::ServerStop {
