@@ -85,6 +85,9 @@ pub struct Engine<'a> {
     databases: Vec<DatabasePlan>,
     tablespaces: Vec<String>,
     moves: Vec<FileMove>,
+    /// Per database, the extensions whose installed version is older than
+    /// the new installation's default (read while the restore's server runs).
+    outdated_extensions: BTreeMap<String, Vec<String>>,
     /// Set once the new cluster differs from what initdb made.
     new_touched: bool,
     created_new: bool,
@@ -104,6 +107,8 @@ struct SavedPlan {
     moves: Vec<(PathBuf, PathBuf, u64)>,
     databases: Vec<String>,
     tablespaces: Vec<String>,
+    #[serde(default)]
+    outdated_extensions: BTreeMap<String, Vec<String>>,
 }
 
 /// The transfer plan an upgrade saved, for revert.
@@ -188,6 +193,7 @@ impl<'a> Engine<'a> {
             databases: Vec::new(),
             tablespaces: Vec::new(),
             moves: Vec::new(),
+            outdated_extensions: BTreeMap::new(),
             new_touched: false,
             created_new: false,
             old_protected: false,
@@ -266,6 +272,7 @@ impl<'a> Engine<'a> {
             .map(|(from, to, bytes)| FileMove { from, to, bytes })
             .collect();
         engine.tablespaces = saved.tablespaces;
+        engine.outdated_extensions = saved.outdated_extensions;
         engine.databases = saved
             .databases
             .into_iter()
@@ -331,7 +338,6 @@ impl<'a> Engine<'a> {
             self.step("protect-old", Engine::protect_old)?;
         }
         self.step("transfer", Engine::transfer)?;
-        self.step("set-next-oid", Engine::set_next_oid)?;
         if !self.settings.no_sync {
             self.step("sync", Engine::sync)?;
         }
@@ -809,7 +815,8 @@ impl<'a> Engine<'a> {
     }
 
     /// The old commit log and multixacts replace the new ones; the new
-    /// cluster's counters continue the old ones.
+    /// cluster's counters continue the old ones, its OID counter too: OIDs
+    /// the restore assigns then never equal one the old cluster used.
     fn handover_counters(&mut self) -> Result<(), Failure> {
         let (old, new) = (self.old_dir.path.clone(), self.new_dir().path.clone());
         pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
@@ -906,10 +913,18 @@ impl<'a> Engine<'a> {
             let mut client = server
                 .connect(&plan.db.name)
                 .map_err(|e| Failure::new("new_catalog_failed", e))?;
-            pgm_catalog::list_relations(&mut client, &plan.db.name, query)
-                .map_err(|e| Failure::new("new_catalog_failed", e))
+            let relations = pgm_catalog::list_relations(&mut client, &plan.db.name, query)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            let outdated = pgm_catalog::outdated_extensions(&mut client, &plan.db.name)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            Ok((relations, outdated))
         })?;
-        for (plan, relations) in self.databases.iter_mut().zip(lists) {
+        self.outdated_extensions.clear();
+        for (plan, (relations, outdated)) in self.databases.iter_mut().zip(lists) {
+            if !outdated.is_empty() {
+                self.outdated_extensions
+                    .insert(plan.db.name.clone(), outdated);
+            }
             let new_db = by_name.get(plan.db.name.as_str()).ok_or_else(|| {
                 Failure::new(
                     "relation_map_mismatch",
@@ -1005,6 +1020,7 @@ impl<'a> Engine<'a> {
                 .collect(),
             databases: self.databases.iter().map(|d| d.db.name.clone()).collect(),
             tablespaces: self.tablespaces.clone(),
+            outdated_extensions: self.outdated_extensions.clone(),
         };
         let dir = crate::journal::dir(&self.new_dir().path);
         let tmp = dir.join("transfer-plan.json.tmp");
@@ -1101,15 +1117,6 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn set_next_oid(&mut self) -> Result<(), Failure> {
-        pgm_catalog::set_next_oid(
-            &self.new_install,
-            &self.new_dir().path,
-            self.old_control.next_oid,
-        )
-        .map_err(|e| Failure::new("handover_failed", e))
-    }
-
     /// The new cluster to disk. With fsync (the default) pg-migrate syncs
     /// it itself, `-j` files at a time, and skips the files whose contents
     /// were durable before the upgrade began: the old cluster's relation
@@ -1159,9 +1166,10 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Scripts for the user, and one clean start and stop of the new cluster
-    /// (pg_resetwal left wal_level at minimal in pg_control; a checkpoint
-    /// records the real one, which standbys built by rsync need).
+    /// Scripts for the user and the next steps. No server starts here: the
+    /// restore's server was the last to run (after the last pg_resetwal, so
+    /// pg_control records the real wal_level, which standbys built by rsync
+    /// need), and the sync step came after it.
     fn finish(&mut self) -> Result<Vec<String>, Failure> {
         let mut next = Vec::new();
         let newbin = self.new_install.bindir.clone();
@@ -1171,31 +1179,11 @@ impl<'a> Engine<'a> {
             shell_quote(&newbin.join("pg_ctl").display().to_string()),
             shell_quote(&new_path.display().to_string())
         ));
-        let server = self.start_new()?;
-        let mut outdated: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for plan in &self.databases {
-            let mut client = server
-                .connect(&plan.db.name)
-                .map_err(|e| Failure::new("new_catalog_failed", e))?;
-            let rows = client
-                .query(
-                    "SELECT name::text FROM pg_catalog.pg_available_extensions
-                      WHERE installed_version IS NOT NULL AND installed_version <> default_version ORDER BY 1",
-                    &[],
-                )
-                .map_err(|e| Failure::new("new_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
-            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            if !names.is_empty() {
-                outdated.insert(plan.db.name.clone(), names);
-            }
-        }
-        server
-            .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))?;
+        let outdated = &self.outdated_extensions;
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         if !outdated.is_empty() {
             let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n\\set ON_ERROR_STOP on\n");
-            for (db, names) in &outdated {
+            for (db, names) in outdated {
                 sql.push_str(&format!("\\connect {}\n", psql_quote(db)));
                 for name in names {
                     sql.push_str(&format!(

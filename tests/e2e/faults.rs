@@ -222,7 +222,6 @@ kill_points! {
     link_inside_transfer_first_file: "--link", "transfer:file:1";
     link_inside_transfer_many_files: "--link", "transfer:file:60";
     link_after_transfer: "--link", "after:transfer";
-    link_after_set_next_oid: "--link", "after:set-next-oid";
     link_after_sync: "--link", "after:sync";
     link_after_finish: "--link", "after:finish";
     swap_after_protect_old: "--swap", "after:protect-old";
@@ -239,7 +238,6 @@ kill_points! {
     copy_inside_transfer_first_file: "--copy", "transfer:file:1";
     copy_inside_transfer_many_files: "--copy", "transfer:file:60";
     copy_after_transfer: "--copy", "after:transfer";
-    copy_after_set_next_oid: "--copy", "after:set-next-oid";
     copy_after_sync: "--copy", "after:sync";
     copy_after_finish: "--copy", "after:finish";
 }

@@ -397,6 +397,13 @@ pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) 
     assert!(summary["upgrade"]["files"].as_u64().unwrap() > 50);
     // Its own memory, reported for benchmarks and capacity planning.
     assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
+    // A server ran after the last pg_resetwal: pg_control records the real
+    // wal_level (standbys built by rsync need it), not pg_resetwal's minimal.
+    let control = pgm_cluster::ControlFile::read(&pair.new.datadir).unwrap();
+    assert_ne!(
+        control.wal_level, 0,
+        "the new pg_control says wal_level=minimal"
+    );
 
     pair.new.start();
     let after = capture(&pair.new, &pair.new.bindir);

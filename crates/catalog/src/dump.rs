@@ -191,25 +191,56 @@ pub fn restore_database(
     log: &Path,
     transaction_size: Option<u32>,
 ) -> Result<(), Error> {
-    let mut command = client(install, Tool::PgRestore)?.args(conn.args());
+    let mut command = client(install, Tool::PgRestore)?;
     if database == "template1" || database == "postgres" {
         command = command.arg("--clean");
     }
-    command = command.args(["--create", "--exit-on-error", "--verbose"]);
-    if let Some(size) = transaction_size {
-        command = command.arg(format!("--transaction-size={size}"));
-    }
+    command = command.args(["--create", "--exit-on-error"]);
     let via = if database == "template1" {
         "postgres"
     } else {
         "template1"
     };
-    let command = command.args(["--dbname", via]).arg(dump);
-    run_logged(
-        command,
-        &format!("restoring the schema of database \"{database}\""),
-        log,
-    )
+    let what = format!("restoring the schema of database \"{database}\"");
+    let connected = |command: PgCommand| {
+        command
+            .args(conn.args())
+            .arg("--verbose")
+            .args(["--dbname", via])
+            .arg(dump)
+    };
+    let Some(size) = transaction_size else {
+        // Before 17 pg_restore cannot group objects into transactions, so
+        // there is nothing to batch: it restores over its own connection.
+        return run_logged(connected(command), &what, log);
+    };
+    let command = command.arg(format!("--transaction-size={size}"));
+    // pg_restore writes the script (its transactions included) and
+    // pg-migrate runs it, a transaction per message.
+    let script = dump.with_extension("sql");
+    let writer = command
+        .clone()
+        .arg(format!("--file={}", script.display()))
+        .arg(dump);
+    run_logged(writer, &format!("{what}: writing the restore script"), log)?;
+    if !crate::script::is_utf8_script(&script)? {
+        return run_logged(connected(command), &what, log);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(log, e))?;
+    let _ = writeln!(file, "running {} in database {via}", script.display());
+    let result = crate::script::run_script(&script, conn, via, database, &mut file);
+    if let Err(e) = &result {
+        let _ = writeln!(file, "failed: {e}");
+    }
+    result.map_err(|e| Error::Program {
+        what,
+        detail: e.to_string(),
+        log: log.to_path_buf(),
+    })
 }
 
 /// `vacuumdb --all` with `--analyze` or `--freeze` on the new cluster: the

@@ -88,8 +88,8 @@ pub fn next_wal_file_name(old_datadir: &Path, control: &ControlFile) -> Result<S
 
 /// Sets the new cluster's counters to the old cluster's in one pg_resetwal
 /// run: oldest XID, next XID and epoch, commit-timestamp range (commit
-/// timestamps are not carried), next multixact and offset, the next WAL
-/// segment, and (18 and later) the default char signedness.
+/// timestamps are not carried), next multixact and offset, next OID, the
+/// next WAL segment, and (18 and later) the default char signedness.
 pub fn reset_counters(
     install: &Installation,
     new_datadir: &Path,
@@ -105,6 +105,7 @@ pub fn reset_counters(
         .args(["-e", &old.next_xid_epoch.to_string()])
         .args(["-c", &format!("{0},{0}", old.next_xid)])
         .args(["-O", &old.next_multi_offset.to_string()])
+        .args(["-o", &old.next_oid.to_string()])
         .args([
             "-m",
             &format!("{},{}", old.next_multixact, old.oldest_multixact),
@@ -133,21 +134,6 @@ pub fn set_char_signedness(
             "--char-signedness",
             if signed { "signed" } else { "unsigned" },
         ])
-        .arg(new_datadir)
-        .run()?;
-    Ok(())
-}
-
-/// After the restore: OIDs continue where the old cluster stopped (done late
-/// so that the restore itself used fresh OIDs).
-pub fn set_next_oid(
-    install: &Installation,
-    new_datadir: &Path,
-    next_oid: u32,
-) -> Result<(), Error> {
-    install
-        .command(Tool::PgResetwal)?
-        .args(["-o", &next_oid.to_string()])
         .arg(new_datadir)
         .run()?;
     Ok(())

@@ -12,6 +12,7 @@ mod dump;
 mod error;
 mod handover;
 mod relations;
+mod script;
 
 pub use dump::{
     dump_database, dump_globals, restore_database, restore_globals, restore_transaction_size,
@@ -20,10 +21,11 @@ pub use dump::{
 pub use error::Error;
 pub use handover::{
     copy_commit_log, copy_multixacts, next_wal_file_name, reset_counters, set_char_signedness,
-    set_frozen_xids, set_next_oid, set_template0_locale,
+    set_frozen_xids, set_template0_locale,
 };
 pub use relations::{
-    list_databases, list_relations, list_tablespaces, Database, Relation, RelationQuery,
+    list_databases, list_relations, list_tablespaces, outdated_extensions, Database, Relation,
+    RelationQuery,
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

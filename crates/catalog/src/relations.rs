@@ -56,6 +56,21 @@ pub fn list_databases(client: &mut postgres::Client) -> Result<Vec<Database>, Er
         .collect())
 }
 
+/// Extensions installed at an older version than the installation's default.
+pub fn outdated_extensions(
+    client: &mut postgres::Client,
+    database: &str,
+) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(
+            "SELECT name::text FROM pg_catalog.pg_available_extensions
+              WHERE installed_version IS NOT NULL AND installed_version <> default_version ORDER BY 1",
+            &[],
+        )
+        .map_err(|e| Error::query(database, "listing outdated extensions", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Locations of user tablespaces.
 pub fn list_tablespaces(client: &mut postgres::Client) -> Result<Vec<String>, Error> {
     let rows = client

@@ -1,0 +1,566 @@
+//! Runs a restore script (pg_restore's SQL output) over our own connection,
+//! sending each of its transactions as one message instead of one round
+//! trip per object: on a schema of thousands of tables most of pg_restore's
+//! time is spent waiting for those round trips.
+//!
+//! The splitter knows SQL's quoting (strings, E'' strings, quoted
+//! identifiers, dollar quotes, nested comments) so that a `;` or a line
+//! that looks like a command inside a function body never ends a
+//! statement. Of psql's meta-commands it runs the three pg_restore writes
+//! (`\connect`, `\restrict`, `\unrestrict`, with psql's rule that only the
+//! matching `\unrestrict` may follow `\restrict`) and refuses any other.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::dump::ClientConn;
+use crate::Error;
+
+/// One unit of a restore script.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// One SQL statement, with its terminating `;` (and any comments before it).
+    Sql(String),
+    /// A psql meta-command line, trimmed.
+    Meta(String),
+    /// `COPY … FROM stdin;` and the data lines that follow it (without `\.`).
+    Copy { statement: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Quote {
+    None,
+    Single { backslash_escapes: bool },
+    Double,
+    Dollar(String),
+    Block(u32),
+}
+
+/// Splits a script into statements, meta-commands and COPY data, reading it
+/// a line at a time.
+pub(crate) struct Splitter<R> {
+    input: R,
+    statement: String,
+    has_token: bool,
+    quote: Quote,
+    standard_strings: bool,
+    pending: std::collections::VecDeque<Piece>,
+    line: String,
+    done: bool,
+}
+
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// `$tag$` at the start of `bytes`: its length, or None.
+fn dollar_tag(bytes: &[u8]) -> Option<usize> {
+    let mut end = 1;
+    while end < bytes.len() && bytes[end] != b'$' {
+        let b = bytes[end];
+        let ok = if end == 1 {
+            b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+        } else {
+            b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+        };
+        if !ok {
+            return None;
+        }
+        end += 1;
+    }
+    (end < bytes.len()).then_some(end + 1)
+}
+
+/// The statement's words, upper-cased and single-spaced, without comments
+/// before it (enough to recognise BEGIN, COMMIT, SET and COPY).
+fn normalized(statement: &str) -> String {
+    let text: Vec<&str> = statement
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect();
+    text.join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase()
+}
+
+impl<R: BufRead> Splitter<R> {
+    pub(crate) fn new(input: R) -> Self {
+        Splitter {
+            input,
+            statement: String::new(),
+            has_token: false,
+            quote: Quote::None,
+            standard_strings: true,
+            pending: Default::default(),
+            line: String::new(),
+            done: false,
+        }
+    }
+
+    fn finish_statement(&mut self) -> Result<(), String> {
+        let statement = std::mem::take(&mut self.statement);
+        self.has_token = false;
+        let words = normalized(&statement);
+        match words.trim_end_matches(';').trim() {
+            "SET STANDARD_CONFORMING_STRINGS = OFF" | "SET STANDARD_CONFORMING_STRINGS = 'OFF'" => {
+                self.standard_strings = false
+            }
+            "SET STANDARD_CONFORMING_STRINGS = ON" | "SET STANDARD_CONFORMING_STRINGS = 'ON'" => {
+                self.standard_strings = true
+            }
+            _ => {}
+        }
+        if words.starts_with("COPY ") && words.ends_with("FROM STDIN;") {
+            let mut data = String::new();
+            loop {
+                let mut line = String::new();
+                let read = self.input.read_line(&mut line).map_err(|e| e.to_string())?;
+                if read == 0 {
+                    return Err("the script ends inside COPY data (no \\. line)".into());
+                }
+                if line.trim_end_matches(['\n', '\r']) == "\\." {
+                    break;
+                }
+                data.push_str(&line);
+            }
+            self.pending.push_back(Piece::Copy { statement, data });
+        } else {
+            self.pending.push_back(Piece::Sql(statement));
+        }
+        Ok(())
+    }
+
+    /// Scans one line, queueing every piece it completes.
+    fn scan_line(&mut self) -> Result<(), String> {
+        let line = std::mem::take(&mut self.line);
+        if self.quote == Quote::None && !self.has_token && line.trim_start().starts_with('\\') {
+            self.statement.clear();
+            self.pending.push_back(Piece::Meta(line.trim().to_string()));
+            return Ok(());
+        }
+        let bytes = line.as_bytes();
+        let mut start = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let next = bytes.get(i + 1).copied();
+            match &mut self.quote {
+                Quote::None => match b {
+                    b'-' if next == Some(b'-') => break,
+                    b'/' if next == Some(b'*') => {
+                        self.quote = Quote::Block(1);
+                        i += 1;
+                    }
+                    b'\'' => {
+                        let prefixed = i > 0
+                            && matches!(bytes[i - 1], b'E' | b'e')
+                            && (i < 2 || !is_ident_byte(bytes[i - 2]));
+                        self.quote = Quote::Single {
+                            backslash_escapes: prefixed || !self.standard_strings,
+                        };
+                        self.has_token = true;
+                    }
+                    b'"' => {
+                        self.quote = Quote::Double;
+                        self.has_token = true;
+                    }
+                    b'$' if i == 0 || !is_ident_byte(bytes[i - 1]) => {
+                        if let Some(len) = dollar_tag(&bytes[i..]) {
+                            self.quote = Quote::Dollar(line[i..i + len].to_string());
+                            i += len - 1;
+                        }
+                        self.has_token = true;
+                    }
+                    b';' => {
+                        self.statement.push_str(&line[start..=i]);
+                        start = i + 1;
+                        if self.has_token {
+                            self.finish_statement()?;
+                        } else {
+                            self.statement.clear();
+                        }
+                    }
+                    b if !b.is_ascii_whitespace() => self.has_token = true,
+                    _ => {}
+                },
+                Quote::Single { backslash_escapes } => match b {
+                    b'\\' if *backslash_escapes => i += 1,
+                    b'\'' if next == Some(b'\'') => i += 1,
+                    b'\'' => self.quote = Quote::None,
+                    _ => {}
+                },
+                Quote::Double => match b {
+                    b'"' if next == Some(b'"') => i += 1,
+                    b'"' => self.quote = Quote::None,
+                    _ => {}
+                },
+                Quote::Dollar(tag) => {
+                    if bytes[i..].starts_with(tag.as_bytes()) {
+                        i += tag.len() - 1;
+                        self.quote = Quote::None;
+                    }
+                }
+                Quote::Block(depth) => {
+                    if b == b'/' && next == Some(b'*') {
+                        *depth += 1;
+                        i += 1;
+                    } else if b == b'*' && next == Some(b'/') {
+                        *depth -= 1;
+                        i += 1;
+                        if *depth == 0 {
+                            self.quote = Quote::None;
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        if start < line.len() {
+            self.statement.push_str(&line[start..]);
+        }
+        Ok(())
+    }
+
+    /// The next piece, None at the end; an error for a script that ends
+    /// inside a statement or a quote.
+    pub(crate) fn next_piece(&mut self) -> Result<Option<Piece>, String> {
+        loop {
+            if let Some(piece) = self.pending.pop_front() {
+                return Ok(Some(piece));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            self.line.clear();
+            let read = self
+                .input
+                .read_line(&mut self.line)
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                self.done = true;
+                if self.quote != Quote::None || self.has_token {
+                    return Err(format!(
+                        "the script ends inside a statement: {}",
+                        self.statement.trim().chars().take(200).collect::<String>()
+                    ));
+                }
+                continue;
+            }
+            self.scan_line()?;
+        }
+    }
+}
+
+/// Whether the script is UTF-8 and asks for no other client encoding:
+/// our connections speak UTF-8 only (a database in another encoding is
+/// restored by pg_restore itself).
+pub(crate) fn is_utf8_script(script: &Path) -> Result<bool, Error> {
+    let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(script, e))?
+            == 0
+        {
+            return Ok(true);
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            return Ok(false);
+        };
+        let text = text.trim().to_ascii_lowercase();
+        let names_encoding =
+            text.starts_with("\\encoding") || text.starts_with("set client_encoding");
+        if names_encoding && !text.contains("utf8") {
+            return Ok(false);
+        }
+    }
+}
+
+/// A batch this large is sent even inside a transaction (the server keeps
+/// a message's parse trees until its last statement ends).
+const BATCH_BYTES: usize = 4 << 20;
+
+struct Runner<'a> {
+    conn: &'a ClientConn,
+    database: &'a str,
+    client: postgres::Client,
+    batch: String,
+    statements: u64,
+    messages: u64,
+}
+
+impl Runner<'_> {
+    fn connect(conn: &ClientConn, database: &str) -> Result<postgres::Client, Error> {
+        postgres::Config::new()
+            .host_path(&conn.socket_dir)
+            .port(conn.port)
+            .user(&conn.user)
+            .dbname(database)
+            .application_name("pg-migrate restore")
+            .options("-c default_transaction_read_only=false")
+            .connect_timeout(Duration::from_secs(30))
+            .connect(postgres::NoTls)
+            .map_err(|e| Error::query(database, "connecting to restore", &e))
+    }
+
+    fn send(&mut self, text: &str) -> Result<(), String> {
+        self.messages += 1;
+        self.client
+            .batch_execute(text)
+            .map_err(|e| describe_failure(&e, text))
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.send(&batch)
+    }
+}
+
+/// The server's error, and the statement of the message it points into.
+fn describe_failure(e: &postgres::Error, text: &str) -> String {
+    let detail = pgm_cluster::describe_pg_error(e);
+    let at = e.as_db_error().and_then(|db| match db.position() {
+        Some(postgres::error::ErrorPosition::Original(p)) => Some(*p as usize),
+        _ => None,
+    });
+    let context = match at {
+        // The position counts characters from 1.
+        Some(p) => {
+            let chars: Vec<char> = text.chars().collect();
+            let at = p.saturating_sub(1).min(chars.len());
+            let from = chars[..at]
+                .iter()
+                .rposition(|&c| c == ';')
+                .map_or(0, |i| i + 1);
+            let to = chars[at..]
+                .iter()
+                .position(|&c| c == ';')
+                .map_or(chars.len(), |i| at + i + 1);
+            chars[from..to].iter().collect::<String>()
+        }
+        None => text.chars().take(400).collect(),
+    };
+    let context: String = context
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{detail}\nin: {}",
+        context.chars().take(600).collect::<String>()
+    )
+}
+
+/// Runs `script` (for one database, written by `pg_restore --create -f`):
+/// it starts in `first_database` and each `\connect` goes to `database`,
+/// the only database such a script connects to. Statements between a
+/// top-level BEGIN and its COMMIT travel together; the others alone, as
+/// pg_restore sends them.
+pub(crate) fn run_script(
+    script: &Path,
+    conn: &ClientConn,
+    first_database: &str,
+    database: &str,
+    log: &mut impl Write,
+) -> Result<(), Error> {
+    let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
+    let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut runner = Runner {
+        conn,
+        database,
+        client: Runner::connect(conn, first_database)?,
+        batch: String::new(),
+        statements: 0,
+        messages: 0,
+    };
+    let mut in_transaction = false;
+    let mut restricted: Option<String> = None;
+    let fail = |detail: String| {
+        Error::Inconsistent(format!("restoring database \"{database}\": {detail}"))
+    };
+    while let Some(piece) = splitter.next_piece().map_err(fail)? {
+        match piece {
+            Piece::Meta(line) => {
+                let mut words = line.split_whitespace();
+                let command = words.next().unwrap_or_default();
+                let argument = words.next().unwrap_or_default();
+                match (&restricted, command) {
+                    (Some(key), "\\unrestrict") if argument == key => restricted = None,
+                    (Some(_), _) => {
+                        return Err(fail(format!(
+                            "the script runs {line:?} while restricted (only \\unrestrict with its key may follow \\restrict)"
+                        )))
+                    }
+                    (None, "\\restrict") if !argument.is_empty() => {
+                        restricted = Some(argument.to_string())
+                    }
+                    (None, "\\encoding") if argument.eq_ignore_ascii_case("utf8") => {}
+                    (None, "\\connect" | "\\c") => {
+                        if in_transaction {
+                            return Err(fail("the script reconnects inside a transaction".into()));
+                        }
+                        runner.flush().map_err(fail)?;
+                        runner.client = Runner::connect(runner.conn, runner.database)?;
+                    }
+                    _ => {
+                        return Err(fail(format!(
+                            "the script has a psql meta-command pg-migrate does not run: {line:?}"
+                        )))
+                    }
+                }
+            }
+            Piece::Sql(statement) => {
+                runner.statements += 1;
+                let words = normalized(&statement);
+                let keyword = words
+                    .split(|c: char| !c.is_ascii_alphabetic())
+                    .next()
+                    .unwrap_or_default();
+                if !in_transaction && matches!(keyword, "BEGIN" | "START") {
+                    in_transaction = true;
+                    runner.batch.push_str(&statement);
+                } else if in_transaction {
+                    runner.batch.push_str(&statement);
+                    if matches!(keyword, "COMMIT" | "END") {
+                        in_transaction = false;
+                        runner.flush().map_err(fail)?;
+                    } else if runner.batch.len() >= BATCH_BYTES {
+                        runner.flush().map_err(fail)?;
+                    }
+                } else {
+                    runner.send(&statement).map_err(fail)?;
+                }
+            }
+            Piece::Copy { statement, data } => {
+                runner.statements += 1;
+                runner.flush().map_err(fail)?;
+                let mut writer = runner
+                    .client
+                    .copy_in(statement.as_str())
+                    .map_err(|e| fail(describe_failure(&e, &statement)))?;
+                writer
+                    .write_all(data.as_bytes())
+                    .map_err(|e| fail(e.to_string()))?;
+                writer
+                    .finish()
+                    .map_err(|e| fail(describe_failure(&e, &statement)))?;
+            }
+        }
+    }
+    if in_transaction {
+        return Err(fail("the script ends inside a transaction".into()));
+    }
+    runner.flush().map_err(fail)?;
+    let _ = writeln!(
+        log,
+        "ran {} statements in {} messages",
+        runner.statements, runner.messages
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(text: &str) -> Vec<Piece> {
+        let mut splitter = Splitter::new(text.as_bytes());
+        let mut out = Vec::new();
+        while let Some(piece) = splitter.next_piece().unwrap() {
+            out.push(piece);
+        }
+        out
+    }
+
+    fn sql(pieces: &[Piece]) -> Vec<String> {
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Sql(s) => normalized(s),
+                Piece::Meta(m) => format!("META {m}"),
+                Piece::Copy { statement, data } => {
+                    format!("{} DATA {data:?}", normalized(statement))
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quoting_never_ends_a_statement() {
+        let script = "\\restrict k1\n\
+            SET a = 1; SET b = 'x;y';\n\
+            -- a comment; with a semicolon\n\
+            CREATE FUNCTION f() RETURNS int AS $body$\nBEGIN\nCOMMIT;\n\\connect evil\nRETURN 1; END\n$body$ LANGUAGE plpgsql;\n\
+            SELECT $$a;b$$, E'it\\'s;', 'it''s;', \"we;ird\"\"q\", a$b, $1;\n\
+            /* outer /* inner; */ still; */ SELECT 2;\n\
+            COMMENT ON TABLE t IS 'line one\n\\connect not-meta;\nline three';\n\
+            \\unrestrict k1\n";
+        assert_eq!(
+            sql(&split(script)),
+            vec![
+                "META \\restrict k1".to_string(),
+                "SET A = 1;".into(),
+                "SET B = 'X;Y';".into(),
+                "CREATE FUNCTION F() RETURNS INT AS $BODY$ BEGIN COMMIT; \\CONNECT EVIL RETURN 1; END $BODY$ LANGUAGE PLPGSQL;".into(),
+                "SELECT $$A;B$$, E'IT\\'S;', 'IT''S;', \"WE;IRD\"\"Q\", A$B, $1;".into(),
+                "/* OUTER /* INNER; */ STILL; */ SELECT 2;".into(),
+                "COMMENT ON TABLE T IS 'LINE ONE \\CONNECT NOT-META; LINE THREE';".into(),
+                "META \\unrestrict k1".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn backslashes_escape_only_where_the_script_says_so() {
+        // Standard strings: a backslash is an ordinary character.
+        assert_eq!(split("SELECT 'a\\';\nSELECT 1;\n").len(), 2);
+        // Turned off: the same text is one unfinished string.
+        let mut s =
+            Splitter::new("SET standard_conforming_strings = off;\nSELECT 'a\\';\n".as_bytes());
+        assert!(matches!(s.next_piece(), Ok(Some(Piece::Sql(_)))));
+        assert!(s.next_piece().is_err());
+    }
+
+    #[test]
+    fn only_utf8_scripts_run_over_our_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |bytes: &[u8]| {
+            let path = dir.path().join("script.sql");
+            std::fs::write(&path, bytes).unwrap();
+            is_utf8_script(&path).unwrap()
+        };
+        assert!(check(
+            b"SET client_encoding = 'UTF8';\nSELECT '\xc3\xa9';\n\\encoding UTF8\n"
+        ));
+        assert!(!check(b"SET client_encoding = 'LATIN1';\nSELECT 1;\n"));
+        assert!(!check(b"\\encoding SQL_ASCII\n"));
+        assert!(!check(b"SELECT '\xe9';\n"));
+    }
+
+    #[test]
+    fn copy_data_is_carried_whole_and_truncation_is_an_error() {
+        let pieces = split("COPY t (a) FROM stdin;\n1\\;x\n2\n\\.\nSELECT 1;\n");
+        assert_eq!(
+            sql(&pieces),
+            vec![
+                "COPY T (A) FROM STDIN; DATA \"1\\\\;x\\n2\\n\"".to_string(),
+                "SELECT 1;".into()
+            ]
+        );
+        let mut s = Splitter::new("COPY t FROM stdin;\n1\n".as_bytes());
+        assert!(s.next_piece().is_err());
+        let mut s = Splitter::new("SELECT 'open\n".as_bytes());
+        assert!(s.next_piece().is_err());
+    }
+}
