@@ -272,6 +272,7 @@ fn finish_upgrade(
                 databases: finished.databases,
                 relations: finished.relations,
                 files: finished.files,
+                files_copied_ahead: finished.files_copied_ahead,
                 bytes: finished.bytes,
             });
         }

@@ -123,6 +123,8 @@ pub struct UpgradeCounts {
     pub databases: usize,
     pub relations: usize,
     pub files: u64,
+    /// Copy modes: files copied while the catalog was restored.
+    pub files_copied_ahead: u64,
     pub bytes: u64,
 }
 

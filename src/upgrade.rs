@@ -3,10 +3,10 @@
 //! `protect-old` leaves the old cluster as it was, and in link mode nothing
 //! after it happens unless everything before it succeeded.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pgm_catalog::{ClientConn, Database, DumpOptions, Relation, RelationQuery};
@@ -65,6 +65,7 @@ pub struct Finished {
     pub databases: usize,
     pub relations: usize,
     pub files: u64,
+    pub files_copied_ahead: u64,
     pub bytes: u64,
     pub logs: Option<PathBuf>,
 }
@@ -85,6 +86,9 @@ pub struct Engine<'a> {
     databases: Vec<DatabasePlan>,
     tablespaces: Vec<String>,
     moves: Vec<FileMove>,
+    /// Copy modes: the relation files being copied in the background while
+    /// the catalog is restored.
+    staging: Option<Staging>,
     /// Per database, the extensions whose installed version is older than
     /// the new installation's default (read while the restore's server runs).
     outdated_extensions: BTreeMap<String, Vec<String>>,
@@ -94,10 +98,35 @@ pub struct Engine<'a> {
     /// Link mode: the old cluster's pg_control has been renamed.
     old_protected: bool,
     transferred: (u64, u64),
+    files_copied_ahead: u64,
     /// Steps an earlier run finished (a resumed run skips them).
     done: BTreeSet<String>,
     /// Whether this run continues a journal (resume) rather than starting one.
     resuming: bool,
+}
+
+/// Copies of the old relation files made in the background from the moment
+/// the old server stops until the transfer starts (which renames them into
+/// place): in copy mode the restore's time then hides part of the copy's.
+struct Staging {
+    dir: PathBuf,
+    cancel: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<HashMap<PathBuf, pgm_transfer::Staged>>,
+}
+
+impl Staging {
+    /// Stops the copying (after the file at hand) and returns what was copied.
+    fn finish(self) -> HashMap<PathBuf, pgm_transfer::Staged> {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.worker.join().unwrap_or_default()
+    }
+
+    /// Stops the copying and removes the copies.
+    fn abandon(self) {
+        let dir = self.dir.clone();
+        self.finish();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// The transfer as planned before its first file moves: enough to finish
@@ -193,11 +222,13 @@ impl<'a> Engine<'a> {
             databases: Vec::new(),
             tablespaces: Vec::new(),
             moves: Vec::new(),
+            staging: None,
             outdated_extensions: BTreeMap::new(),
             new_touched: false,
             created_new: false,
             old_protected: false,
             transferred: (0, 0),
+            files_copied_ahead: 0,
             done: BTreeSet::new(),
             resuming: false,
         })
@@ -296,6 +327,9 @@ impl<'a> Engine<'a> {
     /// Runs every step in order; stops at the first failure.
     pub fn run(&mut self) -> Result<Finished, Box<Failed>> {
         let result = self.run_steps();
+        if let Some(staging) = self.staging.take() {
+            staging.abandon();
+        }
         result.map_err(|failure| {
             pgm_cluster::server::stop_all();
             let states = self.cluster_states();
@@ -352,6 +386,7 @@ impl<'a> Engine<'a> {
             databases: self.databases.len(),
             relations: self.databases.iter().map(|d| d.old_relations.len()).sum(),
             files: self.transferred.0,
+            files_copied_ahead: self.files_copied_ahead,
             bytes: self.transferred.1,
             logs,
         })
@@ -605,6 +640,15 @@ impl<'a> Engine<'a> {
         for sub in ["log", "dump"] {
             std::fs::create_dir_all(output.join(sub)).map_err(fail)?;
         }
+        // Copies an earlier run made ahead and could not remove (killed).
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for entry in entries.flatten() {
+                let staging = entry.path().join("staging");
+                if entry.file_name().to_string_lossy().starts_with("run-") && staging.is_dir() {
+                    let _ = std::fs::remove_dir_all(staging);
+                }
+            }
+        }
         let first = JournalView::read(&new_path)
             .and_then(|j| j.plan().cloned())
             .is_none();
@@ -745,7 +789,57 @@ impl<'a> Engine<'a> {
         server
             .stop()
             .map_err(|e| Failure::new("server_stop_failed", e))?;
+        self.start_staging();
         Ok(())
+    }
+
+    /// Copy modes: with the old server stopped its relation files no longer
+    /// change, so copying them can begin now, into the run's directory in the
+    /// new cluster (same filesystem, renamed into place by the transfer).
+    /// Relations in user tablespaces wait for the transfer (their files go
+    /// to another filesystem perhaps).
+    fn start_staging(&mut self) {
+        let mode = self.settings.mode.transfer();
+        if !matches!(
+            mode,
+            pgm_transfer::Mode::Copy | pgm_transfer::Mode::CopyFileRange
+        ) || pgm_cluster::faults::copy_ahead_disabled()
+        {
+            return;
+        }
+        let dir = self.output().join("staging");
+        if std::fs::create_dir(&dir).is_err() {
+            return;
+        }
+        let old_bases: Vec<PathBuf> = self
+            .databases
+            .iter()
+            .filter(|plan| plan.db.tablespace_location.is_empty())
+            .flat_map(|plan| {
+                plan.old_relations
+                    .iter()
+                    .filter(|r| r.tablespace_location.is_empty())
+                    .map(|r| {
+                        pgm_transfer::relation_base(
+                            &self.old_dir.path,
+                            "",
+                            "",
+                            plan.db.oid,
+                            r.relfilenode,
+                        )
+                    })
+            })
+            .collect();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (dir, cancel) = (dir.clone(), cancel.clone());
+            std::thread::spawn(move || pgm_transfer::stage(&old_bases, &dir, mode, &cancel))
+        };
+        self.staging = Some(Staging {
+            dir,
+            cancel,
+            worker,
+        });
     }
 
     /// `PG_<major>_<catversion>`: the per-version directory in a tablespace.
@@ -1081,16 +1175,24 @@ impl<'a> Engine<'a> {
         }
         let mode = self.settings.mode.transfer();
         let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
+        let staging = self.staging.take();
+        let staging_dir = staging.as_ref().map(|s| s.dir.clone());
+        let staged = staging.map(Staging::finish).unwrap_or_default();
         let meter = self
             .printer
             .meter_bytes("transfer", self.moves.len() as u64, total_bytes);
-        let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, &|p| {
+        let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, &staged, &|p| {
             meter.set(p.files_done, p.bytes_done);
             pgm_cluster::faults::point(|| format!("transfer:file:{}", p.files_done));
-        })
-        .map_err(|e| Failure::new("transfer_failed", e))?;
+        });
+        if let Some(dir) = staging_dir {
+            // Copies not used (a relation the plan does not move) go.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let done = done.map_err(|e| Failure::new("transfer_failed", e))?;
         meter.finish();
         self.transferred = (done.files_done, done.bytes_done);
+        self.files_copied_ahead = done.files_ahead;
         Ok(())
     }
 

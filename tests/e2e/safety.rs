@@ -15,10 +15,20 @@ use crate::support::*;
 /// Starts pg-migrate paused at `point` (see pgm_cluster::faults); returns the
 /// child once it is waiting there, and the file whose removal lets it go on.
 fn spawn_paused(pair: &Pair, args: &[OsString], point: &str) -> (Child, PathBuf) {
+    spawn_paused_with(pair, args, point, &[])
+}
+
+fn spawn_paused_with(
+    pair: &Pair,
+    args: &[OsString],
+    point: &str,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
     let pause = pair.sandbox.path().join("pause");
     let _ = std::fs::remove_file(&pause);
     let child = as_test_user(&pair.bin)
         .current_dir(pair.sandbox.path())
+        .envs(env.iter().copied())
         .args(args)
         .env("PG_MIGRATE_TEST_PAUSE_AT", point)
         .env("PG_MIGRATE_TEST_PAUSE_FILE", &pause)
@@ -546,10 +556,16 @@ fn copy_onto_a_filesystem_that_is_too_small() {
     assert_refused(&run, "disk-space", "insufficient_space");
     assert_same_tree(&old_snapshot, &snapshot(&pair.old.datadir), "old cluster");
 
-    // Room enough at the check, but the disk fills up before the transfer:
-    // a clean failure, then resume once there is room again.
+    // Room enough at the check, but the disk fills up before the transfer
+    // (which, for this test, has to copy everything itself): a clean
+    // failure, then resume once there is room again.
     disk.resize(200);
-    let (child, pause) = spawn_paused(&pair, &with(args.clone(), &["--copy"]), "before:transfer");
+    let (child, pause) = spawn_paused_with(
+        &pair,
+        &with(args.clone(), &["--copy"]),
+        "before:transfer",
+        &[("PG_MIGRATE_TEST_NO_COPY_AHEAD", "1")],
+    );
     let ballast = disk.path.join("ballast");
     let _ = std::process::Command::new("dd")
         .args(["if=/dev/zero", "bs=1M", "count=400"])

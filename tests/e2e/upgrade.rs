@@ -478,6 +478,14 @@ fn failed_restore_leaves_the_old_cluster_intact() {
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
         .any(|text| text.contains("pg_stop_backup"));
     assert!(said, "no log in {} names the problem", logs.display());
+    // The copies made while the catalog was restored are gone with the run.
+    let run_dir = logs.parent().unwrap();
+    assert!(run_dir.join("dump").is_dir());
+    assert!(
+        !run_dir.join("staging").exists(),
+        "copies left in {}",
+        run_dir.display()
+    );
     pair.old.start();
     assert_same_state(
         &before,

@@ -7,6 +7,8 @@
 //!   at that point the process creates the file and waits (up to 120 s) until
 //!   the test removes it, so that the test can act at a known moment (send a
 //!   signal, fill a disk, probe a running server).
+//! - `PG_MIGRATE_TEST_NO_COPY_AHEAD=1`: copy modes copy nothing while the
+//!   catalog is restored, so that a test can make the transfer itself copy.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,6 +26,11 @@ fn hooks() -> &'static Hooks {
         pause_at: std::env::var("PG_MIGRATE_TEST_PAUSE_AT").ok(),
         pause_file: std::env::var_os("PG_MIGRATE_TEST_PAUSE_FILE").map(Into::into),
     })
+}
+
+/// Whether a test asked that nothing be copied ahead of the transfer.
+pub fn copy_ahead_disabled() -> bool {
+    std::env::var_os("PG_MIGRATE_TEST_NO_COPY_AHEAD").is_some()
 }
 
 /// A fault point; `name` is only computed when a hook is set.

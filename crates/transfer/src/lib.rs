@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -212,6 +212,79 @@ pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
     Ok(moves)
 }
 
+/// A copy made ahead of the transfer, and what its source looked like
+/// just before: the transfer renames it into place only if the source has
+/// not changed since.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub staged: PathBuf,
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+/// Copies (`mode`: Copy or CopyFileRange) every file of the relations at
+/// `old_bases` into `dir` (which must exist), one at a time, until done or
+/// `cancel` is set; keyed by source file. For the time the catalog is being
+/// restored: the copies are renamed into place by [`transfer`], so `dir`
+/// must be on the new cluster's filesystem. A failure only ends the
+/// staging early (the transfer copies the rest itself).
+pub fn stage(
+    old_bases: &[PathBuf],
+    dir: &Path,
+    mode: Mode,
+    cancel: &AtomicBool,
+) -> HashMap<PathBuf, Staged> {
+    let mut listing = Listing::default();
+    let mut staged = HashMap::new();
+    if !matches!(mode, Mode::Copy | Mode::CopyFileRange) {
+        return staged;
+    }
+    for base in old_bases {
+        let Ok(suffixes) = listing.existing(base) else {
+            break;
+        };
+        for suffix in suffixes {
+            if cancel.load(Ordering::SeqCst) {
+                return staged;
+            }
+            let from = with_suffix(base, &suffix);
+            let to = dir.join(staged.len().to_string());
+            let Ok((metadata, modified)) =
+                std::fs::metadata(&from).and_then(|m| Ok((m.clone(), m.modified()?)))
+            else {
+                return staged;
+            };
+            if place(&from, &to, mode).is_err() {
+                let _ = std::fs::remove_file(&to);
+                return staged;
+            }
+            start_writeback(&to);
+            staged.insert(
+                from,
+                Staged {
+                    staged: to,
+                    len: metadata.len(),
+                    modified,
+                },
+            );
+        }
+    }
+    staged
+}
+
+/// Renames a staged copy of `file.from` to `file.to` if the source is as it
+/// was when copied; false (and the staged copy removed) otherwise.
+fn use_staged(file: &FileMove, staged: &Staged) -> bool {
+    let unchanged = std::fs::metadata(&file.from)
+        .map(|m| m.len() == staged.len && m.modified().ok() == Some(staged.modified))
+        .unwrap_or(false);
+    if unchanged && std::fs::rename(&staged.staged, &file.to).is_ok() {
+        return true;
+    }
+    let _ = std::fs::remove_file(&staged.staged);
+    false
+}
+
 /// fsyncs every regular file under `roots` but those in `durable` (files
 /// whose contents already were on disk: the old cluster's, hard-linked or
 /// moved), then every directory, so that new names are durable too; `jobs`
@@ -283,21 +356,26 @@ pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<PathBuf>, jobs: usize) -> 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Progress {
     pub files_done: u64,
+    /// Of those, files whose copy was made ahead and only renamed.
+    pub files_ahead: u64,
     pub files_total: u64,
     pub bytes_done: u64,
     pub bytes_total: u64,
 }
 
-/// Moves every file, `jobs` at a time; `progress` is called after each file
-/// (from worker threads). Stops at the first error and returns it.
+/// Moves every file, `jobs` at a time; a file with an up-to-date copy in
+/// `staged` gets that copy renamed into place. `progress` is called after
+/// each file (from worker threads). Stops at the first error and returns it.
 pub fn transfer(
     moves: &[FileMove],
     mode: Mode,
     jobs: usize,
+    staged: &HashMap<PathBuf, Staged>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Progress, Error> {
     let next = AtomicUsize::new(0);
     let files_done = AtomicU64::new(0);
+    let files_ahead = AtomicU64::new(0);
     let bytes_done = AtomicU64::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let bytes_total: u64 = moves.iter().map(|m| m.bytes).sum();
@@ -310,12 +388,16 @@ pub fn transfer(
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(file) = moves.get(i) else { break };
-                match move_one(file, mode) {
-                    Ok(()) => {
+                match move_one(file, mode, staged.get(&file.from)) {
+                    Ok(ahead) => {
+                        if ahead {
+                            files_ahead.fetch_add(1, Ordering::SeqCst);
+                        }
                         let files = files_done.fetch_add(1, Ordering::SeqCst) + 1;
                         let bytes = bytes_done.fetch_add(file.bytes, Ordering::SeqCst) + file.bytes;
                         progress(Progress {
                             files_done: files,
+                            files_ahead: files_ahead.load(Ordering::SeqCst),
                             files_total,
                             bytes_done: bytes,
                             bytes_total,
@@ -337,19 +419,24 @@ pub fn transfer(
     }
     Ok(Progress {
         files_done: files_done.into_inner(),
+        files_ahead: files_ahead.into_inner(),
         files_total,
         bytes_done: bytes_done.into_inner(),
         bytes_total,
     })
 }
 
-fn move_one(file: &FileMove, mode: Mode) -> Result<(), Error> {
+/// Places one file; true if that was renaming its copy made ahead.
+fn move_one(file: &FileMove, mode: Mode, staged: Option<&Staged>) -> Result<bool, Error> {
     // The restore created an (empty) file under the same name; a re-run may
     // find a partial copy. Either way the old file replaces it.
     match std::fs::remove_file(&file.to) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&file.to, e)),
+    }
+    if staged.is_some_and(|s| use_staged(file, s)) {
+        return Ok(true);
     }
     let failed = |verb, source| Error::Transfer {
         verb,
@@ -363,7 +450,7 @@ fn move_one(file: &FileMove, mode: Mode) -> Result<(), Error> {
         // sync step then finds it on disk.
         start_writeback(&file.to);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Asks the kernel to start writing a file's dirty pages back, without waiting.
@@ -503,7 +590,7 @@ mod tests {
         // Clone needs a reflink filesystem: tested end to end on one.
         for mode in [Mode::Copy, Mode::CopyFileRange, Mode::Link] {
             let seen = AtomicU64::new(0);
-            let done = transfer(&moves, mode, 3, &|p| {
+            let done = transfer(&moves, mode, 3, &HashMap::new(), &|p| {
                 seen.fetch_max(p.files_done, Ordering::SeqCst);
             })
             .unwrap();
@@ -518,6 +605,72 @@ mod tests {
                 assert_eq!(same_inode, mode == Mode::Link);
             }
         }
+    }
+
+    #[test]
+    fn staged_copies_are_renamed_into_place_unless_the_source_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old/base/5/16384");
+        let new = dir.path().join("new/base/5/16384");
+        let staging = dir.path().join("new/pg_migrate.d/staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        for suffix in ["", ".1", "_fsm"] {
+            write(
+                &with_suffix(&old, suffix),
+                format!("old{suffix}").as_bytes(),
+            );
+            write(&with_suffix(&new, suffix), b"");
+        }
+        // Link mode never stages: its transfer is a rename already.
+        let none = stage(
+            std::slice::from_ref(&old),
+            &staging,
+            Mode::Link,
+            &AtomicBool::new(false),
+        );
+        assert!(none.is_empty());
+        let cancelled = stage(
+            std::slice::from_ref(&old),
+            &staging,
+            Mode::Copy,
+            &AtomicBool::new(true),
+        );
+        assert!(cancelled.is_empty());
+        let staged = stage(
+            std::slice::from_ref(&old),
+            &staging,
+            Mode::Copy,
+            &AtomicBool::new(false),
+        );
+        assert_eq!(staged.len(), 3);
+        // A source written after its copy was made is copied again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&with_suffix(&old, ".1"), b"changed since");
+        let moves = plan(&[RelationFiles {
+            old_base: old.clone(),
+            new_base: new.clone(),
+        }])
+        .unwrap();
+        let staged_inode = std::fs::metadata(&staged[&old].staged).unwrap().ino();
+        let done = transfer(&moves, Mode::Copy, 2, &staged, &|_| {}).unwrap();
+        assert_eq!((done.files_done, done.files_ahead), (3, 2));
+        for m in &moves {
+            assert_eq!(
+                std::fs::read(&m.to).unwrap(),
+                std::fs::read(&m.from).unwrap()
+            );
+            assert!(
+                !staged[&m.from].staged.exists(),
+                "staged copies are used or removed"
+            );
+        }
+        assert_eq!(
+            std::fs::read(with_suffix(&new, ".1")).unwrap(),
+            b"changed since"
+        );
+        // An unchanged one was renamed: its inode is the staged copy's.
+        assert_eq!(std::fs::metadata(&new).unwrap().ino(), staged_inode);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     }
 
     #[test]
