@@ -3,7 +3,7 @@
 //! `protect-old` leaves the old cluster as it was, and in link mode nothing
 //! after it happens unless everything before it succeeded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,8 @@ pub struct Engine<'a> {
     old_protected: bool,
     transferred: (u64, u64),
     files_copied_ahead: u64,
+    /// Relations whose files the plan moves.
+    relations: usize,
     /// Steps an earlier run finished (a resumed run skips them).
     done: BTreeSet<String>,
     /// Whether this run continues a journal (resume) rather than starting one.
@@ -111,12 +113,12 @@ pub struct Engine<'a> {
 struct Staging {
     dir: PathBuf,
     cancel: Arc<AtomicBool>,
-    worker: std::thread::JoinHandle<HashMap<PathBuf, pgm_transfer::Staged>>,
+    worker: std::thread::JoinHandle<pgm_transfer::StagedCopies>,
 }
 
 impl Staging {
     /// Stops the copying (after the file at hand) and returns what was copied.
-    fn finish(self) -> HashMap<PathBuf, pgm_transfer::Staged> {
+    fn finish(self) -> pgm_transfer::StagedCopies {
         self.cancel.store(true, Ordering::SeqCst);
         self.worker.join().unwrap_or_default()
     }
@@ -138,6 +140,27 @@ struct SavedPlan {
     tablespaces: Vec<String>,
     #[serde(default)]
     outdated_extensions: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    relations: usize,
+}
+
+/// A [`SavedPlan`] written straight from the engine's own lists (tens of
+/// thousands of moves are not copied to be saved).
+#[derive(serde::Serialize)]
+struct SavedPlanRef<'p> {
+    moves: MovesRef<'p>,
+    databases: Vec<&'p str>,
+    tablespaces: &'p [String],
+    outdated_extensions: &'p BTreeMap<String, Vec<String>>,
+    relations: usize,
+}
+
+struct MovesRef<'p>(&'p [FileMove]);
+
+impl serde::Serialize for MovesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|m| (&m.from, &m.to, m.bytes)))
+    }
 }
 
 /// The transfer plan an upgrade saved, for revert.
@@ -229,6 +252,7 @@ impl<'a> Engine<'a> {
             old_protected: false,
             transferred: (0, 0),
             files_copied_ahead: 0,
+            relations: 0,
             done: BTreeSet::new(),
             resuming: false,
         })
@@ -304,6 +328,7 @@ impl<'a> Engine<'a> {
             .collect();
         engine.tablespaces = saved.tablespaces;
         engine.outdated_extensions = saved.outdated_extensions;
+        engine.relations = saved.relations;
         engine.databases = saved
             .databases
             .into_iter()
@@ -384,7 +409,7 @@ impl<'a> Engine<'a> {
         Ok(Finished {
             next_steps,
             databases: self.databases.len(),
-            relations: self.databases.iter().map(|d| d.old_relations.len()).sum(),
+            relations: self.relations,
             files: self.transferred.0,
             files_copied_ahead: self.files_copied_ahead,
             bytes: self.transferred.1,
@@ -1039,23 +1064,28 @@ impl<'a> Engine<'a> {
     fn match_relations(&mut self) -> Result<(), Failure> {
         let old_suffix = self.tablespace_dir(true)?;
         let new_suffix = self.tablespace_dir(false)?;
-        let mut pairs = Vec::new();
-        for plan in &self.databases {
+        let new_path = self.new_dir().path.clone();
+        self.relations = 0;
+        self.moves = Vec::new();
+        // A database at a time, so that only one database's pairs and
+        // directory listings are held at once.
+        for plan in &mut self.databases {
+            let mut pairs = Vec::with_capacity(plan.old_relations.len());
             let new_by_oid: BTreeMap<u32, &Relation> =
                 plan.new_relations.iter().map(|r| (r.oid, r)).collect();
             let mut missing = Vec::new();
             for old in &plan.old_relations {
                 let Some(new) = new_by_oid.get(&old.oid) else {
-                    missing.push(format!("{}.{}", old.namespace, old.name));
+                    missing.push(old.name.to_string());
                     continue;
                 };
                 let old_location = if old.tablespace_location.is_empty() {
-                    &plan.db.tablespace_location
+                    plan.db.tablespace_location.as_str()
                 } else {
                     &old.tablespace_location
                 };
                 let new_location = if new.tablespace_location.is_empty() {
-                    &plan.new_tablespace_location
+                    plan.new_tablespace_location.as_str()
                 } else {
                     &new.tablespace_location
                 };
@@ -1068,7 +1098,7 @@ impl<'a> Engine<'a> {
                         old.relfilenode,
                     ),
                     new_base: pgm_transfer::relation_base(
-                        &self.new_dir().path,
+                        &new_path,
                         &new_suffix,
                         new_location,
                         plan.new_oid,
@@ -1088,8 +1118,17 @@ impl<'a> Engine<'a> {
                     ),
                 ));
             }
+            drop(new_by_oid);
+            self.moves.extend(
+                pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?,
+            );
+            self.relations += plan.old_relations.len();
+            // The pairs hold what the transfer needs; the lists go (memory
+            // stays flatter with tens of thousands of relations).
+            plan.old_relations = Vec::new();
+            plan.new_relations = Vec::new();
         }
-        self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
+        self.moves.shrink_to_fit();
         if self.settings.mode == Mode::Swap {
             // Found here, before the point of no return.
             pgm_transfer::swap_dirs(&self.moves).map_err(|file| Failure {
@@ -1106,23 +1145,21 @@ impl<'a> Engine<'a> {
 
     /// Saves the transfer plan beside the journal (fsynced) before any file moves.
     fn save_plan(&self) -> Result<(), Failure> {
-        let plan = SavedPlan {
-            moves: self
-                .moves
-                .iter()
-                .map(|m| (m.from.clone(), m.to.clone(), m.bytes))
-                .collect(),
-            databases: self.databases.iter().map(|d| d.db.name.clone()).collect(),
-            tablespaces: self.tablespaces.clone(),
-            outdated_extensions: self.outdated_extensions.clone(),
+        let plan = SavedPlanRef {
+            moves: MovesRef(&self.moves),
+            databases: self.databases.iter().map(|d| d.db.name.as_str()).collect(),
+            tablespaces: &self.tablespaces,
+            outdated_extensions: &self.outdated_extensions,
+            relations: self.relations,
         };
         let dir = crate::journal::dir(&self.new_dir().path);
         let tmp = dir.join("transfer-plan.json.tmp");
         let fail =
             |e: std::io::Error| Failure::new("journal_failed", format!("{}: {e}", tmp.display()));
-        let bytes = serde_json::to_vec(&plan).map_err(|e| Failure::new("journal_failed", e))?;
-        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-        std::io::Write::write_all(&mut file, &bytes).map_err(fail)?;
+        let file = std::fs::File::create(&tmp).map_err(fail)?;
+        let mut writer = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut writer, &plan).map_err(|e| Failure::new("journal_failed", e))?;
+        let file = writer.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, dir.join("transfer-plan.json")).map_err(fail)?;
         Ok(())
@@ -1240,9 +1277,8 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
-            let durable: HashSet<PathBuf> = if matches!(self.settings.mode, Mode::Link | Mode::Swap)
-            {
-                self.moves.iter().map(|m| m.to.clone()).collect()
+            let durable: HashSet<&Path> = if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
+                self.moves.iter().map(|m| m.to.as_path()).collect()
             } else {
                 HashSet::new()
             };

@@ -15,16 +15,16 @@ pub struct Database {
     pub tablespace_location: String,
 }
 
-/// One relation with storage.
+/// One relation with storage; small, because there may be hundreds of
+/// thousands of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Relation {
     pub oid: u32,
-    pub namespace: String,
-    pub name: String,
     pub relfilenode: u32,
+    /// `schema.name`, for messages.
+    pub name: Box<str>,
     /// The relation's tablespace location; empty for the database's default.
-    pub tablespace_location: String,
-    pub relkind: String,
+    pub tablespace_location: Box<str>,
 }
 
 /// Which relations carry user data that moves as files.
@@ -114,8 +114,8 @@ pub fn list_relations(
             SELECT indexrelid FROM pg_catalog.pg_index
              WHERE indisvalid AND indisready
                AND indrelid IN (SELECT reloid FROM regular_heap UNION ALL SELECT reloid FROM toast_heap))
-         SELECT c.oid, n.nspname::text, c.relname::text, c.relfilenode,
-                coalesce(pg_catalog.pg_tablespace_location(t.oid), ''), c.relkind::text
+         SELECT c.oid, n.nspname::text || '.' || c.relname::text, c.relfilenode,
+                coalesce(pg_catalog.pg_tablespace_location(t.oid), '')
            FROM (SELECT reloid FROM regular_heap UNION ALL SELECT reloid FROM toast_heap
                  UNION ALL SELECT reloid FROM all_index) all_rels
            JOIN pg_catalog.pg_class c ON all_rels.reloid = c.oid
@@ -123,24 +123,28 @@ pub fn list_relations(
            LEFT JOIN pg_catalog.pg_tablespace t ON c.reltablespace = t.oid
           ORDER BY c.oid"
     );
-    let rows = client
-        .query(sql.as_str(), &[])
-        .map_err(|e| Error::query(database, "listing relations", &e))?;
-    let relations: Vec<Relation> = rows
-        .iter()
-        .map(|r| Relation {
-            oid: r.get(0),
-            namespace: r.get(1),
-            name: r.get(2),
-            relfilenode: r.get(3),
-            tablespace_location: r.get(4),
-            relkind: r.get(5),
-        })
-        .collect();
+    let failed = |e: postgres::Error| Error::query(database, "listing relations", &e);
+    // Row by row, never all rows at once beside the list they become.
+    let mut rows = client
+        .query_raw(sql.as_str(), std::iter::empty::<&str>())
+        .map_err(failed)?;
+    let mut relations = Vec::new();
+    while let Some(row) =
+        postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(failed)?
+    {
+        let text = |i: usize| row.get::<_, &str>(i).into();
+        relations.push(Relation {
+            oid: row.get(0),
+            name: text(1),
+            relfilenode: row.get(2),
+            tablespace_location: text(3),
+        });
+    }
+    relations.shrink_to_fit();
     if let Some(bad) = relations.iter().find(|r| r.relfilenode == 0) {
         return Err(Error::Inconsistent(format!(
-            "relation {}.{} in database \"{database}\" has no relfilenode",
-            bad.namespace, bad.name
+            "relation {} in database \"{database}\" has no relfilenode",
+            bad.name
         )));
     }
     Ok(relations)

@@ -216,10 +216,37 @@ pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
 /// just before: the transfer renames it into place only if the source has
 /// not changed since.
 #[derive(Debug, Clone)]
-pub struct Staged {
-    pub staged: PathBuf,
+struct Staged {
+    /// The copy's name in the staging directory.
+    number: u32,
     len: u64,
     modified: std::time::SystemTime,
+}
+
+/// The copies made ahead, keyed by source file.
+#[derive(Debug, Default)]
+pub struct StagedCopies {
+    dir: PathBuf,
+    files: HashMap<PathBuf, Staged>,
+}
+
+impl StagedCopies {
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Where the copy of `source` is, if one was made.
+    pub fn copy_of(&self, source: &Path) -> Option<PathBuf> {
+        self.files.get(source).map(|s| self.path(s))
+    }
+
+    fn path(&self, staged: &Staged) -> PathBuf {
+        self.dir.join(staged.number.to_string())
+    }
 }
 
 /// Copies (`mode`: Copy or CopyFileRange) every file of the relations at
@@ -228,14 +255,12 @@ pub struct Staged {
 /// restored: the copies are renamed into place by [`transfer`], so `dir`
 /// must be on the new cluster's filesystem. A failure only ends the
 /// staging early (the transfer copies the rest itself).
-pub fn stage(
-    old_bases: &[PathBuf],
-    dir: &Path,
-    mode: Mode,
-    cancel: &AtomicBool,
-) -> HashMap<PathBuf, Staged> {
+pub fn stage(old_bases: &[PathBuf], dir: &Path, mode: Mode, cancel: &AtomicBool) -> StagedCopies {
     let mut listing = Listing::default();
-    let mut staged = HashMap::new();
+    let mut staged = StagedCopies {
+        dir: dir.to_path_buf(),
+        files: HashMap::new(),
+    };
     if !matches!(mode, Mode::Copy | Mode::CopyFileRange) {
         return staged;
     }
@@ -248,7 +273,8 @@ pub fn stage(
                 return staged;
             }
             let from = with_suffix(base, &suffix);
-            let to = dir.join(staged.len().to_string());
+            let number = staged.files.len() as u32;
+            let to = dir.join(number.to_string());
             let Ok((metadata, modified)) =
                 std::fs::metadata(&from).and_then(|m| Ok((m.clone(), m.modified()?)))
             else {
@@ -259,10 +285,10 @@ pub fn stage(
                 return staged;
             }
             start_writeback(&to);
-            staged.insert(
+            staged.files.insert(
                 from,
                 Staged {
-                    staged: to,
+                    number,
                     len: metadata.len(),
                     modified,
                 },
@@ -274,14 +300,18 @@ pub fn stage(
 
 /// Renames a staged copy of `file.from` to `file.to` if the source is as it
 /// was when copied; false (and the staged copy removed) otherwise.
-fn use_staged(file: &FileMove, staged: &Staged) -> bool {
+fn use_staged(file: &FileMove, copies: &StagedCopies) -> bool {
+    let Some(staged) = copies.files.get(&file.from) else {
+        return false;
+    };
+    let copy = copies.path(staged);
     let unchanged = std::fs::metadata(&file.from)
         .map(|m| m.len() == staged.len && m.modified().ok() == Some(staged.modified))
         .unwrap_or(false);
-    if unchanged && std::fs::rename(&staged.staged, &file.to).is_ok() {
+    if unchanged && std::fs::rename(&copy, &file.to).is_ok() {
         return true;
     }
-    let _ = std::fs::remove_file(&staged.staged);
+    let _ = std::fs::remove_file(&copy);
     false
 }
 
@@ -290,7 +320,7 @@ fn use_staged(file: &FileMove, staged: &Staged) -> bool {
 /// moved), then every directory, so that new names are durable too; `jobs`
 /// files at a time. Symbolic links are not followed. Returns how many files
 /// were synced.
-pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<PathBuf>, jobs: usize) -> Result<u64, Error> {
+pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<&Path>, jobs: usize) -> Result<u64, Error> {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for root in roots {
@@ -370,7 +400,7 @@ pub fn transfer(
     moves: &[FileMove],
     mode: Mode,
     jobs: usize,
-    staged: &HashMap<PathBuf, Staged>,
+    staged: &StagedCopies,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Progress, Error> {
     let next = AtomicUsize::new(0);
@@ -388,7 +418,7 @@ pub fn transfer(
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(file) = moves.get(i) else { break };
-                match move_one(file, mode, staged.get(&file.from)) {
+                match move_one(file, mode, staged) {
                     Ok(ahead) => {
                         if ahead {
                             files_ahead.fetch_add(1, Ordering::SeqCst);
@@ -427,7 +457,7 @@ pub fn transfer(
 }
 
 /// Places one file; true if that was renaming its copy made ahead.
-fn move_one(file: &FileMove, mode: Mode, staged: Option<&Staged>) -> Result<bool, Error> {
+fn move_one(file: &FileMove, mode: Mode, staged: &StagedCopies) -> Result<bool, Error> {
     // The restore created an (empty) file under the same name; a re-run may
     // find a partial copy. Either way the old file replaces it.
     match std::fs::remove_file(&file.to) {
@@ -435,7 +465,7 @@ fn move_one(file: &FileMove, mode: Mode, staged: Option<&Staged>) -> Result<bool
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&file.to, e)),
     }
-    if staged.is_some_and(|s| use_staged(file, s)) {
+    if use_staged(file, staged) {
         return Ok(true);
     }
     let failed = |verb, source| Error::Transfer {
@@ -590,7 +620,7 @@ mod tests {
         // Clone needs a reflink filesystem: tested end to end on one.
         for mode in [Mode::Copy, Mode::CopyFileRange, Mode::Link] {
             let seen = AtomicU64::new(0);
-            let done = transfer(&moves, mode, 3, &HashMap::new(), &|p| {
+            let done = transfer(&moves, mode, 3, &StagedCopies::default(), &|p| {
                 seen.fetch_max(p.files_done, Ordering::SeqCst);
             })
             .unwrap();
@@ -651,7 +681,9 @@ mod tests {
             new_base: new.clone(),
         }])
         .unwrap();
-        let staged_inode = std::fs::metadata(&staged[&old].staged).unwrap().ino();
+        let staged_inode = std::fs::metadata(staged.copy_of(&old).unwrap())
+            .unwrap()
+            .ino();
         let done = transfer(&moves, Mode::Copy, 2, &staged, &|_| {}).unwrap();
         assert_eq!((done.files_done, done.files_ahead), (3, 2));
         for m in &moves {
@@ -660,7 +692,7 @@ mod tests {
                 std::fs::read(&m.from).unwrap()
             );
             assert!(
-                !staged[&m.from].staged.exists(),
+                !staged.copy_of(&m.from).unwrap().exists(),
                 "staged copies are used or removed"
             );
         }
@@ -685,7 +717,8 @@ mod tests {
         ] {
             write(&root.join(name), b"x");
         }
-        let durable = HashSet::from([root.join("base/5/16384")]);
+        let linked = root.join("base/5/16384");
+        let durable = HashSet::from([linked.as_path()]);
         assert_eq!(
             sync_tree(std::slice::from_ref(&root), &durable, 2).unwrap(),
             3
