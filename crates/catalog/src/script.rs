@@ -44,6 +44,14 @@ pub(crate) struct Splitter<R> {
     statement: String,
     has_token: bool,
     quote: Quote,
+    /// Open parentheses: a `;` inside them (a rule's action list) does not
+    /// end the statement.
+    paren_depth: u32,
+    /// BEGIN (and CASE within it) not yet closed by END in the body of a
+    /// `CREATE [OR REPLACE] FUNCTION|PROCEDURE … BEGIN ATOMIC`, as psql counts.
+    begin_depth: u32,
+    /// The statement's first words, lower-cased.
+    words: Vec<String>,
     standard_strings: bool,
     pending: std::collections::VecDeque<Piece>,
     line: String,
@@ -94,6 +102,9 @@ impl<R: BufRead> Splitter<R> {
             statement: String::new(),
             has_token: false,
             quote: Quote::None,
+            paren_depth: 0,
+            begin_depth: 0,
+            words: Vec::new(),
             standard_strings: true,
             pending: Default::default(),
             line: String::new(),
@@ -101,9 +112,41 @@ impl<R: BufRead> Splitter<R> {
         }
     }
 
+    fn reset_statement(&mut self) {
+        self.has_token = false;
+        self.paren_depth = 0;
+        self.begin_depth = 0;
+        self.words.clear();
+    }
+
+    /// Whether the statement so far is `CREATE [OR REPLACE] FUNCTION|PROCEDURE`.
+    fn defines_routine(&self) -> bool {
+        let word = |i: usize| self.words.get(i).map(String::as_str);
+        let routine = |w: Option<&str>| matches!(w, Some("function" | "procedure"));
+        word(0) == Some("create")
+            && (routine(word(1))
+                || (word(1) == Some("or") && word(2) == Some("replace") && routine(word(3))))
+    }
+
+    fn on_word(&mut self, word: &str) {
+        let word = word.to_ascii_lowercase();
+        if self.paren_depth == 0 && self.defines_routine() {
+            match word.as_str() {
+                "begin" => self.begin_depth += 1,
+                // CASE … END inside a body: only counted within a BEGIN.
+                "case" if self.begin_depth > 0 => self.begin_depth += 1,
+                "end" => self.begin_depth = self.begin_depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if self.words.len() < 4 {
+            self.words.push(word);
+        }
+    }
+
     fn finish_statement(&mut self) -> Result<(), String> {
         let statement = std::mem::take(&mut self.statement);
-        self.has_token = false;
+        self.reset_statement();
         let words = normalized(&statement);
         match words.trim_end_matches(';').trim() {
             "SET STANDARD_CONFORMING_STRINGS = OFF" | "SET STANDARD_CONFORMING_STRINGS = 'OFF'" => {
@@ -175,14 +218,31 @@ impl<R: BufRead> Splitter<R> {
                         }
                         self.has_token = true;
                     }
-                    b';' => {
+                    b'(' => {
+                        self.paren_depth += 1;
+                        self.has_token = true;
+                    }
+                    b')' => self.paren_depth = self.paren_depth.saturating_sub(1),
+                    b';' if self.paren_depth == 0 && self.begin_depth == 0 => {
                         self.statement.push_str(&line[start..=i]);
                         start = i + 1;
                         if self.has_token {
                             self.finish_statement()?;
                         } else {
                             self.statement.clear();
+                            self.reset_statement();
                         }
+                    }
+                    b if (b.is_ascii_alphabetic() || b == b'_' || b >= 0x80)
+                        && (i == 0 || !is_ident_byte(bytes[i - 1])) =>
+                    {
+                        let end = bytes[i..]
+                            .iter()
+                            .position(|&c| !is_ident_byte(c))
+                            .map_or(bytes.len(), |n| i + n);
+                        self.on_word(&line[i..end]);
+                        self.has_token = true;
+                        i = end - 1;
                     }
                     b if !b.is_ascii_whitespace() => self.has_token = true,
                     _ => {}
@@ -287,9 +347,13 @@ pub(crate) fn is_utf8_script(script: &Path) -> Result<bool, Error> {
 /// a message's parse trees until its last statement ends).
 const BATCH_BYTES: usize = 4 << 20;
 
+/// The server's notices and warnings during a restore, for its log.
+type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 struct Runner<'a> {
     conn: &'a ClientConn,
     database: &'a str,
+    notices: Notices,
     client: postgres::Client,
     batch: String,
     statements: u64,
@@ -297,7 +361,12 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn connect(conn: &ClientConn, database: &str) -> Result<postgres::Client, Error> {
+    fn connect(
+        conn: &ClientConn,
+        database: &str,
+        notices: &Notices,
+    ) -> Result<postgres::Client, Error> {
+        let notices = notices.clone();
         postgres::Config::new()
             .host_path(&conn.socket_dir)
             .port(conn.port)
@@ -306,6 +375,13 @@ impl Runner<'_> {
             .application_name("pg-migrate restore")
             .options("-c default_transaction_read_only=false")
             .connect_timeout(Duration::from_secs(30))
+            .notice_callback(move |notice| {
+                let mut notices = notices.lock().unwrap_or_else(|e| e.into_inner());
+                // Enough to see what the server had to say, bounded.
+                if notices.len() < 10_000 {
+                    notices.push(format!("{}: {}", notice.severity(), notice.message()));
+                }
+            })
             .connect(postgres::NoTls)
             .map_err(|e| Error::query(database, "connecting to restore", &e))
     }
@@ -374,12 +450,31 @@ pub(crate) fn run_script(
     database: &str,
     log: &mut impl Write,
 ) -> Result<(), Error> {
+    let notices = Notices::default();
+    let result = execute(script, conn, first_database, database, &notices);
+    // What the server said, whether or not the script went through.
+    for notice in notices.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(log, "{notice}");
+    }
+    let (statements, messages) = result?;
+    let _ = writeln!(log, "ran {statements} statements in {messages} messages");
+    Ok(())
+}
+
+fn execute(
+    script: &Path,
+    conn: &ClientConn,
+    first_database: &str,
+    database: &str,
+    notices: &Notices,
+) -> Result<(u64, u64), Error> {
     let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
     let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut runner = Runner {
         conn,
         database,
-        client: Runner::connect(conn, first_database)?,
+        client: Runner::connect(conn, first_database, notices)?,
+        notices: notices.clone(),
         batch: String::new(),
         statements: 0,
         messages: 0,
@@ -411,7 +506,8 @@ pub(crate) fn run_script(
                             return Err(fail("the script reconnects inside a transaction".into()));
                         }
                         runner.flush().map_err(fail)?;
-                        runner.client = Runner::connect(runner.conn, runner.database)?;
+                        runner.client =
+                            Runner::connect(runner.conn, runner.database, &runner.notices)?;
                     }
                     _ => {
                         return Err(fail(format!(
@@ -422,17 +518,14 @@ pub(crate) fn run_script(
             }
             Piece::Sql(statement) => {
                 runner.statements += 1;
+                // Exactly what pg_restore writes between its transactions.
                 let words = normalized(&statement);
-                let keyword = words
-                    .split(|c: char| !c.is_ascii_alphabetic())
-                    .next()
-                    .unwrap_or_default();
-                if !in_transaction && matches!(keyword, "BEGIN" | "START") {
+                if !in_transaction && words == "BEGIN;" {
                     in_transaction = true;
                     runner.batch.push_str(&statement);
                 } else if in_transaction {
                     runner.batch.push_str(&statement);
-                    if matches!(keyword, "COMMIT" | "END") {
+                    if words == "COMMIT;" {
                         in_transaction = false;
                         runner.flush().map_err(fail)?;
                     } else if runner.batch.len() >= BATCH_BYTES {
@@ -462,12 +555,7 @@ pub(crate) fn run_script(
         return Err(fail("the script ends inside a transaction".into()));
     }
     runner.flush().map_err(fail)?;
-    let _ = writeln!(
-        log,
-        "ran {} statements in {} messages",
-        runner.statements, runner.messages
-    );
-    Ok(())
+    Ok((runner.statements, runner.messages))
 }
 
 #[cfg(test)]
@@ -519,6 +607,24 @@ mod tests {
                 "META \\unrestrict k1".into(),
             ]
         );
+    }
+
+    #[test]
+    fn semicolons_in_bodies_and_parentheses_end_nothing() {
+        let script = "BEGIN;\n\
+            CREATE FUNCTION public.f(i integer) RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT CASE WHEN (i < 0) THEN '-1'::integer ELSE 1 END AS \"case\";\nEND;\n\
+            CREATE OR REPLACE PROCEDURE public.p()\n    LANGUAGE sql\n    BEGIN ATOMIC\n INSERT INTO t VALUES (1);\n INSERT INTO t VALUES (2);\nEND;\n\
+            CREATE RULE r AS ON DELETE TO t DO ALSO ( INSERT INTO l VALUES ('one'); INSERT INTO l VALUES ('two'); );\n\
+            COMMIT;\nBEGIN;\nEND;\n";
+        let pieces = sql(&split(script));
+        assert_eq!(pieces.len(), 7, "{pieces:#?}");
+        assert_eq!(pieces[0], "BEGIN;");
+        assert!(pieces[1].starts_with("CREATE FUNCTION") && pieces[1].ends_with("END;"));
+        assert!(
+            pieces[2].starts_with("CREATE OR REPLACE PROCEDURE") && pieces[2].ends_with("END;")
+        );
+        assert!(pieces[3].starts_with("CREATE RULE") && pieces[3].ends_with(");"));
+        assert_eq!(&pieces[4..], ["COMMIT;", "BEGIN;", "END;"]);
     }
 
     #[test]
