@@ -214,11 +214,25 @@ pub fn save_pristine(new_datadir: &Path) -> std::io::Result<()> {
     File::open(&dir)?.sync_all()
 }
 
+/// Removes the copies that runs made ahead of their transfer and could not
+/// remove themselves (a run killed or interrupted).
+pub fn remove_staged_copies(new_datadir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir(new_datadir)) {
+        for entry in entries.flatten() {
+            let staging = entry.path().join("staging");
+            if entry.file_name().to_string_lossy().starts_with("run-") && staging.is_dir() {
+                let _ = std::fs::remove_dir_all(staging);
+            }
+        }
+    }
+}
+
 /// Returns the new cluster to its pristine state: every new-version directory
 /// it made in a tablespace, and everything in the data directory but
 /// `pg_migrate.d`, is removed; the saved copy is put back.
 pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std::io::Result<()> {
     let pristine = dir(new_datadir).join("pristine");
+    remove_staged_copies(new_datadir);
     if !pristine.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,

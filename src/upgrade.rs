@@ -665,15 +665,7 @@ impl<'a> Engine<'a> {
         for sub in ["log", "dump"] {
             std::fs::create_dir_all(output.join(sub)).map_err(fail)?;
         }
-        // Copies an earlier run made ahead and could not remove (killed).
-        if let Ok(entries) = std::fs::read_dir(&base) {
-            for entry in entries.flatten() {
-                let staging = entry.path().join("staging");
-                if entry.file_name().to_string_lossy().starts_with("run-") && staging.is_dir() {
-                    let _ = std::fs::remove_dir_all(staging);
-                }
-            }
-        }
+        crate::journal::remove_staged_copies(&new_path);
         let first = JournalView::read(&new_path)
             .and_then(|j| j.plan().cloned())
             .is_none();

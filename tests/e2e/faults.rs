@@ -168,10 +168,28 @@ fn kill_then_resume(mode: &str, point: &str) {
     }
 }
 
+/// Staging directories (copies made ahead of the transfer) in the runs' directories.
+fn staged_copy_dirs(new_datadir: &std::path::Path) -> usize {
+    std::fs::read_dir(new_datadir.join("pg_migrate.d"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("staging").is_dir())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn kill_then_revert(mode: &str, point: &str) {
     let Some(template) = template() else { return };
     let mut case = case(template);
     killed(&case.run(&[mode], Some(point)), point);
+    if mode == "--copy" && point.contains("restore") {
+        assert!(
+            staged_copy_dirs(&case.new.datadir) > 0,
+            "a kill during the restore leaves the copies made ahead"
+        );
+    }
     let reverted = case.run(&["revert"], None);
     assert_eq!(
         reverted.status, 0,
@@ -179,6 +197,11 @@ fn kill_then_revert(mode: &str, point: &str) {
         reverted.stderr, reverted.stdout
     );
     assert_eq!(reverted.summary()["result"], "reverted");
+    assert_eq!(
+        staged_copy_dirs(&case.new.datadir),
+        0,
+        "revert removes the copies made ahead"
+    );
     assert!(case.old.datadir.join("global/pg_control").exists());
     case.old.start();
     let again = case.normalized(&capture(&case.old, &case.new.bindir), template);

@@ -395,11 +395,12 @@ pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) 
     assert_eq!(summary["upgrade"]["mode"], mode.trim_start_matches("--"));
     assert_eq!(summary["upgrade"]["databases"], 6);
     assert!(summary["upgrade"]["files"].as_u64().unwrap() > 50);
-    // The copy modes copy the default tablespace's files while the catalog
-    // is restored; the others have nothing to gain from it.
+    // The copy modes copy the default tablespace's files of 1 MiB or more
+    // (here: orders) while the catalog is restored; the others have nothing
+    // to gain from it.
     let ahead = summary["upgrade"]["files_copied_ahead"].as_u64().unwrap();
     if mode == "--copy" || mode == "--copy-file-range" {
-        assert!(ahead > 50, "{mode}: only {ahead} files copied ahead");
+        assert!(ahead >= 1, "{mode}: no file copied ahead");
     } else {
         assert_eq!(ahead, 0, "{mode}");
     }
