@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,23 +111,16 @@ pub struct Engine<'a> {
 /// the old server stops until the transfer starts (which renames them into
 /// place): in copy mode the restore's time then hides part of the copy's.
 struct Staging {
-    dir: PathBuf,
-    cancel: Arc<AtomicBool>,
-    worker: std::thread::JoinHandle<pgm_transfer::StagedCopies>,
+    copies: Arc<pgm_transfer::StagedCopies>,
+    worker: std::thread::JoinHandle<()>,
 }
 
 impl Staging {
-    /// Stops the copying (after the file at hand) and returns what was copied.
-    fn finish(self) -> pgm_transfer::StagedCopies {
-        self.cancel.store(true, Ordering::SeqCst);
-        self.worker.join().unwrap_or_default()
-    }
-
-    /// Stops the copying and removes the copies.
+    /// Stops the copying (after the file at hand) and removes the copies.
     fn abandon(self) {
-        let dir = self.dir.clone();
-        self.finish();
-        let _ = std::fs::remove_dir_all(dir);
+        self.copies.stop();
+        let _ = self.worker.join();
+        let _ = std::fs::remove_dir_all(self.copies.dir());
     }
 }
 
@@ -847,16 +840,12 @@ impl<'a> Engine<'a> {
                     })
             })
             .collect();
-        let cancel = Arc::new(AtomicBool::new(false));
+        let copies = Arc::new(pgm_transfer::StagedCopies::new(&dir));
         let worker = {
-            let (dir, cancel) = (dir.clone(), cancel.clone());
-            std::thread::spawn(move || pgm_transfer::stage(&old_bases, &dir, mode, &cancel))
+            let copies = copies.clone();
+            std::thread::spawn(move || pgm_transfer::stage(&old_bases, mode, &copies))
         };
-        self.staging = Some(Staging {
-            dir,
-            cancel,
-            worker,
-        });
+        self.staging = Some(Staging { copies, worker });
     }
 
     /// `PG_<major>_<catversion>`: the per-version directory in a tablespace.
@@ -1204,19 +1193,21 @@ impl<'a> Engine<'a> {
         }
         let mode = self.settings.mode.transfer();
         let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
+        // The copying ahead may still be busy with one file: the transfer
+        // takes everything else first (and that file last, once copied).
         let staging = self.staging.take();
-        let staging_dir = staging.as_ref().map(|s| s.dir.clone());
-        let staged = staging.map(Staging::finish).unwrap_or_default();
+        let no_copies = pgm_transfer::StagedCopies::default();
+        let staged = staging.as_ref().map_or(&no_copies, |s| s.copies.as_ref());
         let meter = self
             .printer
             .meter_bytes("transfer", self.moves.len() as u64, total_bytes);
-        let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, &staged, &|p| {
+        let done = pgm_transfer::transfer(&self.moves, mode, self.settings.jobs, staged, &|p| {
             meter.set(p.files_done, p.bytes_done);
             pgm_cluster::faults::point(|| format!("transfer:file:{}", p.files_done));
         });
-        if let Some(dir) = staging_dir {
+        if let Some(staging) = staging {
             // Copies not used (a relation the plan does not move) go.
-            let _ = std::fs::remove_dir_all(dir);
+            staging.abandon();
         }
         let done = done.map_err(|e| Failure::new("transfer_failed", e))?;
         meter.finish();

@@ -223,29 +223,72 @@ struct Staged {
     modified: std::time::SystemTime,
 }
 
-/// The copies made ahead, keyed by source file.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// Being copied right now.
+    Copying,
+    Ready(Staged),
+}
+
+/// The copies made ahead, keyed by source file: filled in by [`stage`] on
+/// its own thread while the transfer may already be reading it.
 #[derive(Debug, Default)]
 pub struct StagedCopies {
     dir: PathBuf,
-    files: HashMap<PathBuf, Staged>,
+    files: Mutex<HashMap<PathBuf, Entry>>,
+    stop: AtomicBool,
 }
 
 impl StagedCopies {
-    pub fn len(&self) -> usize {
-        self.files.len()
+    pub fn new(dir: &Path) -> StagedCopies {
+        StagedCopies {
+            dir: dir.to_path_buf(),
+            ..StagedCopies::default()
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Where the copy of `source` is, if one was made.
+    /// Copies finished so far.
+    pub fn ready(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| matches!(e, Entry::Ready(_)))
+            .count()
+    }
+
+    /// Asks [`stage`] to start no further copy (it finishes the one at hand).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Where the finished copy of `source` is, if there is one.
     pub fn copy_of(&self, source: &Path) -> Option<PathBuf> {
-        self.files.get(source).map(|s| self.path(s))
+        match self.lock().get(source) {
+            Some(Entry::Ready(staged)) => Some(self.path(staged)),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn path(&self, staged: &Staged) -> PathBuf {
         self.dir.join(staged.number.to_string())
+    }
+
+    fn is_copying(&self, source: &Path) -> bool {
+        matches!(self.lock().get(source), Some(Entry::Copying))
+    }
+
+    /// Waits until no copy is in progress (after [`stop`](Self::stop)).
+    fn wait_for_copies(&self) {
+        while self.lock().values().any(|e| matches!(e, Entry::Copying)) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
@@ -269,66 +312,76 @@ fn yield_to_everything_else() {
 pub const STAGE_MIN_BYTES: u64 = 1 << 20;
 
 /// Copies (`mode`: Copy or CopyFileRange) every file of at least
-/// [`STAGE_MIN_BYTES`] of the relations at
-/// `old_bases` into `dir` (which must exist), one at a time, until done or
-/// `cancel` is set; keyed by source file, at idle priority (call it on a
-/// thread of its own). For the time the catalog is being restored: the copies are renamed into place by [`transfer`], so `dir`
-/// must be on the new cluster's filesystem. A failure only ends the
-/// staging early (the transfer copies the rest itself).
-pub fn stage(old_bases: &[PathBuf], dir: &Path, mode: Mode, cancel: &AtomicBool) -> StagedCopies {
-    let mut listing = Listing::default();
-    let mut staged = StagedCopies {
-        dir: dir.to_path_buf(),
-        files: HashMap::new(),
-    };
+/// [`STAGE_MIN_BYTES`] of the relations at `old_bases` into `copies`'
+/// directory (which must exist), one at a time, until done or stopped, at
+/// idle priority (call it on a thread of its own). For the time the catalog
+/// is being restored: the copies are renamed into place by [`transfer`], so
+/// the directory must be on the new cluster's filesystem. A failure only
+/// ends the copying early (the transfer copies the rest itself).
+pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
+    /// However the copying ends (even by a panic), no file stays claimed:
+    /// the transfer would wait for it.
+    struct Release<'a>(&'a StagedCopies);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.lock().retain(|_, e| matches!(e, Entry::Ready(_)));
+        }
+    }
+    let _release = Release(copies);
     if !matches!(mode, Mode::Copy | Mode::CopyFileRange) {
-        return staged;
+        return;
     }
     yield_to_everything_else();
+    let mut listing = Listing::default();
+    let mut number = 0u32;
     for base in old_bases {
         let Ok(suffixes) = listing.existing(base) else {
-            break;
+            return;
         };
         for suffix in suffixes {
-            if cancel.load(Ordering::SeqCst) {
-                return staged;
-            }
             let from = with_suffix(base, &suffix);
-            let number = staged.files.len() as u32;
-            let to = dir.join(number.to_string());
             let Ok((metadata, modified)) =
                 std::fs::metadata(&from).and_then(|m| Ok((m.clone(), m.modified()?)))
             else {
-                return staged;
+                return;
             };
             if metadata.len() < STAGE_MIN_BYTES {
                 continue;
             }
+            {
+                // Checked and claimed at once: a file the transfer has
+                // looked up and found unclaimed is never copied here.
+                let mut files = copies.lock();
+                if copies.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                files.insert(from.clone(), Entry::Copying);
+            }
+            number += 1;
+            let staged = Staged {
+                number,
+                len: metadata.len(),
+                modified,
+            };
+            let to = copies.path(&staged);
             if place(&from, &to, mode).is_err() {
                 let _ = std::fs::remove_file(&to);
-                return staged;
+                copies.lock().remove(&from);
+                return;
             }
             start_writeback(&to);
-            staged.files.insert(
-                from,
-                Staged {
-                    number,
-                    len: metadata.len(),
-                    modified,
-                },
-            );
+            copies.lock().insert(from, Entry::Ready(staged));
         }
     }
-    staged
 }
 
 /// Renames a staged copy of `file.from` to `file.to` if the source is as it
 /// was when copied; false (and the staged copy removed) otherwise.
 fn use_staged(file: &FileMove, copies: &StagedCopies) -> bool {
-    let Some(staged) = copies.files.get(&file.from) else {
+    let Some(Entry::Ready(staged)) = copies.lock().get(&file.from).cloned() else {
         return false;
     };
-    let copy = copies.path(staged);
+    let copy = copies.path(&staged);
     let unchanged = std::fs::metadata(&file.from)
         .map(|m| m.len() == staged.len && m.modified().ok() == Some(staged.modified))
         .unwrap_or(false);
@@ -427,47 +480,70 @@ pub fn transfer(
     staged: &StagedCopies,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Progress, Error> {
-    let next = AtomicUsize::new(0);
+    // No copy ahead starts from here on; one under way is waited for only
+    // if its file comes up, and then at the end.
+    staged.stop();
     let files_done = AtomicU64::new(0);
     let files_ahead = AtomicU64::new(0);
     let bytes_done = AtomicU64::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let deferred: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     let bytes_total: u64 = moves.iter().map(|m| m.bytes).sum();
     let files_total = moves.len() as u64;
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, moves.len().max(1)) {
-            scope.spawn(|| loop {
-                if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(file) = moves.get(i) else { break };
-                match move_one(file, mode, staged) {
-                    Ok(ahead) => {
-                        if ahead {
-                            files_ahead.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let files = files_done.fetch_add(1, Ordering::SeqCst) + 1;
-                        let bytes = bytes_done.fetch_add(file.bytes, Ordering::SeqCst) + file.bytes;
-                        progress(Progress {
-                            files_done: files,
-                            files_ahead: files_ahead.load(Ordering::SeqCst),
-                            files_total,
-                            bytes_done: bytes,
-                            bytes_total,
-                        });
-                    }
-                    Err(e) => {
-                        failed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
+    // `batch`: indexes into `moves`.
+    let run = |batch: &[usize], may_defer: bool| {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.clamp(1, batch.len().max(1)) {
+                scope.spawn(|| loop {
+                    if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                         break;
                     }
-                }
-            });
-        }
-    });
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&index) = batch.get(i) else { break };
+                    let file = &moves[index];
+                    if may_defer && staged.is_copying(&file.from) {
+                        deferred
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(index);
+                        continue;
+                    }
+                    match move_one(file, mode, staged) {
+                        Ok(ahead) => {
+                            if ahead {
+                                files_ahead.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let files = files_done.fetch_add(1, Ordering::SeqCst) + 1;
+                            let bytes =
+                                bytes_done.fetch_add(file.bytes, Ordering::SeqCst) + file.bytes;
+                            progress(Progress {
+                                files_done: files,
+                                files_ahead: files_ahead.load(Ordering::SeqCst),
+                                files_total,
+                                bytes_done: bytes,
+                                bytes_total,
+                            });
+                        }
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    };
+    let all: Vec<usize> = (0..moves.len()).collect();
+    run(&all, true);
+    let later = std::mem::take(&mut *deferred.lock().unwrap_or_else(|e| e.into_inner()));
+    if !later.is_empty() {
+        staged.wait_for_copies();
+        run(&later, false);
+    }
     if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
@@ -683,27 +759,16 @@ mod tests {
             write(&with_suffix(&new, suffix), b"");
         }
         // Link mode never stages: its transfer is a rename already.
-        let none = stage(
-            std::slice::from_ref(&old),
-            &staging,
-            Mode::Link,
-            &AtomicBool::new(false),
-        );
-        assert!(none.is_empty());
-        let cancelled = stage(
-            std::slice::from_ref(&old),
-            &staging,
-            Mode::Copy,
-            &AtomicBool::new(true),
-        );
-        assert!(cancelled.is_empty());
-        let staged = stage(
-            std::slice::from_ref(&old),
-            &staging,
-            Mode::Copy,
-            &AtomicBool::new(false),
-        );
-        assert_eq!(staged.len(), 2);
+        let none = StagedCopies::new(&staging);
+        stage(std::slice::from_ref(&old), Mode::Link, &none);
+        assert_eq!(none.ready(), 0);
+        let stopped = StagedCopies::new(&staging);
+        stopped.stop();
+        stage(std::slice::from_ref(&old), Mode::Copy, &stopped);
+        assert_eq!(stopped.ready(), 0);
+        let staged = StagedCopies::new(&staging);
+        stage(std::slice::from_ref(&old), Mode::Copy, &staged);
+        assert_eq!(staged.ready(), 2);
         assert!(staged.copy_of(&with_suffix(&old, "_fsm")).is_none());
         // A source written after its copy was made is copied again.
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -734,6 +799,53 @@ mod tests {
         // An unchanged one was renamed: its inode is the staged copy's.
         assert_eq!(std::fs::metadata(&new).unwrap().ino(), staged_inode);
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_copy_still_being_made_is_waited_for_and_used_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old/base/5/16384");
+        let new = dir.path().join("new/base/5/16384");
+        let staging = dir.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        for suffix in ["", "_fsm"] {
+            write(&with_suffix(&old, suffix), suffix.as_bytes());
+            write(&with_suffix(&new, suffix), b"");
+        }
+        let copies = StagedCopies::new(&staging);
+        // The main fork's copy is under way when the transfer starts.
+        copies.lock().insert(old.clone(), Entry::Copying);
+        let moves = plan(&[RelationFiles {
+            old_base: old.clone(),
+            new_base: new.clone(),
+        }])
+        .unwrap();
+        let done = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let metadata = std::fs::metadata(&old).unwrap();
+                let staged = Staged {
+                    number: 7,
+                    len: metadata.len(),
+                    modified: metadata.modified().unwrap(),
+                };
+                std::fs::copy(&old, copies.path(&staged)).unwrap();
+                copies.lock().insert(old.clone(), Entry::Ready(staged));
+            });
+            transfer(&moves, Mode::Copy, 2, &copies, &|_| {}).unwrap()
+        });
+        assert_eq!((done.files_done, done.files_ahead), (2, 1));
+        assert!(
+            copies.stop.load(Ordering::SeqCst),
+            "no copy ahead starts once the transfer has"
+        );
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        for m in &moves {
+            assert_eq!(
+                std::fs::read(&m.to).unwrap(),
+                std::fs::read(&m.from).unwrap()
+            );
+        }
     }
 
     #[test]
