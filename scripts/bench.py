@@ -258,15 +258,24 @@ def targets(report):
     def ratio(dataset, mode):
         return ds.get(dataset, {}).get("modes", {}).get(mode, {}).get("ratio")
 
-    def add(what, value, limit):
+    def add(what, value, limit, note=None):
         if value is not None:
-            out.append({"target": what, "value": round(value, 3), "limit": limit, "met": value <= limit})
+            entry = {"target": what, "value": round(value, 3), "limit": limit, "met": value <= limit}
+            if note and value > limit:
+                entry["note"] = note
+            out.append(entry)
 
     add("link, manyrels: pg-migrate / pg_upgrade", ratio("manyrels", "link"), 0.6)
     add("copy, pgbench: pg-migrate / pg_upgrade --copy", ratio("pgbench", "copy"), 0.8)
     pgbench = ds.get("pgbench", {})
     if "copy" in pgbench.get("modes", {}):
-        add("copy, pgbench: pg-migrate / cp -a", pgbench["modes"]["copy"]["pg-migrate"] / pgbench["cp -a"], 1.15)
+        note = None
+        link = pgbench["modes"].get("link", {}).get("pg-migrate")
+        if link is not None and link > 1.15 * pgbench["cp -a"]:
+            # The floor leaves no room for the catalog work every upgrade does.
+            note = (f"out of reach on this run's disk: without copying any data (link mode) pg-migrate takes "
+                    f"{link:.2f} s, already more than 1.15 × cp -a = {1.15 * pgbench['cp -a']:.2f} s")
+        add("copy, pgbench: pg-migrate / cp -a", pgbench["modes"]["copy"]["pg-migrate"] / pgbench["cp -a"], 1.15, note)
     add("check, manyrels: pg-migrate / pg_upgrade --check", ratio("manyrels", "check"), 0.5)
     series = report.get("series", [])
     if series:
@@ -331,7 +340,8 @@ def markdown(report):
               ]
     lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
     for t in report["targets"]:
-        lines.append(f"| {t['target']} | {t['value']} | ≤ {t['limit']} | {'yes' if t['met'] else '**no**'} |")
+        met = "yes" if t["met"] else "**no**" + (f": {t['note']}" if t.get("note") else "")
+        lines.append(f"| {t['target']} | {t['value']} | ≤ {t['limit']} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -339,6 +349,8 @@ def main():
     if ARGS.render_only:
         out = Path(ARGS.output)
         report = json.loads((out / "benchmarks.json").read_text())
+        report["targets"] = targets(report)
+        (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "benchmarks.md").write_text(markdown(report))
         return
     mkdir(WORK)
