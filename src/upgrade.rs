@@ -892,8 +892,14 @@ impl<'a> Engine<'a> {
         drop(client);
         let conn = self.client_conn(false);
         for option in ["--analyze", "--freeze"] {
-            pgm_catalog::vacuum_all(&self.new_install, &conn, option, &self.log("vacuum.log"))
-                .map_err(|e| Failure::new("vacuum_failed", e))?;
+            pgm_catalog::vacuum_all(
+                &self.new_install,
+                &conn,
+                option,
+                self.settings.jobs,
+                &self.log("vacuum.log"),
+            )
+            .map_err(|e| Failure::new("vacuum_failed", e))?;
         }
         server
             .stop()

@@ -243,18 +243,23 @@ pub fn restore_database(
     })
 }
 
-/// `vacuumdb --all` with `--analyze` or `--freeze` on the new cluster: the
-/// freeze makes every catalog row independent of the new cluster's own
-/// transaction history, which the counter hand-over replaces.
+/// `vacuumdb --all` with `--analyze` or `--freeze` on the new cluster, `jobs`
+/// tables at a time: the freeze makes every catalog row independent of the
+/// new cluster's own transaction history, which the counter hand-over
+/// replaces.
 pub fn vacuum_all(
     install: &Installation,
     conn: &ClientConn,
     option: &str,
+    jobs: usize,
     log: &Path,
 ) -> Result<(), Error> {
-    let command = client(install, Tool::Vacuumdb)?
+    let mut command = client(install, Tool::Vacuumdb)?
         .args(conn.args())
         .args(["--all", option]);
+    if jobs > 1 {
+        command = command.arg(format!("--jobs={jobs}"));
+    }
     run_logged(command, &format!("vacuumdb --all {option}"), log)
 }
 
