@@ -206,6 +206,17 @@ impl Server {
         };
         if let Err(detail) = ready {
             let detail = log_tail(&opts.log_file).unwrap_or(detail);
+            let mut server = server;
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                // It exited and was reaped: nothing to stop, and its pid may
+                // already name another process, which must not be signalled.
+                if let Some(owned) = server.owned.take() {
+                    STARTED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|o| o.pid != owned.pid);
+                }
+            }
             drop(server);
             return Err(Error::ServerStart {
                 datadir: datadir.path.clone(),
