@@ -340,12 +340,12 @@ pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
         };
         for suffix in suffixes {
             let from = with_suffix(base, &suffix);
-            let Ok((metadata, modified)) =
-                std::fs::metadata(&from).and_then(|m| Ok((m.clone(), m.modified()?)))
+            let Ok((len, modified)) =
+                std::fs::metadata(&from).and_then(|m| Ok((m.len(), m.modified()?)))
             else {
                 return;
             };
-            if metadata.len() < STAGE_MIN_BYTES {
+            if len < STAGE_MIN_BYTES {
                 continue;
             }
             {
@@ -360,7 +360,7 @@ pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
             number += 1;
             let staged = Staged {
                 number,
-                len: metadata.len(),
+                len,
                 modified,
             };
             let to = copies.path(&staged);
@@ -369,8 +369,10 @@ pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
                 copies.lock().remove(&from);
                 return;
             }
-            start_writeback(&to);
+            // Handed over first: a transfer waiting for this copy need not
+            // also wait for its write-back to be queued (the sync asks again).
             copies.lock().insert(from, Entry::Ready(staged));
+            start_writeback(&to);
         }
     }
 }
