@@ -6,7 +6,7 @@
 //!   point of no return, the end), fsynced at every step boundary;
 //! - `state`: one word, `upgrading`, `failed`, `reverted` or `complete`,
 //!   replaced atomically;
-//! - `pristine/`: the new cluster as initdb made it, to return to;
+//! - `pristine.tar`: the new cluster as initdb made it, to return to;
 //! - `transfer-plan.json`: the files to move, saved before the first one
 //!   moves, so that the transfer can be finished without the old catalog.
 
@@ -157,61 +157,68 @@ impl JournalView {
     }
 }
 
-/// Copies a directory tree (files, directories, symlinks, permissions),
-/// skipping the top-level entries named in `skip`.
-pub fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(to)?;
-    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
-    for entry in walkdir::WalkDir::new(from)
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && skip.iter().any(|s| e.file_name() == *s)))
-    {
-        let entry = entry.map_err(std::io::Error::other)?;
-        let target = to.join(
-            entry
-                .path()
-                .strip_prefix(from)
-                .map_err(std::io::Error::other)?,
-        );
-        let kind = entry.file_type();
-        if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else if kind.is_dir() {
-            std::fs::create_dir(&target)?;
-            let mode = entry
-                .metadata()
-                .map_err(std::io::Error::other)?
-                .permissions()
-                .mode();
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
+/// The saved new cluster: one archive, not a copy of its thousand files
+/// (creating files is what costs, on a filesystem that has just deleted
+/// many it is a millisecond each), fsynced before it takes its name.
+const PRISTINE: &str = "pristine.tar";
 
-/// Saves the new cluster as initdb made it (once; the copy is made under a
-/// temporary name and renamed, so a half-made copy is never taken for whole).
+/// Saves the new cluster as initdb made it (once; written under a temporary
+/// name and renamed, so a half-written archive is never taken for whole).
 pub fn save_pristine(new_datadir: &Path) -> std::io::Result<()> {
     let dir = dir(new_datadir);
-    let pristine = dir.join("pristine");
+    let pristine = dir.join(PRISTINE);
     if pristine.exists() {
         return Ok(());
     }
-    let tmp = dir.join("pristine.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join("pristine.tar.tmp");
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(
+        1 << 20,
+        File::create(&tmp)?,
+    ));
+    // Symbolic links (an external pg_wal) are kept as links.
+    builder.follow_symlinks(false);
+    let skip = [DIR, "postmaster.pid", "postmaster.opts"];
+    for entry in std::fs::read_dir(new_datadir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            builder.append_dir_all(&name, entry.path())?;
+        } else {
+            builder.append_path_with_name(entry.path(), &name)?;
+        }
     }
-    copy_tree(
-        new_datadir,
-        &tmp,
-        &[DIR, "postmaster.pid", "postmaster.opts"],
-    )?;
+    let file = builder
+        .into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?;
+    file.sync_all()?;
     std::fs::rename(&tmp, &pristine)?;
     File::open(&dir)?.sync_all()
+}
+
+/// Whether the new cluster's state before the upgrade was saved.
+pub fn has_pristine(new_datadir: &Path) -> bool {
+    dir(new_datadir).join(PRISTINE).is_file()
+}
+
+/// One file of the saved new cluster (e.g. `global/pg_control`), if saved.
+pub fn pristine_file(new_datadir: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = File::open(dir(new_datadir).join(PRISTINE)).ok()?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    for entry in archive.entries().ok()? {
+        let mut entry = entry.ok()?;
+        if entry.path().ok()?.as_ref() == Path::new(name) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).ok()?;
+            return Some(bytes);
+        }
+    }
+    None
 }
 
 /// Removes the copies that runs made ahead of their transfer and could not
@@ -231,9 +238,9 @@ pub fn remove_staged_copies(new_datadir: &Path) {
 /// it made in a tablespace, and everything in the data directory but
 /// `pg_migrate.d`, is removed; the saved copy is put back.
 pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std::io::Result<()> {
-    let pristine = dir(new_datadir).join("pristine");
+    let pristine = dir(new_datadir).join(PRISTINE);
     remove_staged_copies(new_datadir);
-    if !pristine.is_dir() {
+    if !pristine.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("{} is missing", pristine.display()),
@@ -261,17 +268,11 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
             std::fs::remove_file(entry.path())?;
         }
     }
-    for entry in std::fs::read_dir(&pristine)? {
-        let entry = entry?;
-        let target = new_datadir.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target, &[])?;
-        } else if entry.file_type()?.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
+    let mut archive = tar::Archive::new(std::io::BufReader::new(File::open(&pristine)?));
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(false);
+    archive.unpack(new_datadir)?;
     File::open(new_datadir)?.sync_all()
 }
 
@@ -336,6 +337,15 @@ mod tests {
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("base/1")).unwrap();
         std::fs::write(data.join("base/1/1259"), b"catalog").unwrap();
+        let mode = |p: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+                & 0o777
+        };
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+        };
+        set(&data.join("base/1"), 0o750);
+        set(&data.join("base/1/1259"), 0o640);
         std::fs::write(data.join("PG_VERSION"), b"18\n").unwrap();
         std::os::unix::fs::symlink("/somewhere", data.join("link")).unwrap();
         save_pristine(&data).unwrap();
@@ -344,11 +354,15 @@ mod tests {
         restore_pristine(&data, "PG_18_1").unwrap();
         assert_eq!(std::fs::read(data.join("base/1/1259")).unwrap(), b"catalog");
         assert!(!data.join("base/1/16384").exists());
+        assert_eq!(mode(&data.join("base/1")), 0o750);
+        assert_eq!(mode(&data.join("base/1/1259")), 0o640);
         assert_eq!(
             std::fs::read_link(data.join("link")).unwrap(),
             PathBuf::from("/somewhere")
         );
-        assert!(dir.path().join("data").join(DIR).join("pristine").exists());
+        assert!(has_pristine(&data));
+        assert_eq!(pristine_file(&data, "PG_VERSION").unwrap(), b"18\n");
+        assert!(pristine_file(&data, "base/1/16384").is_none());
     }
 
     #[test]

@@ -191,14 +191,15 @@ pub fn stop_leftover_servers(
 
 /// `PG_<major>_<catversion>` of the new cluster (for its tablespace directories).
 pub fn new_tablespace_dir(settings: &Settings) -> Option<String> {
-    let pristine = journal::dir(&settings.new_datadir).join("pristine");
-    let control = ControlFile::read(&pristine)
-        .or_else(|_| ControlFile::read(&settings.new_datadir))
-        .ok()?;
-    let major = DataDir::open(&settings.new_datadir, None)
-        .map(|d| d.major)
-        .or_else(|_| DataDir::open(&pristine, None).map(|d| d.major))
-        .ok()?;
+    // The saved copy first: the new cluster may be half-reset.
+    let new = &settings.new_datadir;
+    let control = journal::pristine_file(new, "global/pg_control")
+        .and_then(|bytes| ControlFile::decode(&bytes, &new.join("global/pg_control")).ok())
+        .or_else(|| ControlFile::read(new).ok())?;
+    let major = DataDir::open(new, None).map(|d| d.major).ok().or_else(|| {
+        let text = journal::pristine_file(new, "PG_VERSION")?;
+        pgm_cluster::PgMajor::parse_pg_version_file(&String::from_utf8(text).ok()?).ok()
+    })?;
     Some(format!("PG_{major}_{}", control.catalog_version))
 }
 
@@ -285,7 +286,7 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
         })?;
         renamed_back = true;
     }
-    if journal::dir(new).join("pristine").is_dir() {
+    if journal::has_pristine(new) {
         reset_new_cluster(settings)?;
     }
     let mut journal = Journal::open(new).map_err(|e| Refusal {

@@ -31,7 +31,7 @@ fn replace_dir_with_copy(old: &Path, new: &Path, sub: &str) -> Result<(), Error>
             .is_file()
         {
             let to = staging.join(entry.file_name());
-            std::fs::copy(entry.path(), &to).map_err(|e| Error::io(&to, e))?;
+            pgm_cluster::datadir::copy_file(&entry.path(), &to).map_err(|e| Error::io(&to, e))?;
         }
     }
     std::fs::set_permissions(&staging, mode).map_err(|e| Error::io(&staging, e))?;

@@ -212,3 +212,32 @@ mod tests {
         assert!(matches!(err, Error::Io { .. }));
     }
 }
+
+/// Copies one small file of a data directory (a catalog, commit-log or
+/// configuration file) by plain reads and writes, keeping its permissions.
+/// `std::fs::copy` would use `copy_file_range`, which some kernels
+/// implement for ext4 by splicing through the page cache, several times
+/// slower for the thousand small files of a fresh cluster (measured: 0.55 s
+/// against 0.05 s for a PostgreSQL 18 initdb).
+/// Like `std::fs::copy`, an existing `to` is overwritten.
+pub fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut source = std::fs::File::open(from)?;
+    let permissions = source.metadata()?.permissions();
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = match source.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        target.write_all(&buffer[..n])?;
+    }
+    target.set_permissions(permissions)
+}
