@@ -46,6 +46,7 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         create_new: true,
         strict: settings.strict,
         keep_old_server: !settings.check_only,
+        dump_reload: settings.method == crate::cli::Method::Dump,
         transfer: match settings.mode {
             crate::cli::Mode::Copy => pgm_verifier::TransferKind::Copy,
             crate::cli::Mode::CopyFileRange => pgm_verifier::TransferKind::CopyFileRange,
@@ -81,6 +82,10 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),
         live_check_allowed: settings.check_only,
+        backup_dir: settings
+            .backup_dir
+            .as_ref()
+            .map(|d| d.display().to_string()),
     });
     let started = Instant::now();
     printer.emit(&Event::StepStart { step: "checks" });

@@ -27,6 +27,48 @@ pub enum Command {
     Resume(Options),
     /// Undo an interrupted or finished upgrade whose new cluster has never run
     Revert(Options),
+    /// Back up the old cluster (-b, -d): roles and tablespaces, and every database with pg_dump -Fc, into --backup-dir
+    Backup(Options),
+    /// Restore a backup (--backup-dir) into a fresh cluster (-D, made with -B's initdb if it does not exist)
+    Restore(Options),
+    /// Run the steps after an upgrade (--post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config) on a finished one (-D)
+    PostUpgrade(Options),
+}
+
+/// What was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Check,
+    Upgrade,
+    Resume,
+    Revert,
+    Backup,
+    Restore,
+    PostUpgrade,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Check => "check",
+            Action::Upgrade => "upgrade",
+            Action::Resume => "resume",
+            Action::Revert => "revert",
+            Action::Backup => "backup",
+            Action::Restore => "restore",
+            Action::PostUpgrade => "post-upgrade",
+        }
+    }
+}
+
+/// How the upgrade moves the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The catalog by a binary-upgrade dump, the data files by link/copy/clone/swap
+    InPlace,
+    /// Every database dumped with its data and restored into the new cluster
+    Dump,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +219,33 @@ pub struct Options {
     /// Treat warnings that can hide wrong results (collation versions) as failures
     #[arg(long = "strict")]
     pub strict: bool,
+    /// How to upgrade: in place (the default) or by dumping and reloading every database
+    #[arg(long = "method", value_enum, default_value_t = Method::InPlace)]
+    pub method: Method,
+    /// Before anything changes, back up the old cluster here (an existing directory moves to DIR.old)
+    #[arg(long = "backup-dir", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// restore: put the backup's tablespace NAME in DIR instead of its old location (repeatable)
+    #[arg(long = "tablespace-map", value_name = "NAME=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// After the upgrade, run the NN-description.sql/.sh scripts in DIR once each, in order
+    #[arg(long = "post-upgrade", value_name = "DIR")]
+    pub post_upgrade: Option<PathBuf>,
+    /// After the upgrade, gather the optimizer statistics it did not carry (in stages)
+    #[arg(long = "analyze")]
+    pub analyze: bool,
+    /// After the upgrade, update extensions older than the new installation's default
+    #[arg(long = "update-extensions")]
+    pub update_extensions: bool,
+    /// After the upgrade, rebuild what a changed collation or Unicode version affects
+    #[arg(long = "reindex-collation")]
+    pub reindex_collation: bool,
+    /// Carry postgresql.conf settings, pg_hba.conf and pg_ident.conf into the new cluster
+    #[arg(long = "carry-config")]
+    pub carry_config: bool,
+    /// Keep this run's logs in DIR (kept after success too; the summary names them)
+    #[arg(long = "log-dir", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -219,6 +288,34 @@ pub struct Settings {
     pub json: bool,
     pub strict: bool,
     pub set_char_signedness: Option<Signedness>,
+    pub method: Method,
+    pub backup_dir: Option<PathBuf>,
+    /// restore: tablespace name → new location.
+    pub tablespace_map: Vec<(String, PathBuf)>,
+    pub after: AfterSteps,
+    pub log_dir: Option<PathBuf>,
+    /// Whether -B was given (or PGBINNEW set), rather than defaulted.
+    pub new_bindir_given: bool,
+}
+
+/// The optional steps after an upgrade.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AfterSteps {
+    pub carry_config: bool,
+    pub update_extensions: bool,
+    pub reindex_collation: bool,
+    pub post_upgrade: Option<PathBuf>,
+    pub analyze: bool,
+}
+
+impl AfterSteps {
+    pub fn any(&self) -> bool {
+        self.carry_config
+            || self.update_extensions
+            || self.reindex_collation
+            || self.post_upgrade.is_some()
+            || self.analyze
+    }
 }
 
 /// A flag problem: names what is wrong and how to say it right.
@@ -229,41 +326,59 @@ pub struct UsageError {
 }
 
 impl Options {
-    pub fn resolve(self, check_only: bool) -> Result<Settings, UsageError> {
+    pub fn resolve(self, action: Action) -> Result<Settings, UsageError> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
+        let given = |value: Option<PathBuf>| value.filter(|p| !p.as_os_str().is_empty());
         let required = |value: Option<PathBuf>, what: &str, flag: &str, env: &str| {
-            value
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(absolute)
-                .ok_or_else(|| UsageError {
-                    message: format!("no {what} was given"),
-                    remedy: format!("pass it with {flag} or set {env}"),
-                })
+            given(value).map(absolute).ok_or_else(|| UsageError {
+                message: format!("no {what} was given"),
+                remedy: format!("pass it with {flag} or set {env}"),
+            })
         };
-        let old_bindir = required(
-            self.old_bindir.clone(),
-            "old bin directory",
-            "-b/--old-bindir",
-            "PGBINOLD",
-        )?;
-        let old_datadir = required(
-            self.old_datadir.clone(),
-            "old data directory",
-            "-d/--old-datadir",
-            "PGDATAOLD",
-        )?;
-        let new_datadir = required(
-            self.new_datadir.clone(),
-            "new data directory",
-            "-D/--new-datadir",
-            "PGDATANEW",
-        )?;
-        let new_bindir = match self
-            .new_bindir
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
+        // restore works on a backup and a target cluster only; post-upgrade
+        // reads the old side from the journal when it needs it.
+        let needs_old = !matches!(action, Action::Restore | Action::PostUpgrade);
+        let needs_new_datadir = action != Action::Backup;
+        let (old_bindir, old_datadir) = if needs_old {
+            (
+                required(
+                    self.old_bindir.clone(),
+                    "old bin directory",
+                    "-b/--old-bindir",
+                    "PGBINOLD",
+                )?,
+                required(
+                    self.old_datadir.clone(),
+                    "old data directory",
+                    "-d/--old-datadir",
+                    "PGDATAOLD",
+                )?,
+            )
+        } else {
+            (
+                given(self.old_bindir.clone())
+                    .map(absolute)
+                    .unwrap_or_default(),
+                given(self.old_datadir.clone())
+                    .map(absolute)
+                    .unwrap_or_default(),
+            )
+        };
+        let new_datadir = if needs_new_datadir {
+            required(
+                self.new_datadir.clone(),
+                "new data directory",
+                "-D/--new-datadir",
+                "PGDATANEW",
+            )?
+        } else {
+            given(self.new_datadir.clone())
+                .map(absolute)
+                .unwrap_or_default()
+        };
+        let new_bindir_given = given(self.new_bindir.clone()).is_some();
+        let new_bindir = match given(self.new_bindir.clone()) {
             Some(dir) => absolute(dir),
             // pg_upgrade's default: the directory it was started from.
             None => std::env::current_exe()
@@ -285,10 +400,56 @@ impl Options {
                     remedy: "pass the cluster's install user with -U/--username".into(),
                 })?,
         };
+        let backup_dir = given(self.backup_dir.clone()).map(absolute);
+        if matches!(action, Action::Backup | Action::Restore) && backup_dir.is_none() {
+            return Err(UsageError {
+                message: format!("{} needs a backup directory", action.name()),
+                remedy: "pass it with --backup-dir DIR".into(),
+            });
+        }
+        let mut tablespace_map = Vec::new();
+        for entry in &self.tablespace_map {
+            let parsed = entry
+                .split_once('=')
+                .filter(|(name, dir)| !name.is_empty() && !dir.is_empty());
+            let Some((name, dir)) = parsed else {
+                return Err(UsageError {
+                    message: format!("--tablespace-map {entry:?} is not NAME=DIR"),
+                    remedy: "name the tablespace and its new directory, e.g. --tablespace-map archive=/srv/pg/archive".into(),
+                });
+            };
+            tablespace_map.push((name.to_string(), absolute(PathBuf::from(dir))));
+        }
+        if !tablespace_map.is_empty() && action != Action::Restore {
+            return Err(UsageError {
+                message: "--tablespace-map only applies to restore".into(),
+                remedy: "leave it out, or use it with pg-migrate restore".into(),
+            });
+        }
+        let mode = self.mode();
+        if self.method == Method::Dump && mode != Mode::Copy {
+            return Err(UsageError {
+                message: "--method dump reloads every row: it takes no transfer mode".into(),
+                remedy: "leave out --link, --clone, --copy-file-range and --swap, or use the in-place method".into(),
+            });
+        }
+        let after = AfterSteps {
+            carry_config: self.carry_config,
+            update_extensions: self.update_extensions,
+            reindex_collation: self.reindex_collation,
+            post_upgrade: given(self.post_upgrade.clone()).map(absolute),
+            analyze: self.analyze,
+        };
+        if action == Action::PostUpgrade && !after.any() {
+            return Err(UsageError {
+                message: "post-upgrade was given nothing to do".into(),
+                remedy: "name the steps: --post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config".into(),
+            });
+        }
         let socket_base = absolute(self.socketdir.clone().unwrap_or_else(std::env::temp_dir));
         let join = |opts: &[String]| (!opts.is_empty()).then(|| opts.join(" "));
         Ok(Settings {
-            check_only: check_only || self.check,
+            check_only: action == Action::Check || self.check,
             old_bindir,
             new_bindir,
             old_datadir,
@@ -300,7 +461,7 @@ impl Options {
             jobs: usize::from(self.jobs),
             old_options: join(&self.old_options),
             new_options: join(&self.new_options),
-            mode: self.mode(),
+            mode,
             retain: self.retain,
             no_sync: self.no_sync,
             sync_method: self.sync_method,
@@ -309,6 +470,12 @@ impl Options {
             json: self.json,
             strict: self.strict,
             set_char_signedness: self.set_char_signedness,
+            method: self.method,
+            backup_dir,
+            tablespace_map,
+            after,
+            log_dir: given(self.log_dir.clone()).map(absolute),
+            new_bindir_given,
         })
     }
 }

@@ -12,3 +12,7 @@ pub const FAILED_OLD_INTACT: i32 = 3;
 /// The run failed after link mode's point of no return (the old cluster is
 /// disabled until `pg-migrate resume` or `revert`), or `revert` refused.
 pub const FAILED_NEEDS_RECOVERY: i32 = 4;
+/// The upgrade finished, but a step after it (`--analyze`, `--post-upgrade`
+/// …) failed: the new cluster is complete; fix and re-run that step with
+/// `pg-migrate post-upgrade`.
+pub const AFTER_STEP_FAILED: i32 = 5;

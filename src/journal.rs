@@ -148,6 +148,13 @@ impl JournalView {
             .collect()
     }
 
+    /// The reindex script the upgrade wrote, if any (`scripts` record).
+    pub fn reindex_script(&self) -> Option<PathBuf> {
+        self.of_kind("scripts")
+            .last()
+            .and_then(|r| r["reindex"].as_str().map(PathBuf::from))
+    }
+
     /// The new cluster's checkpoint location recorded when the upgrade
     /// completed: if pg_control still says so, nobody has run the cluster since.
     pub fn completed_checkpoint(&self) -> Option<u64> {

@@ -1,8 +1,11 @@
 //! pg-migrate: upgrade a PostgreSQL cluster to a new major version in place.
 //! This binary is the CLI and the orchestrator; the work lives in crates/.
 
+mod after;
+mod backup;
 mod check;
 mod cli;
+mod config;
 mod exit;
 mod journal;
 mod recovery;
@@ -14,32 +17,12 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, Settings};
+use crate::cli::{Action, Cli, Command, Settings};
 use crate::report::{ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
 
 fn main() {
     std::process::exit(run());
-}
-
-/// What was asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Check,
-    Upgrade,
-    Resume,
-    Revert,
-}
-
-impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Action::Check => "check",
-            Action::Upgrade => "upgrade",
-            Action::Resume => "resume",
-            Action::Revert => "revert",
-        }
-    }
 }
 
 fn run() -> i32 {
@@ -83,6 +66,9 @@ fn run() -> i32 {
         Some(Command::Check(options)) => (options, Action::Check),
         Some(Command::Resume(options)) => (options, Action::Resume),
         Some(Command::Revert(options)) => (options, Action::Revert),
+        Some(Command::Backup(options)) => (options, Action::Backup),
+        Some(Command::Restore(options)) => (options, Action::Restore),
+        Some(Command::PostUpgrade(options)) => (options, Action::PostUpgrade),
         None if cli.options.check => (cli.options, Action::Check),
         None => (cli.options, Action::Upgrade),
     };
@@ -99,7 +85,10 @@ fn run() -> i32 {
             exit::USAGE,
         );
     }
-    let journal = if matches!(action, Action::Resume | Action::Revert) {
+    let journal = if matches!(
+        action,
+        Action::Resume | Action::Revert | Action::PostUpgrade
+    ) {
         match recovery::fill_from_journal(&mut options) {
             Ok(view) => Some(view),
             Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
@@ -107,7 +96,7 @@ fn run() -> i32 {
     } else {
         None
     };
-    let settings = match options.resolve(action == Action::Check) {
+    let settings = match options.resolve(action) {
         Ok(settings) => settings,
         Err(e) => {
             return fail_early(
@@ -140,11 +129,32 @@ fn run() -> i32 {
     match (action, journal) {
         (Action::Revert, Some(view)) => run_revert(&settings, &printer, started, &view),
         (Action::Resume, Some(view)) => run_resume(&settings, &printer, started, &view),
+        (Action::PostUpgrade, Some(view)) => {
+            after::run_post_upgrade(&settings, &printer, started, &view)
+        }
+        (Action::Backup, _) => backup::run_backup(&settings, &printer, started),
+        (Action::Restore, _) => backup::run_restore(&settings, &printer, started),
         _ => {
             if let Err(r) = recovery::refuse_unfinished(&settings) {
                 return refuse(&printer, started, name, r, exit::USAGE);
             }
             if action == Action::Upgrade {
+                if let Some(dir) = &settings.backup_dir {
+                    if let Some(r) = backup::refuse_backup_dir(
+                        dir,
+                        &[&settings.old_datadir, &settings.new_datadir],
+                    ) {
+                        return fail_early(
+                            &printer,
+                            started,
+                            name,
+                            r.code,
+                            r.message,
+                            &r.remedy.unwrap_or_default(),
+                            exit::USAGE,
+                        );
+                    }
+                }
                 recovery::archive_reverted_journal(&settings.new_datadir);
             }
             // A pg-migrate killed during its checks may have left a server of
@@ -155,23 +165,37 @@ fn run() -> i32 {
     }
 }
 
-fn make_run_dir(
+pub(crate) fn make_run_dir(
     settings: &Settings,
     printer: &Printer,
     started: Instant,
     name: &'static str,
 ) -> Result<RunDir, i32> {
-    RunDir::create(&settings.socket_base).map_err(|e| {
+    RunDir::create(&settings.socket_base, settings.log_dir.as_deref()).map_err(|e| {
+        let (message, remedy) = match &settings.log_dir {
+            Some(dir) => (
+                format!(
+                    "cannot make a private directory in {} or a log directory in {}: {e}",
+                    settings.socket_base.display(),
+                    dir.display()
+                ),
+                "pass writable directories with -s/--socketdir and --log-dir",
+            ),
+            None => (
+                format!(
+                    "cannot make a private directory in {}: {e}",
+                    settings.socket_base.display()
+                ),
+                "pass a writable directory with -s/--socketdir",
+            ),
+        };
         fail_early(
             printer,
             started,
             name,
             "run_dir_failed",
-            format!(
-                "cannot make a private directory in {}: {e}",
-                settings.socket_base.display()
-            ),
-            "pass a writable directory with -s/--socketdir",
+            message,
+            remedy,
             exit::USAGE,
         )
     })
@@ -212,6 +236,8 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant, resumin
         versions,
         next_steps: Vec::new(),
         upgrade: None,
+        backup: None,
+        after: None,
         logs: None,
         result: None,
     };
@@ -232,6 +258,7 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant, resumin
         finish_upgrade(
             settings,
             printer,
+            &run_dir,
             engine.map(|e| e.resuming(resuming)),
             &mut summary,
         );
@@ -243,6 +270,7 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant, resumin
 fn finish_upgrade(
     settings: &Settings,
     printer: &Printer,
+    run_dir: &RunDir,
     engine: Result<upgrade::Engine<'_>, upgrade::Failure>,
     summary: &mut Summary,
 ) {
@@ -265,16 +293,54 @@ fn finish_upgrade(
     };
     match engine.run() {
         Ok(finished) => {
-            summary.next_steps = finished.next_steps;
+            let mut next_steps = finished.next_steps;
             summary.logs = finished.logs.map(|p| p.display().to_string());
             summary.upgrade = Some(report::UpgradeCounts {
                 mode: settings.mode,
+                method: settings.method,
                 databases: finished.databases,
                 relations: finished.relations,
                 files: finished.files,
                 files_copied_ahead: finished.files_copied_ahead,
                 bytes: finished.bytes,
             });
+            summary.backup = finished.backup;
+            if settings.after.any() {
+                let upgraded = after::Upgraded {
+                    new_install: engine.new_install(),
+                    new_dir: engine.new_datadir(),
+                    old_config_dir: Some(engine.old_config_dir()),
+                    old_version: Some(engine.old_version()),
+                    reindex_script: finished.reindex_script.clone(),
+                };
+                let (steps, failure) = after::run_steps(settings, printer, run_dir, &upgraded);
+                // What a step did is no longer left to do; once the new
+                // cluster ran, there is no going back to the old one.
+                let ran = steps
+                    .iter()
+                    .any(|s| s.step != "carry-config" && s.status != "not_run");
+                next_steps.retain(|n| match n.done_by {
+                    Some(upgrade::NEW_CLUSTER_RAN) => !ran,
+                    Some(step) => !steps.iter().any(|s| s.step == step && s.status == "ok"),
+                    None => true,
+                });
+                summary.after = Some(steps);
+                if let Some(failure) = failure {
+                    printer.emit(&Event::Error {
+                        code: failure.code,
+                        message: failure.message,
+                        remedy: failure.remedy,
+                        causes: Vec::new(),
+                        clusters: ClusterStates {
+                            old: engine.old_state(),
+                            new: "upgraded",
+                        },
+                    });
+                    summary.exit_code = exit::AFTER_STEP_FAILED;
+                    summary.result = Some("after_step_failed");
+                }
+            }
+            summary.next_steps = next_steps.into_iter().map(|n| n.text).collect();
         }
         Err(failed) => {
             printer.emit(&Event::Error {
@@ -358,6 +424,7 @@ fn run_resume(
             jobs: settings.jobs,
             run_dir: run_dir.path().display().to_string(),
             live_check_allowed: false,
+            backup_dir: None,
         });
         let config = check::config(settings, &run_dir);
         let engine = upgrade::Engine::resume_late(settings, printer, &run_dir, config, view);
@@ -368,10 +435,12 @@ fn run_resume(
             versions: (None, None),
             next_steps: Vec::new(),
             upgrade: None,
+            backup: None,
+            after: None,
             logs: None,
             result: None,
         };
-        finish_upgrade(settings, printer, engine, &mut summary);
+        finish_upgrade(settings, printer, &run_dir, engine, &mut summary);
         return summarize(settings, printer, started, run_dir, summary);
     }
     if let Err(r) = recovery::reset_new_cluster(settings) {
@@ -421,6 +490,9 @@ fn run_revert(
                 old_version: None,
                 new_version: None,
                 upgrade: None,
+                backup: None,
+                restore: None,
+                after: None,
                 logs: None,
                 next_steps,
             });
@@ -457,6 +529,8 @@ struct Summary {
     versions: (Option<String>, Option<String>),
     next_steps: Vec<String>,
     upgrade: Option<report::UpgradeCounts>,
+    backup: Option<report::BackupCounts>,
+    after: Option<Vec<report::AfterStep>>,
     logs: Option<String>,
     result: Option<&'static str>,
 }
@@ -468,8 +542,13 @@ fn summarize(
     run_dir: RunDir,
     summary: Summary,
 ) -> i32 {
-    let keep = settings.retain || (summary.exit_code != exit::SUCCESS && run_dir.has_logs());
-    let run_dir_kept = keep.then(|| run_dir.keep().display().to_string());
+    let kept = run_dir.kept_logs(settings.retain, summary.exit_code != exit::SUCCESS);
+    // Logs the user named (--log-dir) are where the summary points.
+    let logs = if settings.log_dir.is_some() {
+        kept
+    } else {
+        summary.logs.or(kept)
+    };
     printer.emit(&Event::Summary {
         command: summary.command,
         result: summary.result.unwrap_or(match summary.exit_code {
@@ -483,7 +562,10 @@ fn summarize(
         old_version: summary.versions.0,
         new_version: summary.versions.1,
         upgrade: summary.upgrade,
-        logs: summary.logs.or(run_dir_kept),
+        backup: summary.backup,
+        restore: None,
+        after: summary.after,
+        logs,
         next_steps: summary.next_steps,
     });
     summary.exit_code
@@ -503,7 +585,7 @@ fn refuse(
 }
 
 /// Reports an error found before any cluster was changed, and the summary.
-fn fail_early(
+pub(crate) fn fail_early(
     printer: &Printer,
     started: Instant,
     command: &'static str,
@@ -531,6 +613,9 @@ fn fail_early(
         old_version: None,
         new_version: None,
         upgrade: None,
+        backup: None,
+        restore: None,
+        after: None,
         logs: None,
         next_steps: Vec::new(),
     });
@@ -605,6 +690,9 @@ fn install_signal_handlers(json: bool, started: Instant, command: &'static str) 
                 old_version: None,
                 new_version: None,
                 upgrade: None,
+                backup: None,
+                restore: None,
+                after: None,
                 logs: None,
                 next_steps: Vec::new(),
             });

@@ -105,6 +105,9 @@ pub fn fill_from_journal(options: &mut Options) -> Result<JournalView, Refusal> 
     if options.username.is_none() {
         options.username = plan["user"].as_str().map(str::to_string);
     }
+    if plan["method"] == "dump" {
+        options.method = crate::cli::Method::Dump;
+    }
     let mode = plan["mode"].as_str().unwrap_or("copy");
     let asked = options.mode();
     let any_mode =

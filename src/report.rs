@@ -48,6 +48,9 @@ pub enum Event {
         jobs: usize,
         run_dir: String,
         live_check_allowed: bool,
+        /// `--backup-dir`, where given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        backup_dir: Option<String>,
     },
     StepStart {
         step: &'static str,
@@ -86,6 +89,29 @@ pub enum Event {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         objects: Vec<pgm_verifier::ObjectRef>,
     },
+    /// One post-upgrade script run (or skipped, having run before).
+    Script {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        database: Option<String>,
+        status: &'static str,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// One change `--carry-config` made to a setting while carrying it.
+    ConfigChange {
+        file: String,
+        setting: String,
+        action: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old_value: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        new_setting: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        new_value: Option<String>,
+        reason: String,
+    },
     /// Why the run failed, and in what state it leaves each cluster.
     Error {
         code: &'static str,
@@ -111,15 +137,40 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         upgrade: Option<UpgradeCounts>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        backup: Option<BackupCounts>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        restore: Option<BackupCounts>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<Vec<AfterStep>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         logs: Option<String>,
         next_steps: Vec<String>,
     },
+}
+
+/// A backup written (backup, `--backup-dir`) or restored (restore).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupCounts {
+    pub dir: String,
+    pub databases: usize,
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_aside: Option<String>,
+}
+
+/// How one step after the upgrade ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct AfterStep {
+    pub step: &'static str,
+    /// `ok`, `failed`, or `not_run` (an earlier one failed).
+    pub status: &'static str,
 }
 
 /// What an upgrade carried.
 #[derive(Debug, Serialize)]
 pub struct UpgradeCounts {
     pub mode: crate::cli::Mode,
+    pub method: crate::cli::Method,
     pub databases: usize,
     pub relations: usize,
     pub files: u64,
@@ -259,6 +310,40 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             )
         }),
         Event::Initdb { command, .. } => Some(format!("creating the new cluster: {command}")),
+        Event::Script {
+            name,
+            database,
+            status,
+            message,
+            ..
+        } => {
+            let place = database
+                .as_ref()
+                .map(|d| format!(" in database \"{d}\""))
+                .unwrap_or_default();
+            let mut text = format!("  {name}{place}: {status}");
+            if let Some(message) = message {
+                text.push_str(&format!(" ({message})"));
+            }
+            Some(text)
+        }
+        Event::ConfigChange {
+            file,
+            setting,
+            action,
+            new_setting,
+            new_value,
+            reason,
+            ..
+        } => {
+            let to = match (new_setting, new_value) {
+                (Some(s), Some(v)) => format!(" → {s} = {v}"),
+                (Some(s), None) => format!(" → {s}"),
+                (None, Some(v)) => format!(" → {v}"),
+                (None, None) => String::new(),
+            };
+            Some(format!("  {file}: {setting} {action}{to}: {reason}"))
+        }
         Event::Progress { .. } => None,
         Event::Check {
             id,
@@ -323,7 +408,15 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             }
             match *result {
                 "ok" if *command == "check" => text.push_str("\n*Clusters are compatible*"),
+                "ok" if *command == "backup" => text.push_str("\nBackup complete."),
+                "ok" if *command == "restore" => text.push_str("\nRestore complete."),
+                "ok" if *command == "post-upgrade" => {
+                    text.push_str("\nThe steps after the upgrade are done.")
+                }
                 "ok" => text.push_str("\nUpgrade complete."),
+                "after_step_failed" => text.push_str(
+                    "\nUpgrade complete, but a step after it failed (see the error above).",
+                ),
                 "reverted" => text.push_str("\nUpgrade reverted."),
                 "checks_failed" => {
                     text.push_str("\nThe clusters are not compatible yet; nothing was changed.")

@@ -1,16 +1,25 @@
 //! The run directory: a private (0700) directory outside both clusters that
 //! holds the servers' unix sockets and the logs. Removed after success unless
-//! `--retain`; kept after a failure so that its logs can be read.
+//! `--retain`; kept after a failure so that its logs can be read. With
+//! `--log-dir`, the logs go to a directory of this run's own under the one
+//! named instead, and stay there (a container removed after the run keeps
+//! them on its volume).
 
 use std::path::{Path, PathBuf};
 
 pub struct RunDir {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
+    /// `--log-dir`: this run's directory under it.
+    logs: Option<PathBuf>,
 }
 
 impl RunDir {
-    pub fn create(base: &Path) -> std::io::Result<RunDir> {
+    pub fn create(base: &Path, log_base: Option<&Path>) -> std::io::Result<RunDir> {
+        let logs = match log_base {
+            Some(log_base) => Some(make_log_dir(log_base)?),
+            None => None,
+        };
         let dir = tempfile::Builder::new().prefix("pgm-").tempdir_in(base)?;
         let path = dir.path().to_path_buf();
         std::fs::create_dir(path.join("log"))?;
@@ -21,6 +30,7 @@ impl RunDir {
         Ok(RunDir {
             dir: Some(dir),
             path,
+            logs,
         })
     }
 
@@ -38,7 +48,12 @@ impl RunDir {
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.path.join("log")
+        self.logs.clone().unwrap_or_else(|| self.path.join("log"))
+    }
+
+    /// Whether the logs go to a directory the user named (`--log-dir`).
+    pub fn logs_elsewhere(&self) -> bool {
+        self.logs.is_some()
     }
 
     /// Keeps the directory on disk and returns its path.
@@ -54,5 +69,38 @@ impl RunDir {
         std::fs::read_dir(self.log_dir())
             .map(|mut d| d.next().is_some())
             .unwrap_or(false)
+    }
+
+    /// Where the summary says the logs are, if they stay: the `--log-dir`
+    /// directory always; the run directory with `retain` or after a failure
+    /// that left logs (it is then kept on disk).
+    pub fn kept_logs(self, retain: bool, failed: bool) -> Option<String> {
+        if let Some(logs) = &self.logs {
+            return Some(logs.display().to_string());
+        }
+        (retain || (failed && self.has_logs())).then(|| self.keep().display().to_string())
+    }
+}
+
+/// `<base>/run-<ms since the epoch>` (0700), `base` made if need be.
+fn make_log_dir(base: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::create_dir_all(base)?;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut n = 0;
+    loop {
+        let dir = base.join(if n == 0 {
+            format!("run-{ms}")
+        } else {
+            format!("run-{ms}-{n}")
+        });
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(e),
+        }
     }
 }

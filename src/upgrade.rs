@@ -16,7 +16,7 @@ use pgm_transfer::{FileMove, RelationFiles};
 use pgm_verifier::{CheckConfig, Report};
 use serde_json::json;
 
-use crate::cli::{Mode, Settings, Signedness, SyncMethod};
+use crate::cli::{Method, Mode, Settings, Signedness, SyncMethod};
 use crate::exit;
 use crate::journal::{Journal, JournalView, State};
 use crate::report::{ClusterStates, Event, Printer};
@@ -30,7 +30,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: &'static str, error: impl std::fmt::Display) -> Failure {
+    pub fn new(code: &'static str, error: impl std::fmt::Display) -> Failure {
         Failure {
             code,
             message: error.to_string(),
@@ -59,9 +59,38 @@ pub struct Failed {
     pub logs: Option<PathBuf>,
 }
 
+/// Something left for the user after the upgrade. `done_by` names the step
+/// after the upgrade that does it (or [`NEW_CLUSTER_RAN`]: advice that holds
+/// only while the new cluster has never run), so that it is not repeated.
+pub struct NextStep {
+    pub done_by: Option<&'static str>,
+    pub text: String,
+}
+
+/// Marks advice that starting the new cluster makes moot.
+pub const NEW_CLUSTER_RAN: &str = "new-cluster-ran";
+
+impl NextStep {
+    fn plain(text: String) -> NextStep {
+        NextStep {
+            done_by: None,
+            text,
+        }
+    }
+
+    fn done_by(step: &'static str, text: String) -> NextStep {
+        NextStep {
+            done_by: Some(step),
+            text,
+        }
+    }
+}
+
 /// What the finished upgrade reports.
 pub struct Finished {
-    pub next_steps: Vec<String>,
+    pub next_steps: Vec<NextStep>,
+    pub backup: Option<crate::report::BackupCounts>,
+    pub reindex_script: Option<PathBuf>,
     pub databases: usize,
     pub relations: usize,
     pub files: u64,
@@ -105,6 +134,10 @@ pub struct Engine<'a> {
     done: BTreeSet<String>,
     /// Whether this run continues a journal (resume) rather than starting one.
     resuming: bool,
+    /// `--backup-dir`: the backup this run wrote.
+    backup: Option<crate::report::BackupCounts>,
+    /// The script `finish` wrote for collation-dependent indexes.
+    reindex_script: Option<PathBuf>,
 }
 
 /// Copies of the old relation files made in the background from the moment
@@ -248,7 +281,31 @@ impl<'a> Engine<'a> {
             relations: 0,
             done: BTreeSet::new(),
             resuming: false,
+            backup: None,
+            reindex_script: None,
         })
+    }
+
+    pub fn new_install(&self) -> &Installation {
+        &self.new_install
+    }
+
+    pub fn new_datadir(&self) -> &DataDir {
+        self.new_dir()
+    }
+
+    /// Where the old cluster's postgresql.conf is.
+    pub fn old_config_dir(&self) -> PathBuf {
+        self.old_dir.pg_ctl_dir().to_path_buf()
+    }
+
+    pub fn old_version(&self) -> String {
+        self.old_install.version.text.clone()
+    }
+
+    /// What the run left the old cluster as (for reports after it).
+    pub fn old_state(&self) -> &'static str {
+        self.cluster_states().old
     }
 
     /// Marks a run that continues an earlier one's journal.
@@ -370,7 +427,7 @@ impl<'a> Engine<'a> {
                 failure: self.with_recovery_advice(failure),
                 clusters: states,
                 exit_code: code,
-                logs: self.output.as_ref().map(|o| o.join("log")),
+                logs: self.output.as_ref().map(|_| self.log_dir()),
             })
         })
     }
@@ -381,15 +438,23 @@ impl<'a> Engine<'a> {
         }
         self.open_output()?;
         self.publish_interrupt_status();
-        self.step("dump-old", Engine::dump_old)?;
-        self.step("prepare-new", Engine::prepare_new)?;
-        self.step("handover-counters", Engine::handover_counters)?;
-        self.step("restore-schema", Engine::restore_schema)?;
-        self.step("match-relations", Engine::match_relations)?;
-        if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
-            self.step("protect-old", Engine::protect_old)?;
+        if self.settings.backup_dir.is_some() {
+            self.step("backup", Engine::backup)?;
         }
-        self.step("transfer", Engine::transfer)?;
+        if self.settings.method == Method::Dump {
+            self.step("dump-all", Engine::dump_all)?;
+            self.step("restore-all", Engine::restore_all)?;
+        } else {
+            self.step("dump-old", Engine::dump_old)?;
+            self.step("prepare-new", Engine::prepare_new)?;
+            self.step("handover-counters", Engine::handover_counters)?;
+            self.step("restore-schema", Engine::restore_schema)?;
+            self.step("match-relations", Engine::match_relations)?;
+            if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
+                self.step("protect-old", Engine::protect_old)?;
+            }
+            self.step("transfer", Engine::transfer)?;
+        }
         if !self.settings.no_sync {
             self.step("sync", Engine::sync)?;
         }
@@ -401,6 +466,8 @@ impl<'a> Engine<'a> {
         let logs = self.cleanup_output();
         Ok(Finished {
             next_steps,
+            backup: self.backup.clone(),
+            reindex_script: self.reindex_script.clone(),
             databases: self.databases.len(),
             relations: self.relations,
             files: self.transferred.0,
@@ -482,8 +549,18 @@ impl<'a> Engine<'a> {
             .expect("the output directory exists from dump-old on")
     }
 
+    /// This run's logs: under `--log-dir` when given, else beside the
+    /// journal in the run's output directory.
+    fn log_dir(&self) -> PathBuf {
+        if self.run_dir.logs_elsewhere() {
+            self.run_dir.log_dir()
+        } else {
+            self.output().join("log")
+        }
+    }
+
     fn log(&self, name: &str) -> PathBuf {
-        self.output().join("log").join(name)
+        self.log_dir().join(name)
     }
 
     fn server_options(&self, old: bool) -> ServerOptions {
@@ -579,24 +656,7 @@ impl<'a> Engine<'a> {
     /// that had to wait for it.
     fn create_new_cluster(&mut self) -> Result<(), Failure> {
         let mut words = pgm_verifier::matching_initdb(&self.config, &self.report);
-        let os_user = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .ok()
-            .flatten()
-            .map(|u| u.name);
-        // Local connections by the install user's own OS account; passwords
-        // over TCP. Trust only when the names differ and nothing else works.
-        if os_user.as_deref() == Some(self.settings.user.as_str()) {
-            words.extend([
-                "--auth-local=peer".to_string(),
-                "--auth-host=scram-sha-256".to_string(),
-            ]);
-        } else {
-            words.push("--auth=trust".to_string());
-            self.printer.say(&format!(
-                "warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{}\" is not this OS user; review it before starting the server",
-                self.settings.user
-            ));
-        }
+        words.extend(initdb_auth(self.printer, &self.settings.user));
         // The whole cluster is synced at the end.
         words.push("--no-sync".to_string());
         let command_line = words
@@ -672,6 +732,7 @@ impl<'a> Engine<'a> {
                     "plan",
                     json!({
                         "mode": self.settings.mode,
+                        "method": self.settings.method,
                         "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
                         "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
                         "user": self.settings.user,
@@ -700,18 +761,16 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Old server up: list databases, tablespaces and relations; dump globals
-    /// and every database's schema (`-j` at a time); old server down.
-    fn dump_old(&mut self) -> Result<(), Failure> {
-        // The checks leave the old server running (unless resumed).
+    /// The old server for dumping: the one the checks (or the backup) left
+    /// running, else a new one; restarted with a lock table that holds the
+    /// tables pg_dump locks (every table of a database in one transaction),
+    /// where pg_upgrade would fail with "out of shared memory".
+    fn old_server_for_dumps(&mut self) -> Result<Server, Failure> {
         let mut server = match self.report.kept_old.take() {
             Some(server) => server,
             None => self.start_old()?,
         };
         if let Some(per_transaction) = self.lock_slots_for_dump(&server)? {
-            // pg_dump locks every table of a database in one transaction:
-            // the private server gets a lock table that holds them, where
-            // pg_upgrade would fail with "out of shared memory".
             server
                 .stop()
                 .map_err(|e| Failure::new("server_stop_failed", e))?;
@@ -726,6 +785,148 @@ impl<'a> Engine<'a> {
             server = Server::start(&self.old_install, &self.old_dir, &options)
                 .map_err(|e| Failure::new("server_start_failed", e))?;
         }
+        Ok(server)
+    }
+
+    /// `--backup-dir`: a logical backup of the old cluster (with its data)
+    /// before anything of it changes; its server is handed on to the dump.
+    fn backup(&mut self) -> Result<(), Failure> {
+        let dir = self
+            .settings
+            .backup_dir
+            .clone()
+            .ok_or_else(|| Failure::new("internal", "backup without --backup-dir"))?;
+        let server = self.old_server_for_dumps()?;
+        let tools =
+            pgm_catalog::backup::choose_dump_tools(&self.old_install, Some(&self.new_install))
+                .ok_or_else(|| {
+                    Failure::new(
+                        "backup_failed",
+                        "neither installation has pg_dump and pg_dumpall",
+                    )
+                })?;
+        let log_dir = self.log_dir();
+        let work = crate::backup::Work {
+            printer: self.printer,
+            step: "backup",
+            jobs: self.settings.jobs,
+            log_dir: &log_dir,
+        };
+        let result = crate::backup::write(&work, &server, tools, &self.old_dir.path, &dir);
+        self.report.kept_old = Some(server);
+        let written = result?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record(
+                    "backup",
+                    json!({ "dir": dir, "databases": written.manifest.databases.len(), "bytes": written.manifest.bytes() }),
+                )
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        self.backup = Some(crate::report::BackupCounts {
+            dir: dir.display().to_string(),
+            databases: written.manifest.databases.len(),
+            bytes: written.manifest.bytes(),
+            moved_aside: written.moved_aside.map(|p| p.display().to_string()),
+        });
+        Ok(())
+    }
+
+    /// The dump-and-reload method's dump: the backup when one was made,
+    /// else every database with its data into the run's directory.
+    fn dump_dir(&self) -> PathBuf {
+        match &self.settings.backup_dir {
+            Some(dir) => dir.clone(),
+            None => self.output().join("dump-all"),
+        }
+    }
+
+    /// `--method dump`: globals and every database, with their data, by
+    /// the new installation's pg_dumpall and pg_dump (unless the backup
+    /// already holds them); the old server stops.
+    fn dump_all(&mut self) -> Result<(), Failure> {
+        let server = self.old_server_for_dumps()?;
+        if self.settings.backup_dir.is_none() {
+            let dir = self.dump_dir();
+            let log_dir = self.log_dir();
+            let work = crate::backup::Work {
+                printer: self.printer,
+                step: "dump-all",
+                jobs: self.settings.jobs,
+                log_dir: &log_dir,
+            };
+            crate::backup::write(&work, &server, &self.new_install, &self.old_dir.path, &dir)?;
+        }
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// `--method dump`: the dump restored into the new cluster (a normal
+    /// server, not binary-upgrade mode: every object gets new OIDs and
+    /// every index is built anew).
+    fn restore_all(&mut self) -> Result<(), Failure> {
+        self.new_touched = true;
+        let dir = self.dump_dir();
+        let manifest = pgm_catalog::backup::verify_backup(&dir).map_err(|u| {
+            Failure::new(
+                "restore_failed",
+                format!("the dump in {} cannot be restored: {u}", dir.display()),
+            )
+        })?;
+        let mut options = self.server_options(false);
+        options.binary_upgrade = false;
+        let server = Server::start(&self.new_install, self.new_dir(), &options)
+            .map_err(|e| Failure::new("server_start_failed", e))?;
+        let log_dir = self.log_dir();
+        let work = crate::backup::Work {
+            printer: self.printer,
+            step: "restore-all",
+            jobs: self.settings.jobs,
+            log_dir: &log_dir,
+        };
+        crate::backup::restore_into(
+            &work,
+            &server,
+            &self.new_install,
+            &manifest,
+            &dir,
+            &[],
+            self.output(),
+        )?;
+        self.relations = 0;
+        self.databases = manifest
+            .databases
+            .iter()
+            .map(|d| DatabasePlan {
+                db: Database {
+                    oid: 0,
+                    name: d.name.clone(),
+                    tablespace_location: String::new(),
+                },
+                old_relations: Vec::new(),
+                new_relations: Vec::new(),
+                new_oid: 0,
+                new_tablespace_location: String::new(),
+                dump: PathBuf::new(),
+                log: PathBuf::new(),
+            })
+            .collect();
+        self.transferred = (0, manifest.bytes());
+        self.tablespaces = manifest
+            .tablespaces
+            .iter()
+            .map(|t| t.location.clone())
+            .collect();
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// Old server up: list databases, tablespaces and relations; dump globals
+    /// and every database's schema (`-j` at a time); old server down.
+    fn dump_old(&mut self) -> Result<(), Failure> {
+        let server = self.old_server_for_dumps()?;
         let mut client = server
             .connect("template1")
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
@@ -1297,15 +1498,15 @@ impl<'a> Engine<'a> {
     /// restore's server was the last to run (after the last pg_resetwal, so
     /// pg_control records the real wal_level, which standbys built by rsync
     /// need), and the sync step came after it.
-    fn finish(&mut self) -> Result<Vec<String>, Failure> {
+    fn finish(&mut self) -> Result<Vec<NextStep>, Failure> {
         let mut next = Vec::new();
         let newbin = self.new_install.bindir.clone();
         let new_path = self.new_dir().path.clone();
-        next.push(format!(
+        next.push(NextStep::plain(format!(
             "start the new cluster: {} -D {} start",
             shell_quote(&newbin.join("pg_ctl").display().to_string()),
             shell_quote(&new_path.display().to_string())
-        ));
+        )));
         let outdated = &self.outdated_extensions;
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         if !outdated.is_empty() {
@@ -1322,46 +1523,84 @@ impl<'a> Engine<'a> {
             let path = cwd.join("update_extensions.sql");
             std::fs::write(&path, sql)
                 .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
-            next.push(format!(
-                "update extensions: {} -f {}",
-                shell_quote(&newbin.join("psql").display().to_string()),
-                shell_quote(&path.display().to_string())
+            next.push(NextStep::done_by(
+                "update-extensions",
+                format!(
+                    "update extensions: {} -f {}",
+                    shell_quote(&newbin.join("psql").display().to_string()),
+                    shell_quote(&path.display().to_string())
+                ),
             ));
         }
-        if self.new_install.version.major.number() >= 18 && !self.settings.no_statistics {
-            next.push(format!(
-                "fill in statistics the upgrade could not carry: {} --all --analyze-in-stages --missing-stats-only, later {} --all --analyze-only",
-                newbin.join("vacuumdb").display(),
-                newbin.join("vacuumdb").display()
+        if self.settings.method == Method::Dump {
+            next.push(NextStep::done_by(
+                "analyze",
+                format!(
+                    "gather optimizer statistics (a reload carries none): {} --all --analyze-in-stages",
+                    newbin.join("vacuumdb").display()
+                ),
+            ));
+        } else if self.new_install.version.major.number() >= 18 && !self.settings.no_statistics {
+            next.push(NextStep::done_by(
+                "analyze",
+                format!(
+                    "fill in statistics the upgrade could not carry: {} --all --analyze-in-stages --missing-stats-only, later {} --all --analyze-only",
+                    newbin.join("vacuumdb").display(),
+                    newbin.join("vacuumdb").display()
+                ),
             ));
         } else {
-            next.push(format!(
-                "gather optimizer statistics (they were not carried): {} --all --analyze-in-stages",
-                newbin.join("vacuumdb").display()
+            next.push(NextStep::done_by(
+                "analyze",
+                format!(
+                    "gather optimizer statistics (they were not carried): {} --all --analyze-in-stages",
+                    newbin.join("vacuumdb").display()
+                ),
             ));
         }
-        if let Some(path) = self.write_reindex_script(&cwd)? {
-            next.push(format!(
-                "rebuild what a changed collation or Unicode version affects: {} -f {}",
-                shell_quote(&newbin.join("psql").display().to_string()),
-                shell_quote(&path.display().to_string())
+        // A reload built every index anew, under the new installation's collations.
+        let reindex = if self.settings.method == Method::Dump {
+            None
+        } else {
+            self.write_reindex_script(&cwd)?
+        };
+        self.reindex_script = reindex.clone();
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record("scripts", json!({ "reindex": reindex }))
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        if let Some(path) = reindex {
+            next.push(NextStep::done_by(
+                "reindex-collation",
+                format!(
+                    "rebuild what a changed collation or Unicode version affects: {} -f {}",
+                    shell_quote(&newbin.join("psql").display().to_string()),
+                    shell_quote(&path.display().to_string())
+                ),
             ));
         }
         match self.write_delete_script(&cwd) {
-            Some(path) => next.push(format!(
+            Some(path) => next.push(NextStep::plain(format!(
                 "once the new cluster runs well, delete the old one's files with {}",
                 shell_quote(&path.display().to_string())
-            )),
-            None => next.push("delete the old cluster's files by hand once the new one runs well (no script: a data directory or tablespace lies inside another)".into()),
+            ))),
+            None => next.push(NextStep::plain("delete the old cluster's files by hand once the new one runs well (no script: a data directory or tablespace lies inside another)".into())),
         }
         match self.settings.mode {
-            Mode::Link => next.push(format!(
-                "the old cluster cannot be started: its global/pg_control was renamed to pg_control.old; to go back instead, and only while the new cluster has never been started, rename it back: mv {0}/global/pg_control.old {0}/global/pg_control",
-                shell_quote(&self.old_dir.path.display().to_string())
+            Mode::Link => next.push(NextStep::done_by(
+                NEW_CLUSTER_RAN,
+                format!(
+                    "the old cluster cannot be started: its global/pg_control was renamed to pg_control.old; to go back instead, and only while the new cluster has never been started, rename it back: mv {0}/global/pg_control.old {0}/global/pg_control",
+                    shell_quote(&self.old_dir.path.display().to_string())
+                ),
             )),
-            Mode::Swap => next.push(format!(
-                "the old cluster cannot be started: its database directories now belong to the new cluster; to go back instead, and only while the new cluster has never been started: pg-migrate revert -D {}",
-                shell_quote(&self.new_dir().path.display().to_string())
+            Mode::Swap => next.push(NextStep::done_by(
+                NEW_CLUSTER_RAN,
+                format!(
+                    "the old cluster cannot be started: its database directories now belong to the new cluster; to go back instead, and only while the new cluster has never been started: pg-migrate revert -D {}",
+                    shell_quote(&self.new_dir().path.display().to_string())
+                ),
             )),
             _ => {}
         }
@@ -1546,6 +1785,31 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// initdb's authentication for a cluster pg-migrate creates: local
+/// connections by the install user's own OS account, passwords over TCP;
+/// trust (with a warning) only when the names differ and nothing else works.
+pub fn initdb_auth(printer: &Printer, user: &str) -> Vec<String> {
+    let os_user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    if os_user.as_deref() == Some(user) {
+        return vec![
+            "--auth-local=peer".to_string(),
+            "--auth-host=scram-sha-256".to_string(),
+        ];
+    }
+    printer.say(&format!(
+        "warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{user}\" is not this OS user; review it before starting the server"
+    ));
+    vec!["--auth=trust".to_string()]
+}
+
+/// A path as a shell word, for the commands we print.
+pub fn quote(path: &Path) -> String {
+    shell_quote(&path.display().to_string())
+}
+
 /// A psql meta-command argument: single quotes, a quote doubled.
 fn psql_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -1561,7 +1825,7 @@ pub fn recovery_commands(new_datadir: &Path) -> String {
 
 /// Runs `f` on every item, `jobs` at a time, keeping the input order in the
 /// results; the first failure wins.
-fn parallel<T: Sync, R: Send>(
+pub(crate) fn parallel<T: Sync, R: Send>(
     items: &[T],
     jobs: usize,
     f: impl Fn(&T) -> Result<R, Failure> + Sync,

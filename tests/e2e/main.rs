@@ -14,3 +14,4 @@ mod proof;
 mod safety;
 mod support;
 mod upgrade;
+mod workflows;

@@ -19,7 +19,7 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         vec![
             "--host".into(),
             self.socket_dir.display().to_string(),
@@ -56,14 +56,14 @@ pub fn restore_transaction_size(new_major: PgMajor, jobs: usize) -> Option<u32> 
 
 /// Every client program: no read-only default transactions in the way, no
 /// psqlrc, and the PG* environment cleared by PgCommand.
-fn client(install: &Installation, tool: Tool) -> Result<PgCommand, Error> {
+pub(crate) fn client(install: &Installation, tool: Tool) -> Result<PgCommand, Error> {
     Ok(install
         .command(tool)?
         .env("PGOPTIONS", "-c default_transaction_read_only=false"))
 }
 
 /// Runs a program, appending its command line and output to `log`.
-fn run_logged(command: PgCommand, what: &str, log: &Path) -> Result<(), Error> {
+pub(crate) fn run_logged(command: PgCommand, what: &str, log: &Path) -> Result<(), Error> {
     let line = command.command_line();
     let result = command.run_unchecked();
     let mut file = std::fs::OpenOptions::new()
@@ -95,7 +95,7 @@ fn run_logged(command: PgCommand, what: &str, log: &Path) -> Result<(), Error> {
 }
 
 /// A libpq connection string naming one database, quoted so that any name works.
-fn dbname_conninfo(name: &str) -> String {
+pub(crate) fn dbname_conninfo(name: &str) -> String {
     format!(
         "dbname='{}'",
         name.replace('\\', "\\\\").replace('\'', "\\'")

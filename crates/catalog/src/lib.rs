@@ -6,8 +6,11 @@
 //!
 //! It never touches user data files (that is `pgm-transfer`'s job) and
 //! never writes to the old cluster: the old side is only read (its server
-//! queried, its pg_xact and pg_multixact copied from).
+//! queried, its pg_xact and pg_multixact copied from). Its `backup` module
+//! makes and restores logical backups (every database's data included),
+//! for `--backup-dir`, `backup`/`restore` and the dump-and-reload method.
 
+pub mod backup;
 mod dump;
 mod error;
 mod handover;

@@ -92,3 +92,53 @@ impl Finding {
         }
     }
 }
+
+/// Checks whose failure stops an in-place upgrade but not a dump and
+/// reload (`--method dump`): the physical layout the two clusters must
+/// share, values stored as OIDs or in a changed binary format, the locale
+/// template0 must match, the transfer itself, and indexes built under a
+/// changed collation (a reload rebuilds them).
+pub const DUMP_RELOAD_AVOIDS: &[&str] = &[
+    "control-alignment",
+    "control-block-size",
+    "control-segment-size",
+    "control-wal-block-size",
+    "control-wal-segment-size",
+    "control-name-length",
+    "control-index-columns",
+    "control-toast-chunk",
+    "control-large-object-chunk",
+    "control-data-checksums",
+    "char-signedness",
+    "transfer-mode",
+    "old-reg-types",
+    "old-aclitem-columns",
+    "template0-locale",
+    "new-collation-versions",
+    "new-unicode-version",
+];
+
+impl Finding {
+    /// This finding for a run with the given method: with dump and reload
+    /// a failure it does not care about becomes a warning; for an in-place
+    /// run such a failure's remedy names the way around it.
+    pub fn for_method(mut self, dump_reload: bool) -> Finding {
+        if !DUMP_RELOAD_AVOIDS.contains(&self.id) || self.status == Status::Pass {
+            return self;
+        }
+        if dump_reload {
+            if self.status == Status::Fail {
+                self.status = Status::Warn;
+            }
+            self.message
+                .push_str(" (no obstacle to --method dump, which reloads every row)");
+        } else if self.status == Status::Fail {
+            let way = "or upgrade by dump and reload instead: pg-migrate --method dump (slower: every row is copied)";
+            self.remedy = Some(match self.remedy.take() {
+                Some(r) => format!("{r}; {way}"),
+                None => way.to_string(),
+            });
+        }
+        self
+    }
+}

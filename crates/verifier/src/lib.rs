@@ -22,7 +22,7 @@ pub use catalog::{
     drifted_indexes, Capabilities, CatalogFacts, DatabaseInfo, SlotSettings, TemplateLocale,
 };
 pub use catalogue::{columns_using, rule_sql, CapabilityUse, CollatedIndex, ObjectRef};
-pub use finding::{Finding, Status};
+pub use finding::{Finding, Status, DUMP_RELOAD_AVOIDS};
 pub use initdb::{matching_initdb, suggested_initdb};
 pub use statics::platform_char_is_signed;
 
@@ -70,6 +70,9 @@ pub struct CheckConfig {
     /// check passes, for the dump (each start costs time). The new one is
     /// always stopped: the upgrade copies it as it is before changing it.
     pub keep_old_server: bool,
+    /// The upgrade dumps and reloads every database (`--method dump`):
+    /// checks of what only an in-place upgrade needs only warn.
+    pub dump_reload: bool,
 }
 
 /// What the transfer mode asks of the filesystems.
@@ -186,6 +189,7 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
         ..Report::default()
     };
     let mut emit = |report: &mut Report, finding: Finding| {
+        let finding = finding.for_method(config.dump_reload);
         sink(&finding);
         report.findings.push(finding);
     };
@@ -220,6 +224,7 @@ pub fn check_created_new(
     report.new_to_create = false;
     let first = report.findings.len();
     let mut emit = |report: &mut Report, finding: Finding| {
+        let finding = finding.for_method(config.dump_reload);
         sink(&finding);
         report.findings.push(finding);
     };

@@ -1,0 +1,848 @@
+//! Logical backups: `pg-migrate backup`, the `backup` step of an upgrade
+//! (`--backup-dir`), `pg-migrate restore`, and the two halves of the
+//! dump-and-reload method. pgm-catalog dumps, describes and verifies; here
+//! are the servers, the parallelism, the events and the refusals.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pgm_catalog::backup::{self as catalog, BackupDatabase, Manifest, Unusable};
+use pgm_catalog::ClientConn;
+use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerOptions, ServerStatus};
+
+use crate::cli::Settings;
+use crate::exit;
+use crate::report::{BackupCounts, ClusterStates, Event, PlanSide, Printer};
+use crate::rundir::RunDir;
+use crate::upgrade::{parallel, Failure};
+
+/// A finished backup.
+pub struct Written {
+    pub manifest: Manifest,
+    /// Where an earlier backup in the same directory went.
+    pub moved_aside: Option<PathBuf>,
+}
+
+pub fn conn_of(server: &Server) -> ClientConn {
+    ClientConn {
+        socket_dir: server.endpoint.socket_dir.clone(),
+        port: server.endpoint.port,
+        user: server.endpoint.user.clone(),
+    }
+}
+
+/// How a backup or restore is carried out: reported as `step`, `jobs`
+/// databases at a time, logs in `log_dir`.
+pub struct Work<'a> {
+    pub printer: &'a Printer,
+    pub step: &'static str,
+    pub jobs: usize,
+    pub log_dir: &'a Path,
+}
+
+/// Backs up the cluster `server` serves (data directory `datadir`) into
+/// `dir` with `tools`' pg_dumpall and pg_dump. An existing `dir` moves to
+/// `dir.old`.
+pub fn write(
+    work: &Work<'_>,
+    server: &Server,
+    tools: &Installation,
+    datadir: &Path,
+    dir: &Path,
+) -> Result<Written, Failure> {
+    let (printer, step, jobs, log_dir) = (work.printer, work.step, work.jobs, work.log_dir);
+    let mut client = server
+        .connect("template1")
+        .map_err(|e| Failure::new("old_catalog_failed", e))?;
+    let facts =
+        catalog::source_facts(&mut client).map_err(|e| Failure::new("old_catalog_failed", e))?;
+    drop(client);
+    if !facts.unconnectable.is_empty() {
+        return Err(Failure {
+            code: "backup_failed",
+            message: format!(
+                "databases that do not accept connections cannot be dumped: {}",
+                facts.unconnectable.join(", ")
+            ),
+            remedy: Some(
+                "allow connections (ALTER DATABASE … ALLOW_CONNECTIONS true) or drop them, and run again".into(),
+            ),
+        });
+    }
+    let moved_aside =
+        catalog::make_backup_dir(dir).map_err(|e| Failure::new("backup_failed", e))?;
+    let conn = conn_of(server);
+    let fail = |e: pgm_catalog::Error| Failure::new("backup_failed", e);
+    catalog::dump_globals_for_backup(
+        tools,
+        &conn,
+        &dir.join(catalog::GLOBALS_FILE),
+        &log_dir.join("backup-globals.log"),
+    )
+    .map_err(fail)?;
+    let globals = catalog::describe_file(dir, catalog::GLOBALS_FILE).map_err(fail)?;
+    let meter = printer.meter(step, facts.databases.len() as u64, "databases");
+    let indexed: Vec<(usize, &String)> = facts.databases.iter().enumerate().collect();
+    let databases = parallel(&indexed, jobs, |(index, name)| {
+        let file = catalog::database_file(*index);
+        catalog::dump_database_for_backup(
+            tools,
+            &conn,
+            name,
+            &dir.join(&file),
+            &log_dir.join(format!("backup-{}.log", file.trim_end_matches(".dump"))),
+        )
+        .map_err(fail)?;
+        let dump = catalog::describe_file(dir, &file).map_err(fail)?;
+        meter.add(1, dump.bytes);
+        pgm_cluster::faults::point(|| format!("backup:database:{}", index + 1));
+        Ok(BackupDatabase {
+            name: (*name).clone(),
+            dump,
+        })
+    })?;
+    meter.finish();
+    let manifest = Manifest {
+        format: catalog::MANIFEST_FORMAT,
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        pg_migrate_version: env!("CARGO_PKG_VERSION").to_string(),
+        server_version: facts.version,
+        server_major: facts.major,
+        datadir: datadir.to_path_buf(),
+        tools_bindir: tools.bindir.clone(),
+        tools_version: tools.version.text.clone(),
+        tools_major: tools.version.major.number(),
+        install_user: facts.install_user,
+        template0: facts.template0,
+        globals,
+        databases,
+        tablespaces: facts.tablespaces,
+    };
+    catalog::write_manifest(dir, &manifest).map_err(fail)?;
+    Ok(Written {
+        manifest,
+        moved_aside,
+    })
+}
+
+/// Restores a verified backup into the (fresh) cluster `server` serves:
+/// roles and tablespaces, then template1, then the other databases `jobs`
+/// at a time, each dropped if present and created as it was.
+pub fn restore_into(
+    work: &Work<'_>,
+    server: &Server,
+    tools: &Installation,
+    manifest: &Manifest,
+    dir: &Path,
+    tablespace_map: &[(String, PathBuf)],
+    work_dir: &Path,
+) -> Result<(), Failure> {
+    let (printer, step, jobs, log_dir) = (work.printer, work.step, work.jobs, work.log_dir);
+    let fail = |e: pgm_catalog::Error| Failure::new("restore_failed", e);
+    let mut client = server
+        .connect("template1")
+        .map_err(|e| Failure::new("new_catalog_failed", e))?;
+    let roles = catalog::existing_roles(&mut client).map_err(fail)?;
+    drop(client);
+    let conn = conn_of(server);
+    let globals = work_dir.join("globals-for-restore.sql");
+    catalog::globals_for_target(manifest, dir, &roles, tablespace_map, &globals).map_err(fail)?;
+    catalog::run_globals(tools, &conn, &globals, &log_dir.join("restore-globals.log"))
+        .map_err(fail)?;
+    let meter = printer.meter(step, manifest.databases.len() as u64, "databases");
+    let restore = |db: &BackupDatabase| -> Result<(), Failure> {
+        let log = log_dir.join(format!(
+            "restore-{}.log",
+            db.dump.file.trim_end_matches(".dump")
+        ));
+        catalog::restore_backup_database(tools, &conn, &db.name, &dir.join(&db.dump.file), &log)
+            .map_err(fail)?;
+        meter.add(1, db.dump.bytes);
+        Ok(())
+    };
+    // template1 is dropped and re-created: nothing else may use it meanwhile.
+    let (first, rest): (Vec<&BackupDatabase>, Vec<&BackupDatabase>) = manifest
+        .databases
+        .iter()
+        .partition(|d| d.name == "template1");
+    for db in first {
+        restore(db)?;
+    }
+    parallel(&rest, jobs, |db| restore(db))?;
+    meter.finish();
+    Ok(())
+}
+
+/// Why a backup cannot go into a cluster of `target`'s installation, if it cannot.
+pub fn refuse_for_target(manifest: &Manifest, target: &Installation) -> Option<Failure> {
+    let major = target.version.major.number();
+    if manifest.server_major > major {
+        return Some(Failure {
+            code: "backup_too_new",
+            message: format!(
+                "the backup is of a PostgreSQL {} cluster; {} is PostgreSQL {major}, and a cluster's dump cannot go back to an older major",
+                manifest.server_major,
+                target.bindir.display()
+            ),
+            remedy: Some(format!(
+                "restore it with an installation of PostgreSQL {} or later (-B)",
+                manifest.server_major
+            )),
+        });
+    }
+    if !catalog::restore_can_read(target.version.major, manifest.tools_major) {
+        return Some(Failure {
+            code: "backup_too_new",
+            message: format!(
+                "the backup was written by pg_dump {}; pg_restore {major} cannot read it",
+                manifest.tools_version
+            ),
+            remedy: Some(format!(
+                "restore it into PostgreSQL {} or later, or back up again with an installation of PostgreSQL {major} that has pg_dump",
+                manifest.tools_major
+            )),
+        });
+    }
+    None
+}
+
+/// `pg-migrate backup`.
+pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
+    let name = "backup";
+    let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
+        crate::fail_early(printer, started, name, code, message, remedy, status)
+    };
+    let dir = settings
+        .backup_dir
+        .clone()
+        .expect("resolve requires --backup-dir for backup");
+    let old_install = match Installation::discover(&settings.old_bindir) {
+        Ok(install) => install,
+        Err(e) => {
+            return fail_early(
+                "usage",
+                format!("the old installation cannot be used: {e}"),
+                "pass the old cluster's bin directory with -b",
+                exit::USAGE,
+            )
+        }
+    };
+    let old_dir = match DataDir::open(&settings.old_datadir, None) {
+        Ok(dir) => dir,
+        Err(e) => {
+            return fail_early(
+                "usage",
+                format!("the old data directory cannot be used: {e}"),
+                "pass the old cluster's data directory with -d",
+                exit::USAGE,
+            )
+        }
+    };
+    if let Some(refusal) = refuse_backup_dir(&dir, &[&old_dir.path]) {
+        return fail_early(
+            refusal.code,
+            refusal.message,
+            &refusal.remedy.unwrap_or_default(),
+            exit::USAGE,
+        );
+    }
+    let fallback = if settings.new_bindir_given {
+        Installation::discover(&settings.new_bindir).ok()
+    } else {
+        None
+    };
+    let Some(tools) = catalog::choose_dump_tools(&old_install, fallback.as_ref()) else {
+        return fail_early(
+            "usage",
+            format!(
+                "{} has no pg_dump and pg_dumpall to write the backup with",
+                old_install.bindir.display()
+            ),
+            "pass -B with the bin directory of an installation of the same or a newer major that has them (its pg_restore will be needed to restore the backup)",
+            exit::USAGE,
+        );
+    };
+    if old_dir.major != old_install.version.major {
+        return fail_early(
+            "usage",
+            format!(
+                "{} is a PostgreSQL {} cluster and {} is PostgreSQL {}",
+                old_dir.path.display(),
+                old_dir.major,
+                old_install.bindir.display(),
+                old_install.version.major
+            ),
+            "pass the bin directory of the cluster's own major with -b",
+            exit::USAGE,
+        );
+    }
+    let run_dir = match crate::make_run_dir(settings, printer, started, name) {
+        Ok(dir) => dir,
+        Err(code) => return code,
+    };
+    let log_dir = run_dir.log_dir();
+    printer.emit(&Event::Plan {
+        command: name,
+        mode: settings.mode,
+        old: PlanSide {
+            bindir: old_install.bindir.display().to_string(),
+            datadir: old_dir.path.display().to_string(),
+            port: settings.old_port,
+        },
+        new: PlanSide {
+            bindir: tools.bindir.display().to_string(),
+            datadir: dir.display().to_string(),
+            port: 0,
+        },
+        user: settings.user.clone(),
+        jobs: settings.jobs,
+        run_dir: run_dir.path().display().to_string(),
+        live_check_allowed: true,
+        backup_dir: Some(dir.display().to_string()),
+    });
+    let (server, old_state) = match old_server(settings, &old_install, &old_dir, &run_dir, &log_dir)
+    {
+        Ok(found) => found,
+        Err(failure) => {
+            let code = if failure.code == "server_start_failed" {
+                exit::FAILED_OLD_INTACT
+            } else {
+                exit::USAGE
+            };
+            let ending = Ending::Failed {
+                failure,
+                exit_code: code,
+                clusters: ClusterStates {
+                    old: "unchanged",
+                    new: "unchanged",
+                },
+            };
+            return report(printer, settings, started, name, run_dir, ending, None);
+        }
+    };
+    printer.emit(&Event::StepStart { step: "backup" });
+    let step_started = Instant::now();
+    let work = Work {
+        printer,
+        step: "backup",
+        jobs: settings.jobs,
+        log_dir: &log_dir,
+    };
+    let result = write(&work, &server, tools, &old_dir.path, &dir);
+    printer.emit(&Event::StepEnd {
+        step: "backup",
+        status: if result.is_ok() { "ok" } else { "failed" },
+        duration_ms: step_started.elapsed().as_millis() as u64,
+    });
+    let stopped = server
+        .stop()
+        .map_err(|e| Failure::new("server_stop_failed", e));
+    let (ending, counts) = match (result, stopped) {
+        (Ok(written), Ok(())) => (
+            Ending::Done(vec![format!(
+                "restore it with: pg-migrate restore --backup-dir {} -B BIN -D NEW_DATADIR",
+                crate::upgrade::quote(&dir)
+            )]),
+            Some(BackupCounts {
+                dir: dir.display().to_string(),
+                databases: written.manifest.databases.len(),
+                bytes: written.manifest.bytes(),
+                moved_aside: written
+                    .moved_aside
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            }),
+        ),
+        (Err(failure), _) | (Ok(_), Err(failure)) => (
+            Ending::Failed {
+                failure,
+                exit_code: exit::FAILED_OLD_INTACT,
+                clusters: ClusterStates {
+                    old: old_state,
+                    new: "unchanged",
+                },
+            },
+            None,
+        ),
+    };
+    report(printer, settings, started, name, run_dir, ending, counts)
+}
+
+/// The old cluster's server for a backup: the running one (a live backup
+/// over its unix socket), else one started privately. With the state the
+/// cluster will be left in.
+fn old_server(
+    settings: &Settings,
+    install: &Installation,
+    dir: &DataDir,
+    run_dir: &RunDir,
+    log_dir: &Path,
+) -> Result<(Server, &'static str), Failure> {
+    match dir.server_status() {
+        Ok(ServerStatus::Running(pid)) => {
+            let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
+                code: "server_running",
+                message: format!(
+                    "the server of {} runs without a unix socket, which pg-migrate connects through",
+                    dir.path.display()
+                ),
+                remedy: Some("set unix_socket_directories, or stop the server (pg-migrate then starts it privately)".into()),
+            })?;
+            let endpoint = pgm_cluster::server::Endpoint {
+                socket_dir,
+                port: pid.port.unwrap_or(5432),
+                user: settings.user.clone(),
+            };
+            endpoint
+                .connect("template1")
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            return Ok((Server::attach(endpoint), "running_untouched"));
+        }
+        Ok(ServerStatus::StalePidFile(_)) => {
+            return Err(Failure {
+                code: "server_running",
+                message: format!(
+                    "{} has a postmaster.pid but no server: it crashed or was killed",
+                    dir.path.display()
+                ),
+                remedy: Some("start the server once so that it recovers, then back up the running server (or stop it cleanly first)".into()),
+            })
+        }
+        _ => {}
+    }
+    let control = dir.control().map_err(|e| Failure::new("usage", e))?;
+    if control.state != ClusterState::ShutDown {
+        return Err(Failure {
+            code: "usage",
+            message: format!(
+                "{} was not shut down cleanly (pg_control says \"{}\")",
+                dir.path.display(),
+                control.state.describe()
+            ),
+            remedy: Some("start the server once so that it recovers and stop it cleanly, or back up the running server".into()),
+        });
+    }
+    let options = ServerOptions {
+        port: settings.old_port,
+        socket_dir: run_dir.socket_dir(true),
+        binary_upgrade: false,
+        durability_off: false,
+        extra_options: settings.old_options.clone(),
+        log_file: log_dir.join("old-server.log"),
+        user: settings.user.clone(),
+    };
+    let server = Server::start(install, dir, &options)
+        .map_err(|e| Failure::new("server_start_failed", e))?;
+    Ok((server, "started_and_stopped"))
+}
+
+/// A backup directory must not lie in a cluster (the dumps would become
+/// part of it, or be removed with it).
+pub fn refuse_backup_dir(dir: &Path, clusters: &[&Path]) -> Option<Failure> {
+    let resolved = resolve_existing_prefix(dir);
+    for cluster in clusters {
+        let cluster = std::fs::canonicalize(cluster).unwrap_or_else(|_| cluster.to_path_buf());
+        if resolved.starts_with(&cluster) || cluster.starts_with(&resolved) {
+            return Some(Failure {
+                code: "usage",
+                message: format!(
+                    "the backup directory {} and the cluster {} lie inside one another",
+                    dir.display(),
+                    cluster.display()
+                ),
+                remedy: Some("put the backup outside every data directory".into()),
+            });
+        }
+    }
+    None
+}
+
+/// `path` with its longest existing ancestor resolved (symbolic links
+/// followed), so that a directory still to be made is compared truthfully.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut current = path.to_path_buf();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&current) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (current.file_name(), current.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                current = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// `pg-migrate restore`.
+pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
+    let name = "restore";
+    let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
+        crate::fail_early(printer, started, name, code, message, remedy, status)
+    };
+    let dir = settings
+        .backup_dir
+        .clone()
+        .expect("resolve requires --backup-dir for restore");
+    // The backup first: nothing is touched for a backup that cannot be used.
+    let manifest = match catalog::verify_backup(&dir) {
+        Ok(manifest) => manifest,
+        Err(unusable) => {
+            let remedy = match unusable {
+                Unusable::NoManifest => "name the directory a finished pg-migrate backup wrote (the one with manifest.json), or make a new backup",
+                _ => "use another copy of the backup (the older one may be in DIR.old), or make a new one",
+            };
+            return fail_early(
+                "backup_unusable",
+                format!(
+                    "the backup in {} cannot be restored: {unusable}",
+                    dir.display()
+                ),
+                remedy,
+                exit::USAGE,
+            );
+        }
+    };
+    let target = match Installation::discover(&settings.new_bindir) {
+        Ok(install) => install,
+        Err(e) => {
+            return fail_early(
+                "usage",
+                format!("the target installation cannot be used: {e}"),
+                "pass the bin directory of the installation to restore into with -B",
+                exit::USAGE,
+            )
+        }
+    };
+    let missing = target.missing(&[
+        pgm_cluster::Tool::Postgres,
+        pgm_cluster::Tool::Initdb,
+        pgm_cluster::Tool::PgRestore,
+        pgm_cluster::Tool::Psql,
+    ]);
+    if !missing.is_empty() {
+        return fail_early(
+            "usage",
+            format!(
+                "{} lacks {}",
+                target.bindir.display(),
+                missing
+                    .iter()
+                    .map(|t| t.file_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "pass -B with a full installation (server and client programs)",
+            exit::USAGE,
+        );
+    }
+    if let Some(refusal) = refuse_for_target(&manifest, &target) {
+        return fail_early(
+            refusal.code,
+            refusal.message,
+            &refusal.remedy.unwrap_or_default(),
+            exit::USAGE,
+        );
+    }
+    for (tablespace, _) in &settings.tablespace_map {
+        if !manifest.tablespaces.iter().any(|t| &t.name == tablespace) {
+            return fail_early(
+                "usage",
+                format!("the backup has no tablespace named {tablespace:?}"),
+                &format!(
+                    "its tablespaces are: {}",
+                    manifest
+                        .tablespaces
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                exit::USAGE,
+            );
+        }
+    }
+    let target_dir = settings.new_datadir.clone();
+    if let Some(refusal) = refuse_backup_dir(&dir, &[&target_dir]) {
+        return fail_early(
+            refusal.code,
+            refusal.message,
+            &refusal.remedy.unwrap_or_default(),
+            exit::USAGE,
+        );
+    }
+    let create = !target_dir.exists();
+    if !create {
+        match DataDir::open(&target_dir, None) {
+            Ok(existing) if existing.major != target.version.major => {
+                return fail_early(
+                    "usage",
+                    format!(
+                        "{} is a PostgreSQL {} cluster, not {}",
+                        target_dir.display(),
+                        existing.major,
+                        target.version.major
+                    ),
+                    "name a fresh cluster of the -B installation, or a directory that does not exist yet",
+                    exit::USAGE,
+                )
+            }
+            Ok(existing) => {
+                if !matches!(existing.server_status(), Ok(ServerStatus::Stopped)) {
+                    return fail_early(
+                        "server_running",
+                        format!("a server runs on {} (or crashed there)", target_dir.display()),
+                        "stop it: pg-migrate restores into a stopped fresh cluster",
+                        exit::USAGE,
+                    );
+                }
+            }
+            Err(e) => {
+                return fail_early(
+                    "usage",
+                    format!("{} is not a cluster: {e}", target_dir.display()),
+                    "name a fresh cluster of the -B installation, or a directory that does not exist yet",
+                    exit::USAGE,
+                )
+            }
+        }
+    }
+    let run_dir = match crate::make_run_dir(settings, printer, started, name) {
+        Ok(dir) => dir,
+        Err(code) => return code,
+    };
+    let log_dir = run_dir.log_dir();
+    printer.emit(&Event::Plan {
+        command: name,
+        mode: settings.mode,
+        old: PlanSide {
+            bindir: manifest.tools_bindir.display().to_string(),
+            datadir: dir.display().to_string(),
+            port: 0,
+        },
+        new: PlanSide {
+            bindir: target.bindir.display().to_string(),
+            datadir: target_dir.display().to_string(),
+            port: settings.new_port,
+        },
+        user: settings.user.clone(),
+        jobs: settings.jobs,
+        run_dir: run_dir.path().display().to_string(),
+        live_check_allowed: false,
+        backup_dir: Some(dir.display().to_string()),
+    });
+    let mut new_state = "unchanged";
+    let result = (|| -> Result<(), Failure> {
+        if create {
+            let command = catalog::initdb_for(&target, &manifest, &target_dir, &settings.user)
+                .map_err(|e| Failure::new("initdb_failed", e))?
+                .args(crate::upgrade::initdb_auth(printer, &settings.user));
+            printer.emit(&Event::Initdb {
+                command: command.command_line(),
+                datadir: target_dir.display().to_string(),
+            });
+            new_state = "incomplete";
+            command
+                .run()
+                .map_err(|e| Failure::new("initdb_failed", e))?;
+        }
+        let datadir = DataDir::open(&target_dir, None).map_err(|e| Failure::new("usage", e))?;
+        let options = ServerOptions {
+            port: settings.new_port,
+            socket_dir: run_dir.socket_dir(false),
+            binary_upgrade: false,
+            // Synced as a whole at the end; a restore cut short is redone.
+            durability_off: true,
+            extra_options: settings.new_options.clone(),
+            log_file: log_dir.join("target-server.log"),
+            user: settings.user.clone(),
+        };
+        let server = Server::start(&target, &datadir, &options)
+            .map_err(|e| Failure::new("server_start_failed", e))?;
+        if new_state == "unchanged" {
+            new_state = "started_and_stopped";
+        }
+        let extra = server
+            .connect("template1")
+            .and_then(|mut c| {
+                catalog::extra_databases(&mut c).map_err(|e| pgm_cluster::Error::Query {
+                    database: "template1".into(),
+                    what: "listing databases".into(),
+                    detail: e.to_string(),
+                })
+            })
+            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        if !extra.is_empty() {
+            return Err(Failure {
+                code: "restore_target_not_fresh",
+                message: format!(
+                    "{} already holds databases: {}",
+                    target_dir.display(),
+                    extra.join(", ")
+                ),
+                remedy: Some(
+                    "restore into a freshly made cluster (or a directory that does not exist yet)"
+                        .into(),
+                ),
+            });
+        }
+        new_state = "incomplete";
+        printer.emit(&Event::StepStart { step: "restore" });
+        let step_started = Instant::now();
+        let work = Work {
+            printer,
+            step: "restore",
+            jobs: settings.jobs,
+            log_dir: &log_dir,
+        };
+        let result = restore_into(
+            &work,
+            &server,
+            &target,
+            &manifest,
+            &dir,
+            &settings.tablespace_map,
+            run_dir.path(),
+        );
+        printer.emit(&Event::StepEnd {
+            step: "restore",
+            status: if result.is_ok() { "ok" } else { "failed" },
+            duration_ms: step_started.elapsed().as_millis() as u64,
+        });
+        result?;
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))?;
+        if !settings.no_sync {
+            target
+                .command(pgm_cluster::Tool::Initdb)
+                .map_err(|e| Failure::new("sync_failed", e))?
+                .arg("--sync-only")
+                .arg("-D")
+                .arg(&target_dir)
+                .run()
+                .map_err(|e| Failure::new("sync_failed", e))?;
+        }
+        Ok(())
+    })();
+    let (ending, counts) = match result {
+        Ok(()) => (
+            Ending::Done(vec![format!(
+                "start the restored cluster: {} -D {} start",
+                crate::upgrade::quote(&target.bindir.join("pg_ctl")),
+                crate::upgrade::quote(&target_dir)
+            )]),
+            Some(BackupCounts {
+                dir: dir.display().to_string(),
+                databases: manifest.databases.len(),
+                bytes: manifest.bytes(),
+                moved_aside: None,
+            }),
+        ),
+        Err(mut failure) => {
+            if new_state == "incomplete" {
+                let advice = format!(
+                    "the cluster in {} is half-restored: remove it{} and restore again",
+                    target_dir.display(),
+                    if create {
+                        ""
+                    } else {
+                        " (and re-create it with initdb)"
+                    }
+                );
+                failure.remedy = Some(match failure.remedy.take() {
+                    Some(r) => format!("{r}; {advice}"),
+                    None => advice,
+                });
+            }
+            let exit_code = if failure.code == "restore_target_not_fresh" {
+                exit::USAGE
+            } else {
+                exit::FAILED_OLD_INTACT
+            };
+            (
+                Ending::Failed {
+                    failure,
+                    exit_code,
+                    // The backup is the "old" side: it is only read.
+                    clusters: ClusterStates {
+                        old: "unchanged",
+                        new: new_state,
+                    },
+                },
+                None,
+            )
+        }
+    };
+    report(printer, settings, started, name, run_dir, ending, counts)
+}
+
+/// How a backup or restore run ended.
+enum Ending {
+    Done(Vec<String>),
+    Failed {
+        failure: Failure,
+        exit_code: i32,
+        clusters: ClusterStates,
+    },
+}
+
+/// The error (if any) and the summary of a backup or restore run.
+fn report(
+    printer: &Printer,
+    settings: &Settings,
+    started: Instant,
+    name: &'static str,
+    run_dir: RunDir,
+    ending: Ending,
+    counts: Option<BackupCounts>,
+) -> i32 {
+    let (exit_code, next_steps) = match ending {
+        Ending::Done(next) => (exit::SUCCESS, next),
+        Ending::Failed {
+            failure,
+            exit_code,
+            clusters,
+        } => {
+            printer.emit(&Event::Error {
+                code: failure.code,
+                message: failure.message,
+                remedy: failure.remedy,
+                causes: Vec::new(),
+                clusters,
+            });
+            (exit_code, Vec::new())
+        }
+    };
+    let logs = run_dir.kept_logs(settings.retain, exit_code != exit::SUCCESS);
+    let restore = name == "restore";
+    printer.emit(&Event::Summary {
+        command: name,
+        result: if exit_code == exit::SUCCESS {
+            "ok"
+        } else {
+            "error"
+        },
+        exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks: None,
+        old_version: None,
+        new_version: None,
+        upgrade: None,
+        backup: if restore { None } else { counts.clone() },
+        restore: if restore { counts } else { None },
+        after: None,
+        logs,
+        next_steps,
+    });
+    exit_code
+}
