@@ -31,6 +31,8 @@ pub struct Upgraded<'a> {
     pub new_dir: &'a DataDir,
     /// The old cluster's configuration directory (carry-config), if known.
     pub old_config_dir: Option<PathBuf>,
+    /// The old cluster's data directory (files its settings name relatively).
+    pub old_datadir: Option<PathBuf>,
     pub old_version: Option<String>,
     /// The scripts the upgrade wrote (journal `scripts` record).
     pub reindex_script: Option<PathBuf>,
@@ -66,9 +68,21 @@ pub fn run_steps(
 ) -> (Vec<AfterStep>, Option<Failure>) {
     let names = wanted(&settings.after);
     let mut outcome: Vec<AfterStep> = Vec::new();
-    let mut journal = Journal::open(&upgraded.new_dir.path).ok();
     let mut server: Option<Server> = None;
     let mut failure = None;
+    let mut journal = match Journal::open(&upgraded.new_dir.path) {
+        Ok(journal) => Some(journal),
+        Err(e) => {
+            failure = Some(Failure::new(
+                "journal_failed",
+                format!(
+                    "{}: {e}",
+                    crate::journal::dir(&upgraded.new_dir.path).display()
+                ),
+            ));
+            None
+        }
+    };
     for name in names.iter().copied() {
         if failure.is_some() {
             outcome.push(AfterStep {
@@ -78,18 +92,19 @@ pub fn run_steps(
             continue;
         }
         crate::report::park_if_interrupted();
+        pgm_cluster::faults::point(|| format!("before:{name}"));
         printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();
         let result = (|| -> Result<(), Failure> {
             if name == "carry-config" {
-                return carry_config(printer, upgraded, &run_dir.log_dir());
+                return carry_config(settings, printer, upgraded, run_dir);
             }
             if server.is_none() {
                 server = Some(new_server(settings, upgraded, run_dir)?);
             }
             let server = server.as_ref().expect("started above");
             match name {
-                "update-extensions" => update_extensions(settings, upgraded, server, run_dir),
+                "update-extensions" => update_extensions(server, run_dir),
                 "reindex-collation" => reindex_collation(upgraded, server, run_dir),
                 "post-upgrade" => post_upgrade(settings, printer, upgraded, server, run_dir),
                 "analyze" => analyze(settings, upgraded, server, run_dir),
@@ -102,14 +117,20 @@ pub fn run_steps(
             status,
             duration_ms: started.elapsed().as_millis() as u64,
         });
-        if let Some(journal) = journal.as_mut() {
-            let detail = result.as_ref().err().map(|f| f.message.clone());
-            let _ = journal.record(
+        let detail = result.as_ref().err().map(|f| f.message.clone());
+        let recorded = journal.as_mut().map(|j| {
+            j.record(
                 "after_step",
                 json!({ "step": name, "status": status, "message": detail }),
-            );
-        }
+            )
+        });
         outcome.push(AfterStep { step: name, status });
+        if let Some(Err(e)) = recorded {
+            if result.is_ok() {
+                failure = Some(Failure::new("journal_failed", e));
+                continue;
+            }
+        }
         if let Err(e) = result {
             failure = Some(Failure {
                 code: e.code,
@@ -279,56 +300,32 @@ fn user_databases(server: &Server) -> Result<Vec<String>, Failure> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn psql_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// `ALTER EXTENSION … UPDATE` for every extension older than the new
-/// installation's default, written as a script (kept in the logs) and run.
-fn update_extensions(
-    settings: &Settings,
-    upgraded: &Upgraded<'_>,
-    server: &Server,
-    run_dir: &RunDir,
-) -> Result<(), Failure> {
-    let _ = settings;
-    let mut sql = String::from("-- Written by pg-migrate: extensions older than the new installation's default.\n\\set ON_ERROR_STOP on\n");
-    let mut any = false;
+/// installation's default, in every database, over pg-migrate's own
+/// connection (no database name goes through a script); what was run is
+/// written to the log.
+fn update_extensions(server: &Server, run_dir: &RunDir) -> Result<(), Failure> {
+    let log = run_dir.log_dir().join("update-extensions.log");
     let mut databases = user_databases(server)?;
     databases.insert(0, "template1".into());
     for database in databases {
-        let names = pgm_catalog::outdated_extensions(&mut connect(server, &database)?, &database)
+        let mut client = connect(server, &database)?;
+        let names = pgm_catalog::outdated_extensions(&mut client, &database)
             .map_err(|e| Failure::new("new_catalog_failed", e))?;
-        if names.is_empty() {
-            continue;
-        }
-        any = true;
-        sql.push_str(&format!("\\connect {}\n", psql_quote(&database)));
         for name in names {
-            sql.push_str(&format!(
-                "ALTER EXTENSION \"{}\" UPDATE;\n",
-                name.replace('"', "\"\"")
-            ));
+            let sql = format!("ALTER EXTENSION \"{}\" UPDATE", name.replace('"', "\"\""));
+            append(&log, &format!("database {database:?}: {sql}"));
+            client.batch_execute(&sql).map_err(|e| Failure {
+                code: "after_step_failed",
+                message: format!(
+                    "{sql} in database \"{database}\" failed: {}",
+                    pgm_cluster::describe_pg_error(&e)
+                ),
+                remedy: Some("update that extension by hand (its new version may need something first), then run the remaining steps".into()),
+            })?;
         }
     }
-    if !any {
-        return Ok(());
-    }
-    let script = run_dir.log_dir().join("update_extensions.sql");
-    std::fs::write(&script, sql)
-        .map_err(|e| Failure::new("script_failed", format!("{}: {e}", script.display())))?;
-    let command = upgraded
-        .new_install
-        .command(Tool::Psql)
-        .map_err(|e| Failure::new("after_step_failed", e))?
-        .args(["-X", "--dbname=template1", "-f"])
-        .arg(&script);
-    run_client(
-        command,
-        server,
-        "updating extensions",
-        &run_dir.log_dir().join("update-extensions.log"),
-    )
+    Ok(())
 }
 
 /// Runs the reindex script the upgrade wrote for indexes (and views) whose
@@ -393,7 +390,13 @@ fn analyze(
 // ---------------------------------------------------------------------------
 // carry-config
 
-fn carry_config(printer: &Printer, upgraded: &Upgraded<'_>, log_dir: &Path) -> Result<(), Failure> {
+fn carry_config(
+    settings: &Settings,
+    printer: &Printer,
+    upgraded: &Upgraded<'_>,
+    run_dir: &RunDir,
+) -> Result<(), Failure> {
+    let log_dir = &run_dir.log_dir();
     let old_dir = upgraded.old_config_dir.as_ref().ok_or_else(|| Failure {
         code: "after_step_failed",
         message: "the old cluster's configuration directory is not known".into(),
@@ -449,7 +452,14 @@ fn carry_config(printer: &Printer, upgraded: &Upgraded<'_>, log_dir: &Path) -> R
     };
     let new_file = |setting: &str, default: &str| {
         crate::config::value_of(&new_conf, setting)
-            .map(PathBuf::from)
+            .map(|v| {
+                let p = PathBuf::from(v);
+                if p.is_absolute() {
+                    p
+                } else {
+                    new_dir.join(p)
+                }
+            })
             .unwrap_or_else(|| new_dir.join(default))
     };
     let mut carried: Vec<(PathBuf, String)> = Vec::new();
@@ -501,9 +511,11 @@ fn carry_config(printer: &Printer, upgraded: &Upgraded<'_>, log_dir: &Path) -> R
     // The new server judges: what it rejects is commented out, with its
     // reason; anything else it cannot accept undoes the step.
     let mut rejected_all = Vec::new();
+    let mut accepted = false;
     for _ in 0..50 {
         let verdict = validate(upgraded, log_dir);
         let Err(output) = verdict else {
+            accepted = true;
             break;
         };
         let rejected = crate::config::rejected_settings(&output);
@@ -543,6 +555,60 @@ fn carry_config(printer: &Printer, upgraded: &Upgraded<'_>, log_dir: &Path) -> R
             });
         }
     }
+    if !accepted {
+        put_back(&originals);
+        return Err(Failure {
+            code: "after_step_failed",
+            message: "the new server still rejects the carried configuration after commenting out 50 settings".into(),
+            remedy: Some(format!(
+                "the new cluster's own configuration is back in place (a copy is in {}); carry the settings by hand",
+                saved.display()
+            )),
+        });
+    }
+    // Certificate and key files named relative to the old data directory
+    // (the defaults server.crt and server.key among them) come along.
+    let copied =
+        copy_relative_files(upgraded, &old_conf, &carried).inspect_err(|_| put_back(&originals))?;
+    // Last, a real start: what postgres -C does not load (certificates,
+    // shared libraries) must work too, or the step is undone.
+    if let Err(e) = new_server(settings, upgraded, run_dir).and_then(|server| {
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }) {
+        put_back(&originals);
+        for path in &copied {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(Failure {
+            code: "after_step_failed",
+            message: format!(
+                "the new server does not start with the carried configuration: {}",
+                e.message
+            ),
+            remedy: Some(format!(
+                "the new cluster's own configuration is back in place (a copy is in {}); carry the settings by hand",
+                saved.display()
+            )),
+        });
+    }
+    for path in &copied {
+        printer.emit(&Event::ConfigChange {
+            file: "postgresql.conf".into(),
+            setting: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            action: "file_copied",
+            old_value: None,
+            new_setting: None,
+            new_value: Some(path.display().to_string()),
+            reason:
+                "a file the settings name relative to the data directory, copied from the old one"
+                    .into(),
+        });
+    }
     for (file, change) in &changes {
         printer.emit(&Event::ConfigChange {
             file: file.to_string(),
@@ -566,6 +632,61 @@ fn carry_config(printer: &Printer, upgraded: &Upgraded<'_>, log_dir: &Path) -> R
         });
     }
     Ok(())
+}
+
+/// SSL settings whose files a relative path puts in the data directory,
+/// with the default of those that have one.
+const DATA_DIR_FILES: [(&str, Option<&str>); 6] = [
+    ("ssl_cert_file", Some("server.crt")),
+    ("ssl_key_file", Some("server.key")),
+    ("ssl_ca_file", None),
+    ("ssl_crl_file", None),
+    ("ssl_crl_dir", None),
+    ("ssl_dh_params_file", None),
+];
+
+/// Copies the files the carried settings name relative to the data
+/// directory (when ssl is on, or the setting is explicit) from the old data
+/// directory into the new one, where the new one lacks them; returns what
+/// was copied.
+fn copy_relative_files(
+    upgraded: &Upgraded<'_>,
+    old_conf: &str,
+    carried: &[(PathBuf, String)],
+) -> Result<Vec<PathBuf>, Failure> {
+    let Some(old_data) = upgraded.old_datadir.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let conf = carried
+        .iter()
+        .find(|(p, _)| p.ends_with("postgresql.conf"))
+        .map(|(_, t)| t.as_str())
+        .unwrap_or(old_conf);
+    let ssl_on = crate::config::value_of(conf, "ssl")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1"));
+    let mut copied = Vec::new();
+    for (setting, default) in DATA_DIR_FILES {
+        let value = match (crate::config::value_of(conf, setting), default) {
+            (Some(v), _) if !v.is_empty() => v,
+            (None, Some(d)) if ssl_on => d.to_string(),
+            _ => continue,
+        };
+        let relative = PathBuf::from(&value);
+        if relative.is_absolute() {
+            continue;
+        }
+        let (from, to) = (
+            old_data.join(&relative),
+            upgraded.new_dir.path.join(&relative),
+        );
+        if !from.is_file() || to.exists() {
+            continue;
+        }
+        pgm_cluster::datadir::copy_file(&from, &to)
+            .map_err(|e| Failure::new("after_step_failed", format!("{}: {e}", to.display())))?;
+        copied.push(to);
+    }
+    Ok(copied)
 }
 
 /// Whether the new server accepts its configuration files: `postgres -C`
@@ -1069,10 +1190,22 @@ pub fn run_post_upgrade(
         new_install: &new_install,
         new_dir: &new_dir,
         old_config_dir,
+        old_datadir: (!settings.old_datadir.as_os_str().is_empty())
+            .then(|| settings.old_datadir.clone()),
         old_version: plan["old"]["version"].as_str().map(str::to_string),
         reindex_script: view.reindex_script(),
     };
     let (steps, failure) = run_steps(settings, printer, &run_dir, &upgraded);
+    // Link and swap mode left the old cluster disabled; this run did not touch it.
+    let global = settings.old_datadir.join("global");
+    let old_state = if !settings.old_datadir.as_os_str().is_empty()
+        && !global.join("pg_control").exists()
+        && global.join("pg_control.old").exists()
+    {
+        "protected"
+    } else {
+        "unchanged"
+    };
     let exit_code = match failure {
         None => exit::SUCCESS,
         Some(failure) => {
@@ -1082,7 +1215,7 @@ pub fn run_post_upgrade(
                 remedy: failure.remedy,
                 causes: Vec::new(),
                 clusters: ClusterStates {
-                    old: "unchanged",
+                    old: old_state,
                     new: "upgraded",
                 },
             });
@@ -1095,7 +1228,7 @@ pub fn run_post_upgrade(
         result: if exit_code == exit::SUCCESS {
             "ok"
         } else {
-            "error"
+            "after_step_failed"
         },
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,

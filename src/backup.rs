@@ -69,18 +69,25 @@ pub fn write(
             ),
         });
     }
-    let moved_aside =
-        catalog::make_backup_dir(dir).map_err(|e| Failure::new("backup_failed", e))?;
-    let conn = conn_of(server);
+    // Not in the cluster, nor in one of its tablespaces.
+    let mut clusters: Vec<PathBuf> = vec![datadir.to_path_buf()];
+    clusters.extend(facts.tablespaces.iter().map(|t| PathBuf::from(&t.location)));
+    let cluster_refs: Vec<&Path> = clusters.iter().map(PathBuf::as_path).collect();
+    if let Some(refusal) = refuse_backup_dir(dir, &cluster_refs) {
+        return Err(refusal);
+    }
     let fail = |e: pgm_catalog::Error| Failure::new("backup_failed", e);
+    // Written beside the destination and put in place once whole.
+    let partial = catalog::start_backup_dir(dir).map_err(fail)?;
+    let conn = conn_of(server);
     catalog::dump_globals_for_backup(
         tools,
         &conn,
-        &dir.join(catalog::GLOBALS_FILE),
+        &partial.join(catalog::GLOBALS_FILE),
         &log_dir.join("backup-globals.log"),
     )
     .map_err(fail)?;
-    let globals = catalog::describe_file(dir, catalog::GLOBALS_FILE).map_err(fail)?;
+    let globals = catalog::describe_file(&partial, catalog::GLOBALS_FILE).map_err(fail)?;
     let meter = printer.meter(step, facts.databases.len() as u64, "databases");
     let indexed: Vec<(usize, &String)> = facts.databases.iter().enumerate().collect();
     let databases = parallel(&indexed, jobs, |(index, name)| {
@@ -89,11 +96,11 @@ pub fn write(
             tools,
             &conn,
             name,
-            &dir.join(&file),
+            &partial.join(&file),
             &log_dir.join(format!("backup-{}.log", file.trim_end_matches(".dump"))),
         )
         .map_err(fail)?;
-        let dump = catalog::describe_file(dir, &file).map_err(fail)?;
+        let dump = catalog::describe_file(&partial, &file).map_err(fail)?;
         meter.add(1, dump.bytes);
         pgm_cluster::faults::point(|| format!("backup:database:{}", index + 1));
         Ok(BackupDatabase {
@@ -121,7 +128,8 @@ pub fn write(
         databases,
         tablespaces: facts.tablespaces,
     };
-    catalog::write_manifest(dir, &manifest).map_err(fail)?;
+    catalog::write_manifest(&partial, &manifest).map_err(fail)?;
+    let moved_aside = catalog::finish_backup_dir(dir).map_err(fail)?;
     Ok(Written {
         manifest,
         moved_aside,
@@ -307,10 +315,12 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
     {
         Ok(found) => found,
         Err(failure) => {
-            let code = if failure.code == "server_start_failed" {
-                exit::FAILED_OLD_INTACT
-            } else {
+            // A server pg-migrate cannot use is a refusal; one that fails
+            // to start or answer is a failure.
+            let code = if matches!(failure.code, "server_running" | "usage") {
                 exit::USAGE
+            } else {
+                exit::FAILED_OLD_INTACT
             };
             let ending = Ending::Failed {
                 failure,
@@ -358,8 +368,12 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         ),
         (Err(failure), _) | (Ok(_), Err(failure)) => (
             Ending::Failed {
+                exit_code: if failure.code == "usage" {
+                    exit::USAGE
+                } else {
+                    exit::FAILED_OLD_INTACT
+                },
                 failure,
-                exit_code: exit::FAILED_OLD_INTACT,
                 clusters: ClusterStates {
                     old: old_state,
                     new: "unchanged",
@@ -439,25 +453,43 @@ fn old_server(
     Ok((server, "started_and_stopped"))
 }
 
-/// A backup directory must not lie in a cluster (the dumps would become
-/// part of it, or be removed with it).
+/// Why `dir` cannot take a backup, if it cannot: it (and `DIR.old` and
+/// `DIR.partial` beside it, which pg-migrate also writes or removes) must
+/// lie outside every cluster directory given (data directories,
+/// tablespaces), and each must be absent, empty or a pg-migrate backup.
 pub fn refuse_backup_dir(dir: &Path, clusters: &[&Path]) -> Option<Failure> {
-    let resolved = resolve_existing_prefix(dir);
-    for cluster in clusters {
-        let cluster = std::fs::canonicalize(cluster).unwrap_or_else(|_| cluster.to_path_buf());
-        if resolved.starts_with(&cluster) || cluster.starts_with(&resolved) {
-            return Some(Failure {
-                code: "usage",
-                message: format!(
-                    "the backup directory {} and the cluster {} lie inside one another",
-                    dir.display(),
-                    cluster.display()
-                ),
-                remedy: Some("put the backup outside every data directory".into()),
-            });
+    let paths = [
+        dir.to_path_buf(),
+        catalog::old_backup_dir(dir),
+        catalog::partial_backup_dir(dir),
+    ];
+    for path in &paths {
+        let resolved = resolve_existing_prefix(path);
+        for cluster in clusters {
+            if cluster.as_os_str().is_empty() {
+                continue;
+            }
+            let cluster = resolve_existing_prefix(cluster);
+            if resolved.starts_with(&cluster) || cluster.starts_with(&resolved) {
+                return Some(Failure {
+                    code: "usage",
+                    message: format!(
+                        "the backup directory {} and the cluster directory {} lie inside one another",
+                        path.display(),
+                        cluster.display()
+                    ),
+                    remedy: Some("put the backup outside every data directory and tablespace".into()),
+                });
+            }
         }
     }
-    None
+    catalog::refuse_backup_dir(dir).map(|why| Failure {
+        code: "usage",
+        message: why,
+        remedy: Some(
+            "name a directory that does not exist yet, an empty one, or one holding an earlier pg-migrate backup".into(),
+        ),
+    })
 }
 
 /// `path` with its longest existing ancestor resolved (symbolic links
@@ -481,6 +513,23 @@ fn resolve_existing_prefix(path: &Path) -> PathBuf {
             _ => return path.to_path_buf(),
         }
     }
+}
+
+/// The backup must not lie in the target cluster.
+fn restore_source_check(dir: &Path, target: &Path) -> Option<Failure> {
+    let (dir, cluster) = (
+        resolve_existing_prefix(dir),
+        resolve_existing_prefix(target),
+    );
+    (dir.starts_with(&cluster) || cluster.starts_with(&dir)).then(|| Failure {
+        code: "usage",
+        message: format!(
+            "the backup {} and the target cluster {} lie inside one another",
+            dir.display(),
+            cluster.display()
+        ),
+        remedy: Some("restore into a cluster outside the backup directory".into()),
+    })
 }
 
 /// `pg-migrate restore`.
@@ -572,7 +621,23 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         }
     }
     let target_dir = settings.new_datadir.clone();
-    if let Some(refusal) = refuse_backup_dir(&dir, &[&target_dir]) {
+    let same = |a: &Path, b: &Path| {
+        std::fs::canonicalize(a)
+            .ok()
+            .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+    };
+    if same(&target_dir, &manifest.datadir) {
+        return fail_early(
+            "usage",
+            format!(
+                "{} is the cluster this backup was made of",
+                target_dir.display()
+            ),
+            "restore into a fresh cluster: a restore would replace the original's postgres and template1 databases",
+            exit::USAGE,
+        );
+    }
+    if let Some(refusal) = restore_source_check(&dir, &target_dir) {
         return fail_early(
             refusal.code,
             refusal.message,
@@ -655,7 +720,8 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
                 .run()
                 .map_err(|e| Failure::new("initdb_failed", e))?;
         }
-        let datadir = DataDir::open(&target_dir, None).map_err(|e| Failure::new("usage", e))?;
+        let datadir =
+            DataDir::open(&target_dir, None).map_err(|e| Failure::new("restore_failed", e))?;
         let options = ServerOptions {
             port: settings.new_port,
             socket_dir: run_dir.socket_dir(false),
@@ -671,28 +737,25 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         if new_state == "unchanged" {
             new_state = "started_and_stopped";
         }
-        let extra = server
-            .connect("template1")
-            .and_then(|mut c| {
-                catalog::extra_databases(&mut c).map_err(|e| pgm_cluster::Error::Query {
-                    database: "template1".into(),
-                    what: "listing databases".into(),
-                    detail: e.to_string(),
-                })
-            })
-            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        let mut extra = Vec::new();
+        for database in ["template1", "postgres"] {
+            let mut client = server
+                .connect(database)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            extra.extend(
+                catalog::not_fresh(&mut client, database)
+                    .map_err(|e| Failure::new("new_catalog_failed", e))?,
+            );
+        }
         if !extra.is_empty() {
             return Err(Failure {
                 code: "restore_target_not_fresh",
                 message: format!(
-                    "{} already holds databases: {}",
+                    "{} is not a fresh cluster: it holds {}",
                     target_dir.display(),
                     extra.join(", ")
                 ),
-                remedy: Some(
-                    "restore into a freshly made cluster (or a directory that does not exist yet)"
-                        .into(),
-                ),
+                remedy: Some("restore into a freshly made cluster (or a directory that does not exist yet): a restore replaces postgres and template1 and changes roles".into()),
             });
         }
         new_state = "incomplete";

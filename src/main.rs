@@ -89,7 +89,7 @@ fn run() -> i32 {
         action,
         Action::Resume | Action::Revert | Action::PostUpgrade
     ) {
-        match recovery::fill_from_journal(&mut options) {
+        match recovery::fill_from_journal(&mut options, action == Action::Resume) {
             Ok(view) => Some(view),
             Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
         }
@@ -310,6 +310,7 @@ fn finish_upgrade(
                     new_install: engine.new_install(),
                     new_dir: engine.new_datadir(),
                     old_config_dir: Some(engine.old_config_dir()),
+                    old_datadir: Some(settings.old_datadir.clone()),
                     old_version: Some(engine.old_version()),
                     reindex_script: finished.reindex_script.clone(),
                 };

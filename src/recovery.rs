@@ -72,7 +72,7 @@ pub fn archive_reverted_journal(new_datadir: &Path) {
 
 /// Fills the flags a resume or revert did not repeat from the journal's
 /// plan, so that `pg-migrate resume -D NEW` is enough.
-pub fn fill_from_journal(options: &mut Options) -> Result<JournalView, Refusal> {
+pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalView, Refusal> {
     let Some(new) = options.new_datadir.clone() else {
         return Err(Refusal {
             code: "usage",
@@ -107,6 +107,26 @@ pub fn fill_from_journal(options: &mut Options) -> Result<JournalView, Refusal> 
     }
     if plan["method"] == "dump" {
         options.method = crate::cli::Method::Dump;
+    }
+    if resume {
+        // A resumed upgrade still does what the interrupted one was asked
+        // to: a resume that starts over makes the backup again, and the
+        // steps after the upgrade follow it.
+        if options.backup_dir.is_none() {
+            options.backup_dir = path(&plan["backup_dir"]);
+        }
+        if options.log_dir.is_none() {
+            options.log_dir = path(&plan["log_dir"]);
+        }
+        let after = &plan["after"];
+        let asked = |key: &str| after[key].as_bool().unwrap_or(false);
+        options.carry_config |= asked("carry_config");
+        options.update_extensions |= asked("update_extensions");
+        options.reindex_collation |= asked("reindex_collation");
+        options.analyze |= asked("analyze");
+        if options.post_upgrade.is_none() {
+            options.post_upgrade = path(&after["post_upgrade"]);
+        }
     }
     let mode = plan["mode"].as_str().unwrap_or("copy");
     let asked = options.mode();

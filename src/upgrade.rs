@@ -738,6 +738,16 @@ impl<'a> Engine<'a> {
                         "user": self.settings.user,
                         "jobs": self.settings.jobs,
                         "created_new": self.created_new,
+                        // What a resume must still do as asked.
+                        "backup_dir": self.settings.backup_dir,
+                        "log_dir": self.settings.log_dir,
+                        "after": {
+                            "carry_config": self.settings.after.carry_config,
+                            "update_extensions": self.settings.after.update_extensions,
+                            "reindex_collation": self.settings.after.reindex_collation,
+                            "post_upgrade": self.settings.after.post_upgrade,
+                            "analyze": self.settings.after.analyze,
+                        },
                     }),
                 )
                 .map_err(|e| Failure::new("journal_failed", e))?;
@@ -1512,7 +1522,8 @@ impl<'a> Engine<'a> {
         if !outdated.is_empty() {
             let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n\\set ON_ERROR_STOP on\n");
             for (db, names) in outdated {
-                sql.push_str(&format!("\\connect {}\n", psql_quote(db)));
+                sql.push_str(&psql_connect(db));
+                sql.push('\n');
                 for name in names {
                     sql.push_str(&format!(
                         "ALTER EXTENSION \"{}\" UPDATE;\n",
@@ -1662,7 +1673,8 @@ impl<'a> Engine<'a> {
              \\set ON_ERROR_STOP on\n",
         );
         for (database, work) in by_database {
-            sql.push_str(&format!("\\connect {}\n", psql_quote(&database)));
+            sql.push_str(&psql_connect(&database));
+            sql.push('\n');
             for index in work.reindex {
                 sql.push_str(&format!("REINDEX INDEX CONCURRENTLY {index};\n"));
             }
@@ -1754,8 +1766,8 @@ impl<'a> Engine<'a> {
         if let Some(remedy) = failure.remedy.take() {
             advice.push(remedy);
         }
-        if let Some(output) = &self.output {
-            advice.push(format!("the logs are in {}", output.join("log").display()));
+        if self.output.is_some() {
+            advice.push(format!("the logs are in {}", self.log_dir().display()));
         }
         if self.journal.is_some() {
             advice.push(recovery_commands(&self.new_dir().path));
@@ -1810,9 +1822,28 @@ pub fn quote(path: &Path) -> String {
     shell_quote(&path.display().to_string())
 }
 
-/// A psql meta-command argument: single quotes, a quote doubled.
-fn psql_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+/// A `\connect` line for psql that reaches exactly the database `name`.
+/// psql takes single-quoted text with doubled quotes and C-like backslash
+/// escapes; a name with `=` (or a URI prefix) would be read as a
+/// connection string, so such a name is given as one (`dbname='…'`).
+fn psql_connect(name: &str) -> String {
+    let psql_literal = |text: &str| {
+        format!(
+            "'{}'",
+            text.replace('\\', "\\\\")
+                .replace('\'', "''")
+                .replace('\n', "\\n")
+                .replace('\r', "\\r")
+        )
+    };
+    let conninfo_like =
+        name.contains('=') || name.starts_with("postgres://") || name.starts_with("postgresql://");
+    if conninfo_like {
+        let value = name.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("\\connect {}", psql_literal(&format!("dbname='{value}'")))
+    } else {
+        format!("\\connect {}", psql_literal(name))
+    }
 }
 
 /// The commands that continue or undo an interrupted upgrade of `new_datadir`.
@@ -1863,4 +1894,22 @@ pub(crate) fn parallel<T: Sync, R: Send>(
         .into_iter()
         .map(|r| r.expect("every item produced a result"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_lines_reach_any_database_name() {
+        assert_eq!(psql_connect("shop"), "\\connect 'shop'");
+        assert_eq!(psql_connect("it's"), "\\connect 'it''s'");
+        assert_eq!(psql_connect("a\\b"), "\\connect 'a\\\\b'");
+        assert_eq!(psql_connect("two\nlines"), "\\connect 'two\\nlines'");
+        // Read as a connection string otherwise.
+        assert_eq!(
+            psql_connect("x=1 it's"),
+            "\\connect 'dbname=''x=1 it\\\\''s'''"
+        );
+    }
 }

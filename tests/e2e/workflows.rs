@@ -270,6 +270,42 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
     let run = restore(&pair, &pair.new.bindir, &pair.new.datadir, &dir, &[]);
     assert_eq!(run.status, 2, "{}", run.stderr);
     assert_eq!(run.error()["code"], "restore_target_not_fresh");
+    assert_eq!(run.error()["clusters"]["new"], "started_and_stopped");
+    assert!(run.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("database \"already_here\""));
+    // So is one whose postgres database holds a table (the restore would
+    // drop it with the database), and nothing was restored into either.
+    let mut other = pair.sandbox.cluster("other", 18, no_checksums(18));
+    other.with_running(|c| c.sql("postgres", "CREATE TABLE keep_me (x int)"));
+    let run = restore(&pair, &pair.new.bindir, &other.datadir, &dir, &[]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert_eq!(run.error()["code"], "restore_target_not_fresh");
+    assert!(run.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("public.keep_me"));
+    for cluster in [&mut pair.new, &mut other] {
+        cluster.with_running(|c| {
+            let names: Vec<String> = c
+                .client("postgres")
+                .query("SELECT datname::text FROM pg_database ORDER BY 1", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert!(!names.iter().any(|n| n == "app"), "{names:?}");
+        });
+    }
+    other.with_running(|c| c.sql("postgres", "SELECT * FROM keep_me"));
+    // Nor into the backup's own cluster.
+    let run = restore(&pair, &pair.old.bindir, &pair.old.datadir, &dir, &[]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(run.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("this backup was made of"));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -406,7 +442,8 @@ fn upgrade_with_a_backup_logs_and_every_step_after_it() {
         .iter()
         .map(|e| e["step"].as_str().unwrap())
         .collect();
-    assert!(ends.iter().position(|s| *s == "backup") < ends.iter().position(|s| *s == "dump-old"));
+    let at = |step: &str| ends.iter().position(|s| *s == step).unwrap();
+    assert!(at("backup") < at("dump-old"), "{ends:?}");
     assert_eq!(summary["backup"]["databases"], 6);
     assert_eq!(manifest(&backup_dir)["tools_major"], 18);
     // The logs stay where asked, and the summary says where.
@@ -523,6 +560,22 @@ fn upgrade_with_a_backup_logs_and_every_step_after_it() {
     assert_eq!(again.status, 0, "{}", again.stderr);
     assert!(script_events(&again, "ran").is_empty());
     assert_eq!(script_events(&again, "skipped").len(), 7);
+    pair.new.start();
+    let amounts_again = query_one_text(
+        &pair.new,
+        "appdb",
+        "SELECT string_agg(amount::text, ',' ORDER BY id) FROM app.orders WHERE id <= 3",
+    );
+    assert_eq!(amounts_again, amounts, "a script ran twice");
+    assert_eq!(
+        query_one_text(
+            &pair.new,
+            "postgres",
+            "SELECT count(*)::text FROM public.pgm_everywhere"
+        ),
+        "1"
+    );
+    pair.new.stop();
 
     // A failing script stops the sequence; a re-run resumes at it.
     write_file(
@@ -554,7 +607,7 @@ fn upgrade_with_a_backup_logs_and_every_step_after_it() {
         .as_str()
         .unwrap()
         .contains("pg-migrate post-upgrade"));
-    assert_eq!(failed.summary()["result"], "error");
+    assert_eq!(failed.summary()["result"], "after_step_failed");
     assert_eq!(
         script_events(&failed, "failed"),
         vec![("03-broken.sql".to_string(), "appdb".to_string())]
@@ -807,11 +860,13 @@ fn bad_workflow_input_changes_nothing() {
 }
 
 /// examples/container-entrypoint.sh, run as a container would run it (but
-/// directly): killed in the middle of its upgrade, started again it
-/// resumes; started a third time it only starts the server. The upgrade is
-/// proven like every other, and the migration script runs once.
+/// directly): killed in the middle of its upgrade (after the backup and the
+/// dump, before the point of no return), started again it resumes, starting
+/// over with a new backup; started while another pg-migrate holds the
+/// clusters it waits; started again it only starts the server. The upgrade
+/// is proven like every other, and the migration script runs once.
 #[test]
-fn the_example_container_entrypoint_upgrades_resumes_and_then_just_starts() {
+fn the_example_container_entrypoint_upgrades_resumes_waits_and_then_just_starts() {
     let (Some(old_bin), Some(new_bin)) = (require(15), require(18)) else {
         return;
     };
@@ -829,9 +884,10 @@ fn the_example_container_entrypoint_upgrades_resumes_and_then_just_starts() {
         &scripts.join("01-note.sh"),
         "echo \"$PG_MIGRATE_OLD_MAJOR -> $PG_MIGRATE_NEW_MAJOR\" >> \"$PGROOT/migrated\"\n",
     );
+    let backups = sandbox.mkdir("backups");
     let entrypoint = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/container-entrypoint.sh");
     let binary = binary(&sandbox);
-    let run_entrypoint = |kill_at: Option<&str>| {
+    let entrypoint_command = |kill_at: Option<&str>| {
         let mut command = as_test_user("bash");
         command
             .arg(&entrypoint)
@@ -843,11 +899,12 @@ fn the_example_container_entrypoint_upgrades_resumes_and_then_just_starts() {
             .env("PG_MIGRATE", &binary)
             .env("PG_MIGRATE_JOBS", "2")
             .env("PG_MIGRATE_POST_UPGRADE_DIR", &scripts)
+            .env("PG_MIGRATE_BACKUP_DIR", backups.join("pg15"))
             .env_remove("PGDATA");
         if let Some(point) = kill_at {
             command.env("PG_MIGRATE_TEST_KILL_AT", point);
         }
-        command.output().unwrap()
+        command
     };
     let events = || -> Vec<Value> {
         std::fs::read_to_string(root.join("pg-migrate-logs/events.ndjson"))
@@ -859,24 +916,22 @@ fn the_example_container_entrypoint_upgrades_resumes_and_then_just_starts() {
     let new_data = root.join("18/data");
     let state = || std::fs::read_to_string(new_data.join("pg_migrate.d/state")).unwrap_or_default();
 
-    // Killed after the transfer: the container fails, the server does not start.
-    let first = run_entrypoint(Some("after:transfer"));
+    // Killed after the backup and the dump: the container fails, the
+    // server does not start.
+    let first = entrypoint_command(Some("after:dump-old")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(!first.status.success());
     assert!(!root.join("started").exists());
-    assert_eq!(
-        state().trim(),
-        "upgrading",
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(state().trim(), "upgrading", "{stderr}");
     assert!(
-        stderr.contains("upgrading") && stderr.contains("transfer: ok"),
+        stderr.contains("backup: ok") && stderr.contains("dump-old: ok"),
         "{stderr}"
     );
+    let first_backup = manifest(&backups.join("pg15"));
 
-    // Started again: the upgrade resumes, the script runs, the server starts.
-    let second = run_entrypoint(None);
+    // Started again: the upgrade resumes (from the start: a new backup, as
+    // the journal asks), the script runs, the server starts.
+    let second = entrypoint_command(None).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{stderr}");
     assert!(stderr.contains("resuming"), "{stderr}");
@@ -889,43 +944,73 @@ fn the_example_container_entrypoint_upgrades_resumes_and_then_just_starts() {
         std::fs::read_to_string(root.join("migrated")).unwrap(),
         "15 -> 18\n"
     );
+    assert_eq!(manifest(&backups.join("pg15.old")), first_backup);
+    assert_ne!(
+        manifest(&backups.join("pg15"))["created_unix_ms"],
+        first_backup["created_unix_ms"]
+    );
     let all = events();
     let summaries: Vec<&Value> = all.iter().filter(|e| e["event"] == "summary").collect();
     // The killed run never got to its summary.
-    assert_eq!(
-        summaries
-            .iter()
-            .map(|s| s["command"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        vec!["resume", "post-upgrade"]
-    );
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0]["command"], "resume");
     assert_eq!(summaries[0]["result"], "ok");
-    assert_eq!(summaries[1]["result"], "ok");
+    assert_eq!(summaries[0]["after"][0]["step"], "post-upgrade");
 
-    // A third start: nothing to upgrade, the script is not run again.
-    let third = run_entrypoint(None);
-    assert!(
-        third.status.success(),
-        "{}",
-        String::from_utf8_lossy(&third.stderr)
+    // Another pg-migrate holds the clusters (a post-upgrade run paused at
+    // its analyze): the entrypoint waits, then goes on.
+    let pause = sandbox.path().join("pause");
+    let mut holder = as_test_user(&binary)
+        .args(["post-upgrade", "-D"])
+        .arg(&new_data)
+        .args(["--analyze", "--json"])
+        .env("PG_MIGRATE_TEST_PAUSE_AT", "before:analyze")
+        .env("PG_MIGRATE_TEST_PAUSE_FILE", &pause)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let waiting = entrypoint_command(None)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        std::fs::read_to_string(root.join("started")).unwrap(),
+        "started\n"
     );
+    std::fs::remove_file(&pause).unwrap();
+    assert!(holder.wait().unwrap().success());
+    let third = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(root.join("started")).unwrap(),
         "started\nstarted\n"
     );
+    // The script ran once only.
     assert_eq!(
         std::fs::read_to_string(root.join("migrated")).unwrap(),
         "15 -> 18\n"
     );
     let last = events();
-    let skipped = last
+    let latest: Vec<&Value> = last
         .iter()
         .rev()
         .take_while(|e| e["event"] != "plan")
         .filter(|e| e["event"] == "script")
-        .collect::<Vec<_>>();
-    assert_eq!(skipped.len(), 1);
-    assert_eq!(skipped[0]["status"], "skipped");
+        .collect();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0]["status"], "skipped");
 
     // The upgrade is proven like any other.
     trust_local(&new_data);
@@ -965,10 +1050,9 @@ fn reindex_collation_rebuilds_what_the_check_found() {
         );
     });
     let run = upgrade(&pair, &["--link", "--reindex-collation"]);
-    let after = run.summary()["after"].to_string();
-    assert!(
-        after.contains("\"reindex-collation\"") && after.contains("\"ok\""),
-        "{after}"
+    assert_eq!(
+        run.summary()["after"],
+        serde_json::json!([{ "step": "reindex-collation", "status": "ok" }])
     );
     let next = run.summary()["next_steps"].to_string();
     assert!(!next.contains("reindex_after_upgrade.sql"), "{next}");

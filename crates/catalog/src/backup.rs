@@ -112,48 +112,119 @@ impl std::fmt::Display for Unusable {
     }
 }
 
-/// Makes `dir` the empty home of a new backup (mode 0700). An existing
-/// `dir` is moved to `dir.old` first, replacing an existing `dir.old`;
-/// returns where the earlier backup went.
-pub fn make_backup_dir(dir: &Path) -> Result<Option<PathBuf>, Error> {
+/// Marks a directory as a backup pg-migrate writes or wrote: pg-migrate
+/// moves aside or removes only such directories (and empty ones).
+pub const MARKER: &str = ".pg-migrate-backup";
+
+/// `DIR.old` beside `DIR`: the backup before the newest.
+pub fn old_backup_dir(dir: &Path) -> PathBuf {
+    sibling(dir, ".old")
+}
+
+/// `DIR.partial` beside `DIR`: a backup being written.
+pub fn partial_backup_dir(dir: &Path) -> PathBuf {
+    sibling(dir, ".partial")
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// What may stand at a path pg-migrate is about to replace.
+fn replaceable(path: &Path) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(meta) if !meta.is_dir() => {
+            Err(format!("{} exists and is not a directory", path.display()))
+        }
+        Ok(_) => {
+            let is_backup = path.join(MARKER).exists() || path.join(MANIFEST).exists();
+            let empty = std::fs::read_dir(path)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if is_backup || empty {
+                Ok(true)
+            } else {
+                Err(format!(
+                    "{} exists and is not a pg-migrate backup (it has no {MANIFEST}): pg-migrate neither moves nor removes it",
+                    path.display()
+                ))
+            }
+        }
+    }
+}
+
+/// Why `dir` (and `DIR.old`, `DIR.partial` beside it) cannot take a new
+/// backup, if it cannot: each must be absent, empty, or a pg-migrate backup.
+pub fn refuse_backup_dir(dir: &Path) -> Option<String> {
+    [
+        dir.to_path_buf(),
+        old_backup_dir(dir),
+        partial_backup_dir(dir),
+    ]
+    .iter()
+    .find_map(|p| replaceable(p).err())
+}
+
+/// Starts a backup: `DIR.partial` made afresh (mode 0700, marked); the
+/// backup is written there and [`finish_backup_dir`] puts it in place.
+pub fn start_backup_dir(dir: &Path) -> Result<PathBuf, Error> {
     use std::os::unix::fs::DirBuilderExt;
+    if let Some(why) = refuse_backup_dir(dir) {
+        return Err(Error::Inconsistent(why));
+    }
+    let partial = partial_backup_dir(dir);
+    if partial.exists() {
+        // What a failed or killed backup left.
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&partial)
+        .map_err(|e| Error::io(&partial, e))?;
+    std::fs::write(partial.join(MARKER), b"").map_err(|e| Error::io(partial.join(MARKER), e))?;
+    Ok(partial)
+}
+
+/// Puts a finished backup (its manifest written) in place: an existing
+/// `DIR` moves to `DIR.old`, replacing an older one, and `DIR.partial`
+/// becomes `DIR`. Until this moment the earlier backups are untouched, so
+/// a failed backup never costs a good one. Returns where the earlier
+/// backup went.
+pub fn finish_backup_dir(dir: &Path) -> Result<Option<PathBuf>, Error> {
+    if let Some(why) = refuse_backup_dir(dir) {
+        return Err(Error::Inconsistent(why));
+    }
+    let partial = partial_backup_dir(dir);
     let aside = old_backup_dir(dir);
-    let moved = match std::fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() => {
-            match std::fs::symlink_metadata(&aside) {
-                Ok(old) if old.is_dir() => {
-                    std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?
-                }
-                Ok(_) => std::fs::remove_file(&aside).map_err(|e| Error::io(&aside, e))?,
-                Err(_) => {}
+    let moved = if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if empty {
+            std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
+            None
+        } else {
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
             }
             std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, e))?;
             Some(aside)
         }
-        Ok(_) => {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "exists and is not a directory",
-                ),
-            ))
-        }
-        Err(_) => None,
+    } else {
+        None
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    std::fs::rename(&partial, dir).map_err(|e| Error::io(&partial, e))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(parent, e))?;
+    }
     Ok(moved)
-}
-
-/// `DIR.old` beside `DIR`.
-pub fn old_backup_dir(dir: &Path) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(".old");
-    dir.with_file_name(name)
 }
 
 /// The database dump's file name: by position, since a database may be
@@ -571,19 +642,50 @@ pub fn existing_roles(client: &mut postgres::Client) -> Result<Vec<String>, Erro
         .collect())
 }
 
-/// Databases of a cluster other than the three initdb makes: a restore
-/// target must have none.
-pub fn extra_databases(client: &mut postgres::Client) -> Result<Vec<String>, Error> {
-    Ok(client
+/// What a cluster holds beyond what initdb made: databases other than its
+/// three, roles, and relations in `database` (call it for postgres and
+/// template1, which a restore drops and re-creates). A restore target must
+/// hold nothing of the kind.
+pub fn not_fresh(client: &mut postgres::Client, database: &str) -> Result<Vec<String>, Error> {
+    let q = |e: postgres::Error| Error::query(database, "looking for user objects", &e);
+    let mut found = Vec::new();
+    if database == "template1" {
+        for row in client
+            .query(
+                "SELECT datname::text FROM pg_catalog.pg_database
+                  WHERE datname NOT IN ('template0', 'template1', 'postgres') ORDER BY 1",
+                &[],
+            )
+            .map_err(q)?
+        {
+            found.push(format!("database \"{}\"", row.get::<_, String>(0)));
+        }
+        // Objects made after initdb have OIDs from 16384 (FirstNormalObjectId) on.
+        for row in client
+            .query(
+                "SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid >= 16384 ORDER BY 1",
+                &[],
+            )
+            .map_err(q)?
+        {
+            found.push(format!("role \"{}\"", row.get::<_, String>(0)));
+        }
+    }
+    for row in client
         .query(
-            "SELECT datname::text FROM pg_catalog.pg_database
-              WHERE datname NOT IN ('template0', 'template1', 'postgres') ORDER BY 1",
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid >= 16384 AND c.relpersistence <> 't' ORDER BY 1 LIMIT 10",
             &[],
         )
-        .map_err(|e| Error::query("template1", "listing databases", &e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        .map_err(q)?
+    {
+        found.push(format!(
+            "relation {} in database \"{database}\"",
+            row.get::<_, String>(0)
+        ));
+    }
+    Ok(found)
 }
 
 /// Whether a pg_restore of `reader`'s major can read dumps written by
@@ -692,21 +794,48 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_backup_moves_aside_replacing_the_older_one() {
+    fn a_backup_replaces_only_backups_and_only_once_finished() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("backup");
-        assert_eq!(make_backup_dir(&dir).unwrap(), None);
-        std::fs::write(dir.join("first"), b"1").unwrap();
-        let aside = make_backup_dir(&dir).unwrap().unwrap();
+        let write = |name: &str| {
+            let partial = start_backup_dir(&dir).unwrap();
+            std::fs::write(partial.join(name), b"x").unwrap();
+            std::fs::write(partial.join(MANIFEST), b"{}").unwrap();
+            partial
+        };
+        write("first");
+        assert_eq!(finish_backup_dir(&dir).unwrap(), None);
+        assert!(dir.join("first").exists() && !partial_backup_dir(&dir).exists());
+        // A backup that fails leaves the good one alone; the next one clears it.
+        let failed = start_backup_dir(&dir).unwrap();
+        std::fs::write(failed.join("half"), b"x").unwrap();
+        assert!(dir.join("first").exists());
+        write("second");
+        assert!(!partial_backup_dir(&dir).join("half").exists());
+        let aside = finish_backup_dir(&dir).unwrap().unwrap();
         assert_eq!(aside, root.path().join("backup.old"));
-        assert!(aside.join("first").exists());
-        assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
-        std::fs::write(dir.join("second"), b"2").unwrap();
-        make_backup_dir(&dir).unwrap();
-        assert!(aside.join("second").exists());
-        assert!(!aside.join("first").exists());
+        assert!(aside.join("first").exists() && dir.join("second").exists());
+        write("third");
+        finish_backup_dir(&dir).unwrap();
+        assert!(aside.join("second").exists() && !aside.join("first").exists());
+        // Anything else is neither moved nor removed.
+        let foreign = root.path().join("photos");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("cat.jpg"), b"meow").unwrap();
+        assert!(refuse_backup_dir(&foreign)
+            .unwrap()
+            .contains("not a pg-migrate backup"));
+        assert!(start_backup_dir(&foreign).is_err());
+        std::fs::create_dir(root.path().join("docs.old")).unwrap();
+        std::fs::write(root.path().join("docs.old/letter"), b"").unwrap();
+        assert!(refuse_backup_dir(&root.path().join("docs")).is_some());
         std::fs::write(root.path().join("file"), b"").unwrap();
-        assert!(make_backup_dir(&root.path().join("file")).is_err());
+        assert!(refuse_backup_dir(&root.path().join("file")).is_some());
+        // An empty directory (a fresh mount, say) takes a backup.
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(refuse_backup_dir(&empty).is_none());
+        assert!(foreign.join("cat.jpg").exists());
     }
 
     #[test]
