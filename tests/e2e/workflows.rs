@@ -733,7 +733,6 @@ fn dump_and_reload_upgrades_where_in_place_cannot() {
         .unwrap();
     assert!(remedy.contains("--method dump"), "{remedy}");
 
-    let old_snapshot = snapshot(&pair.old.datadir);
     let run = upgrade(&pair, &["--method", "dump"]);
     let warned = run.check("control-data-checksums");
     assert_eq!(warned["status"], "warn", "{warned}");
@@ -760,8 +759,17 @@ fn dump_and_reload_upgrades_where_in_place_cannot() {
     assert_same_state(&before, &after, (15, 18), "15 -> 18 by dump and reload");
     assert_healthy(&pair.new);
     pair.new.stop();
-    // Nothing of the old cluster's data was written.
-    assert_data_files_untouched(&old_snapshot, &snapshot(&pair.old.datadir));
+    // The old cluster still holds what it held (its pages may have gained
+    // hint bits: the dump read every row through its server).
+    pair.old.start();
+    let again = capture(&pair.old, &pair.new.bindir);
+    assert_same_state(
+        &before,
+        &again,
+        (18, 18),
+        "old cluster after dump and reload",
+    );
+    pair.old.stop();
 }
 
 #[test]
@@ -1069,4 +1077,85 @@ fn reindex_collation_rebuilds_what_the_check_found() {
         .unwrap();
     assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1));
     pair.new.stop();
+}
+
+/// The dump-and-reload method keeps the same journal as the in-place modes:
+/// killed between its dump and its reload, it resumes to a proven result;
+/// killed again, it reverts to the old cluster, never changed.
+#[test]
+fn dump_and_reload_killed_resumes_or_reverts() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    load_rich(&pair);
+    refresh_materialized_views(&pair.old);
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let run_with = |extra: &[&str], kill_at: Option<&str>| {
+        let mut words: Vec<OsString> = extra.iter().map(OsString::from).collect();
+        words.extend(pair.dir_args());
+        words.extend(args(&[&"--method", &"dump", &"--json", &"-j", &"2"]));
+        let mut command = as_test_user(&pair.bin);
+        command.current_dir(pair.sandbox.path()).args(&words);
+        if let Some(point) = kill_at {
+            command.env("PG_MIGRATE_TEST_KILL_AT", point);
+        }
+        pgm_testkit::finish(command.output().unwrap())
+    };
+    let killed = run_with(&[], Some("after:dump-all"));
+    assert_eq!(killed.status, -1, "{}", killed.stderr);
+    let state =
+        || std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/state")).unwrap_or_default();
+    assert_eq!(state().trim(), "upgrading");
+    let resumed = run_with(&["resume"], None);
+    assert_eq!(resumed.status, 0, "{}", resumed.stderr);
+    crate::json_schema::validate(&resumed.events);
+    assert_eq!(resumed.summary()["upgrade"]["method"], "dump");
+    assert_eq!(state().trim(), "complete");
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    assert_same_state(&before, &after, (15, 18), "dump and reload, resumed");
+    pair.new.stop();
+
+    // Killed in the middle of another run: revert leaves the old cluster as
+    // it was and the new one as initdb made it.
+    let Some(mut again) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut again.old);
+    again.old.start();
+    let old_state = capture(&again.old, &again.new.bindir);
+    again.old.stop();
+    let mut words = again.dir_args();
+    words.extend(args(&[&"--method", &"dump", &"--json"]));
+    let mut command = as_test_user(&again.bin);
+    command
+        .current_dir(again.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_KILL_AT", "after:restore-all");
+    let killed = pgm_testkit::finish(command.output().unwrap());
+    assert_eq!(killed.status, -1, "{}", killed.stderr);
+    let reverted = again.run(&args(&[&"revert", &"-D", &again.new.datadir, &"--json"]));
+    assert_eq!(reverted.status, 0, "{}", reverted.stderr);
+    assert_eq!(reverted.summary()["result"], "reverted");
+    // Reading every row through the old server sets hint bits on its pages
+    // (as any read does); what the old cluster holds is unchanged.
+    again.old.start();
+    let old_after = capture(&again.old, &again.new.bindir);
+    assert_same_state(
+        &old_state,
+        &old_after,
+        (18, 18),
+        "old cluster after a revert",
+    );
+    again.old.stop();
+    again.new.with_running(|c| {
+        let databases: i64 = c
+            .client("postgres")
+            .query_one("SELECT count(*) FROM pg_database", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(databases, 3, "the new cluster is back as initdb made it");
+    });
 }
