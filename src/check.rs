@@ -18,6 +18,8 @@ pub struct Outcome {
 fn command_name(settings: &Settings) -> &'static str {
     if settings.check_only {
         "check"
+    } else if settings.prepare {
+        "prepare"
     } else {
         "upgrade"
     }
@@ -42,7 +44,8 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         jobs: settings.jobs,
         socket_dir: run_dir.path().to_path_buf(),
         log_dir: run_dir.log_dir(),
-        allow_live_old: settings.check_only,
+        // prepare works while the old server serves.
+        allow_live_old: settings.check_only || settings.prepare,
         create_new: true,
         strict: settings.strict,
         keep_old_server: !settings.check_only,
@@ -81,7 +84,7 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),
-        live_check_allowed: settings.check_only,
+        live_check_allowed: settings.check_only || settings.prepare,
         backup_dir: settings
             .backup_dir
             .as_ref()

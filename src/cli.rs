@@ -33,6 +33,12 @@ pub enum Command {
     Restore(Options),
     /// Run the steps after an upgrade (--post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config) on a finished one (-D)
     PostUpgrade(Options),
+    /// Online mode, first half: do the catalog work while the old cluster runs and serves
+    Prepare(Options),
+    /// Online mode, second half (the downtime): finish a prepared upgrade once the old server is stopped
+    Cutover(Options),
+    /// Throw a prepared new cluster away without touching the old one
+    Discard(Options),
 }
 
 /// What was asked for.
@@ -45,6 +51,9 @@ pub enum Action {
     Backup,
     Restore,
     PostUpgrade,
+    Prepare,
+    Cutover,
+    Discard,
 }
 
 impl Action {
@@ -57,6 +66,9 @@ impl Action {
             Action::Backup => "backup",
             Action::Restore => "restore",
             Action::PostUpgrade => "post-upgrade",
+            Action::Prepare => "prepare",
+            Action::Cutover => "cutover",
+            Action::Discard => "discard",
         }
     }
 }
@@ -246,6 +258,9 @@ pub struct Options {
     /// Keep this run's logs in DIR (kept after success too; the summary names them)
     #[arg(long = "log-dir", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// cutover: stop the running old server first (a fast shutdown)
+    #[arg(long = "stop-old")]
+    pub stop_old: bool,
 }
 
 impl Options {
@@ -296,6 +311,9 @@ pub struct Settings {
     pub log_dir: Option<PathBuf>,
     /// Whether -B was given (or PGBINNEW set), rather than defaulted.
     pub new_bindir_given: bool,
+    /// The online mode's first half: the old server may run.
+    pub prepare: bool,
+    pub stop_old: bool,
 }
 
 /// The optional steps after an upgrade.
@@ -427,6 +445,12 @@ impl Options {
             });
         }
         let mode = self.mode();
+        if action == Action::Prepare && (mode == Mode::Swap || self.method == Method::Dump) {
+            return Err(UsageError {
+                message: "prepare works with --link, --copy, --clone and --copy-file-range".into(),
+                remedy: "swap mode moves directories a live cluster still uses, and a dump and reload has no catalog work to do ahead: choose another mode, or upgrade in one go".into(),
+            });
+        }
         if self.method == Method::Dump && mode != Mode::Copy {
             return Err(UsageError {
                 message: "--method dump reloads every row: it takes no transfer mode".into(),
@@ -476,6 +500,8 @@ impl Options {
             after,
             log_dir: given(self.log_dir.clone()).map(absolute),
             new_bindir_given,
+            prepare: action == Action::Prepare,
+            stop_old: self.stop_old,
         })
     }
 }

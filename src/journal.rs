@@ -4,8 +4,8 @@
 //!
 //! - `journal.ndjson`: append-only records (the plan, each finished step, the
 //!   point of no return, the end), fsynced at every step boundary;
-//! - `state`: one word, `upgrading`, `failed`, `reverted` or `complete`,
-//!   replaced atomically;
+//! - `state`: one word, `upgrading`, `failed`, `reverted`, `complete` or
+//!   `prepared` (waiting for `cutover`), replaced atomically;
 //! - `pristine.tar`: the new cluster as initdb made it, to return to;
 //! - `transfer-plan.json`: the files to move, saved before the first one
 //!   moves, so that the transfer can be finished without the old catalog.
@@ -31,6 +31,8 @@ pub enum State {
     Failed,
     Reverted,
     Complete,
+    /// `prepare` finished: the new cluster waits for `cutover` (or `discard`).
+    Prepared,
 }
 
 impl State {
@@ -40,6 +42,7 @@ impl State {
             State::Failed => "failed",
             State::Reverted => "reverted",
             State::Complete => "complete",
+            State::Prepared => "prepared",
         }
     }
 }
@@ -63,6 +66,7 @@ pub fn read_state(new_datadir: &Path) -> Option<State> {
         "failed" => Some(State::Failed),
         "reverted" => Some(State::Reverted),
         "complete" => Some(State::Complete),
+        "prepared" => Some(State::Prepared),
         _ => None,
     }
 }
@@ -118,6 +122,11 @@ impl JournalView {
         self.records.iter().filter(move |r| r["record"] == kind)
     }
 
+    /// The last record of a kind.
+    pub fn last(&self, kind: &str) -> Option<&Value> {
+        self.records.iter().rev().find(|r| r["record"] == kind)
+    }
+
     /// The first plan: what the upgrade was started with.
     pub fn plan(&self) -> Option<&Value> {
         self.of_kind("plan").next()
@@ -128,7 +137,9 @@ impl JournalView {
         let mut done = BTreeSet::new();
         for record in &self.records {
             match record["record"].as_str() {
-                Some("reset") => done.clear(),
+                // A reset, or the start of the cutover (whose steps share
+                // names with prepare's), starts the count afresh.
+                Some("reset") | Some("cutover") => done.clear(),
                 Some("step") => {
                     if let Some(step) = record["step"].as_str() {
                         done.insert(step.to_string());
@@ -138,6 +149,21 @@ impl JournalView {
             }
         }
         done
+    }
+
+    /// Whether the last phase the journal records is a cutover (as opposed
+    /// to a prepare or a whole upgrade).
+    pub fn in_cutover(&self) -> bool {
+        self.records
+            .iter()
+            .rev()
+            .find(|r| matches!(r["record"].as_str(), Some("cutover") | Some("reset")))
+            .is_some_and(|r| r["record"] == "cutover")
+    }
+
+    /// Whether the journal is of a `prepare` (its plan says so).
+    pub fn is_online(&self) -> bool {
+        self.plan().is_some_and(|p| p["phase"] == "prepare")
     }
 
     /// Every run directory (sockets) a run recorded: servers listening there

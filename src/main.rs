@@ -69,6 +69,9 @@ fn run() -> i32 {
         Some(Command::Backup(options)) => (options, Action::Backup),
         Some(Command::Restore(options)) => (options, Action::Restore),
         Some(Command::PostUpgrade(options)) => (options, Action::PostUpgrade),
+        Some(Command::Prepare(options)) => (options, Action::Prepare),
+        Some(Command::Cutover(options)) => (options, Action::Cutover),
+        Some(Command::Discard(options)) => (options, Action::Discard),
         None if cli.options.check => (cli.options, Action::Check),
         None => (cli.options, Action::Upgrade),
     };
@@ -87,9 +90,12 @@ fn run() -> i32 {
     }
     let journal = if matches!(
         action,
-        Action::Resume | Action::Revert | Action::PostUpgrade
+        Action::Resume | Action::Revert | Action::PostUpgrade | Action::Cutover | Action::Discard
     ) {
-        match recovery::fill_from_journal(&mut options, action == Action::Resume) {
+        match recovery::fill_from_journal(
+            &mut options,
+            matches!(action, Action::Resume | Action::Cutover),
+        ) {
             Ok(view) => Some(view),
             Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
         }
@@ -127,7 +133,26 @@ fn run() -> i32 {
     };
     install_signal_handlers(settings.json, started, name);
     match (action, journal) {
-        (Action::Revert, Some(view)) => run_revert(&settings, &printer, started, &view),
+        (Action::Revert, Some(view)) => run_revert(&settings, &printer, started, &view, "revert"),
+        (Action::Discard, Some(view)) => {
+            if !view.is_online() {
+                return fail_early(
+                    &printer,
+                    started,
+                    "discard",
+                    "usage",
+                    format!(
+                        "{} holds no prepared upgrade",
+                        settings.new_datadir.display()
+                    ),
+                    "to undo an upgrade made in one go, use pg-migrate revert",
+                    exit::USAGE,
+                );
+            }
+            run_revert(&settings, &printer, started, &view, "discard")
+        }
+        (Action::Cutover, Some(view)) => run_cutover(&settings, &printer, started, &view),
+        (Action::Prepare, _) => run_prepare(&settings, &printer, started),
         (Action::Resume, Some(view)) => run_resume(&settings, &printer, started, &view),
         (Action::PostUpgrade, Some(view)) => {
             after::run_post_upgrade(&settings, &printer, started, &view)
@@ -160,9 +185,227 @@ fn run() -> i32 {
             // A pg-migrate killed during its checks may have left a server of
             // its own running; with the lock held, it can be stopped.
             let _ = recovery::stop_leftover_servers(&settings, None);
-            run_command(&settings, &printer, started, false)
+            run_command(&settings, &printer, started, false, upgrade::Phase::Full)
         }
     }
+}
+
+/// `pg-migrate prepare`: the first half of the online mode. A prepare
+/// that did not finish is started over (the new cluster back as initdb
+/// made it); a finished one waits for its cutover or discard.
+fn run_prepare(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
+    let name = "prepare";
+    let new = &settings.new_datadir;
+    let refuse_with = |code: &'static str, message: String, remedy: String| {
+        fail_early(printer, started, name, code, message, &remedy, exit::USAGE)
+    };
+    let quoted = upgrade::quote(new);
+    let mut resuming = false;
+    match journal::read_state(new) {
+        Some(journal::State::Prepared) => {
+            return refuse_with(
+                "already_prepared",
+                format!("{} already holds a prepared upgrade", new.display()),
+                format!("finish it: pg-migrate cutover -D {quoted}; or throw it away: pg-migrate discard -D {quoted}"),
+            )
+        }
+        Some(journal::State::Upgrading) | Some(journal::State::Failed) => {
+            let view = journal::JournalView::read(new);
+            let restartable = view
+                .as_ref()
+                .is_some_and(|v| v.is_online() && !v.in_cutover());
+            if !restartable {
+                return refuse_with(
+                    "unfinished_upgrade",
+                    format!("{} holds an upgrade that did not finish", new.display()),
+                    upgrade::recovery_commands(new),
+                );
+            }
+            if let Err(r) = recovery::stop_leftover_servers(settings, view.as_ref()) {
+                return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+            }
+            if let Err(r) = recovery::reset_new_cluster(settings) {
+                return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+            }
+            resuming = true;
+        }
+        Some(journal::State::Complete) => {
+            return refuse_with(
+                "already_upgraded",
+                format!("{} is already the result of a finished upgrade", new.display()),
+                "start it; to upgrade again, give -D a new directory".into(),
+            )
+        }
+        Some(journal::State::Reverted) => recovery::archive_reverted_journal(new),
+        None => {}
+    }
+    if let Some(dir) = &settings.backup_dir {
+        if let Some(r) = backup::refuse_backup_dir(dir, &[&settings.old_datadir, new]) {
+            return fail_early(
+                printer,
+                started,
+                name,
+                r.code,
+                r.message,
+                &r.remedy.unwrap_or_default(),
+                exit::USAGE,
+            );
+        }
+    }
+    run_command(
+        settings,
+        printer,
+        started,
+        resuming,
+        upgrade::Phase::Prepare,
+    )
+}
+
+/// `pg-migrate cutover`: the second half, in the window.
+fn run_cutover(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    view: &journal::JournalView,
+) -> i32 {
+    let name = "cutover";
+    let new = &settings.new_datadir;
+    let quoted = upgrade::quote(new);
+    let refuse_with = |code: &'static str, message: String, remedy: String| {
+        fail_early(printer, started, name, code, message, &remedy, exit::USAGE)
+    };
+    if !view.is_online() {
+        return refuse_with(
+            "usage",
+            format!("{} holds no prepared upgrade", new.display()),
+            format!("an upgrade made in one go is finished with: pg-migrate resume -D {quoted}"),
+        );
+    }
+    match journal::read_state(new) {
+        Some(journal::State::Prepared) => {}
+        Some(journal::State::Upgrading) | Some(journal::State::Failed) if view.in_cutover() => {}
+        Some(journal::State::Upgrading) | Some(journal::State::Failed) => {
+            return refuse_with(
+                "unfinished_upgrade",
+                format!("the prepare into {} did not finish", new.display()),
+                format!(
+                "run pg-migrate prepare again (it starts over), or: pg-migrate discard -D {quoted}"
+            ),
+            )
+        }
+        Some(journal::State::Complete) => {
+            return refuse_with(
+                "already_upgraded",
+                format!("the upgrade into {} already finished", new.display()),
+                "start the new cluster".into(),
+            )
+        }
+        Some(journal::State::Reverted) | None => {
+            return refuse_with(
+                "already_reverted",
+                format!("the upgrade into {} was discarded", new.display()),
+                "prepare again".into(),
+            )
+        }
+    }
+    // The old server: stopped cleanly by its owner, or by us when asked.
+    let old_global = settings.old_datadir.join("global");
+    let protected =
+        !old_global.join("pg_control").exists() && old_global.join("pg_control.old").exists();
+    if !protected {
+        match pgm_cluster::DataDir::open(&settings.old_datadir, None).map(|d| d.server_status()) {
+            Ok(Ok(pgm_cluster::ServerStatus::Running(pid))) => {
+                if !settings.stop_old {
+                    return fail_early(
+                        printer,
+                        started,
+                        name,
+                        "server_running",
+                        format!("the old server is running (pid {})", pid.pid),
+                        &format!(
+                            "stop it cleanly ({} -D {} stop -m fast), or let pg-migrate do it: add --stop-old",
+                            settings.old_bindir.join("pg_ctl").display(),
+                            upgrade::quote(&settings.old_datadir)
+                        ),
+                        exit::USAGE,
+                    );
+                }
+                if let Err(failure) = upgrade::stop_old_server(&settings.old_datadir) {
+                    return fail_early(
+                        printer,
+                        started,
+                        name,
+                        failure.code,
+                        failure.message,
+                        &failure.remedy.unwrap_or_default(),
+                        exit::FAILED_OLD_INTACT,
+                    );
+                }
+            }
+            Ok(Ok(pgm_cluster::ServerStatus::StalePidFile(_))) => return refuse_with(
+                "server_running",
+                "the old server crashed or was killed (a stale postmaster.pid)".into(),
+                "start it once so that it recovers and stop it cleanly, then run the cutover again"
+                    .into(),
+            ),
+            _ => {}
+        }
+        let clean = pgm_cluster::ControlFile::read(&settings.old_datadir)
+            .map(|c| c.state == pgm_cluster::ClusterState::ShutDown)
+            .unwrap_or(false);
+        if !clean {
+            return refuse_with(
+                "usage",
+                format!(
+                    "the old cluster {} was not shut down cleanly",
+                    settings.old_datadir.display()
+                ),
+                "start it once so that it recovers and stop it cleanly (pg_ctl stop -m fast), then run the cutover again".into(),
+            );
+        }
+    }
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+    }
+    let run_dir = match make_run_dir(settings, printer, started, name) {
+        Ok(dir) => dir,
+        Err(code) => return code,
+    };
+    printer.emit(&Event::Plan {
+        command: name,
+        mode: settings.mode,
+        old: report::PlanSide {
+            bindir: settings.old_bindir.display().to_string(),
+            datadir: settings.old_datadir.display().to_string(),
+            port: settings.old_port,
+        },
+        new: report::PlanSide {
+            bindir: settings.new_bindir.display().to_string(),
+            datadir: settings.new_datadir.display().to_string(),
+            port: settings.new_port,
+        },
+        user: settings.user.clone(),
+        jobs: settings.jobs,
+        run_dir: run_dir.path().display().to_string(),
+        live_check_allowed: false,
+        backup_dir: None,
+    });
+    let config = check::config(settings, &run_dir);
+    let engine = upgrade::Engine::for_cutover(settings, printer, &run_dir, config, view);
+    let mut summary = Summary {
+        command: name,
+        exit_code: exit::SUCCESS,
+        checks: None,
+        versions: (None, None),
+        next_steps: Vec::new(),
+        upgrade: None,
+        backup: None,
+        after: None,
+        logs: None,
+        result: None,
+    };
+    finish_upgrade(settings, printer, &run_dir, engine, &mut summary);
+    summarize(settings, printer, started, run_dir, summary)
 }
 
 pub(crate) fn make_run_dir(
@@ -202,9 +445,17 @@ pub(crate) fn make_run_dir(
 }
 
 /// `check`, or the upgrade (checks first); `resuming` continues a journal.
-fn run_command(settings: &Settings, printer: &Printer, started: Instant, resuming: bool) -> i32 {
+fn run_command(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    resuming: bool,
+    phase: upgrade::Phase,
+) -> i32 {
     let name = if settings.check_only {
         "check"
+    } else if phase == upgrade::Phase::Prepare {
+        "prepare"
     } else if resuming {
         "resume"
     } else {
@@ -259,7 +510,7 @@ fn run_command(settings: &Settings, printer: &Printer, started: Instant, resumin
             settings,
             printer,
             &run_dir,
-            engine.map(|e| e.resuming(resuming)),
+            engine.map(|e| e.resuming(resuming).with_phase(phase)),
             &mut summary,
         );
     }
@@ -386,6 +637,23 @@ fn run_resume(
                 exit::USAGE,
             )
         }
+        Some(journal::State::Prepared) => {
+            return fail_early(
+                printer,
+                started,
+                name,
+                "already_prepared",
+                format!(
+                    "{} holds a prepared upgrade, finished by its cutover",
+                    settings.new_datadir.display()
+                ),
+                &format!(
+                    "pg-migrate cutover -D {}",
+                    upgrade::quote(&settings.new_datadir)
+                ),
+                exit::USAGE,
+            )
+        }
         Some(journal::State::Reverted) => {
             return fail_early(
                 printer,
@@ -447,7 +715,7 @@ fn run_resume(
     if let Err(r) = recovery::reset_new_cluster(settings) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
-    run_command(settings, printer, started, true)
+    run_command(settings, printer, started, true, upgrade::Phase::Full)
 }
 
 /// `pg-migrate revert`: the old cluster as before the upgrade, the new one as
@@ -457,8 +725,8 @@ fn run_revert(
     printer: &Printer,
     started: Instant,
     view: &journal::JournalView,
+    name: &'static str,
 ) -> i32 {
-    let name = "revert";
     if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }

@@ -50,6 +50,14 @@ pub fn refuse_unfinished(settings: &Settings) -> Result<(), Refusal> {
             ),
             remedy: "start it; to upgrade again, give -D a new directory".into(),
         }),
+        Some(State::Prepared) => Err(Refusal {
+            code: "already_prepared",
+            message: format!("{} holds a prepared upgrade", new.display()),
+            remedy: format!(
+                "finish it: pg-migrate cutover -D {0}; or throw it away: pg-migrate discard -D {0}",
+                crate::upgrade::quote(new)
+            ),
+        }),
         Some(State::Reverted) | None => Ok(()),
     }
 }

@@ -22,6 +22,19 @@ use crate::journal::{Journal, JournalView, State};
 use crate::report::{ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
 
+mod online;
+pub use online::stop_old_server;
+
+/// Which part of an upgrade a run does: all of it, or the halves of the
+/// online mode (`prepare` while the old cluster serves, `cutover` in the
+/// window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Full,
+    Prepare,
+    Cutover,
+}
+
 /// Why a step failed: a stable code, what happened, and what to do.
 pub struct Failure {
     pub code: &'static str,
@@ -136,6 +149,15 @@ pub struct Engine<'a> {
     resuming: bool,
     /// `--backup-dir`: the backup this run wrote.
     backup: Option<crate::report::BackupCounts>,
+    phase: Phase,
+    /// prepare: what the old catalog looked like, for the cutover to compare.
+    prepared: online::PreparedState,
+    /// prepare: the old server is someone else's, running (only queried).
+    old_live: bool,
+    /// cutover: the old cluster's freeze horizons, read as it was verified.
+    horizons: Option<online::Horizons>,
+    /// cutover: the old cluster's checkpoint when a cutover verified it.
+    cutover_old_lsn: Option<u64>,
     /// The script `finish` wrote for collation-dependent indexes.
     reindex_script: Option<PathBuf>,
 }
@@ -187,6 +209,16 @@ impl serde::Serialize for MovesRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter().map(|m| (&m.from, &m.to, m.bytes)))
     }
+}
+
+/// The tablespaces an upgrade's saved plan names.
+pub fn saved_tablespaces(new_datadir: &Path) -> Vec<String> {
+    let path = crate::journal::dir(new_datadir).join("transfer-plan.json");
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SavedPlan>(&b).ok())
+        .map(|p| p.tablespaces)
+        .unwrap_or_default()
 }
 
 /// The transfer plan an upgrade saved, for revert.
@@ -283,6 +315,11 @@ impl<'a> Engine<'a> {
             resuming: false,
             backup: None,
             reindex_script: None,
+            phase: Phase::Full,
+            prepared: online::PreparedState::default(),
+            old_live: false,
+            horizons: None,
+            cutover_old_lsn: None,
         })
     }
 
@@ -306,6 +343,12 @@ impl<'a> Engine<'a> {
     /// What the run left the old cluster as (for reports after it).
     pub fn old_state(&self) -> &'static str {
         self.cluster_states().old
+    }
+
+    /// Makes this engine run one half of the online mode.
+    pub fn with_phase(mut self, phase: Phase) -> Self {
+        self.phase = phase;
+        self
     }
 
     /// Marks a run that continues an earlier one's journal.
@@ -433,6 +476,11 @@ impl<'a> Engine<'a> {
     }
 
     fn run_steps(&mut self) -> Result<Finished, Failure> {
+        match self.phase {
+            Phase::Full => {}
+            Phase::Prepare => return self.prepare_steps(),
+            Phase::Cutover => return self.cutover_steps(),
+        }
         if self.report.new_to_create {
             self.step("create-new-cluster", Engine::create_new_cluster)?;
         }
@@ -532,7 +580,7 @@ impl<'a> Engine<'a> {
             } else {
                 exit::FAILED_OLD_INTACT
             },
-            resume: recovery_commands(&new_dir.path),
+            resume: self.recovery_commands(),
         };
         *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     }
@@ -552,10 +600,11 @@ impl<'a> Engine<'a> {
     /// This run's logs: under `--log-dir` when given, else beside the
     /// journal in the run's output directory.
     fn log_dir(&self) -> PathBuf {
-        if self.run_dir.logs_elsewhere() {
-            self.run_dir.log_dir()
-        } else {
-            self.output().join("log")
+        match &self.output {
+            Some(output) if !self.run_dir.logs_elsewhere() => output.join("log"),
+            // Before the output directory exists (the cutover's check), the
+            // run directory's.
+            _ => self.run_dir.log_dir(),
         }
     }
 
@@ -733,6 +782,7 @@ impl<'a> Engine<'a> {
                     json!({
                         "mode": self.settings.mode,
                         "method": self.settings.method,
+                        "phase": if self.phase == Phase::Prepare { "prepare" } else { "full" },
                         "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
                         "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
                         "user": self.settings.user,
@@ -768,6 +818,8 @@ impl<'a> Engine<'a> {
         DumpOptions {
             new_major: self.new_install.version.major,
             statistics: !self.settings.no_statistics,
+            sequence_data: self.phase == Phase::Full,
+            snapshot: None,
         }
     }
 
@@ -806,7 +858,11 @@ impl<'a> Engine<'a> {
             .backup_dir
             .clone()
             .ok_or_else(|| Failure::new("internal", "backup without --backup-dir"))?;
-        let server = self.old_server_for_dumps()?;
+        let server = if self.phase == Phase::Prepare {
+            self.old_server_live_or_private()?
+        } else {
+            self.old_server_for_dumps()?
+        };
         let tools =
             pgm_catalog::backup::choose_dump_tools(&self.old_install, Some(&self.new_install))
                 .ok_or_else(|| {
@@ -936,7 +992,12 @@ impl<'a> Engine<'a> {
     /// Old server up: list databases, tablespaces and relations; dump globals
     /// and every database's schema (`-j` at a time); old server down.
     fn dump_old(&mut self) -> Result<(), Failure> {
-        let server = self.old_server_for_dumps()?;
+        let prepare = self.phase == Phase::Prepare;
+        let server = if prepare {
+            self.old_server_live_or_private()?
+        } else {
+            self.old_server_for_dumps()?
+        };
         let mut client = server
             .connect("template1")
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
@@ -956,14 +1017,25 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        let conn = self.client_conn(true);
-        pgm_catalog::dump_globals(
-            &self.new_install,
-            &conn,
-            &self.output().join("dump/globals.sql"),
-            &self.log("globals.log"),
-        )
-        .map_err(|e| Failure::new("dump_failed", e))?;
+        let conn = crate::backup::conn_of(&server);
+        let globals = self.output().join("dump/globals.sql");
+        if prepare {
+            // The shared catalogs as the globals dump saw them: fingerprinted
+            // before and after it, until nothing changed in between.
+            self.prepared.shared = self.shared_fingerprint(&server, |engine| {
+                pgm_catalog::dump_globals(
+                    &engine.new_install,
+                    &conn,
+                    &globals,
+                    &engine.log("globals.log"),
+                )
+                .map_err(|e| Failure::new("dump_failed", e))
+            })?;
+            self.prepared.globals = online::normalized_globals(&globals)?;
+        } else {
+            pgm_catalog::dump_globals(&self.new_install, &conn, &globals, &self.log("globals.log"))
+                .map_err(|e| Failure::new("dump_failed", e))?;
+        }
         let query = RelationQuery {
             include_sequences: !self.dump_options().sequences_in_dump(),
         };
@@ -988,29 +1060,58 @@ impl<'a> Engine<'a> {
             let mut client = server
                 .connect(&plan.db.name)
                 .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            let mut options = options.clone();
+            let mut fingerprint = None;
+            if prepare {
+                // One snapshot for the fingerprint, the relation map and
+                // the dump: the cutover compares against exactly what the
+                // new cluster received.
+                let (snapshot, print) = online::export_snapshot(&mut client, &plan.db.name)?;
+                options.snapshot = Some(snapshot);
+                fingerprint = Some(print);
+            }
             let relations = pgm_catalog::list_relations(&mut client, &plan.db.name, query)
                 .map_err(|e| Failure::new("old_catalog_failed", e))?;
-            drop(client);
             pgm_catalog::dump_database(
                 install,
                 &conn,
                 &plan.db.name,
                 &plan.dump,
                 &plan.log,
-                options,
+                &options,
             )
             .map_err(|e| Failure::new("dump_failed", e))?;
+            if prepare {
+                client.batch_execute("COMMIT").map_err(|e| {
+                    Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e))
+                })?;
+            }
+            drop(client);
             meter.add(1, 0);
-            Ok(relations)
+            Ok((relations, fingerprint))
         })?;
         meter.finish();
-        for (plan, relations) in self.databases.iter_mut().zip(results) {
+        for (plan, (relations, fingerprint)) in self.databases.iter_mut().zip(results) {
+            if let Some(fingerprint) = fingerprint {
+                self.prepared.databases.push(online::PreparedDatabase {
+                    name: plan.db.name.clone(),
+                    oid: plan.db.oid,
+                    fingerprint,
+                    relations: relations
+                        .iter()
+                        .map(|r| (r.oid, r.relfilenode, r.tablespace_location.to_string()))
+                        .collect(),
+                });
+            }
             plan.old_relations = relations;
         }
+        // A server someone else runs (prepare, live) is not ours to stop.
         server
             .stop()
             .map_err(|e| Failure::new("server_stop_failed", e))?;
-        self.start_staging();
+        if !prepare {
+            self.start_staging();
+        }
         Ok(())
     }
 
@@ -1136,6 +1237,14 @@ impl<'a> Engine<'a> {
     /// the restore assigns then never equal one the old cluster used.
     fn handover_counters(&mut self) -> Result<(), Failure> {
         let (old, new) = (self.old_dir.path.clone(), self.new_dir().path.clone());
+        if self.phase == Phase::Prepare {
+            // While the old cluster runs its transaction counters and commit
+            // log move on: the new cluster keeps its own until the cutover
+            // (every catalog row is frozen before then); only the OID counter
+            // moves past the old one's, as the restore needs.
+            return pgm_catalog::set_next_oid(&self.new_install, &new, self.old_control.next_oid)
+                .map_err(|e| Failure::new("handover_failed", e));
+        }
         pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
         pgm_cluster::faults::point(|| "handover-counters:commit-log-copied".into());
         pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
@@ -1145,7 +1254,7 @@ impl<'a> Engine<'a> {
             &self.new_install,
             &new,
             &self.old_control,
-            &wal,
+            Some(&wal),
             self.char_signedness(),
         )
         .map_err(|e| Failure::new("handover_failed", e))
@@ -1156,12 +1265,16 @@ impl<'a> Engine<'a> {
     /// time), the new relation map read.
     fn restore_schema(&mut self) -> Result<(), Failure> {
         let server = self.start_new()?;
-        pgm_catalog::set_frozen_xids(
-            |db| server.connect(db),
-            self.old_control.next_xid,
-            self.old_control.next_multixact,
-        )
-        .map_err(|e| Failure::new("restore_failed", e))?;
+        // prepare: the horizons follow the old cluster's counters only at
+        // the cutover (every catalog row is frozen before then).
+        if self.phase != Phase::Prepare {
+            pgm_catalog::set_frozen_xids(
+                |db| server.connect(db),
+                self.old_control.next_xid,
+                self.old_control.next_multixact,
+            )
+            .map_err(|e| Failure::new("restore_failed", e))?;
+        }
         let conn = self.client_conn(false);
         pgm_catalog::restore_globals(
             &self.new_install,
@@ -1320,6 +1433,14 @@ impl<'a> Engine<'a> {
             self.moves.extend(
                 pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?,
             );
+            if self.phase == Phase::Prepare {
+                // The cutover plans its files again from the same pairs.
+                self.prepared.pairs.extend(
+                    pairs
+                        .iter()
+                        .map(|p| (p.old_base.clone(), p.new_base.clone())),
+                );
+            }
             self.relations += plan.old_relations.len();
             // The pairs hold what the transfer needs; the lists go (memory
             // stays flatter with tens of thousands of relations).
@@ -1730,11 +1851,18 @@ impl<'a> Engine<'a> {
     /// the journal stays.
     fn cleanup_output(&mut self) -> Option<PathBuf> {
         let output = self.output.clone()?;
-        let checkpoint = self.new_dir().control().ok().map(|c| c.checkpoint_lsn);
-        if let Some(journal) = self.journal.as_mut() {
-            let _ = journal.record("complete", json!({ "checkpoint_lsn": checkpoint }));
+        if self.phase == Phase::Prepare {
+            if let Some(journal) = self.journal.as_mut() {
+                let _ = journal.record("prepared", json!({}));
+            }
+            let _ = crate::journal::write_state(&self.new_dir().path, State::Prepared);
+        } else {
+            let checkpoint = self.new_dir().control().ok().map(|c| c.checkpoint_lsn);
+            if let Some(journal) = self.journal.as_mut() {
+                let _ = journal.record("complete", json!({ "checkpoint_lsn": checkpoint }));
+            }
+            let _ = crate::journal::write_state(&self.new_dir().path, State::Complete);
         }
-        let _ = crate::journal::write_state(&self.new_dir().path, State::Complete);
         *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if self.settings.retain {
             return Some(output);
@@ -1747,6 +1875,8 @@ impl<'a> Engine<'a> {
         ClusterStates {
             old: if self.old_protected {
                 "protected"
+            } else if self.old_live {
+                "running_untouched"
             } else {
                 "started_and_stopped"
             },
@@ -1760,6 +1890,20 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// What continues or undoes this run once it has a journal.
+    fn recovery_commands(&self) -> String {
+        let dir = quote(&self.new_dir().path);
+        match self.phase {
+            Phase::Full => recovery_commands(&self.new_dir().path),
+            Phase::Prepare => format!(
+                "run the same pg-migrate prepare again (it starts over), or throw it away: pg-migrate discard -D {dir}"
+            ),
+            Phase::Cutover => format!(
+                "continue with: pg-migrate cutover -D {dir}; or go back with: pg-migrate revert -D {dir}"
+            ),
+        }
+    }
+
     fn with_recovery_advice(&self, mut failure: Failure) -> Failure {
         let new = self.settings.new_datadir.display();
         let mut advice = Vec::new();
@@ -1770,7 +1914,7 @@ impl<'a> Engine<'a> {
             advice.push(format!("the logs are in {}", self.log_dir().display()));
         }
         if self.journal.is_some() {
-            advice.push(recovery_commands(&self.new_dir().path));
+            advice.push(self.recovery_commands());
         } else if self.new_touched {
             if self.created_new {
                 advice.push(format!("remove the half-made new cluster (pg-migrate created it: rm -rf {new}) and run again; pg-migrate will create it afresh"));

@@ -10,6 +10,7 @@ mod control;
 mod faults;
 mod json_schema;
 mod modes;
+mod online;
 mod proof;
 mod safety;
 mod support;

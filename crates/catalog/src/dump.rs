@@ -32,19 +32,25 @@ impl ClientConn {
 }
 
 /// What the per-database dump carries besides the schema.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DumpOptions {
     /// The new installation's major (decides the flags its pg_dump takes).
     pub new_major: PgMajor,
     /// Carry optimizer statistics (18 and later can).
     pub statistics: bool,
+    /// Let the dump carry sequence state where it can (18): false when the
+    /// sequences' files are carried instead (`prepare`: their values would
+    /// be stale by the cutover).
+    pub sequence_data: bool,
+    /// Dump in the snapshot another transaction exported (`prepare`).
+    pub snapshot: Option<String>,
 }
 
 impl DumpOptions {
-    /// 18's pg_dump carries sequence state in the dump; before 18 the
-    /// sequences' files are transferred like tables.
+    /// 18's pg_dump carries sequence state in the dump; before 18 (or
+    /// when asked) the sequences' files are transferred like tables.
     pub fn sequences_in_dump(&self) -> bool {
-        self.new_major.number() >= 18
+        self.sequence_data && self.new_major.number() >= 18
     }
 }
 
@@ -131,19 +137,24 @@ pub fn dump_database(
     database: &str,
     out: &Path,
     log: &Path,
-    options: DumpOptions,
+    options: &DumpOptions,
 ) -> Result<(), Error> {
     let mut command = client(install, Tool::PgDump)?.args(conn.args());
     if options.new_major.number() >= 18 {
-        command = command
-            .args(["--no-data", "--sequence-data"])
-            .arg(if options.statistics {
-                "--statistics"
-            } else {
-                "--no-statistics"
-            });
+        command = command.arg("--no-data");
+        if options.sequences_in_dump() {
+            command = command.arg("--sequence-data");
+        }
+        command = command.arg(if options.statistics {
+            "--statistics"
+        } else {
+            "--no-statistics"
+        });
     } else {
         command = command.arg("--schema-only");
+    }
+    if let Some(snapshot) = &options.snapshot {
+        command = command.arg(format!("--snapshot={snapshot}"));
     }
     let command = command
         .args([

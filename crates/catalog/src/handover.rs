@@ -94,7 +94,7 @@ pub fn reset_counters(
     install: &Installation,
     new_datadir: &Path,
     old: &ControlFile,
-    wal_file: &str,
+    wal_file: Option<&str>,
     char_signed: Option<bool>,
 ) -> Result<(), Error> {
     let mut command = install
@@ -109,8 +109,10 @@ pub fn reset_counters(
         .args([
             "-m",
             &format!("{},{}", old.next_multixact, old.oldest_multixact),
-        ])
-        .args(["-l", wal_file]);
+        ]);
+    if let Some(wal_file) = wal_file {
+        command = command.args(["-l", wal_file]);
+    }
     if let Some(signed) = char_signed {
         command = command.args([
             "--char-signedness",
@@ -118,6 +120,20 @@ pub fn reset_counters(
         ]);
     }
     command.arg(new_datadir).run()?;
+    Ok(())
+}
+
+/// Moves the new cluster's OID counter (alone) to `next_oid`.
+pub fn set_next_oid(
+    install: &Installation,
+    new_datadir: &Path,
+    next_oid: u32,
+) -> Result<(), Error> {
+    install
+        .command(Tool::PgResetwal)?
+        .args(["-o", &next_oid.to_string()])
+        .arg(new_datadir)
+        .run()?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 pub mod backup;
 mod dump;
 mod error;
+pub mod fingerprint;
 mod handover;
 mod relations;
 mod script;
@@ -24,7 +25,7 @@ pub use dump::{
 pub use error::Error;
 pub use handover::{
     copy_commit_log, copy_multixacts, next_wal_file_name, reset_counters, set_char_signedness,
-    set_frozen_xids, set_template0_locale,
+    set_frozen_xids, set_next_oid, set_template0_locale,
 };
 pub use relations::{
     list_databases, list_relations, list_tablespaces, outdated_extensions, Database, Relation,

@@ -1,0 +1,891 @@
+//! The online mode: `prepare` does the catalog work while the old cluster
+//! still serves, `cutover` only the short rest in the window.
+//!
+//! prepare: the checks (a running old server is inspected as it runs); the
+//! new cluster prepared; globals dumped between two fingerprints of the
+//! shared catalogs; each database's schema dumped in a snapshot it shares
+//! with that database's catalog fingerprint and relation map; the counters
+//! handed over as they stand; the restore; then every catalog row of the
+//! new cluster frozen and the freeze proven (the cutover replaces the
+//! commit log those rows' transaction ids would be looked up in); the
+//! relation map saved; in link mode the old files hard-linked now (the old
+//! server goes on writing into the same inodes); the new pg_control hidden,
+//! so that nobody starts a cluster that shares files with a live one.
+//!
+//! cutover (old server cleanly stopped): the old catalog checked against
+//! what prepare saw (globals, databases, fingerprints, relation files), and
+//! a refusal naming what changed otherwise, nothing modified; then link
+//! mode's point of no return, the counters handed over again from the old
+//! cluster's final pg_control with its commit log and multixacts, the
+//! freeze horizons set from the old cluster's current values, the files
+//! linked anew where they changed (or copied), sync, done.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use pgm_catalog::fingerprint::{changed_tables, fingerprint, Fingerprint};
+use pgm_catalog::{Database, RelationQuery};
+use pgm_cluster::{ControlFile, DataDir, Installation, Server, ServerStatus};
+use pgm_transfer::RelationFiles;
+use pgm_verifier::{CheckConfig, Report};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{parallel, DatabasePlan, Engine, Failure, Finished, NextStep, Phase};
+use crate::cli::{Mode, Settings};
+use crate::journal::JournalView;
+use crate::report::Printer;
+use crate::rundir::RunDir;
+
+/// What prepare saw of the old cluster, saved for the cutover
+/// (`pg_migrate.d/prepared.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PreparedState {
+    /// The globals dump, without the lines that differ on every run.
+    pub globals: String,
+    pub shared: Fingerprint,
+    pub databases: Vec<PreparedDatabase>,
+    /// Every relation's first-segment paths, old and new (the cutover plans
+    /// the files again from these).
+    pub pairs: Vec<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreparedDatabase {
+    pub name: String,
+    pub oid: u32,
+    pub fingerprint: Fingerprint,
+    /// (oid, relfilenode, tablespace location) of every relation with files.
+    pub relations: Vec<(u32, u32, String)>,
+}
+
+const PREPARED: &str = "prepared.json";
+
+/// What the cutover reads of the old cluster besides the comparison: the
+/// freeze horizons the new cluster must take over.
+/// One database's (datfrozenxid, datminmxid), and per relation (oid,
+/// relfrozenxid, relminmxid).
+type DatabaseHorizons = ((String, String), Vec<(u32, String, String)>);
+
+#[derive(Debug, Default)]
+pub(super) struct Horizons {
+    /// Per database: (datfrozenxid, datminmxid) and per relation (oid,
+    /// relfrozenxid, relminmxid).
+    databases: BTreeMap<String, DatabaseHorizons>,
+}
+
+/// The globals dump's text, less `\restrict` / `\unrestrict` (a random key
+/// on every run of 18's pg_dumpall).
+pub fn normalized_globals(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::new("dump_failed", format!("{}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Opens a repeatable-read, read-only transaction on `client`, exports its
+/// snapshot for pg_dump, and fingerprints the catalog in it. The
+/// transaction stays open (the snapshot lives as long as it does): the
+/// caller commits once pg_dump is done.
+pub fn export_snapshot(
+    client: &mut postgres::Client,
+    database: &str,
+) -> Result<(String, Fingerprint), Failure> {
+    let sql_error = |e: postgres::Error| {
+        Failure::new(
+            "old_catalog_failed",
+            format!(
+                "database \"{database}\": {}",
+                pgm_cluster::describe_pg_error(&e)
+            ),
+        )
+    };
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .map_err(sql_error)?;
+    let snapshot: String = client
+        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        .map_err(sql_error)?
+        .get(0);
+    let print =
+        fingerprint(client, database, false).map_err(|e| Failure::new("old_catalog_failed", e))?;
+    Ok((snapshot, print))
+}
+
+/// Reads a pg_control that may be hidden (`pg_control.prepared`).
+fn read_control(datadir: &Path) -> Result<ControlFile, Failure> {
+    let global = datadir.join("global");
+    let path = [
+        global.join("pg_control"),
+        global.join("pg_control.prepared"),
+        global.join("pg_control.old"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .ok_or_else(|| {
+        Failure::new(
+            "resume_failed",
+            format!("{} has no pg_control", global.display()),
+        )
+    })?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Failure::new("resume_failed", format!("{}: {e}", path.display())))?;
+    ControlFile::decode(&bytes, &path).map_err(|e| Failure::new("resume_failed", e))
+}
+
+impl<'a> Engine<'a> {
+    /// prepare: the old server as it runs (attached through its socket),
+    /// or one started privately when the old cluster is stopped.
+    pub(super) fn old_server_live_or_private(&mut self) -> Result<Server, Failure> {
+        if let Some(server) = self.report.kept_old.take() {
+            return Ok(server);
+        }
+        if let Ok(ServerStatus::Running(pid)) = self.old_dir.server_status() {
+            let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
+                code: "server_running",
+                message: "the running old server listens on no unix socket".into(),
+                remedy: Some("set unix_socket_directories on the old server".into()),
+            })?;
+            let endpoint = pgm_cluster::server::Endpoint {
+                socket_dir,
+                port: pid.port.unwrap_or(5432),
+                user: self.settings.user.clone(),
+            };
+            endpoint
+                .connect("template1")
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            self.old_live = true;
+            return Ok(Server::attach(endpoint));
+        }
+        self.start_old()
+    }
+
+    /// The shared catalogs' fingerprint around `work` (the globals dump):
+    /// taken before and after, and `work` done again until they agree.
+    pub(super) fn shared_fingerprint(
+        &mut self,
+        server: &Server,
+        mut work: impl FnMut(&Engine<'a>) -> Result<(), Failure>,
+    ) -> Result<Fingerprint, Failure> {
+        let take = || -> Result<Fingerprint, Failure> {
+            let mut client = server
+                .connect("template1")
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            fingerprint(&mut client, "template1", true)
+                .map_err(|e| Failure::new("old_catalog_failed", e))
+        };
+        for _ in 0..5 {
+            let before = take()?;
+            work(self)?;
+            if take()? == before {
+                return Ok(before);
+            }
+        }
+        Err(Failure {
+            code: "old_cluster_changed",
+            message: "roles, tablespaces or databases kept changing while they were dumped".into(),
+            remedy: Some("run prepare again when they are quiet".into()),
+        })
+    }
+
+    pub(super) fn prepare_steps(&mut self) -> Result<Finished, Failure> {
+        if self.report.new_to_create {
+            self.step("create-new-cluster", Engine::create_new_cluster)?;
+        }
+        self.open_output()?;
+        self.publish_interrupt_status();
+        if self.settings.backup_dir.is_some() {
+            self.step("backup", Engine::backup)?;
+        }
+        self.step("dump-old", Engine::dump_old)?;
+        self.step("prepare-new", Engine::prepare_new)?;
+        self.step("handover-counters", Engine::handover_counters)?;
+        self.step("restore-schema", Engine::restore_schema)?;
+        self.step("freeze-catalogs", Engine::freeze_catalogs)?;
+        self.step("match-relations", Engine::match_relations)?;
+        if self.settings.mode == Mode::Link {
+            self.step("link-ahead", Engine::transfer)?;
+        }
+        self.step("hide-new", Engine::hide_new)?;
+        let new = self.new_dir().path.clone();
+        let next_steps = vec![
+            NextStep {
+                done_by: None,
+                text: format!(
+                    "in the maintenance window, stop the old server and run: pg-migrate cutover -D {} (or let it stop the server: add --stop-old)",
+                    super::quote(&new)
+                ),
+            },
+            NextStep {
+                done_by: None,
+                text: "until then, no DDL, role or tablespace change, large-object creation or removal, TRUNCATE, VACUUM FULL, CLUSTER, REINDEX or sequence RESTART on the old cluster: the cutover would refuse (ordinary reads and writes are fine)".into(),
+            },
+            NextStep {
+                done_by: None,
+                text: format!(
+                    "to give up instead: pg-migrate discard -D {}",
+                    super::quote(&new)
+                ),
+            },
+        ];
+        let logs = self.cleanup_output();
+        Ok(Finished {
+            next_steps,
+            backup: self.backup.clone(),
+            reindex_script: None,
+            databases: self.databases.len(),
+            relations: self.relations,
+            files: self.transferred.0,
+            files_copied_ahead: 0,
+            bytes: self.transferred.1,
+            logs,
+        })
+    }
+
+    /// Every catalog table of every database of the new cluster frozen,
+    /// and proven so: right after, no relation that is not a user's has a
+    /// horizon older than the next transaction or multixact (age 0).
+    fn freeze_catalogs(&mut self) -> Result<(), Failure> {
+        let server = self.start_new()?;
+        let mut template1 = server
+            .connect("template1")
+            .map_err(|e| Failure::new("freeze_failed", e))?;
+        let q = |db: &str, e: postgres::Error| {
+            Failure::new(
+                "freeze_failed",
+                format!("database \"{db}\": {}", pgm_cluster::describe_pg_error(&e)),
+            )
+        };
+        let databases: Vec<(String, bool)> = template1
+            .query(
+                "SELECT datname::text, datallowconn FROM pg_catalog.pg_database ORDER BY oid",
+                &[],
+            )
+            .map_err(|e| q("template1", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        // template0 is opened for the time of its turn.
+        for (name, allowed) in &databases {
+            if !allowed {
+                template1
+                    .batch_execute(&format!(
+                        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS = true",
+                        name.replace('"', "\"\"")
+                    ))
+                    .map_err(|e| q(name, e))?;
+            }
+        }
+        let freeze = |name: &String| -> Result<Vec<String>, Failure> {
+            let mut client = server
+                .connect(name)
+                .map_err(|e| Failure::new("freeze_failed", e))?;
+            let tables: Vec<String> = client
+                .query(
+                    "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid < 16384 AND c.relkind IN ('r', 'm') ORDER BY c.oid",
+                    &[],
+                )
+                .map_err(|e| q(name, e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for table in tables {
+                client
+                    .batch_execute(&format!("VACUUM (FREEZE) {table}"))
+                    .map_err(|e| q(name, e))?;
+            }
+            Ok(Vec::new())
+        };
+        let frozen = parallel(
+            &databases.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+            self.settings.jobs,
+            freeze,
+        );
+        // The proof, once every database is done (shared catalogs count in each).
+        let unfrozen = frozen.and_then(|_| {
+            let mut unfrozen = Vec::new();
+            for (name, _) in &databases {
+                let mut client = server
+                    .connect(name)
+                    .map_err(|e| Failure::new("freeze_failed", e))?;
+                for row in client
+                    .query(
+                        "SELECT c.oid::pg_catalog.regclass::text, pg_catalog.age(c.relfrozenxid),
+                                pg_catalog.mxid_age(c.relminmxid)
+                           FROM pg_catalog.pg_class c
+                          WHERE c.oid < 16384 AND c.relkind IN ('r', 'm', 't')
+                            AND (pg_catalog.age(c.relfrozenxid) <> 0
+                                 OR pg_catalog.mxid_age(c.relminmxid) <> 0)",
+                        &[],
+                    )
+                    .map_err(|e| q(name, e))?
+                {
+                    unfrozen.push(format!(
+                        "{name}: {} (age {}, multixact age {})",
+                        row.get::<_, String>(0),
+                        row.get::<_, i32>(1),
+                        row.get::<_, i32>(2)
+                    ));
+                }
+            }
+            Ok(unfrozen)
+        });
+        for (name, allowed) in &databases {
+            if !allowed {
+                template1
+                    .batch_execute(&format!(
+                        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS = false",
+                        name.replace('"', "\"\"")
+                    ))
+                    .map_err(|e| q(name, e))?;
+            }
+        }
+        drop(template1);
+        let unfrozen = unfrozen?;
+        pgm_cluster::faults::point(|| "freeze-catalogs:frozen".into());
+        if !unfrozen.is_empty() {
+            return Err(Failure {
+                code: "freeze_failed",
+                message: format!(
+                    "catalog relations of the new cluster are not frozen after VACUUM FREEZE: {}",
+                    unfrozen.join(", ")
+                ),
+                remedy: Some("discard the prepared cluster and prepare again; nothing was done to the old cluster".into()),
+            });
+        }
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record("frozen", json!({ "databases": databases.len() }))
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// The new pg_control goes out of the way (nobody may start a cluster
+    /// that shares files with a live one), and what prepare saw is saved.
+    fn hide_new(&mut self) -> Result<(), Failure> {
+        let dir = crate::journal::dir(&self.new_dir().path);
+        let path = dir.join(PREPARED);
+        let tmp = dir.join(format!("{PREPARED}.tmp"));
+        let fail =
+            |e: std::io::Error| Failure::new("journal_failed", format!("{}: {e}", tmp.display()));
+        let text =
+            serde_json::to_vec(&self.prepared).map_err(|e| Failure::new("journal_failed", e))?;
+        std::fs::write(&tmp, text).map_err(fail)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(fail)?;
+        std::fs::rename(&tmp, &path).map_err(fail)?;
+        let global = self.new_dir().path.join("global");
+        if global.join("pg_control").exists() {
+            std::fs::rename(
+                global.join("pg_control"),
+                global.join("pg_control.prepared"),
+            )
+            .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", global.display())))?;
+        }
+        std::fs::File::open(&global)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", global.display())))
+    }
+
+    /// An engine for the cutover of a prepared upgrade in `-D`.
+    pub fn for_cutover(
+        settings: &'a Settings,
+        printer: &'a Printer,
+        run_dir: &'a RunDir,
+        config: CheckConfig,
+        journal: &JournalView,
+    ) -> Result<Engine<'a>, Failure> {
+        let io = |e: pgm_cluster::Error| Failure::new("resume_failed", e);
+        let old_install = Installation::discover(&settings.old_bindir).map_err(io)?;
+        let new_install = Installation::discover(&settings.new_bindir).map_err(io)?;
+        let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
+        let new_dir = DataDir::open(&settings.new_datadir, None).map_err(io)?;
+        let old_control = read_control(&old_dir.path)?;
+        let new_control = read_control(&new_dir.path)?;
+        let path = crate::journal::dir(&new_dir.path).join(PREPARED);
+        let prepared: PreparedState = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                Failure::new(
+                    "resume_failed",
+                    format!(
+                        "{} is missing or damaged: prepare did not finish",
+                        path.display()
+                    ),
+                )
+            })?;
+        let mut report = Report::default();
+        report.old.install = Some(old_install);
+        report.new.install = Some(new_install);
+        report.old.control = Some(old_control);
+        report.new.control = Some(new_control);
+        report.old.datadir = Some(old_dir);
+        report.new.datadir = Some(new_dir);
+        let mut engine = Engine::new(settings, printer, run_dir, config, report)?;
+        engine.phase = Phase::Cutover;
+        engine.new_touched = true;
+        engine.resuming = true;
+        let global = engine.old_dir.path.join("global");
+        engine.old_protected =
+            !global.join("pg_control").exists() && global.join("pg_control.old").exists();
+        engine.done = if journal.in_cutover() {
+            journal.done_steps()
+        } else {
+            Default::default()
+        };
+        engine.cutover_old_lsn = journal
+            .last("horizons")
+            .and_then(|r| r["old_checkpoint_lsn"].as_u64());
+        engine.created_new = journal
+            .plan()
+            .and_then(|p| p["created_new"].as_bool())
+            .unwrap_or(false);
+        engine.databases = prepared
+            .databases
+            .iter()
+            .map(|d| DatabasePlan {
+                db: Database {
+                    oid: d.oid,
+                    name: d.name.clone(),
+                    tablespace_location: String::new(),
+                },
+                old_relations: Vec::new(),
+                new_relations: Vec::new(),
+                new_oid: 0,
+                new_tablespace_location: String::new(),
+                dump: PathBuf::new(),
+                log: PathBuf::new(),
+            })
+            .collect();
+        engine.tablespaces = crate::upgrade::saved_tablespaces(&engine.new_dir().path);
+        engine.relations = prepared.databases.iter().map(|d| d.relations.len()).sum();
+        engine.prepared = prepared;
+        Ok(engine)
+    }
+
+    pub(super) fn cutover_steps(&mut self) -> Result<Finished, Failure> {
+        // Until the counters are handed over nothing is irreversible: the
+        // old catalog is checked (again) and the cutover begins afresh.
+        // After that it can only go on, and only if the old cluster has
+        // not run since (link mode: it cannot, it is disabled).
+        let fresh = !self.old_protected && !self.done.contains("handover-counters");
+        if fresh {
+            let horizons = self.verify_unchanged()?;
+            self.horizons = Some(horizons);
+            self.done.clear();
+        } else if !self.old_protected {
+            let now = read_control(&self.old_dir.path)?.checkpoint_lsn;
+            if self.cutover_old_lsn != Some(now) {
+                return Err(Failure {
+                    code: "old_cluster_changed",
+                    message: "the old cluster has run since this cutover handed its counters over: the new cluster cannot be finished from it".into(),
+                    remedy: Some(format!(
+                        "throw the half-made cluster away (pg-migrate discard -D {}) and prepare again",
+                        super::quote(&self.new_dir().path)
+                    )),
+                });
+            }
+        }
+        self.open_output()?;
+        if fresh {
+            let horizons = self.horizons_json();
+            if let Some(journal) = self.journal.as_mut() {
+                let records = [
+                    ("cutover", json!({})),
+                    (
+                        "step",
+                        json!({ "step": "verify-unchanged", "status": "done" }),
+                    ),
+                    ("horizons", horizons),
+                ];
+                for (kind, fields) in records {
+                    journal
+                        .record(kind, fields)
+                        .map_err(|e| Failure::new("journal_failed", e))?;
+                }
+            }
+        }
+        self.publish_interrupt_status();
+        if matches!(self.settings.mode, Mode::Link) {
+            self.step("protect-old", Engine::protect_old)?;
+        }
+        self.step("unhide-new", Engine::unhide_new)?;
+        self.step("handover-counters", Engine::handover_counters)?;
+        self.step("set-horizons", Engine::set_horizons)?;
+        self.step("transfer", Engine::transfer_at_cutover)?;
+        if !self.settings.no_sync {
+            self.step("sync", Engine::sync)?;
+        }
+        let mut next_steps = Vec::new();
+        self.step("finish", |e| {
+            next_steps = e.finish()?;
+            Ok(())
+        })?;
+        let logs = self.cleanup_output();
+        Ok(Finished {
+            next_steps,
+            backup: None,
+            reindex_script: self.reindex_script.clone(),
+            databases: self.databases.len(),
+            relations: self.relations,
+            files: self.transferred.0,
+            files_copied_ahead: 0,
+            bytes: self.transferred.1,
+            logs,
+        })
+    }
+
+    /// The old catalog as prepare saw it, or a refusal that lists what
+    /// changed; the old cluster's current freeze horizons otherwise. The old
+    /// server is started privately and stopped again; nothing else changes.
+    fn verify_unchanged(&mut self) -> Result<Horizons, Failure> {
+        self.printer.emit(&crate::report::Event::StepStart {
+            step: "verify-unchanged",
+        });
+        let started = std::time::Instant::now();
+        let result = self.compare_with_prepared();
+        self.printer.emit(&crate::report::Event::StepEnd {
+            step: "verify-unchanged",
+            status: if result.is_ok() { "ok" } else { "failed" },
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+        result
+    }
+
+    fn compare_with_prepared(&mut self) -> Result<Horizons, Failure> {
+        let server = self.start_old()?;
+        let mut changes: Vec<String> = Vec::new();
+        // Roles, tablespaces and the other shared catalogs.
+        let scratch = self.run_dir.path().join("globals-cutover.sql");
+        let conn = crate::backup::conn_of(&server);
+        pgm_catalog::dump_globals(
+            &self.new_install,
+            &conn,
+            &scratch,
+            &self.run_dir.log_dir().join("globals-cutover.log"),
+        )
+        .map_err(|e| Failure::new("dump_failed", e))?;
+        if normalized_globals(&scratch)? != self.prepared.globals {
+            changes.push("roles or tablespaces (the globals dump differs)".into());
+        }
+        let mut template1 = server
+            .connect("template1")
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        let shared = fingerprint(&mut template1, "template1", true)
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        for table in changed_tables(&self.prepared.shared, &shared) {
+            changes.push(format!("shared catalog {table}"));
+        }
+        let databases = pgm_catalog::list_databases(&mut template1)
+            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        drop(template1);
+        let now: BTreeMap<(String, u32), &Database> = databases
+            .iter()
+            .map(|d| ((d.name.clone(), d.oid), d))
+            .collect();
+        let then: BTreeMap<(String, u32), &PreparedDatabase> = self
+            .prepared
+            .databases
+            .iter()
+            .map(|d| ((d.name.clone(), d.oid), d))
+            .collect();
+        for key in now.keys().filter(|k| !then.contains_key(*k)) {
+            changes.push(format!("database \"{}\" is new", key.0));
+        }
+        for key in then.keys().filter(|k| !now.contains_key(*k)) {
+            changes.push(format!("database \"{}\" is gone", key.0));
+        }
+        let query = RelationQuery {
+            include_sequences: true,
+        };
+        let common: Vec<&PreparedDatabase> = self
+            .prepared
+            .databases
+            .iter()
+            .filter(|d| now.contains_key(&(d.name.clone(), d.oid)))
+            .collect();
+        let per_database = parallel(&common, self.settings.jobs, |prepared| {
+            let name = &prepared.name;
+            let mut client = server
+                .connect(name)
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            let mut found = Vec::new();
+            let print = fingerprint(&mut client, name, false)
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            for table in changed_tables(&prepared.fingerprint, &print) {
+                found.push(format!("database \"{name}\": catalog {table}"));
+            }
+            let relations = pgm_catalog::list_relations(&mut client, name, query)
+                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            let current: HashSet<(u32, u32, String)> = relations
+                .iter()
+                .map(|r| (r.oid, r.relfilenode, r.tablespace_location.to_string()))
+                .collect();
+            let before: HashSet<(u32, u32, String)> = prepared.relations.iter().cloned().collect();
+            let moved: Vec<String> = relations
+                .iter()
+                .filter(|r| {
+                    !before.contains(&(r.oid, r.relfilenode, r.tablespace_location.to_string()))
+                })
+                .map(|r| r.name.to_string())
+                .collect();
+            if !moved.is_empty() || current.len() != before.len() {
+                found.push(format!(
+                    "database \"{name}\": relation files replaced or added (TRUNCATE, VACUUM FULL, CLUSTER, REINDEX, sequence RESTART, DDL){}",
+                    if moved.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", moved.into_iter().take(10).collect::<Vec<_>>().join(", "))
+                    }
+                ));
+            }
+            let (datfrozen, datminmxid): (String, String) = {
+                let row = client
+                    .query_one(
+                        "SELECT datfrozenxid::text, datminmxid::text FROM pg_catalog.pg_database
+                          WHERE datname = pg_catalog.current_database()",
+                        &[],
+                    )
+                    .map_err(|e| {
+                        Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e))
+                    })?;
+                (row.get(0), row.get(1))
+            };
+            // Every relation whose files the new cluster takes over (the
+            // large-object table among them) keeps the old horizons.
+            let carried: Vec<u32> = relations.iter().map(|r| r.oid).collect();
+            let tables: Vec<(u32, String, String)> = client
+                .query(
+                    "SELECT oid, relfrozenxid::text, relminmxid::text FROM pg_catalog.pg_class
+                      WHERE oid = ANY($1) AND relkind IN ('r', 'm', 't')",
+                    &[&carried],
+                )
+                .map_err(|e| {
+                    Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e))
+                })?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            Ok((found, (datfrozen, datminmxid), tables))
+        })?;
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))?;
+        let mut horizons = Horizons::default();
+        for (prepared, (found, database, tables)) in common.iter().zip(per_database) {
+            changes.extend(found);
+            horizons
+                .databases
+                .insert(prepared.name.clone(), (database, tables));
+        }
+        if !changes.is_empty() {
+            return Err(Failure {
+                code: "old_cluster_changed",
+                message: format!(
+                    "the old cluster changed since prepare: {}",
+                    changes.join("; ")
+                ),
+                remedy: Some(format!(
+                    "nothing was changed; the old cluster can be started as before. Throw the prepared cluster away and prepare again: pg-migrate discard -D {0}, then pg-migrate prepare",
+                    super::quote(&self.new_dir().path)
+                )),
+            });
+        }
+        // The counters to hand over are the stopped cluster's final ones.
+        self.old_control = read_control(&self.old_dir.path)?;
+        Ok(horizons)
+    }
+
+    fn horizons_json(&self) -> serde_json::Value {
+        let Some(horizons) = &self.horizons else {
+            return json!({});
+        };
+        json!({
+            "old_checkpoint_lsn": self.old_control.checkpoint_lsn,
+            "databases": horizons.databases.iter().map(|(name, ((x, m), tables))| {
+                json!({ "name": name, "datfrozenxid": x, "datminmxid": m, "tables": tables })
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The horizons recorded by an earlier run of this cutover.
+    fn horizons_from_journal(&self) -> Option<Horizons> {
+        let view = JournalView::read(&self.new_dir().path)?;
+        let record = view.last("horizons")?;
+        let mut horizons = Horizons::default();
+        for db in record["databases"].as_array()? {
+            let tables = db["tables"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| {
+                    Some((
+                        t[0].as_u64()? as u32,
+                        t[1].as_str()?.to_string(),
+                        t[2].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+            horizons.databases.insert(
+                db["name"].as_str()?.to_string(),
+                (
+                    (
+                        db["datfrozenxid"].as_str()?.to_string(),
+                        db["datminmxid"].as_str()?.to_string(),
+                    ),
+                    tables,
+                ),
+            );
+        }
+        Some(horizons)
+    }
+
+    fn unhide_new(&mut self) -> Result<(), Failure> {
+        let global = self.new_dir().path.join("global");
+        let hidden = global.join("pg_control.prepared");
+        if hidden.exists() {
+            std::fs::rename(&hidden, global.join("pg_control")).map_err(|e| {
+                Failure::new("handover_failed", format!("{}: {e}", hidden.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The new cluster's horizons from the old cluster's: every catalog
+    /// relation (all frozen) and every database from the next transaction
+    /// and multixact, then each user relation and database from the old
+    /// cluster's current values.
+    fn set_horizons(&mut self) -> Result<(), Failure> {
+        let horizons = match self.horizons.take() {
+            Some(h) => h,
+            None => self.horizons_from_journal().ok_or_else(|| {
+                Failure::new(
+                    "resume_failed",
+                    "the journal holds no horizons of the old cluster",
+                )
+            })?,
+        };
+        let server = self.start_new()?;
+        pgm_catalog::set_frozen_xids(
+            |db| server.connect(db),
+            self.old_control.next_xid,
+            self.old_control.next_multixact,
+        )
+        .map_err(|e| Failure::new("handover_failed", e))?;
+        let entries: Vec<(&String, &DatabaseHorizons)> = horizons.databases.iter().collect();
+        parallel(
+            &entries,
+            self.settings.jobs,
+            |(name, ((datfrozen, datmin), tables))| {
+                let sql_error = |e: postgres::Error| {
+                    Failure::new(
+                        "handover_failed",
+                        format!(
+                            "database \"{name}\": {}",
+                            pgm_cluster::describe_pg_error(&e)
+                        ),
+                    )
+                };
+                let mut client = server
+                    .connect(name)
+                    .map_err(|e| Failure::new("handover_failed", e))?;
+                let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
+                let xids: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+                let mxids: Vec<String> = tables.iter().map(|t| t.2.clone()).collect();
+                client
+                    .execute(
+                        "UPDATE pg_catalog.pg_class c
+                        SET relfrozenxid = u.x::pg_catalog.xid, relminmxid = u.m::pg_catalog.xid
+                       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]),
+                                       pg_catalog.unnest($2::text[]),
+                                       pg_catalog.unnest($3::text[])) AS u(oid, x, m)
+                      WHERE c.oid = u.oid",
+                        &[&oids, &xids, &mxids],
+                    )
+                    .map_err(sql_error)?;
+                client
+                    .execute(
+                        "UPDATE pg_catalog.pg_database SET datfrozenxid = $1::text::pg_catalog.xid,
+                            datminmxid = $2::text::pg_catalog.xid
+                      WHERE datname = pg_catalog.current_database()",
+                        &[datfrozen, datmin],
+                    )
+                    .map_err(sql_error)?;
+                Ok(())
+            },
+        )?;
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// The files planned again from prepare's pairs: in link mode a file
+    /// still linked to the same inode stays, a new one (a segment, a fork)
+    /// is linked, a name the old cluster no longer has goes; copy and clone
+    /// modes copy or clone everything now.
+    fn transfer_at_cutover(&mut self) -> Result<(), Failure> {
+        let pairs: Vec<RelationFiles> = self
+            .prepared
+            .pairs
+            .iter()
+            .map(|(old, new)| RelationFiles {
+                old_base: old.clone(),
+                new_base: new.clone(),
+            })
+            .collect();
+        let mut moves =
+            pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
+        if self.settings.mode == Mode::Link {
+            use std::os::unix::fs::MetadataExt;
+            let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            moves.retain(|m| !same(&m.from, &m.to));
+        }
+        self.moves = moves;
+        self.save_plan()?;
+        self.transfer()
+    }
+}
+
+/// Stops a running old server for the cutover (`--stop-old`): a fast
+/// shutdown (SIGINT to its postmaster), waited for until pg_control says
+/// "shut down".
+pub fn stop_old_server(datadir: &Path) -> Result<bool, Failure> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = DataDir::open(datadir, None).map_err(|e| Failure::new("usage", e))?;
+    let ServerStatus::Running(pid) = dir.server_status().map_err(|e| Failure::new("usage", e))?
+    else {
+        return Ok(false);
+    };
+    kill(Pid::from_raw(pid.pid), Signal::SIGINT).map_err(|e| Failure {
+        code: "server_stop_failed",
+        message: format!("could not signal the old server (pid {}): {e}", pid.pid),
+        remedy: Some("stop it yourself (pg_ctl stop -m fast) and run the cutover again".into()),
+    })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while datadir.join("postmaster.pid").exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(Failure {
+                code: "server_stop_failed",
+                message: "the old server did not stop within 300 s".into(),
+                remedy: Some(
+                    "stop it yourself (pg_ctl stop -m fast) and run the cutover again".into(),
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(true)
+}
