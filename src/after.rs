@@ -1180,6 +1180,7 @@ pub fn run_post_upgrade(
         run_dir: run_dir.path().display().to_string(),
         live_check_allowed: false,
         backup_dir: None,
+        note: None,
     });
     let old_config_dir = (!settings.old_datadir.as_os_str().is_empty()).then(|| {
         DataDir::open(&settings.old_datadir, None)

@@ -310,6 +310,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         run_dir: run_dir.path().display().to_string(),
         live_check_allowed: true,
         backup_dir: Some(dir.display().to_string()),
+        note: None,
     });
     let (server, old_state) = match old_server(settings, &old_install, &old_dir, &run_dir, &log_dir)
     {
@@ -704,6 +705,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         run_dir: run_dir.path().display().to_string(),
         live_check_allowed: false,
         backup_dir: Some(dir.display().to_string()),
+        note: None,
     });
     let mut new_state = "unchanged";
     let result = (|| -> Result<(), Failure> {

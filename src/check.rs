@@ -89,6 +89,9 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
             .backup_dir
             .as_ref()
             .map(|d| d.display().to_string()),
+        note: settings.prepare.then(|| {
+            "while each database's schema is dumped, pg_dump holds an ACCESS SHARE lock on every table of that database: DDL waits for it, and queries queue behind waiting DDL; each database's dump takes about as long as its schema is large".to_string()
+        }),
     });
     let started = Instant::now();
     printer.emit(&Event::StepStart { step: "checks" });

@@ -389,6 +389,7 @@ fn run_cutover(
         run_dir: run_dir.path().display().to_string(),
         live_check_allowed: false,
         backup_dir: None,
+        note: None,
     });
     let config = check::config(settings, &run_dir);
     let engine = upgrade::Engine::for_cutover(settings, printer, &run_dir, config, view);
@@ -694,6 +695,7 @@ fn run_resume(
             run_dir: run_dir.path().display().to_string(),
             live_check_allowed: false,
             backup_dir: None,
+            note: None,
         });
         let config = check::config(settings, &run_dir);
         let engine = upgrade::Engine::resume_late(settings, printer, &run_dir, config, view);

@@ -51,6 +51,9 @@ pub enum Event {
         /// `--backup-dir`, where given.
         #[serde(skip_serializing_if = "Option::is_none")]
         backup_dir: Option<String>,
+        /// What the run will do to a running cluster (prepare's locks).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     StepStart {
         step: &'static str,
@@ -293,11 +296,21 @@ impl Printer {
 fn human(event: &Event, repeated_skip: bool) -> Option<String> {
     match event {
         Event::Plan {
-            command, old, new, ..
-        } => Some(format!(
-            "pg-migrate {command}\n  old: {} (bin {})\n  new: {} (bin {})",
-            old.datadir, old.bindir, new.datadir, new.bindir
-        )),
+            command,
+            old,
+            new,
+            note,
+            ..
+        } => {
+            let mut text = format!(
+                "pg-migrate {command}\n  old: {} (bin {})\n  new: {} (bin {})",
+                old.datadir, old.bindir, new.datadir, new.bindir
+            );
+            if let Some(note) = note {
+                text.push_str(&format!("\n  note: {note}"));
+            }
+            Some(text)
+        }
         Event::StepStart { step } => Some(format!("{step} …")),
         Event::StepEnd {
             step,

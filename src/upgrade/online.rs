@@ -247,39 +247,31 @@ impl<'a> Engine<'a> {
 
     /// Every catalog table of every database of the new cluster frozen,
     /// and proven so: right after, no relation that is not a user's has a
-    /// horizon older than the next transaction or multixact (age 0).
+    /// horizon older than the next transaction or multixact (age 0). The
+    /// proof comes last: nothing may take a transaction id after it.
+    /// template0 is left alone: initdb made it frozen, and nothing writes
+    /// to it (pg-migrate changes only its row in the shared pg_database).
     fn freeze_catalogs(&mut self) -> Result<(), Failure> {
         let server = self.start_new()?;
-        let mut template1 = server
-            .connect("template1")
-            .map_err(|e| Failure::new("freeze_failed", e))?;
         let q = |db: &str, e: postgres::Error| {
             Failure::new(
                 "freeze_failed",
                 format!("database \"{db}\": {}", pgm_cluster::describe_pg_error(&e)),
             )
         };
-        let databases: Vec<(String, bool)> = template1
+        let databases: Vec<String> = server
+            .connect("template1")
+            .map_err(|e| Failure::new("freeze_failed", e))?
             .query(
-                "SELECT datname::text, datallowconn FROM pg_catalog.pg_database ORDER BY oid",
+                "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn ORDER BY oid",
                 &[],
             )
             .map_err(|e| q("template1", e))?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| r.get(0))
             .collect();
-        // template0 is opened for the time of its turn.
-        for (name, allowed) in &databases {
-            if !allowed {
-                template1
-                    .batch_execute(&format!(
-                        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS = true",
-                        name.replace('"', "\"\"")
-                    ))
-                    .map_err(|e| q(name, e))?;
-            }
-        }
-        let freeze = |name: &String| -> Result<Vec<String>, Failure> {
+        let skip = pgm_cluster::faults::freeze_skipped();
+        parallel(&databases, self.settings.jobs, |name| {
             let mut client = server
                 .connect(name)
                 .map_err(|e| Failure::new("freeze_failed", e))?;
@@ -295,72 +287,57 @@ impl<'a> Engine<'a> {
                 .map(|r| r.get(0))
                 .collect();
             for table in tables {
+                if skip {
+                    break;
+                }
                 client
                     .batch_execute(&format!("VACUUM (FREEZE) {table}"))
                     .map_err(|e| q(name, e))?;
             }
-            Ok(Vec::new())
-        };
-        let frozen = parallel(
-            &databases.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
-            self.settings.jobs,
-            freeze,
-        );
-        // The proof, once every database is done (shared catalogs count in each).
-        let unfrozen = frozen.and_then(|_| {
-            let mut unfrozen = Vec::new();
-            for (name, _) in &databases {
-                let mut client = server
-                    .connect(name)
-                    .map_err(|e| Failure::new("freeze_failed", e))?;
-                for row in client
-                    .query(
-                        "SELECT c.oid::pg_catalog.regclass::text, pg_catalog.age(c.relfrozenxid),
-                                pg_catalog.mxid_age(c.relminmxid)
-                           FROM pg_catalog.pg_class c
-                          WHERE c.oid < 16384 AND c.relkind IN ('r', 'm', 't')
-                            AND (pg_catalog.age(c.relfrozenxid) <> 0
-                                 OR pg_catalog.mxid_age(c.relminmxid) <> 0)",
-                        &[],
-                    )
-                    .map_err(|e| q(name, e))?
-                {
-                    unfrozen.push(format!(
-                        "{name}: {} (age {}, multixact age {})",
-                        row.get::<_, String>(0),
-                        row.get::<_, i32>(1),
-                        row.get::<_, i32>(2)
-                    ));
-                }
-            }
-            Ok(unfrozen)
-        });
-        for (name, allowed) in &databases {
-            if !allowed {
-                template1
-                    .batch_execute(&format!(
-                        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS = false",
-                        name.replace('"', "\"\"")
-                    ))
-                    .map_err(|e| q(name, e))?;
+            Ok(())
+        })?;
+        pgm_cluster::faults::point(|| "freeze-catalogs:frozen".into());
+        let mut unfrozen = Vec::new();
+        for name in &databases {
+            let mut client = server
+                .connect(name)
+                .map_err(|e| Failure::new("freeze_failed", e))?;
+            for row in client
+                .query(
+                    "SELECT c.oid::pg_catalog.regclass::text, pg_catalog.age(c.relfrozenxid),
+                            pg_catalog.mxid_age(c.relminmxid)
+                       FROM pg_catalog.pg_class c
+                      WHERE c.oid < 16384 AND c.relkind IN ('r', 'm', 't')
+                        AND (pg_catalog.age(c.relfrozenxid) <> 0
+                             OR pg_catalog.mxid_age(c.relminmxid) <> 0)
+                      ORDER BY c.oid",
+                    &[],
+                )
+                .map_err(|e| q(name, e))?
+            {
+                unfrozen.push(format!(
+                    "{name}: {} (age {}, multixact age {})",
+                    row.get::<_, String>(0),
+                    row.get::<_, i32>(1),
+                    row.get::<_, i32>(2)
+                ));
             }
         }
-        drop(template1);
-        let unfrozen = unfrozen?;
-        pgm_cluster::faults::point(|| "freeze-catalogs:frozen".into());
         if !unfrozen.is_empty() {
+            let shown: Vec<String> = unfrozen.iter().take(10).cloned().collect();
             return Err(Failure {
                 code: "freeze_failed",
                 message: format!(
-                    "catalog relations of the new cluster are not frozen after VACUUM FREEZE: {}",
-                    unfrozen.join(", ")
+                    "{} catalog relations of the new cluster are not proven frozen: {}",
+                    unfrozen.len(),
+                    shown.join(", ")
                 ),
-                remedy: Some("discard the prepared cluster and prepare again; nothing was done to the old cluster".into()),
+                remedy: Some("run the same prepare again (it starts over); nothing was done to the old cluster".into()),
             });
         }
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record("frozen", json!({ "databases": databases.len() }))
+                .record("frozen", json!({ "databases": databases }))
                 .map_err(|e| Failure::new("journal_failed", e))?;
         }
         server
@@ -433,7 +410,8 @@ impl<'a> Engine<'a> {
         report.new.datadir = Some(new_dir);
         let mut engine = Engine::new(settings, printer, run_dir, config, report)?;
         engine.phase = Phase::Cutover;
-        engine.new_touched = true;
+        // Untouched until the old catalog is found unchanged.
+        engine.new_touched = journal.in_cutover();
         engine.resuming = true;
         let global = engine.old_dir.path.join("global");
         engine.old_protected =
@@ -483,6 +461,7 @@ impl<'a> Engine<'a> {
             let horizons = self.verify_unchanged()?;
             self.horizons = Some(horizons);
             self.done.clear();
+            self.new_touched = true;
         } else if !self.old_protected {
             let now = read_control(&self.old_dir.path)?.checkpoint_lsn;
             if self.cutover_old_lsn != Some(now) {

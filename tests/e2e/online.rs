@@ -182,3 +182,178 @@ fn prepare_then_cutover_link_15_to_18() {
 fn prepare_then_cutover_copy_17_to_18() {
     prove_online(17, 18, "--copy");
 }
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Every kind of change that must stop a cutover stops it, with nothing
+/// changed, the old cluster starting as before and the prepared one
+/// discardable; ordinary writes, temporary tables, VACUUM and ANALYZE
+/// after prepare do not stop it.
+#[test]
+fn cutover_refuses_what_changed_since_prepare() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    pair.old.start();
+    pair.old.sql(
+        "app",
+        "CREATE SEQUENCE ticket; SELECT nextval('ticket');
+         CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300) g;
+         CREATE ROLE app_reader; GRANT SELECT ON t TO app_reader;
+         SELECT lo_from_bytea(424242, 'a large object');",
+    );
+    // A session with a temporary table lives through prepare.
+    let mut session = pair.old.client("app");
+    session
+        .batch_execute("CREATE TEMPORARY TABLE scratch AS SELECT 1 AS x")
+        .unwrap();
+    let run = prepare(&pair, &["--copy"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    drop(session);
+    pair.old.stop();
+    // Each case starts from the same prepared pair.
+    let templates = pair.sandbox.mkdir("templates");
+    copy_tree(&pair.old.datadir, &templates.join("old"));
+    copy_tree(&pair.new.datadir, &templates.join("new"));
+    let restore = |pair: &Pair| {
+        copy_tree(&templates.join("old"), &pair.old.datadir);
+        copy_tree(&templates.join("new"), &pair.new.datadir);
+    };
+
+    let refusing = [
+        ("a new table", "CREATE TABLE t2 (x int)", "catalog"),
+        (
+            "a rename made and undone",
+            "ALTER TABLE t RENAME TO t_tmp; ALTER TABLE t_tmp RENAME TO t",
+            "catalog pg_class",
+        ),
+        (
+            "a new role",
+            "CREATE ROLE late_comer",
+            "roles or tablespaces",
+        ),
+        (
+            "a password",
+            "ALTER ROLE app_reader PASSWORD 'secret'",
+            "roles or tablespaces",
+        ),
+        (
+            "a large object created",
+            "SELECT lo_create(0)",
+            "pg_largeobject_metadata",
+        ),
+        (
+            "a large object removed",
+            "SELECT lo_unlink(424242)",
+            "pg_largeobject_metadata",
+        ),
+        ("TRUNCATE", "TRUNCATE t", "relation files"),
+        ("VACUUM FULL", "VACUUM FULL t", "relation files"),
+        ("REINDEX", "REINDEX TABLE t", "relation files"),
+        (
+            "a sequence restarted",
+            "ALTER SEQUENCE ticket RESTART",
+            "relation files",
+        ),
+    ];
+    for (what, sql, expected) in refusing {
+        restore(&pair);
+        pair.old.start();
+        pair.old.sql("app", sql);
+        pair.old.stop();
+        pair.old.start();
+        let old_before = crate::proof::capture(&pair.old, &pair.new.bindir);
+        pair.old.stop();
+        let new_before = snapshot(&pair.new.datadir);
+        let run = cutover(&pair, &[]);
+        assert_eq!(run.status, 3, "{what}: {}", run.stderr);
+        let error = run.error();
+        assert_eq!(error["code"], "old_cluster_changed", "{what}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{what}: {message}");
+        assert!(error["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("pg-migrate discard"));
+        assert_eq!(error["clusters"]["old"], "started_and_stopped", "{what}");
+        // The prepared cluster is untouched; the old one starts as before.
+        assert_same_tree(&new_before, &snapshot(&pair.new.datadir), what);
+        assert_eq!(state(&pair), "prepared", "{what}");
+        pair.old.start();
+        let old_after = crate::proof::capture(&pair.old, &pair.new.bindir);
+        assert_same_state(&old_before, &old_after, (18, 18), what);
+        pair.old.stop();
+        // And the prepared cluster can be thrown away.
+        let discarded = pair.run(&args(&[&"discard", &"-D", &pair.new.datadir, &"--json"]));
+        crate::json_schema::validate(&discarded.events);
+        assert_eq!(discarded.status, 0, "{what}: {}", discarded.stderr);
+        assert_eq!(state(&pair), "reverted", "{what}");
+    }
+
+    // Ordinary writes, temporary tables, VACUUM and ANALYZE are fine.
+    restore(&pair);
+    pair.old.start();
+    pair.old.sql(
+        "app",
+        "INSERT INTO t VALUES (1000, 'late'); UPDATE t SET v = 'changed' WHERE id < 10; DELETE FROM t WHERE id BETWEEN 20 AND 29;
+         SELECT nextval('ticket'); CREATE TEMPORARY TABLE passing (x int); INSERT INTO passing VALUES (1);
+         SELECT lo_put(424242, 0, 'rewritten');",
+    );
+    pair.old.sql("app", "VACUUM ANALYZE t");
+    pair.old.sql("app", "ANALYZE");
+    let before = crate::proof::capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let run = cutover(&pair, &[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    pair.new.start();
+    let after = crate::proof::capture(&pair.new, &pair.new.bindir);
+    assert_same_state(&before, &after, (15, 18), "cutover after writes");
+    pair.new.stop();
+}
+
+/// The freeze is what makes the prepared catalog independent of the commit
+/// log the cutover brings; without it a cluster starts and dumps "fine"
+/// but is corrupt. A prepare whose freeze did not happen (a test hook
+/// skips it) is stopped by the proof, and can be run again.
+#[test]
+fn a_prepare_without_its_freeze_is_stopped_by_the_proof() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    let mut words = vec![OsString::from("prepare")];
+    words.extend(pair.dir_args());
+    words.extend(args(&[&"--json", &"--link"]));
+    let mut command = as_test_user(&pair.bin);
+    command
+        .current_dir(pair.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_SKIP_FREEZE", "1");
+    let run = pgm_testkit::finish(command.output().unwrap());
+    crate::json_schema::validate(&run.events);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    let error = run.error();
+    assert_eq!(error["code"], "freeze_failed", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not proven frozen"),
+        "{error}"
+    );
+    assert!(error["remedy"].as_str().unwrap().contains("prepare again"));
+    // Run again (the hook gone): it starts over and prepares.
+    let again = prepare(&pair, &["--link"]);
+    assert_eq!(again.status, 0, "{}", again.stderr);
+    assert_eq!(state(&pair), "prepared");
+}

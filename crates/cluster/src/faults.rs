@@ -9,6 +9,9 @@
 //!   signal, fill a disk, probe a running server).
 //! - `PG_MIGRATE_TEST_NO_COPY_AHEAD=1`: copy modes copy nothing while the
 //!   catalog is restored, so that a test can make the transfer itself copy.
+//! - `PG_MIGRATE_TEST_SKIP_FREEZE=1`: prepare skips the VACUUM FREEZE of the
+//!   new catalog (but not its proof), so that a test can show the proof
+//!   stops a prepare whose freeze did not happen.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -31,6 +34,11 @@ fn hooks() -> &'static Hooks {
 /// Whether a test asked that nothing be copied ahead of the transfer.
 pub fn copy_ahead_disabled() -> bool {
     std::env::var_os("PG_MIGRATE_TEST_NO_COPY_AHEAD").is_some()
+}
+
+/// Whether a test asked prepare to skip its freeze.
+pub fn freeze_skipped() -> bool {
+    std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some()
 }
 
 /// A fault point; `name` is only computed when a hook is set.
