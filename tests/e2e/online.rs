@@ -94,7 +94,8 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
         return;
     };
     pair.old.start();
-    load_rich(&pair);
+    let tablespace = load_rich(&pair);
+    pair.old.sql("postgres", crate::upgrade::VISIBILITY_SETUP);
     // The table the writer uses exists before prepare (creating it after
     // would be DDL).
     let writer = Writer::start(&pair.old);
@@ -114,8 +115,14 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
         "appdb",
         "SELECT nextval('app.orders_id_seq') FROM generate_series(1, 7)",
     );
+    // Rows whose fate only the commit log and multixacts know, made after
+    // prepare: the cutover's hand-over must carry them.
+    crate::upgrade::make_visibility_rows(&pair.old);
     let before = capture(&pair.old, &pair.new.bindir);
     pair.old.stop();
+    // The same old cluster by pg_upgrade, for a comparison without rules
+    // (copy mode: the old cluster stays usable).
+    let by_pg_upgrade = (mode == "--copy").then(|| pg_upgrade_result(&pair, &tablespace));
 
     let run = cutover(&pair, &[]);
     assert_eq!(run.status, 0, "cutover:\n{}\n{}", run.stderr, run.stdout);
@@ -144,6 +151,15 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
         .unwrap()
         .get(0);
     assert_eq!(rows as u64, written, "every row the writer wrote arrived");
+    if let Some(by_pg_upgrade) = by_pg_upgrade {
+        assert_same_dump(
+            &by_pg_upgrade.dump,
+            &after.dump,
+            "pg_upgrade vs prepare + cutover",
+        );
+        assert_eq!(by_pg_upgrade.contents, after.contents);
+    }
+    crate::upgrade::assert_visibility(&pair.new, new_major);
     assert_healthy(&pair.new);
     // The freeze held: freezing everything again finds nothing wrong, and
     // the catalogs' tuples check out.
@@ -181,6 +197,59 @@ fn prepare_then_cutover_link_15_to_18() {
 #[test]
 fn prepare_then_cutover_copy_17_to_18() {
     prove_online(17, 18, "--copy");
+}
+
+/// PostgreSQL 18's pg_upgrade on a copy of the (stopped) old cluster: the
+/// new cluster's state.
+fn pg_upgrade_result(pair: &Pair, tablespace: &std::path::Path) -> State {
+    let old_copy = pair.sandbox.path().join("old-for-pg_upgrade");
+    copy_tree(&pair.old.datadir, &old_copy);
+    // Its tablespace: a copy too, the link re-pointed.
+    let ts_copy = pair.sandbox.path().join("tblspc-for-pg_upgrade");
+    copy_tree(tablespace, &ts_copy);
+    // Without the new version's directory prepare made there.
+    for entry in std::fs::read_dir(&ts_copy).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("PG_18_")
+        {
+            std::fs::remove_dir_all(path).unwrap();
+        }
+    }
+    for link in std::fs::read_dir(old_copy.join("pg_tblspc")).unwrap() {
+        let link = link.unwrap().path();
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&ts_copy, &link).unwrap();
+    }
+    let mut target = pair.sandbox.cluster("by-pg_upgrade", 18, no_checksums(18));
+    run_ok(
+        as_test_user(pair.new.bindir.join("pg_upgrade"))
+            .current_dir(pair.sandbox.path())
+            .arg("-b")
+            .arg(&pair.old.bindir)
+            .arg("-B")
+            .arg(&pair.new.bindir)
+            .arg("-d")
+            .arg(&old_copy)
+            .arg("-D")
+            .arg(&target.datadir)
+            .arg("-s")
+            .arg(pair.sandbox.path())
+            .args(["--copy", "--no-sync"]),
+    );
+    target.start();
+    let state = capture(&target, &pair.new.bindir);
+    target.stop();
+    // The copy's tablespace has another path; nothing else may differ.
+    State {
+        dump: state
+            .dump
+            .replace(ts_copy.to_str().unwrap(), tablespace.to_str().unwrap()),
+        contents: state.contents,
+    }
 }
 
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {

@@ -66,7 +66,7 @@ fn same_result_as_pg_upgrade() {
     assert_eq!(by_pg_upgrade.contents, by_pg_migrate.contents);
 }
 
-const VISIBILITY_SETUP: &str = "
+pub const VISIBILITY_SETUP: &str = "
 CREATE TABLE vis (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false);
 INSERT INTO vis SELECT g, 'v' || g FROM generate_series(1, 1000) g;
 CREATE SEQUENCE vis_seq;
@@ -77,6 +77,11 @@ SELECT nextval('vis_seq') FROM generate_series(1, 41);";
 /// Nothing reads them after the last change, so no hint bit gives it away.
 fn make_visibility_probes(cluster: &Cluster) {
     cluster.sql("postgres", VISIBILITY_SETUP);
+    make_visibility_rows(cluster);
+}
+
+/// The row changes of the probes, on a table made by VISIBILITY_SETUP.
+pub fn make_visibility_rows(cluster: &Cluster) {
     cluster.sql("postgres", "DELETE FROM vis WHERE id <= 100");
     let mut a = cluster.client("postgres");
     let mut b = cluster.client("postgres");
@@ -108,7 +113,7 @@ fn make_visibility_probes(cluster: &Cluster) {
     a.batch_execute("COMMIT").unwrap();
 }
 
-fn assert_visibility(cluster: &Cluster, major: u32) {
+pub fn assert_visibility(cluster: &Cluster, major: u32) {
     let mut c = cluster.client("postgres");
     let one =
         |c: &mut postgres::Client, sql: &str| -> String { c.query_one(sql, &[]).unwrap().get(0) };
