@@ -164,12 +164,15 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
 }
 
 /// Stops servers an interrupted pg-migrate left running (those listening in
-/// one of its run directories). A server someone else runs is a refusal.
+/// one of its run directories). A server someone else runs is a refusal,
+/// but on the old cluster of an online upgrade (prepare, discard), which
+/// serves on as it should.
 pub fn stop_leftover_servers(
     settings: &Settings,
     view: Option<&JournalView>,
 ) -> Result<(), Refusal> {
     let ours = view.map(|v| v.run_dirs()).unwrap_or_default();
+    let online = view.is_some_and(|v| v.is_online()) && !view.is_some_and(|v| v.in_cutover());
     for (datadir, bindir) in [
         (&settings.old_datadir, &settings.old_bindir),
         (&settings.new_datadir, &settings.new_bindir),
@@ -192,8 +195,9 @@ pub fn stop_leftover_servers(
                     })
             });
             if !mine {
-                if view.is_none() {
-                    // Not ours: the checks will report it.
+                if view.is_none() || (online && datadir == &settings.old_datadir) {
+                    // Not ours: the checks will report it (or, prepared,
+                    // the old server serves).
                     continue;
                 }
                 return Err(Refusal {

@@ -821,19 +821,30 @@ impl<'a> Engine<'a> {
                 new_base: new.clone(),
             })
             .collect();
-        let mut moves =
-            pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
-        if self.settings.mode == Mode::Link {
-            use std::os::unix::fs::MetadataExt;
-            let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
-                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-                _ => false,
-            };
-            moves.retain(|m| !same(&m.from, &m.to));
-        }
-        self.moves = moves;
+        self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
         self.save_plan()?;
-        self.transfer()
+        if self.settings.mode != Mode::Link {
+            return self.transfer();
+        }
+        // Link mode moves only what changed; the sync then knows every
+        // relation file for one the old cluster made durable (its clean
+        // shutdown flushed them all).
+        use std::os::unix::fs::MetadataExt;
+        let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        let all = std::mem::take(&mut self.moves);
+        let (unchanged, changed): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|m| same(&m.from, &m.to));
+        self.moves = changed;
+        let result = self.transfer();
+        self.moves.extend(unchanged);
+        self.transferred = (
+            self.moves.len() as u64,
+            self.moves.iter().map(|m| m.bytes).sum(),
+        );
+        result
     }
 }
 

@@ -426,3 +426,178 @@ fn a_prepare_without_its_freeze_is_stopped_by_the_proof() {
     assert_eq!(again.status, 0, "{}", again.stderr);
     assert_eq!(state(&pair), "prepared");
 }
+
+/// A pair with a little of everything and the visibility probes' table,
+/// its old server running.
+fn small_running_pair() -> Option<Pair> {
+    let mut pair = Pair::new(15, 18)?;
+    add_some_data(&mut pair.old);
+    pair.old.start();
+    pair.old.sql("postgres", crate::upgrade::VISIBILITY_SETUP);
+    Some(pair)
+}
+
+fn run_killed(pair: &Pair, words: Vec<OsString>, point: &str) {
+    let mut command = as_test_user(&pair.bin);
+    command
+        .current_dir(pair.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_KILL_AT", point);
+    let run = pgm_testkit::finish(command.output().unwrap());
+    assert_eq!(
+        run.status, -1,
+        "kill point {point} was never reached (exit {}):\n{}",
+        run.status, run.stderr
+    );
+}
+
+fn prepare_words(pair: &Pair) -> Vec<OsString> {
+    let mut words = vec![OsString::from("prepare")];
+    words.extend(pair.dir_args());
+    words.extend(args(&[&"--json", &"--link", &"-j", &"2"]));
+    words
+}
+
+/// prepare killed at `point`: run again it prepares, and the cutover
+/// proves; or, killed again, discard leaves the old cluster serving as
+/// before and the new one as initdb made it.
+fn prepare_killed(point: &str) {
+    let Some(mut pair) = small_running_pair() else {
+        return;
+    };
+    run_killed(&pair, prepare_words(&pair), point);
+    assert_eq!(state(&pair), "upgrading", "{point}");
+    // The old cluster never stopped serving.
+    pair.old.sql("postgres", "SELECT 1");
+    let again = prepare(&pair, &["--link"]);
+    assert_eq!(again.status, 0, "{point}: {}", again.stderr);
+    crate::upgrade::make_visibility_rows(&pair.old);
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let run = cutover(&pair, &[]);
+    assert_eq!(run.status, 0, "{point}: {}", run.stderr);
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    assert_same_state(&before, &after, (15, 18), point);
+    crate::upgrade::assert_visibility(&pair.new, 18);
+    pair.new.stop();
+
+    let Some(mut other) = small_running_pair() else {
+        return;
+    };
+    let before = capture(&other.old, &other.new.bindir);
+    run_killed(&other, prepare_words(&other), point);
+    let discarded = other.run(&args(&[&"discard", &"-D", &other.new.datadir, &"--json"]));
+    crate::json_schema::validate(&discarded.events);
+    assert_eq!(discarded.status, 0, "{point}: {}", discarded.stderr);
+    let after = capture(&other.old, &other.new.bindir);
+    assert_same_state(&before, &after, (18, 18), point);
+    other.old.stop();
+    // The new cluster is back as initdb made it.
+    other.new.with_running(|c| {
+        let mut client = c.client("postgres");
+        let databases: i64 = client
+            .query_one("SELECT count(*) FROM pg_database", &[])
+            .unwrap()
+            .get(0);
+        let relations: i64 = client
+            .query_one("SELECT count(*) FROM pg_class WHERE oid >= 16384", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!((databases, relations), (3, 0), "{point}");
+    });
+}
+
+/// cutover killed at `point`: run again it finishes, proven; or, killed
+/// again, revert gives back the old cluster as it was.
+fn cutover_killed(point: &str) {
+    let Some(mut pair) = small_running_pair() else {
+        return;
+    };
+    let run = prepare(&pair, &["--link"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    // New files since prepare (the free-space and visibility maps VACUUM
+    // makes), for the cutover's transfer to link.
+    pair.old.sql("postgres", "VACUUM vis");
+    crate::upgrade::make_visibility_rows(&pair.old);
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let words = args(&[&"cutover", &"-D", &pair.new.datadir, &"--json"]);
+    run_killed(&pair, words.clone(), point);
+    let resumed = cutover(&pair, &[]);
+    assert_eq!(resumed.status, 0, "{point}: {}", resumed.stderr);
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    assert_same_state(&before, &after, (15, 18), point);
+    crate::upgrade::assert_visibility(&pair.new, 18);
+    pair.new.stop();
+
+    let Some(mut other) = small_running_pair() else {
+        return;
+    };
+    let run = prepare(&other, &["--link"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    other.old.sql("postgres", "VACUUM vis");
+    let before = capture(&other.old, &other.new.bindir);
+    other.old.stop();
+    let words = args(&[&"cutover", &"-D", &other.new.datadir, &"--json"]);
+    run_killed(&other, words, point);
+    let reverted = other.run(&args(&[&"revert", &"-D", &other.new.datadir, &"--json"]));
+    crate::json_schema::validate(&reverted.events);
+    assert_eq!(reverted.status, 0, "{point}: {}", reverted.stderr);
+    other.old.start();
+    let again = capture(&other.old, &other.new.bindir);
+    assert_same_state(&before, &again, (18, 18), point);
+    other.old.stop();
+}
+
+macro_rules! kill_points {
+    ($($name:ident: $kind:ident($point:expr),)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $kind($point);
+            }
+        )*
+    };
+}
+
+kill_points! {
+    prepare_killed_after_dump: prepare_killed("after:dump-old"),
+    prepare_killed_in_the_restore: prepare_killed("restore-schema:database:2"),
+    prepare_killed_after_the_freeze: prepare_killed("freeze-catalogs:frozen"),
+    prepare_killed_linking_ahead: prepare_killed("transfer:file:3"),
+    prepare_killed_before_hiding: prepare_killed("after:link-ahead"),
+    cutover_killed_after_protecting: cutover_killed("after:protect-old"),
+    cutover_killed_in_the_handover: cutover_killed("handover-counters:commit-log-copied"),
+    cutover_killed_after_the_horizons: cutover_killed("after:set-horizons"),
+    cutover_killed_linking: cutover_killed("transfer:file:1"),
+    cutover_killed_after_sync: cutover_killed("after:sync"),
+}
+
+/// Copy mode leaves the old cluster startable during the cutover. Once the
+/// counters are handed over, a cutover killed and run again must find the
+/// old cluster as it left it: if it ran in between, it refuses (the half
+/// made cluster cannot be finished from it), and revert goes back.
+#[test]
+fn a_cutover_resumed_after_the_old_cluster_ran_refuses() {
+    let Some(mut pair) = small_running_pair() else {
+        return;
+    };
+    let run = prepare(&pair, &["--copy"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    pair.old.stop();
+    let words = args(&[&"cutover", &"-D", &pair.new.datadir, &"--json"]);
+    run_killed(&pair, words, "after:handover-counters");
+    pair.old
+        .with_running(|c| c.sql("postgres", "INSERT INTO vis VALUES (7000, 'too late')"));
+    let run = cutover(&pair, &[]);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    let error = run.error();
+    assert_eq!(error["code"], "old_cluster_changed", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("has run since"));
+    let reverted = pair.run(&args(&[&"revert", &"-D", &pair.new.datadir, &"--json"]));
+    assert_eq!(reverted.status, 0, "{}", reverted.stderr);
+    pair.old
+        .with_running(|c| c.sql("postgres", "SELECT * FROM vis WHERE id = 7000"));
+}
