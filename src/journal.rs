@@ -97,7 +97,11 @@ impl Journal {
             map.insert("record".into(), json!(kind));
             map.insert("at_ms".into(), json!(at_ms));
         }
-        writeln!(self.file, "{fields}")?;
+        // One write per record (formatting straight into the file would
+        // write it piece by piece).
+        let mut line = fields.to_string();
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
         self.file.sync_all()
     }
 }

@@ -116,6 +116,12 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
     if plan["method"] == "dump" {
         options.method = crate::cli::Method::Dump;
     }
+    // -j as the upgrade was given it, unless given now.
+    if options.jobs == 1 {
+        if let Some(jobs) = plan["jobs"].as_u64().and_then(|j| u16::try_from(j).ok()) {
+            options.jobs = jobs.max(1);
+        }
+    }
     if resume {
         // A resumed upgrade still does what the interrupted one was asked
         // to: a resume that starts over makes the backup again, and the

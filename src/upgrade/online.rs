@@ -741,8 +741,8 @@ impl<'a> Engine<'a> {
 
     /// The new cluster's horizons from the old cluster's: every catalog
     /// relation (all frozen) and every database from the next transaction
-    /// and multixact, then each user relation and database from the old
-    /// cluster's current values.
+    /// and multixact, then each carried relation and database from the old
+    /// cluster's current values; one pass per database, `-j` at a time.
     fn set_horizons(&mut self) -> Result<(), Failure> {
         let horizons = match self.horizons.take() {
             Some(h) => h,
@@ -753,55 +753,100 @@ impl<'a> Engine<'a> {
                 )
             })?,
         };
+        let (next_xid, next_multi) = (
+            self.old_control.next_xid.to_string(),
+            self.old_control.next_multixact.to_string(),
+        );
         let server = self.start_new()?;
-        pgm_catalog::set_frozen_xids(
-            |db| server.connect(db),
-            self.old_control.next_xid,
-            self.old_control.next_multixact,
-        )
-        .map_err(|e| Failure::new("handover_failed", e))?;
-        let entries: Vec<(&String, &DatabaseHorizons)> = horizons.databases.iter().collect();
-        parallel(
-            &entries,
-            self.settings.jobs,
-            |(name, ((datfrozen, datmin), tables))| {
-                let sql_error = |e: postgres::Error| {
-                    Failure::new(
-                        "handover_failed",
-                        format!(
-                            "database \"{name}\": {}",
-                            pgm_cluster::describe_pg_error(&e)
-                        ),
-                    )
-                };
-                let mut client = server
-                    .connect(name)
-                    .map_err(|e| Failure::new("handover_failed", e))?;
-                let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
-                let xids: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
-                let mxids: Vec<String> = tables.iter().map(|t| t.2.clone()).collect();
+        let sql_error = |db: &str, e: postgres::Error| {
+            Failure::new(
+                "handover_failed",
+                format!("database \"{db}\": {}", pgm_cluster::describe_pg_error(&e)),
+            )
+        };
+        let mut template1 = server
+            .connect("template1")
+            .map_err(|e| Failure::new("handover_failed", e))?;
+        template1
+            .execute(
+                "UPDATE pg_catalog.pg_database SET datfrozenxid = $1::text::pg_catalog.xid,
+                        datminmxid = $2::text::pg_catalog.xid",
+                &[&next_xid, &next_multi],
+            )
+            .map_err(|e| sql_error("template1", e))?;
+        let databases: Vec<(String, bool)> = template1
+            .query(
+                "SELECT datname::text, datallowconn FROM pg_catalog.pg_database ORDER BY oid",
+                &[],
+            )
+            .map_err(|e| sql_error("template1", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let closed: Vec<&String> = databases.iter().filter(|d| !d.1).map(|d| &d.0).collect();
+        let toggle = |client: &mut postgres::Client, allow: bool| -> Result<(), Failure> {
+            for name in &closed {
                 client
+                    .batch_execute(&format!(
+                        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS = {allow}",
+                        name.replace('"', "\"\"")
+                    ))
+                    .map_err(|e| sql_error(name, e))?;
+            }
+            Ok(())
+        };
+        // template0 is opened for the time of its turn.
+        toggle(&mut template1, true)?;
+        let names: Vec<String> = databases.iter().map(|d| d.0.clone()).collect();
+        let result = parallel(&names, self.settings.jobs, |name| {
+            let mut client = server
+                .connect(name)
+                .map_err(|e| Failure::new("handover_failed", e))?;
+            let carried = horizons.databases.get(name);
+            let (oids, xids, mxids): (Vec<u32>, Vec<String>, Vec<String>) = carried
+                .map(|(_, tables)| {
+                    (
+                        tables.iter().map(|t| t.0).collect(),
+                        tables.iter().map(|t| t.1.clone()).collect(),
+                        tables.iter().map(|t| t.2.clone()).collect(),
+                    )
+                })
+                .unwrap_or_default();
+            let mut transaction = client.transaction().map_err(|e| sql_error(name, e))?;
+            transaction
+                .execute(
+                    "UPDATE pg_catalog.pg_class SET relfrozenxid = $1::text::pg_catalog.xid,
+                            relminmxid = $2::text::pg_catalog.xid
+                      WHERE relkind IN ('r', 'm', 't') AND oid <> ALL($3::pg_catalog.oid[])",
+                    &[&next_xid, &next_multi, &oids],
+                )
+                .map_err(|e| sql_error(name, e))?;
+            if let Some(((datfrozen, datmin), _)) = carried {
+                transaction
                     .execute(
                         "UPDATE pg_catalog.pg_class c
-                        SET relfrozenxid = u.x::pg_catalog.xid, relminmxid = u.m::pg_catalog.xid
-                       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]),
-                                       pg_catalog.unnest($2::text[]),
-                                       pg_catalog.unnest($3::text[])) AS u(oid, x, m)
-                      WHERE c.oid = u.oid",
+                            SET relfrozenxid = u.x::pg_catalog.xid, relminmxid = u.m::pg_catalog.xid
+                           FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]),
+                                           pg_catalog.unnest($2::text[]),
+                                           pg_catalog.unnest($3::text[])) AS u(oid, x, m)
+                          WHERE c.oid = u.oid",
                         &[&oids, &xids, &mxids],
                     )
-                    .map_err(sql_error)?;
-                client
+                    .map_err(|e| sql_error(name, e))?;
+                transaction
                     .execute(
                         "UPDATE pg_catalog.pg_database SET datfrozenxid = $1::text::pg_catalog.xid,
-                            datminmxid = $2::text::pg_catalog.xid
-                      WHERE datname = pg_catalog.current_database()",
+                                datminmxid = $2::text::pg_catalog.xid
+                          WHERE datname = pg_catalog.current_database()",
                         &[datfrozen, datmin],
                     )
-                    .map_err(sql_error)?;
-                Ok(())
-            },
-        )?;
+                    .map_err(|e| sql_error(name, e))?;
+            }
+            transaction.commit().map_err(|e| sql_error(name, e))
+        });
+        toggle(&mut template1, false)?;
+        drop(template1);
+        result?;
         server
             .stop()
             .map_err(|e| Failure::new("server_stop_failed", e))
@@ -829,14 +874,14 @@ impl<'a> Engine<'a> {
         // Link mode moves only what changed; the sync then knows every
         // relation file for one the old cluster made durable (its clean
         // shutdown flushed them all).
-        use std::os::unix::fs::MetadataExt;
-        let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        };
+        // Inode numbers from the directory listings (no stat per file):
+        // link mode keeps both clusters on one filesystem.
+        let mut inodes = Inodes::default();
         let all = std::mem::take(&mut self.moves);
-        let (unchanged, changed): (Vec<_>, Vec<_>) =
-            all.into_iter().partition(|m| same(&m.from, &m.to));
+        let (unchanged, changed): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| {
+            let from = inodes.of(&m.from);
+            from.is_some() && from == inodes.of(&m.to)
+        });
         self.moves = changed;
         let result = self.transfer();
         self.moves.extend(unchanged);
@@ -845,6 +890,30 @@ impl<'a> Engine<'a> {
             self.moves.iter().map(|m| m.bytes).sum(),
         );
         result
+    }
+}
+
+/// The inode number of every name in a directory, read once per directory.
+#[derive(Default)]
+struct Inodes {
+    dirs: std::collections::HashMap<PathBuf, std::collections::HashMap<std::ffi::OsString, u64>>,
+}
+
+impl Inodes {
+    fn of(&mut self, path: &Path) -> Option<u64> {
+        use std::os::unix::fs::DirEntryExt;
+        let (dir, name) = (path.parent()?, path.file_name()?);
+        let names = self.dirs.entry(dir.to_path_buf()).or_insert_with(|| {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| (e.file_name(), e.ino()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        names.get(name).copied()
     }
 }
 
