@@ -34,6 +34,9 @@ def parse_args():
     p.add_argument("-j", "--jobs", type=int, default=2)
     p.add_argument("--datasets", default="manyrels,pgbench,lobj")
     p.add_argument("--modes", default="link,copy,check")
+    p.add_argument("--online-datasets", default="manyrels",
+                   help="datasets on which the online mode (prepare while the old server serves, then cutover) "
+                        "is measured against pg_upgrade --link")
     p.add_argument("--manyrels-dbs", type=int, default=8)
     p.add_argument("--manyrels-tables", type=int, default=2500, help="tables per database (each with an index and a TOAST table)")
     p.add_argument("--pgbench-scale", type=int, default=50)
@@ -193,9 +196,25 @@ def trial_dirs(golden):
 
 
 def run_tool(tool, golden, mode):
-    """Seconds one tool takes, with pg-migrate's summary; fresh clusters each time."""
+    """Seconds one tool takes, with pg-migrate's summary; fresh clusters each time. In the online mode,
+    pg-migrate's seconds are the cutover's (the downtime, stopping the old server included) and the
+    prepare's are in the info; pg_upgrade runs --link."""
     trial = trial_dirs(golden)
     dirs = ["-b", OLD_BIN, "-B", NEW_BIN, "-d", trial / "old", "-D", trial / "new", "-j", ARGS.jobs]
+    if mode == "online":
+        if tool == "pg_upgrade":
+            seconds, _ = timed([NEW_BIN / "pg_upgrade"] + dirs + ["--link"], cwd=trial)
+            return seconds, None
+        # The old server serves (its own socket) while prepare works.
+        run([OLD_BIN / "pg_ctl", "-D", trial / "old", "-w", "-l", trial / "old.log", "-o",
+             f"-c listen_addresses='' -c unix_socket_directories='{trial}' -p 5698", "start"])
+        prepared, out = timed([WORK / "pg-migrate", "prepare"] + dirs + ["--link", "--json"], cwd=trial)
+        prepare_steps = steps_of(out)
+        seconds, out = timed([WORK / "pg-migrate", "cutover", "-D", trial / "new", "--stop-old", "--json"],
+                             cwd=trial)
+        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return seconds, {"peak_rss_bytes": events[-1].get("peak_rss_bytes"), "steps": steps_of(out),
+                         "prepare": prepared, "prepare_steps": prepare_steps}
     flag = [] if mode == "check" else [f"--{mode}"]
     if tool == "pg_upgrade":
         extra = ["--check"] if mode == "check" else []
@@ -205,8 +224,12 @@ def run_tool(tool, golden, mode):
     seconds, out = timed(command, cwd=trial)
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     summary = events[-1]
-    steps = {e["step"]: e["duration_ms"] / 1000 for e in events if e.get("event") == "step_end"}
-    return seconds, {"peak_rss_bytes": summary.get("peak_rss_bytes"), "steps": steps}
+    return seconds, {"peak_rss_bytes": summary.get("peak_rss_bytes"), "steps": steps_of(out)}
+
+
+def steps_of(out):
+    return {e["step"]: e["duration_ms"] / 1000 for e in
+            (json.loads(line) for line in out.splitlines() if line.startswith("{")) if e.get("event") == "step_end"}
 
 
 FLOORS = {"cp -al": ["cp", "-al"], "cp -a": ["cp", "-a"], "cp -a + sync": ["cp", "-a"]}
@@ -229,7 +252,7 @@ def measure(name, golden, modes):
     floors = {f: [] for f in FLOORS}
     for mode in modes:
         times = {"pg_upgrade": [], "pg-migrate": []}
-        rss, steps = [], []
+        rss, steps, prepares, prepare_steps = [], [], [], []
         for r in range(ARGS.rounds):
             order = ["pg_upgrade", "pg-migrate"] if r % 2 == 0 else ["pg-migrate", "pg_upgrade"]
             for tool in order:
@@ -238,6 +261,9 @@ def measure(name, golden, modes):
                 if info:
                     rss.append(info["peak_rss_bytes"] or 0)
                     steps.append(info["steps"])
+                    if "prepare" in info:
+                        prepares.append(info["prepare"])
+                        prepare_steps.append(info["prepare_steps"])
                 print(f"    {name} {mode} round {r + 1}: {tool} {seconds:.2f} s", flush=True)
             if mode == modes[0]:
                 # The floors in the same rounds, under the same conditions as the tools.
@@ -250,6 +276,10 @@ def measure(name, golden, modes):
         entry["rounds"] = times
         entry["peak_rss_bytes"] = max(rss) if rss else None
         entry["steps"] = {s: statistics.median(st.get(s, 0) for st in steps) for s in (steps[0] if steps else {})}
+        if prepares:
+            entry["prepare"] = statistics.median(prepares)
+            entry["prepare_steps"] = {s: statistics.median(st.get(s, 0) for st in prepare_steps)
+                                      for s in prepare_steps[0]}
         results[mode] = entry
     out = {"size": du(golden), "modes": results, "floor_rounds": floors}
     for f, values in floors.items():
@@ -293,6 +323,7 @@ def targets(report):
                     f"{link:.2f} s, already more than 1.15 × cp -a = {1.15 * pgbench['cp -a']:.2f} s")
         add("copy, pgbench: pg-migrate / cp -a", pgbench["modes"]["copy"]["pg-migrate"] / pgbench["cp -a"], 1.15, note)
     add("check, manyrels: pg-migrate / pg_upgrade --check", ratio("manyrels", "check"), 0.5)
+    add("online, manyrels: cutover downtime / pg_upgrade --link", ratio("manyrels", "online"), 0.1)
     series = report.get("series", [])
     if series:
         largest = series[-1]
@@ -322,10 +353,23 @@ def markdown(report):
     ]
     for name, d in report["datasets"].items():
         for mode, e in d["modes"].items():
+            if mode == "online":
+                continue
             rss = f"{e['peak_rss_bytes'] / 2**20:.1f} MiB" if e["peak_rss_bytes"] else "—"
             sync_floor = f"{d['cp -a + sync']:.2f}" if "cp -a + sync" in d else "—"
             lines.append(f"| {name} | {d['size']} | {mode} | {e['pg_upgrade']:.2f} | {e['pg-migrate']:.2f} | "
                          f"{e['ratio']:.2f} | {d['cp -al']:.2f} | {d['cp -a']:.2f} | {sync_floor} | {rss} |")
+    online = [(name, d["modes"]["online"]) for name, d in report["datasets"].items() if "online" in d["modes"]]
+    if online:
+        lines += ["", "## Online mode (prepare while the old server serves, cutover in the window)", "",
+                  "The downtime of `pg-migrate prepare` + `pg-migrate cutover --stop-old` is the cutover alone "
+                  "(stopping the old server included); pg_upgrade's is its whole run (`--link`, old server stopped "
+                  "before). Same -j.", "",
+                  "| dataset | pg_upgrade --link (s) | prepare, old server serving (s) | cutover = downtime (s) | downtime ratio |",
+                  "|---|---|---|---|---|"]
+        for name, e in online:
+            lines.append(f"| {name} | {e['pg_upgrade']:.2f} | {e.get('prepare', 0):.2f} | {e['pg-migrate']:.2f} | "
+                         f"{e['ratio']:.3f} |")
     if report.get("series"):
         lines += ["", "## Scaling (one database, link mode)", "",
                   "| relations | tables | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate peak RSS |", "|---|---|---|---|---|---|"]
@@ -335,9 +379,13 @@ def markdown(report):
     lines += ["", "## Where pg-migrate's time goes (median seconds per step)", ""]
     for name, d in report["datasets"].items():
         for mode, e in d["modes"].items():
+            if e.get("prepare_steps"):
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(e["prepare_steps"].items(), key=lambda kv: -kv[1]))
+                lines.append(f"- {name} prepare: {parts}")
             if e["steps"]:
                 parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(e["steps"].items(), key=lambda kv: -kv[1]))
-                lines.append(f"- {name} {mode}: {parts}")
+                label = "cutover" if mode == "online" else mode
+                lines.append(f"- {name} {label}: {parts}")
     lines += ["", "## Where the lead comes from", "",
               "- **Restore**: for a 17+ target, pg_restore only writes each database's script "
               "(`--transaction-size`); pg-migrate sends each of its transactions to the server as one message, "
@@ -387,7 +435,8 @@ def main():
     for name in [d for d in ARGS.datasets.split(",") if d]:
         print(f"dataset {name}", flush=True)
         golden = build(name, *loaders[name])
-        report["datasets"][name] = measure(name, golden, modes)
+        online = ["online"] if name in ARGS.online_datasets.split(",") else []
+        report["datasets"][name] = measure(name, golden, modes + online)
         drop(golden)
     for relations in [int(r) for r in ARGS.series.split(",") if r]:
         tables = max(1, relations // 4)
