@@ -96,6 +96,17 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
     pair.old.start();
     let tablespace = load_rich(&pair);
     pair.old.sql("postgres", crate::upgrade::VISIBILITY_SETUP);
+    // Statistics the prepare carries (18): the new cluster must keep them
+    // (a VACUUM or ANALYZE of its still empty tables would overwrite them).
+    pair.old.sql("appdb", "ANALYZE app.orders");
+    let stats_sql =
+        "SELECT reltuples::bigint::text FROM pg_class WHERE oid = 'app.orders'::regclass";
+    let old_stats: String = pair
+        .old
+        .client("appdb")
+        .query_one(stats_sql, &[])
+        .unwrap()
+        .get(0);
     // The table the writer uses exists before prepare (creating it after
     // would be DDL).
     let writer = Writer::start(&pair.old);
@@ -159,6 +170,13 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
         );
         assert_eq!(by_pg_upgrade.contents, after.contents);
     }
+    let new_stats: String = pair
+        .new
+        .client("appdb")
+        .query_one(stats_sql, &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(new_stats, old_stats, "the restored statistics stay");
     crate::upgrade::assert_visibility(&pair.new, new_major);
     assert_healthy(&pair.new);
     // The freeze held: freezing everything again finds nothing wrong, and
