@@ -83,6 +83,10 @@ pub struct NextStep {
 /// Marks advice that starting the new cluster makes moot.
 pub const NEW_CLUSTER_RAN: &str = "new-cluster-ran";
 
+/// How long prepare's pg_dump waits for a table's lock on the serving old
+/// server before it gives up (and prepare with it: run it again later).
+const PREPARE_LOCK_WAIT: &str = "60s";
+
 impl NextStep {
     fn plain(text: String) -> NextStep {
         NextStep {
@@ -820,6 +824,7 @@ impl<'a> Engine<'a> {
             statistics: !self.settings.no_statistics,
             sequence_data: self.phase == Phase::Full,
             snapshot: None,
+            lock_wait_timeout: (self.phase == Phase::Prepare).then_some(PREPARE_LOCK_WAIT),
         }
     }
 
@@ -1496,6 +1501,11 @@ impl<'a> Engine<'a> {
             self.old_protected = true;
             return Ok(());
         }
+        if self.phase == Phase::Cutover {
+            // Nobody (a service manager, say) may have started the old
+            // server again since it was verified.
+            self.old_still_as_verified()?;
+        }
         pgm_transfer::probe(pgm_transfer::Mode::Link, &self.old_dir.path.join("PG_VERSION"), &self.new_dir().path).map_err(|e| Failure {
             code: "link_not_possible",
             message: e.to_string(),
@@ -1744,8 +1754,24 @@ impl<'a> Engine<'a> {
     /// changed (then the collation's recorded version is refreshed), and
     /// indexes and materialized views computed with the old Unicode tables.
     fn write_reindex_script(&self, cwd: &Path) -> Result<Option<PathBuf>, Failure> {
-        let (Some(old), Some(new)) = (&self.report.old.catalog, &self.report.new.catalog) else {
+        // A cutover has no catalog facts of its own: prepare wrote the script's text.
+        let sql = match self.phase {
+            Phase::Cutover => self.prepared.reindex_sql.clone(),
+            _ => self.reindex_sql(),
+        };
+        let Some(sql) = sql else {
             return Ok(None);
+        };
+        let path = cwd.join("reindex_after_upgrade.sql");
+        std::fs::write(&path, sql)
+            .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
+        Ok(Some(path))
+    }
+
+    /// The text of `reindex_after_upgrade.sql`, when there is anything to rebuild.
+    fn reindex_sql(&self) -> Option<String> {
+        let (Some(old), Some(new)) = (&self.report.old.catalog, &self.report.new.catalog) else {
+            return None;
         };
         #[derive(Default)]
         struct Work {
@@ -1785,7 +1811,7 @@ impl<'a> Engine<'a> {
         }
         by_database.retain(|_, w| !w.reindex.is_empty() || !w.refresh_views.is_empty());
         if by_database.is_empty() {
-            return Ok(None);
+            return None;
         }
         let mut sql = String::from(
             "-- Written by pg-migrate: indexes and materialized views computed under a collation\n\
@@ -1807,10 +1833,7 @@ impl<'a> Engine<'a> {
                 sql.push('\n');
             }
         }
-        let path = cwd.join("reindex_after_upgrade.sql");
-        std::fs::write(&path, sql)
-            .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
-        Ok(Some(path))
+        Some(sql)
     }
 
     /// `delete_old_cluster.sh` in the current directory, unless a directory

@@ -48,6 +48,42 @@ pub struct PreparedState {
     /// Every relation's first-segment paths, old and new (the cutover plans
     /// the files again from these).
     pub pairs: Vec<(PathBuf, PathBuf)>,
+    /// The scripts the finished upgrade writes, from prepare's catalog facts.
+    #[serde(default)]
+    pub reindex_sql: Option<String>,
+    #[serde(default)]
+    pub outdated_extensions: BTreeMap<String, Vec<String>>,
+    /// What of the old pg_control the new cluster was made to match: the
+    /// cutover refuses if it changed (pg_checksums, say).
+    #[serde(default)]
+    pub old_layout: Vec<(String, u64)>,
+    /// The new cluster's checkpoint when prepare hid it: if it differs at
+    /// the cutover, someone ran it.
+    #[serde(default)]
+    pub new_checkpoint_lsn: u64,
+}
+
+/// The pg_control fields an in-place upgrade needs the same on both sides.
+fn layout_of(control: &ControlFile) -> Vec<(String, u64)> {
+    vec![
+        (
+            "data checksums".into(),
+            u64::from(control.data_checksum_version),
+        ),
+        ("block size".into(), u64::from(control.block_size)),
+        ("segment size".into(), u64::from(control.relseg_size)),
+        ("WAL block size".into(), u64::from(control.wal_block_size)),
+        (
+            "WAL segment size".into(),
+            u64::from(control.wal_segment_size),
+        ),
+        ("alignment".into(), u64::from(control.max_align)),
+        (
+            "TOAST chunk size".into(),
+            u64::from(control.toast_max_chunk_size),
+        ),
+        ("system identifier".into(), control.system_identifier),
+    ]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,8 +176,14 @@ impl<'a> Engine<'a> {
     /// prepare: the old server as it runs (attached through its socket),
     /// or one started privately when the old cluster is stopped.
     pub(super) fn old_server_live_or_private(&mut self) -> Result<Server, Failure> {
-        if let Some(server) = self.report.kept_old.take() {
-            return Ok(server);
+        match self.report.kept_old.take() {
+            // The serving server, attached (and its lock table judged) before.
+            Some(server) if !server.is_owned() => return Ok(server),
+            Some(server) => {
+                self.report.kept_old = Some(server);
+                return self.old_server_for_dumps();
+            }
+            None => {}
         }
         if let Ok(ServerStatus::Running(pid)) = self.old_dir.server_status() {
             let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
@@ -154,13 +196,56 @@ impl<'a> Engine<'a> {
                 port: pid.port.unwrap_or(5432),
                 user: self.settings.user.clone(),
             };
-            endpoint
-                .connect("template1")
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            let server = Server::attach(endpoint);
+            self.live_lock_budget(&server)?;
             self.old_live = true;
-            return Ok(Server::attach(endpoint));
+            return Ok(server);
         }
-        self.start_old()
+        // Stopped: started privately, with a lock table as large as the dump needs.
+        self.old_server_for_dumps()
+    }
+
+    /// A serving server cannot be restarted with a larger lock table: if
+    /// pg_dump's locks would not fit, it would fail, and so would the
+    /// application's own lock requests while it holds them.
+    fn live_lock_budget(&self, server: &Server) -> Result<(), Failure> {
+        let Some(per_transaction) = self.lock_slots_for_dump(server)? else {
+            return Ok(());
+        };
+        Err(Failure {
+            code: "lock_table_too_small",
+            message: format!(
+                "the serving old server's lock table cannot hold the locks prepare's pg_dump takes (one per table of each of the {} databases dumped at a time) beside the application's",
+                self.settings.jobs.max(1)
+            ),
+            remedy: Some(format!(
+                "nothing was changed; lower -j, or set max_locks_per_transaction = {per_transaction} on the old server (takes a restart), or run prepare with the old server stopped"
+            )),
+        })
+    }
+
+    /// Refusals of what prepare cannot carry, before anything is changed.
+    pub(super) fn prepare_gate(&mut self) -> Result<(), Failure> {
+        let server = self.old_server_live_or_private()?;
+        let subscriptions: i64 = server
+            .connect("template1")
+            .map_err(|e| Failure::new("old_catalog_failed", e))?
+            .query_one("SELECT count(*) FROM pg_catalog.pg_subscription", &[])
+            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?
+            .get(0);
+        self.report.kept_old = Some(server);
+        if subscriptions > 0 {
+            // The subscriptions' origins would go on advancing after the
+            // dump recorded them: the cutover's copy would replay or skip changes.
+            return Err(Failure {
+                code: "prepare_not_possible",
+                message: format!(
+                    "the old cluster has {subscriptions} subscriptions: their replication progress moves on after prepare, and the prepared cluster would hold a stale one"
+                ),
+                remedy: Some("nothing was changed; upgrade in one go instead (pg-migrate without prepare/cutover)".into()),
+            });
+        }
+        Ok(())
     }
 
     /// The shared catalogs' fingerprint around `work` (the globals dump):
@@ -192,6 +277,7 @@ impl<'a> Engine<'a> {
     }
 
     pub(super) fn prepare_steps(&mut self) -> Result<Finished, Failure> {
+        self.prepare_gate()?;
         if self.report.new_to_create {
             self.step("create-new-cluster", Engine::create_new_cluster)?;
         }
@@ -208,6 +294,10 @@ impl<'a> Engine<'a> {
         self.step("match-relations", Engine::match_relations)?;
         if self.settings.mode == Mode::Link {
             self.step("link-ahead", Engine::transfer)?;
+        }
+        // The prepared cluster may wait days for its cutover: on disk first.
+        if !self.settings.no_sync {
+            self.step("sync", Engine::sync)?;
         }
         self.step("hide-new", Engine::hide_new)?;
         let new = self.new_dir().path.clone();
@@ -323,7 +413,7 @@ impl<'a> Engine<'a> {
                 ));
             }
         }
-        if !unfrozen.is_empty() {
+        if !unfrozen.is_empty() && !pgm_cluster::faults::freeze_proof_skipped() {
             let shown: Vec<String> = unfrozen.iter().take(10).cloned().collect();
             return Err(Failure {
                 code: "freeze_failed",
@@ -348,6 +438,10 @@ impl<'a> Engine<'a> {
     /// The new pg_control goes out of the way (nobody may start a cluster
     /// that shares files with a live one), and what prepare saw is saved.
     fn hide_new(&mut self) -> Result<(), Failure> {
+        self.prepared.reindex_sql = self.reindex_sql();
+        self.prepared.outdated_extensions = self.outdated_extensions.clone();
+        self.prepared.old_layout = layout_of(&self.old_control);
+        self.prepared.new_checkpoint_lsn = read_control(&self.new_dir().path)?.checkpoint_lsn;
         let dir = crate::journal::dir(&self.new_dir().path);
         let path = dir.join(PREPARED);
         let tmp = dir.join(format!("{PREPARED}.tmp"));
@@ -445,6 +539,21 @@ impl<'a> Engine<'a> {
                 log: PathBuf::new(),
             })
             .collect();
+        if !journal.in_cutover() {
+            // Hidden since prepare: nobody can have run it, unless by hand.
+            let now = read_control(&engine.new_dir().path)?.checkpoint_lsn;
+            if now != prepared.new_checkpoint_lsn {
+                return Err(Failure {
+                    code: "old_cluster_changed",
+                    message: "the prepared new cluster has been started since prepare (its pg_control was renamed back by hand?)".into(),
+                    remedy: Some(format!(
+                        "throw it away (pg-migrate discard -D {}) and prepare again",
+                        super::quote(&engine.new_dir().path)
+                    )),
+                });
+            }
+        }
+        engine.outdated_extensions = prepared.outdated_extensions.clone();
         engine.tablespaces = crate::upgrade::saved_tablespaces(&engine.new_dir().path);
         engine.relations = prepared.databases.iter().map(|d| d.relations.len()).sum();
         engine.prepared = prepared;
@@ -462,14 +571,18 @@ impl<'a> Engine<'a> {
             self.horizons = Some(horizons);
             self.done.clear();
             self.new_touched = true;
-        } else if !self.old_protected {
+        } else {
+            // The old cluster as this cutover left it: stopped, its
+            // checkpoint the one verified (it cannot have run, unless its
+            // pg_control was put back by hand, or copy mode left it startable).
             let now = read_control(&self.old_dir.path)?.checkpoint_lsn;
-            if self.cutover_old_lsn != Some(now) {
+            let running = !matches!(self.old_dir.server_status(), Ok(ServerStatus::Stopped));
+            if running || self.cutover_old_lsn != Some(now) {
                 return Err(Failure {
                     code: "old_cluster_changed",
                     message: "the old cluster has run since this cutover handed its counters over: the new cluster cannot be finished from it".into(),
                     remedy: Some(format!(
-                        "throw the half-made cluster away (pg-migrate discard -D {}) and prepare again",
+                        "stop it; throw the half-made cluster away (pg-migrate revert -D {}) and prepare again",
                         super::quote(&self.new_dir().path)
                     )),
                 });
@@ -567,6 +680,30 @@ impl<'a> Engine<'a> {
         }
         let databases = pgm_catalog::list_databases(&mut template1)
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        // What is no catalog row: prepared transactions (their work would
+        // be lost) and logical slots (not carried) made since prepare.
+        let count = |client: &mut postgres::Client, sql: &str| -> Result<i64, Failure> {
+            client
+                .query_one(sql, &[])
+                .map(|r| r.get(0))
+                .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))
+        };
+        let prepared_xacts = count(
+            &mut template1,
+            "SELECT count(*) FROM pg_catalog.pg_prepared_xacts",
+        )?;
+        if prepared_xacts > 0 {
+            changes.push(format!(
+                "{prepared_xacts} prepared transactions (COMMIT PREPARED or ROLLBACK PREPARED them first)"
+            ));
+        }
+        let slots = count(
+            &mut template1,
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical'",
+        )?;
+        if slots > 0 {
+            changes.push(format!("{slots} logical replication slots"));
+        }
         drop(template1);
         let now: BTreeMap<(String, u32), &Database> = databases
             .iter()
@@ -680,8 +817,26 @@ impl<'a> Engine<'a> {
                 )),
             });
         }
-        // The counters to hand over are the stopped cluster's final ones.
+        // The counters to hand over are the stopped cluster's final ones;
+        // its layout is still the one the new cluster matches.
         self.old_control = read_control(&self.old_dir.path)?;
+        let layout = layout_of(&self.old_control);
+        if !self.prepared.old_layout.is_empty() && layout != self.prepared.old_layout {
+            let changed: Vec<String> = layout
+                .iter()
+                .zip(&self.prepared.old_layout)
+                .filter(|(now, then)| now != then)
+                .map(|(now, then)| format!("{}: {} then, {} now", now.0, then.1, now.1))
+                .collect();
+            return Err(Failure {
+                code: "old_cluster_changed",
+                message: format!("the old cluster's pg_control changed since prepare: {}", changed.join("; ")),
+                remedy: Some(format!(
+                    "nothing was changed; throw the prepared cluster away (pg-migrate discard -D {}) and prepare again",
+                    super::quote(&self.new_dir().path)
+                )),
+            });
+        }
         Ok(horizons)
     }
 
@@ -726,6 +881,21 @@ impl<'a> Engine<'a> {
             );
         }
         Some(horizons)
+    }
+
+    /// The old server is still stopped and its checkpoint the one the
+    /// cutover verified.
+    pub(super) fn old_still_as_verified(&self) -> Result<(), Failure> {
+        let running = !matches!(self.old_dir.server_status(), Ok(ServerStatus::Stopped));
+        let now = read_control(&self.old_dir.path)?.checkpoint_lsn;
+        if running || now != self.old_control.checkpoint_lsn {
+            return Err(Failure {
+                code: "old_cluster_changed",
+                message: "the old server was started again after the cutover checked it".into(),
+                remedy: Some("stop it (and whatever restarts it), then run the cutover again: it checks the old cluster anew".into()),
+            });
+        }
+        Ok(())
     }
 
     fn unhide_new(&mut self) -> Result<(), Failure> {
@@ -783,20 +953,17 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let closed: Vec<&String> = databases.iter().filter(|d| !d.1).map(|d| &d.0).collect();
+        // template0 is opened for the pass and closed by name after it (a
+        // pass cut short and resumed must not leave it open).
         let toggle = |client: &mut postgres::Client, allow: bool| -> Result<(), Failure> {
-            for name in &closed {
-                client
-                    .batch_execute(&format!(
-                        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS = {allow}",
-                        name.replace('"', "\"\"")
-                    ))
-                    .map_err(|e| sql_error(name, e))?;
-            }
-            Ok(())
+            client
+                .batch_execute(&format!(
+                    "ALTER DATABASE template0 ALLOW_CONNECTIONS = {allow}"
+                ))
+                .map_err(|e| sql_error("template0", e))
         };
-        // template0 is opened for the time of its turn.
         toggle(&mut template1, true)?;
+        pgm_cluster::faults::point(|| "set-horizons:template0-open".into());
         let names: Vec<String> = databases.iter().map(|d| d.0.clone()).collect();
         let result = parallel(&names, self.settings.jobs, |name| {
             let mut client = server

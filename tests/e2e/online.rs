@@ -179,32 +179,85 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
     assert_eq!(new_stats, old_stats, "the restored statistics stay");
     crate::upgrade::assert_visibility(&pair.new, new_major);
     assert_healthy(&pair.new);
-    // The freeze held: freezing everything again finds nothing wrong, and
-    // the catalogs' tuples check out.
-    for db in ["postgres", "appdb"] {
-        let mut client = pair.new.client(db);
-        client.batch_execute("VACUUM (FREEZE)").unwrap();
+    // The freeze held: every catalog tuple of every database checks out,
+    // and freezing everything again finds nothing wrong.
+    let damage = catalog_damage(&pair.new);
+    assert!(damage.is_empty(), "{damage:#?}");
+    for db in databases_of(&pair.new) {
+        pair.new.sql(&db, "VACUUM (FREEZE)");
+    }
+    // The scripts the finished upgrade leaves, from what prepare found:
+    // the extensions the new cluster holds at versions older than its
+    // installation's are those update_extensions.sql updates.
+    let mut stale = Vec::new();
+    for db in databases_of(&pair.new) {
+        for row in pair
+            .new
+            .client(&db)
+            .query(
+                "SELECT name FROM pg_available_extensions WHERE installed_version <> default_version ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+        {
+            stale.push(format!("ALTER EXTENSION \"{}\" UPDATE;", row.get::<_, String>(0)));
+        }
+    }
+    let script = std::fs::read_to_string(pair.sandbox.path().join("update_extensions.sql"));
+    match script {
+        Ok(script) => {
+            assert!(!stale.is_empty(), "a script with nothing to do:\n{script}");
+            for line in &stale {
+                assert!(script.contains(line.as_str()), "{line} missing:\n{script}");
+            }
+        }
+        Err(_) => assert!(stale.is_empty(), "no update_extensions.sql for {stale:?}"),
+    }
+    pair.new.stop();
+}
+
+fn databases_of(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .client("postgres")
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY oid",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// What amcheck's verify_heapam finds wrong in the tuples of every catalog
+/// table (and its TOAST table) of every database: a catalog row the freeze
+/// missed has an xmin older than the horizon the cutover set, or newer
+/// than the old cluster's next transaction.
+fn catalog_damage(cluster: &Cluster) -> Vec<String> {
+    let mut damage = Vec::new();
+    for db in databases_of(cluster) {
+        let mut client = cluster.client(&db);
         client
             .batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
             .unwrap();
-        for catalog in [
-            "pg_class",
-            "pg_attribute",
-            "pg_type",
-            "pg_proc",
-            "pg_depend",
-        ] {
-            let problems: i64 = client
-                .query_one(
-                    &format!("SELECT count(*) FROM verify_heapam('pg_catalog.{catalog}')"),
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            assert_eq!(problems, 0, "{db}: verify_heapam({catalog})");
+        for row in client
+            .query(
+                "SELECT c.oid::regclass::text, v.msg
+                   FROM pg_class c, LATERAL verify_heapam(c.oid) v
+                  WHERE c.oid < 16384 AND c.relkind IN ('r', 't', 'm')
+                  ORDER BY c.oid",
+                &[],
+            )
+            .unwrap()
+        {
+            damage.push(format!(
+                "{db}: {}: {}",
+                row.get::<_, String>(0),
+                row.get::<_, String>(1)
+            ));
         }
     }
-    pair.new.stop();
+    damage
 }
 
 #[test]
@@ -352,9 +405,36 @@ fn cutover_refuses_what_changed_since_prepare() {
             "ALTER SEQUENCE ticket RESTART",
             "relation files",
         ),
+        (
+            "a database created",
+            "CREATE DATABASE late",
+            "database \"late\" is new",
+        ),
+        (
+            "a database setting",
+            "ALTER DATABASE app SET work_mem = '8MB'",
+            "pg_db_role_setting",
+        ),
+        (
+            "a comment on a role",
+            "COMMENT ON ROLE app_reader IS 'reads'",
+            "pg_shdescription",
+        ),
+        (
+            "a prepared transaction",
+            "BEGIN; INSERT INTO t VALUES (5000, 'pending'); PREPARE TRANSACTION 'pending'",
+            "1 prepared transactions",
+        ),
     ];
     for (what, sql, expected) in refusing {
         restore(&pair);
+        if what == "a prepared transaction" {
+            // A setting, not a catalog change.
+            let conf = pair.old.datadir.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str("max_prepared_transactions = 2\n");
+            std::fs::write(&conf, text).unwrap();
+        }
         pair.old.start();
         pair.old.sql("app", sql);
         pair.old.stop();
@@ -443,6 +523,47 @@ fn a_prepare_without_its_freeze_is_stopped_by_the_proof() {
     let again = prepare(&pair, &["--link"]);
     assert_eq!(again.status, 0, "{}", again.stderr);
     assert_eq!(state(&pair), "prepared");
+}
+
+/// What the freeze protects against is real and is found: a prepare that
+/// skips the freeze and its proof (a test hook) gives, after the cutover,
+/// a cluster that starts, but whose catalog tuples amcheck finds damaged.
+/// (The proven runs above find none with the same check.)
+#[test]
+fn without_the_freeze_the_cutover_leaves_damage_amcheck_finds() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    let mut words = vec![OsString::from("prepare")];
+    words.extend(pair.dir_args());
+    words.extend(args(&[&"--json", &"--link"]));
+    let mut command = as_test_user(&pair.bin);
+    command
+        .current_dir(pair.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_SKIP_FREEZE", "all");
+    let run = pgm_testkit::finish(command.output().unwrap());
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    // The catalog rows the restore wrote are judged by the old commit log:
+    // the server cannot even find its databases, or, where it can, amcheck
+    // finds tuples outside the horizons.
+    let run = cutover(&pair, &[]);
+    if run.status == 0 {
+        pair.new.start();
+        let damage = catalog_damage(&pair.new);
+        assert!(!damage.is_empty(), "amcheck found nothing wrong");
+        pair.new.stop();
+    } else {
+        let error = run.error();
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("cache lookup failed"),
+            "{error}"
+        );
+    }
 }
 
 /// A pair with a little of everything and the visibility probes' table,
@@ -548,6 +669,17 @@ fn cutover_killed(point: &str) {
     let after = capture(&pair.new, &pair.new.bindir);
     assert_same_state(&before, &after, (15, 18), point);
     crate::upgrade::assert_visibility(&pair.new, 18);
+    // template0, opened for the horizons, is closed again.
+    let template0_open: bool = pair
+        .new
+        .client("postgres")
+        .query_one(
+            "SELECT datallowconn FROM pg_database WHERE datname = 'template0'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!template0_open, "{point}: template0 left open");
     pair.new.stop();
 
     let Some(mut other) = small_running_pair() else {
@@ -588,6 +720,7 @@ kill_points! {
     prepare_killed_before_hiding: prepare_killed("after:link-ahead"),
     cutover_killed_after_protecting: cutover_killed("after:protect-old"),
     cutover_killed_in_the_handover: cutover_killed("handover-counters:commit-log-copied"),
+    cutover_killed_with_template0_open: cutover_killed("set-horizons:template0-open"),
     cutover_killed_after_the_horizons: cutover_killed("after:set-horizons"),
     cutover_killed_linking: cutover_killed("transfer:file:1"),
     cutover_killed_after_sync: cutover_killed("after:sync"),
@@ -618,4 +751,91 @@ fn a_cutover_resumed_after_the_old_cluster_ran_refuses() {
     assert_eq!(reverted.status, 0, "{}", reverted.stderr);
     pair.old
         .with_running(|c| c.sql("postgres", "SELECT * FROM vis WHERE id = 7000"));
+}
+
+/// What prepare cannot carry is refused before anything is changed, the
+/// old server serving on: a lock table too small for pg_dump's locks (a
+/// serving server cannot be restarted with a larger one), subscriptions.
+/// And in link mode a cutover refuses before its point of no return: the
+/// old cluster keeps its pg_control and starts as before.
+#[test]
+fn prepare_refuses_what_it_cannot_carry() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "ALTER SYSTEM SET max_locks_per_transaction = 10",
+    );
+    pair.old
+        .sql("postgres", "ALTER SYSTEM SET max_connections = 20");
+    pair.old.stop();
+    pair.old.start();
+    let refused = |pair: &Pair, code: &str, remedy: &str| {
+        let old_before = capture(&pair.old, &pair.new.bindir);
+        let new_before = snapshot(&pair.new.datadir);
+        let run = prepare(pair, &["--link"]);
+        assert_eq!(run.status, 3, "{code}: {}", run.stderr);
+        let error = run.error();
+        assert_eq!(error["code"], code, "{error}");
+        let text = error["remedy"].as_str().unwrap();
+        assert!(
+            text.contains(remedy) && text.contains("nothing was changed"),
+            "{error}"
+        );
+        // The old server served throughout and is as it was; the new
+        // cluster's data files are as initdb made them, and no journal.
+        pair.old.sql("postgres", "SELECT 1");
+        let old_after = capture(&pair.old, &pair.new.bindir);
+        assert_same_state(&old_before, &old_after, (18, 18), code);
+        crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
+        assert!(!pair.new.datadir.join("pg_migrate.d").exists(), "{code}");
+    };
+    refused(
+        &pair,
+        "lock_table_too_small",
+        "max_locks_per_transaction = ",
+    );
+    pair.old
+        .sql("postgres", "ALTER SYSTEM RESET max_locks_per_transaction");
+    pair.old
+        .sql("postgres", "ALTER SYSTEM RESET max_connections");
+    pair.old.stop();
+    pair.old.start();
+
+    pair.old
+        .sql("app", "CREATE PUBLICATION everything FOR ALL TABLES");
+    pair.old.sql(
+        "app",
+        "CREATE SUBSCRIPTION elsewhere CONNECTION 'dbname=nowhere' PUBLICATION everything WITH (connect = false)",
+    );
+    refused(&pair, "prepare_not_possible", "upgrade in one go");
+    pair.old
+        .sql("app", "ALTER SUBSCRIPTION elsewhere SET (slot_name = NONE)");
+    pair.old.sql("app", "DROP SUBSCRIPTION elsewhere");
+
+    // Link mode: prepared, then DDL; the cutover refuses with the old
+    // cluster's pg_control where it was.
+    let run = prepare(&pair, &["--link"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    pair.old.sql("app", "CREATE TABLE late (x int)");
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let new_before = snapshot(&pair.new.datadir);
+    let run = cutover(&pair, &[]);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    assert_eq!(run.error()["code"], "old_cluster_changed");
+    let global = pair.old.datadir.join("global");
+    assert!(global.join("pg_control").exists() && !global.join("pg_control.old").exists());
+    assert_same_tree(&new_before, &snapshot(&pair.new.datadir), "link refusal");
+    assert_eq!(state(&pair), "prepared");
+    pair.old.start();
+    let after = capture(&pair.old, &pair.new.bindir);
+    assert_same_state(&before, &after, (18, 18), "link refusal");
+    let discarded = pair.run(&args(&[&"discard", &"-D", &pair.new.datadir, &"--json"]));
+    assert_eq!(discarded.status, 0, "{}", discarded.stderr);
+    pair.old.sql("app", "SELECT count(*) FROM late");
+    pair.old.stop();
 }

@@ -44,6 +44,10 @@ pub struct DumpOptions {
     pub sequence_data: bool,
     /// Dump in the snapshot another transaction exported (`prepare`).
     pub snapshot: Option<String>,
+    /// Give up instead of waiting longer than this for a table's lock (a
+    /// live server: pg_dump must not sit behind a long DDL holding its
+    /// snapshot open).
+    pub lock_wait_timeout: Option<&'static str>,
 }
 
 impl DumpOptions {
@@ -155,6 +159,9 @@ pub fn dump_database(
     }
     if let Some(snapshot) = &options.snapshot {
         command = command.arg(format!("--snapshot={snapshot}"));
+    }
+    if let Some(timeout) = options.lock_wait_timeout {
+        command = command.arg(format!("--lock-wait-timeout={timeout}"));
     }
     let command = command
         .args([

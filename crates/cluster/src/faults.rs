@@ -11,7 +11,8 @@
 //!   catalog is restored, so that a test can make the transfer itself copy.
 //! - `PG_MIGRATE_TEST_SKIP_FREEZE=1`: prepare skips the VACUUM FREEZE of the
 //!   new catalog (but not its proof), so that a test can show the proof
-//!   stops a prepare whose freeze did not happen.
+//!   stops a prepare whose freeze did not happen. `=all` skips the proof
+//!   too, so that a test can show the damage is found after the cutover.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -39,6 +40,11 @@ pub fn copy_ahead_disabled() -> bool {
 /// Whether a test asked prepare to skip its freeze.
 pub fn freeze_skipped() -> bool {
     std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some()
+}
+
+/// Whether a test asked prepare to skip the freeze's proof as well.
+pub fn freeze_proof_skipped() -> bool {
+    std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some_and(|v| v == "all")
 }
 
 /// A fault point; `name` is only computed when a hook is set.
