@@ -184,35 +184,6 @@ fn process_exists(pid: i32) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pid_file_lines_are_understood() {
-        let text = "4242\n/data\n1700000000\n5432\n/tmp/sock\n\n  1234   5678\nready   \n";
-        let pf = parse_pid_file(text).unwrap();
-        assert_eq!(pf.pid, 4242);
-        assert_eq!(pf.port, Some(5432));
-        assert_eq!(pf.socket_dir.as_deref(), Some(Path::new("/tmp/sock")));
-        assert!(parse_pid_file("garbage").is_none());
-        assert!(process_exists(std::process::id() as i32));
-        assert!(!process_exists(0));
-    }
-
-    #[test]
-    fn directories_that_are_not_clusters_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = DataDir::open(dir.path(), None).unwrap_err();
-        assert!(err.to_string().contains("no PG_VERSION"), "{err}");
-        std::fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
-        let err = DataDir::open(dir.path(), None).unwrap_err();
-        assert!(err.to_string().contains("base, global"), "{err}");
-        let err = DataDir::open(&dir.path().join("nope"), None).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }));
-    }
-}
-
 /// Copies one small file of a data directory (a catalog, commit-log or
 /// configuration file) by plain reads and writes, keeping its permissions.
 /// `std::fs::copy` would use `copy_file_range`, which some kernels
@@ -240,4 +211,33 @@ pub fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
         target.write_all(&buffer[..n])?;
     }
     target.set_permissions(permissions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_lines_are_understood() {
+        let text = "4242\n/data\n1700000000\n5432\n/tmp/sock\n\n  1234   5678\nready   \n";
+        let pf = parse_pid_file(text).unwrap();
+        assert_eq!(pf.pid, 4242);
+        assert_eq!(pf.port, Some(5432));
+        assert_eq!(pf.socket_dir.as_deref(), Some(Path::new("/tmp/sock")));
+        assert!(parse_pid_file("garbage").is_none());
+        assert!(process_exists(std::process::id() as i32));
+        assert!(!process_exists(0));
+    }
+
+    #[test]
+    fn directories_that_are_not_clusters_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DataDir::open(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("no PG_VERSION"), "{err}");
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
+        let err = DataDir::open(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("base, global"), "{err}");
+        let err = DataDir::open(&dir.path().join("nope"), None).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }));
+    }
 }
