@@ -41,6 +41,10 @@ pub struct Upgraded<'a> {
 /// The steps in the order they run.
 fn wanted(steps: &AfterSteps) -> Vec<&'static str> {
     let mut out = Vec::new();
+    // First: the result as the upgrade made it, before any step changes it.
+    if steps.verify.is_some() {
+        out.push("verify");
+    }
     if steps.carry_config {
         out.push("carry-config");
     }
@@ -99,11 +103,23 @@ pub fn run_steps(
             if name == "carry-config" {
                 return carry_config(settings, printer, upgraded, run_dir);
             }
+            if name == "verify" {
+                crate::verify::preflight(settings, &upgraded.new_dir.path)?;
+            }
             if server.is_none() {
                 server = Some(new_server(settings, upgraded, run_dir)?);
             }
             let server = server.as_ref().expect("started above");
             match name {
+                "verify" => crate::verify::run(
+                    settings,
+                    printer,
+                    upgraded.new_install,
+                    &upgraded.new_dir.path,
+                    server,
+                    run_dir,
+                    settings.after.verify.expect("asked for"),
+                ),
                 "update-extensions" => update_extensions(server, run_dir),
                 "reindex-collation" => reindex_collation(upgraded, server, run_dir),
                 "post-upgrade" => post_upgrade(settings, printer, upgraded, server, run_dir),
@@ -158,6 +174,10 @@ fn flags_from(names: &[&str], from: &str, steps: &AfterSteps) -> String {
         .iter()
         .skip_while(|n| **n != from)
         .map(|n| match *n {
+            "verify" => match steps.verify {
+                Some(v) if v.mode == crate::cli::VerifyMode::Full => "--verify=full".into(),
+                _ => "--verify".into(),
+            },
             "post-upgrade" => format!(
                 "--post-upgrade {}",
                 steps
@@ -1113,8 +1133,8 @@ pub fn run_post_upgrade(
     printer: &Printer,
     started: Instant,
     view: &JournalView,
+    name: &'static str,
 ) -> i32 {
-    let name = "post-upgrade";
     let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
         crate::fail_early(printer, started, name, code, message, remedy, status)
     };
@@ -1210,6 +1230,7 @@ pub fn run_post_upgrade(
     let exit_code = match failure {
         None => exit::SUCCESS,
         Some(failure) => {
+            let code = failure_exit_code(failure.code);
             printer.emit(&Event::Error {
                 code: failure.code,
                 message: failure.message,
@@ -1220,17 +1241,13 @@ pub fn run_post_upgrade(
                     new: "upgraded",
                 },
             });
-            exit::AFTER_STEP_FAILED
+            code
         }
     };
     let logs = run_dir.kept_logs(settings.retain, exit_code != exit::SUCCESS);
     printer.emit(&Event::Summary {
         command: name,
-        result: if exit_code == exit::SUCCESS {
-            "ok"
-        } else {
-            "after_step_failed"
-        },
+        result: result_of(exit_code),
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
         checks: None,
@@ -1244,6 +1261,25 @@ pub fn run_post_upgrade(
         next_steps: Vec::new(),
     });
     exit_code
+}
+
+/// The exit status of a failed step: differences `--verify` found have
+/// their own.
+pub fn failure_exit_code(code: &str) -> i32 {
+    if code == "verify_found_differences" {
+        exit::VERIFY_FAILED
+    } else {
+        exit::AFTER_STEP_FAILED
+    }
+}
+
+/// The summary's `result` for a run of the steps.
+pub fn result_of(exit_code: i32) -> &'static str {
+    match exit_code {
+        exit::SUCCESS => "ok",
+        exit::VERIFY_FAILED => "verify_failed",
+        _ => "after_step_failed",
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub enum Command {
     Cutover(Options),
     /// Throw a prepared new cluster away without touching the old one
     Discard(Options),
+    /// Prove a finished upgrade (-D): compare the new cluster with the old one as --verify measured it (or, copy modes, as it is)
+    Verify(Options),
 }
 
 /// What was asked for.
@@ -54,6 +56,7 @@ pub enum Action {
     Prepare,
     Cutover,
     Discard,
+    Verify,
 }
 
 impl Action {
@@ -69,6 +72,7 @@ impl Action {
             Action::Prepare => "prepare",
             Action::Cutover => "cutover",
             Action::Discard => "discard",
+            Action::Verify => "verify",
         }
     }
 }
@@ -81,6 +85,16 @@ pub enum Method {
     InPlace,
     /// Every database dumped with its data and restored into the new cluster
     Dump,
+}
+
+/// How much `--verify` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyMode {
+    /// Every table, those above --verify-sample-above by a sample of their blocks
+    Sampled,
+    /// Every row of every table
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,6 +269,19 @@ pub struct Options {
     /// Carry postgresql.conf settings, pg_hba.conf and pg_ident.conf into the new cluster
     #[arg(long = "carry-config")]
     pub carry_config: bool,
+    /// Prove the result: the old cluster measured before the transfer, the new one after, compared (HOW: sampled, the default, or full)
+    #[arg(
+        long = "verify",
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "sampled",
+        value_name = "HOW"
+    )]
+    pub verify: Option<VerifyMode>,
+    /// --verify: tables larger than SIZE (e.g. 64MB, 1GB) are sampled, about SIZE of each read [default: 64MB]
+    #[arg(long = "verify-sample-above", value_name = "SIZE", value_parser = parse_size)]
+    pub verify_sample_above: Option<u64>,
     /// Keep this run's logs in DIR (kept after success too; the summary names them)
     #[arg(long = "log-dir", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
@@ -316,9 +343,44 @@ pub struct Settings {
     pub stop_old: bool,
 }
 
+/// `--verify`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Verify {
+    pub mode: VerifyMode,
+    pub sample_above: u64,
+}
+
+/// The default `--verify-sample-above`.
+pub const DEFAULT_SAMPLE_ABOVE: u64 = 64 << 20;
+
+/// `64MB`, `1GB`, `512kB`, `1048576`: a size in bytes (units of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a size (say 64MB, 1GB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" => 10,
+        "m" | "mb" => 20,
+        "g" | "gb" => 30,
+        "t" | "tb" => 40,
+        _ => return Err(format!("\"{unit}\" is not a size unit (kB, MB, GB, TB)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("\"{text}\" is too large"))
+}
+
 /// The optional steps after an upgrade.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AfterSteps {
+    /// Runs first: the result as the upgrade made it.
+    pub verify: Option<Verify>,
     pub carry_config: bool,
     pub update_extensions: bool,
     pub reindex_collation: bool,
@@ -328,7 +390,8 @@ pub struct AfterSteps {
 
 impl AfterSteps {
     pub fn any(&self) -> bool {
-        self.carry_config
+        self.verify.is_some()
+            || self.carry_config
             || self.update_extensions
             || self.reindex_collation
             || self.post_upgrade.is_some()
@@ -356,7 +419,10 @@ impl Options {
         };
         // restore works on a backup and a target cluster only; post-upgrade
         // reads the old side from the journal when it needs it.
-        let needs_old = !matches!(action, Action::Restore | Action::PostUpgrade);
+        let needs_old = !matches!(
+            action,
+            Action::Restore | Action::PostUpgrade | Action::Verify
+        );
         let needs_new_datadir = action != Action::Backup;
         let (old_bindir, old_datadir) = if needs_old {
             (
@@ -457,7 +523,38 @@ impl Options {
                 remedy: "leave out --link, --clone, --copy-file-range and --swap, or use the in-place method".into(),
             });
         }
+        if self.verify_sample_above.is_some() && self.verify.is_none() && action != Action::Verify {
+            return Err(UsageError {
+                message: "--verify-sample-above only applies with --verify".into(),
+                remedy: "add --verify, or leave it out".into(),
+            });
+        }
+        let verify_mode = match action {
+            Action::Verify => Some(self.verify.unwrap_or(VerifyMode::Sampled)),
+            _ => self.verify,
+        };
+        if verify_mode.is_some()
+            && matches!(
+                action,
+                Action::Check
+                    | Action::Prepare
+                    | Action::Cutover
+                    | Action::Backup
+                    | Action::Restore
+                    | Action::Discard
+                    | Action::Revert
+            )
+        {
+            return Err(UsageError {
+                message: format!("--verify does not apply to {}", action.name()),
+                remedy: "use it on an upgrade made in one go (or its resume), or run pg-migrate verify -D NEW on a finished copy-mode upgrade".into(),
+            });
+        }
         let after = AfterSteps {
+            verify: verify_mode.map(|mode| Verify {
+                mode,
+                sample_above: self.verify_sample_above.unwrap_or(DEFAULT_SAMPLE_ABOVE),
+            }),
             carry_config: self.carry_config,
             update_extensions: self.update_extensions,
             reindex_collation: self.reindex_collation,
@@ -467,7 +564,7 @@ impl Options {
         if action == Action::PostUpgrade && !after.any() {
             return Err(UsageError {
                 message: "post-upgrade was given nothing to do".into(),
-                remedy: "name the steps: --post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config".into(),
+                remedy: "name the steps: --verify, --post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config".into(),
             });
         }
         let socket_base = absolute(self.socketdir.clone().unwrap_or_else(std::env::temp_dir));

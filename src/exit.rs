@@ -16,3 +16,6 @@ pub const FAILED_NEEDS_RECOVERY: i32 = 4;
 /// …) failed: the new cluster is complete; fix and re-run that step with
 /// `pg-migrate post-upgrade`.
 pub const AFTER_STEP_FAILED: i32 = 5;
+/// The upgrade finished, but `--verify` (or `pg-migrate verify`) found
+/// differences between the old and the new cluster that no rule explains.
+pub const VERIFY_FAILED: i32 = 6;

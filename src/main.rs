@@ -12,6 +12,7 @@ mod recovery;
 mod report;
 mod rundir;
 mod upgrade;
+mod verify;
 
 use std::time::Instant;
 
@@ -72,6 +73,7 @@ fn run() -> i32 {
         Some(Command::Prepare(options)) => (options, Action::Prepare),
         Some(Command::Cutover(options)) => (options, Action::Cutover),
         Some(Command::Discard(options)) => (options, Action::Discard),
+        Some(Command::Verify(options)) => (options, Action::Verify),
         None if cli.options.check => (cli.options, Action::Check),
         None => (cli.options, Action::Upgrade),
     };
@@ -90,7 +92,12 @@ fn run() -> i32 {
     }
     let journal = if matches!(
         action,
-        Action::Resume | Action::Revert | Action::PostUpgrade | Action::Cutover | Action::Discard
+        Action::Resume
+            | Action::Revert
+            | Action::PostUpgrade
+            | Action::Cutover
+            | Action::Discard
+            | Action::Verify
     ) {
         match recovery::fill_from_journal(
             &mut options,
@@ -154,8 +161,8 @@ fn run() -> i32 {
         (Action::Cutover, Some(view)) => run_cutover(&settings, &printer, started, &view),
         (Action::Prepare, _) => run_prepare(&settings, &printer, started),
         (Action::Resume, Some(view)) => run_resume(&settings, &printer, started, &view),
-        (Action::PostUpgrade, Some(view)) => {
-            after::run_post_upgrade(&settings, &printer, started, &view)
+        (Action::PostUpgrade | Action::Verify, Some(view)) => {
+            after::run_post_upgrade(&settings, &printer, started, &view, name)
         }
         (Action::Backup, _) => backup::run_backup(&settings, &printer, started),
         (Action::Restore, _) => backup::run_restore(&settings, &printer, started),
@@ -589,8 +596,8 @@ fn finish_upgrade(
                             new: "upgraded",
                         },
                     });
-                    summary.exit_code = exit::AFTER_STEP_FAILED;
-                    summary.result = Some("after_step_failed");
+                    summary.exit_code = after::failure_exit_code(failure.code);
+                    summary.result = Some(after::result_of(summary.exit_code));
                 }
             }
             summary.next_steps = next_steps.into_iter().map(|n| n.text).collect();

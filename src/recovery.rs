@@ -141,6 +141,10 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
         if options.post_upgrade.is_none() {
             options.post_upgrade = path(&after["post_upgrade"]);
         }
+        if let Ok(verify) = serde_json::from_value::<crate::cli::Verify>(after["verify"].clone()) {
+            options.verify = options.verify.or(Some(verify.mode));
+            options.verify_sample_above = options.verify_sample_above.or(Some(verify.sample_above));
+        }
     }
     let mode = plan["mode"].as_str().unwrap_or("copy");
     let asked = options.mode();

@@ -115,6 +115,22 @@ pub enum Event {
         new_value: Option<String>,
         reason: String,
     },
+    /// `--verify`: how the new cluster compares with the old one.
+    Verify {
+        outcome: pgm_verifier::proof::Outcome,
+        /// Where the old side was measured: `before_transfer` (recorded by
+        /// the upgrade) or `now` (copy modes, after the fact).
+        old_measured: &'static str,
+        rules: Vec<pgm_verifier::proof::RuleUse>,
+        tables: usize,
+        sampled_tables: usize,
+        sequences: usize,
+        large_objects: i64,
+        difference_count: usize,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        differences: Vec<String>,
+        report: String,
+    },
     /// Why the run failed, and in what state it leaves each cluster.
     Error {
         code: &'static str,
@@ -337,6 +353,40 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             let mut text = format!("  {name}{place}: {status}");
             if let Some(message) = message {
                 text.push_str(&format!(" ({message})"));
+            }
+            Some(text)
+        }
+        Event::Verify {
+            outcome,
+            rules,
+            tables,
+            sampled_tables,
+            sequences,
+            large_objects,
+            difference_count,
+            differences,
+            report,
+            ..
+        } => {
+            let verdict = match outcome {
+                pgm_verifier::proof::Outcome::Identical => "identical".to_string(),
+                pgm_verifier::proof::Outcome::Explained => format!(
+                    "the same, differences explained by: {}",
+                    rules
+                        .iter()
+                        .map(|r| format!("{} ({} lines)", r.rule, r.lines))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                pgm_verifier::proof::Outcome::Different => {
+                    format!("{difference_count} UNEXPLAINED DIFFERENCES")
+                }
+            };
+            let mut text = format!(
+                "  verify: {verdict}; {tables} tables ({sampled_tables} sampled), {sequences} sequences, {large_objects} large objects compared; report: {report}"
+            );
+            for line in differences.iter().take(20) {
+                text.push_str(&format!("\n    {line}"));
             }
             Some(text)
         }

@@ -164,6 +164,9 @@ pub struct Engine<'a> {
     cutover_old_lsn: Option<u64>,
     /// The script `finish` wrote for collation-dependent indexes.
     reindex_script: Option<PathBuf>,
+    /// The old cluster's logical replication slots (17 and later), made
+    /// again in the new cluster by the restore's server.
+    logical_slots: Vec<pgm_catalog::LogicalSlot>,
 }
 
 /// Copies of the old relation files made in the background from the moment
@@ -324,6 +327,7 @@ impl<'a> Engine<'a> {
             old_live: false,
             horizons: None,
             cutover_old_lsn: None,
+            logical_slots: Vec::new(),
         })
     }
 
@@ -495,9 +499,15 @@ impl<'a> Engine<'a> {
         }
         if self.settings.method == Method::Dump {
             self.step("dump-all", Engine::dump_all)?;
+            if self.settings.after.verify.is_some() {
+                self.step("record-old", Engine::record_old)?;
+            }
             self.step("restore-all", Engine::restore_all)?;
         } else {
             self.step("dump-old", Engine::dump_old)?;
+            if self.settings.after.verify.is_some() {
+                self.step("record-old", Engine::record_old)?;
+            }
             self.step("prepare-new", Engine::prepare_new)?;
             self.step("handover-counters", Engine::handover_counters)?;
             self.step("restore-schema", Engine::restore_schema)?;
@@ -801,6 +811,7 @@ impl<'a> Engine<'a> {
                             "reindex_collation": self.settings.after.reindex_collation,
                             "post_upgrade": self.settings.after.post_upgrade,
                             "analyze": self.settings.after.analyze,
+                            "verify": self.settings.after.verify,
                         },
                     }),
                 )
@@ -928,9 +939,41 @@ impl<'a> Engine<'a> {
             };
             crate::backup::write(&work, &server, &self.new_install, &self.old_dir.path, &dir)?;
         }
+        if self.settings.after.verify.is_some() {
+            // Measured next, by the same server.
+            self.report.kept_old = Some(server);
+            return Ok(());
+        }
         server
             .stop()
             .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// `--verify`: the old cluster measured while its server is up, before
+    /// anything of it changes; kept for the comparison after the upgrade.
+    fn record_old(&mut self) -> Result<(), Failure> {
+        let verify = self
+            .settings
+            .after
+            .verify
+            .ok_or_else(|| Failure::new("internal", "record-old without --verify"))?;
+        let server = self.old_server_for_dumps()?;
+        let result = crate::verify::record_old(
+            &self.new_install,
+            &server,
+            &self.old_install,
+            &self.new_dir().path,
+            crate::verify::measure_options(verify, self.settings.method),
+            self.settings.jobs,
+        );
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))?;
+        result?;
+        if self.settings.method == Method::InPlace {
+            self.start_staging();
+        }
+        Ok(())
     }
 
     /// `--method dump`: the dump restored into the new cluster (a normal
@@ -1010,6 +1053,11 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
         self.tablespaces = pgm_catalog::list_tablespaces(&mut client)
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        if !prepare {
+            self.logical_slots =
+                pgm_catalog::list_logical_slots(&mut client, self.old_install.version.major)
+                    .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        }
         drop(client);
         let new_suffix = self.tablespace_dir(false)?;
         for location in &self.tablespaces {
@@ -1109,6 +1157,11 @@ impl<'a> Engine<'a> {
                 });
             }
             plan.old_relations = relations;
+        }
+        if !prepare && self.settings.after.verify.is_some() {
+            // Measured next, by the same server (record-old starts the copying).
+            self.report.kept_old = Some(server);
+            return Ok(());
         }
         // A server someone else runs (prepare, live) is not ours to stop.
         server
@@ -1370,9 +1423,36 @@ impl<'a> Engine<'a> {
             plan.new_tablespace_location = new_db.tablespace_location.clone();
             plan.new_relations = relations;
         }
+        self.create_logical_slots(&server)?;
         server
             .stop()
             .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// The old cluster's logical slots, made again now: this server runs
+    /// after the new cluster's last pg_resetwal, so the WAL they keep from
+    /// here on stays. Their consumers continue from this position.
+    fn create_logical_slots(&mut self, server: &Server) -> Result<(), Failure> {
+        if self.logical_slots.is_empty() {
+            return Ok(());
+        }
+        pgm_catalog::create_logical_slots(|db| server.connect(db), &self.logical_slots)
+            .map_err(|e| Failure::new("slots_failed", e))?;
+        self.printer.say(&format!(
+            "  {} logical replication slots made again: {}",
+            self.logical_slots.len(),
+            self.logical_slots
+                .iter()
+                .map(|s| format!("\"{}\" ({})", s.name, s.database))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record("logical-slots", json!({ "slots": self.logical_slots }))
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        Ok(())
     }
 
     /// Old and new relation maps must list the same relations (by OID);

@@ -227,21 +227,34 @@ impl<'a> Engine<'a> {
     /// Refusals of what prepare cannot carry, before anything is changed.
     pub(super) fn prepare_gate(&mut self) -> Result<(), Failure> {
         let server = self.old_server_live_or_private()?;
-        let subscriptions: i64 = server
+        let row = server
             .connect("template1")
             .map_err(|e| Failure::new("old_catalog_failed", e))?
-            .query_one("SELECT count(*) FROM pg_catalog.pg_subscription", &[])
-            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?
-            .get(0);
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_subscription),
+                        (SELECT count(*) FROM pg_catalog.pg_replication_slots
+                          WHERE slot_type = 'logical' AND NOT temporary)",
+                &[],
+            )
+            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
+        let (subscriptions, slots): (i64, i64) = (row.get(0), row.get(1));
         self.report.kept_old = Some(server);
+        // Subscriptions' origins go on advancing after the dump recorded
+        // them (the cutover's copy would replay or skip changes); slots are
+        // made again only by an upgrade in one go.
+        let mut what = Vec::new();
         if subscriptions > 0 {
-            // The subscriptions' origins would go on advancing after the
-            // dump recorded them: the cutover's copy would replay or skip changes.
+            what.push(format!("{subscriptions} subscriptions (their replication progress moves on after prepare, and the prepared cluster would hold a stale one)"));
+        }
+        if slots > 0 {
+            what.push(format!(
+                "{slots} logical replication slots (the online mode does not carry them)"
+            ));
+        }
+        if !what.is_empty() {
             return Err(Failure {
                 code: "prepare_not_possible",
-                message: format!(
-                    "the old cluster has {subscriptions} subscriptions: their replication progress moves on after prepare, and the prepared cluster would hold a stale one"
-                ),
+                message: format!("the old cluster has {}", what.join(" and ")),
                 remedy: Some("nothing was changed; upgrade in one go instead (pg-migrate without prepare/cutover)".into()),
             });
         }

@@ -839,3 +839,55 @@ fn prepare_refuses_what_it_cannot_carry() {
     pair.old.sql("app", "SELECT count(*) FROM late");
     pair.old.stop();
 }
+
+/// The online mode does not make logical slots again: prepare refuses an
+/// old cluster that has one, before anything is changed, and the slot
+/// stays where it was.
+#[test]
+fn prepare_refuses_logical_slots() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    // Both sides fit for slots, so that the checks pass and only the
+    // online mode's own refusal is left.
+    for datadir in [&pair.old.datadir, &pair.new.datadir] {
+        let conf = datadir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nwal_level = logical\n");
+        std::fs::write(&conf, text).unwrap();
+    }
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "SELECT pg_create_logical_replication_slot('feed', 'test_decoding')",
+    );
+    let old_before = capture(&pair.old, &pair.new.bindir);
+    let new_before = snapshot(&pair.new.datadir);
+    let run = prepare(&pair, &["--copy"]);
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    let error = run.error();
+    assert_eq!(error["code"], "prepare_not_possible", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 logical replication slots"),
+        "{error}"
+    );
+    assert!(error["remedy"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was changed"));
+    let slot: String = pair
+        .old
+        .client("postgres")
+        .query_one("SELECT slot_name::text FROM pg_replication_slots", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(slot, "feed");
+    let old_after = capture(&pair.old, &pair.new.bindir);
+    assert_same_state(&old_before, &old_after, (18, 18), "slot refusal");
+    crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
+    assert!(!pair.new.datadir.join("pg_migrate.d").exists());
+    pair.old.stop();
+}

@@ -9,6 +9,8 @@
 //! queried, its pg_xact and pg_multixact copied from). Its `backup` module
 //! makes and restores logical backups (every database's data included),
 //! for `--backup-dir`, `backup`/`restore` and the dump-and-reload method.
+//! Logical replication slots (17 and later) are read from the old cluster
+//! and made again in the new one.
 
 pub mod backup;
 mod dump;
@@ -17,6 +19,7 @@ pub mod fingerprint;
 mod handover;
 mod relations;
 mod script;
+mod slots;
 
 pub use dump::{
     dump_database, dump_globals, restore_database, restore_globals, restore_transaction_size,
@@ -31,5 +34,6 @@ pub use relations::{
     list_databases, list_relations, list_tablespaces, outdated_extensions, Database, Relation,
     RelationQuery,
 };
+pub use slots::{create_logical_slots, list_logical_slots, LogicalSlot};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -193,12 +193,13 @@ pub(crate) const RULES: &[Rule] = &[
         id: "old-logical-slots",
         title: "no logical replication slots left behind",
         code: "logical_slots_not_carried",
-        applies: |old, _| old.number() >= 17,
+        // 17 and later save a slot's position at shutdown: those are carried.
+        applies: |old, _| old.number() < 17,
         sql: |_| "SELECT 'slot', pg_catalog.quote_ident(slot_name::text) FROM pg_catalog.pg_replication_slots
                   WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2".into(),
         global: true,
-        why: "this version of pg-migrate does not yet re-create logical replication slots in the new cluster; their subscribers would lose their place",
-        remedy: "drop the slots before upgrading (SELECT pg_drop_replication_slot(name)) and re-create them, and re-sync their subscribers, afterwards; or use PostgreSQL's pg_upgrade for this cluster",
+        why: "before PostgreSQL 17 a slot's position is not saved at shutdown, so its slots cannot be carried (pg_upgrade drops them silently); their subscribers would lose their place",
+        remedy: "drop the slots before upgrading (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_type = 'logical'), and afterwards re-create them and re-sync their subscribers",
     },
     Rule {
         id: "old-logical-slots-usable",

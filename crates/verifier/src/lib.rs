@@ -7,11 +7,16 @@
 //! are shown, and it never writes to a cluster beyond what starting and
 //! cleanly stopping a server does. Catalog checks run only when every static
 //! check passed, so a problem found on disk leaves both trees untouched.
+//!
+//! It also owns the proof after the fact (`proof`, for `--verify`): both
+//! clusters measured the same way and compared, known differences between
+//! majors explained by named rules; that too only reads.
 
 mod catalog;
 mod catalogue;
 mod finding;
 mod initdb;
+pub mod proof;
 mod statics;
 
 use std::path::PathBuf;
