@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pgm_cluster::command::PgCommand;
-use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerOptions, ServerStatus, Tool};
+use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus, Tool};
 use serde_json::json;
 
 use crate::cli::{AfterSteps, Settings};
@@ -244,15 +244,11 @@ fn new_server(
             });
         }
     }
-    let options = ServerOptions {
-        port: settings.new_port,
-        socket_dir: run_dir.socket_dir(false),
-        binary_upgrade: false,
-        durability_off: false,
-        extra_options: settings.new_options.clone(),
-        log_file: run_dir.log_dir().join("new-server-after-upgrade.log"),
-        user: settings.user.clone(),
-    };
+    let options = run_dir.plain_server_options(
+        settings,
+        false,
+        run_dir.log_dir().join("new-server-after-upgrade.log"),
+    );
     Server::start(upgraded.new_install, dir, &options)
         .map_err(|e| Failure::new("server_start_failed", e))
 }

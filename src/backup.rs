@@ -440,15 +440,7 @@ fn old_server(
             remedy: Some("start the server once so that it recovers and stop it cleanly, or back up the running server".into()),
         });
     }
-    let options = ServerOptions {
-        port: settings.old_port,
-        socket_dir: run_dir.socket_dir(true),
-        binary_upgrade: false,
-        durability_off: false,
-        extra_options: settings.old_options.clone(),
-        log_file: log_dir.join("old-server.log"),
-        user: settings.user.clone(),
-    };
+    let options = run_dir.plain_server_options(settings, true, log_dir.join("old-server.log"));
     let server = Server::start(install, dir, &options)
         .map_err(|e| Failure::new("server_start_failed", e))?;
     Ok((server, "started_and_stopped"))
@@ -725,14 +717,9 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         let datadir =
             DataDir::open(&target_dir, None).map_err(|e| Failure::new("restore_failed", e))?;
         let options = ServerOptions {
-            port: settings.new_port,
-            socket_dir: run_dir.socket_dir(false),
-            binary_upgrade: false,
             // Synced as a whole at the end; a restore cut short is redone.
             durability_off: true,
-            extra_options: settings.new_options.clone(),
-            log_file: log_dir.join("target-server.log"),
-            user: settings.user.clone(),
+            ..run_dir.plain_server_options(settings, false, log_dir.join("target-server.log"))
         };
         let server = Server::start(&target, &datadir, &options)
             .map_err(|e| Failure::new("server_start_failed", e))?;

@@ -7,6 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
+use pgm_cluster::ServerOptions;
+
+use crate::cli::Settings;
+
 pub struct RunDir {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
@@ -44,6 +48,32 @@ impl RunDir {
             self.path.clone()
         } else {
             self.path.join("new")
+        }
+    }
+
+    /// A server pg-migrate starts outside binary-upgrade mode (to read or
+    /// back up the old cluster, or for the steps after an upgrade): the
+    /// side's port and server options as the user gave them, its socket
+    /// here, its log in `log_file`.
+    pub fn plain_server_options(
+        &self,
+        settings: &Settings,
+        old: bool,
+        log_file: PathBuf,
+    ) -> ServerOptions {
+        let (port, extra_options) = if old {
+            (settings.old_port, settings.old_options.clone())
+        } else {
+            (settings.new_port, settings.new_options.clone())
+        };
+        ServerOptions {
+            port,
+            socket_dir: self.socket_dir(old),
+            binary_upgrade: false,
+            durability_off: false,
+            extra_options,
+            log_file,
+            user: settings.user.clone(),
         }
     }
 

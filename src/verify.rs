@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use pgm_cluster::{DataDir, Installation, Server, ServerOptions};
+use pgm_cluster::{DataDir, Installation, Server};
 use pgm_verifier::proof::{self, MeasureOptions, Outcome, Side};
 
 use crate::cli::{Method, Mode, Settings, Verify, VerifyMode};
@@ -202,15 +202,11 @@ fn measure_old_now(
             ),
         });
     }
-    let options = ServerOptions {
-        port: settings.old_port,
-        socket_dir: run_dir.socket_dir(true),
-        binary_upgrade: false,
-        durability_off: false,
-        extra_options: settings.old_options.clone(),
-        log_file: run_dir.log_dir().join("old-server-verify.log"),
-        user: settings.user.clone(),
-    };
+    let options = run_dir.plain_server_options(
+        settings,
+        true,
+        run_dir.log_dir().join("old-server-verify.log"),
+    );
     let server = Server::start(&old_install, &old_dir, &options)
         .map_err(|e| Failure::new("server_start_failed", e))?;
     let side = proof::measure(

@@ -138,11 +138,7 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
     let run = cutover(&pair, &[]);
     assert_eq!(run.status, 0, "cutover:\n{}\n{}", run.stderr, run.stdout);
     assert_eq!(state(&pair), "complete");
-    let steps: Vec<&str> = run
-        .events_named("step_end")
-        .iter()
-        .map(|e| e["step"].as_str().unwrap())
-        .collect();
+    let steps: Vec<&str> = run.steps_ended();
     assert!(
         steps.contains(&"verify-unchanged") && steps.contains(&"set-horizons"),
         "{steps:?}"

@@ -144,11 +144,7 @@ fn verify_proves_a_link_upgrade_and_finds_what_differs() {
     let run = pair.run(&words);
     crate::json_schema::validate(&run.events);
     assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
-    let steps: Vec<&str> = run
-        .events_named("step_end")
-        .iter()
-        .map(|e| e["step"].as_str().unwrap())
-        .collect();
+    let steps: Vec<&str> = run.steps_ended();
     assert!(
         steps.contains(&"record-old") && steps.contains(&"verify"),
         "{steps:?}"

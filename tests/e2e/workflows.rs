@@ -437,11 +437,7 @@ fn upgrade_with_a_backup_logs_and_every_step_after_it() {
     }
     assert!(next.contains("delete_old_cluster.sh"), "{next}");
     // The backup came first, with 18's tools (12's install has none).
-    let ends: Vec<&str> = run
-        .events_named("step_end")
-        .iter()
-        .map(|e| e["step"].as_str().unwrap())
-        .collect();
+    let ends: Vec<&str> = run.steps_ended();
     let at = |step: &str| ends.iter().position(|s| *s == step).unwrap();
     assert!(at("backup") < at("dump-old"), "{ends:?}");
     assert_eq!(summary["backup"]["databases"], 6);
@@ -736,11 +732,7 @@ fn dump_and_reload_upgrades_where_in_place_cannot() {
     let run = upgrade(&pair, &["--method", "dump"]);
     let warned = run.check("control-data-checksums");
     assert_eq!(warned["status"], "warn", "{warned}");
-    let steps: Vec<&str> = run
-        .events_named("step_end")
-        .iter()
-        .map(|e| e["step"].as_str().unwrap())
-        .collect();
+    let steps: Vec<&str> = run.steps_ended();
     assert_eq!(
         steps,
         vec!["checks", "dump-all", "restore-all", "sync", "finish"]

@@ -411,6 +411,15 @@ impl Run {
         self.events.iter().filter(|e| e["event"] == name).collect()
     }
 
+    /// The steps that ended (their `step_end` events), in order.
+    pub fn steps_ended(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "step_end")
+            .map(|e| e["step"].as_str().expect("a step_end event names its step"))
+            .collect()
+    }
+
     /// The `check` event with this id.
     pub fn check(&self, id: &str) -> &Value {
         self.events
