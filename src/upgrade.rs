@@ -52,6 +52,28 @@ impl Failure {
     }
 }
 
+/// Reads a pg_control wherever a run may have left it: hidden by prepare
+/// (`pg_control.prepared`) or renamed by link mode (`pg_control.old`).
+fn read_control(datadir: &Path) -> Result<ControlFile, Failure> {
+    let global = datadir.join("global");
+    let path = [
+        global.join("pg_control"),
+        global.join("pg_control.prepared"),
+        global.join("pg_control.old"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .ok_or_else(|| {
+        Failure::new(
+            "resume_failed",
+            format!("{} has no pg_control", global.display()),
+        )
+    })?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Failure::new("resume_failed", format!("{}: {e}", path.display())))?;
+    ControlFile::decode(&bytes, &path).map_err(|e| Failure::new("resume_failed", e))
+}
+
 /// One database's part of the plan.
 struct DatabasePlan {
     db: Database,
@@ -61,6 +83,26 @@ struct DatabasePlan {
     new_tablespace_location: String,
     dump: PathBuf,
     log: PathBuf,
+}
+
+impl DatabasePlan {
+    /// A database known only by its OID and name (a run continued from a
+    /// journal); the rest is filled in by the steps that need it.
+    fn named(oid: u32, name: String) -> DatabasePlan {
+        DatabasePlan {
+            db: Database {
+                oid,
+                name,
+                tablespace_location: String::new(),
+            },
+            old_relations: Vec::new(),
+            new_relations: Vec::new(),
+            new_oid: 0,
+            new_tablespace_location: String::new(),
+            dump: PathBuf::new(),
+            log: PathBuf::new(),
+        }
+    }
 }
 
 /// A failed upgrade: why, the state of each cluster, the exit status, and
@@ -365,9 +407,11 @@ impl<'a> Engine<'a> {
         self
     }
 
-    /// An engine that continues a journal whose relation map was saved: the
-    /// remaining steps need neither the old server nor the old catalog.
-    pub fn resume_late(
+    /// An engine for a run that continues a journal (a late resume, a
+    /// cutover): both installations and data directories as the settings
+    /// name them, each pg_control wherever the run left it, and what the
+    /// journal says of the new cluster's creation.
+    fn from_journal(
         settings: &'a Settings,
         printer: &'a Printer,
         run_dir: &'a RunDir,
@@ -379,40 +423,38 @@ impl<'a> Engine<'a> {
         let new_install = Installation::discover(&settings.new_bindir).map_err(io)?;
         let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
         let new_dir = DataDir::open(&settings.new_datadir, None).map_err(io)?;
-        // Link mode may have renamed the old pg_control already.
-        let control_path = ["pg_control", "pg_control.old"]
-            .iter()
-            .map(|n| old_dir.path.join("global").join(n))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Failure::new(
-                    "resume_failed",
-                    "the old cluster has neither global/pg_control nor pg_control.old",
-                )
-            })?;
-        let bytes = std::fs::read(&control_path).map_err(|e| {
-            Failure::new("resume_failed", format!("{}: {e}", control_path.display()))
-        })?;
-        let old_control = ControlFile::decode(&bytes, &control_path).map_err(io)?;
         let mut report = Report::default();
         report.old.install = Some(old_install);
         report.new.install = Some(new_install);
-        report.old.control = Some(old_control);
-        report.new.control = Some(new_dir.control().map_err(io)?);
+        report.old.control = Some(read_control(&old_dir.path)?);
+        report.new.control = Some(read_control(&new_dir.path)?);
         report.old.datadir = Some(old_dir);
-        report.new.datadir = Some(new_dir.clone());
+        report.new.datadir = Some(new_dir);
         let mut engine = Engine::new(settings, printer, run_dir, config, report)?;
-        engine.new_touched = true;
         engine.resuming = true;
         let global = engine.old_dir.path.join("global");
         engine.old_protected =
             !global.join("pg_control").exists() && global.join("pg_control.old").exists();
-        engine.done = journal.done_steps();
         engine.created_new = journal
             .plan()
             .and_then(|p| p["created_new"].as_bool())
             .unwrap_or(false);
-        let plan_path = crate::journal::dir(&new_dir.path).join("transfer-plan.json");
+        Ok(engine)
+    }
+
+    /// An engine that continues a journal whose relation map was saved: the
+    /// remaining steps need neither the old server nor the old catalog.
+    pub fn resume_late(
+        settings: &'a Settings,
+        printer: &'a Printer,
+        run_dir: &'a RunDir,
+        config: CheckConfig,
+        journal: &JournalView,
+    ) -> Result<Engine<'a>, Failure> {
+        let mut engine = Engine::from_journal(settings, printer, run_dir, config, journal)?;
+        engine.new_touched = true;
+        engine.done = journal.done_steps();
+        let plan_path = crate::journal::dir(&engine.new_dir().path).join("transfer-plan.json");
         let saved: SavedPlan = std::fs::read(&plan_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -433,19 +475,7 @@ impl<'a> Engine<'a> {
         engine.databases = saved
             .databases
             .into_iter()
-            .map(|name| DatabasePlan {
-                db: Database {
-                    oid: 0,
-                    name,
-                    tablespace_location: String::new(),
-                },
-                old_relations: Vec::new(),
-                new_relations: Vec::new(),
-                new_oid: 0,
-                new_tablespace_location: String::new(),
-                dump: PathBuf::new(),
-                log: PathBuf::new(),
-            })
+            .map(|name| DatabasePlan::named(0, name))
             .collect();
         Ok(engine)
     }
@@ -517,6 +547,12 @@ impl<'a> Engine<'a> {
             }
             self.step("transfer", Engine::transfer)?;
         }
+        self.sync_and_finish()
+    }
+
+    /// The end every upgrade shares (cutover included): sync unless
+    /// --no-sync, finish, and what was done.
+    fn sync_and_finish(&mut self) -> Result<Finished, Failure> {
         if !self.settings.no_sync {
             self.step("sync", Engine::sync)?;
         }

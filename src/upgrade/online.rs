@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 
 use pgm_catalog::fingerprint::{changed_tables, fingerprint, Fingerprint};
 use pgm_catalog::{Database, RelationQuery};
-use pgm_cluster::{ControlFile, DataDir, Installation, Server, ServerStatus};
+use pgm_cluster::{ControlFile, DataDir, Server, ServerStatus};
 use pgm_transfer::RelationFiles;
-use pgm_verifier::{CheckConfig, Report};
+use pgm_verifier::CheckConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{parallel, DatabasePlan, Engine, Failure, Finished, NextStep, Phase};
+use super::{parallel, read_control, DatabasePlan, Engine, Failure, Finished, NextStep, Phase};
 use crate::cli::{Mode, Settings};
 use crate::journal::JournalView;
 use crate::report::Printer;
@@ -149,27 +149,6 @@ pub fn export_snapshot(
     let print =
         fingerprint(client, database, false).map_err(|e| Failure::new("old_catalog_failed", e))?;
     Ok((snapshot, print))
-}
-
-/// Reads a pg_control that may be hidden (`pg_control.prepared`).
-fn read_control(datadir: &Path) -> Result<ControlFile, Failure> {
-    let global = datadir.join("global");
-    let path = [
-        global.join("pg_control"),
-        global.join("pg_control.prepared"),
-        global.join("pg_control.old"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .ok_or_else(|| {
-        Failure::new(
-            "resume_failed",
-            format!("{} has no pg_control", global.display()),
-        )
-    })?;
-    let bytes = std::fs::read(&path)
-        .map_err(|e| Failure::new("resume_failed", format!("{}: {e}", path.display())))?;
-    ControlFile::decode(&bytes, &path).map_err(|e| Failure::new("resume_failed", e))
 }
 
 impl<'a> Engine<'a> {
@@ -488,14 +467,8 @@ impl<'a> Engine<'a> {
         config: CheckConfig,
         journal: &JournalView,
     ) -> Result<Engine<'a>, Failure> {
-        let io = |e: pgm_cluster::Error| Failure::new("resume_failed", e);
-        let old_install = Installation::discover(&settings.old_bindir).map_err(io)?;
-        let new_install = Installation::discover(&settings.new_bindir).map_err(io)?;
-        let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
-        let new_dir = DataDir::open(&settings.new_datadir, None).map_err(io)?;
-        let old_control = read_control(&old_dir.path)?;
-        let new_control = read_control(&new_dir.path)?;
-        let path = crate::journal::dir(&new_dir.path).join(PREPARED);
+        let mut engine = Engine::from_journal(settings, printer, run_dir, config, journal)?;
+        let path = crate::journal::dir(&engine.new_dir().path).join(PREPARED);
         let prepared: PreparedState = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -508,21 +481,9 @@ impl<'a> Engine<'a> {
                     ),
                 )
             })?;
-        let mut report = Report::default();
-        report.old.install = Some(old_install);
-        report.new.install = Some(new_install);
-        report.old.control = Some(old_control);
-        report.new.control = Some(new_control);
-        report.old.datadir = Some(old_dir);
-        report.new.datadir = Some(new_dir);
-        let mut engine = Engine::new(settings, printer, run_dir, config, report)?;
         engine.phase = Phase::Cutover;
         // Untouched until the old catalog is found unchanged.
         engine.new_touched = journal.in_cutover();
-        engine.resuming = true;
-        let global = engine.old_dir.path.join("global");
-        engine.old_protected =
-            !global.join("pg_control").exists() && global.join("pg_control.old").exists();
         engine.done = if journal.in_cutover() {
             journal.done_steps()
         } else {
@@ -531,26 +492,10 @@ impl<'a> Engine<'a> {
         engine.cutover_old_lsn = journal
             .last("horizons")
             .and_then(|r| r["old_checkpoint_lsn"].as_u64());
-        engine.created_new = journal
-            .plan()
-            .and_then(|p| p["created_new"].as_bool())
-            .unwrap_or(false);
         engine.databases = prepared
             .databases
             .iter()
-            .map(|d| DatabasePlan {
-                db: Database {
-                    oid: d.oid,
-                    name: d.name.clone(),
-                    tablespace_location: String::new(),
-                },
-                old_relations: Vec::new(),
-                new_relations: Vec::new(),
-                new_oid: 0,
-                new_tablespace_location: String::new(),
-                dump: PathBuf::new(),
-                log: PathBuf::new(),
-            })
+            .map(|d| DatabasePlan::named(d.oid, d.name.clone()))
             .collect();
         if !journal.in_cutover() {
             // Hidden since prepare: nobody can have run it, unless by hand.
@@ -628,26 +573,7 @@ impl<'a> Engine<'a> {
         self.step("handover-counters", Engine::handover_counters)?;
         self.step("set-horizons", Engine::set_horizons)?;
         self.step("transfer", Engine::transfer_at_cutover)?;
-        if !self.settings.no_sync {
-            self.step("sync", Engine::sync)?;
-        }
-        let mut next_steps = Vec::new();
-        self.step("finish", |e| {
-            next_steps = e.finish()?;
-            Ok(())
-        })?;
-        let logs = self.cleanup_output();
-        Ok(Finished {
-            next_steps,
-            backup: None,
-            reindex_script: self.reindex_script.clone(),
-            databases: self.databases.len(),
-            relations: self.relations,
-            files: self.transferred.0,
-            files_copied_ahead: 0,
-            bytes: self.transferred.1,
-            logs,
-        })
+        self.sync_and_finish()
     }
 
     /// The old catalog as prepare saw it, or a refusal that lists what
