@@ -1181,16 +1181,12 @@ pub fn run_post_upgrade(
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: crate::report::PlanSide {
-            bindir: settings.old_bindir.display().to_string(),
-            datadir: settings.old_datadir.display().to_string(),
-            port: settings.old_port,
-        },
-        new: crate::report::PlanSide {
-            bindir: new_install.bindir.display().to_string(),
-            datadir: new_dir.path.display().to_string(),
-            port: settings.new_port,
-        },
+        old: crate::report::PlanSide::new(
+            &settings.old_bindir,
+            &settings.old_datadir,
+            settings.old_port,
+        ),
+        new: crate::report::PlanSide::new(&new_install.bindir, &new_dir.path, settings.new_port),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),

@@ -295,16 +295,8 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: PlanSide {
-            bindir: old_install.bindir.display().to_string(),
-            datadir: old_dir.path.display().to_string(),
-            port: settings.old_port,
-        },
-        new: PlanSide {
-            bindir: tools.bindir.display().to_string(),
-            datadir: dir.display().to_string(),
-            port: 0,
-        },
+        old: PlanSide::new(&old_install.bindir, &old_dir.path, settings.old_port),
+        new: PlanSide::new(&tools.bindir, &dir, 0),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),
@@ -682,16 +674,8 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: PlanSide {
-            bindir: manifest.tools_bindir.display().to_string(),
-            datadir: dir.display().to_string(),
-            port: 0,
-        },
-        new: PlanSide {
-            bindir: target.bindir.display().to_string(),
-            datadir: target_dir.display().to_string(),
-            port: settings.new_port,
-        },
+        old: PlanSide::new(&manifest.tools_bindir, &dir, 0),
+        new: PlanSide::new(&target.bindir, &target_dir, settings.new_port),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),

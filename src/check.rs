@@ -71,16 +71,8 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     printer.emit(&Event::Plan {
         command: command_name(settings),
         mode: settings.mode,
-        old: PlanSide {
-            bindir: settings.old_bindir.display().to_string(),
-            datadir: settings.old_datadir.display().to_string(),
-            port: settings.old_port,
-        },
-        new: PlanSide {
-            bindir: settings.new_bindir.display().to_string(),
-            datadir: settings.new_datadir.display().to_string(),
-            port: settings.new_port,
-        },
+        old: PlanSide::new(&settings.old_bindir, &settings.old_datadir, settings.old_port),
+        new: PlanSide::new(&settings.new_bindir, &settings.new_datadir, settings.new_port),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),

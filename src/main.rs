@@ -176,15 +176,7 @@ fn run() -> i32 {
                         dir,
                         &[&settings.old_datadir, &settings.new_datadir],
                     ) {
-                        return fail_early(
-                            &printer,
-                            started,
-                            name,
-                            r.code,
-                            r.message,
-                            &r.remedy.unwrap_or_default(),
-                            exit::USAGE,
-                        );
+                        return fail_with(&printer, started, name, r, exit::USAGE);
                     }
                 }
                 recovery::archive_reverted_journal(&settings.new_datadir);
@@ -248,15 +240,7 @@ fn run_prepare(settings: &Settings, printer: &Printer, started: Instant) -> i32 
     }
     if let Some(dir) = &settings.backup_dir {
         if let Some(r) = backup::refuse_backup_dir(dir, &[&settings.old_datadir, new]) {
-            return fail_early(
-                printer,
-                started,
-                name,
-                r.code,
-                r.message,
-                &r.remedy.unwrap_or_default(),
-                exit::USAGE,
-            );
+            return fail_with(printer, started, name, r, exit::USAGE);
         }
     }
     run_command(
@@ -338,15 +322,7 @@ fn run_cutover(
                     );
                 }
                 if let Err(failure) = upgrade::stop_old_server(&settings.old_datadir) {
-                    return fail_early(
-                        printer,
-                        started,
-                        name,
-                        failure.code,
-                        failure.message,
-                        &failure.remedy.unwrap_or_default(),
-                        exit::FAILED_OLD_INTACT,
-                    );
+                    return fail_with(printer, started, name, failure, exit::FAILED_OLD_INTACT);
                 }
             }
             Ok(Ok(pgm_cluster::ServerStatus::StalePidFile(_))) => return refuse_with(
@@ -374,6 +350,28 @@ fn run_cutover(
     if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
+    run_from_journal(settings, printer, started, name, view, FromJournal::Cutover)
+}
+
+/// What a run continues from a journal.
+#[derive(Clone, Copy)]
+enum FromJournal {
+    /// The cutover of a prepared upgrade.
+    Cutover,
+    /// An upgrade resumed after its relations were matched.
+    LateResume,
+}
+
+/// A run that continues what a journal records: the plan (from the
+/// settings the journal filled in), the engine, its summary.
+fn run_from_journal(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    name: &'static str,
+    view: &journal::JournalView,
+    what: FromJournal,
+) -> i32 {
     let run_dir = match make_run_dir(settings, printer, started, name) {
         Ok(dir) => dir,
         Err(code) => return code,
@@ -381,16 +379,16 @@ fn run_cutover(
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: report::PlanSide {
-            bindir: settings.old_bindir.display().to_string(),
-            datadir: settings.old_datadir.display().to_string(),
-            port: settings.old_port,
-        },
-        new: report::PlanSide {
-            bindir: settings.new_bindir.display().to_string(),
-            datadir: settings.new_datadir.display().to_string(),
-            port: settings.new_port,
-        },
+        old: report::PlanSide::new(
+            &settings.old_bindir,
+            &settings.old_datadir,
+            settings.old_port,
+        ),
+        new: report::PlanSide::new(
+            &settings.new_bindir,
+            &settings.new_datadir,
+            settings.new_port,
+        ),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),
@@ -399,19 +397,15 @@ fn run_cutover(
         note: None,
     });
     let config = check::config(settings, &run_dir);
-    let engine = upgrade::Engine::for_cutover(settings, printer, &run_dir, config, view);
-    let mut summary = Summary {
-        command: name,
-        exit_code: exit::SUCCESS,
-        checks: None,
-        versions: (None, None),
-        next_steps: Vec::new(),
-        upgrade: None,
-        backup: None,
-        after: None,
-        logs: None,
-        result: None,
+    let engine = match what {
+        FromJournal::Cutover => {
+            upgrade::Engine::for_cutover(settings, printer, &run_dir, config, view)
+        }
+        FromJournal::LateResume => {
+            upgrade::Engine::resume_late(settings, printer, &run_dir, config, view)
+        }
     };
+    let mut summary = Summary::new(name, exit::SUCCESS);
     finish_upgrade(settings, printer, &run_dir, engine, &mut summary);
     summarize(settings, printer, started, run_dir, summary)
 }
@@ -489,16 +483,9 @@ fn run_command(
             .map(|i| i.version.text.clone()),
     );
     let mut summary = Summary {
-        command: name,
-        exit_code: outcome.exit_code,
         checks: Some(check::counts(&outcome.report)),
         versions,
-        next_steps: Vec::new(),
-        upgrade: None,
-        backup: None,
-        after: None,
-        logs: None,
-        result: None,
+        ..Summary::new(name, outcome.exit_code)
     };
     if summary.exit_code == exit::SUCCESS && settings.check_only {
         if outcome.report.live_old {
@@ -680,46 +667,14 @@ fn run_resume(
     }
     let done = view.done_steps();
     if done.contains("match-relations") {
-        let run_dir = match make_run_dir(settings, printer, started, name) {
-            Ok(dir) => dir,
-            Err(code) => return code,
-        };
-        printer.emit(&Event::Plan {
-            command: name,
-            mode: settings.mode,
-            old: report::PlanSide {
-                bindir: settings.old_bindir.display().to_string(),
-                datadir: settings.old_datadir.display().to_string(),
-                port: settings.old_port,
-            },
-            new: report::PlanSide {
-                bindir: settings.new_bindir.display().to_string(),
-                datadir: settings.new_datadir.display().to_string(),
-                port: settings.new_port,
-            },
-            user: settings.user.clone(),
-            jobs: settings.jobs,
-            run_dir: run_dir.path().display().to_string(),
-            live_check_allowed: false,
-            backup_dir: None,
-            note: None,
-        });
-        let config = check::config(settings, &run_dir);
-        let engine = upgrade::Engine::resume_late(settings, printer, &run_dir, config, view);
-        let mut summary = Summary {
-            command: name,
-            exit_code: exit::SUCCESS,
-            checks: None,
-            versions: (None, None),
-            next_steps: Vec::new(),
-            upgrade: None,
-            backup: None,
-            after: None,
-            logs: None,
-            result: None,
-        };
-        finish_upgrade(settings, printer, &run_dir, engine, &mut summary);
-        return summarize(settings, printer, started, run_dir, summary);
+        return run_from_journal(
+            settings,
+            printer,
+            started,
+            name,
+            view,
+            FromJournal::LateResume,
+        );
     }
     if let Err(r) = recovery::reset_new_cluster(settings) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
@@ -813,6 +768,23 @@ struct Summary {
     result: Option<&'static str>,
 }
 
+impl Summary {
+    fn new(command: &'static str, exit_code: i32) -> Summary {
+        Summary {
+            command,
+            exit_code,
+            checks: None,
+            versions: (None, None),
+            next_steps: Vec::new(),
+            upgrade: None,
+            backup: None,
+            after: None,
+            logs: None,
+            result: None,
+        }
+    }
+}
+
 fn summarize(
     settings: &Settings,
     printer: &Printer,
@@ -859,6 +831,25 @@ fn refuse(
 ) -> i32 {
     fail_early(
         printer, started, command, r.code, r.message, &r.remedy, exit_code,
+    )
+}
+
+/// `fail_early` for a failure the engine's helpers returned.
+fn fail_with(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    failure: upgrade::Failure,
+    exit_code: i32,
+) -> i32 {
+    fail_early(
+        printer,
+        started,
+        command,
+        failure.code,
+        failure.message,
+        &failure.remedy.unwrap_or_default(),
+        exit_code,
     )
 }
 

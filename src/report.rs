@@ -205,6 +205,16 @@ pub struct PlanSide {
     pub port: u16,
 }
 
+impl PlanSide {
+    pub fn new(bindir: &std::path::Path, datadir: &std::path::Path, port: u16) -> PlanSide {
+        PlanSide {
+            bindir: bindir.display().to_string(),
+            datadir: datadir.display().to_string(),
+            port,
+        }
+    }
+}
+
 /// A failed check behind an error.
 #[derive(Debug, Serialize)]
 pub struct Cause {
