@@ -54,6 +54,7 @@ pub fn record_old(
 /// The after-step: the new cluster (through `server`) against the old
 /// side the upgrade recorded, or, when it recorded none and the old
 /// cluster was left as it was (copy modes), against the old cluster now.
+/// `preflight` has said there is an old side to compare with.
 pub fn run(
     settings: &Settings,
     printer: &Printer,
@@ -185,7 +186,6 @@ fn measure_old_now(
         remedy: Some("ask for --verify on the upgrade itself: it measures the old cluster before anything of it changes".into()),
     }
     };
-    preflight(settings, &settings.new_datadir)?;
     let old_install = Installation::discover(&settings.old_bindir)
         .map_err(|e| not_possible(format!("the old installation cannot be used: {e}")))?;
     let old_dir = DataDir::open(&settings.old_datadir, None)
