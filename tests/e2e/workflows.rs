@@ -841,6 +841,35 @@ fn bad_workflow_input_changes_nothing() {
             ]),
             "no pg-migrate journal",
         ),
+        (
+            {
+                let mut a = pair.dir_args();
+                a.extend(args(&[&"--verify-sample-above", &"1GB", &"--json"]));
+                a
+            },
+            "only applies with --verify",
+        ),
+        (
+            {
+                let mut a = vec![OsString::from("check")];
+                a.extend(pair.dir_args());
+                a.extend(args(&[&"--verify", &"--json"]));
+                a
+            },
+            "--verify does not apply to check",
+        ),
+        (
+            {
+                let mut a = pair.dir_args();
+                a.extend(args(&[&"--verify=some", &"--json"]));
+                a
+            },
+            "some",
+        ),
+        (
+            args(&[&"verify", &"-D", &pair.new.datadir, &"--json"]),
+            "no pg-migrate journal",
+        ),
     ];
     for (words, expected) in cases {
         let run = pair.run(&words);
