@@ -40,6 +40,12 @@ def parse_args():
     p.add_argument("--verify-datasets", default="manyrels,pgbench",
                    help="datasets on which the cost of --verify and --verify=full is measured (pg-migrate --link "
                         "with and without them; pg_upgrade has no such step)")
+    p.add_argument("--trial-fs", choices=["image", "workdir"], default="image",
+                   help="where the trials run: 'image' (default, root only) an ext4 filesystem with a journal made in "
+                        "an image file under --workdir and loop-mounted; 'workdir' in --workdir itself. ext4 without a "
+                        "journal (as some VMs' root filesystems are) avoids reusing a deleted file's inode for 1-5 "
+                        "minutes and scans past each one: every trial deletes the last one's files (250,000 for "
+                        "manyrels), and the next tool's file creation then spends seconds in the kernel")
     p.add_argument("--manyrels-dbs", type=int, default=8)
     p.add_argument("--manyrels-tables", type=int, default=2500, help="tables per database (each with an index and a TOAST table)")
     p.add_argument("--pgbench-scale", type=int, default=50)
@@ -65,6 +71,8 @@ OLD_BIN = Path(ARGS.prefix) / "15" / "bin"
 NEW_BIN = Path(ARGS.prefix) / "18" / "bin"
 WORK = Path(ARGS.workdir)
 IS_ROOT = os.geteuid() == 0
+# Where trials (and the floors) run: WORK, or the journaled filesystem mounted by mount_trial_fs().
+TRIALS = WORK
 
 
 def as_user(cmd):
@@ -186,8 +194,36 @@ def load_lobj(server):
     server.psql("postgres", f"SELECT count(lo_from_bytea(0, convert_to(g::text, 'UTF8'))) FROM generate_series(1, {ARGS.lobjs}) g;")
 
 
+def mount_trial_fs():
+    """An ext4 filesystem with a journal for the trials, in a sparse image under WORK; returns its
+    description, or None where it cannot be made (then the trials run in WORK)."""
+    global TRIALS
+    if ARGS.trial_fs != "image" or not IS_ROOT:
+        if ARGS.trial_fs == "image":
+            print("  not root: the trials run in --workdir, not on a journaled filesystem of their own", flush=True)
+        return None
+    image, mountpoint = WORK / "trialfs.img", WORK / "trialfs"
+    subprocess.run(["umount", mountpoint], capture_output=True)
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(80 * 2**30)
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+    subprocess.run(["mount", "-o", "loop", image, mountpoint], check=True)
+    shutil.chown(mountpoint, ARGS.user)
+    TRIALS = mountpoint
+    return "ext4 with a journal, in an image file loop-mounted for the trials"
+
+
+def unmount_trial_fs():
+    if TRIALS != WORK:
+        subprocess.run(["umount", TRIALS], check=True)
+        (WORK / "trialfs.img").unlink()
+        TRIALS.rmdir()
+
+
 def trial_dirs(golden):
-    trial = WORK / "trial"
+    trial = TRIALS / "trial"
     if trial.exists():
         shutil.rmtree(trial)
     mkdir(trial)
@@ -299,7 +335,7 @@ def measure(name, golden, modes):
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
-    fs = subprocess.run(["df", "-T", str(WORK)], text=True, capture_output=True).stdout.splitlines()[-1].split()[1]
+    fs = subprocess.run(["df", "-T", str(TRIALS)], text=True, capture_output=True).stdout.splitlines()[-1].split()[1]
     return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**20, 1),
             "kernel": platform.release(), "filesystem": fs,
             "pg_upgrade": run([NEW_BIN / "pg_upgrade", "-V"], capture=True).strip(),
@@ -328,6 +364,8 @@ def targets(report):
         link_note = (f"restore-schema alone (the new server creating the 80,000 relations, the same statements "
                      f"pg_upgrade's pg_restore sends) takes {restore:.2f} s = "
                      f"{restore / manyrels_link['pg_upgrade']:.2f} × pg_upgrade's whole run")
+    if link_note and "journal" not in report["machine"].get("trials", ""):
+        link_note += "; and the trials ran on a filesystem without a journal (see above)"
     add("link, manyrels: pg-migrate / pg_upgrade", ratio("manyrels", "link"), 0.6, link_note)
     add("copy, pgbench: pg-migrate / pg_upgrade --copy", ratio("pgbench", "copy"), 0.8)
     pgbench = ds.get("pgbench", {})
@@ -363,8 +401,22 @@ def markdown(report):
         f"going first. Both run with -j {report['jobs']}. Ratios below 1 mean pg-migrate is faster.",
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, {m['filesystem']}; "
-        f"{m['old']} → {m['pg_upgrade']}.",
+        f"{m['old']} → {m['pg_upgrade']}. Trials: {m.get('trials', 'in the working directory')}.",
         "",
+    ]
+    if "journal" not in m.get("trials", ""):
+        lines += [
+            "The trials ran in the working directory. Where that is ext4 without a journal (this machine's root "
+            "filesystem is), creating files is slowed for 1-5 minutes after many were deleted (the kernel will not "
+            "reuse a deleted file's inode that soon, and scans past each one), and every trial deletes the last "
+            "one's files (250,000 for manyrels). The tool that creates files fastest loses most: on manyrels, link "
+            "mode, it added ~8 s to pg-migrate's run (its restore, 10.7 s → 16-20 s, much of it kernel time in "
+            "ext4's inode allocator) and ~1 s to pg_upgrade's (see [benchmarks-journaled.md](benchmarks-journaled.md): the same rounds on a "
+            "journaled filesystem). `--trial-fs image` (the default when root) runs the trials on a journaled "
+            "ext4 of their own.",
+            "",
+        ]
+    lines += [
         "| dataset | size | mode | pg_upgrade (s) | pg-migrate (s) | ratio | cp -al (s) | cp -a (s) | cp -a + sync (s) | pg-migrate peak RSS |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -456,36 +508,40 @@ def main():
     mkdir(WORK)
     shutil.copy(ROOT / "target" / "release" / "pg-migrate", WORK / "pg-migrate")
     (WORK / "pg-migrate").chmod(0o755)
-    loaders = {
-        "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
-        "pgbench": (load_pgbench, ARGS.pgbench_scale),
-        "lobj": (load_lobj, ARGS.lobjs),
-    }
-    modes = [m for m in ARGS.modes.split(",") if m]
-    report = {"date": time.strftime("%Y-%m-%d"), "quick": ARGS.quick, "rounds": ARGS.rounds, "jobs": ARGS.jobs,
-              "machine": machine(), "datasets": {}, "series": []}
-    for name in [d for d in ARGS.datasets.split(",") if d]:
-        print(f"dataset {name}", flush=True)
-        golden = build(name, *loaders[name])
-        online = ["online"] if name in ARGS.online_datasets.split(",") else []
-        verify = list(VERIFY_MODES) if name in ARGS.verify_datasets.split(",") and "link" in modes else []
-        report["datasets"][name] = measure(name, golden, modes + online + verify)
-        drop(golden)
-    for relations in [int(r) for r in ARGS.series.split(",") if r]:
-        tables = max(1, relations // 4)
-        print(f"series {relations} relations ({tables} tables)", flush=True)
-        golden = build(f"series-{tables}", load_manyrels(1, tables), tables)
-        entry = measure(f"series-{tables}", golden, ["link"])["modes"]["link"]
-        report["series"].append({"relations": 4 * tables, "tables": tables, "pg_upgrade": entry["pg_upgrade"],
-                                 "pg-migrate": entry["pg-migrate"], "peak_rss_bytes": entry["peak_rss_bytes"]})
-        drop(golden)
-    report["targets"] = targets(report)
-    out = Path(ARGS.output)
-    (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (out / "benchmarks.md").write_text(text)
-    print("\n" + text)
-    shutil.rmtree(WORK / "trial", ignore_errors=True)
+    trials = mount_trial_fs()
+    try:
+        loaders = {
+            "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
+            "pgbench": (load_pgbench, ARGS.pgbench_scale),
+            "lobj": (load_lobj, ARGS.lobjs),
+        }
+        modes = [m for m in ARGS.modes.split(",") if m]
+        report = {"date": time.strftime("%Y-%m-%d"), "quick": ARGS.quick, "rounds": ARGS.rounds, "jobs": ARGS.jobs,
+                  "machine": dict(machine(), trials=trials or "in the working directory"), "datasets": {}, "series": []}
+        for name in [d for d in ARGS.datasets.split(",") if d]:
+            print(f"dataset {name}", flush=True)
+            golden = build(name, *loaders[name])
+            online = ["online"] if name in ARGS.online_datasets.split(",") else []
+            verify = list(VERIFY_MODES) if name in ARGS.verify_datasets.split(",") and "link" in modes else []
+            report["datasets"][name] = measure(name, golden, modes + online + verify)
+            drop(golden)
+        for relations in [int(r) for r in ARGS.series.split(",") if r]:
+            tables = max(1, relations // 4)
+            print(f"series {relations} relations ({tables} tables)", flush=True)
+            golden = build(f"series-{tables}", load_manyrels(1, tables), tables)
+            entry = measure(f"series-{tables}", golden, ["link"])["modes"]["link"]
+            report["series"].append({"relations": 4 * tables, "tables": tables, "pg_upgrade": entry["pg_upgrade"],
+                                     "pg-migrate": entry["pg-migrate"], "peak_rss_bytes": entry["peak_rss_bytes"]})
+            drop(golden)
+        report["targets"] = targets(report)
+        out = Path(ARGS.output)
+        (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+        text = markdown(report)
+        (out / "benchmarks.md").write_text(text)
+        print("\n" + text)
+        shutil.rmtree(TRIALS / "trial", ignore_errors=True)
+    finally:
+        unmount_trial_fs()
 
 
 if __name__ == "__main__":
