@@ -5,6 +5,7 @@
 //! goes on replicating.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::proof::*;
@@ -297,6 +298,72 @@ fn slots_before_17_are_refused() {
         check["objects"].to_string().contains("old_style"),
         "{check}"
     );
+    crate::proof::assert_data_files_untouched(&old_before, &snapshot(&pair.old.datadir));
+    crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
+}
+
+/// A slot's output plugin must load in the new installation, where the slot
+/// is made again: a plugin the old installation has and the new one lacks
+/// (here 17's test_decoding, copied beside the old cluster under a name of
+/// its own and found through dynamic_library_path) is found by the checks,
+/// naming the slot, before anything changes.
+#[test]
+fn a_slot_whose_plugin_the_new_installation_lacks_is_refused() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    let old_bin = require(17).unwrap();
+    let pkglibdir = std::process::Command::new(old_bin.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .unwrap();
+    let pkglibdir = String::from_utf8(pkglibdir.stdout).unwrap();
+    let plugins = pair.sandbox.mkdir("old-plugins");
+    std::fs::copy(
+        Path::new(pkglibdir.trim()).join("test_decoding.so"),
+        plugins.join("decoder_of_17.so"),
+    )
+    .unwrap();
+    append_conf(
+        &pair.old,
+        &format!(
+            "\nwal_level = logical\ndynamic_library_path = '$libdir:{}'\n",
+            plugins.display()
+        ),
+    );
+    append_conf(&pair.new, "\nwal_level = logical\n");
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('only_in_17', 'decoder_of_17')",
+        );
+        c.sql(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('everywhere', 'test_decoding')",
+        );
+    });
+    let (old_before, new_before) = pair.snapshots();
+    let mut words: Vec<OsString> = pair.dir_args();
+    words.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&words);
+    crate::json_schema::validate(&run.events);
+    assert_refused(&run, "new-libraries", "library_missing");
+    let check = run.check("new-libraries");
+    assert!(
+        check["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("decoder_of_17") && m.contains("only_in_17")),
+        "{check}"
+    );
+    assert!(!check.to_string().contains("everywhere"), "{check}");
+    // The slots' own checks pass: the plugin is the only problem.
+    let failed: Vec<&str> = run
+        .events
+        .iter()
+        .filter(|e| e["event"] == "check" && e["status"] == "fail")
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["new-libraries"], "{}", run.stderr);
     crate::proof::assert_data_files_untouched(&old_before, &snapshot(&pair.old.datadir));
     crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
 }

@@ -695,6 +695,8 @@ fn gather(
     let mut rule_hits: Vec<(&'static str, ObjectRef)> = Vec::new();
     let mut cluster_uses = CapabilityUse::default();
     let mut uses_preload: Vec<String> = Vec::new();
+    // (plugin, slot, database) of every logical slot the upgrade carries.
+    let mut slot_plugins: Vec<(String, String, String)> = Vec::new();
     let q = |what: &str| {
         let what = what.to_string();
         move |e: postgres::Error| pgm_cluster::Error::Query {
@@ -813,6 +815,19 @@ fn gather(
                 cluster_uses.subscriptions = row.get(0);
                 cluster_uses.logical_slots = row.get(1);
                 cluster_uses.unicode_version = row.get(2);
+                // Each slot is made again in the new cluster, which must
+                // load its output plugin.
+                for row in client
+                    .query(
+                        "SELECT plugin::text, slot_name::text, database::text
+                           FROM pg_catalog.pg_replication_slots
+                          WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2",
+                        &[],
+                    )
+                    .map_err(q("listing the logical slots' plugins"))?
+                {
+                    slot_plugins.push((row.get(0), row.get(1), row.get(2)));
+                }
             }
             if major.number() >= 14 {
                 let compression: String = client
@@ -868,6 +883,14 @@ fn gather(
                 kind: "setting".into(),
                 name: format!("shared_preload_libraries = '{library}'"),
             });
+    }
+    for (plugin, slot, database) in slot_plugins {
+        uses.libraries.entry(plugin).or_default().push(ObjectRef {
+            schema: None,
+            database: Some(database),
+            kind: "logical replication slot".into(),
+            name: quote_ident(&slot),
+        });
     }
     Ok(CatalogFacts {
         install_user,
