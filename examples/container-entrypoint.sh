@@ -59,8 +59,11 @@ PGDATA=${PGDATA:-$PGROOT/$new_major/data}
 mkdir -p "$PG_MIGRATE_LOG_DIR"
 events=$PG_MIGRATE_LOG_DIR/events.ndjson
 
-# One JSON field of one event line (good enough for the flat fields used here).
-field() { sed -nE "s/.*\"$1\":\"([^\"]*)\".*/\1/p" <<<"$2"; }
+# One string field of one event line (the flat fields used here), escaped
+# quotes and backslashes in it kept.
+field() {
+  sed -nE "s/.*\"$1\":\"(([^\"\\\\]|\\\\.)*)\".*/\1/p" <<<"$2" | sed -e 's/\\"/"/g' -e 's/\\\\/\\/g'
+}
 number() { sed -nE "s/.*\"$1\":([0-9]+).*/\1/p" <<<"$2"; }
 
 # Runs pg-migrate with --json; every event is kept, a line per step, script

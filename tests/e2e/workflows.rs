@@ -1050,6 +1050,42 @@ fn the_example_container_entrypoint_upgrades_resumes_waits_and_then_just_starts(
     new.stop();
 }
 
+/// The entrypoint reads its fields out of pg-migrate's event lines with
+/// sed: a message with quotes and backslashes in it (paths and names are
+/// quoted in messages) comes out whole, as pg-migrate wrote it.
+#[test]
+fn the_example_entrypoint_reads_messages_with_quotes_whole() {
+    let entrypoint = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/container-entrypoint.sh");
+    let message = r#"cannot read "/srv/a b\c": the "old" cluster's file"#;
+    let line = serde_json::json!({
+        "event": "error", "code": "some_code", "message": message,
+        "clusters": { "old": "unchanged", "new": "unchanged" },
+    })
+    .to_string();
+    let read = |name: &str| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#"eval "$(sed -n '/^field() {/,/^}/p' "$0")"; field "$1" "$2""#)
+            .arg(&entrypoint)
+            .arg(name)
+            .arg(&line)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end_matches('\n')
+            .to_string()
+    };
+    assert_eq!(read("message"), message);
+    assert_eq!(read("code"), "some_code");
+    assert_eq!(read("event"), "error");
+}
+
 /// `--reindex-collation` runs the script the collation check wrote: the
 /// indexes are rebuilt and the versions recorded as the library's own
 /// (a database and a collation recorded under an older glibc, as in
