@@ -55,7 +55,7 @@ def parse_args():
                         "4 relations each (empty: none)")
     p.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: does everything work?")
     p.add_argument("--keep-datasets", action="store_true",
-                   help="keep the built old clusters in WORKDIR/golden and reuse those built with the same sizes")
+                   help="keep the built old clusters in WORKDIR/golden (golden-quick with --quick) and reuse those built with the same sizes")
     p.add_argument("--output", default=str(ROOT / "docs"), help="where benchmarks.md and benchmarks.json go")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: write benchmarks.md again from the benchmarks.json in --output")
@@ -141,7 +141,8 @@ def tables_sql(count):
 
 def build(name, loader, sizes):
     """A golden old cluster for one dataset, built once (or reused with --keep-datasets)."""
-    golden = WORK / "golden" / name
+    # --quick's small datasets live apart: they must never replace the full ones --keep-datasets keeps.
+    golden = WORK / ("golden-quick" if ARGS.quick else "golden") / name
     stamp = golden.with_suffix(".sizes")
     wanted = json.dumps({"sizes": sizes, "old": str(OLD_BIN)})
     if ARGS.keep_datasets and golden.exists() and stamp.exists() and stamp.read_text() == wanted:
@@ -226,6 +227,10 @@ def trial_dirs(golden):
     trial = TRIALS / "trial"
     if trial.exists():
         shutil.rmtree(trial)
+    if TRIALS != WORK:
+        # Give the freed blocks back to the image's own filesystem: without
+        # it the sparse image grows by every trial's writes (tens of GB).
+        subprocess.run(["fstrim", TRIALS], check=True)
     mkdir(trial)
     run(["cp", "-a", golden, trial / "old"])
     initdb(NEW_BIN, trial / "new")
@@ -376,8 +381,10 @@ def targets(report):
             # The floor leaves no room for the catalog work every upgrade does.
             copy = pgbench["modes"]["copy"]["pg-migrate"]
             note = (f"out of reach on this run's disk: without copying any data (link mode) pg-migrate takes "
-                    f"{link:.2f} s, already more than 1.15 × cp -a = {1.15 * pgbench['cp -a']:.2f} s; the copy's "
-                    f"own share (copy − link, {copy - link:.2f} s) is {(copy - link) / pgbench['cp -a']:.2f} × cp -a")
+                    f"{link:.2f} s, already more than 1.15 × cp -a = {1.15 * pgbench['cp -a']:.2f} s")
+            if copy > link:
+                note += (f"; the copy's own share (copy − link, {copy - link:.2f} s) is "
+                         f"{(copy - link) / pgbench['cp -a']:.2f} × cp -a")
             if "cp -a + sync" in pgbench:
                 # pg-migrate's copy is on disk when it ends; cp -a's is in the page cache.
                 note += (f", and the whole upgrade, synced, takes {copy / pgbench['cp -a + sync']:.2f} × "
