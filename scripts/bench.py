@@ -209,8 +209,18 @@ def mount_trial_fs():
     with open(image, "wb") as f:
         f.truncate(80 * 2**30)
     mountpoint.mkdir(exist_ok=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
-    subprocess.run(["mount", "-o", "loop", image, mountpoint], check=True)
+    for command in (["mkfs.ext4", "-q", "-F", image], ["mount", "-o", "loop", image, mountpoint]):
+        try:
+            made = subprocess.run(command, capture_output=True, text=True)
+            failure = made.stderr.strip() if made.returncode else None
+        except OSError as e:
+            failure = str(e)
+        if failure:
+            print(f"  cannot make the trial filesystem ({' '.join(map(str, command))}: {failure}); "
+                  "the trials run in --workdir", flush=True)
+            image.unlink(missing_ok=True)
+            mountpoint.rmdir()
+            return None
     shutil.chown(mountpoint, ARGS.user)
     TRIALS = mountpoint
     return "ext4 with a journal, in an image file loop-mounted for the trials"
