@@ -1048,19 +1048,7 @@ impl<'a> Engine<'a> {
         self.databases = manifest
             .databases
             .iter()
-            .map(|d| DatabasePlan {
-                db: Database {
-                    oid: 0,
-                    name: d.name.clone(),
-                    tablespace_location: String::new(),
-                },
-                old_relations: Vec::new(),
-                new_relations: Vec::new(),
-                new_oid: 0,
-                new_tablespace_location: String::new(),
-                dump: PathBuf::new(),
-                log: PathBuf::new(),
-            })
+            .map(|d| DatabasePlan::named(0, d.name.clone()))
             .collect();
         self.transferred = (0, manifest.bytes());
         self.tablespaces = manifest
