@@ -806,15 +806,12 @@ fn gather(
                 let row = client
                     .query_one(
                         "SELECT (SELECT count(*) FROM pg_catalog.pg_subscription),
-                                (SELECT count(*) FROM pg_catalog.pg_replication_slots
-                                  WHERE slot_type = 'logical' AND NOT temporary),
                                 pg_catalog.unicode_version()",
                         &[],
                     )
-                    .map_err(q("counting subscriptions and logical slots"))?;
+                    .map_err(q("counting subscriptions"))?;
                 cluster_uses.subscriptions = row.get(0);
-                cluster_uses.logical_slots = row.get(1);
-                cluster_uses.unicode_version = row.get(2);
+                cluster_uses.unicode_version = row.get(1);
                 // Each slot is made again in the new cluster, which must
                 // load its output plugin.
                 for row in client
@@ -824,10 +821,11 @@ fn gather(
                           WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2",
                         &[],
                     )
-                    .map_err(q("listing the logical slots' plugins"))?
+                    .map_err(q("listing the logical slots"))?
                 {
                     slot_plugins.push((row.get(0), row.get(1), row.get(2)));
                 }
+                cluster_uses.logical_slots = slot_plugins.len() as i64;
             }
             if major.number() >= 14 {
                 let compression: String = client
