@@ -356,6 +356,22 @@ fn a_slot_whose_plugin_the_new_installation_lacks_is_refused() {
         "{check}"
     );
     assert!(!check.to_string().contains("everywhere"), "{check}");
+    assert!(
+        check["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "slot"
+                && o["name"] == "only_in_17"
+                && o["database"] == "postgres"),
+        "{check}"
+    );
+    assert!(
+        check["remedy"]
+            .as_str()
+            .is_some_and(|r| r.contains("pg_drop_replication_slot")),
+        "{check}"
+    );
     // The slots' own checks pass: the plugin is the only problem.
     let failed: Vec<&str> = run
         .events

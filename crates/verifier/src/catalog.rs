@@ -695,7 +695,7 @@ fn gather(
     let mut rule_hits: Vec<(&'static str, ObjectRef)> = Vec::new();
     let mut cluster_uses = CapabilityUse::default();
     let mut uses_preload: Vec<String> = Vec::new();
-    // (plugin, slot, database) of every logical slot the upgrade carries.
+    // (plugin, quoted slot name, database) of every logical slot the upgrade carries.
     let mut slot_plugins: Vec<(String, String, String)> = Vec::new();
     let q = |what: &str| {
         let what = what.to_string();
@@ -816,7 +816,7 @@ fn gather(
                 // load its output plugin.
                 for row in client
                     .query(
-                        "SELECT plugin::text, slot_name::text, database::text
+                        "SELECT plugin::text, pg_catalog.quote_ident(slot_name::text), database::text
                            FROM pg_catalog.pg_replication_slots
                           WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2",
                         &[],
@@ -886,8 +886,8 @@ fn gather(
         uses.libraries.entry(plugin).or_default().push(ObjectRef {
             schema: None,
             database: Some(database),
-            kind: "logical replication slot".into(),
-            name: quote_ident(&slot),
+            kind: "slot".into(),
+            name: slot,
         });
     }
     Ok(CatalogFacts {
@@ -1541,12 +1541,16 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         )
     } else {
         let libs: Vec<String> = can.failed_libraries.iter().map(|(l, e)| format!("{l} ({e})")).collect();
+        let mut remedy = String::from("install the new major's build of the extension or module that provides them, or drop the objects that need them in the old cluster");
+        if failed.iter().any(|o| o.kind == "slot") {
+            remedy.push_str(" (a slot: pg_drop_replication_slot('name'), once its subscriber no longer needs it)");
+        }
         Finding::fail(
             "new-libraries",
             title("new-libraries"),
             "library_missing",
             format!("these shared libraries do not load in the new installation: {}; needed by: {}", libs.join("; "), describe_objects(&failed)),
-            "install the new major's build of the extension or module that provides them, or drop the objects that need them in the old cluster",
+            remedy,
         )
         .with_objects(failed)
     });
