@@ -240,7 +240,8 @@ def trial_dirs(golden):
     if TRIALS != WORK:
         # Give the freed blocks back to the image's own filesystem: without
         # it the sparse image grows by every trial's writes (tens of GB).
-        subprocess.run(["fstrim", TRIALS], check=True)
+        # (Where it cannot, the image only grows, as it did before.)
+        subprocess.run(["fstrim", TRIALS], capture_output=True)
     mkdir(trial)
     run(["cp", "-a", golden, trial / "old"])
     initdb(NEW_BIN, trial / "new")
