@@ -10,12 +10,14 @@
 //! - `transfer-plan.json`: the files to move, saved before the first one
 //!   moves, so that the transfer can be finished without the old catalog.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pgm_cluster::ControlStamp;
 use serde_json::{json, Value};
 
 pub const DIR: &str = "pg_migrate.d";
@@ -60,7 +62,14 @@ pub fn write_state(new_datadir: &Path, state: State) -> std::io::Result<()> {
 }
 
 pub fn read_state(new_datadir: &Path) -> Option<State> {
-    let text = std::fs::read_to_string(dir(new_datadir).join("state")).ok()?;
+    let Ok(text) = std::fs::read_to_string(dir(new_datadir).join("state")) else {
+        // The journal is made before the state file: one without the other
+        // is an upgrade killed in between.
+        return dir(new_datadir)
+            .join("journal.ndjson")
+            .is_file()
+            .then_some(State::Upgrading);
+    };
     match text.trim() {
         "upgrading" => Some(State::Upgrading),
         "failed" => Some(State::Failed),
@@ -73,37 +82,85 @@ pub fn read_state(new_datadir: &Path) -> Option<State> {
 
 pub struct Journal {
     file: File,
+    /// The file may end in a line cut short (a write that failed part-way,
+    /// a full disk): the next record starts on a line of its own.
+    torn: bool,
 }
 
 impl Journal {
-    /// Opens (creating) `<new>/pg_migrate.d/journal.ndjson` for appending.
+    /// Opens `<new>/pg_migrate.d/journal.ndjson` for appending. It must
+    /// exist: [`Journal::create`] makes it, whole, with its first records.
     pub fn open(new_datadir: &Path) -> std::io::Result<Journal> {
+        let path = dir(new_datadir).join("journal.ndjson");
+        let mut file = OpenOptions::new().read(true).append(true).open(&path)?;
+        Ok(Journal {
+            torn: !ends_with_newline(&mut file)?,
+            file,
+        })
+    }
+
+    /// Makes the journal with its first records (the plan, the run) in one
+    /// step: written under a temporary name, fsynced, renamed into place and
+    /// the directory fsynced, so that a journal is never seen without them.
+    pub fn create(new_datadir: &Path, first: &[(&str, Value)]) -> std::io::Result<Journal> {
         let dir = dir(new_datadir);
         std::fs::create_dir_all(&dir)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("journal.ndjson"))?;
-        Ok(Journal { file })
+        let tmp = dir.join("journal.ndjson.tmp");
+        let mut text = String::new();
+        for (kind, fields) in first {
+            text.push_str(&line(kind, fields.clone()));
+        }
+        let mut file = File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join("journal.ndjson"))?;
+        File::open(&dir)?.sync_all()?;
+        Journal::open(new_datadir)
     }
 
     /// Appends one record and makes it durable before returning.
-    pub fn record(&mut self, kind: &str, mut fields: Value) -> std::io::Result<()> {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        if let Value::Object(map) = &mut fields {
-            map.insert("record".into(), json!(kind));
-            map.insert("at_ms".into(), json!(at_ms));
+    pub fn record(&mut self, kind: &str, fields: Value) -> std::io::Result<()> {
+        let mut text = line(kind, fields);
+        if self.torn {
+            text.insert(0, '\n');
         }
         // One write per record (formatting straight into the file would
         // write it piece by piece).
-        let mut line = fields.to_string();
-        line.push('\n');
-        self.file.write_all(line.as_bytes())?;
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            // Part of it may be in the file.
+            self.torn = true;
+            return Err(e);
+        }
+        self.torn = false;
         self.file.sync_all()
     }
+}
+
+/// One journal line: the fields, the record's kind and the time.
+fn line(kind: &str, mut fields: Value) -> String {
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if let Value::Object(map) = &mut fields {
+        map.insert("record".into(), json!(kind));
+        map.insert("at_ms".into(), json!(at_ms));
+    }
+    let mut line = fields.to_string();
+    line.push('\n');
+    line
+}
+
+/// Whether a file is empty or ends with a newline.
+fn ends_with_newline(file: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 /// A journal read back.
@@ -185,12 +242,57 @@ impl JournalView {
             .and_then(|r| r["reindex"].as_str().map(PathBuf::from))
     }
 
-    /// The new cluster's checkpoint location recorded when the upgrade
-    /// completed: if pg_control still says so, nobody has run the cluster since.
-    pub fn completed_checkpoint(&self) -> Option<u64> {
-        self.of_kind("complete")
-            .last()
-            .and_then(|r| r["checkpoint_lsn"].as_u64())
+    /// The records since the new cluster was last put back as initdb made it.
+    fn since_reset(&self) -> &[Value] {
+        let start = self
+            .records
+            .iter()
+            .rposition(|r| r["record"] == "reset")
+            .map_or(0, |i| i + 1);
+        &self.records[start..]
+    }
+
+    /// The old cluster's pg_control as the counters were handed over from
+    /// it (`handover` record): a late resume may continue only from the very
+    /// same old cluster, not run since.
+    pub fn handover_stamp(&self) -> Option<ControlStamp> {
+        self.since_reset()
+            .iter()
+            .rev()
+            .find(|r| r["record"] == "handover")
+            .and_then(|r| serde_json::from_value(r["old"].clone()).ok())
+    }
+
+    /// Whether link or swap mode passed its point of no return (the old
+    /// cluster's pg_control renamed, files shared or moved).
+    pub fn passed_point_of_no_return(&self) -> bool {
+        self.since_reset()
+            .iter()
+            .any(|r| r["record"] == "point_of_no_return")
+    }
+
+    /// Whether a revert began (it must then be finished, not resumed).
+    pub fn revert_started(&self) -> bool {
+        self.since_reset()
+            .iter()
+            .any(|r| r["record"] == "revert_started")
+    }
+
+    /// The new cluster's pg_control as pg-migrate last left it: the stamp
+    /// of the latest record that carries one (each step, the point of no
+    /// return, the end). `None` when no record carries one, or when
+    /// pg-migrate started a new server after it (a run killed while its own
+    /// server ran: that server, not a stranger, moved the stamp on).
+    pub fn new_control_as_left(&self) -> Option<ControlStamp> {
+        for record in self.since_reset().iter().rev() {
+            if record["record"] == "new_server" {
+                return None;
+            }
+            if let Ok(stamp) = serde_json::from_value(record["new_control"].clone()) {
+                return Some(stamp);
+            }
+        }
+        None
     }
 }
 
@@ -199,33 +301,32 @@ impl JournalView {
 /// many it is a millisecond each), fsynced before it takes its name.
 const PRISTINE: &str = "pristine.tar";
 
-/// Saves the new cluster as initdb made it (once; written under a temporary
-/// name and renamed, so a half-written archive is never taken for whole).
-pub fn save_pristine(new_datadir: &Path) -> std::io::Result<()> {
-    let dir = dir(new_datadir);
-    let pristine = dir.join(PRISTINE);
-    if pristine.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join("pristine.tar.tmp");
+/// The contents of an external WAL directory (`initdb -X`), which the
+/// upgrade changes too (pg_resetwal writes its segments there): saved
+/// beside the archive, before it.
+const PRISTINE_WAL: &str = "pristine-wal.tar";
+
+/// Where the new cluster's `pg_wal` points when it is a symbolic link.
+fn external_wal(new_datadir: &Path) -> Option<PathBuf> {
+    let link = std::fs::read_link(new_datadir.join("pg_wal")).ok()?;
+    Some(new_datadir.join(link))
+}
+
+/// Writes a tar of `entries` (name in the archive, path) as `name` in
+/// `pg_migrate.d`: under a temporary name, fsynced, then renamed.
+fn write_archive(dir: &Path, name: &str, entries: Vec<(OsString, PathBuf)>) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(
         1 << 20,
         File::create(&tmp)?,
     ));
     // Symbolic links (an external pg_wal) are kept as links.
     builder.follow_symlinks(false);
-    let skip = [DIR, "postmaster.pid", "postmaster.opts"];
-    for entry in std::fs::read_dir(new_datadir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if skip.iter().any(|s| name == *s) {
-            continue;
-        }
-        if entry.file_type()?.is_dir() {
-            builder.append_dir_all(&name, entry.path())?;
+    for (name, path) in entries {
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            builder.append_dir_all(&name, &path)?;
         } else {
-            builder.append_path_with_name(entry.path(), &name)?;
+            builder.append_path_with_name(&path, &name)?;
         }
     }
     let file = builder
@@ -233,8 +334,36 @@ pub fn save_pristine(new_datadir: &Path) -> std::io::Result<()> {
         .into_inner()
         .map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &pristine)?;
-    File::open(&dir)?.sync_all()
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// The entries of a directory as (name, path), but `skip`.
+fn listing(dir: &Path, skip: &[&str]) -> std::io::Result<Vec<(OsString, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !skip.iter().any(|s| name == *s) {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// Saves the new cluster as initdb made it (written under a temporary name
+/// and renamed, so a half-written archive is never taken for whole). An
+/// archive from an earlier attempt is replaced: until a journal exists,
+/// nothing of the new cluster has changed, so what is there now is pristine.
+pub fn save_pristine(new_datadir: &Path) -> std::io::Result<()> {
+    let dir = dir(new_datadir);
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_file(dir.join(PRISTINE_WAL));
+    if let Some(wal) = external_wal(new_datadir) {
+        write_archive(&dir, PRISTINE_WAL, listing(&wal, &[])?)?;
+    }
+    let skip = [DIR, "postmaster.pid", "postmaster.opts"];
+    write_archive(&dir, PRISTINE, listing(new_datadir, &skip)?)
 }
 
 /// Whether the new cluster's state before the upgrade was saved.
@@ -273,7 +402,8 @@ pub fn remove_staged_copies(new_datadir: &Path) {
 
 /// Returns the new cluster to its pristine state: every new-version directory
 /// it made in a tablespace, and everything in the data directory but
-/// `pg_migrate.d`, is removed; the saved copy is put back.
+/// `pg_migrate.d`, is removed; the saved copy is put back (an external WAL
+/// directory's contents too) and made durable.
 pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std::io::Result<()> {
     let pristine = dir(new_datadir).join(PRISTINE);
     remove_staged_copies(new_datadir);
@@ -294,9 +424,25 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
             }
         }
     }
-    for entry in std::fs::read_dir(new_datadir)? {
+    clear_dir(new_datadir, &[DIR])?;
+    unpack(&pristine, new_datadir)?;
+    let mut roots = vec![new_datadir.to_path_buf()];
+    let saved_wal = dir(new_datadir).join(PRISTINE_WAL);
+    if let (Some(wal), true) = (external_wal(new_datadir), saved_wal.is_file()) {
+        clear_dir(&wal, &[])?;
+        unpack(&saved_wal, &wal)?;
+        roots.push(wal);
+    }
+    // Durable before the journal says "reset".
+    pgm_transfer::sync_tree(&roots, &HashSet::new(), 2).map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Removes everything in `dir` but the names in `keep`.
+fn clear_dir(dir: &Path, keep: &[&str]) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name() == DIR {
+        if keep.iter().any(|k| entry.file_name() == *k) {
             continue;
         }
         if entry.file_type()?.is_dir() {
@@ -305,12 +451,15 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
             std::fs::remove_file(entry.path())?;
         }
     }
-    let mut archive = tar::Archive::new(std::io::BufReader::new(File::open(&pristine)?));
+    Ok(())
+}
+
+fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(std::io::BufReader::new(File::open(archive)?));
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(false);
-    archive.unpack(new_datadir)?;
-    File::open(new_datadir)?.sync_all()
+    archive.unpack(into)
 }
 
 /// An exclusive lock on each existing directory, held until dropped (and
@@ -344,8 +493,8 @@ mod tests {
         assert_eq!(read_state(dir.path()), None);
         write_state(dir.path(), State::Upgrading).unwrap();
         assert_eq!(read_state(dir.path()), Some(State::Upgrading));
-        let mut journal = Journal::open(dir.path()).unwrap();
-        journal.record("plan", json!({"mode": "link"})).unwrap();
+        let mut journal =
+            Journal::create(dir.path(), &[("plan", json!({"mode": "link"}))]).unwrap();
         journal.record("step", json!({"step": "dump-old"})).unwrap();
         journal.record("reset", json!({})).unwrap();
         journal.record("step", json!({"step": "checks"})).unwrap();
@@ -366,6 +515,93 @@ mod tests {
             vec!["checks"]
         );
         assert_eq!(view.run_dirs(), vec![PathBuf::from("/tmp/pgm-x")]);
+    }
+
+    #[test]
+    fn a_line_torn_by_a_failed_write_does_not_swallow_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Journal::open(dir.path()).is_err(),
+            "a journal is made whole by create, never by open"
+        );
+        Journal::create(dir.path(), &[("plan", json!({"mode": "copy"}))]).unwrap();
+        // A full disk cut the last record short.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(DIR).join("journal.ndjson"))
+            .unwrap()
+            .write_all(b"{\"record\":\"step\",\"st")
+            .unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        journal.record("step", json!({"step": "checks"})).unwrap();
+        journal.record("step", json!({"step": "dump-old"})).unwrap();
+        let view = JournalView::read(dir.path()).unwrap();
+        assert_eq!(view.plan().unwrap()["mode"], "copy");
+        assert_eq!(
+            view.done_steps().into_iter().collect::<Vec<_>>(),
+            vec!["checks", "dump-old"]
+        );
+        // A journal without a state file is an upgrade killed in between.
+        assert_eq!(read_state(dir.path()), Some(State::Upgrading));
+    }
+
+    #[test]
+    fn the_stamps_pg_migrate_left_tell_its_own_servers_from_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = |lsn: u64| {
+            json!({ "system_identifier": 1, "state": "shut_down", "time": 5, "checkpoint_lsn": lsn,
+                    "next_xid_epoch": 0, "next_xid": 700, "next_oid": 16384, "next_multixact": 1 })
+        };
+        let mut journal = Journal::create(dir.path(), &[("plan", json!({}))]).unwrap();
+        journal
+            .record("step", json!({"step": "a", "new_control": stamp(10)}))
+            .unwrap();
+        let view = JournalView::read(dir.path()).unwrap();
+        assert_eq!(view.new_control_as_left().unwrap().checkpoint_lsn, 10);
+        assert!(!view.passed_point_of_no_return());
+        journal.record("new_server", json!({})).unwrap();
+        let view = JournalView::read(dir.path()).unwrap();
+        assert!(
+            view.new_control_as_left().is_none(),
+            "its own server ran last"
+        );
+        journal
+            .record("point_of_no_return", json!({"new_control": stamp(20)}))
+            .unwrap();
+        journal
+            .record("handover", json!({"old": stamp(30)}))
+            .unwrap();
+        let view = JournalView::read(dir.path()).unwrap();
+        assert_eq!(view.new_control_as_left().unwrap().checkpoint_lsn, 20);
+        assert!(view.passed_point_of_no_return());
+        assert_eq!(view.handover_stamp().unwrap().checkpoint_lsn, 30);
+        journal.record("reset", json!({})).unwrap();
+        let view = JournalView::read(dir.path()).unwrap();
+        assert!(!view.passed_point_of_no_return());
+        assert!(view.handover_stamp().is_none());
+    }
+
+    #[test]
+    fn an_external_wal_directory_comes_back_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(data.join("global")).unwrap();
+        std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+        std::fs::write(wal.join("000000010000000000000001"), b"initdb's").unwrap();
+        std::os::unix::fs::symlink(&wal, data.join("pg_wal")).unwrap();
+        save_pristine(&data).unwrap();
+        // pg_resetwal of the upgrade: its segment goes, another comes.
+        std::fs::remove_file(wal.join("000000010000000000000001")).unwrap();
+        std::fs::write(wal.join("0000000100000000000000A0"), b"upgrade's").unwrap();
+        restore_pristine(&data, "PG_18_1").unwrap();
+        assert_eq!(
+            std::fs::read(wal.join("000000010000000000000001")).unwrap(),
+            b"initdb's"
+        );
+        assert!(!wal.join("0000000100000000000000A0").exists());
+        assert!(wal.join("archive_status").is_dir());
+        assert_eq!(std::fs::read_link(data.join("pg_wal")).unwrap(), wal);
     }
 
     #[test]

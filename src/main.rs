@@ -104,6 +104,9 @@ fn run() -> i32 {
             matches!(action, Action::Resume | Action::Cutover),
         ) {
             Ok(view) => Some(view),
+            Err(r) if r.code == "no_journal" => {
+                return no_journal(&printer, started, name, &options, r)
+            }
             Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
         }
     } else {
@@ -187,6 +190,63 @@ fn run() -> i32 {
             run_command(&settings, &printer, started, false, upgrade::Phase::Full)
         }
     }
+}
+
+/// `resume`, `revert` (and the other commands that continue a journal)
+/// where there is none: no upgrade began in `-D`, but a pg-migrate killed
+/// during its checks may have left its servers running; they are stopped,
+/// and the report says so.
+fn no_journal(
+    printer: &Printer,
+    started: Instant,
+    name: &'static str,
+    options: &cli::Options,
+    mut r: recovery::Refusal,
+) -> i32 {
+    let base = options.socketdir.clone().unwrap_or_else(std::env::temp_dir);
+    let datadirs: Vec<&std::path::Path> = [&options.new_datadir, &options.old_datadir]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+    let (stopped, failed) = recovery::stop_abandoned_servers(&base, &datadirs);
+    let is_new = |p: &std::path::PathBuf| {
+        options
+            .new_datadir
+            .as_ref()
+            .and_then(|n| std::fs::canonicalize(n).ok())
+            .is_some_and(|n| std::fs::canonicalize(p).is_ok_and(|p| p == n))
+    };
+    let state = |stopped_one: bool| {
+        if stopped_one {
+            "started_and_stopped"
+        } else {
+            "unchanged"
+        }
+    };
+    r.clusters = Some(ClusterStates {
+        old: state(stopped.iter().any(|p| !is_new(p))),
+        new: state(stopped.iter().any(is_new)),
+    });
+    if !stopped.is_empty() {
+        r.message.push_str(&format!(
+            "; an interrupted pg-migrate had left its servers running, now stopped cleanly: {}",
+            stopped
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        r.message.push_str(&format!(
+            "; servers an interrupted pg-migrate left running could not be stopped: {}",
+            failed.join("; ")
+        ));
+        r.remedy =
+            "stop those servers (pg_ctl -D DIR stop -m fast), then run the upgrade again".into();
+    }
+    refuse(printer, started, name, r, exit::USAGE)
 }
 
 /// `pg-migrate prepare`: the first half of the online mode. A prepare
@@ -416,7 +476,12 @@ pub(crate) fn make_run_dir(
     started: Instant,
     name: &'static str,
 ) -> Result<RunDir, i32> {
-    RunDir::create(&settings.socket_base, settings.log_dir.as_deref()).map_err(|e| {
+    RunDir::create(
+        &settings.socket_base,
+        settings.log_dir.as_deref(),
+        (&settings.old_datadir, &settings.new_datadir),
+    )
+    .map_err(|e| {
         let (message, remedy) = match &settings.log_dir {
             Some(dir) => (
                 format!(
@@ -665,8 +730,28 @@ fn run_resume(
         }
         _ => {}
     }
+    if view.revert_started() {
+        return fail_early(
+            printer,
+            started,
+            name,
+            "unfinished_revert",
+            format!(
+                "a revert of the upgrade into {} began and did not finish",
+                settings.new_datadir.display()
+            ),
+            &format!(
+                "finish it: pg-migrate revert -D {} (every part of it can be repeated)",
+                upgrade::quote(&settings.new_datadir)
+            ),
+            exit::FAILED_NEEDS_RECOVERY,
+        );
+    }
     let done = view.done_steps();
     if done.contains("match-relations") {
+        if let Err(r) = recovery::refuse_late_resume(settings, view) {
+            return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+        }
         return run_from_journal(
             settings,
             printer,
@@ -829,8 +914,12 @@ fn refuse(
     r: recovery::Refusal,
     exit_code: i32,
 ) -> i32 {
-    fail_early(
-        printer, started, command, r.code, r.message, &r.remedy, exit_code,
+    let clusters = r.clusters.unwrap_or(ClusterStates {
+        old: "unchanged",
+        new: "unchanged",
+    });
+    fail_leaving(
+        printer, started, command, r.code, r.message, &r.remedy, exit_code, clusters,
     )
 }
 
@@ -863,15 +952,33 @@ pub(crate) fn fail_early(
     remedy: &str,
     exit_code: i32,
 ) -> i32 {
+    let unchanged = ClusterStates {
+        old: "unchanged",
+        new: "unchanged",
+    };
+    fail_leaving(
+        printer, started, command, code, message, remedy, exit_code, unchanged,
+    )
+}
+
+/// Reports an error that leaves the clusters as `clusters` says, and the summary.
+#[allow(clippy::too_many_arguments)]
+fn fail_leaving(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    code: &'static str,
+    message: String,
+    remedy: &str,
+    exit_code: i32,
+    clusters: ClusterStates,
+) -> i32 {
     printer.emit(&Event::Error {
         code,
         message,
         remedy: Some(remedy.to_string()),
         causes: Vec::new(),
-        clusters: ClusterStates {
-            old: "unchanged",
-            new: "unchanged",
-        },
+        clusters,
     });
     printer.emit(&Event::Summary {
         command,

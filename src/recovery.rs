@@ -1,7 +1,7 @@
 //! `resume` and `revert`, and the guards every run passes first: one
 //! pg-migrate at a time per cluster, and no new upgrade over an unfinished one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pgm_cluster::command::PgCommand;
 use pgm_cluster::{ControlFile, DataDir, ServerStatus};
@@ -9,12 +9,15 @@ use serde_json::json;
 
 use crate::cli::{Options, Settings};
 use crate::journal::{self, Journal, JournalView, RunLock, State};
+use crate::report::ClusterStates;
 
 /// A refusal before anything was done.
 pub struct Refusal {
     pub code: &'static str,
     pub message: String,
     pub remedy: String,
+    /// What the clusters are left as, when not both `unchanged`.
+    pub clusters: Option<ClusterStates>,
 }
 
 /// Locks both clusters' directories for the life of the run.
@@ -27,6 +30,7 @@ pub fn lock(settings: &Settings) -> Result<RunLock, Refusal> {
     dirs.dedup();
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     RunLock::acquire(&dirs).map_err(|busy| Refusal {
+        clusters: None,
         code: "locked",
         message: format!("another pg-migrate is working on {}", busy.display()),
         remedy: "wait for it to finish (or find it with: ps -C pg-migrate -f); two runs on the same clusters would damage them".into(),
@@ -38,11 +42,13 @@ pub fn refuse_unfinished(settings: &Settings) -> Result<(), Refusal> {
     let new = &settings.new_datadir;
     match journal::read_state(new) {
         Some(State::Upgrading) | Some(State::Failed) => Err(Refusal {
+            clusters: None,
             code: "unfinished_upgrade",
             message: format!("{} holds an upgrade that did not finish", new.display()),
             remedy: crate::upgrade::recovery_commands(new),
         }),
         Some(State::Complete) => Err(Refusal {
+            clusters: None,
             code: "already_upgraded",
             message: format!(
                 "{} is already the result of a finished upgrade",
@@ -51,6 +57,7 @@ pub fn refuse_unfinished(settings: &Settings) -> Result<(), Refusal> {
             remedy: "start it; to upgrade again, give -D a new directory".into(),
         }),
         Some(State::Prepared) => Err(Refusal {
+            clusters: None,
             code: "already_prepared",
             message: format!("{} holds a prepared upgrade", new.display()),
             remedy: format!(
@@ -83,6 +90,7 @@ pub fn archive_reverted_journal(new_datadir: &Path) {
 pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalView, Refusal> {
     let Some(new) = options.new_datadir.clone() else {
         return Err(Refusal {
+            clusters: None,
             code: "usage",
             message: "no new data directory was given".into(),
             remedy: "pass the data directory of the interrupted upgrade with -D/--new-datadir"
@@ -92,12 +100,13 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
     let view = JournalView::read(&new)
         .filter(|v| v.plan().is_some())
         .ok_or_else(|| Refusal {
+            clusters: None,
             code: "no_journal",
             message: format!(
-                "{} holds no pg-migrate journal: there is nothing to resume or revert",
+                "{} holds no pg-migrate journal: no upgrade began there, there is nothing to resume or revert",
                 new.display()
             ),
-            remedy: "check -D; an upgrade that never started needs no recovery".into(),
+            remedy: "check -D; an upgrade that never began changed neither cluster: run it again".into(),
         })?;
     let plan = view.plan().cloned().unwrap_or_default();
     let path = |v: &serde_json::Value| v.as_str().map(std::path::PathBuf::from);
@@ -158,6 +167,7 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
             != Some(mode)
     {
         return Err(Refusal {
+            clusters: None,
             code: "usage",
             message: format!(
                 "the interrupted upgrade used --{mode}; it cannot continue in another mode"
@@ -211,6 +221,7 @@ pub fn stop_leftover_servers(
                     continue;
                 }
                 return Err(Refusal {
+                    clusters: None,
                     code: "server_running",
                     message: format!(
                         "a server that pg-migrate did not start runs on {} (pid {})",
@@ -234,6 +245,69 @@ pub fn stop_leftover_servers(
     Ok(())
 }
 
+/// Stops the servers that a pg-migrate killed before it wrote a journal
+/// left running (found through its run directory under the socket base,
+/// which names its clusters, and its lock, which is free once it is gone).
+/// Returns the data directories whose server was stopped; errors name the
+/// ones that could not be.
+pub fn stop_abandoned_servers(
+    socket_base: &Path,
+    datadirs: &[&Path],
+) -> (Vec<PathBuf>, Vec<String>) {
+    let mut stopped = Vec::new();
+    let mut failed = Vec::new();
+    let mut runs = Vec::new();
+    for datadir in datadirs {
+        runs.extend(crate::rundir::abandoned_runs(socket_base, datadir));
+    }
+    for (run_dir, run) in runs {
+        for datadir in [&run.old_datadir, &run.new_datadir] {
+            if datadir.as_os_str().is_empty() || stopped.contains(datadir) {
+                continue;
+            }
+            let dirs: Vec<&Path> = vec![datadir.as_path()];
+            // Not while another pg-migrate works on the cluster.
+            let Ok(_lock) = RunLock::acquire(&dirs) else {
+                continue;
+            };
+            let Ok(dir) = DataDir::open(datadir, None) else {
+                continue;
+            };
+            let Ok(ServerStatus::Running(pid)) = dir.server_status() else {
+                continue;
+            };
+            if !pid
+                .socket_dir
+                .as_ref()
+                .is_some_and(|socket| socket.starts_with(&run_dir))
+            {
+                continue;
+            }
+            match fast_shutdown(datadir, pid.pid) {
+                Ok(()) => stopped.push(datadir.clone()),
+                Err(e) => failed.push(format!("{}: {e}", datadir.display())),
+            }
+        }
+    }
+    (stopped, failed)
+}
+
+/// A fast shutdown of the postmaster `pid` of `datadir` (SIGINT, as
+/// `pg_ctl stop -m fast` sends), waited for until its postmaster.pid is gone.
+pub fn fast_shutdown(datadir: &Path, pid: i32) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT)
+        .map_err(|e| format!("could not signal the server (pid {pid}): {e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while datadir.join("postmaster.pid").exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the server (pid {pid}) did not stop within 300 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// `PG_<major>_<catversion>` of the new cluster (for its tablespace directories).
 pub fn new_tablespace_dir(settings: &Settings) -> Option<String> {
     // The saved copy first: the new cluster may be half-reset.
@@ -251,6 +325,7 @@ pub fn new_tablespace_dir(settings: &Settings) -> Option<String> {
 /// Puts the new cluster back as initdb made it, noting it in the journal.
 pub fn reset_new_cluster(settings: &Settings) -> Result<(), Refusal> {
     let refusal = |e: String| Refusal {
+        clusters: None,
         code: "reset_failed",
         message: format!("could not return the new cluster to its state before the upgrade: {e}"),
         remedy: format!(
@@ -274,71 +349,227 @@ pub struct Reverted {
     pub renamed_control_back: bool,
 }
 
+/// Why the new cluster cannot be given up: a server other than
+/// pg-migrate's own ran on it since pg-migrate last left it (its
+/// pg_control differs from the one the journal recorded then, or a
+/// postmaster.pid is there). It matters once the upgrade finished (the new
+/// cluster may hold new work) and, in link and swap mode, once the old
+/// cluster's files are shared or moved (a started new cluster writes to them).
+pub fn new_cluster_ran(settings: &Settings, view: &JournalView) -> Option<String> {
+    let new = &settings.new_datadir;
+    let shares_files = matches!(
+        settings.mode,
+        crate::cli::Mode::Link | crate::cli::Mode::Swap
+    ) && view.passed_point_of_no_return();
+    if journal::read_state(new) != Some(State::Complete) && !shares_files {
+        return None;
+    }
+    if new.join("postmaster.pid").exists() {
+        return Some(format!(
+            "{} has a postmaster.pid: a server runs on it or crashed there",
+            new.display()
+        ));
+    }
+    let recorded = view.new_control_as_left()?;
+    let global = new.join("global");
+    let now = ["pg_control", "pg_control.prepared"]
+        .iter()
+        .map(|name| global.join(name))
+        .find(|p| p.exists())
+        .and_then(|p| ControlFile::decode(&std::fs::read(&p).ok()?, &p).ok())
+        .map(|c| c.stamp());
+    match now {
+        None => Some(format!("{}/pg_control cannot be read", global.display())),
+        Some(now) if now != recorded => Some(format!(
+            "its pg_control is not as pg-migrate left it: {}",
+            now.changes_since(&recorded).join("; ")
+        )),
+        Some(_) => None,
+    }
+}
+
+/// A late resume continues from the old cluster the counters were handed
+/// over from; one that ran since (started as the advice allows, or its
+/// pg_control renamed back in link mode) holds rows and objects the new
+/// cluster's commit log and catalog know nothing of.
+pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(), Refusal> {
+    let old = &settings.old_datadir;
+    let quoted = crate::upgrade::quote(&settings.new_datadir);
+    let refusal = |message: String| {
+        Refusal {
+        clusters: Some(ClusterStates {
+            old: "unchanged",
+            new: "incomplete",
+        }),
+        code: "old_cluster_changed",
+        message,
+        remedy: format!(
+            "the new cluster cannot be finished from it: put it back as initdb made it with pg-migrate revert -D {quoted}, then run the upgrade again (it carries what the old cluster holds now)"
+        ),
+    }
+    };
+    let Some(recorded) = view.handover_stamp() else {
+        return Err(refusal(
+            "the journal does not record which old cluster the counters were handed over from"
+                .into(),
+        ));
+    };
+    if let Ok(ServerStatus::Running(_)) = DataDir::open(old, None).and_then(|d| d.server_status()) {
+        return Err(refusal(format!(
+            "the old cluster {} has run since the counters were handed over from it (a server runs on it)",
+            old.display()
+        )));
+    }
+    let global = old.join("global");
+    let now = ["pg_control", "pg_control.old"]
+        .iter()
+        .map(|name| global.join(name))
+        .find(|p| p.exists())
+        .and_then(|p| ControlFile::decode(&std::fs::read(&p).ok()?, &p).ok())
+        .map(|c| c.stamp());
+    match now {
+        Some(now) if now == recorded => Ok(()),
+        Some(now) => Err(refusal(format!(
+            "the old cluster {} has run since the counters were handed over from it: {}",
+            old.display(),
+            now.changes_since(&recorded).join("; ")
+        ))),
+        None => Err(refusal(format!(
+            "the old cluster's pg_control in {} cannot be read",
+            global.display()
+        ))),
+    }
+}
+
 /// Returns the old cluster to a startable state identical to before the
 /// upgrade and the new one to its pristine state, unless the new cluster has
-/// run since the upgrade finished.
+/// run since pg-migrate left it. Every part can be repeated: a revert cut
+/// short is finished by running it again.
 pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refusal> {
     let new = &settings.new_datadir;
+    let quoted = crate::upgrade::quote(new);
     if journal::read_state(new) == Some(State::Reverted) {
         return Err(Refusal {
+            clusters: None,
             code: "already_reverted",
             message: format!("the upgrade into {} was already reverted", new.display()),
             remedy: "the old cluster can be started as before".into(),
         });
     }
-    if journal::read_state(new) == Some(State::Complete) {
-        let recorded = view.completed_checkpoint();
-        let now = ControlFile::read(new).ok().map(|c| c.checkpoint_lsn);
-        if recorded.is_none() || recorded != now || new.join("postmaster.pid").exists() {
-            return Err(Refusal {
-                code: "new_cluster_has_run",
-                message: "the new cluster has been started since the upgrade finished: it may hold changes, and in link mode it has written to files it shares with the old cluster".into(),
-                remedy: "revert is no longer safe; keep the new cluster, or restore the old one from a backup".into(),
-            });
-        }
+    let protected = view.passed_point_of_no_return()
+        && matches!(
+            settings.mode,
+            crate::cli::Mode::Link | crate::cli::Mode::Swap
+        );
+    let as_found = ClusterStates {
+        old: if protected { "protected" } else { "unchanged" },
+        new: if journal::read_state(new) == Some(State::Complete) {
+            "upgraded"
+        } else {
+            "incomplete"
+        },
+    };
+    // A revert cut short passed this guard before it changed anything; the
+    // changes since are its own (a half-done reset of the new cluster).
+    let ran = if view.revert_started() {
+        None
+    } else {
+        new_cluster_ran(settings, view)
+    };
+    if let Some(why) = ran {
+        return Err(Refusal {
+            clusters: Some(as_found),
+            code: "new_cluster_has_run",
+            message: format!("the new cluster has been started since pg-migrate left it ({why}): it may hold changes, and in link and swap mode it has written to files it shares with the old cluster"),
+            remedy: "revert is no longer safe; nothing was changed: keep the new cluster, or restore the old one from a backup".into(),
+        });
     }
-    if settings.mode == crate::cli::Mode::Swap {
+    // Swap mode: which files in the new cluster's database directories are
+    // the old cluster's is known only from the saved plan.
+    let swap_dirs = if settings.mode == crate::cli::Mode::Swap && view.passed_point_of_no_return() {
+        let plan = crate::upgrade::transfer_plan_path(new);
+        let moves = crate::upgrade::saved_moves(new).ok_or_else(|| Refusal {
+            clusters: Some(as_found.clone()),
+            code: "revert_failed",
+            message: format!(
+                "{} is missing or unreadable: without it the old cluster's files cannot be told from the new one's; nothing was changed",
+                plan.display()
+            ),
+            remedy: format!("put {} back from a copy of the new cluster's pg_migrate.d, then run pg-migrate revert again; otherwise restore the old cluster from a backup (do not rename its pg_control back by hand)", plan.display()),
+        })?;
+        Some(pgm_transfer::swap_dirs(&moves).map_err(|file| Refusal {
+            clusters: Some(as_found.clone()),
+            code: "revert_failed",
+            message: format!(
+                "the saved transfer plan cannot be swapped back ({}); nothing was changed",
+                file.display()
+            ),
+            remedy: "restore the old cluster from a backup".into(),
+        })?)
+    } else {
+        None
+    };
+    let failed_midway = |message: String, remedy: String| Refusal {
+        clusters: Some(ClusterStates {
+            old: if protected { "protected" } else { "unchanged" },
+            new: "incomplete",
+        }),
+        code: "revert_failed",
+        message,
+        remedy,
+    };
+    let mut journal = Journal::open(new).map_err(|e| Refusal {
+        clusters: Some(as_found.clone()),
+        code: "journal_failed",
+        message: e.to_string(),
+        remedy: "check the new data directory's permissions".into(),
+    })?;
+    journal
+        .record("revert_started", json!({}))
+        .map_err(|e| Refusal {
+            clusters: Some(as_found.clone()),
+            code: "journal_failed",
+            message: e.to_string(),
+            remedy: "check the new data directory's permissions and free space".into(),
+        })?;
+    // From here on an interruption leaves a revert to finish.
+    crate::upgrade::publish_revert_in_progress(new, protected);
+    if let Some(dirs) = swap_dirs {
         // The old cluster's directories come home before anything else
         // touches the new cluster (its reset would delete them).
-        if let Some(moves) = crate::upgrade::saved_moves(new) {
-            let dirs = pgm_transfer::swap_dirs(&moves).map_err(|file| Refusal {
-                code: "revert_failed",
-                message: format!(
-                    "the saved transfer plan cannot be swapped back ({})",
-                    file.display()
-                ),
-                remedy: "restore the old cluster from a backup".into(),
-            })?;
-            pgm_transfer::unswap(&dirs, &journal::dir(new).join("swap")).map_err(|e| Refusal {
-                code: "revert_failed",
-                message: format!("could not move the old cluster's directories back: {e}"),
-                remedy: "run pg-migrate revert again; if it fails again, move the directories named above back by hand".into(),
-            })?;
-        }
+        pgm_transfer::unswap(&dirs, &journal::dir(new).join("swap"), &|step| {
+            pgm_cluster::faults::point(|| format!("revert:unswap:{step}"))
+        })
+        .map_err(|e| {
+            failed_midway(
+                format!("could not move the old cluster's directories back: {e}"),
+                format!("run pg-migrate revert -D {quoted} again (every part of it can be repeated); if it fails again, restore the old cluster from a backup"),
+            )
+        })?;
     }
     let control = settings.old_datadir.join("global/pg_control");
     let renamed = settings.old_datadir.join("global/pg_control.old");
     let mut renamed_back = false;
     if !control.exists() && renamed.exists() {
-        std::fs::rename(&renamed, &control).map_err(|e| Refusal {
-            code: "revert_failed",
-            message: format!("could not rename {} back: {e}", renamed.display()),
-            remedy: format!(
-                "rename it by hand: mv {} {}",
-                renamed.display(),
-                control.display()
-            ),
-        })?;
+        std::fs::rename(&renamed, &control)
+            .map_err(|e| e.to_string())
+            .and_then(|()| crate::upgrade::sync_dir(&settings.old_datadir.join("global")))
+            .map_err(|e| {
+                failed_midway(
+                    format!("could not rename {} back: {e}", renamed.display()),
+                    format!(
+                        "run pg-migrate revert -D {quoted} again, or rename it by hand: mv {} {}",
+                        renamed.display(),
+                        control.display()
+                    ),
+                )
+            })?;
         renamed_back = true;
     }
+    pgm_cluster::faults::point(|| "revert:old-given-back".into());
     if journal::has_pristine(new) {
         reset_new_cluster(settings)?;
     }
-    let mut journal = Journal::open(new).map_err(|e| Refusal {
-        code: "journal_failed",
-        message: e.to_string(),
-        remedy: "check the new data directory's permissions".into(),
-    })?;
     let _ = journal.record("reverted", json!({ "renamed_control_back": renamed_back }));
     let _ = journal::write_state(new, State::Reverted);
     Ok(Reverted {

@@ -16,16 +16,52 @@ pub struct RunDir {
     path: PathBuf,
     /// `--log-dir`: this run's directory under it.
     logs: Option<PathBuf>,
+    /// Held while the run lives: a run directory whose lock is free belongs
+    /// to a pg-migrate that is gone (killed), whose servers may still run.
+    _alive: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// `run.json` in a run directory: which clusters the run works on, so that
+/// servers it left running can be found and stopped by a later pg-migrate
+/// even when it was killed before it wrote a journal.
+const RUN_FILE: &str = "run.json";
+
+/// The clusters a run named in its run directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RunClusters {
+    pub old_datadir: PathBuf,
+    pub new_datadir: PathBuf,
+    pub pid: u32,
 }
 
 impl RunDir {
-    pub fn create(base: &Path, log_base: Option<&Path>) -> std::io::Result<RunDir> {
+    pub fn create(
+        base: &Path,
+        log_base: Option<&Path>,
+        clusters: (&Path, &Path),
+    ) -> std::io::Result<RunDir> {
         let logs = match log_base {
             Some(log_base) => Some(make_log_dir(log_base)?),
             None => None,
         };
         let dir = tempfile::Builder::new().prefix("pgm-").tempdir_in(base)?;
         let path = dir.path().to_path_buf();
+        let alive = nix::fcntl::Flock::lock(
+            std::fs::File::open(&path)?,
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .ok();
+        // Commands with one cluster (backup, restore) leave the other empty.
+        let absolute = |p: &Path| match p.as_os_str().is_empty() {
+            true => p.to_path_buf(),
+            false => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+        };
+        let run = RunClusters {
+            old_datadir: absolute(clusters.0),
+            new_datadir: absolute(clusters.1),
+            pid: std::process::id(),
+        };
+        std::fs::write(path.join(RUN_FILE), serde_json::to_vec(&run)?)?;
         std::fs::create_dir(path.join("log"))?;
         // The new server's socket lives apart from the old one's: both may
         // run at once (the checks hand the old server on to the dump) with
@@ -35,6 +71,7 @@ impl RunDir {
             dir: Some(dir),
             path,
             logs,
+            _alive: alive,
         })
     }
 
@@ -133,4 +170,38 @@ fn make_log_dir(base: &Path) -> std::io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The run directories under `base` whose pg-migrate is gone (their lock
+/// is free) and which name `datadir` as one of their clusters.
+pub fn abandoned_runs(base: &Path, datadir: &Path) -> Vec<(PathBuf, RunClusters)> {
+    let wanted = std::fs::canonicalize(datadir).unwrap_or_else(|_| datadir.to_path_buf());
+    let same = |p: &Path| std::fs::canonicalize(p).is_ok_and(|p| p == wanted);
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("pgm-") {
+            continue;
+        }
+        let path = entry.path();
+        let Some(run) = std::fs::read(path.join(RUN_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunClusters>(&b).ok())
+        else {
+            continue;
+        };
+        if !same(&run.old_datadir) && !same(&run.new_datadir) {
+            continue;
+        }
+        let Ok(dir) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // Taken and let go at once: only whether it is free matters.
+        if nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+            out.push((path, run));
+        }
+    }
+    out
 }

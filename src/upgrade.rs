@@ -202,8 +202,8 @@ pub struct Engine<'a> {
     old_live: bool,
     /// cutover: the old cluster's freeze horizons, read as it was verified.
     horizons: Option<online::Horizons>,
-    /// cutover: the old cluster's checkpoint when a cutover verified it.
-    cutover_old_lsn: Option<u64>,
+    /// cutover: the old cluster's pg_control when a cutover verified it.
+    cutover_old_stamp: Option<pgm_cluster::ControlStamp>,
     /// The script `finish` wrote for collation-dependent indexes.
     reindex_script: Option<PathBuf>,
     /// The old cluster's logical replication slots (17 and later), made
@@ -260,9 +260,14 @@ impl serde::Serialize for MovesRef<'_> {
     }
 }
 
+/// Where the transfer plan is saved before the first file moves.
+pub fn transfer_plan_path(new_datadir: &Path) -> PathBuf {
+    crate::journal::dir(new_datadir).join("transfer-plan.json")
+}
+
 /// The tablespaces an upgrade's saved plan names.
 pub fn saved_tablespaces(new_datadir: &Path) -> Vec<String> {
-    let path = crate::journal::dir(new_datadir).join("transfer-plan.json");
+    let path = transfer_plan_path(new_datadir);
     std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice::<SavedPlan>(&b).ok())
@@ -272,7 +277,7 @@ pub fn saved_tablespaces(new_datadir: &Path) -> Vec<String> {
 
 /// The transfer plan an upgrade saved, for revert.
 pub fn saved_moves(new_datadir: &Path) -> Option<Vec<FileMove>> {
-    let path = crate::journal::dir(new_datadir).join("transfer-plan.json");
+    let path = transfer_plan_path(new_datadir);
     let saved: SavedPlan = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     Some(
         saved
@@ -293,6 +298,24 @@ pub struct Interruptible {
 }
 
 pub static INTERRUPT: Mutex<Option<Interruptible>> = Mutex::new(None);
+
+/// Tells the signal handler that a revert is changing the clusters: an
+/// interruption now leaves a revert to finish, not "nothing changed".
+pub fn publish_revert_in_progress(new_datadir: &Path, old_protected: bool) {
+    let status = Interruptible {
+        new_datadir: new_datadir.to_path_buf(),
+        clusters: ClusterStates {
+            old: if old_protected { "protected" } else { "unchanged" },
+            new: "incomplete",
+        },
+        exit_code: exit::FAILED_NEEDS_RECOVERY,
+        resume: format!(
+            "the revert was cut short; finish it: pg-migrate revert -D {} (every part of it can be repeated)",
+            quote(new_datadir)
+        ),
+    };
+    *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+}
 
 fn now_ms() -> u128 {
     SystemTime::now()
@@ -368,7 +391,7 @@ impl<'a> Engine<'a> {
             prepared: online::PreparedState::default(),
             old_live: false,
             horizons: None,
-            cutover_old_lsn: None,
+            cutover_old_stamp: None,
             logical_slots: Vec::new(),
         })
     }
@@ -454,6 +477,12 @@ impl<'a> Engine<'a> {
         let mut engine = Engine::from_journal(settings, printer, run_dir, config, journal)?;
         engine.new_touched = true;
         engine.done = journal.done_steps();
+        if !engine.old_protected {
+            // Protected once, then made startable again by hand (and, as
+            // the resume's guard found, not started): protected again
+            // before anything more is linked or moved.
+            engine.done.remove("protect-old");
+        }
         let plan_path = crate::journal::dir(&engine.new_dir().path).join("transfer-plan.json");
         let saved: SavedPlan = std::fs::read(&plan_path)
             .ok()
@@ -601,11 +630,12 @@ impl<'a> Engine<'a> {
             duration_ms,
         });
         if result.is_ok() {
+            let new_control = self.new_control_stamp();
             if let Some(journal) = self.journal.as_mut() {
                 journal
                     .record(
                         "step",
-                        json!({ "step": name, "status": "done", "duration_ms": duration_ms }),
+                        json!({ "step": name, "status": "done", "duration_ms": duration_ms, "new_control": new_control }),
                     )
                     .map_err(|e| Failure::new("journal_failed", e))?;
             }
@@ -742,7 +772,26 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new("server_start_failed", e))
     }
 
-    fn start_new(&self) -> Result<Server, Failure> {
+    /// The new cluster's pg_control as it is now (wherever a run left it),
+    /// for the journal: revert compares it with what it finds.
+    fn new_control_stamp(&self) -> Option<pgm_cluster::ControlStamp> {
+        let dir = self.new_dir.as_ref()?;
+        read_control(&dir.path).ok().map(|c| c.stamp())
+    }
+
+    /// Notes in the journal that pg-migrate starts the new server: until
+    /// the next step record, changes to the new pg_control are its own.
+    fn note_new_server(&mut self) -> Result<(), Failure> {
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record("new_server", json!({}))
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        Ok(())
+    }
+
+    fn start_new(&mut self) -> Result<Server, Failure> {
+        self.note_new_server()?;
         Server::start(
             &self.new_install,
             self.new_dir(),
@@ -821,45 +870,47 @@ impl<'a> Engine<'a> {
         let first = JournalView::read(&new_path)
             .and_then(|j| j.plan().cloned())
             .is_none();
-        let mut journal =
-            Journal::open(&new_path).map_err(|e| Failure::new("journal_failed", e))?;
+        let run = json!({ "run_dir": self.run_dir.path(), "output": output, "pid": std::process::id(), "resuming": self.resuming });
+        let journal = if first {
+            // What recovery needs is durable before the journal appears:
+            // first the new cluster as initdb made it, then the journal
+            // with its plan, whole, then the state.
+            crate::journal::save_pristine(&new_path).map_err(fail)?;
+            pgm_cluster::faults::point(|| "open-output:pristine-saved".into());
+            let plan = json!({
+                "mode": self.settings.mode,
+                "method": self.settings.method,
+                "phase": if self.phase == Phase::Prepare { "prepare" } else { "full" },
+                "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
+                "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
+                "user": self.settings.user,
+                "jobs": self.settings.jobs,
+                "created_new": self.created_new,
+                // What a resume must still do as asked.
+                "backup_dir": self.settings.backup_dir,
+                "log_dir": self.settings.log_dir,
+                "after": {
+                    "carry_config": self.settings.after.carry_config,
+                    "update_extensions": self.settings.after.update_extensions,
+                    "reindex_collation": self.settings.after.reindex_collation,
+                    "post_upgrade": self.settings.after.post_upgrade,
+                    "analyze": self.settings.after.analyze,
+                    "verify": self.settings.after.verify,
+                },
+            });
+            Journal::create(&new_path, &[("plan", plan), ("run", run)])
+                .map_err(|e| Failure::new("journal_failed", e))?
+        } else {
+            let mut journal =
+                Journal::open(&new_path).map_err(|e| Failure::new("journal_failed", e))?;
+            journal
+                .record("run", run)
+                .map_err(|e| Failure::new("journal_failed", e))?;
+            journal
+        };
+        pgm_cluster::faults::point(|| "open-output:journal-made".into());
         crate::journal::write_state(&new_path, State::Upgrading)
             .map_err(|e| Failure::new("journal_failed", e))?;
-        if first {
-            journal
-                .record(
-                    "plan",
-                    json!({
-                        "mode": self.settings.mode,
-                        "method": self.settings.method,
-                        "phase": if self.phase == Phase::Prepare { "prepare" } else { "full" },
-                        "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
-                        "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
-                        "user": self.settings.user,
-                        "jobs": self.settings.jobs,
-                        "created_new": self.created_new,
-                        // What a resume must still do as asked.
-                        "backup_dir": self.settings.backup_dir,
-                        "log_dir": self.settings.log_dir,
-                        "after": {
-                            "carry_config": self.settings.after.carry_config,
-                            "update_extensions": self.settings.after.update_extensions,
-                            "reindex_collation": self.settings.after.reindex_collation,
-                            "post_upgrade": self.settings.after.post_upgrade,
-                            "analyze": self.settings.after.analyze,
-                            "verify": self.settings.after.verify,
-                        },
-                    }),
-                )
-                .map_err(|e| Failure::new("journal_failed", e))?;
-        }
-        journal
-            .record("run", json!({ "run_dir": self.run_dir.path(), "output": output, "pid": std::process::id(), "resuming": self.resuming }))
-            .map_err(|e| Failure::new("journal_failed", e))?;
-        // The new cluster as initdb made it, to return to (resume, revert).
-        if !self.resuming {
-            crate::journal::save_pristine(&new_path).map_err(fail)?;
-        }
         self.journal = Some(journal);
         self.output = Some(output);
         Ok(())
@@ -1026,6 +1077,7 @@ impl<'a> Engine<'a> {
         })?;
         let mut options = self.server_options(false);
         options.binary_upgrade = false;
+        self.note_new_server()?;
         let server = Server::start(&self.new_install, self.new_dir(), &options)
             .map_err(|e| Failure::new("server_start_failed", e))?;
         let log_dir = self.log_dir();
@@ -1327,6 +1379,28 @@ impl<'a> Engine<'a> {
             return pgm_catalog::set_next_oid(&self.new_install, &new, self.old_control.next_oid)
                 .map_err(|e| Failure::new("handover_failed", e));
         }
+        // The counters come from the old cluster as it is now, stopped for
+        // the last time; the journal keeps what proves it is this very
+        // cluster, so that a late resume can refuse one that ran since.
+        let now = read_control(&old)?;
+        if now.state != pgm_cluster::ClusterState::ShutDown {
+            return Err(Failure::new(
+                "handover_failed",
+                format!(
+                    "the old cluster's pg_control says \"{}\", not \"shut down\"",
+                    now.state.describe()
+                ),
+            ));
+        }
+        if self.phase == Phase::Cutover && now.stamp() != self.old_control.stamp() {
+            return Err(self.old_changed_since_verified(&now));
+        }
+        self.old_control = now;
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record("handover", json!({ "old": self.old_control.stamp() }))
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
         pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
         pgm_cluster::faults::point(|| "handover-counters:commit-log-copied".into());
         pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
@@ -1590,7 +1664,8 @@ impl<'a> Engine<'a> {
         let file = writer.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, dir.join("transfer-plan.json")).map_err(fail)?;
-        Ok(())
+        // Durable before anything depends on it (the point of no return).
+        sync_dir(&dir).map_err(|e| Failure::new("journal_failed", e))
     }
 
     /// Link mode's point of no return: the old cluster is made unstartable
@@ -1615,11 +1690,12 @@ impl<'a> Engine<'a> {
             message: e.to_string(),
             remedy: Some("hard links need the old and new data directories (and tablespaces) on one filesystem: use --copy, or put the new cluster on the old one's filesystem".into()),
         })?;
+        let new_control = self.new_control_stamp();
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record(
                     "point_of_no_return",
-                    json!({ "renamed": control, "to": renamed }),
+                    json!({ "renamed": control, "to": renamed, "new_control": new_control }),
                 )
                 .map_err(|e| Failure::new("journal_failed", e))?;
         }
@@ -1636,7 +1712,8 @@ impl<'a> Engine<'a> {
                 format!("{}: {e}", control.display()),
             ));
         }
-        Ok(())
+        // Durable before the step is journalled as done.
+        sync_dir(&self.old_dir.path.join("global")).map_err(|e| Failure::new("protect_failed", e))
     }
 
     fn transfer(&mut self) -> Result<(), Failure> {
@@ -1713,6 +1790,12 @@ impl<'a> Engine<'a> {
                 }
             }
             let durable: HashSet<&Path> = if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
+                // The old relation files are not fsynced one by one, but
+                // they are not taken on trust either (an old cluster run
+                // with fsync=off, files just copied into place): one
+                // syncfs per filesystem that holds them flushes whatever
+                // of them is not on disk yet, and costs little when all is.
+                self.sync_old_filesystems()?;
                 self.moves.iter().map(|m| m.to.as_path()).collect()
             } else {
                 HashSet::new()
@@ -1736,6 +1819,24 @@ impl<'a> Engine<'a> {
             command = command.args(["--sync-method", method]);
         }
         command.run().map_err(|e| Failure::new("sync_failed", e))?;
+        Ok(())
+    }
+
+    /// syncfs(2) on every filesystem that holds the old cluster's
+    /// relation files (its data directory and its tablespaces).
+    fn sync_old_filesystems(&self) -> Result<(), Failure> {
+        use std::os::unix::fs::MetadataExt;
+        let mut places = vec![self.old_dir.path.clone()];
+        places.extend(self.tablespaces.iter().map(PathBuf::from));
+        let mut done = HashSet::new();
+        for place in places {
+            let fail = |e: String| Failure::new("sync_failed", format!("{}: {e}", place.display()));
+            let dir = std::fs::File::open(&place).map_err(|e| fail(e.to_string()))?;
+            let device = dir.metadata().map_err(|e| fail(e.to_string()))?.dev();
+            if done.insert(device) {
+                nix::unistd::syncfs(&dir).map_err(|e| fail(e.to_string()))?;
+            }
+        }
         Ok(())
     }
 
@@ -1984,9 +2085,9 @@ impl<'a> Engine<'a> {
             }
             let _ = crate::journal::write_state(&self.new_dir().path, State::Prepared);
         } else {
-            let checkpoint = self.new_dir().control().ok().map(|c| c.checkpoint_lsn);
+            let new_control = self.new_control_stamp();
             if let Some(journal) = self.journal.as_mut() {
-                let _ = journal.record("complete", json!({ "checkpoint_lsn": checkpoint }));
+                let _ = journal.record("complete", json!({ "new_control": new_control }));
             }
             let _ = crate::journal::write_state(&self.new_dir().path, State::Complete);
         }
@@ -2086,6 +2187,13 @@ pub fn initdb_auth(printer: &Printer, user: &str) -> Vec<String> {
         "warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{user}\" is not this OS user; review it before starting the server"
     ));
     vec!["--auth=trust".to_string()]
+}
+
+/// Makes the names in a directory durable (after a rename in it).
+pub fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// A path as a shell word, for the commands we print.

@@ -446,6 +446,9 @@ impl<'a> Engine<'a> {
             .and_then(|f| f.sync_all())
             .map_err(fail)?;
         std::fs::rename(&tmp, &path).map_err(fail)?;
+        if let Some(dir) = path.parent() {
+            super::sync_dir(dir).map_err(|e| Failure::new("journal_failed", e))?;
+        }
         let global = self.new_dir().path.join("global");
         if global.join("pg_control").exists() {
             std::fs::rename(
@@ -489,9 +492,9 @@ impl<'a> Engine<'a> {
         } else {
             Default::default()
         };
-        engine.cutover_old_lsn = journal
+        engine.cutover_old_stamp = journal
             .last("horizons")
-            .and_then(|r| r["old_checkpoint_lsn"].as_u64());
+            .and_then(|r| serde_json::from_value(r["old_control"].clone()).ok());
         engine.databases = prepared
             .databases
             .iter()
@@ -533,12 +536,17 @@ impl<'a> Engine<'a> {
             // The old cluster as this cutover left it: stopped, its
             // checkpoint the one verified (it cannot have run, unless its
             // pg_control was put back by hand, or copy mode left it startable).
-            let now = read_control(&self.old_dir.path)?.checkpoint_lsn;
+            let now = read_control(&self.old_dir.path)?.stamp();
             let running = !matches!(self.old_dir.server_status(), Ok(ServerStatus::Stopped));
-            if running || self.cutover_old_lsn != Some(now) {
+            if running || self.cutover_old_stamp.as_ref() != Some(&now) {
+                let changes = self
+                    .cutover_old_stamp
+                    .as_ref()
+                    .map(|then| now.changes_since(then).join("; "))
+                    .unwrap_or_else(|| "the journal does not record it as verified".into());
                 return Err(Failure {
                     code: "old_cluster_changed",
-                    message: "the old cluster has run since this cutover handed its counters over: the new cluster cannot be finished from it".into(),
+                    message: format!("the old cluster has run since this cutover verified it: the new cluster cannot be finished from it ({})", if running { "it is running" } else { changes.as_str() }),
                     remedy: Some(format!(
                         "stop it; throw the half-made cluster away (pg-migrate revert -D {}) and prepare again",
                         super::quote(&self.new_dir().path)
@@ -784,7 +792,7 @@ impl<'a> Engine<'a> {
             return json!({});
         };
         json!({
-            "old_checkpoint_lsn": self.old_control.checkpoint_lsn,
+            "old_control": self.old_control.stamp(),
             "databases": horizons.databases.iter().map(|(name, ((x, m), tables))| {
                 json!({ "name": name, "datfrozenxid": x, "datminmxid": m, "tables": tables })
             }).collect::<Vec<_>>(),
@@ -822,19 +830,41 @@ impl<'a> Engine<'a> {
         Some(horizons)
     }
 
-    /// The old server is still stopped and its checkpoint the one the
-    /// cutover verified.
+    /// The old server is still stopped and its pg_control the one the
+    /// cutover verified (a start, even one stopped with `-m immediate`,
+    /// rewrites it).
     pub(super) fn old_still_as_verified(&self) -> Result<(), Failure> {
         let running = !matches!(self.old_dir.server_status(), Ok(ServerStatus::Stopped));
-        let now = read_control(&self.old_dir.path)?.checkpoint_lsn;
-        if running || now != self.old_control.checkpoint_lsn {
-            return Err(Failure {
-                code: "old_cluster_changed",
-                message: "the old server was started again after the cutover checked it".into(),
-                remedy: Some("stop it (and whatever restarts it), then run the cutover again: it checks the old cluster anew".into()),
-            });
+        let now = read_control(&self.old_dir.path)?;
+        if running || now.stamp() != self.old_control.stamp() {
+            return Err(self.old_changed_since_verified(&now));
         }
         Ok(())
+    }
+
+    /// The refusal when the old server ran after the cutover verified it.
+    pub(super) fn old_changed_since_verified(&self, now: &ControlFile) -> Failure {
+        let changes = now.stamp().changes_since(&self.old_control.stamp());
+        let remedy = if self.new_touched {
+            format!(
+                "stop it (and whatever restarts it); throw the half-made cluster away (pg-migrate revert -D {}) and prepare again",
+                super::quote(&self.new_dir().path)
+            )
+        } else {
+            "stop it (and whatever restarts it), then run the cutover again: it checks the old cluster anew".into()
+        };
+        Failure {
+            code: "old_cluster_changed",
+            message: format!(
+                "the old server was started again after the cutover checked it{}",
+                if changes.is_empty() {
+                    " (it is running)".to_string()
+                } else {
+                    format!(": {}", changes.join("; "))
+                }
+            ),
+            remedy: Some(remedy),
+        }
     }
 
     fn unhide_new(&mut self) -> Result<(), Failure> {
@@ -845,7 +875,8 @@ impl<'a> Engine<'a> {
                 Failure::new("handover_failed", format!("{}: {e}", hidden.display()))
             })?;
         }
-        Ok(())
+        // Durable before the step is journalled as done.
+        super::sync_dir(&global).map_err(|e| Failure::new("handover_failed", e))
     }
 
     /// The new cluster's horizons from the old cluster's: every catalog
@@ -975,7 +1006,11 @@ impl<'a> Engine<'a> {
         self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
         self.save_plan()?;
         if self.settings.mode != Mode::Link {
-            return self.transfer();
+            // The old cluster stays startable in these modes: a server
+            // started meanwhile (a supervisor restarting it) may have
+            // changed files while they were copied.
+            self.transfer()?;
+            return self.old_still_as_verified();
         }
         // Link mode moves only what changed; the sync then knows every
         // relation file for one the old cluster made durable (its clean

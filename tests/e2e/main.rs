@@ -12,6 +12,7 @@ mod json_schema;
 mod modes;
 mod online;
 mod proof;
+mod recovery;
 mod replication;
 mod safety;
 mod support;

@@ -6,60 +6,11 @@
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::proof::*;
 use crate::support::*;
-
-/// Starts pg-migrate paused at `point` (see pgm_cluster::faults); returns the
-/// child once it is waiting there, and the file whose removal lets it go on.
-fn spawn_paused(pair: &Pair, args: &[OsString], point: &str) -> (Child, PathBuf) {
-    spawn_paused_with(pair, args, point, &[])
-}
-
-fn spawn_paused_with(
-    pair: &Pair,
-    args: &[OsString],
-    point: &str,
-    env: &[(&str, &str)],
-) -> (Child, PathBuf) {
-    let pause = pair.sandbox.path().join("pause");
-    let _ = std::fs::remove_file(&pause);
-    let child = as_test_user(&pair.bin)
-        .current_dir(pair.sandbox.path())
-        .envs(env.iter().copied())
-        .args(args)
-        .env("PG_MIGRATE_TEST_PAUSE_AT", point)
-        .env("PG_MIGRATE_TEST_PAUSE_FILE", &pause)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pause.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "pg-migrate never reached {point}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, pause)
-}
-
-fn with(args: Vec<OsString>, extra: &[&str]) -> Vec<OsString> {
-    let mut all: Vec<OsString> = extra.iter().map(OsString::from).collect();
-    all.extend(args);
-    all.push("--json".into());
-    all
-}
-
-fn state(pair: &Pair) -> String {
-    std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/state"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn a_second_run_on_the_same_clusters_is_refused() {

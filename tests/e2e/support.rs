@@ -2,6 +2,8 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 pub use pgm_testkit::{
     as_test_user, assert_same_tree, no_checksums, require, run_ok, snapshot, Cluster, Run, Sandbox,
@@ -153,4 +155,53 @@ pub fn assert_refused(run: &Run, check_id: &str, code: &str) {
         "{}",
         run.stderr
     );
+}
+
+/// Starts pg-migrate paused at `point` (see pgm_cluster::faults); returns the
+/// child once it is waiting there, and the file whose removal lets it go on.
+pub fn spawn_paused(pair: &Pair, args: &[OsString], point: &str) -> (Child, PathBuf) {
+    spawn_paused_with(pair, args, point, &[])
+}
+
+pub fn spawn_paused_with(
+    pair: &Pair,
+    args: &[OsString],
+    point: &str,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
+    let pause = pair.sandbox.path().join("pause");
+    let _ = std::fs::remove_file(&pause);
+    let child = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .envs(env.iter().copied())
+        .args(args)
+        .env("PG_MIGRATE_TEST_PAUSE_AT", point)
+        .env("PG_MIGRATE_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "pg-migrate never reached {point}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, pause)
+}
+
+pub fn with(args: Vec<OsString>, extra: &[&str]) -> Vec<OsString> {
+    let mut all: Vec<OsString> = extra.iter().map(OsString::from).collect();
+    all.extend(args);
+    all.push("--json".into());
+    all
+}
+
+pub fn state(pair: &Pair) -> String {
+    std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/state"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, PgMajor};
 
@@ -91,7 +91,7 @@ fn tail_for(pg_control_version: u32) -> Option<(PgMajor, Tail)> {
 }
 
 /// The cluster state recorded in pg_control.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterState {
     StartingUp,
@@ -326,6 +326,86 @@ impl ControlFile {
     /// The next full transaction id as `pg_controldata` prints it ("0:754").
     pub fn next_xid_text(&self) -> String {
         format!("{}:{}", self.next_xid_epoch, self.next_xid)
+    }
+}
+
+/// What proves that a cluster has not run since a moment: every start of a
+/// server rewrites pg_control (its state and its `time`), every clean stop
+/// writes a checkpoint, and the counters move with any work done. Two equal
+/// stamps of one data directory mean no server ran on it in between.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlStamp {
+    pub system_identifier: u64,
+    pub state: ClusterState,
+    /// When pg_control was last written (seconds since the epoch).
+    pub time: i64,
+    pub checkpoint_lsn: u64,
+    pub next_xid_epoch: u32,
+    pub next_xid: u32,
+    pub next_oid: u32,
+    pub next_multixact: u32,
+}
+
+impl ControlFile {
+    pub fn stamp(&self) -> ControlStamp {
+        ControlStamp {
+            system_identifier: self.system_identifier,
+            state: self.state,
+            time: self.time,
+            checkpoint_lsn: self.checkpoint_lsn,
+            next_xid_epoch: self.next_xid_epoch,
+            next_xid: self.next_xid,
+            next_oid: self.next_oid,
+            next_multixact: self.next_multixact,
+        }
+    }
+}
+
+impl ControlStamp {
+    /// What differs from `then`, in pg_controldata's words; empty when equal.
+    pub fn changes_since(&self, then: &ControlStamp) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut differ = |what: &str, then: String, now: String| {
+            if then != now {
+                out.push(format!("{what} {then} then, {now} now"));
+            }
+        };
+        differ(
+            "database system identifier",
+            then.system_identifier.to_string(),
+            self.system_identifier.to_string(),
+        );
+        differ(
+            "cluster state",
+            then.state.describe(),
+            self.state.describe(),
+        );
+        differ(
+            "latest checkpoint location",
+            format_lsn(then.checkpoint_lsn),
+            format_lsn(self.checkpoint_lsn),
+        );
+        differ(
+            "NextXID",
+            format!("{}:{}", then.next_xid_epoch, then.next_xid),
+            format!("{}:{}", self.next_xid_epoch, self.next_xid),
+        );
+        differ(
+            "NextOID",
+            then.next_oid.to_string(),
+            self.next_oid.to_string(),
+        );
+        differ(
+            "NextMultiXactId",
+            then.next_multixact.to_string(),
+            self.next_multixact.to_string(),
+        );
+        differ(
+            "pg_control last modified (epoch seconds)",
+            then.time.to_string(),
+            self.time.to_string(),
+        );
+        out
     }
 }
 

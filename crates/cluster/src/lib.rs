@@ -17,7 +17,7 @@ pub mod install;
 pub mod server;
 pub mod version;
 
-pub use control::{ClusterState, ControlFile};
+pub use control::{ClusterState, ControlFile, ControlStamp};
 pub use datadir::{DataDir, PidFile, ServerStatus};
 pub use error::{describe_pg_error, Error};
 pub use install::{Installation, Tool};

@@ -81,17 +81,38 @@ pub fn swap_dirs(moves: &[FileMove]) -> Result<Vec<SwapDir>, PathBuf> {
     Ok(dirs)
 }
 
+/// Exists from the moment every old catalog file of directory `index` is
+/// aside until the revert has moved the new cluster's catalog files out of
+/// it again: while it exists, the catalog files in the swapped directory
+/// are the new cluster's.
 fn marker(markers: &Path, index: usize) -> PathBuf {
     markers.join(format!("{index}.catalogs-aside"))
 }
 
+/// A rename that never replaces an existing name: a file of one cluster
+/// must never silently take the place of one of the other's.
 fn rename(from: &Path, to: &Path) -> Result<(), Error> {
-    std::fs::rename(from, to).map_err(|source| Error::Transfer {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let failed = |source| Error::Transfer {
         verb: "move",
         from: from.to_path_buf(),
         to: to.to_path_buf(),
         source,
-    })
+    };
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        // A filesystem without RENAME_NOREPLACE: look, then rename (nothing
+        // else works on these directories meanwhile, the run holds the lock).
+        Err(nix::errno::Errno::EINVAL) => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Err(failed(std::io::Error::from(
+                    std::io::ErrorKind::AlreadyExists,
+                )));
+            }
+            std::fs::rename(from, to).map_err(failed)
+        }
+        Err(errno) => Err(failed(std::io::Error::from(errno))),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -114,12 +135,29 @@ fn catalog_files(dir: &Path, keep: &BTreeSet<String>) -> Result<Vec<String>, Err
     Ok(out)
 }
 
-fn move_all(names: &[String], from: &Path, to: &Path) -> Result<(), Error> {
+/// Moves the named files and makes both directories durable; `step` is
+/// called before each rename (fault points count them).
+fn move_all(names: &[String], from: &Path, to: &Path, step: &dyn Fn()) -> Result<(), Error> {
     for name in names {
+        step();
         rename(&from.join(name), &to.join(name))?;
     }
     sync_dir(from)?;
     sync_dir(to)
+}
+
+/// Creates a marker durably.
+fn set_marker(marker: &Path, markers: &Path) -> Result<(), Error> {
+    std::fs::File::create(marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(marker, e))?;
+    sync_dir(markers)
+}
+
+/// Removes a marker durably.
+fn clear_marker(marker: &Path, markers: &Path) -> Result<(), Error> {
+    std::fs::remove_file(marker).map_err(|e| io(marker, e))?;
+    sync_dir(markers)
 }
 
 /// Swaps every directory (or finishes an interrupted swap); `progress` is
@@ -146,48 +184,60 @@ pub fn swap(dirs: &[SwapDir], markers: &Path, progress: &dyn Fn(usize)) -> Resul
         let marker = marker(markers, index);
         if !marker.exists() {
             let names = catalog_files(&dir.new_dir, &dir.keep)?;
-            move_all(&names, &dir.new_dir, &old_catalogs)?;
-            std::fs::File::create(&marker)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io(&marker, e))?;
-            sync_dir(markers)?;
+            move_all(&names, &dir.new_dir, &old_catalogs, &|| {})?;
+            set_marker(&marker, markers)?;
         }
         // 4. The new cluster's catalog files come in.
         let names = catalog_files(&moved_new, &dir.keep)?;
-        move_all(&names, &moved_new, &dir.new_dir)?;
+        move_all(&names, &moved_new, &dir.new_dir, &|| {})?;
         progress(index + 1);
     }
     Ok(())
 }
 
-/// Undoes `swap`, wholly or partly done: every old directory is back where
-/// the old cluster keeps it with its own catalog files, the new cluster's
+/// Undoes `swap`, wholly or partly done, and can itself be cut short at
+/// any point and run again: every old directory is back where the old
+/// cluster keeps it with its own catalog files, the new cluster's
 /// directories are back in place, and the aside directories are gone.
-pub fn unswap(dirs: &[SwapDir], markers: &Path) -> Result<(), Error> {
+/// `step` is called before every rename with their running count.
+///
+/// The order is what makes it repeatable: while the marker exists, the
+/// catalog files in the swapped directory are the new cluster's (they go
+/// back aside); the marker goes only once they all have, durably; only
+/// then do the old cluster's catalog files come back. No rename replaces
+/// an existing name, so no file is ever moved over another.
+pub fn unswap(dirs: &[SwapDir], markers: &Path, step: &dyn Fn(usize)) -> Result<(), Error> {
+    let count = std::cell::Cell::new(0usize);
+    let next = || {
+        count.set(count.get() + 1);
+        step(count.get());
+    };
     for (index, dir) in dirs.iter().enumerate().rev() {
         let (moved_new, old_catalogs) = (dir.moved_new(), dir.old_catalogs());
         let marker = marker(markers, index);
         if marker.exists() {
-            // Catalog files in the swapped directory are the new cluster's.
             let names = catalog_files(&dir.new_dir, &dir.keep)?;
-            move_all(&names, &dir.new_dir, &moved_new)?;
+            move_all(&names, &dir.new_dir, &moved_new, &next)?;
+            clear_marker(&marker, markers)?;
         }
         if old_catalogs.exists() {
             let names = catalog_files(&old_catalogs, &BTreeSet::new())?;
             if !names.is_empty() {
-                move_all(&names, &old_catalogs, &dir.new_dir)?;
+                move_all(&names, &old_catalogs, &dir.new_dir, &next)?;
             }
-        }
-        if marker.exists() {
-            std::fs::remove_file(&marker).map_err(|e| io(&marker, e))?;
         }
         // The directory in the new cluster's place is the old one once the
         // new one went aside and the old one left its place.
         if moved_new.exists() && !dir.old_dir.exists() && dir.new_dir.exists() {
+            next();
             rename(&dir.new_dir, &dir.old_dir)?;
+            sync_dir(dir.old_dir.parent().unwrap_or(Path::new("/")))?;
+            sync_dir(dir.new_dir.parent().unwrap_or(Path::new("/")))?;
         }
         if moved_new.exists() && !dir.new_dir.exists() {
+            next();
             rename(&moved_new, &dir.new_dir)?;
+            sync_dir(dir.new_dir.parent().unwrap_or(Path::new("/")))?;
         }
         for leftover in [&old_catalogs, &dir.aside()] {
             // Only empty directories go; anything else stays for a human.
@@ -275,7 +325,7 @@ mod tests {
         assert!(!root.path().join("old/base/5").exists());
         // Finishing again changes nothing.
         swap(&dirs, &markers, &|_| {}).unwrap();
-        unswap(&dirs, &markers).unwrap();
+        unswap(&dirs, &markers, &|_| {}).unwrap();
         assert_eq!(tree(&root.path().join("old/base/5")), old_before);
         assert_eq!(tree(&root.path().join("new/base/5")), new_before);
         assert!(!root.path().join("old/base/moved_for_upgrade").exists());
@@ -348,7 +398,7 @@ mod tests {
                 ],
                 "finished from stage {stage}"
             );
-            unswap(&undone_dirs, &undone_markers).unwrap();
+            unswap(&undone_dirs, &undone_markers, &|_| {}).unwrap();
             assert_eq!(
                 tree(&undone_dirs[0].old_dir),
                 old_before,
@@ -360,6 +410,57 @@ mod tests {
                 "undone from stage {stage}"
             );
         }
+    }
+
+    #[test]
+    fn a_revert_cut_short_at_any_rename_and_run_again_gives_both_clusters_back() {
+        // A full swap, then an unswap stopped before its k-th rename (a
+        // signal, a crash), then a second unswap to the end.
+        let mut renames_in_full = 0;
+        for k in 1.. {
+            let root = tempfile::tempdir().unwrap();
+            let (dirs, markers) = clusters(root.path());
+            let old_before = tree(&root.path().join("old/base/5"));
+            let new_before = tree(&root.path().join("new/base/5"));
+            swap(&dirs, &markers, &|_| {}).unwrap();
+            let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                unswap(&dirs, &markers, &|n| {
+                    if n == k {
+                        panic!("cut short before rename {k}");
+                    }
+                })
+            }));
+            let finished_first_time = cut.is_ok();
+            unswap(&dirs, &markers, &|_| {}).unwrap();
+            assert_eq!(
+                tree(&root.path().join("old/base/5")),
+                old_before,
+                "old cluster after a revert cut short before rename {k}"
+            );
+            assert_eq!(
+                tree(&root.path().join("new/base/5")),
+                new_before,
+                "new cluster after a revert cut short before rename {k}"
+            );
+            assert!(!root.path().join("old/base/moved_for_upgrade").exists());
+            if finished_first_time {
+                renames_in_full = k - 1;
+                break;
+            }
+        }
+        // Two catalog files out and in, two directory renames.
+        assert_eq!(renames_in_full, 6);
+    }
+
+    #[test]
+    fn a_rename_never_replaces_a_file() {
+        let root = tempfile::tempdir().unwrap();
+        let (from, to) = (root.path().join("a"), root.path().join("b"));
+        std::fs::write(&from, "a").unwrap();
+        std::fs::write(&to, "b").unwrap();
+        assert!(rename(&from, &to).is_err());
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "b");
+        assert_eq!(std::fs::read_to_string(&from).unwrap(), "a");
     }
 
     #[test]
