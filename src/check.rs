@@ -48,6 +48,7 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         allow_live_old: settings.check_only || settings.prepare,
         create_new: true,
         strict: settings.strict,
+        carry_config: settings.after.carry_config,
         keep_old_server: !settings.check_only,
         dump_reload: settings.method == crate::cli::Method::Dump,
         transfer: match settings.mode {

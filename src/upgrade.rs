@@ -730,8 +730,9 @@ impl<'a> Engine<'a> {
 
     /// The max_locks_per_transaction the dump needs when the old server's
     /// lock table cannot hold the tables of the `-j` largest databases at
-    /// once (each pg_dump locks all of its database's tables); `None` when
-    /// it can.
+    /// once (each pg_dump locks every ordinary and partitioned table of its
+    /// database, and nothing else: not indexes, TOAST tables, sequences or
+    /// views); `None` when it can.
     fn lock_slots_for_dump(&self, server: &Server) -> Result<Option<u64>, Failure> {
         let mut sizes: Vec<u64> = self
             .report
@@ -741,7 +742,7 @@ impl<'a> Engine<'a> {
             .map(|c| {
                 c.databases
                     .iter()
-                    .filter_map(|d| d.user_relations)
+                    .filter_map(|d| d.user_tables)
                     .map(|n| n.max(0) as u64)
                     .collect()
             })

@@ -191,11 +191,30 @@ impl<'a> Engine<'a> {
         let Some(per_transaction) = self.lock_slots_for_dump(server)? else {
             return Ok(());
         };
+        let mut largest: Vec<(String, i64)> = self
+            .report
+            .old
+            .catalog
+            .as_ref()
+            .map(|c| {
+                c.databases
+                    .iter()
+                    .filter_map(|d| Some((d.name.clone(), d.user_tables?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        largest.sort_by_key(|d| std::cmp::Reverse(d.1));
+        let named: Vec<String> = largest
+            .iter()
+            .take(self.settings.jobs.max(1))
+            .map(|(name, tables)| format!("\"{name}\" {tables} tables"))
+            .collect();
         Err(Failure {
             code: "lock_table_too_small",
             message: format!(
-                "the serving old server's lock table cannot hold the locks prepare's pg_dump takes (one per table of each of the {} databases dumped at a time) beside the application's",
-                self.settings.jobs.max(1)
+                "the serving old server's lock table cannot hold the locks prepare's pg_dump takes (one per ordinary or partitioned table of each of the {} databases dumped at a time: {}) beside the application's",
+                self.settings.jobs.max(1),
+                named.join(", ")
             ),
             remedy: Some(format!(
                 "nothing was changed; lower -j, or set max_locks_per_transaction = {per_transaction} on the old server (takes a restart), or run prepare with the old server stopped"
@@ -210,24 +229,36 @@ impl<'a> Engine<'a> {
             .connect("template1")
             .map_err(|e| Failure::new("old_catalog_failed", e))?
             .query_one(
-                "SELECT (SELECT count(*) FROM pg_catalog.pg_subscription),
-                        (SELECT count(*) FROM pg_catalog.pg_replication_slots
+                "SELECT (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(subname) ORDER BY 1)
+                           FROM pg_catalog.pg_subscription),
+                        (SELECT pg_catalog.array_agg(pg_catalog.format('%I (database %I)', slot_name, database) ORDER BY 1)
+                           FROM pg_catalog.pg_replication_slots
                           WHERE slot_type = 'logical' AND NOT temporary)",
                 &[],
             )
             .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
-        let (subscriptions, slots): (i64, i64) = (row.get(0), row.get(1));
+        let (subscriptions, slots): (Option<Vec<String>>, Option<Vec<String>>) =
+            (row.get(0), row.get(1));
+        let (subscriptions, slots) = (subscriptions.unwrap_or_default(), slots.unwrap_or_default());
         self.report.kept_old = Some(server);
-        // Subscriptions' origins go on advancing after the dump recorded
-        // them (the cutover's copy would replay or skip changes); slots are
-        // made again only by an upgrade in one go.
+        // From 17 on, an upgrade carries each subscription's replication
+        // progress (its origin), which goes on advancing after prepare's
+        // dump recorded it (the cutover's copy would replay or skip
+        // changes). Before 17 no upgrade carries it: the online mode loses
+        // nothing an upgrade in one go would keep. Slots are made again
+        // only by an upgrade in one go.
+        let carries_progress = self.old_install.version.major.number() >= 17;
         let mut what = Vec::new();
-        if subscriptions > 0 {
-            what.push(format!("{subscriptions} subscriptions (their replication progress moves on after prepare, and the prepared cluster would hold a stale one)"));
-        }
-        if slots > 0 {
+        if !subscriptions.is_empty() && carries_progress {
             what.push(format!(
-                "{slots} logical replication slots (the online mode does not carry them)"
+                "subscriptions {} (their replication progress moves on after prepare, and the prepared cluster would hold a stale one)",
+                subscriptions.join(", ")
+            ));
+        }
+        if !slots.is_empty() {
+            what.push(format!(
+                "logical replication slots {} (the online mode does not carry them)",
+                slots.join(", ")
             ));
         }
         if !what.is_empty() {
@@ -629,27 +660,30 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new("old_catalog_failed", e))?;
         // What is no catalog row: prepared transactions (their work would
         // be lost) and logical slots (not carried) made since prepare.
-        let count = |client: &mut postgres::Client, sql: &str| -> Result<i64, Failure> {
+        let names = |client: &mut postgres::Client, sql: &str| -> Result<Vec<String>, Failure> {
             client
                 .query_one(sql, &[])
-                .map(|r| r.get(0))
+                .map(|r| r.get::<_, Option<Vec<String>>>(0).unwrap_or_default())
                 .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))
         };
-        let prepared_xacts = count(
+        let prepared_xacts = names(
             &mut template1,
-            "SELECT count(*) FROM pg_catalog.pg_prepared_xacts",
+            "SELECT pg_catalog.array_agg(pg_catalog.format('%L (database %I)', gid, database) ORDER BY prepared)
+               FROM pg_catalog.pg_prepared_xacts",
         )?;
-        if prepared_xacts > 0 {
+        if !prepared_xacts.is_empty() {
             changes.push(format!(
-                "{prepared_xacts} prepared transactions (COMMIT PREPARED or ROLLBACK PREPARED them first)"
+                "prepared transactions {} (COMMIT PREPARED or ROLLBACK PREPARED them first)",
+                prepared_xacts.join(", ")
             ));
         }
-        let slots = count(
+        let slots = names(
             &mut template1,
-            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical'",
+            "SELECT pg_catalog.array_agg(pg_catalog.format('%I (database %I)', slot_name, database) ORDER BY 1)
+               FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical'",
         )?;
-        if slots > 0 {
-            changes.push(format!("{slots} logical replication slots"));
+        if !slots.is_empty() {
+            changes.push(format!("logical replication slots {}", slots.join(", ")));
         }
         drop(template1);
         let now: BTreeMap<(String, u32), &Database> = databases

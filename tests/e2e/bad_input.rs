@@ -525,3 +525,90 @@ fn tablespace_already_holding_a_directory_of_the_new_major() {
         run.stderr
     );
 }
+
+/// A postmaster.pid left behind by a cluster that pg_control says was shut
+/// down (a container restarted: the pid now names some other live process,
+/// or none): not a running server, not a crash. A note; the upgrade's own
+/// server replaces the file, as PostgreSQL does.
+#[test]
+fn a_leftover_pid_file_of_a_cleanly_stopped_cluster_is_no_running_server() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    // A live process of the cluster's owner that is not its postmaster.
+    let mut other = as_test_user("sleep")
+        .arg("120")
+        .current_dir("/")
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        pair.old.datadir.join("postmaster.pid"),
+        format!(
+            "{}\n{}\n1700000000\n{}\n/tmp\n\n  5432001         1\nready   \n",
+            other.id(),
+            pair.old.datadir.display(),
+            pair.old.port
+        ),
+    )
+    .unwrap();
+    pgm_testkit::chown_to_test_user(&pair.old.datadir.join("postmaster.pid"));
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let check = run.check("old-server");
+    assert_eq!(check["status"], "warn", "{check}");
+    assert_eq!(check["code"], "stale_pid_file", "{check}");
+    // PostgreSQL alone would take that live process for a postmaster.
+    let mut args: Vec<OsString> = vec!["--link".into(), "--json".into()];
+    args.extend(pair.dir_args());
+    let upgraded = pair.run(&args);
+    assert_eq!(upgraded.status, 0, "{}", upgraded.stderr);
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
+/// Packages updated one at a time: programs of another minor release of
+/// the same major beside the server. pg-migrate never runs the old side's
+/// pg_controldata or pg_resetwal (it reads pg_control itself), so they do
+/// not matter; another minor among what it runs (pg_dump, for a backup) is
+/// a note; another major among them is refused.
+#[test]
+fn old_bindir_with_programs_of_another_release() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let mixed = pair.sandbox.mkdir("mixed-bin");
+    for entry in std::fs::read_dir(&pair.old.bindir).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), mixed.join(entry.file_name())).unwrap();
+    }
+    let answer_as = |tool: &str, version: &str| {
+        let path = mixed.join(tool);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho '{tool} (PostgreSQL) {version}'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    answer_as("pg_controldata", "15.2");
+    answer_as("pg_resetwal", "15.2");
+    let args = replace(&pair.dir_args(), "-b", &mixed);
+    let mut check: Vec<OsString> = vec!["check".into(), "--json".into()];
+    check.extend(args.clone());
+    let run = pair.run(&check);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.check("old-bindir")["status"], "pass");
+    answer_as("pg_dump", "15.2");
+    let run = pair.run(&check);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.check("old-bindir")["status"], "warn");
+    assert_eq!(run.check("old-bindir")["code"], "bindir_mixed_minor");
+    let mut upgrade: Vec<OsString> = vec!["--link".into(), "--json".into()];
+    upgrade.extend(args.clone());
+    answer_as("pg_dump", "14.9");
+    refused_unchanged(&pair, args, "old-bindir", "bindir_mixed_versions");
+    answer_as("pg_dump", "15.2");
+    let upgraded = pair.run(&upgrade);
+    assert_eq!(upgraded.status, 0, "{}", upgraded.stderr);
+}

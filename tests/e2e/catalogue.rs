@@ -189,7 +189,9 @@ fn build_capabilities_the_new_installation_lacks() {
     };
     assert_refused(&run, "new-icu", "icu_unavailable");
     assert_refused(&run, "new-lz4", "lz4_unavailable");
-    assert_refused(&run, "new-xml", "xml_unavailable");
+    // xml values carry over unparsed: only a warning (below, what refuses).
+    assert_eq!(run.check("new-xml")["status"], "warn");
+    assert_eq!(run.check("new-xml")["code"], "xml_without_libxml");
     assert!(names(&run, "new-icu").contains(&"public.german".to_string()));
     assert!(names(&run, "new-icu")
         .iter()
@@ -202,6 +204,88 @@ fn build_capabilities_the_new_installation_lacks() {
     assert_refused(&run, "new-icu", "icu_unavailable");
     assert_eq!(run.check("new-lz4")["status"], "pass");
     assert_eq!(run.check("new-xml")["status"], "pass");
+}
+
+/// xml without libxml (18's build): stored values move as files and read
+/// back unchanged, as with pg_upgrade; only objects whose restore parses an
+/// xml value (a default, a constraint, a view with an xml literal) refuse.
+#[test]
+fn xml_is_refused_only_where_the_restore_must_parse_it() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "CREATE TABLE docs (id int, d xml);
+         INSERT INTO docs VALUES (1, '<a x=\"1\">text &amp; more</a>'), (2, NULL), (3, 'just text');
+         CREATE TABLE stamped (d xml DEFAULT '<new/>');
+         CREATE VIEW greeting AS SELECT '<hello/>'::xml AS x;
+         CREATE TABLE checked (d xml CHECK (d::text <> '<bad/>'::xml::text));
+         CREATE VIEW lazy AS SELECT '<later/>'::text::xml AS x;",
+    );
+    pair.old.stop();
+    let run = pair.check(&[]);
+    assert_refused(&run, "new-xml", "xml_unavailable");
+    let found = names(&run, "new-xml");
+    for expected in [
+        "public.stamped.d (default)",
+        "public.greeting",
+        "public.checked_d_check on public.checked",
+    ] {
+        assert!(
+            found.iter().any(|n| n.contains(expected)),
+            "{expected} not in {found:?}"
+        );
+    }
+    // A cast from text is evaluated when used, not when restored; a plain
+    // column is no expression at all.
+    assert!(
+        !found
+            .iter()
+            .any(|n| n.contains("lazy") || n.contains("docs")),
+        "{found:?}"
+    );
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "DROP TABLE stamped, checked; DROP VIEW greeting;",
+    );
+    let before = crate::proof::capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.check("new-xml")["code"], "xml_without_libxml");
+    let mut args: Vec<std::ffi::OsString> = vec!["--link".into(), "--json".into()];
+    args.extend(pair.dir_args());
+    let upgraded = pair.run(&args);
+    assert_eq!(upgraded.status, 0, "{}", upgraded.stderr);
+    pair.new.start();
+    crate::proof::assert_same_state(
+        &before,
+        &crate::proof::capture(&pair.new, &pair.new.bindir),
+        (15, 18),
+        "xml carried without libxml",
+    );
+    let text: String = pair
+        .new
+        .client("postgres")
+        .query_one("SELECT d::text FROM docs WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(text, "<a x=\"1\">text &amp; more</a>");
+    // The consequence the warning names: new xml values cannot be parsed.
+    let err = pair
+        .new
+        .client("postgres")
+        .batch_execute("INSERT INTO docs VALUES (4, '<b/>')")
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().contains("unsupported XML feature")),
+        "{err}"
+    );
+    pair.new.stop();
 }
 
 #[test]
@@ -230,7 +314,10 @@ fn extensions_and_libraries_the_new_installation_lacks() {
     ) else {
         return;
     };
-    assert_refused(&run, "new-extensions", "extension_missing");
+    // The extension's files are missing: a warning (its objects carry over
+    // without them); its library is what refuses.
+    assert_eq!(run.check("new-extensions")["status"], "warn");
+    assert_eq!(run.check("new-extensions")["code"], "extension_missing");
     let missing = names(&run, "new-extensions");
     assert_eq!(missing.len(), 1, "{missing:?}");
     assert!(missing[0].starts_with("pgcrypto "), "{missing:?}");
@@ -260,24 +347,38 @@ fn extensions_and_libraries_the_new_installation_lacks() {
         .starts_with("1 shared libraries"));
 }
 
+/// A library only the old cluster's shared_preload_libraries names: the
+/// upgrade needs it for nothing (the new cluster keeps its own settings), so
+/// a warning; with --carry-config the setting would come over and keep the
+/// new cluster from starting, so a refusal.
 #[test]
-fn shared_preload_libraries_must_load_in_the_new_installation() {
+fn shared_preload_libraries_must_load_in_the_new_installation_only_if_carried() {
     let Some(mut pair) = Pair::new(15, 18) else {
         return;
     };
     let conf = pair.old.datadir.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
-    // sepgsql... no: a library 15's Debian build has and 18's build lacks.
+    // A library 15's Debian build has and 18's build lacks.
     text.push_str("\nshared_preload_libraries = 'pgcrypto'\n");
     std::fs::write(&conf, text).unwrap();
     pair.old.with_running(|_| ());
     let run = pair.check(&[]);
-    assert_refused(&run, "new-libraries", "library_missing");
-    assert!(run.check("new-libraries")["objects"]
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let check = run.check("new-libraries");
+    assert_eq!(check["status"], "warn", "{check}");
+    assert_eq!(check["code"], "preload_library_missing", "{check}");
+    assert!(check["objects"]
         .as_array()
         .unwrap()
         .iter()
         .any(|o| o["kind"] == "setting"));
+    let run = pair.check(&["--carry-config"]);
+    assert_refused(&run, "new-libraries", "library_missing");
+    // The upgrade itself goes through.
+    let mut args: Vec<std::ffi::OsString> = vec!["--link".into(), "--json".into()];
+    args.extend(pair.dir_args());
+    let upgraded = pair.run(&args);
+    assert_eq!(upgraded.status, 0, "{}", upgraded.stderr);
 }
 
 /// The rules for sql_identifier, abstime, reltime, tinterval and unknown

@@ -189,7 +189,9 @@ fn installations_are_described_precisely() {
     let install = pgm_cluster::Installation::discover(&full).unwrap();
     assert_eq!(install.version.major, pgm_cluster::PgMajor::new(18));
     assert!(install.missing(&pgm_cluster::Tool::REQUIRED_NEW).is_empty());
-    assert!(install.version_mismatches().is_empty());
+    assert!(install
+        .version_mismatches(&pgm_cluster::Tool::ALL)
+        .is_empty());
     let install = pgm_cluster::Installation::discover(&server_only).unwrap();
     assert_eq!(install.version.major, pgm_cluster::PgMajor::new(14));
     assert!(install.missing(&pgm_cluster::Tool::REQUIRED_OLD).is_empty());

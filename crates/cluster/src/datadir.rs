@@ -144,7 +144,7 @@ impl DataDir {
                 text.lines().next()
             ),
         })?;
-        Ok(if process_exists(pid_file.pid) {
+        Ok(if postmaster_alive(pid_file.pid, &self.path) {
             ServerStatus::Running(pid_file)
         } else {
             ServerStatus::StalePidFile(pid_file)
@@ -169,18 +169,31 @@ fn parse_pid_file(text: &str) -> Option<PidFile> {
     })
 }
 
-fn process_exists(pid: i32) -> bool {
+/// Whether the process a postmaster.pid names is a postmaster of `datadir`.
+/// As PostgreSQL judges its own lock file: our own pid and our parent's are
+/// numbers recycled since the file was written (a container restarted:
+/// pid 1), and a process of another user cannot be this directory's
+/// postmaster (it runs as the directory's owner, as pg-migrate must). On
+/// Linux a live process of ours must also work in the data directory, as
+/// every postmaster does.
+fn postmaster_alive(pid: i32, datadir: &Path) -> bool {
     use nix::errno::Errno;
     use nix::sys::signal::kill;
     use nix::unistd::Pid;
-    if pid <= 0 {
+    if pid <= 0 || pid == std::process::id() as i32 || pid == nix::unistd::getppid().as_raw() {
         return false;
     }
-    // Signal 0 only checks; EPERM means it exists but belongs to someone else.
     match kill(Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(Errno::EPERM) => true,
-        Err(_) => false,
+        Ok(()) => {}
+        Err(Errno::EPERM) | Err(_) => return false,
+    }
+    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => {
+            let here = std::fs::canonicalize(datadir).unwrap_or_else(|_| datadir.to_path_buf());
+            cwd == here
+        }
+        // Cannot tell: a server may be running.
+        Err(_) => true,
     }
 }
 
@@ -225,8 +238,31 @@ mod tests {
         assert_eq!(pf.port, Some(5432));
         assert_eq!(pf.socket_dir.as_deref(), Some(Path::new("/tmp/sock")));
         assert!(parse_pid_file("garbage").is_none());
-        assert!(process_exists(std::process::id() as i32));
-        assert!(!process_exists(0));
+    }
+
+    #[test]
+    fn only_a_process_working_in_the_directory_counts_as_its_postmaster() {
+        let dir = tempfile::tempdir().unwrap();
+        // Our own pid (a container's recycled pid 1 looks like this to the
+        // process that finds it), a process elsewhere, and nobody.
+        assert!(!postmaster_alive(std::process::id() as i32, dir.path()));
+        assert!(!postmaster_alive(0, dir.path()));
+        let mut elsewhere = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir("/")
+            .spawn()
+            .unwrap();
+        assert!(!postmaster_alive(elsewhere.id() as i32, dir.path()));
+        let _ = elsewhere.kill();
+        let _ = elsewhere.wait();
+        let mut inside = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        assert!(postmaster_alive(inside.id() as i32, dir.path()));
+        let _ = inside.kill();
+        let _ = inside.wait();
     }
 
     #[test]

@@ -44,6 +44,10 @@ impl Tool {
     /// pg_control reading comes from the new install or from pg-migrate itself.
     pub const REQUIRED_OLD: [Tool; 2] = [Tool::Postgres, Tool::PgCtl];
 
+    /// What pg-migrate runs from the old bindir: its server, and its
+    /// pg_dump and pg_dumpall for a backup when they are there.
+    pub const USED_OLD: [Tool; 4] = [Tool::Postgres, Tool::PgCtl, Tool::PgDump, Tool::PgDumpall];
+
     /// The new side does all the work.
     pub const REQUIRED_NEW: [Tool; 9] = [
         Tool::Postgres,
@@ -165,11 +169,13 @@ impl Installation {
             .collect()
     }
 
-    /// Programs whose version differs from the install's (a mixed bindir).
-    pub fn version_mismatches(&self) -> Vec<(Tool, &PgVersion)> {
+    /// Of the programs in `used`, those whose version differs from the
+    /// install's (a mixed bindir). Programs pg-migrate never runs do not
+    /// matter, whatever their version.
+    pub fn version_mismatches(&self, used: &[Tool]) -> Vec<(Tool, &PgVersion)> {
         self.tools
             .iter()
-            .filter(|(_, found)| found.version != self.version)
+            .filter(|(tool, found)| used.contains(tool) && found.version != self.version)
             .map(|(tool, found)| (*tool, &found.version))
             .collect()
     }

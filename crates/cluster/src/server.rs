@@ -143,6 +143,19 @@ impl Server {
                 len,
             });
         }
+        // A postmaster.pid whose process is no postmaster of this directory
+        // (a pid recycled by a restart) is removed first: PostgreSQL cannot
+        // tell such a process of its own user from a live postmaster and
+        // would refuse to start. Only after a clean shutdown: a crashed
+        // cluster is refused by the checks before any server starts.
+        if let Ok(crate::ServerStatus::StalePidFile(_)) = datadir.server_status() {
+            let clean = crate::ControlFile::read(&datadir.path)
+                .is_ok_and(|c| c.state == crate::ClusterState::ShutDown);
+            if clean {
+                let pid_file = datadir.path.join("postmaster.pid");
+                std::fs::remove_file(&pid_file).map_err(|e| Error::io(&pid_file, e))?;
+            }
+        }
         let mut server_args: Vec<String> = vec!["-p".into(), opts.port.to_string()];
         if opts.binary_upgrade {
             server_args.push("-b".into());

@@ -74,7 +74,7 @@ pub(crate) const CHECKS: [(&str, &str); 32] = [
     ("template0-locale", "encoding and locale provider"),
     ("new-icu", "ICU, where the old cluster uses it"),
     ("new-lz4", "lz4, where the old cluster uses it"),
-    ("new-xml", "libxml, where the old cluster has xml columns"),
+    ("new-xml", "libxml, where the restore must parse xml values"),
     (
         "new-extensions",
         "every installed extension available in the new installation",
@@ -130,7 +130,8 @@ pub struct CatalogFacts {
     pub uses: CapabilityUse,
     /// New cluster: what its installation can do.
     pub can: Capabilities,
-    pub prepared_transactions: i64,
+    /// Prepared transactions, each as "'gid' (database d, owner o, prepared at t)".
+    pub prepared_transactions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +144,8 @@ pub struct DatabaseInfo {
     /// extensions); `None` when the database was not scanned.
     pub user_objects: Option<i64>,
     pub user_relations: Option<i64>,
+    /// User tables (ordinary and partitioned): what pg_dump locks, one each.
+    pub user_tables: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -580,13 +583,18 @@ fn inspect(
             emit(report, finding);
         }
     }
-    let prepared = if facts.prepared_transactions > 0 {
+    let prepared = if !facts.prepared_transactions.is_empty() {
         Finding::fail(
             prepared_id,
             title(prepared_id),
             "prepared_transactions",
-            format!("the {} cluster has {} prepared transactions", which.name(), facts.prepared_transactions),
-            "commit or roll them back (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED)",
+            format!(
+                "the {} cluster has {} prepared transactions: {}",
+                which.name(),
+                facts.prepared_transactions.len(),
+                facts.prepared_transactions.join(", ")
+            ),
+            "commit or roll back each, in its database: COMMIT PREPARED 'gid'; or ROLLBACK PREPARED 'gid'; (SELECT * FROM pg_prepared_xacts lists them)",
         )
     } else {
         Finding::pass(prepared_id, title(prepared_id), "none")
@@ -708,7 +716,10 @@ fn gather(
     let row = client
         .query_one(
             "SELECT current_user::text, (SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10),
-                    (SELECT count(*) FROM pg_catalog.pg_prepared_xacts),
+                    (SELECT pg_catalog.array_agg(pg_catalog.format('%L (database %I, owner %I, prepared at %s)',
+                                                                   gid, database, owner, prepared)
+                                                 ORDER BY prepared)
+                       FROM pg_catalog.pg_prepared_xacts),
                     EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collprovider = 'i')",
             &[],
         )
@@ -716,9 +727,10 @@ fn gather(
     let (connected_as, install_user, prepared_transactions, icu_available): (
         String,
         String,
-        i64,
+        Option<Vec<String>>,
         bool,
     ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let prepared_transactions = prepared_transactions.unwrap_or_default();
     let roles = client
         .query(
             "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1",
@@ -766,6 +778,7 @@ fn gather(
             connection_limit: r.get(3),
             user_objects: None,
             user_relations: None,
+            user_tables: None,
         })
         .collect();
     let names_with_newlines = client
@@ -918,6 +931,7 @@ type RuleHits = Vec<(&'static str, ObjectRef)>;
 struct DbScan {
     objects: i64,
     relations: i64,
+    tables: i64,
     hits: Vec<(&'static str, ObjectRef)>,
     uses: CapabilityUse,
 }
@@ -966,10 +980,12 @@ fn scan_databases(
     for (index, scan) in results {
         databases[index].user_objects = Some(scan.objects);
         databases[index].user_relations = Some(scan.relations);
+        databases[index].user_tables = Some(scan.tables);
         hits.extend(scan.hits);
         uses.icu.extend(scan.uses.icu);
         uses.lz4.extend(scan.uses.lz4);
         uses.xml.extend(scan.uses.xml);
+        uses.xml_literals.extend(scan.uses.xml_literals);
         uses.collated_indexes.extend(scan.uses.collated_indexes);
         uses.unicode_dependent.extend(scan.uses.unicode_dependent);
         for (key, dbs) in scan.uses.extensions {
@@ -1018,6 +1034,7 @@ fn scan_one(
         .query_one(
             "SELECT
                (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384),
+               (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384 AND relkind IN ('r', 'p')),
                (SELECT count(*) FROM pg_catalog.pg_proc WHERE oid >= 16384)
              + (SELECT count(*) FROM pg_catalog.pg_type t WHERE oid >= 16384
                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)
@@ -1033,10 +1050,12 @@ fn scan_one(
             detail: pgm_cluster::describe_pg_error(&e),
         })?;
     let relations: i64 = row.get(0);
-    let others: i64 = row.get(1);
+    let tables: i64 = row.get(1);
+    let others: i64 = row.get(2);
     let mut scan = DbScan {
         objects: relations + others,
         relations,
+        tables,
         ..DbScan::default()
     };
     let Some((majors, mode)) = old_scan else {
@@ -1059,6 +1078,12 @@ fn scan_one(
         database,
         &crate::catalogue::xml_sql(),
         "looking for xml columns",
+    )?;
+    scan.uses.xml_literals = objects(
+        &mut client,
+        database,
+        &crate::catalogue::xml_literals_sql(old),
+        "looking for xml values in expressions",
     )?;
     let collated = client
         .query(crate::catalogue::collated_indexes_sql(old).as_str(), &[])
@@ -1427,6 +1452,49 @@ fn describe_objects(objects: &[ObjectRef]) -> String {
     shown.join("; ")
 }
 
+/// xml without libxml: stored values carry over as files and read back
+/// unchanged (their output needs no libxml), as in pg_upgrade; what breaks
+/// is parsing an xml value, which the restore does for the literals in
+/// defaults, constraints, views and the like. Only those refuse.
+fn xml_without_libxml(uses: &CapabilityUse, can: &Capabilities) -> Finding {
+    let id = "new-xml";
+    let title = title(id);
+    if uses.xml.is_empty() && uses.xml_literals.is_empty() {
+        return Finding::pass(id, title, "the old cluster does not use the xml type");
+    }
+    if can.xml {
+        return Finding::pass(
+            id,
+            title,
+            "the old cluster uses the xml type, and the new installation has libxml",
+        );
+    }
+    if !uses.xml_literals.is_empty() {
+        return Finding::fail(
+            id,
+            title,
+            "xml_unavailable",
+            format!(
+                "the new installation was built without libxml, and restoring these objects parses an xml value, which needs it: {}",
+                describe_objects(&uses.xml_literals)
+            ),
+            "use a new installation built with libxml (configure --with-libxml), or change those objects in the old cluster so that they hold no xml literal (e.g. a default written as '<a/>'::text::xml is converted when used, not when restored)",
+        )
+        .with_objects(uses.xml_literals.clone());
+    }
+    Finding::warn(
+        id,
+        title,
+        "xml_without_libxml",
+        format!(
+            "these xml columns carry over and read back unchanged, but the new installation was built without libxml: there, new xml values cannot be parsed (inserting or updating them from text, casts to xml, XMLPARSE, xpath and the other xml functions fail): {}",
+            describe_objects(&uses.xml)
+        ),
+        "if the application writes xml, use a new installation built with libxml (configure --with-libxml); otherwise nothing to do",
+    )
+    .with_objects(uses.xml.clone())
+}
+
 /// What the old cluster uses against what the new installation can do.
 fn compare_capabilities(report: &Report) -> Vec<Finding> {
     let (Some(old), Some(new)) = (&report.old.catalog, &report.new.catalog) else {
@@ -1479,15 +1547,8 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
             "lz4 compression",
             "use a new installation built with lz4 (configure --with-lz4), or recompress in the old cluster: ALTER TABLE … ALTER COLUMN … SET COMPRESSION pglz, then rewrite the table (VACUUM FULL)",
         ),
-        capability(
-            "new-xml",
-            &uses.xml,
-            can.xml,
-            "xml_unavailable",
-            "the xml type",
-            "use a new installation built with libxml (configure --with-libxml), or change those columns to text in the old cluster",
-        ),
     ];
+    out.push(xml_without_libxml(uses, can));
     let missing: Vec<ObjectRef> = uses
         .extensions
         .iter()
@@ -1502,12 +1563,17 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         })
         .collect();
     out.push(if !missing.is_empty() {
-        Finding::fail(
+        // A binary-upgrade restore makes an extension's catalog entry and
+        // its objects without reading its control or script files (as with
+        // pg_upgrade, which does not look for them): what an extension's
+        // objects need to work is its shared libraries, which new-libraries
+        // loads. Without the files, only later changes to the extension fail.
+        Finding::warn(
             "new-extensions",
             title("new-extensions"),
             "extension_missing",
-            format!("the new installation lacks these extensions: {}", describe_objects(&missing)),
-            "install the extensions for the new PostgreSQL major (their packages or builds), or drop them in the old cluster (DROP EXTENSION … in each database)",
+            format!("the new installation lacks the files (control and scripts) of these extensions: {}; they carry over with their objects, but in the new cluster they cannot be updated (ALTER EXTENSION … UPDATE), created in another database, or restored from a plain dump", describe_objects(&missing)),
+            "install the extensions for the new PostgreSQL major (their packages or builds) before or after the upgrade, or drop them in the old cluster (DROP EXTENSION … in each database)",
         )
         .with_objects(missing)
     } else if !can.stuck_extensions.is_empty() {
@@ -1533,12 +1599,26 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
         .keys()
         .flat_map(|lib| uses.libraries.get(lib).cloned().unwrap_or_default())
         .collect();
+    // A library only the old cluster's shared_preload_libraries names is
+    // needed by nothing the upgrade carries: the new cluster keeps its own
+    // postgresql.conf unless --carry-config brings the setting over.
+    let only_preloaded = !failed.is_empty() && failed.iter().all(|o| o.kind == "setting");
     out.push(if can.failed_libraries.is_empty() {
         Finding::pass(
             "new-libraries",
             title("new-libraries"),
             format!("{} shared libraries load in the new installation", uses.libraries.len()),
         )
+    } else if only_preloaded && !report.carry_config {
+        let libs: Vec<String> = can.failed_libraries.iter().map(|(l, e)| format!("{l} ({e})")).collect();
+        Finding::warn(
+            "new-libraries",
+            title("new-libraries"),
+            "preload_library_missing",
+            format!("the old cluster preloads shared libraries that do not load in the new installation: {}; the upgrade does not need them (the new cluster keeps its own settings), but a new cluster given the same shared_preload_libraries would not start", libs.join("; ")),
+            "install the new major's build of those modules before giving the new cluster that setting, or leave them out of its shared_preload_libraries",
+        )
+        .with_objects(failed)
     } else {
         let libs: Vec<String> = can.failed_libraries.iter().map(|(l, e)| format!("{l} ({e})")).collect();
         let mut remedy = String::from("install the new major's build of the extension or module that provides them, or drop the objects that need them in the old cluster");

@@ -298,6 +298,9 @@ pub struct CapabilityUse {
     pub lz4: Vec<ObjectRef>,
     /// Columns of type xml.
     pub xml: Vec<ObjectRef>,
+    /// Expressions the restore parses that hold an xml value (a default,
+    /// a constraint, a view, an index, a policy …): parsing it needs libxml.
+    pub xml_literals: Vec<ObjectRef>,
     /// Installed extensions: (name, version) → databases.
     pub extensions: BTreeMap<(String, String), Vec<String>>,
     /// Shared libraries of C functions → the functions that need them.
@@ -489,6 +492,88 @@ pub(crate) fn lz4_sql(old: PgMajor) -> Option<String> {
 
 pub(crate) fn xml_sql() -> String {
     columns_using(&[("pg_catalog", "xml")])
+}
+
+/// The expressions a binary-upgrade restore parses again that hold a
+/// non-null constant of type xml or xml[] (OIDs 142 and 143): the parser
+/// turns such a literal into a value with the type's input function, which
+/// without libxml fails ("unsupported XML feature"). Values stored in
+/// tables are carried as files and never parsed.
+pub(crate) fn xml_literals_sql(old: PgMajor) -> String {
+    let mut parts = vec![
+        "SELECT 'column', pg_catalog.format('%I.%I.%I (default)', n.nspname, c.relname, a.attname), n.nspname::text
+           FROM pg_catalog.pg_attrdef d
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+           JOIN pg_catalog.pg_class c ON c.oid = d.adrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE d.adbin::text ~ x.p".to_string(),
+        "SELECT 'constraint', pg_catalog.format('%I.%I', n.nspname, k.conname)
+                || CASE WHEN k.conrelid <> 0 THEN pg_catalog.format(' on %s', k.conrelid::pg_catalog.regclass)
+                        ELSE pg_catalog.format(' on domain %s', k.contypid::pg_catalog.regtype) END,
+                n.nspname::text
+           FROM pg_catalog.pg_constraint k
+           JOIN pg_catalog.pg_namespace n ON n.oid = k.connamespace, x
+          WHERE k.conbin::text ~ x.p".to_string(),
+        "SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' ELSE 'rule' END,
+                pg_catalog.format('%I.%I', n.nspname, c.relname)
+                || CASE WHEN r.rulename = '_RETURN' THEN '' ELSE pg_catalog.format(' (rule %I)', r.rulename) END,
+                n.nspname::text
+           FROM pg_catalog.pg_rewrite r
+           JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE r.oid >= 16384 AND (r.ev_action::text ~ x.p OR r.ev_qual::text ~ x.p)".to_string(),
+        "SELECT 'index', pg_catalog.format('%I.%I', n.nspname, c.relname), n.nspname::text
+           FROM pg_catalog.pg_index i
+           JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE i.indexrelid >= 16384 AND (i.indexprs::text ~ x.p OR i.indpred::text ~ x.p)".to_string(),
+        "SELECT 'domain', pg_catalog.format('%I.%I (default)', n.nspname, t.typname), n.nspname::text
+           FROM pg_catalog.pg_type t
+           JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace, x
+          WHERE t.oid >= 16384 AND t.typdefaultbin::text ~ x.p".to_string(),
+        "SELECT 'policy', pg_catalog.format('%I on %s', p.polname, p.polrelid::pg_catalog.regclass), n.nspname::text
+           FROM pg_catalog.pg_policy p
+           JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE p.polqual::text ~ x.p OR p.polwithcheck::text ~ x.p".to_string(),
+        "SELECT 'trigger', pg_catalog.format('%I on %s', t.tgname, t.tgrelid::pg_catalog.regclass), n.nspname::text
+           FROM pg_catalog.pg_trigger t
+           JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE t.tgqual::text ~ x.p".to_string(),
+        "SELECT 'table', pg_catalog.format('%I.%I (partition bound)', n.nspname, c.relname), n.nspname::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE c.relpartbound::text ~ x.p".to_string(),
+        "SELECT 'table', pg_catalog.format('%I.%I (partition key)', n.nspname, c.relname), n.nspname::text
+           FROM pg_catalog.pg_partitioned_table pt
+           JOIN pg_catalog.pg_class c ON c.oid = pt.partrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
+          WHERE pt.partexprs::text ~ x.p".to_string(),
+    ];
+    if old.number() >= 14 {
+        // SQL-standard function bodies are parsed when created.
+        parts.push(
+            "SELECT 'function', p.oid::pg_catalog.regprocedure::text, n.nspname::text
+               FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace, x
+              WHERE p.oid >= 16384 AND p.prosqlbody::text ~ x.p"
+                .to_string(),
+        );
+        parts.push(
+            "SELECT 'statistics', pg_catalog.format('%I.%I', n.nspname, s.stxname), n.nspname::text
+               FROM pg_catalog.pg_statistic_ext s
+               JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace, x
+              WHERE s.stxexprs::text ~ x.p"
+                .to_string(),
+        );
+    }
+    format!(
+        "WITH x AS (SELECT ':consttype 14[23] :consttypmod -?[0-9]+ :constcollid [0-9]+ :constlen -?[0-9]+ :constbyval (true|false) :constisnull false'::text AS p)
+         SELECT * FROM ({}) found(kind, name, schema)
+          WHERE schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 2, 1",
+        parts.join("\n UNION ALL\n")
+    )
 }
 
 pub(crate) const EXTENSIONS_SQL: &str =

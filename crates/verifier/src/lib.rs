@@ -71,6 +71,9 @@ pub struct CheckConfig {
     pub transfer: TransferKind,
     /// Collation-version changes fail instead of warning.
     pub strict: bool,
+    /// `--carry-config`: the old cluster's settings (its preloaded
+    /// libraries among them) will be carried into the new cluster.
+    pub carry_config: bool,
     /// The upgrade: the old server the checks started stays up when every
     /// check passes, for the dump (each start costs time). The new one is
     /// always stopped: the upgrade copies it as it is before changing it.
@@ -160,6 +163,8 @@ pub struct Report {
     pub new_to_create: bool,
     /// `--strict`: warnings that can hide wrong results fail.
     pub strict: bool,
+    /// `--carry-config`: preloaded libraries that do not load fail.
+    pub carry_config: bool,
     /// With `keep_old_server`, the old server the checks started, still
     /// running (stopped when dropped); `None` when any check failed.
     pub kept_old: Option<pgm_cluster::Server>,
@@ -191,6 +196,7 @@ impl Report {
 pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Report {
     let mut report = Report {
         strict: config.strict,
+        carry_config: config.carry_config,
         ..Report::default()
     };
     let mut emit = |report: &mut Report, finding: Finding| {

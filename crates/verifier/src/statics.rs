@@ -256,22 +256,46 @@ fn check_bindir(which: Which, side: &SideConfig) -> (Finding, Option<Installatio
         );
         return (f, Some(install));
     }
-    let mixed = install.version_mismatches();
-    if !mixed.is_empty() {
-        let list: Vec<String> = mixed
+    // Only what pg-migrate runs counts: another major there is refused,
+    // another minor release (packages updated one at a time) only noted.
+    let used: &[Tool] = match which {
+        Which::Old => &Tool::USED_OLD,
+        Which::New => &Tool::REQUIRED_NEW,
+    };
+    let mixed = install.version_mismatches(used);
+    let list = |majors: bool| -> Vec<String> {
+        mixed
             .iter()
+            .filter(|(_, v)| (v.major != install.version.major) == majors)
             .map(|(t, v)| format!("{} is {v}", t.file_name()))
-            .collect();
+            .collect()
+    };
+    let (other_major, other_minor) = (list(true), list(false));
+    if !other_major.is_empty() {
         let f = Finding::fail(
             id,
             title,
             "bindir_mixed_versions",
             format!(
-                "{dir} mixes versions: postgres is {} but {}",
+                "{dir} mixes majors among the programs pg-migrate runs: postgres is {} but {}",
                 install.version,
-                list.join(", ")
+                other_major.join(", ")
             ),
-            "point to a bin directory whose programs all come from one PostgreSQL release",
+            "point to a bin directory whose programs all come from one PostgreSQL major",
+        );
+        return (f, Some(install));
+    }
+    if !other_minor.is_empty() {
+        let f = Finding::warn(
+            id,
+            title,
+            "bindir_mixed_minor",
+            format!(
+                "{dir} holds programs of other minor releases: postgres is {} but {}; programs of one major work together, so the upgrade goes on",
+                install.version,
+                other_minor.join(", ")
+            ),
+            "update the installation's packages to one minor release when convenient",
         );
         return (f, Some(install));
     }
@@ -608,6 +632,24 @@ fn check_server_state(
                 ),
             };
         }
+        Some(ServerStatus::StalePidFile(pid))
+            if control.is_some_and(|c| c.state == ClusterState::ShutDown) =>
+        {
+            // pg_control says the last server stopped cleanly: the file is
+            // a leftover (a pid recycled by a restart, a container's); the
+            // server pg-migrate starts removes it first.
+            return Finding::warn(
+                id,
+                title,
+                "stale_pid_file",
+                format!(
+                    "{}/postmaster.pid names process {}, which is not a server of this cluster, but pg_control says \"shut down\": a leftover (from a container restart, say)",
+                    datadir.path.display(),
+                    pid.pid
+                ),
+                "nothing to do: pg-migrate removes it before it starts a server on the cluster (or remove it yourself)",
+            );
+        }
         Some(ServerStatus::StalePidFile(pid)) => {
             return Finding::fail(
                 id,
@@ -805,14 +847,9 @@ fn check_char_signedness(config: &CheckConfig, report: &Report) -> Finding {
 
 /// Pre-18 clusters stored `char` with the signedness of the platform they ran on.
 pub fn platform_char_is_signed() -> bool {
-    // C's plain char is signed on x86 and unsigned on ARM, POWER and s390x.
-    !cfg!(any(
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "powerpc",
-        target_arch = "powerpc64",
-        target_arch = "s390x"
-    ))
+    // The compiler knows the platform's C `char` (signed on x86, unsigned
+    // on ARM, POWER, s390x, RISC-V …): no list of architectures to keep.
+    std::ffi::c_char::MIN != 0
 }
 
 /// Bytes in every file under `dir` (what a copy of it needs).
@@ -1138,4 +1175,21 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// The platform's C compiler defines `__CHAR_UNSIGNED__` where plain
+    /// `char` is unsigned; what pg-migrate assumes must agree with it.
+    #[test]
+    fn char_signedness_is_the_c_compilers() {
+        let output = std::process::Command::new("cc")
+            .args(["-dM", "-E", "-x", "c", "/dev/null"])
+            .output()
+            .expect("a C compiler (cc) is needed to build pg-migrate's dependencies");
+        assert!(output.status.success());
+        let macros = String::from_utf8_lossy(&output.stdout);
+        let unsigned = macros.contains("#define __CHAR_UNSIGNED__ 1");
+        assert_eq!(super::platform_char_is_signed(), !unsigned);
+    }
 }
