@@ -856,7 +856,7 @@ fn write_markers(new_datadir: &Path, markers: &Markers) -> std::io::Result<()> {
     std::fs::File::open(&dir)?.sync_all()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
         .iter()

@@ -614,6 +614,11 @@ fn finish_upgrade(
                 files: finished.files,
                 files_copied_ahead: finished.files_copied_ahead,
                 bytes: finished.bytes,
+                scripts: finished
+                    .scripts
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
             });
             summary.backup = finished.backup;
             if settings.after.any() {

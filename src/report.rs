@@ -196,6 +196,8 @@ pub struct UpgradeCounts {
     /// Copy modes: files copied while the catalog was restored.
     pub files_copied_ahead: u64,
     pub bytes: u64,
+    /// The scripts the upgrade wrote for the operator (in `NEW/pg_migrate.d`).
+    pub scripts: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

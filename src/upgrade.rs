@@ -150,6 +150,8 @@ pub struct Finished {
     pub next_steps: Vec<NextStep>,
     pub backup: Option<crate::report::BackupCounts>,
     pub reindex_script: Option<PathBuf>,
+    /// The scripts `finish` wrote (in `pg_migrate.d`).
+    pub scripts: Vec<PathBuf>,
     pub databases: usize,
     pub relations: usize,
     pub files: u64,
@@ -206,6 +208,8 @@ pub struct Engine<'a> {
     cutover_old_stamp: Option<pgm_cluster::ControlStamp>,
     /// The script `finish` wrote for collation-dependent indexes.
     reindex_script: Option<PathBuf>,
+    /// Every script `finish` wrote (for the summary).
+    scripts: Vec<PathBuf>,
     /// The old cluster's logical replication slots (17 and later), made
     /// again in the new cluster by the restore's server.
     logical_slots: Vec<pgm_catalog::LogicalSlot>,
@@ -387,6 +391,7 @@ impl<'a> Engine<'a> {
             resuming: false,
             backup: None,
             reindex_script: None,
+            scripts: Vec::new(),
             phase: Phase::Full,
             prepared: online::PreparedState::default(),
             old_live: false,
@@ -595,6 +600,7 @@ impl<'a> Engine<'a> {
             next_steps,
             backup: self.backup.clone(),
             reindex_script: self.reindex_script.clone(),
+            scripts: self.scripts.clone(),
             databases: self.databases.len(),
             relations: self.relations,
             files: self.transferred.0,
@@ -1161,7 +1167,7 @@ impl<'a> Engine<'a> {
                 )
                 .map_err(|e| Failure::new("dump_failed", e))
             })?;
-            self.prepared.globals = online::normalized_globals(&globals)?;
+            self.prepared.globals_sha256 = online::globals_digest(&globals)?;
         } else {
             pgm_catalog::dump_globals(&self.new_install, &conn, &globals, &self.log("globals.log"))
                 .map_err(|e| Failure::new("dump_failed", e))?;
@@ -1855,7 +1861,12 @@ impl<'a> Engine<'a> {
             shell_quote(&new_path.display().to_string())
         )));
         let outdated = &self.outdated_extensions;
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        // Written beside the journal, never into the current directory:
+        // this step comes after link and swap mode's point of no return,
+        // where nothing may fail for want of a writable place (a container
+        // whose working directory is /), and pg_migrate.d is where this
+        // run has been writing all along.
+        let scripts_dir = crate::journal::dir(&new_path);
         if !outdated.is_empty() {
             let mut sql = String::from("-- Written by pg-migrate: extensions whose installed version is older than the new installation's default.\n\\set ON_ERROR_STOP on\n");
             for (db, names) in outdated {
@@ -1868,9 +1879,10 @@ impl<'a> Engine<'a> {
                     ));
                 }
             }
-            let path = cwd.join("update_extensions.sql");
+            let path = scripts_dir.join("update_extensions.sql");
             std::fs::write(&path, sql)
                 .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
+            self.scripts.push(path.clone());
             next.push(NextStep::done_by(
                 "update-extensions",
                 format!(
@@ -1910,8 +1922,9 @@ impl<'a> Engine<'a> {
         let reindex = if self.settings.method == Method::Dump {
             None
         } else {
-            self.write_reindex_script(&cwd)?
+            self.write_reindex_script(&scripts_dir)?
         };
+        self.scripts.extend(reindex.clone());
         self.reindex_script = reindex.clone();
         if let Some(journal) = self.journal.as_mut() {
             journal
@@ -1928,7 +1941,9 @@ impl<'a> Engine<'a> {
                 ),
             ));
         }
-        match self.write_delete_script(&cwd) {
+        let delete = self.write_delete_script(&scripts_dir);
+        self.scripts.extend(delete.clone());
+        match delete {
             Some(path) => next.push(NextStep::plain(format!(
                 "once the new cluster runs well, delete the old one's files with {}",
                 shell_quote(&path.display().to_string())
@@ -1955,11 +1970,11 @@ impl<'a> Engine<'a> {
         Ok(next)
     }
 
-    /// `reindex_after_upgrade.sql`: what the check warned may disagree with
+    /// `reindex_after_upgrade.sql` in `dir`: what the check warned may disagree with
     /// the new installation: indexes ordered by a collation whose version
     /// changed (then the collation's recorded version is refreshed), and
     /// indexes and materialized views computed with the old Unicode tables.
-    fn write_reindex_script(&self, cwd: &Path) -> Result<Option<PathBuf>, Failure> {
+    fn write_reindex_script(&self, dir: &Path) -> Result<Option<PathBuf>, Failure> {
         // A cutover has no catalog facts of its own: prepare wrote the script's text.
         let sql = match self.phase {
             Phase::Cutover => self.prepared.reindex_sql.clone(),
@@ -1968,7 +1983,7 @@ impl<'a> Engine<'a> {
         let Some(sql) = sql else {
             return Ok(None);
         };
-        let path = cwd.join("reindex_after_upgrade.sql");
+        let path = dir.join("reindex_after_upgrade.sql");
         std::fs::write(&path, sql)
             .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
         Ok(Some(path))
@@ -2042,9 +2057,9 @@ impl<'a> Engine<'a> {
         Some(sql)
     }
 
-    /// `delete_old_cluster.sh` in the current directory, unless a directory
-    /// of one cluster lies inside the other's (deleting would hit the new one).
-    fn write_delete_script(&self, cwd: &Path) -> Option<PathBuf> {
+    /// `delete_old_cluster.sh` in `dir`, unless a directory of one cluster
+    /// lies inside the other's (deleting would hit the new one).
+    fn write_delete_script(&self, dir: &Path) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let old = &self.old_dir.path;
         let new = &self.new_dir().path;
@@ -2070,7 +2085,7 @@ impl<'a> Engine<'a> {
                 shell_quote(&Path::new(location).join(&suffix).display().to_string())
             ));
         }
-        let path = cwd.join("delete_old_cluster.sh");
+        let path = dir.join("delete_old_cluster.sh");
         std::fs::write(&path, script).ok()?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).ok()?;
         Some(path)
@@ -2093,6 +2108,10 @@ impl<'a> Engine<'a> {
             let _ = crate::journal::write_state(&self.new_dir().path, State::Complete);
         }
         *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Earlier runs that failed kept their dumps (for a look at what
+        // went wrong); they hold the roles' password hashes, which must not
+        // stay in the new data directory once it is done.
+        remove_earlier_dumps(&crate::journal::dir(&self.new_dir().path), &output);
         if self.settings.retain {
             return Some(output);
         }
@@ -2188,6 +2207,19 @@ pub fn initdb_auth(printer: &Printer, user: &str) -> Vec<String> {
         "warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{user}\" is not this OS user; review it before starting the server"
     ));
     vec!["--auth=trust".to_string()]
+}
+
+/// Removes the `dump` directory of every run in `journal_dir` but `current`.
+fn remove_earlier_dumps(journal_dir: &Path, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(journal_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let run = entry.path();
+        if run != current && entry.file_name().to_string_lossy().starts_with("run-") {
+            let _ = std::fs::remove_dir_all(run.join("dump"));
+        }
+    }
 }
 
 /// Makes the names in a directory durable (after a rename in it).

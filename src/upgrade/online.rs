@@ -41,8 +41,8 @@ use crate::rundir::RunDir;
 /// (`pg_migrate.d/prepared.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PreparedState {
-    /// The globals dump, without the lines that differ on every run.
-    pub globals: String,
+    /// The digest of the globals dump (see [`globals_digest`]).
+    pub globals_sha256: String,
     pub shared: Fingerprint,
     pub databases: Vec<PreparedDatabase>,
     /// Every relation's first-segment paths, old and new (the cutover plans
@@ -110,16 +110,19 @@ pub(super) struct Horizons {
     databases: BTreeMap<String, DatabaseHorizons>,
 }
 
-/// The globals dump's text, less `\restrict` / `\unrestrict` (a random key
-/// on every run of 18's pg_dumpall).
-pub fn normalized_globals(path: &Path) -> Result<String, Failure> {
+/// The SHA-256 of the globals dump's text, less `\restrict` /
+/// `\unrestrict` (a random key on every run of 18's pg_dumpall). Only the
+/// digest is kept: the dump holds the roles' password hashes, which must
+/// not stay in the new data directory (base backups and standbys copy it).
+pub fn globals_digest(path: &Path) -> Result<String, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::new("dump_failed", format!("{}: {e}", path.display())))?;
-    Ok(text
+    let normalized = text
         .lines()
         .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
         .collect::<Vec<_>>()
-        .join("\n"))
+        .join("\n");
+    Ok(crate::after::sha256_hex(normalized.as_bytes()))
 }
 
 /// Opens a repeatable-read, read-only transaction on `client`, exports its
@@ -349,6 +352,7 @@ impl<'a> Engine<'a> {
             next_steps,
             backup: self.backup.clone(),
             reindex_script: None,
+            scripts: Vec::new(),
             databases: self.databases.len(),
             relations: self.relations,
             files: self.transferred.0,
@@ -645,7 +649,7 @@ impl<'a> Engine<'a> {
             &self.run_dir.log_dir().join("globals-cutover.log"),
         )
         .map_err(|e| Failure::new("dump_failed", e))?;
-        if normalized_globals(&scratch)? != self.prepared.globals {
+        if globals_digest(&scratch)? != self.prepared.globals_sha256 {
             changes.push("roles or tablespaces (the globals dump differs)".into());
         }
         let mut template1 = server

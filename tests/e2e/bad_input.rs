@@ -612,3 +612,33 @@ fn old_bindir_with_programs_of_another_release() {
     let upgraded = pair.run(&upgrade);
     assert_eq!(upgraded.status, 0, "{}", upgraded.stderr);
 }
+
+/// The restore makes the new cluster's directory in every tablespace
+/// location: one this user cannot write is found before anything changes.
+#[test]
+fn tablespace_location_this_user_cannot_write() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let location = pair.sandbox.mkdir("tblspc");
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        &format!("CREATE TABLESPACE ts LOCATION '{}'", location.display()),
+    );
+    pair.old
+        .sql("postgres", "CREATE TABLE t (x int) TABLESPACE ts");
+    pair.old.stop();
+    std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let run = refused_unchanged(
+        &pair,
+        pair.dir_args(),
+        "new-tablespace-dirs",
+        "tablespace_not_writable",
+    );
+    assert!(run.check("new-tablespace-dirs")["message"]
+        .as_str()
+        .unwrap()
+        .contains(location.to_str().unwrap()));
+    std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o700)).unwrap();
+}

@@ -23,14 +23,22 @@ fn upgrade_for_reindex_script(pair: &Pair) -> String {
     args.extend(["--link".into(), "--json".into()]);
     let run = pair.run(&args);
     assert_eq!(run.status, 0, "{}", run.stderr);
-    std::fs::read_to_string(pair.sandbox.path().join("reindex_after_upgrade.sql")).unwrap()
+    std::fs::read_to_string(
+        pair.new
+            .datadir
+            .join("pg_migrate.d/reindex_after_upgrade.sql"),
+    )
+    .unwrap()
 }
 
 /// Runs the upgrade's reindex_after_upgrade.sql on the (running) new
 /// cluster as the next steps say (plain `psql -f`: the script itself stops
 /// at the first error).
 fn run_reindex_script(pair: &Pair) {
-    let script = pair.sandbox.path().join("reindex_after_upgrade.sql");
+    let script = pair
+        .new
+        .datadir
+        .join("pg_migrate.d/reindex_after_upgrade.sql");
     assert!(
         std::fs::read_to_string(&script)
             .unwrap()
@@ -42,7 +50,11 @@ fn run_reindex_script(pair: &Pair) {
             .args(["-X", "-q", "-h"])
             .arg(&pair.new.sockdir)
             .args(["-p", &pair.new.port.to_string(), "-d", "postgres", "-f"])
-            .arg(pair.sandbox.path().join("reindex_after_upgrade.sql")),
+            .arg(
+                pair.new
+                    .datadir
+                    .join("pg_migrate.d/reindex_after_upgrade.sql"),
+            ),
     );
 }
 

@@ -199,7 +199,8 @@ fn prove_online(old_major: u32, new_major: u32, mode: &str) {
             stale.push(format!("ALTER EXTENSION \"{}\" UPDATE;", row.get::<_, String>(0)));
         }
     }
-    let script = std::fs::read_to_string(pair.sandbox.path().join("update_extensions.sql"));
+    let script =
+        std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/update_extensions.sql"));
     match script {
         Ok(script) => {
             assert!(!stale.is_empty(), "a script with nothing to do:\n{script}");
@@ -419,7 +420,7 @@ fn cutover_refuses_what_changed_since_prepare() {
         (
             "a prepared transaction",
             "BEGIN; INSERT INTO t VALUES (5000, 'pending'); PREPARE TRANSACTION 'pending'",
-            "1 prepared transactions",
+            "prepared transactions 'pending' (database app)",
         ),
     ];
     for (what, sql, expected) in refusing {
@@ -979,4 +980,78 @@ fn prepare_counts_the_locks_pg_dump_takes_not_every_relation() {
         "--json".into(),
     ]);
     assert_eq!(discarded.status, 0, "{}", discarded.stderr);
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn holds(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            std::fs::read(e.path())
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// The globals dump holds the roles' password hashes: once the cutover is
+/// done none stays in pg-migrate's files in the new data directory, which
+/// base backups and standbys copy (not prepare's state, not a failed run's
+/// dump); the role itself of course carries its password (pg_authid).
+#[test]
+fn no_password_hash_stays_in_the_new_data_directory() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "CREATE ROLE app LOGIN PASSWORD 'not-to-be-kept'; CREATE TABLE t AS SELECT 1 AS x;",
+    );
+    let hash: String = pair
+        .old
+        .client("postgres")
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let ours = pair.new.datadir.join("pg_migrate.d");
+    // A prepare killed after its dump keeps it for a look: the search works.
+    run_killed(&pair, prepare_words(&pair), "after:dump-old");
+    assert!(
+        !holds(&ours, &hash).is_empty(),
+        "the failed run's globals dump holds the hash"
+    );
+    let prepared = prepare(&pair, &["--link"]);
+    assert_eq!(prepared.status, 0, "{}", prepared.stderr);
+    assert_eq!(
+        holds(&ours, &hash),
+        Vec::<std::path::PathBuf>::new(),
+        "after prepare"
+    );
+    pair.old.stop();
+    let run = cutover(&pair, &[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(
+        holds(&ours, &hash),
+        Vec::<std::path::PathBuf>::new(),
+        "after the cutover"
+    );
+    // The role and its password arrived all the same.
+    pair.new.start();
+    let carried: String = pair
+        .new
+        .client("postgres")
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(carried, hash);
+    pair.new.stop();
 }

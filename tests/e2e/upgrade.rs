@@ -295,7 +295,8 @@ fn scripts_and_statistics_advice() {
         .collect();
     // 12's hstore and pg_trgm are older than 18's.
     let script =
-        std::fs::read_to_string(pair.sandbox.path().join("update_extensions.sql")).unwrap();
+        std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/update_extensions.sql"))
+            .unwrap();
     assert!(
         script.contains("ALTER EXTENSION \"hstore\" UPDATE;"),
         "{script}"
@@ -305,7 +306,8 @@ fn scripts_and_statistics_advice() {
         "{next:?}"
     );
     let delete =
-        std::fs::read_to_string(pair.sandbox.path().join("delete_old_cluster.sh")).unwrap();
+        std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/delete_old_cluster.sh"))
+            .unwrap();
     assert!(
         delete.contains(&format!("rm -rf {}", pair.old.datadir.display())),
         "{delete}"
@@ -322,7 +324,7 @@ fn scripts_and_statistics_advice() {
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&pair.new.sockdir)
             .args(["-p", &pair.new.port.to_string(), "-d", "postgres", "-f"])
-            .arg(pair.sandbox.path().join("update_extensions.sql")),
+            .arg(pair.new.datadir.join("pg_migrate.d/update_extensions.sql")),
     );
     let stale: i64 = pair
         .new
@@ -587,4 +589,47 @@ fn failed_transfer_in_copy_mode() {
         .get(0);
     assert_eq!(n, 1000);
     pair.old.stop();
+}
+
+/// The last step writes the operator's scripts after link mode's point of
+/// no return: never into the working directory, which may not be writable
+/// (a container's /), but beside the journal, named in the summary.
+#[test]
+fn an_unwritable_working_directory_fails_nothing() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "CREATE EXTENSION pg_stat_statements; CREATE TABLE t AS SELECT 1 AS x;",
+    );
+    pair.old.stop();
+    let mut args: Vec<std::ffi::OsString> = vec!["--link".into(), "--json".into()];
+    args.extend(pair.dir_args());
+    let output = as_test_user(&pair.bin)
+        .current_dir("/")
+        .args(&args)
+        .output()
+        .unwrap();
+    let run = pgm_testkit::finish(output);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    crate::json_schema::validate(&run.events);
+    let scripts: Vec<String> = run.summary()["upgrade"]["scripts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let journal_dir = pair.new.datadir.join("pg_migrate.d");
+    for name in ["update_extensions.sql", "delete_old_cluster.sh"] {
+        let path = journal_dir.join(name);
+        assert!(path.is_file(), "{} was not written", path.display());
+        assert!(
+            scripts.iter().any(|s| std::path::Path::new(s) == path),
+            "{name} not in {scripts:?}"
+        );
+    }
+    let update = std::fs::read_to_string(journal_dir.join("update_extensions.sql")).unwrap();
+    assert!(update.contains("pg_stat_statements"), "{update}");
 }

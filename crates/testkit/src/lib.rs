@@ -29,8 +29,12 @@ pub fn bindir(major: u32) -> Option<PathBuf> {
         .then(|| std::fs::canonicalize(&dir).unwrap_or(dir))
 }
 
-/// The bindir of a major a test needs. Missing: a failure in CI (CI=true),
-/// a skip with a message elsewhere (returns None).
+/// The bindir of a major a test needs. Missing, the test fails: a test that
+/// did not run must not pass. Only with `PG_MIGRATE_SKIP_MISSING=1` is it
+/// skipped (returns None), and then loudly: the test and the missing major
+/// are appended to the skip log (`PG_MIGRATE_SKIP_LOG`, else
+/// `$TMPDIR/pg-migrate-skipped.log`), which scripts/test.sh counts and
+/// prints at the end.
 pub fn require(major: u32) -> Option<PathBuf> {
     if let Some(dir) = bindir(major) {
         return Some(dir);
@@ -39,10 +43,29 @@ pub fn require(major: u32) -> Option<PathBuf> {
         "PostgreSQL {major} is not installed under {}: run scripts/install-postgres.sh",
         pg_prefix().display()
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
+    if std::env::var_os("PG_MIGRATE_SKIP_MISSING").is_none_or(|v| v != "1") {
+        panic!("{message} (or set PG_MIGRATE_SKIP_MISSING=1 to skip, counted, what needs it)");
     }
-    eprintln!("SKIP: {message}");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let log = std::env::var_os("PG_MIGRATE_SKIP_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("pg-migrate-skipped.log"));
+    let line = format!("{test}: PostgreSQL {major} missing\n");
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = appended {
+        panic!(
+            "{message}; and the skip could not be recorded in {}: {e}",
+            log.display()
+        );
+    }
+    eprintln!("SKIPPED (not passed): {test}: {message}");
     None
 }
 
@@ -510,4 +533,28 @@ pub fn binary_for_test_user(binary: &Path, _dir: &Path) -> PathBuf {
         target
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test whose major is missing fails; allowed to skip, it is counted.
+    /// (One test: the environment is the process's.)
+    #[test]
+    fn a_missing_major_fails_or_is_counted_never_passes_silently() {
+        let empty = tempfile::tempdir().unwrap();
+        let log = empty.path().join("skipped.log");
+        std::env::set_var("PG_MIGRATE_PG_PREFIX", empty.path());
+        std::env::set_var("PG_MIGRATE_SKIP_LOG", &log);
+        std::env::remove_var("PG_MIGRATE_SKIP_MISSING");
+        let failed = std::panic::catch_unwind(|| require(15));
+        assert!(failed.is_err(), "a missing major must fail the test");
+        std::env::set_var("PG_MIGRATE_SKIP_MISSING", "1");
+        assert!(require(15).is_none());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("PostgreSQL 15 missing"), "{text}");
+        std::env::remove_var("PG_MIGRATE_SKIP_MISSING");
+        std::env::remove_var("PG_MIGRATE_PG_PREFIX");
+    }
 }

@@ -893,7 +893,7 @@ fn human_bytes(bytes: u64) -> String {
 fn new_tablespace_dirs(report: &Report, tablespaces: &[std::path::PathBuf]) -> Finding {
     let (id, title) = (
         "new-tablespace-dirs",
-        "no directory of the new major in the tablespaces yet",
+        "the tablespaces have room for the new major's directory",
     );
     let Some(new_major) = report.new.install.as_ref().map(|i| i.version.major) else {
         return Finding::skip(id, title, "the new installation is unknown");
@@ -905,6 +905,31 @@ fn new_tablespace_dirs(report: &Report, tablespaces: &[std::path::PathBuf]) -> F
         .control
         .as_ref()
         .map(|c| format!("PG_{}_{}", new_major, c.catalog_version));
+    // The restore makes the new cluster's directory in each location: one
+    // this user cannot write would fail it half-way.
+    let unwritable: Vec<String> = tablespaces
+        .iter()
+        .filter(|location| {
+            nix::unistd::access(
+                location.as_path(),
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_err()
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    if !unwritable.is_empty() {
+        return Finding::fail(
+            id,
+            title,
+            "tablespace_not_writable",
+            format!(
+                "the new cluster's directory for these tablespaces must be made beside the old one's, but this user cannot write to their locations: {}",
+                unwritable.join(", ")
+            ),
+            "give the cluster's owner write access to those directories (as when the tablespaces were created), or run pg-migrate as the user that owns them",
+        );
+    }
     let prefix = format!("PG_{new_major}_");
     let found: Vec<String> = tablespaces
         .iter()
@@ -1056,7 +1081,7 @@ fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Finding> {
             ),
             Finding::skip(
                 "new-tablespace-dirs",
-                "no directory of the new major in the tablespaces yet",
+                "the tablespaces have room for the new major's directory",
                 "no old data directory",
             ),
             Finding::skip(link_id, link_title, "no old data directory"),
