@@ -24,6 +24,17 @@ cargo test --workspace --locked -- "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run (cargo ends with its last, often empty, doc-test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "%d passed, %d failed", p, f }' "$log"
+# The test hooks (fault points, PG_MIGRATE_TEST_*) come with the tests'
+# dev-dependency only: the tests' build has them, a release build none.
+cargo build --release --locked --quiet
+if ! grep -q PG_MIGRATE_TEST_ target/debug/pg-migrate; then
+  echo "the tests' build of pg-migrate lacks its test hooks" >&2
+  status=1
+fi
+if grep -q PG_MIGRATE_TEST_ target/release/pg-migrate; then
+  echo "the release build of pg-migrate carries test hooks" >&2
+  status=1
+fi
 skips=$(sort -u "$skipped" | grep -c . || true)
 echo ", $skips skipped for a missing PostgreSQL (counted as passed above)"
 if [ "$skips" -gt 0 ]; then

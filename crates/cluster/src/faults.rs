@@ -1,5 +1,7 @@
-//! Named fault points for tests. With none of these variables set (as in
-//! every real run) a point does nothing:
+//! Named fault points for tests, compiled in only with the `test-hooks`
+//! feature (which the tests turn on through a dev-dependency: a release
+//! build has none of them, not even their variables' names). With the
+//! feature and none of these variables set, a point does nothing:
 //!
 //! - `PG_MIGRATE_TEST_KILL_AT=<point>`: the process kills itself with SIGKILL
 //!   at that point (crash tests).
@@ -14,58 +16,86 @@
 //!   stops a prepare whose freeze did not happen. `=all` skips the proof
 //!   too, so that a test can show the damage is found after the cutover.
 
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+#[cfg(feature = "test-hooks")]
+mod hooks {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
 
-struct Hooks {
-    kill_at: Option<String>,
-    pause_at: Option<String>,
-    pause_file: Option<std::path::PathBuf>,
-}
-
-fn hooks() -> &'static Hooks {
-    static HOOKS: OnceLock<Hooks> = OnceLock::new();
-    HOOKS.get_or_init(|| Hooks {
-        kill_at: std::env::var("PG_MIGRATE_TEST_KILL_AT").ok(),
-        pause_at: std::env::var("PG_MIGRATE_TEST_PAUSE_AT").ok(),
-        pause_file: std::env::var_os("PG_MIGRATE_TEST_PAUSE_FILE").map(Into::into),
-    })
-}
-
-/// Whether a test asked that nothing be copied ahead of the transfer.
-pub fn copy_ahead_disabled() -> bool {
-    std::env::var_os("PG_MIGRATE_TEST_NO_COPY_AHEAD").is_some()
-}
-
-/// Whether a test asked prepare to skip its freeze.
-pub fn freeze_skipped() -> bool {
-    std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some()
-}
-
-/// Whether a test asked prepare to skip the freeze's proof as well.
-pub fn freeze_proof_skipped() -> bool {
-    std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some_and(|v| v == "all")
-}
-
-/// A fault point; `name` is only computed when a hook is set.
-pub fn point(name: impl FnOnce() -> String) {
-    let hooks = hooks();
-    if hooks.kill_at.is_none() && hooks.pause_at.is_none() {
-        return;
+    struct Hooks {
+        kill_at: Option<String>,
+        pause_at: Option<String>,
+        pause_file: Option<std::path::PathBuf>,
     }
-    let name = name();
-    if hooks.kill_at.as_deref() == Some(name.as_str()) {
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+
+    fn hooks() -> &'static Hooks {
+        static HOOKS: OnceLock<Hooks> = OnceLock::new();
+        HOOKS.get_or_init(|| Hooks {
+            kill_at: std::env::var("PG_MIGRATE_TEST_KILL_AT").ok(),
+            pause_at: std::env::var("PG_MIGRATE_TEST_PAUSE_AT").ok(),
+            pause_file: std::env::var_os("PG_MIGRATE_TEST_PAUSE_FILE").map(Into::into),
+        })
     }
-    if hooks.pause_at.as_deref() == Some(name.as_str()) {
-        let Some(file) = &hooks.pause_file else {
-            std::thread::sleep(Duration::from_secs(60));
+
+    /// Whether a test asked that nothing be copied ahead of the transfer.
+    pub fn copy_ahead_disabled() -> bool {
+        std::env::var_os("PG_MIGRATE_TEST_NO_COPY_AHEAD").is_some()
+    }
+
+    /// Whether a test asked prepare to skip its freeze.
+    pub fn freeze_skipped() -> bool {
+        std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some()
+    }
+
+    /// Whether a test asked prepare to skip the freeze's proof as well.
+    pub fn freeze_proof_skipped() -> bool {
+        std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some_and(|v| v == "all")
+    }
+
+    /// A fault point; `name` is only computed when a hook is set.
+    pub fn point(name: impl FnOnce() -> String) {
+        let hooks = hooks();
+        if hooks.kill_at.is_none() && hooks.pause_at.is_none() {
             return;
-        };
-        let _ = std::fs::write(file, name.as_bytes());
-        let started = Instant::now();
-        while file.exists() && started.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(50));
+        }
+        let name = name();
+        if hooks.kill_at.as_deref() == Some(name.as_str()) {
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+        }
+        if hooks.pause_at.as_deref() == Some(name.as_str()) {
+            let Some(file) = &hooks.pause_file else {
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            };
+            let _ = std::fs::write(file, name.as_bytes());
+            let started = Instant::now();
+            while file.exists() && started.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
+
+#[cfg(feature = "test-hooks")]
+pub use hooks::*;
+
+/// Without the `test-hooks` feature: every hook is inert.
+#[cfg(not(feature = "test-hooks"))]
+mod inert {
+    pub fn copy_ahead_disabled() -> bool {
+        false
+    }
+
+    pub fn freeze_skipped() -> bool {
+        false
+    }
+
+    pub fn freeze_proof_skipped() -> bool {
+        false
+    }
+
+    #[inline(always)]
+    pub fn point(_name: impl FnOnce() -> String) {}
+}
+
+#[cfg(not(feature = "test-hooks"))]
+pub use inert::*;
