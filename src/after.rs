@@ -19,11 +19,11 @@ use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus, Too
 use serde_json::json;
 
 use crate::cli::{AfterSteps, Settings};
+use crate::engine::Failure;
 use crate::exit;
 use crate::journal::{Journal, JournalView};
 use crate::report::{AfterStep, ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
-use crate::upgrade::Failure;
 
 /// What the steps need to know about the upgrade they follow.
 pub struct Upgraded<'a> {
@@ -154,7 +154,7 @@ pub fn run_steps(
                 remedy: Some(format!(
                     "{}the upgrade itself is complete; fix the cause and run only this step and the ones after it again: pg-migrate post-upgrade -D {} {}",
                     e.remedy.map(|r| format!("{r}; ")).unwrap_or_default(),
-                    crate::upgrade::quote(&upgraded.new_dir.path),
+                    crate::engine::quote(&upgraded.new_dir.path),
                     flags_from(&names, name, &settings.after)
                 )),
             });
@@ -183,7 +183,7 @@ fn flags_from(names: &[&str], from: &str, steps: &AfterSteps) -> String {
                 steps
                     .post_upgrade
                     .as_deref()
-                    .map(crate::upgrade::quote)
+                    .map(crate::engine::quote)
                     .unwrap_or_default()
             ),
             other => format!("--{other}"),
@@ -1132,7 +1132,7 @@ pub fn run_post_upgrade(
     name: &'static str,
 ) -> i32 {
     let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
-        crate::fail_early(printer, started, name, code, message, remedy, status)
+        crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
     match crate::journal::read_state(&settings.new_datadir) {
         Some(crate::journal::State::Complete) => {}
@@ -1145,7 +1145,7 @@ pub fn run_post_upgrade(
                 ),
                 &format!(
                     "finish it first: pg-migrate resume -D {}",
-                    crate::upgrade::quote(&settings.new_datadir)
+                    crate::engine::quote(&settings.new_datadir)
                 ),
                 exit::USAGE,
             )
@@ -1173,7 +1173,7 @@ pub fn run_post_upgrade(
             )
         }
     };
-    let run_dir = match crate::make_run_dir(settings, printer, started, name) {
+    let run_dir = match crate::commands::make_run_dir(settings, printer, started, name) {
         Ok(dir) => dir,
         Err(code) => return code,
     };

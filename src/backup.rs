@@ -11,10 +11,10 @@ use pgm_catalog::ClientConn;
 use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerOptions, ServerStatus};
 
 use crate::cli::Settings;
+use crate::engine::{parallel, Failure};
 use crate::exit;
 use crate::report::{BackupCounts, ClusterStates, Event, PlanSide, Printer};
 use crate::rundir::RunDir;
-use crate::upgrade::{parallel, Failure};
 
 /// A finished backup.
 pub struct Written {
@@ -221,7 +221,7 @@ pub fn refuse_for_target(manifest: &Manifest, target: &Installation) -> Option<F
 pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "backup";
     let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
-        crate::fail_early(printer, started, name, code, message, remedy, status)
+        crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
     let dir = settings
         .backup_dir
@@ -287,7 +287,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
             exit::USAGE,
         );
     }
-    let run_dir = match crate::make_run_dir(settings, printer, started, name) {
+    let run_dir = match crate::commands::make_run_dir(settings, printer, started, name) {
         Ok(dir) => dir,
         Err(code) => return code,
     };
@@ -347,7 +347,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         (Ok(written), Ok(())) => (
             Ending::Done(vec![format!(
                 "restore it with: pg-migrate restore --backup-dir {} -B BIN -D NEW_DATADIR",
-                crate::upgrade::quote(&dir)
+                crate::engine::quote(&dir)
             )]),
             Some(BackupCounts {
                 dir: dir.display().to_string(),
@@ -521,7 +521,7 @@ fn restore_source_check(dir: &Path, target: &Path) -> Option<Failure> {
 pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "restore";
     let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
-        crate::fail_early(printer, started, name, code, message, remedy, status)
+        crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
     let dir = settings
         .backup_dir
@@ -666,7 +666,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
             }
         }
     }
-    let run_dir = match crate::make_run_dir(settings, printer, started, name) {
+    let run_dir = match crate::commands::make_run_dir(settings, printer, started, name) {
         Ok(dir) => dir,
         Err(code) => return code,
     };
@@ -688,7 +688,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         if create {
             let command = catalog::initdb_for(&target, &manifest, &target_dir, &settings.user)
                 .map_err(|e| Failure::new("initdb_failed", e))?
-                .args(crate::upgrade::initdb_auth(printer, &settings.user));
+                .args(crate::engine::initdb_auth(printer, &settings.user));
             printer.emit(&Event::Initdb {
                 command: command.command_line(),
                 datadir: target_dir.display().to_string(),
@@ -774,8 +774,8 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         Ok(()) => (
             Ending::Done(vec![format!(
                 "start the restored cluster: {} -D {} start",
-                crate::upgrade::quote(&target.bindir.join("pg_ctl")),
-                crate::upgrade::quote(&target_dir)
+                crate::engine::quote(&target.bindir.join("pg_ctl")),
+                crate::engine::quote(&target_dir)
             )]),
             Some(BackupCounts {
                 dir: dir.display().to_string(),

@@ -45,7 +45,7 @@ pub fn refuse_unfinished(settings: &Settings) -> Result<(), Refusal> {
             clusters: None,
             code: "unfinished_upgrade",
             message: format!("{} holds an upgrade that did not finish", new.display()),
-            remedy: crate::upgrade::recovery_commands(new),
+            remedy: crate::engine::recovery_commands(new),
         }),
         Some(State::Complete) => Err(Refusal {
             clusters: None,
@@ -62,7 +62,7 @@ pub fn refuse_unfinished(settings: &Settings) -> Result<(), Refusal> {
             message: format!("{} holds a prepared upgrade", new.display()),
             remedy: format!(
                 "finish it: pg-migrate cutover -D {0}; or throw it away: pg-migrate discard -D {0}",
-                crate::upgrade::quote(new)
+                crate::engine::quote(new)
             ),
         }),
         Some(State::Reverted) | None => Ok(()),
@@ -394,7 +394,7 @@ pub fn new_cluster_ran(settings: &Settings, view: &JournalView) -> Option<String
 /// cluster's commit log and catalog know nothing of.
 pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(), Refusal> {
     let old = &settings.old_datadir;
-    let quoted = crate::upgrade::quote(&settings.new_datadir);
+    let quoted = crate::engine::quote(&settings.new_datadir);
     let refusal = |message: String| {
         Refusal {
         clusters: Some(ClusterStates {
@@ -447,7 +447,7 @@ pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(),
 /// short is finished by running it again.
 pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refusal> {
     let new = &settings.new_datadir;
-    let quoted = crate::upgrade::quote(new);
+    let quoted = crate::engine::quote(new);
     if journal::read_state(new) == Some(State::Reverted) {
         return Err(Refusal {
             clusters: None,
@@ -487,8 +487,8 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
     // Swap mode: which files in the new cluster's database directories are
     // the old cluster's is known only from the saved plan.
     let swap_dirs = if settings.mode == crate::cli::Mode::Swap && view.passed_point_of_no_return() {
-        let plan = crate::upgrade::transfer_plan_path(new);
-        let moves = crate::upgrade::saved_moves(new).ok_or_else(|| Refusal {
+        let plan = crate::engine::transfer_plan_path(new);
+        let moves = crate::engine::saved_moves(new).ok_or_else(|| Refusal {
             clusters: Some(as_found.clone()),
             code: "revert_failed",
             message: format!(
@@ -533,7 +533,7 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
             remedy: "check the new data directory's permissions and free space".into(),
         })?;
     // From here on an interruption leaves a revert to finish.
-    crate::upgrade::publish_revert_in_progress(new, protected);
+    crate::engine::publish_revert_in_progress(new, protected);
     if let Some(dirs) = swap_dirs {
         // The old cluster's directories come home before anything else
         // touches the new cluster (its reset would delete them).
@@ -553,7 +553,7 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
     if !control.exists() && renamed.exists() {
         std::fs::rename(&renamed, &control)
             .map_err(|e| e.to_string())
-            .and_then(|()| crate::upgrade::sync_dir(&settings.old_datadir.join("global")))
+            .and_then(|()| crate::engine::sync_dir(&settings.old_datadir.join("global")))
             .map_err(|e| {
                 failed_midway(
                     format!("could not rename {} back: {e}", renamed.display()),

@@ -9,9 +9,9 @@ use pgm_cluster::{DataDir, Installation, Server};
 use pgm_verifier::proof::{self, MeasureOptions, Outcome, Side};
 
 use crate::cli::{Method, Mode, Settings, Verify, VerifyMode};
+use crate::engine::Failure;
 use crate::report::{Event, Printer};
 use crate::rundir::RunDir;
-use crate::upgrade::Failure;
 
 /// The old side as the upgrade measured it, beside the journal.
 pub const OLD_SIDE: &str = "verify-old.json";

@@ -1,502 +1,11 @@
-//! The online mode: `prepare` does the catalog work while the old cluster
-//! still serves, `cutover` only the short rest in the window.
-//!
-//! prepare: the checks (a running old server is inspected as it runs); the
-//! new cluster prepared; globals dumped between two fingerprints of the
-//! shared catalogs; each database's schema dumped in a snapshot it shares
-//! with that database's catalog fingerprint and relation map; the counters
-//! handed over as they stand; the restore; then every catalog row of the
-//! new cluster frozen and the freeze proven (the cutover replaces the
-//! commit log those rows' transaction ids would be looked up in); the
-//! relation map saved; in link mode the old files hard-linked now (the old
-//! server goes on writing into the same inodes); the new pg_control hidden,
-//! so that nobody starts a cluster that shares files with a live one.
-//!
-//! cutover (old server cleanly stopped): the old catalog checked against
-//! what prepare saw (globals, databases, fingerprints, relation files), and
-//! a refusal naming what changed otherwise, nothing modified; then link
-//! mode's point of no return, the counters handed over again from the old
-//! cluster's final pg_control with its commit log and multixacts, the
-//! freeze horizons set from the old cluster's current values, the files
-//! linked anew where they changed (or copied), sync, done.
+//! `pg-migrate cutover`: the old catalog compared with prepare's, the
+//! counters and horizons handed over, the files linked (what changed) or
+//! copied, and the guard against an old server started meanwhile.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-
-use pgm_catalog::fingerprint::{changed_tables, fingerprint, Fingerprint};
-use pgm_catalog::{Database, RelationQuery};
-use pgm_cluster::{ControlFile, DataDir, Server, ServerStatus};
-use pgm_transfer::RelationFiles;
-use pgm_verifier::CheckConfig;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-
-use super::{parallel, read_control, DatabasePlan, Engine, Failure, Finished, NextStep, Phase};
-use crate::cli::{Mode, Settings};
-use crate::journal::JournalView;
-use crate::report::Printer;
-use crate::rundir::RunDir;
-
-/// What prepare saw of the old cluster, saved for the cutover
-/// (`pg_migrate.d/prepared.json`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PreparedState {
-    /// The digest of the globals dump (see [`globals_digest`]).
-    pub globals_sha256: String,
-    pub shared: Fingerprint,
-    pub databases: Vec<PreparedDatabase>,
-    /// Every relation's first-segment paths, old and new (the cutover plans
-    /// the files again from these).
-    pub pairs: Vec<(PathBuf, PathBuf)>,
-    /// The scripts the finished upgrade writes, from prepare's catalog facts.
-    #[serde(default)]
-    pub reindex_sql: Option<String>,
-    #[serde(default)]
-    pub outdated_extensions: BTreeMap<String, Vec<String>>,
-    /// What of the old pg_control the new cluster was made to match: the
-    /// cutover refuses if it changed (pg_checksums, say).
-    #[serde(default)]
-    pub old_layout: Vec<(String, u64)>,
-    /// The new cluster's checkpoint when prepare hid it: if it differs at
-    /// the cutover, someone ran it.
-    #[serde(default)]
-    pub new_checkpoint_lsn: u64,
-}
-
-/// The pg_control fields an in-place upgrade needs the same on both sides.
-fn layout_of(control: &ControlFile) -> Vec<(String, u64)> {
-    vec![
-        (
-            "data checksums".into(),
-            u64::from(control.data_checksum_version),
-        ),
-        ("block size".into(), u64::from(control.block_size)),
-        ("segment size".into(), u64::from(control.relseg_size)),
-        ("WAL block size".into(), u64::from(control.wal_block_size)),
-        (
-            "WAL segment size".into(),
-            u64::from(control.wal_segment_size),
-        ),
-        ("alignment".into(), u64::from(control.max_align)),
-        (
-            "TOAST chunk size".into(),
-            u64::from(control.toast_max_chunk_size),
-        ),
-        ("system identifier".into(), control.system_identifier),
-    ]
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PreparedDatabase {
-    pub name: String,
-    pub oid: u32,
-    pub fingerprint: Fingerprint,
-    /// (oid, relfilenode, tablespace location) of every relation with files.
-    pub relations: Vec<(u32, u32, String)>,
-}
-
-const PREPARED: &str = "prepared.json";
-
-/// What the cutover reads of the old cluster besides the comparison: the
-/// freeze horizons the new cluster must take over.
-/// One database's (datfrozenxid, datminmxid), and per relation (oid,
-/// relfrozenxid, relminmxid).
-type DatabaseHorizons = ((String, String), Vec<(u32, String, String)>);
-
-#[derive(Debug, Default)]
-pub(super) struct Horizons {
-    /// Per database: (datfrozenxid, datminmxid) and per relation (oid,
-    /// relfrozenxid, relminmxid).
-    databases: BTreeMap<String, DatabaseHorizons>,
-}
-
-/// The SHA-256 of the globals dump's text, less `\restrict` /
-/// `\unrestrict` (a random key on every run of 18's pg_dumpall). Only the
-/// digest is kept: the dump holds the roles' password hashes, which must
-/// not stay in the new data directory (base backups and standbys copy it).
-pub fn globals_digest(path: &Path) -> Result<String, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new("dump_failed", format!("{}: {e}", path.display())))?;
-    let normalized = text
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    Ok(crate::after::sha256_hex(normalized.as_bytes()))
-}
-
-/// Opens a repeatable-read, read-only transaction on `client`, exports its
-/// snapshot for pg_dump, and fingerprints the catalog in it. The
-/// transaction stays open (the snapshot lives as long as it does): the
-/// caller commits once pg_dump is done.
-pub fn export_snapshot(
-    client: &mut postgres::Client,
-    database: &str,
-) -> Result<(String, Fingerprint), Failure> {
-    let sql_error = |e: postgres::Error| {
-        Failure::new(
-            "old_catalog_failed",
-            format!(
-                "database \"{database}\": {}",
-                pgm_cluster::describe_pg_error(&e)
-            ),
-        )
-    };
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .map_err(sql_error)?;
-    let snapshot: String = client
-        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-        .map_err(sql_error)?
-        .get(0);
-    let print =
-        fingerprint(client, database, false).map_err(|e| Failure::new("old_catalog_failed", e))?;
-    Ok((snapshot, print))
-}
+use super::*;
+use crate::engine::*;
 
 impl<'a> Engine<'a> {
-    /// prepare: the old server as it runs (attached through its socket),
-    /// or one started privately when the old cluster is stopped.
-    pub(super) fn old_server_live_or_private(&mut self) -> Result<Server, Failure> {
-        match self.report.kept_old.take() {
-            // The serving server, attached (and its lock table judged) before.
-            Some(server) if !server.is_owned() => return Ok(server),
-            Some(server) => {
-                self.report.kept_old = Some(server);
-                return self.old_server_for_dumps();
-            }
-            None => {}
-        }
-        if let Ok(ServerStatus::Running(pid)) = self.old_dir.server_status() {
-            let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
-                code: "server_running",
-                message: "the running old server listens on no unix socket".into(),
-                remedy: Some("set unix_socket_directories on the old server".into()),
-            })?;
-            let endpoint = pgm_cluster::server::Endpoint {
-                socket_dir,
-                port: pid.port.unwrap_or(5432),
-                user: self.settings.user.clone(),
-            };
-            let server = Server::attach(endpoint);
-            self.live_lock_budget(&server)?;
-            self.old_live = true;
-            return Ok(server);
-        }
-        // Stopped: started privately, with a lock table as large as the dump needs.
-        self.old_server_for_dumps()
-    }
-
-    /// A serving server cannot be restarted with a larger lock table: if
-    /// pg_dump's locks would not fit, it would fail, and so would the
-    /// application's own lock requests while it holds them.
-    fn live_lock_budget(&self, server: &Server) -> Result<(), Failure> {
-        let Some(per_transaction) = self.lock_slots_for_dump(server)? else {
-            return Ok(());
-        };
-        let mut largest: Vec<(String, i64)> = self
-            .report
-            .old
-            .catalog
-            .as_ref()
-            .map(|c| {
-                c.databases
-                    .iter()
-                    .filter_map(|d| Some((d.name.clone(), d.user_tables?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        largest.sort_by_key(|d| std::cmp::Reverse(d.1));
-        let named: Vec<String> = largest
-            .iter()
-            .take(self.settings.jobs.max(1))
-            .map(|(name, tables)| format!("\"{name}\" {tables} tables"))
-            .collect();
-        Err(Failure {
-            code: "lock_table_too_small",
-            message: format!(
-                "the serving old server's lock table cannot hold the locks prepare's pg_dump takes (one per ordinary or partitioned table of each of the {} databases dumped at a time: {}) beside the application's",
-                self.settings.jobs.max(1),
-                named.join(", ")
-            ),
-            remedy: Some(format!(
-                "nothing was changed; lower -j, or set max_locks_per_transaction = {per_transaction} on the old server (takes a restart), or run prepare with the old server stopped"
-            )),
-        })
-    }
-
-    /// Refusals of what prepare cannot carry, before anything is changed.
-    pub(super) fn prepare_gate(&mut self) -> Result<(), Failure> {
-        let server = self.old_server_live_or_private()?;
-        let row = server
-            .connect("template1")
-            .map_err(|e| Failure::new("old_catalog_failed", e))?
-            .query_one(
-                "SELECT (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(subname) ORDER BY 1)
-                           FROM pg_catalog.pg_subscription),
-                        (SELECT pg_catalog.array_agg(pg_catalog.format('%I (database %I)', slot_name, database) ORDER BY 1)
-                           FROM pg_catalog.pg_replication_slots
-                          WHERE slot_type = 'logical' AND NOT temporary)",
-                &[],
-            )
-            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
-        let (subscriptions, slots): (Option<Vec<String>>, Option<Vec<String>>) =
-            (row.get(0), row.get(1));
-        let (subscriptions, slots) = (subscriptions.unwrap_or_default(), slots.unwrap_or_default());
-        self.report.kept_old = Some(server);
-        // From 17 on, an upgrade carries each subscription's replication
-        // progress (its origin), which goes on advancing after prepare's
-        // dump recorded it (the cutover's copy would replay or skip
-        // changes). Before 17 no upgrade carries it: the online mode loses
-        // nothing an upgrade in one go would keep. Slots are made again
-        // only by an upgrade in one go.
-        let carries_progress = self.old_install.version.major.number() >= 17;
-        let mut what = Vec::new();
-        if !subscriptions.is_empty() && carries_progress {
-            what.push(format!(
-                "subscriptions {} (their replication progress moves on after prepare, and the prepared cluster would hold a stale one)",
-                subscriptions.join(", ")
-            ));
-        }
-        if !slots.is_empty() {
-            what.push(format!(
-                "logical replication slots {} (the online mode does not carry them)",
-                slots.join(", ")
-            ));
-        }
-        if !what.is_empty() {
-            return Err(Failure {
-                code: "prepare_not_possible",
-                message: format!("the old cluster has {}", what.join(" and ")),
-                remedy: Some("nothing was changed; upgrade in one go instead (pg-migrate without prepare/cutover)".into()),
-            });
-        }
-        Ok(())
-    }
-
-    /// The shared catalogs' fingerprint around `work` (the globals dump):
-    /// taken before and after, and `work` done again until they agree.
-    pub(super) fn shared_fingerprint(
-        &mut self,
-        server: &Server,
-        mut work: impl FnMut(&Engine<'a>) -> Result<(), Failure>,
-    ) -> Result<Fingerprint, Failure> {
-        let take = || -> Result<Fingerprint, Failure> {
-            let mut client = server
-                .connect("template1")
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
-            fingerprint(&mut client, "template1", true)
-                .map_err(|e| Failure::new("old_catalog_failed", e))
-        };
-        for _ in 0..5 {
-            let before = take()?;
-            work(self)?;
-            if take()? == before {
-                return Ok(before);
-            }
-        }
-        Err(Failure {
-            code: "old_cluster_changed",
-            message: "roles, tablespaces or databases kept changing while they were dumped".into(),
-            remedy: Some("run prepare again when they are quiet".into()),
-        })
-    }
-
-    pub(super) fn prepare_steps(&mut self) -> Result<Finished, Failure> {
-        self.prepare_gate()?;
-        if self.report.new_to_create {
-            self.step("create-new-cluster", Engine::create_new_cluster)?;
-        }
-        self.open_output()?;
-        self.publish_interrupt_status();
-        if self.settings.backup_dir.is_some() {
-            self.step("backup", Engine::backup)?;
-        }
-        self.step("dump-old", Engine::dump_old)?;
-        self.step("prepare-new", Engine::prepare_new)?;
-        self.step("handover-counters", Engine::handover_counters)?;
-        self.step("restore-schema", Engine::restore_schema)?;
-        self.step("freeze-catalogs", Engine::freeze_catalogs)?;
-        self.step("match-relations", Engine::match_relations)?;
-        if self.settings.mode == Mode::Link {
-            self.step("link-ahead", Engine::transfer)?;
-        }
-        // The prepared cluster may wait days for its cutover: on disk first.
-        if !self.settings.no_sync {
-            self.step("sync", Engine::sync)?;
-        }
-        self.step("hide-new", Engine::hide_new)?;
-        let new = self.new_dir().path.clone();
-        let next_steps = vec![
-            NextStep {
-                done_by: None,
-                text: format!(
-                    "in the maintenance window, stop the old server and run: pg-migrate cutover -D {} (or let it stop the server: add --stop-old)",
-                    super::quote(&new)
-                ),
-            },
-            NextStep {
-                done_by: None,
-                text: "until then, no DDL, role or tablespace change, large-object creation or removal, TRUNCATE, VACUUM FULL, CLUSTER, REINDEX or sequence RESTART on the old cluster: the cutover would refuse (ordinary reads and writes are fine)".into(),
-            },
-            NextStep {
-                done_by: None,
-                text: format!(
-                    "to give up instead: pg-migrate discard -D {}",
-                    super::quote(&new)
-                ),
-            },
-        ];
-        let logs = self.cleanup_output();
-        Ok(Finished {
-            next_steps,
-            backup: self.backup.clone(),
-            reindex_script: None,
-            scripts: Vec::new(),
-            databases: self.databases.len(),
-            relations: self.relations,
-            files: self.transferred.0,
-            files_copied_ahead: 0,
-            bytes: self.transferred.1,
-            logs,
-        })
-    }
-
-    /// Every catalog table of every database of the new cluster frozen,
-    /// and proven so: right after, no relation that is not a user's has a
-    /// horizon older than the next transaction or multixact (age 0). The
-    /// proof comes last: nothing may take a transaction id after it.
-    /// template0 is left alone: initdb made it frozen, and nothing writes
-    /// to it (pg-migrate changes only its row in the shared pg_database).
-    fn freeze_catalogs(&mut self) -> Result<(), Failure> {
-        let server = self.start_new()?;
-        let q = |db: &str, e: postgres::Error| {
-            Failure::new(
-                "freeze_failed",
-                format!("database \"{db}\": {}", pgm_cluster::describe_pg_error(&e)),
-            )
-        };
-        let databases: Vec<String> = server
-            .connect("template1")
-            .map_err(|e| Failure::new("freeze_failed", e))?
-            .query(
-                "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn ORDER BY oid",
-                &[],
-            )
-            .map_err(|e| q("template1", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let skip = pgm_cluster::faults::freeze_skipped();
-        parallel(&databases, self.settings.jobs, |name| {
-            let mut client = server
-                .connect(name)
-                .map_err(|e| Failure::new("freeze_failed", e))?;
-            let tables: Vec<String> = client
-                .query(
-                    "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
-                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                      WHERE c.oid < 16384 AND c.relkind IN ('r', 'm') ORDER BY c.oid",
-                    &[],
-                )
-                .map_err(|e| q(name, e))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            for table in tables {
-                if skip {
-                    break;
-                }
-                client
-                    .batch_execute(&format!("VACUUM (FREEZE) {table}"))
-                    .map_err(|e| q(name, e))?;
-            }
-            Ok(())
-        })?;
-        pgm_cluster::faults::point(|| "freeze-catalogs:frozen".into());
-        let mut unfrozen = Vec::new();
-        for name in &databases {
-            let mut client = server
-                .connect(name)
-                .map_err(|e| Failure::new("freeze_failed", e))?;
-            for row in client
-                .query(
-                    "SELECT c.oid::pg_catalog.regclass::text, pg_catalog.age(c.relfrozenxid),
-                            pg_catalog.mxid_age(c.relminmxid)
-                       FROM pg_catalog.pg_class c
-                      WHERE c.oid < 16384 AND c.relkind IN ('r', 'm', 't')
-                        AND (pg_catalog.age(c.relfrozenxid) <> 0
-                             OR pg_catalog.mxid_age(c.relminmxid) <> 0)
-                      ORDER BY c.oid",
-                    &[],
-                )
-                .map_err(|e| q(name, e))?
-            {
-                unfrozen.push(format!(
-                    "{name}: {} (age {}, multixact age {})",
-                    row.get::<_, String>(0),
-                    row.get::<_, i32>(1),
-                    row.get::<_, i32>(2)
-                ));
-            }
-        }
-        if !unfrozen.is_empty() && !pgm_cluster::faults::freeze_proof_skipped() {
-            let shown: Vec<String> = unfrozen.iter().take(10).cloned().collect();
-            return Err(Failure {
-                code: "freeze_failed",
-                message: format!(
-                    "{} catalog relations of the new cluster are not proven frozen: {}",
-                    unfrozen.len(),
-                    shown.join(", ")
-                ),
-                remedy: Some("run the same prepare again (it starts over); nothing was done to the old cluster".into()),
-            });
-        }
-        if let Some(journal) = self.journal.as_mut() {
-            journal
-                .record("frozen", json!({ "databases": databases }))
-                .map_err(|e| Failure::new("journal_failed", e))?;
-        }
-        server
-            .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
-    }
-
-    /// The new pg_control goes out of the way (nobody may start a cluster
-    /// that shares files with a live one), and what prepare saw is saved.
-    fn hide_new(&mut self) -> Result<(), Failure> {
-        self.prepared.reindex_sql = self.reindex_sql();
-        self.prepared.outdated_extensions = self.outdated_extensions.clone();
-        self.prepared.old_layout = layout_of(&self.old_control);
-        self.prepared.new_checkpoint_lsn = read_control(&self.new_dir().path)?.checkpoint_lsn;
-        let dir = crate::journal::dir(&self.new_dir().path);
-        let path = dir.join(PREPARED);
-        let tmp = dir.join(format!("{PREPARED}.tmp"));
-        let fail =
-            |e: std::io::Error| Failure::new("journal_failed", format!("{}: {e}", tmp.display()));
-        let text =
-            serde_json::to_vec(&self.prepared).map_err(|e| Failure::new("journal_failed", e))?;
-        std::fs::write(&tmp, text).map_err(fail)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(fail)?;
-        std::fs::rename(&tmp, &path).map_err(fail)?;
-        if let Some(dir) = path.parent() {
-            super::sync_dir(dir).map_err(|e| Failure::new("journal_failed", e))?;
-        }
-        let global = self.new_dir().path.join("global");
-        if global.join("pg_control").exists() {
-            std::fs::rename(
-                global.join("pg_control"),
-                global.join("pg_control.prepared"),
-            )
-            .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", global.display())))?;
-        }
-        std::fs::File::open(&global)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", global.display())))
-    }
-
     /// An engine for the cutover of a prepared upgrade in `-D`.
     pub fn for_cutover(
         settings: &'a Settings,
@@ -544,19 +53,19 @@ impl<'a> Engine<'a> {
                     message: "the prepared new cluster has been started since prepare (its pg_control was renamed back by hand?)".into(),
                     remedy: Some(format!(
                         "throw it away (pg-migrate discard -D {}) and prepare again",
-                        super::quote(&engine.new_dir().path)
+                        crate::engine::quote(&engine.new_dir().path)
                     )),
                 });
             }
         }
         engine.outdated_extensions = prepared.outdated_extensions.clone();
-        engine.tablespaces = crate::upgrade::saved_tablespaces(&engine.new_dir().path);
+        engine.tablespaces = crate::engine::saved_tablespaces(&engine.new_dir().path);
         engine.relations = prepared.databases.iter().map(|d| d.relations.len()).sum();
         engine.prepared = prepared;
         Ok(engine)
     }
 
-    pub(super) fn cutover_steps(&mut self) -> Result<Finished, Failure> {
+    pub(in crate::engine) fn cutover_steps(&mut self) -> Result<Finished, Failure> {
         // Until the counters are handed over nothing is irreversible: the
         // old catalog is checked (again) and the cutover begins afresh.
         // After that it can only go on, and only if the old cluster has
@@ -584,7 +93,7 @@ impl<'a> Engine<'a> {
                     message: format!("the old cluster has run since this cutover verified it: the new cluster cannot be finished from it ({})", if running { "it is running" } else { changes.as_str() }),
                     remedy: Some(format!(
                         "stop it; throw the half-made cluster away (pg-migrate revert -D {}) and prepare again",
-                        super::quote(&self.new_dir().path)
+                        crate::engine::quote(&self.new_dir().path)
                     )),
                 });
             }
@@ -622,7 +131,7 @@ impl<'a> Engine<'a> {
     /// The old catalog as prepare saw it, or a refusal that lists what
     /// changed; the old cluster's current freeze horizons otherwise. The old
     /// server is started privately and stopped again; nothing else changes.
-    fn verify_unchanged(&mut self) -> Result<Horizons, Failure> {
+    pub(in crate::engine) fn verify_unchanged(&mut self) -> Result<Horizons, Failure> {
         self.printer.emit(&crate::report::Event::StepStart {
             step: "verify-unchanged",
         });
@@ -636,7 +145,7 @@ impl<'a> Engine<'a> {
         result
     }
 
-    fn compare_with_prepared(&mut self) -> Result<Horizons, Failure> {
+    pub(in crate::engine) fn compare_with_prepared(&mut self) -> Result<Horizons, Failure> {
         let server = self.start_old()?;
         let mut changes: Vec<String> = Vec::new();
         // Roles, tablespaces and the other shared catalogs.
@@ -798,7 +307,7 @@ impl<'a> Engine<'a> {
                 ),
                 remedy: Some(format!(
                     "nothing was changed; the old cluster can be started as before. Throw the prepared cluster away and prepare again: pg-migrate discard -D {0}, then pg-migrate prepare",
-                    super::quote(&self.new_dir().path)
+                    crate::engine::quote(&self.new_dir().path)
                 )),
             });
         }
@@ -818,14 +327,14 @@ impl<'a> Engine<'a> {
                 message: format!("the old cluster's pg_control changed since prepare: {}", changed.join("; ")),
                 remedy: Some(format!(
                     "nothing was changed; throw the prepared cluster away (pg-migrate discard -D {}) and prepare again",
-                    super::quote(&self.new_dir().path)
+                    crate::engine::quote(&self.new_dir().path)
                 )),
             });
         }
         Ok(horizons)
     }
 
-    fn horizons_json(&self) -> serde_json::Value {
+    pub(in crate::engine) fn horizons_json(&self) -> serde_json::Value {
         let Some(horizons) = &self.horizons else {
             return json!({});
         };
@@ -838,7 +347,7 @@ impl<'a> Engine<'a> {
     }
 
     /// The horizons recorded by an earlier run of this cutover.
-    fn horizons_from_journal(&self) -> Option<Horizons> {
+    pub(in crate::engine) fn horizons_from_journal(&self) -> Option<Horizons> {
         let view = JournalView::read(&self.new_dir().path)?;
         let record = view.last("horizons")?;
         let mut horizons = Horizons::default();
@@ -871,7 +380,7 @@ impl<'a> Engine<'a> {
     /// The old server is still stopped and its pg_control the one the
     /// cutover verified (a start, even one stopped with `-m immediate`,
     /// rewrites it).
-    pub(super) fn old_still_as_verified(&self) -> Result<(), Failure> {
+    pub(in crate::engine) fn old_still_as_verified(&self) -> Result<(), Failure> {
         let running = !matches!(self.old_dir.server_status(), Ok(ServerStatus::Stopped));
         let now = read_control(&self.old_dir.path)?;
         if running || now.stamp() != self.old_control.stamp() {
@@ -881,12 +390,12 @@ impl<'a> Engine<'a> {
     }
 
     /// The refusal when the old server ran after the cutover verified it.
-    pub(super) fn old_changed_since_verified(&self, now: &ControlFile) -> Failure {
+    pub(in crate::engine) fn old_changed_since_verified(&self, now: &ControlFile) -> Failure {
         let changes = now.stamp().changes_since(&self.old_control.stamp());
         let remedy = if self.new_touched {
             format!(
                 "stop it (and whatever restarts it); throw the half-made cluster away (pg-migrate revert -D {}) and prepare again",
-                super::quote(&self.new_dir().path)
+                crate::engine::quote(&self.new_dir().path)
             )
         } else {
             "stop it (and whatever restarts it), then run the cutover again: it checks the old cluster anew".into()
@@ -905,7 +414,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn unhide_new(&mut self) -> Result<(), Failure> {
+    pub(in crate::engine) fn unhide_new(&mut self) -> Result<(), Failure> {
         let global = self.new_dir().path.join("global");
         let hidden = global.join("pg_control.prepared");
         if hidden.exists() {
@@ -914,14 +423,14 @@ impl<'a> Engine<'a> {
             })?;
         }
         // Durable before the step is journalled as done.
-        super::sync_dir(&global).map_err(|e| Failure::new("handover_failed", e))
+        crate::engine::sync_dir(&global).map_err(|e| Failure::new("handover_failed", e))
     }
 
     /// The new cluster's horizons from the old cluster's: every catalog
     /// relation (all frozen) and every database from the next transaction
     /// and multixact, then each carried relation and database from the old
     /// cluster's current values; one pass per database, `-j` at a time.
-    fn set_horizons(&mut self) -> Result<(), Failure> {
+    pub(in crate::engine) fn set_horizons(&mut self) -> Result<(), Failure> {
         let horizons = match self.horizons.take() {
             Some(h) => h,
             None => self.horizons_from_journal().ok_or_else(|| {
@@ -1031,7 +540,7 @@ impl<'a> Engine<'a> {
     /// still linked to the same inode stays, a new one (a segment, a fork)
     /// is linked, a name the old cluster no longer has goes; copy and clone
     /// modes copy or clone everything now.
-    fn transfer_at_cutover(&mut self) -> Result<(), Failure> {
+    pub(in crate::engine) fn transfer_at_cutover(&mut self) -> Result<(), Failure> {
         let pairs: Vec<RelationFiles> = self
             .prepared
             .pairs

@@ -1,0 +1,406 @@
+//! The commands, one file each (like uv's `commands/`): what each does
+//! with the settings, and the reporting they share: the summary, refusals
+//! and early failures (every one an `error` event and a `summary`).
+
+use std::time::Instant;
+
+use crate::cli::{self, Action, Settings};
+use crate::engine;
+use crate::exit;
+use crate::recovery;
+use crate::report::{self, ClusterStates, Event, Printer};
+use crate::rundir::RunDir;
+use crate::{after, backup};
+
+mod cutover;
+mod prepare;
+mod resume;
+mod revert;
+mod upgrade;
+
+pub(crate) use self::upgrade::{run_command, run_from_journal, FromJournal};
+
+pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Instant) -> i32 {
+    let printer = Printer::new(options.json);
+    let name = action.name();
+    if nix::unistd::geteuid().is_root() {
+        return fail_early(
+            &printer,
+            started,
+            name,
+            "running_as_root",
+            "pg-migrate cannot be run as root".into(),
+            "run it as the operating-system user that owns the clusters, e.g. sudo -u postgres pg-migrate …",
+            exit::USAGE,
+        );
+    }
+    let journal = if matches!(
+        action,
+        Action::Resume
+            | Action::Revert
+            | Action::PostUpgrade
+            | Action::Cutover
+            | Action::Discard
+            | Action::Verify
+    ) {
+        match recovery::fill_from_journal(
+            &mut options,
+            matches!(action, Action::Resume | Action::Cutover),
+        ) {
+            Ok(view) => Some(view),
+            Err(r) if r.code == "no_journal" => {
+                return no_journal(&printer, started, name, &options, r)
+            }
+            Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
+        }
+    } else {
+        None
+    };
+    let settings = match options.resolve(action) {
+        Ok(settings) => settings,
+        Err(e) => {
+            return fail_early(
+                &printer,
+                started,
+                name,
+                "usage",
+                e.message,
+                &e.remedy,
+                exit::USAGE,
+            )
+        }
+    };
+    if settings.verbose {
+        let verbose_printer = Printer::new(false);
+        pgm_cluster::command::set_observer(move |record| {
+            verbose_printer.say(&format!(
+                "$ {}   ({} ms{})",
+                record.command_line,
+                record.duration.as_millis(),
+                if record.success { "" } else { ", failed" }
+            ));
+        });
+    }
+    let _lock = match recovery::lock(&settings) {
+        Ok(lock) => lock,
+        Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
+    };
+    crate::signals::install(settings.json, started, name);
+    match (action, journal) {
+        (Action::Revert, Some(view)) => {
+            revert::run_revert(&settings, &printer, started, &view, "revert")
+        }
+        (Action::Discard, Some(view)) => {
+            if !view.is_online() {
+                return fail_early(
+                    &printer,
+                    started,
+                    "discard",
+                    "usage",
+                    format!(
+                        "{} holds no prepared upgrade",
+                        settings.new_datadir.display()
+                    ),
+                    "to undo an upgrade made in one go, use pg-migrate revert",
+                    exit::USAGE,
+                );
+            }
+            revert::run_revert(&settings, &printer, started, &view, "discard")
+        }
+        (Action::Cutover, Some(view)) => cutover::run_cutover(&settings, &printer, started, &view),
+        (Action::Prepare, _) => prepare::run_prepare(&settings, &printer, started),
+        (Action::Resume, Some(view)) => resume::run_resume(&settings, &printer, started, &view),
+        (Action::PostUpgrade | Action::Verify, Some(view)) => {
+            after::run_post_upgrade(&settings, &printer, started, &view, name)
+        }
+        (Action::Backup, _) => backup::run_backup(&settings, &printer, started),
+        (Action::Restore, _) => backup::run_restore(&settings, &printer, started),
+        _ => {
+            if let Err(r) = recovery::refuse_unfinished(&settings) {
+                return refuse(&printer, started, name, r, exit::USAGE);
+            }
+            if action == Action::Upgrade {
+                if let Some(dir) = &settings.backup_dir {
+                    if let Some(r) = backup::refuse_backup_dir(
+                        dir,
+                        &[&settings.old_datadir, &settings.new_datadir],
+                    ) {
+                        return fail_with(&printer, started, name, r, exit::USAGE);
+                    }
+                }
+                recovery::archive_reverted_journal(&settings.new_datadir);
+            }
+            // A pg-migrate killed during its checks may have left a server of
+            // its own running; with the lock held, it can be stopped.
+            let _ = recovery::stop_leftover_servers(&settings, None);
+            upgrade::run_command(&settings, &printer, started, false, engine::Phase::Full)
+        }
+    }
+}
+
+/// `resume`, `revert` (and the other commands that continue a journal)
+/// where there is none: no upgrade began in `-D`, but a pg-migrate killed
+/// during its checks may have left its servers running; they are stopped,
+/// and the report says so.
+pub(crate) fn no_journal(
+    printer: &Printer,
+    started: Instant,
+    name: &'static str,
+    options: &cli::Options,
+    mut r: recovery::Refusal,
+) -> i32 {
+    let base = options.socketdir.clone().unwrap_or_else(std::env::temp_dir);
+    let datadirs: Vec<&std::path::Path> = [&options.new_datadir, &options.old_datadir]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+    let (stopped, failed) = recovery::stop_abandoned_servers(&base, &datadirs);
+    let is_new = |p: &std::path::PathBuf| {
+        options
+            .new_datadir
+            .as_ref()
+            .and_then(|n| std::fs::canonicalize(n).ok())
+            .is_some_and(|n| std::fs::canonicalize(p).is_ok_and(|p| p == n))
+    };
+    let state = |stopped_one: bool| {
+        if stopped_one {
+            "started_and_stopped"
+        } else {
+            "unchanged"
+        }
+    };
+    r.clusters = Some(ClusterStates {
+        old: state(stopped.iter().any(|p| !is_new(p))),
+        new: state(stopped.iter().any(is_new)),
+    });
+    if !stopped.is_empty() {
+        r.message.push_str(&format!(
+            "; an interrupted pg-migrate had left its servers running, now stopped cleanly: {}",
+            stopped
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        r.message.push_str(&format!(
+            "; servers an interrupted pg-migrate left running could not be stopped: {}",
+            failed.join("; ")
+        ));
+        r.remedy =
+            "stop those servers (pg_ctl -D DIR stop -m fast), then run the upgrade again".into();
+    }
+    refuse(printer, started, name, r, exit::USAGE)
+}
+
+pub(crate) fn make_run_dir(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    name: &'static str,
+) -> Result<RunDir, i32> {
+    RunDir::create(
+        &settings.socket_base,
+        settings.log_dir.as_deref(),
+        (&settings.old_datadir, &settings.new_datadir),
+    )
+    .map_err(|e| {
+        let (message, remedy) = match &settings.log_dir {
+            Some(dir) => (
+                format!(
+                    "cannot make a private directory in {} or a log directory in {}: {e}",
+                    settings.socket_base.display(),
+                    dir.display()
+                ),
+                "pass writable directories with -s/--socketdir and --log-dir",
+            ),
+            None => (
+                format!(
+                    "cannot make a private directory in {}: {e}",
+                    settings.socket_base.display()
+                ),
+                "pass a writable directory with -s/--socketdir",
+            ),
+        };
+        fail_early(
+            printer,
+            started,
+            name,
+            "run_dir_failed",
+            message,
+            remedy,
+            exit::USAGE,
+        )
+    })
+}
+
+pub(crate) fn mode_flag(mode: cli::Mode) -> &'static str {
+    match mode {
+        cli::Mode::Link => " --link",
+        cli::Mode::Clone => " --clone",
+        cli::Mode::CopyFileRange => " --copy-file-range",
+        cli::Mode::Swap => " --swap",
+        cli::Mode::Copy => "",
+    }
+}
+
+/// What the final summary event reports.
+pub(crate) struct Summary {
+    command: &'static str,
+    exit_code: i32,
+    checks: Option<report::CheckCounts>,
+    versions: (Option<String>, Option<String>),
+    next_steps: Vec<String>,
+    upgrade: Option<report::UpgradeCounts>,
+    backup: Option<report::BackupCounts>,
+    after: Option<Vec<report::AfterStep>>,
+    logs: Option<String>,
+    result: Option<&'static str>,
+}
+
+impl Summary {
+    fn new(command: &'static str, exit_code: i32) -> Summary {
+        Summary {
+            command,
+            exit_code,
+            checks: None,
+            versions: (None, None),
+            next_steps: Vec::new(),
+            upgrade: None,
+            backup: None,
+            after: None,
+            logs: None,
+            result: None,
+        }
+    }
+}
+
+pub(crate) fn summarize(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    run_dir: RunDir,
+    summary: Summary,
+) -> i32 {
+    let kept = run_dir.kept_logs(settings.retain, summary.exit_code != exit::SUCCESS);
+    // Logs the user named (--log-dir) are where the summary points.
+    let logs = if settings.log_dir.is_some() {
+        kept
+    } else {
+        summary.logs.or(kept)
+    };
+    printer.emit(&Event::Summary {
+        command: summary.command,
+        result: summary.result.unwrap_or(match summary.exit_code {
+            exit::SUCCESS => "ok",
+            exit::CHECKS_FAILED => "checks_failed",
+            _ => "error",
+        }),
+        exit_code: summary.exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks: summary.checks,
+        old_version: summary.versions.0,
+        new_version: summary.versions.1,
+        upgrade: summary.upgrade,
+        backup: summary.backup,
+        restore: None,
+        after: summary.after,
+        logs,
+        next_steps: summary.next_steps,
+    });
+    summary.exit_code
+}
+
+/// Reports a refusal (nothing was done) and the summary.
+pub(crate) fn refuse(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    r: recovery::Refusal,
+    exit_code: i32,
+) -> i32 {
+    let clusters = r.clusters.unwrap_or(ClusterStates {
+        old: "unchanged",
+        new: "unchanged",
+    });
+    fail_leaving(
+        printer, started, command, r.code, r.message, &r.remedy, exit_code, clusters,
+    )
+}
+
+/// `fail_early` for a failure the engine's helpers returned.
+pub(crate) fn fail_with(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    failure: engine::Failure,
+    exit_code: i32,
+) -> i32 {
+    fail_early(
+        printer,
+        started,
+        command,
+        failure.code,
+        failure.message,
+        &failure.remedy.unwrap_or_default(),
+        exit_code,
+    )
+}
+
+/// Reports an error found before any cluster was changed, and the summary.
+pub(crate) fn fail_early(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    code: &'static str,
+    message: String,
+    remedy: &str,
+    exit_code: i32,
+) -> i32 {
+    let unchanged = ClusterStates {
+        old: "unchanged",
+        new: "unchanged",
+    };
+    fail_leaving(
+        printer, started, command, code, message, remedy, exit_code, unchanged,
+    )
+}
+
+/// Reports an error that leaves the clusters as `clusters` says, and the summary.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fail_leaving(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    code: &'static str,
+    message: String,
+    remedy: &str,
+    exit_code: i32,
+    clusters: ClusterStates,
+) -> i32 {
+    printer.emit(&Event::Error {
+        code,
+        message,
+        remedy: Some(remedy.to_string()),
+        causes: Vec::new(),
+        clusters,
+    });
+    printer.emit(&Event::Summary {
+        command,
+        result: "error",
+        exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks: None,
+        old_version: None,
+        new_version: None,
+        upgrade: None,
+        backup: None,
+        restore: None,
+        after: None,
+        logs: None,
+        next_steps: Vec::new(),
+    });
+    exit_code
+}

@@ -1,0 +1,111 @@
+//! `pg-migrate resume`: finishes an interrupted upgrade.
+
+use std::time::Instant;
+
+use crate::cli::Settings;
+use crate::engine;
+use crate::exit;
+use crate::journal;
+use crate::recovery;
+use crate::report::Printer;
+
+use super::*;
+
+/// `pg-migrate resume`: finishes an interrupted upgrade. Once the relation
+/// map was saved, the remaining steps continue where they stopped; before
+/// that, the new cluster returns to its pristine state and the upgrade runs
+/// again from its checks.
+pub(crate) fn run_resume(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    view: &journal::JournalView,
+) -> i32 {
+    let name = "resume";
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+    }
+    match journal::read_state(&settings.new_datadir) {
+        Some(journal::State::Complete) => {
+            return fail_early(
+                printer,
+                started,
+                name,
+                "already_upgraded",
+                format!(
+                    "the upgrade into {} already finished",
+                    settings.new_datadir.display()
+                ),
+                "start the new cluster",
+                exit::USAGE,
+            )
+        }
+        Some(journal::State::Prepared) => {
+            return fail_early(
+                printer,
+                started,
+                name,
+                "already_prepared",
+                format!(
+                    "{} holds a prepared upgrade, finished by its cutover",
+                    settings.new_datadir.display()
+                ),
+                &format!(
+                    "pg-migrate cutover -D {}",
+                    engine::quote(&settings.new_datadir)
+                ),
+                exit::USAGE,
+            )
+        }
+        Some(journal::State::Reverted) => {
+            return fail_early(
+                printer,
+                started,
+                name,
+                "already_reverted",
+                format!(
+                    "the upgrade into {} was reverted",
+                    settings.new_datadir.display()
+                ),
+                "run the upgrade again to start afresh",
+                exit::USAGE,
+            )
+        }
+        _ => {}
+    }
+    if view.revert_started() {
+        return fail_early(
+            printer,
+            started,
+            name,
+            "unfinished_revert",
+            format!(
+                "a revert of the upgrade into {} began and did not finish",
+                settings.new_datadir.display()
+            ),
+            &format!(
+                "finish it: pg-migrate revert -D {} (every part of it can be repeated)",
+                engine::quote(&settings.new_datadir)
+            ),
+            exit::FAILED_NEEDS_RECOVERY,
+        );
+    }
+    let done = view.done_steps();
+    if done.contains("match-relations") {
+        if let Err(r) = recovery::refuse_late_resume(settings, view) {
+            return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+        }
+        return run_from_journal(
+            settings,
+            printer,
+            started,
+            name,
+            view,
+            FromJournal::LateResume,
+        );
+    }
+    if let Err(r) = recovery::reset_new_cluster(settings) {
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+    }
+    run_command(settings, printer, started, true, engine::Phase::Full)
+}

@@ -1,0 +1,74 @@
+//! `pg-migrate revert` (and `discard`): the old cluster as before the
+//! upgrade, the new one as initdb made it.
+
+use std::time::Instant;
+
+use crate::cli::Settings;
+use crate::exit;
+use crate::journal;
+use crate::recovery;
+use crate::report::{Event, Printer};
+
+use super::*;
+
+/// `pg-migrate revert`: the old cluster as before the upgrade, the new one as
+/// initdb made it.
+pub(crate) fn run_revert(
+    settings: &Settings,
+    printer: &Printer,
+    started: Instant,
+    view: &journal::JournalView,
+    name: &'static str,
+) -> i32 {
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+        return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
+    }
+    match recovery::revert(settings, view) {
+        Ok(reverted) => {
+            let mut next_steps = Vec::new();
+            if reverted.renamed_control_back {
+                next_steps.push(format!(
+                    "the old cluster's global/pg_control is back in place; start it as before: {} -D {} start",
+                    settings.old_bindir.join("pg_ctl").display(),
+                    settings.old_datadir.display()
+                ));
+            } else {
+                next_steps.push(format!(
+                    "the old cluster was never disabled; start it as before: {} -D {} start",
+                    settings.old_bindir.join("pg_ctl").display(),
+                    settings.old_datadir.display()
+                ));
+            }
+            next_steps.push(format!(
+                "the new cluster {} is back as initdb made it; run the upgrade again when ready, or remove it",
+                settings.new_datadir.display()
+            ));
+            printer.emit(&Event::Summary {
+                command: name,
+                result: "reverted",
+                exit_code: exit::SUCCESS,
+                duration_ms: started.elapsed().as_millis() as u64,
+                checks: None,
+                old_version: None,
+                new_version: None,
+                upgrade: None,
+                backup: None,
+                restore: None,
+                after: None,
+                logs: None,
+                next_steps,
+            });
+            exit::SUCCESS
+        }
+        Err(r) => {
+            // Refusals that change nothing are usage-class; the others leave
+            // an upgrade that still needs resolving.
+            let code = match r.code {
+                "already_reverted" => exit::USAGE,
+                "reset_failed" => exit::FAILED_OLD_INTACT,
+                _ => exit::FAILED_NEEDS_RECOVERY,
+            };
+            refuse(printer, started, name, r, code)
+        }
+    }
+}

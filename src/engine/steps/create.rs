@@ -1,0 +1,123 @@
+//! `create-new-cluster` (initdb a new cluster that matches the old one, then
+//! the checks that waited for it) and what every run opens first: its output
+//! directory, the journal, the new cluster's pristine archive.
+
+use crate::engine::*;
+
+impl<'a> Engine<'a> {
+    /// initdb a new cluster that matches the old one, then run the checks
+    /// that had to wait for it.
+    pub(in crate::engine) fn create_new_cluster(&mut self) -> Result<(), Failure> {
+        let mut words = pgm_verifier::matching_initdb(&self.config, &self.report);
+        words.extend(initdb_auth(self.printer, &self.settings.user));
+        // The whole cluster is synced at the end.
+        words.push("--no-sync".to_string());
+        let command_line = words
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.printer.emit(&Event::Initdb {
+            command: command_line.clone(),
+            datadir: self.settings.new_datadir.display().to_string(),
+        });
+        // initdb writes into a sibling directory that is renamed into place, so
+        // that an interrupted initdb never leaves a half-made cluster at -D.
+        let target = self.settings.new_datadir.clone();
+        let staging = PathBuf::from(format!("{}.pg-migrate-initdb", target.display()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| {
+                Failure::new("initdb_failed", format!("{}: {e}", staging.display()))
+            })?;
+        }
+        let mut args = words[1..].to_vec();
+        if let Some(at) = args.iter().position(|w| w == "-D") {
+            args[at + 1] = staging.display().to_string();
+        }
+        PgCommand::new(&words[0])
+            .args(&args)
+            .run()
+            .map_err(|e| Failure::new("initdb_failed", e))?;
+        std::fs::rename(&staging, &target)
+            .map_err(|e| Failure::new("initdb_failed", format!("{}: {e}", target.display())))?;
+        self.created_new = true;
+        let printer = self.printer;
+        let ok = pgm_verifier::check_created_new(&self.config, &mut self.report, &mut |f| {
+            printer.emit(&crate::check::check_event(f))
+        });
+        if !ok {
+            return Err(Failure {
+                code: "new_cluster_mismatch",
+                message: "the new cluster pg-migrate created does not pass the checks (see the failed check events)".into(),
+                remedy: Some(format!(
+                    "remove {} and use a new installation built like the old one",
+                    self.settings.new_datadir.display()
+                )),
+            });
+        }
+        self.new_dir = self.report.new.datadir.clone();
+        Ok(())
+    }
+
+    /// `<new>/pg_migrate.d/`: the journal, the state file, the pristine copy
+    /// of the new cluster, and per run the logs and dumps.
+    pub(in crate::engine) fn open_output(&mut self) -> Result<(), Failure> {
+        let new_path = self.new_dir().path.clone();
+        let base = crate::journal::dir(&new_path);
+        let output = base.join(format!("run-{}", now_ms()));
+        let fail = |e: std::io::Error| {
+            Failure::new("output_dir_failed", format!("{}: {e}", base.display()))
+        };
+        for sub in ["log", "dump"] {
+            std::fs::create_dir_all(output.join(sub)).map_err(fail)?;
+        }
+        crate::journal::remove_staged_copies(&new_path);
+        let first = JournalView::read(&new_path)
+            .and_then(|j| j.plan().cloned())
+            .is_none();
+        let run = json!({ "run_dir": self.run_dir.path(), "output": output, "pid": std::process::id(), "resuming": self.resuming });
+        let journal = if first {
+            // What recovery needs is durable before the journal appears:
+            // first the new cluster as initdb made it, then the journal
+            // with its plan, whole, then the state.
+            crate::journal::save_pristine(&new_path).map_err(fail)?;
+            pgm_cluster::faults::point(|| "open-output:pristine-saved".into());
+            let plan = json!({
+                "mode": self.settings.mode,
+                "method": self.settings.method,
+                "phase": if self.phase == Phase::Prepare { "prepare" } else { "full" },
+                "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
+                "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
+                "user": self.settings.user,
+                "jobs": self.settings.jobs,
+                "created_new": self.created_new,
+                // What a resume must still do as asked.
+                "backup_dir": self.settings.backup_dir,
+                "log_dir": self.settings.log_dir,
+                "after": {
+                    "carry_config": self.settings.after.carry_config,
+                    "update_extensions": self.settings.after.update_extensions,
+                    "reindex_collation": self.settings.after.reindex_collation,
+                    "post_upgrade": self.settings.after.post_upgrade,
+                    "analyze": self.settings.after.analyze,
+                    "verify": self.settings.after.verify,
+                },
+            });
+            Journal::create(&new_path, &[("plan", plan), ("run", run)])
+                .map_err(|e| Failure::new("journal_failed", e))?
+        } else {
+            let mut journal =
+                Journal::open(&new_path).map_err(|e| Failure::new("journal_failed", e))?;
+            journal
+                .record("run", run)
+                .map_err(|e| Failure::new("journal_failed", e))?;
+            journal
+        };
+        pgm_cluster::faults::point(|| "open-output:journal-made".into());
+        crate::journal::write_state(&new_path, State::Upgrading)
+            .map_err(|e| Failure::new("journal_failed", e))?;
+        self.journal = Some(journal);
+        self.output = Some(output);
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! `restore-schema`: the globals and every database's schema restored in
+//! binary-upgrade mode, the new relation map read, logical slots made again.
+
+use crate::engine::*;
+
+impl<'a> Engine<'a> {
+    /// New server up: frozen horizons set to the old next XID, globals and
+    /// every database's schema restored (template1 first, then `-j` at a
+    /// time), the new relation map read.
+    pub(in crate::engine) fn restore_schema(&mut self) -> Result<(), Failure> {
+        let server = self.start_new()?;
+        // prepare: the horizons follow the old cluster's counters only at
+        // the cutover (every catalog row is frozen before then).
+        if self.phase != Phase::Prepare {
+            pgm_catalog::set_frozen_xids(
+                |db| server.connect(db),
+                self.old_control.next_xid,
+                self.old_control.next_multixact,
+            )
+            .map_err(|e| Failure::new("restore_failed", e))?;
+        }
+        let conn = self.client_conn(false);
+        pgm_catalog::restore_globals(
+            &self.new_install,
+            &conn,
+            &self.output().join("dump/globals.sql"),
+            &self.log("globals.log"),
+        )
+        .map_err(|e| Failure::new("restore_failed", e))?;
+        // Databases are created with the FILE_COPY strategy, whose checkpoints
+        // binary-upgrade mode skips: template0 must be on disk first.
+        server
+            .connect("template1")
+            .and_then(|mut c| {
+                c.batch_execute("CHECKPOINT")
+                    .map_err(|e| pgm_cluster::Error::Query {
+                        database: "template1".into(),
+                        what: "CHECKPOINT".into(),
+                        detail: pgm_cluster::describe_pg_error(&e),
+                    })
+            })
+            .map_err(|e| Failure::new("restore_failed", e))?;
+        let major = self.new_install.version.major;
+        let size = pgm_catalog::restore_transaction_size(major, self.settings.jobs);
+        let install = &self.new_install;
+        let meter = self
+            .printer
+            .meter("restore-schema", self.databases.len() as u64, "databases");
+        let restored = AtomicUsize::new(0);
+        let restore = |plan: &DatabasePlan| -> Result<(), Failure> {
+            pgm_catalog::restore_database(
+                install,
+                &conn,
+                &plan.db.name,
+                &plan.dump,
+                &plan.log,
+                size,
+            )
+            .map_err(|e| Failure::new("restore_failed", e))?;
+            let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
+            meter.add(1, 0);
+            pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
+            Ok(())
+        };
+        // template1 is dropped and re-created: nothing else may use it meanwhile.
+        let (first, rest): (Vec<&DatabasePlan>, Vec<&DatabasePlan>) = self
+            .databases
+            .iter()
+            .partition(|p| p.db.name == "template1");
+        for plan in first {
+            restore(plan)?;
+        }
+        parallel(&rest, self.settings.jobs, |plan| restore(plan))?;
+        meter.finish();
+        let mut client = server
+            .connect("template1")
+            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        let new_databases = pgm_catalog::list_databases(&mut client)
+            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        drop(client);
+        let by_name: BTreeMap<&str, &Database> =
+            new_databases.iter().map(|d| (d.name.as_str(), d)).collect();
+        let query = RelationQuery {
+            include_sequences: !self.dump_options().sequences_in_dump(),
+        };
+        let lists = parallel(&self.databases, self.settings.jobs, |plan| {
+            let mut client = server
+                .connect(&plan.db.name)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            let relations = pgm_catalog::list_relations(&mut client, &plan.db.name, query)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            let outdated = pgm_catalog::outdated_extensions(&mut client, &plan.db.name)
+                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            Ok((relations, outdated))
+        })?;
+        self.outdated_extensions.clear();
+        for (plan, (relations, outdated)) in self.databases.iter_mut().zip(lists) {
+            if !outdated.is_empty() {
+                self.outdated_extensions
+                    .insert(plan.db.name.clone(), outdated);
+            }
+            let new_db = by_name.get(plan.db.name.as_str()).ok_or_else(|| {
+                Failure::new(
+                    "relation_map_mismatch",
+                    format!("database \"{}\" is missing after the restore", plan.db.name),
+                )
+            })?;
+            plan.new_oid = new_db.oid;
+            plan.new_tablespace_location = new_db.tablespace_location.clone();
+            plan.new_relations = relations;
+        }
+        self.create_logical_slots(&server)?;
+        server
+            .stop()
+            .map_err(|e| Failure::new("server_stop_failed", e))
+    }
+
+    /// The old cluster's logical slots, made again now: this server runs
+    /// after the new cluster's last pg_resetwal, so the WAL they keep from
+    /// here on stays. Their consumers continue from this position.
+    pub(in crate::engine) fn create_logical_slots(
+        &mut self,
+        server: &Server,
+    ) -> Result<(), Failure> {
+        if self.logical_slots.is_empty() {
+            return Ok(());
+        }
+        pgm_catalog::create_logical_slots(|db| server.connect(db), &self.logical_slots)
+            .map_err(|e| Failure::new("slots_failed", e))?;
+        self.printer.say(&format!(
+            "  {} logical replication slots made again: {}",
+            self.logical_slots.len(),
+            self.logical_slots
+                .iter()
+                .map(|s| format!("\"{}\" ({})", s.name, s.database))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .record("logical-slots", json!({ "slots": self.logical_slots }))
+                .map_err(|e| Failure::new("journal_failed", e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! `sync`: the new cluster to disk (and link/swap mode's old files by syncfs).
+
+use crate::engine::*;
+
+impl<'a> Engine<'a> {
+    /// The new cluster to disk. With fsync (the default) pg-migrate syncs
+    /// it itself, `-j` files at a time, and skips the files whose contents
+    /// were durable before the upgrade began: the old cluster's relation
+    /// files that link and swap mode only gave new names (their directories
+    /// are synced, which makes the names durable). syncfs goes to initdb.
+    pub(in crate::engine) fn sync(&mut self) -> Result<(), Failure> {
+        if self.settings.sync_method == SyncMethod::Fsync {
+            let new = self.new_dir().path.clone();
+            let mut roots = vec![new.clone()];
+            // What initdb --sync-only follows: pg_wal and the tablespaces.
+            if let Ok(wal) = std::fs::read_link(new.join("pg_wal")) {
+                roots.push(new.join(wal));
+            }
+            let version_dir = self.tablespace_dir(false)?;
+            if let Ok(entries) = std::fs::read_dir(new.join("pg_tblspc")) {
+                for entry in entries.flatten() {
+                    if let Ok(location) = std::fs::read_link(entry.path()) {
+                        roots.push(location.join(&version_dir));
+                    }
+                }
+            }
+            let durable: HashSet<&Path> = if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
+                // The old relation files are not fsynced one by one, but
+                // they are not taken on trust either (an old cluster run
+                // with fsync=off, files just copied into place): one
+                // syncfs per filesystem that holds them flushes whatever
+                // of them is not on disk yet, and costs little when all is.
+                self.sync_old_filesystems()?;
+                self.moves.iter().map(|m| m.to.as_path()).collect()
+            } else {
+                HashSet::new()
+            };
+            pgm_transfer::sync_tree(&roots, &durable, self.settings.jobs)
+                .map_err(|e| Failure::new("sync_failed", e))?;
+            return Ok(());
+        }
+        let mut command = self
+            .new_install
+            .command(Tool::Initdb)
+            .map_err(|e| Failure::new("sync_failed", e))?
+            .arg("--sync-only")
+            .arg("-D")
+            .arg(&self.new_dir().path);
+        if self.new_install.version.major.number() >= 17 {
+            let method = match self.settings.sync_method {
+                SyncMethod::Fsync => "fsync",
+                SyncMethod::Syncfs => "syncfs",
+            };
+            command = command.args(["--sync-method", method]);
+        }
+        command.run().map_err(|e| Failure::new("sync_failed", e))?;
+        Ok(())
+    }
+
+    /// syncfs(2) on every filesystem that holds the old cluster's
+    /// relation files (its data directory and its tablespaces).
+    pub(in crate::engine) fn sync_old_filesystems(&self) -> Result<(), Failure> {
+        use std::os::unix::fs::MetadataExt;
+        let mut places = vec![self.old_dir.path.clone()];
+        places.extend(self.tablespaces.iter().map(PathBuf::from));
+        let mut done = HashSet::new();
+        for place in places {
+            let fail = |e: String| Failure::new("sync_failed", format!("{}: {e}", place.display()));
+            let dir = std::fs::File::open(&place).map_err(|e| fail(e.to_string()))?;
+            let device = dir.metadata().map_err(|e| fail(e.to_string()))?.dev();
+            if done.insert(device) {
+                nix::unistd::syncfs(&dir).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! SIGINT and SIGTERM: every server pg-migrate started is stopped, the
+//! journal records the interruption, and the report says in what state each
+//! cluster is and what to run next.
+
+use std::time::Instant;
+
+use crate::engine;
+use crate::exit;
+use crate::journal;
+use crate::report::{self, ClusterStates, Event, Printer};
+
+/// On SIGINT/SIGTERM: stop every server we started, record the interruption
+/// in the journal, say in what state each cluster is and what to run next,
+/// and exit.
+pub fn install(json: bool, started: Instant, command: &'static str) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            report::REPORTS_INTERRUPTION.with(|r| r.set(true));
+            report::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+            pgm_cluster::server::stop_all();
+            let printer = Printer::new(json);
+            let status = engine::INTERRUPT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let code = match status {
+                Some(status) => {
+                    if let Ok(mut journal) = journal::Journal::open(&status.new_datadir) {
+                        let _ =
+                            journal.record("interrupted", serde_json::json!({ "signal": name }));
+                    }
+                    let _ = journal::write_state(&status.new_datadir, journal::State::Failed);
+                    printer.emit(&Event::Error {
+                        code: "interrupted",
+                        message: format!(
+                            "interrupted by {name}; every server pg-migrate started was stopped"
+                        ),
+                        remedy: Some(status.resume.clone()),
+                        causes: Vec::new(),
+                        clusters: status.clusters.clone(),
+                    });
+                    status.exit_code
+                }
+                None => {
+                    printer.emit(&Event::Error {
+                        code: "interrupted",
+                        message: format!(
+                            "interrupted by {name}; every server pg-migrate started was stopped"
+                        ),
+                        remedy: Some(
+                            "run the command again when ready; nothing was changed".into(),
+                        ),
+                        causes: Vec::new(),
+                        clusters: ClusterStates {
+                            old: "unchanged",
+                            new: "unchanged",
+                        },
+                    });
+                    exit::FAILED_OLD_INTACT
+                }
+            };
+            printer.emit(&Event::Summary {
+                command,
+                result: "error",
+                exit_code: code,
+                duration_ms: started.elapsed().as_millis() as u64,
+                checks: None,
+                old_version: None,
+                new_version: None,
+                upgrade: None,
+                backup: None,
+                restore: None,
+                after: None,
+                logs: None,
+                next_steps: Vec::new(),
+            });
+            std::process::exit(code);
+        }
+    });
+}
