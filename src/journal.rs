@@ -166,6 +166,7 @@ fn ends_with_newline(file: &mut File) -> std::io::Result<bool> {
 /// A journal read back.
 pub struct JournalView {
     records: Vec<Value>,
+    new_datadir: PathBuf,
 }
 
 impl JournalView {
@@ -176,7 +177,15 @@ impl JournalView {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        Some(JournalView { records })
+        Some(JournalView {
+            records,
+            new_datadir: new_datadir.to_path_buf(),
+        })
+    }
+
+    /// The new data directory whose journal this is.
+    pub fn new_datadir(&self) -> &Path {
+        &self.new_datadir
     }
 
     fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -278,6 +287,19 @@ impl JournalView {
             .any(|r| r["record"] == "revert_started")
     }
 
+    /// A revert that began: the new cluster's pg_control as it found it
+    /// (`Some(None)`: unreadable), and whether it began putting the new
+    /// cluster back (`reset_started`), after which that changes by its hand.
+    pub fn revert_began_with(&self) -> Option<(Option<ControlStamp>, bool)> {
+        let records = self.since_reset();
+        let at = records
+            .iter()
+            .position(|r| r["record"] == "revert_started")?;
+        let stamp = serde_json::from_value(records[at]["new_control"].clone()).ok();
+        let resetting = records[at..].iter().any(|r| r["record"] == "reset_started");
+        Some((stamp, resetting))
+    }
+
     /// The new cluster's pg_control as pg-migrate last left it: the stamp
     /// of the latest record that carries one (each step, the point of no
     /// return, the end). `None` when no record carries one, or when
@@ -285,7 +307,8 @@ impl JournalView {
     /// server ran: that server, not a stranger, moved the stamp on).
     pub fn new_control_as_left(&self) -> Option<ControlStamp> {
         for record in self.since_reset().iter().rev() {
-            if record["record"] == "new_server" {
+            // pg-migrate itself changes it: a server it starts, pg_resetwal.
+            if record["record"] == "new_server" || record["record"] == "new_control_changing" {
                 return None;
             }
             if let Ok(stamp) = serde_json::from_value(record["new_control"].clone()) {
@@ -420,6 +443,7 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
                 let version_dir = location.join(tablespace_version_dir);
                 if version_dir.exists() {
                     std::fs::remove_dir_all(&version_dir)?;
+                    File::open(&location)?.sync_all()?;
                 }
             }
         }

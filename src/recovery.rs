@@ -335,9 +335,14 @@ pub fn reset_new_cluster(settings: &Settings) -> Result<(), Refusal> {
     };
     let version_dir = new_tablespace_dir(settings)
         .ok_or_else(|| refusal("its pg_control cannot be read".into()))?;
+    let mut journal = Journal::open(&settings.new_datadir).map_err(|e| refusal(e.to_string()))?;
+    // From here the new cluster changes by pg-migrate's hand (a revert
+    // cut short in it must not take that for a stranger's start).
+    journal
+        .record("reset_started", json!({}))
+        .map_err(|e| refusal(e.to_string()))?;
     journal::restore_pristine(&settings.new_datadir, &version_dir)
         .map_err(|e| refusal(e.to_string()))?;
-    let mut journal = Journal::open(&settings.new_datadir).map_err(|e| refusal(e.to_string()))?;
     journal
         .record("reset", json!({}))
         .map_err(|e| refusal(e.to_string()))?;
@@ -371,21 +376,28 @@ pub fn new_cluster_ran(settings: &Settings, view: &JournalView) -> Option<String
         ));
     }
     let recorded = view.new_control_as_left()?;
-    let global = new.join("global");
-    let now = ["pg_control", "pg_control.prepared"]
-        .iter()
-        .map(|name| global.join(name))
-        .find(|p| p.exists())
-        .and_then(|p| ControlFile::decode(&std::fs::read(&p).ok()?, &p).ok())
-        .map(|c| c.stamp());
-    match now {
-        None => Some(format!("{}/pg_control cannot be read", global.display())),
+    match current_new_stamp(new) {
+        None => Some(format!(
+            "{}/global/pg_control cannot be read",
+            new.display()
+        )),
         Some(now) if now != recorded => Some(format!(
             "its pg_control is not as pg-migrate left it: {}",
             now.changes_since(&recorded).join("; ")
         )),
         Some(_) => None,
     }
+}
+
+/// The new cluster's pg_control as it is now (also when prepare hid it).
+fn current_new_stamp(new: &Path) -> Option<pgm_cluster::ControlStamp> {
+    let global = new.join("global");
+    ["pg_control", "pg_control.prepared"]
+        .iter()
+        .map(|name| global.join(name))
+        .find(|p| p.exists())
+        .and_then(|p| ControlFile::decode(&std::fs::read(&p).ok()?, &p).ok())
+        .map(|c| c.stamp())
 }
 
 /// A late resume continues from the old cluster the counters were handed
@@ -469,12 +481,32 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
             "incomplete"
         },
     };
-    // A revert cut short passed this guard before it changed anything; the
-    // changes since are its own (a half-done reset of the new cluster).
-    let ran = if view.revert_started() {
-        None
-    } else {
-        new_cluster_ran(settings, view)
+    // A revert cut short passed this guard before it changed anything, and
+    // recorded the new cluster's pg_control as it found it: run again, the
+    // new cluster must still be so (nobody ran it meanwhile), unless the
+    // reset had begun (then it is the revert's own doing).
+    let ran = match view.revert_began_with() {
+        None => new_cluster_ran(settings, view),
+        Some((_, true)) => None,
+        Some((found, false)) => {
+            let now = current_new_stamp(new);
+            if new.join("postmaster.pid").exists() {
+                Some(format!(
+                    "{} has a postmaster.pid: a server runs on it or crashed there",
+                    new.display()
+                ))
+            } else if found.is_some() && now != found {
+                Some(format!(
+                    "its pg_control changed since the revert began: {}",
+                    match (&now, &found) {
+                        (Some(now), Some(found)) => now.changes_since(found).join("; "),
+                        _ => "it cannot be read".into(),
+                    }
+                ))
+            } else {
+                None
+            }
+        }
     };
     if let Some(why) = ran {
         return Err(Refusal {
@@ -524,14 +556,28 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
         message: e.to_string(),
         remedy: "check the new data directory's permissions".into(),
     })?;
-    journal
-        .record("revert_started", json!({}))
-        .map_err(|e| Refusal {
-            clusters: Some(as_found.clone()),
-            code: "journal_failed",
-            message: e.to_string(),
-            remedy: "check the new data directory's permissions and free space".into(),
-        })?;
+    if !view.revert_started() {
+        journal
+            .record(
+                "revert_started",
+                json!({ "new_control": current_new_stamp(new) }),
+            )
+            .map_err(|e| Refusal {
+                clusters: Some(as_found.clone()),
+                code: "journal_failed",
+                message: e.to_string(),
+                remedy: "check the new data directory's permissions and free space".into(),
+            })?;
+    }
+    // Nothing may take the clusters for a finished upgrade meanwhile (a
+    // wrapper starting the new one, post-upgrade): until it is done, the
+    // state says the upgrade is not.
+    journal::write_state(new, State::Failed).map_err(|e| Refusal {
+        clusters: Some(as_found.clone()),
+        code: "journal_failed",
+        message: e.to_string(),
+        remedy: "check the new data directory's permissions and free space".into(),
+    })?;
     // From here on an interruption leaves a revert to finish.
     crate::engine::publish_revert_in_progress(new, protected);
     if let Some(dirs) = swap_dirs {

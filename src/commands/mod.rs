@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::cli::{self, Action, Settings};
 use crate::engine;
 use crate::exit;
+use crate::journal;
 use crate::recovery;
 use crate::report::{self, ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
@@ -56,6 +57,33 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
     } else {
         None
     };
+    // A revert that began must be finished before anything else goes on
+    // with the upgrade: its clusters may be half given back.
+    if let Some(view) = &journal {
+        let reverting = view.revert_started()
+            && journal::read_state(view.new_datadir()) != Some(journal::State::Reverted);
+        if reverting && action != Action::Revert && action != Action::Discard {
+            return fail_leaving(
+                &printer,
+                started,
+                name,
+                "unfinished_revert",
+                format!(
+                    "a revert of the upgrade into {} began and did not finish",
+                    view.new_datadir().display()
+                ),
+                &format!(
+                    "finish it: pg-migrate revert -D {} (every part of it can be repeated)",
+                    engine::quote(view.new_datadir())
+                ),
+                exit::FAILED_NEEDS_RECOVERY,
+                ClusterStates {
+                    old: "protected",
+                    new: "incomplete",
+                },
+            );
+        }
+    }
     let settings = match options.resolve(action) {
         Ok(settings) => settings,
         Err(e) => {

@@ -73,23 +73,6 @@ pub(crate) fn run_resume(
         }
         _ => {}
     }
-    if view.revert_started() {
-        return fail_early(
-            printer,
-            started,
-            name,
-            "unfinished_revert",
-            format!(
-                "a revert of the upgrade into {} began and did not finish",
-                settings.new_datadir.display()
-            ),
-            &format!(
-                "finish it: pg-migrate revert -D {} (every part of it can be repeated)",
-                engine::quote(&settings.new_datadir)
-            ),
-            exit::FAILED_NEEDS_RECOVERY,
-        );
-    }
     let done = view.done_steps();
     if done.contains("match-relations") {
         if let Err(r) = recovery::refuse_late_resume(settings, view) {

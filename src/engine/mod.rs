@@ -651,9 +651,17 @@ impl<'a> Engine<'a> {
     /// Notes in the journal that pg-migrate starts the new server: until
     /// the next step record, changes to the new pg_control are its own.
     fn note_new_server(&mut self) -> Result<(), Failure> {
+        self.note_new_control("new_server")
+    }
+
+    /// Notes in the journal that pg-migrate is about to change the new
+    /// pg_control itself (`new_server`: a server it starts;
+    /// `new_control_changing`: pg_resetwal), so that a run killed meanwhile
+    /// is not taken for a stranger's start of the new cluster.
+    pub(in crate::engine) fn note_new_control(&mut self, record: &str) -> Result<(), Failure> {
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record("new_server", json!({}))
+                .record(record, json!({}))
                 .map_err(|e| Failure::new("journal_failed", e))?;
         }
         Ok(())

@@ -234,7 +234,10 @@ fn xml_is_refused_only_where_the_restore_must_parse_it() {
          CREATE TABLE stamped (d xml DEFAULT '<new/>');
          CREATE VIEW greeting AS SELECT '<hello/>'::xml AS x;
          CREATE TABLE checked (d xml CHECK (d::text <> '<bad/>'::xml::text));
-         CREATE VIEW lazy AS SELECT '<later/>'::text::xml AS x;",
+         CREATE VIEW lazy AS SELECT '<later/>'::text::xml AS x;
+         CREATE FUNCTION tagged(x xml DEFAULT '<d/>') RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE FUNCTION keep(xml, xml) RETURNS xml LANGUAGE sql AS 'SELECT $1';
+         CREATE AGGREGATE firstxml(xml) (SFUNC = keep, STYPE = xml, INITCOND = '<i/>');",
     );
     pair.old.stop();
     let run = pair.check(&[]);
@@ -244,6 +247,8 @@ fn xml_is_refused_only_where_the_restore_must_parse_it() {
         "public.stamped.d (default)",
         "public.greeting",
         "public.checked_d_check on public.checked",
+        "tagged(xml) (argument default)",
+        "firstxml(xml)",
     ] {
         assert!(
             found.iter().any(|n| n.contains(expected)),
@@ -261,13 +266,18 @@ fn xml_is_refused_only_where_the_restore_must_parse_it() {
     pair.old.start();
     pair.old.sql(
         "postgres",
-        "DROP TABLE stamped, checked; DROP VIEW greeting;",
+        "DROP TABLE stamped, checked; DROP VIEW greeting;
+         DROP FUNCTION tagged(xml); DROP AGGREGATE firstxml(xml);",
     );
     let before = crate::proof::capture(&pair.old, &pair.new.bindir);
     pair.old.stop();
     let run = pair.check(&[]);
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert_eq!(run.check("new-xml")["code"], "xml_without_libxml");
+    // A dump and reload parses every stored value: refused there.
+    let run = pair.check(&["--method", "dump"]);
+    assert_refused(&run, "new-xml", "xml_unavailable");
+    assert_eq!(names(&run, "new-xml"), ["public.docs.d"]);
     let mut args: Vec<std::ffi::OsString> = vec!["--link".into(), "--json".into()];
     args.extend(pair.dir_args());
     let upgraded = pair.run(&args);

@@ -610,3 +610,75 @@ fn renames_of_pg_control_are_durable_before_they_are_journalled_and_linked_files
         "no syncfs in the trace of a link upgrade"
     );
 }
+
+/// A revert of a finished upgrade, cut short: until it is done, nothing may
+/// take the upgrade for finished (the state file says so too): resume and
+/// post-upgrade refuse, and the revert run again gives the old cluster back.
+#[test]
+fn a_revert_of_a_finished_swap_upgrade_cut_short_is_finished_not_taken_for_done() {
+    let Some((mut pair, before)) = seeded() else {
+        return;
+    };
+    let run = pair.run(&with(pair.dir_args(), &["--swap"]));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let output = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args(with(
+            vec!["-D".into(), pair.new.datadir.clone().into()],
+            &["revert"],
+        ))
+        .env("PG_MIGRATE_TEST_KILL_AT", "revert:unswap:5")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), None, "revert not killed");
+    assert_eq!(
+        state(&pair),
+        "failed",
+        "a revert under way is no finished upgrade"
+    );
+    for command in ["resume", "post-upgrade"] {
+        let mut args = vec!["-D".into(), pair.new.datadir.clone().into()];
+        if command == "post-upgrade" {
+            args.push("--analyze".into());
+        }
+        let refused = pair.run(&with(args, &[command]));
+        assert_eq!(refused.status, 4, "{command}: {}", refused.stderr);
+        assert_eq!(refused.error()["code"], "unfinished_revert", "{command}");
+    }
+    let again = on_new(&pair, "revert");
+    assert_eq!(again.status, 0, "{}", again.stderr);
+    assert_same_state(
+        &before,
+        &old_state_now(&mut pair),
+        (18, 18),
+        "old cluster after a revert of a finished swap upgrade, cut short and run again",
+    );
+}
+
+/// A link-mode revert cut short after it gave the old pg_control back but
+/// before it reset the new cluster; the new cluster is then started and
+/// used (it shares the old one's files): run again, the revert refuses.
+#[test]
+fn a_revert_cut_short_does_not_excuse_a_new_cluster_started_after_it() {
+    let Some((mut pair, _)) = seeded() else {
+        return;
+    };
+    let run = pair.run(&with(pair.dir_args(), &["--link"]));
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let output = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args(with(
+            vec!["-D".into(), pair.new.datadir.clone().into()],
+            &["revert"],
+        ))
+        .env("PG_MIGRATE_TEST_KILL_AT", "revert:old-given-back")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), None, "revert not killed");
+    pair.new.start();
+    pair.new.sql("postgres", "INSERT INTO kept VALUES (0)");
+    pair.new.stop_immediate();
+    let refused = on_new(&pair, "revert");
+    assert_eq!(refused.status, 4, "{}", refused.stderr);
+    assert_eq!(refused.error()["code"], "new_cluster_has_run");
+}

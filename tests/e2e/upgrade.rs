@@ -633,3 +633,39 @@ fn an_unwritable_working_directory_fails_nothing() {
     let update = std::fs::read_to_string(journal_dir.join("update_extensions.sql")).unwrap();
     assert!(update.contains("pg_stat_statements"), "{update}");
 }
+
+/// With the sequences' values in the dump (--sequence-data, as an upgrade
+/// in one go takes them), pg_dump locks every sequence too: 5,000 tables
+/// (which alone would fit the default lock table of 64 × 100) with two
+/// serial columns each are 15,000 locks in one transaction, far more than
+/// it holds, and the old server must be given a larger one for the dump.
+#[test]
+fn the_dump_is_given_locks_for_its_sequences_too() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    for batch in 0..10 {
+        pair.old.sql(
+            "postgres",
+            &format!(
+                "DO $$ BEGIN FOR i IN {} .. {} LOOP
+                   EXECUTE format('CREATE TABLE t%s (id serial, other serial)', i);
+                 END LOOP; END $$;",
+                batch * 500 + 1,
+                batch * 500 + 500
+            ),
+        );
+    }
+    pair.old.stop();
+    let mut args: Vec<std::ffi::OsString> = vec!["--link".into(), "--json".into()];
+    args.extend(pair.dir_args());
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("restarts with max_locks_per_transaction"),
+        "{}",
+        run.stderr
+    );
+}

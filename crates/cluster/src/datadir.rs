@@ -187,13 +187,16 @@ fn postmaster_alive(pid: i32, datadir: &Path) -> bool {
         Ok(()) => {}
         Err(Errno::EPERM) | Err(_) => return false,
     }
-    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
-        Ok(cwd) => {
-            let here = std::fs::canonicalize(datadir).unwrap_or_else(|_| datadir.to_path_buf());
-            cwd == here
-        }
+    // The same directory by device and inode, whatever path reaches it (a
+    // bind mount, another mount namespace).
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/cwd")),
+        std::fs::metadata(datadir),
+    ) {
+        (Ok(cwd), Ok(here)) => cwd.dev() == here.dev() && cwd.ino() == here.ino(),
         // Cannot tell: a server may be running.
-        Err(_) => true,
+        _ => true,
     }
 }
 

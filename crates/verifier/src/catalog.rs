@@ -146,6 +146,9 @@ pub struct DatabaseInfo {
     pub user_relations: Option<i64>,
     /// User tables (ordinary and partitioned): what pg_dump locks, one each.
     pub user_tables: Option<i64>,
+    /// User sequences: pg_dump locks each too when it reads its value
+    /// (`--sequence-data`, as an upgrade in one go dumps them).
+    pub user_sequences: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -779,6 +782,7 @@ fn gather(
             user_objects: None,
             user_relations: None,
             user_tables: None,
+            user_sequences: None,
         })
         .collect();
     let names_with_newlines = client
@@ -932,6 +936,7 @@ struct DbScan {
     objects: i64,
     relations: i64,
     tables: i64,
+    sequences: i64,
     hits: Vec<(&'static str, ObjectRef)>,
     uses: CapabilityUse,
 }
@@ -981,6 +986,7 @@ fn scan_databases(
         databases[index].user_objects = Some(scan.objects);
         databases[index].user_relations = Some(scan.relations);
         databases[index].user_tables = Some(scan.tables);
+        databases[index].user_sequences = Some(scan.sequences);
         hits.extend(scan.hits);
         uses.icu.extend(scan.uses.icu);
         uses.lz4.extend(scan.uses.lz4);
@@ -1035,6 +1041,7 @@ fn scan_one(
             "SELECT
                (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384),
                (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384 AND relkind IN ('r', 'p')),
+               (SELECT count(*) FROM pg_catalog.pg_class WHERE oid >= 16384 AND relkind = 'S'),
                (SELECT count(*) FROM pg_catalog.pg_proc WHERE oid >= 16384)
              + (SELECT count(*) FROM pg_catalog.pg_type t WHERE oid >= 16384
                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)
@@ -1051,11 +1058,13 @@ fn scan_one(
         })?;
     let relations: i64 = row.get(0);
     let tables: i64 = row.get(1);
-    let others: i64 = row.get(2);
+    let sequences: i64 = row.get(2);
+    let others: i64 = row.get(3);
     let mut scan = DbScan {
         objects: relations + others,
         relations,
         tables,
+        sequences,
         ..DbScan::default()
     };
     let Some((majors, mode)) = old_scan else {
@@ -1456,7 +1465,7 @@ fn describe_objects(objects: &[ObjectRef]) -> String {
 /// unchanged (their output needs no libxml), as in pg_upgrade; what breaks
 /// is parsing an xml value, which the restore does for the literals in
 /// defaults, constraints, views and the like. Only those refuse.
-fn xml_without_libxml(uses: &CapabilityUse, can: &Capabilities) -> Finding {
+fn xml_without_libxml(uses: &CapabilityUse, can: &Capabilities, dump_reload: bool) -> Finding {
     let id = "new-xml";
     let title = title(id);
     if uses.xml.is_empty() && uses.xml_literals.is_empty() {
@@ -1468,6 +1477,20 @@ fn xml_without_libxml(uses: &CapabilityUse, can: &Capabilities) -> Finding {
             title,
             "the old cluster uses the xml type, and the new installation has libxml",
         );
+    }
+    if dump_reload && !uses.xml.is_empty() {
+        // A reload parses every stored value (COPY).
+        return Finding::fail(
+            id,
+            title,
+            "xml_unavailable",
+            format!(
+                "the new installation was built without libxml, and --method dump reloads these xml columns' values, which parses them: {}",
+                describe_objects(&uses.xml)
+            ),
+            "use a new installation built with libxml (configure --with-libxml), or upgrade in place (without --method dump), which carries the values as files",
+        )
+        .with_objects(uses.xml.clone());
     }
     if !uses.xml_literals.is_empty() {
         return Finding::fail(
@@ -1548,7 +1571,7 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
             "use a new installation built with lz4 (configure --with-lz4), or recompress in the old cluster: ALTER TABLE … ALTER COLUMN … SET COMPRESSION pglz, then rewrite the table (VACUUM FULL)",
         ),
     ];
-    out.push(xml_without_libxml(uses, can));
+    out.push(xml_without_libxml(uses, can, report.dump_reload));
     let missing: Vec<ObjectRef> = uses
         .extensions
         .iter()
@@ -1562,7 +1585,17 @@ fn compare_capabilities(report: &Report) -> Vec<Finding> {
             })
         })
         .collect();
-    out.push(if !missing.is_empty() {
+    out.push(if !missing.is_empty() && report.dump_reload {
+        // A reload runs CREATE EXTENSION, which reads the control file.
+        Finding::fail(
+            "new-extensions",
+            title("new-extensions"),
+            "extension_missing",
+            format!("the new installation lacks these extensions, which --method dump creates anew (CREATE EXTENSION reads their files): {}", describe_objects(&missing)),
+            "install the extensions for the new PostgreSQL major (their packages or builds), drop them in the old cluster (DROP EXTENSION … in each database), or upgrade in place (without --method dump)",
+        )
+        .with_objects(missing)
+    } else if !missing.is_empty() {
         // A binary-upgrade restore makes an extension's catalog entry and
         // its objects without reading its control or script files (as with
         // pg_upgrade, which does not look for them): what an extension's

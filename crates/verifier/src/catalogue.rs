@@ -550,6 +550,18 @@ pub(crate) fn xml_literals_sql(old: PgMajor) -> String {
            JOIN pg_catalog.pg_class c ON c.oid = pt.partrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, x
           WHERE pt.partexprs::text ~ x.p".to_string(),
+        "SELECT 'function', p.oid::pg_catalog.regprocedure::text || ' (argument default)', n.nspname::text
+           FROM pg_catalog.pg_proc p
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace, x
+          WHERE p.oid >= 16384 AND p.proargdefaults::text ~ x.p".to_string(),
+        // CREATE AGGREGATE checks an initial value with its type's input function.
+        "SELECT 'aggregate', a.aggfnoid::pg_catalog.regprocedure::text, n.nspname::text
+           FROM pg_catalog.pg_aggregate a
+           JOIN pg_catalog.pg_proc p ON p.oid = a.aggfnoid
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE a.aggfnoid >= 16384
+            AND ((a.aggtranstype IN (142, 143) AND a.agginitval IS NOT NULL)
+              OR (a.aggmtranstype IN (142, 143) AND a.aggminitval IS NOT NULL))".to_string(),
     ];
     if old.number() >= 14 {
         // SQL-standard function bodies are parsed when created.

@@ -165,6 +165,9 @@ pub struct Report {
     pub strict: bool,
     /// `--carry-config`: preloaded libraries that do not load fail.
     pub carry_config: bool,
+    /// `--method dump`: every row and every extension is loaded anew (what
+    /// an in-place upgrade carries unparsed must then parse).
+    pub dump_reload: bool,
     /// With `keep_old_server`, the old server the checks started, still
     /// running (stopped when dropped); `None` when any check failed.
     pub kept_old: Option<pgm_cluster::Server>,
@@ -197,6 +200,7 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
     let mut report = Report {
         strict: config.strict,
         carry_config: config.carry_config,
+        dump_reload: config.dump_reload,
         ..Report::default()
     };
     let mut emit = |report: &mut Report, finding: Finding| {

@@ -46,8 +46,12 @@ impl<'a> Engine<'a> {
             .collect();
         if !journal.in_cutover() {
             // Hidden since prepare: nobody can have run it, unless by hand.
-            let now = read_control(&engine.new_dir().path)?.checkpoint_lsn;
-            if now != prepared.new_checkpoint_lsn {
+            let now = read_control(&engine.new_dir().path)?;
+            let ran = match &prepared.new_control {
+                Some(then) => &now.stamp() != then,
+                None => now.checkpoint_lsn != prepared.new_checkpoint_lsn,
+            };
+            if ran {
                 return Err(Failure {
                     code: "old_cluster_changed",
                     message: "the prepared new cluster has been started since prepare (its pg_control was renamed back by hand?)".into(),

@@ -43,6 +43,7 @@ pub use cutover::stop_old_server;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PreparedState {
     /// The digest of the globals dump (see [`globals_digest`]).
+    #[serde(default)]
     pub globals_sha256: String,
     pub shared: Fingerprint,
     pub databases: Vec<PreparedDatabase>,
@@ -62,6 +63,10 @@ pub struct PreparedState {
     /// the cutover, someone ran it.
     #[serde(default)]
     pub new_checkpoint_lsn: u64,
+    /// The new cluster's whole pg_control when prepare hid it: a start
+    /// stopped with `-m immediate` leaves the checkpoint as it was.
+    #[serde(default)]
+    pub new_control: Option<pgm_cluster::ControlStamp>,
 }
 
 /// The pg_control fields an in-place upgrade needs the same on both sides.

@@ -320,7 +320,9 @@ impl<'a> Engine<'a> {
         self.prepared.reindex_sql = self.reindex_sql();
         self.prepared.outdated_extensions = self.outdated_extensions.clone();
         self.prepared.old_layout = layout_of(&self.old_control);
-        self.prepared.new_checkpoint_lsn = read_control(&self.new_dir().path)?.checkpoint_lsn;
+        let hidden = read_control(&self.new_dir().path)?;
+        self.prepared.new_checkpoint_lsn = hidden.checkpoint_lsn;
+        self.prepared.new_control = Some(hidden.stamp());
         let dir = crate::journal::dir(&self.new_dir().path);
         let path = dir.join(PREPARED);
         let tmp = dir.join(format!("{PREPARED}.tmp"));

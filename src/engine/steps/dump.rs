@@ -8,12 +8,14 @@ impl<'a> Engine<'a> {
     /// The max_locks_per_transaction the dump needs when the old server's
     /// lock table cannot hold the tables of the `-j` largest databases at
     /// once (each pg_dump locks every ordinary and partitioned table of its
-    /// database, and nothing else: not indexes, TOAST tables, sequences or
-    /// views); `None` when it can.
+    /// database, and every sequence whose value it reads; not indexes,
+    /// TOAST tables or views); `None` when it can.
     pub(in crate::engine) fn lock_slots_for_dump(
         &self,
         server: &Server,
     ) -> Result<Option<u64>, Failure> {
+        // With --sequence-data pg_dump reads (and locks) every sequence.
+        let sequences_read = self.dump_options().sequence_data;
         let mut sizes: Vec<u64> = self
             .report
             .old
@@ -22,7 +24,10 @@ impl<'a> Engine<'a> {
             .map(|c| {
                 c.databases
                     .iter()
-                    .filter_map(|d| d.user_tables)
+                    .filter_map(|d| {
+                        let sequences = if sequences_read { d.user_sequences? } else { 0 };
+                        Some(d.user_tables? + sequences)
+                    })
                     .map(|n| n.max(0) as u64)
                     .collect()
             })

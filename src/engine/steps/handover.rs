@@ -28,6 +28,7 @@ impl<'a> Engine<'a> {
             // log move on: the new cluster keeps its own until the cutover
             // (every catalog row is frozen before then); only the OID counter
             // moves past the old one's, as the restore needs.
+            self.note_new_control("new_control_changing")?;
             return pgm_catalog::set_next_oid(&self.new_install, &new, self.old_control.next_oid)
                 .map_err(|e| Failure::new("handover_failed", e));
         }
@@ -53,6 +54,7 @@ impl<'a> Engine<'a> {
                 .record("handover", json!({ "old": self.old_control.stamp() }))
                 .map_err(|e| Failure::new("journal_failed", e))?;
         }
+        self.note_new_control("new_control_changing")?;
         pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
         pgm_cluster::faults::point(|| "handover-counters:commit-log-copied".into());
         pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
