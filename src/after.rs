@@ -19,10 +19,11 @@ use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus, Too
 use serde_json::json;
 
 use crate::cli::{AfterSteps, Settings};
-use crate::engine::Failure;
 use crate::exit;
+use crate::failure::{Code, Failure};
 use crate::journal::{Journal, JournalView};
-use crate::report::{AfterStep, ClusterStates, Event, Printer};
+use crate::report::ClusterCondition;
+use crate::report::{AfterStep, ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 
 /// What the steps need to know about the upgrade they follow.
@@ -78,7 +79,7 @@ pub fn run_steps(
         Ok(journal) => Some(journal),
         Err(e) => {
             failure = Some(Failure::new(
-                "journal_failed",
+                Code::JournalFailed,
                 format!(
                     "{}: {e}",
                     crate::journal::dir(&upgraded.new_dir.path).display()
@@ -91,7 +92,7 @@ pub fn run_steps(
         if failure.is_some() {
             outcome.push(AfterStep {
                 step: name,
-                status: "not_run",
+                status: StepStatus::NotRun,
             });
             continue;
         }
@@ -127,7 +128,7 @@ pub fn run_steps(
                 _ => unreachable!("every step is matched"),
             }
         })();
-        let status = if result.is_ok() { "ok" } else { "failed" };
+        let status = StepStatus::of(&result);
         printer.emit(&Event::StepEnd {
             step: name,
             status,
@@ -143,7 +144,7 @@ pub fn run_steps(
         outcome.push(AfterStep { step: name, status });
         if let Some(Err(e)) = recorded {
             if result.is_ok() {
-                failure = Some(Failure::new("journal_failed", e));
+                failure = Some(Failure::new(Code::JournalFailed, e));
                 continue;
             }
         }
@@ -157,12 +158,13 @@ pub fn run_steps(
                     crate::engine::quote(&upgraded.new_dir.path),
                     flags_from(&names, name, &settings.after)
                 )),
+                clusters: None,
             });
         }
     }
     if let Some(server) = server {
         if let Err(e) = server.stop() {
-            failure.get_or_insert(Failure::new("server_stop_failed", e));
+            failure.get_or_insert(Failure::new(Code::ServerStopFailed, e));
         }
     }
     (outcome, failure)
@@ -203,12 +205,13 @@ fn new_server(
     match dir.server_status() {
         Ok(ServerStatus::Running(pid)) => {
             let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
-                code: "server_running",
+                code: Code::ServerRunning,
                 message: format!(
                     "the server of {} runs without a unix socket, which pg-migrate connects through",
                     dir.path.display()
                 ),
                 remedy: Some("set unix_socket_directories, or stop the server (pg-migrate then starts it privately)".into()),
+                clusters: None,
             })?;
             let endpoint = pgm_cluster::server::Endpoint {
                 socket_dir,
@@ -217,17 +220,18 @@ fn new_server(
             };
             endpoint
                 .connect("template1")
-                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
             return Ok(Server::attach(endpoint));
         }
         Ok(ServerStatus::StalePidFile(_)) => {
             return Err(Failure {
-                code: "server_running",
+                code: Code::ServerRunning,
                 message: format!(
                     "{} has a postmaster.pid but no server: it crashed or was killed",
                     dir.path.display()
                 ),
                 remedy: Some("start the new server once so that it recovers".into()),
+                clusters: None,
             })
         }
         _ => {}
@@ -235,12 +239,13 @@ fn new_server(
     if let Ok(control) = dir.control() {
         if control.state != ClusterState::ShutDown {
             return Err(Failure {
-                code: "server_start_failed",
+                code: Code::ServerStartFailed,
                 message: format!(
                     "the new cluster was not shut down cleanly (pg_control says \"{}\")",
                     control.state.describe()
                 ),
                 remedy: None,
+                clusters: None,
             });
         }
     }
@@ -250,7 +255,7 @@ fn new_server(
         run_dir.log_dir().join("new-server-after-upgrade.log"),
     );
     Server::start(upgraded.new_install, dir, &options)
-        .map_err(|e| Failure::new("server_start_failed", e))
+        .map_err(|e| Failure::new(Code::ServerStartFailed, e))
 }
 
 /// Runs a client program of the new installation against `server`,
@@ -266,7 +271,7 @@ fn run_client(command: PgCommand, server: &Server, what: &str, log: &Path) -> Re
     let line = command.command_line();
     let (status, captured) = command
         .run_unchecked()
-        .map_err(|e| Failure::new("after_step_failed", e))?;
+        .map_err(|e| Failure::new(Code::AfterStepFailed, e))?;
     append(
         log,
         &format!("command: {line}\n{}{}", captured.stdout, captured.stderr),
@@ -276,13 +281,14 @@ fn run_client(command: PgCommand, server: &Server, what: &str, log: &Path) -> Re
     }
     let tail: Vec<&str> = captured.stderr.trim_end().lines().collect();
     Err(Failure {
-        code: "after_step_failed",
+        code: Code::AfterStepFailed,
         message: format!(
             "{what} failed: {} (full output: {})",
             tail[tail.len().saturating_sub(5)..].join("\n"),
             log.display()
         ),
         remedy: None,
+        clusters: None,
     })
 }
 
@@ -300,7 +306,7 @@ fn append(log: &Path, text: &str) {
 fn connect(server: &Server, database: &str) -> Result<postgres::Client, Failure> {
     server
         .connect(database)
-        .map_err(|e| Failure::new("new_catalog_failed", e))
+        .map_err(|e| Failure::new(Code::NewCatalogFailed, e))
 }
 
 /// Databases that accept connections, template0 and template1 aside.
@@ -312,7 +318,7 @@ fn user_databases(server: &Server) -> Result<Vec<String>, Failure> {
               WHERE datallowconn AND datname NOT IN ('template0', 'template1') ORDER BY oid",
             &[],
         )
-        .map_err(|e| Failure::new("new_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
+        .map_err(|e| Failure::new(Code::NewCatalogFailed, pgm_cluster::describe_pg_error(&e)))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -327,17 +333,18 @@ fn update_extensions(server: &Server, run_dir: &RunDir) -> Result<(), Failure> {
     for database in databases {
         let mut client = connect(server, &database)?;
         let names = pgm_catalog::outdated_extensions(&mut client, &database)
-            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
         for name in names {
             let sql = format!("ALTER EXTENSION \"{}\" UPDATE", name.replace('"', "\"\""));
             append(&log, &format!("database {database:?}: {sql}"));
             client.batch_execute(&sql).map_err(|e| Failure {
-                code: "after_step_failed",
+                code: Code::AfterStepFailed,
                 message: format!(
                     "{sql} in database \"{database}\" failed: {}",
                     pgm_cluster::describe_pg_error(&e)
                 ),
                 remedy: Some("update that extension by hand (its new version may need something first), then run the remaining steps".into()),
+                clusters: None,
             })?;
         }
     }
@@ -357,15 +364,16 @@ fn reindex_collation(
     };
     if !script.exists() {
         return Err(Failure {
-            code: "after_step_failed",
+            code: Code::AfterStepFailed,
             message: format!("the reindex script {} is gone", script.display()),
             remedy: Some("run pg-migrate check on a copy to see what the collation checks find, or REINDEX by hand".into()),
+            clusters: None,
         });
     }
     let command = upgraded
         .new_install
         .command(Tool::Psql)
-        .map_err(|e| Failure::new("after_step_failed", e))?
+        .map_err(|e| Failure::new(Code::AfterStepFailed, e))?
         .args(["-X", "--dbname=template1", "-f"])
         .arg(script);
     run_client(
@@ -387,7 +395,7 @@ fn analyze(
     let mut command = upgraded
         .new_install
         .command(Tool::Vacuumdb)
-        .map_err(|e| Failure::new("after_step_failed", e))?
+        .map_err(|e| Failure::new(Code::AfterStepFailed, e))?
         .args(["--all", "--analyze-in-stages"]);
     if upgraded.new_install.version.major.number() >= 18 {
         command = command.arg("--missing-stats-only");
@@ -414,13 +422,14 @@ fn carry_config(
 ) -> Result<(), Failure> {
     let log_dir = &run_dir.log_dir();
     let old_dir = upgraded.old_config_dir.as_ref().ok_or_else(|| Failure {
-        code: "after_step_failed",
+        code: Code::AfterStepFailed,
         message: "the old cluster's configuration directory is not known".into(),
         remedy: Some("pass it with -d".into()),
+        clusters: None,
     })?;
     let new_dir = upgraded.new_dir.pg_ctl_dir().to_path_buf();
     let io = |path: &Path, e: std::io::Error| {
-        Failure::new("after_step_failed", format!("{}: {e}", path.display()))
+        Failure::new(Code::AfterStepFailed, format!("{}: {e}", path.display()))
     };
     let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| io(path, e));
     let old_conf_path = old_dir.join("postgresql.conf");
@@ -559,7 +568,7 @@ fn carry_config(
         if !fixed {
             put_back(&originals);
             return Err(Failure {
-                code: "after_step_failed",
+                code: Code::AfterStepFailed,
                 message: format!(
                     "the new server does not accept the carried configuration: {}",
                     output.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -568,18 +577,20 @@ fn carry_config(
                     "the new cluster's own configuration is back in place (a copy is in {}); carry the settings by hand",
                     saved.display()
                 )),
+                clusters: None,
             });
         }
     }
     if !accepted {
         put_back(&originals);
         return Err(Failure {
-            code: "after_step_failed",
+            code: Code::AfterStepFailed,
             message: "the new server still rejects the carried configuration after commenting out 50 settings".into(),
             remedy: Some(format!(
                 "the new cluster's own configuration is back in place (a copy is in {}); carry the settings by hand",
                 saved.display()
             )),
+            clusters: None,
         });
     }
     // Certificate and key files named relative to the old data directory
@@ -591,14 +602,14 @@ fn carry_config(
     if let Err(e) = new_server(settings, upgraded, run_dir).and_then(|server| {
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }) {
         put_back(&originals);
         for path in &copied {
             let _ = std::fs::remove_file(path);
         }
         return Err(Failure {
-            code: "after_step_failed",
+            code: Code::AfterStepFailed,
             message: format!(
                 "the new server does not start with the carried configuration: {}",
                 e.message
@@ -607,6 +618,7 @@ fn carry_config(
                 "the new cluster's own configuration is back in place (a copy is in {}); carry the settings by hand",
                 saved.display()
             )),
+            clusters: None,
         });
     }
     for path in &copied {
@@ -699,7 +711,7 @@ fn copy_relative_files(
             continue;
         }
         pgm_cluster::datadir::copy_file(&from, &to)
-            .map_err(|e| Failure::new("after_step_failed", format!("{}: {e}", to.display())))?;
+            .map_err(|e| Failure::new(Code::AfterStepFailed, format!("{}: {e}", to.display())))?;
         copied.push(to);
     }
     Ok(copied)
@@ -884,9 +896,10 @@ fn post_upgrade(
         .as_ref()
         .expect("the step runs only with --post-upgrade");
     let scripts = list_scripts(dir).map_err(|e| Failure {
-        code: "after_step_failed",
+        code: Code::AfterStepFailed,
         message: format!("{}: {e}", dir.display()),
         remedy: Some("name a readable directory of NN-description.sql / .sh scripts".into()),
+        clusters: None,
     })?;
     let new_path = &upgraded.new_dir.path;
     let mut markers = read_markers(new_path);
@@ -894,7 +907,7 @@ fn post_upgrade(
     for script in scripts {
         let text = std::fs::read(&script.path).map_err(|e| {
             Failure::new(
-                "after_step_failed",
+                Code::AfterStepFailed,
                 format!("{}: {e}", script.path.display()),
             )
         })?;
@@ -948,8 +961,9 @@ fn post_upgrade(
                             duration_ms,
                         },
                     );
-                    write_markers(new_path, &markers)
-                        .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", MARKERS)))?;
+                    write_markers(new_path, &markers).map_err(|e| {
+                        Failure::new(Code::JournalFailed, format!("{}: {e}", MARKERS))
+                    })?;
                     printer.emit(&Event::Script {
                         name: script.name.clone(),
                         database,
@@ -967,7 +981,7 @@ fn post_upgrade(
                         message: Some(why.clone()),
                     });
                     return Err(Failure {
-                        code: "post_upgrade_script_failed",
+                        code: Code::PostUpgradeScriptFailed,
                         message: format!(
                             "{}{} failed: {why} (full output: {})",
                             script.name,
@@ -975,6 +989,7 @@ fn post_upgrade(
                             log.display()
                         ),
                         remedy: Some("fix the script (or the data it trips on); a re-run skips the scripts that finished and starts at this one".into()),
+                        clusters: None,
                     });
                 }
             }
@@ -1131,14 +1146,14 @@ pub fn run_post_upgrade(
     view: &JournalView,
     name: &'static str,
 ) -> i32 {
-    let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
+    let fail_early = |code: Code, message: String, remedy: &str, status: i32| {
         crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
     match crate::journal::read_state(&settings.new_datadir) {
         Some(crate::journal::State::Complete) => {}
         _ => {
             return fail_early(
-                "unfinished_upgrade",
+                Code::UnfinishedUpgrade,
                 format!(
                     "{} holds no finished upgrade",
                     settings.new_datadir.display()
@@ -1155,7 +1170,7 @@ pub fn run_post_upgrade(
         Ok(install) => install,
         Err(e) => {
             return fail_early(
-                "usage",
+                Code::Usage,
                 format!("the new installation cannot be used: {e}"),
                 "pass the new bin directory with -B",
                 exit::USAGE,
@@ -1166,7 +1181,7 @@ pub fn run_post_upgrade(
         Ok(dir) => dir,
         Err(e) => {
             return fail_early(
-                "usage",
+                Code::Usage,
                 format!("the new data directory cannot be used: {e}"),
                 "pass the upgraded cluster's data directory with -D",
                 exit::USAGE,
@@ -1215,9 +1230,9 @@ pub fn run_post_upgrade(
         && !global.join("pg_control").exists()
         && global.join("pg_control.old").exists()
     {
-        "protected"
+        ClusterCondition::Protected
     } else {
-        "unchanged"
+        ClusterCondition::Unchanged
     };
     let exit_code = match failure {
         None => exit::SUCCESS,
@@ -1230,7 +1245,7 @@ pub fn run_post_upgrade(
                 causes: Vec::new(),
                 clusters: ClusterStates {
                     old: old_state,
-                    new: "upgraded",
+                    new: ClusterCondition::Upgraded,
                 },
             });
             code
@@ -1257,8 +1272,8 @@ pub fn run_post_upgrade(
 
 /// The exit status of a failed step: differences `--verify` found have
 /// their own.
-pub fn failure_exit_code(code: &str) -> i32 {
-    if code == "verify_found_differences" {
+pub fn failure_exit_code(code: Code) -> i32 {
+    if code == Code::VerifyFoundDifferences {
         exit::VERIFY_FAILED
     } else {
         exit::AFTER_STEP_FAILED

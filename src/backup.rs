@@ -11,9 +11,11 @@ use pgm_catalog::ClientConn;
 use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerOptions, ServerStatus};
 
 use crate::cli::Settings;
-use crate::engine::{parallel, Failure};
+use crate::engine::parallel;
 use crate::exit;
-use crate::report::{BackupCounts, ClusterStates, Event, PlanSide, Printer};
+use crate::failure::{Code, Failure};
+use crate::report::ClusterCondition;
+use crate::report::{BackupCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
 use crate::rundir::RunDir;
 
 /// A finished backup.
@@ -53,13 +55,13 @@ pub fn write(
     let (printer, step, jobs, log_dir) = (work.printer, work.step, work.jobs, work.log_dir);
     let mut client = server
         .connect("template1")
-        .map_err(|e| Failure::new("old_catalog_failed", e))?;
+        .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
     let facts =
-        catalog::source_facts(&mut client).map_err(|e| Failure::new("old_catalog_failed", e))?;
+        catalog::source_facts(&mut client).map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
     drop(client);
     if !facts.unconnectable.is_empty() {
         return Err(Failure {
-            code: "backup_failed",
+            code: Code::BackupFailed,
             message: format!(
                 "databases that do not accept connections cannot be dumped: {}",
                 facts.unconnectable.join(", ")
@@ -67,6 +69,7 @@ pub fn write(
             remedy: Some(
                 "allow connections (ALTER DATABASE … ALLOW_CONNECTIONS true) or drop them, and run again".into(),
             ),
+            clusters: None,
         });
     }
     // Not in the cluster, nor in one of its tablespaces.
@@ -76,7 +79,7 @@ pub fn write(
     if let Some(refusal) = refuse_backup_dir(dir, &cluster_refs) {
         return Err(refusal);
     }
-    let fail = |e: pgm_catalog::Error| Failure::new("backup_failed", e);
+    let fail = |e: pgm_catalog::Error| Failure::new(Code::BackupFailed, e);
     // Written beside the destination and put in place once whole.
     let partial = catalog::start_backup_dir(dir).map_err(fail)?;
     let conn = conn_of(server);
@@ -149,10 +152,10 @@ pub fn restore_into(
     work_dir: &Path,
 ) -> Result<(), Failure> {
     let (printer, step, jobs, log_dir) = (work.printer, work.step, work.jobs, work.log_dir);
-    let fail = |e: pgm_catalog::Error| Failure::new("restore_failed", e);
+    let fail = |e: pgm_catalog::Error| Failure::new(Code::RestoreFailed, e);
     let mut client = server
         .connect("template1")
-        .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
     let roles = catalog::existing_roles(&mut client).map_err(fail)?;
     drop(client);
     let conn = conn_of(server);
@@ -189,7 +192,7 @@ pub fn refuse_for_target(manifest: &Manifest, target: &Installation) -> Option<F
     let major = target.version.major.number();
     if manifest.server_major > major {
         return Some(Failure {
-            code: "backup_too_new",
+            code: Code::BackupTooNew,
             message: format!(
                 "the backup is of a PostgreSQL {} cluster; {} is PostgreSQL {major}, and a cluster's dump cannot go back to an older major",
                 manifest.server_major,
@@ -199,11 +202,12 @@ pub fn refuse_for_target(manifest: &Manifest, target: &Installation) -> Option<F
                 "restore it with an installation of PostgreSQL {} or later (-B)",
                 manifest.server_major
             )),
+            clusters: None,
         });
     }
     if !catalog::restore_can_read(target.version.major, manifest.tools_major) {
         return Some(Failure {
-            code: "backup_too_new",
+            code: Code::BackupTooNew,
             message: format!(
                 "the backup was written by pg_dump {}; pg_restore {major} cannot read it",
                 manifest.tools_version
@@ -212,6 +216,7 @@ pub fn refuse_for_target(manifest: &Manifest, target: &Installation) -> Option<F
                 "restore it into PostgreSQL {} or later, or back up again with an installation of PostgreSQL {major} that has pg_dump",
                 manifest.tools_major
             )),
+            clusters: None,
         });
     }
     None
@@ -220,7 +225,7 @@ pub fn refuse_for_target(manifest: &Manifest, target: &Installation) -> Option<F
 /// `pg-migrate backup`.
 pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "backup";
-    let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
+    let fail_early = |code: Code, message: String, remedy: &str, status: i32| {
         crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
     let dir = settings
@@ -231,7 +236,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         Ok(install) => install,
         Err(e) => {
             return fail_early(
-                "usage",
+                Code::Usage,
                 format!("the old installation cannot be used: {e}"),
                 "pass the old cluster's bin directory with -b",
                 exit::USAGE,
@@ -242,7 +247,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         Ok(dir) => dir,
         Err(e) => {
             return fail_early(
-                "usage",
+                Code::Usage,
                 format!("the old data directory cannot be used: {e}"),
                 "pass the old cluster's data directory with -d",
                 exit::USAGE,
@@ -264,7 +269,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
     };
     let Some(tools) = catalog::choose_dump_tools(&old_install, fallback.as_ref()) else {
         return fail_early(
-            "usage",
+            Code::Usage,
             format!(
                 "{} has no pg_dump and pg_dumpall to write the backup with",
                 old_install.bindir.display()
@@ -275,7 +280,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
     };
     if old_dir.major != old_install.version.major {
         return fail_early(
-            "usage",
+            Code::Usage,
             format!(
                 "{} is a PostgreSQL {} cluster and {} is PostgreSQL {}",
                 old_dir.path.display(),
@@ -310,7 +315,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         Err(failure) => {
             // A server pg-migrate cannot use is a refusal; one that fails
             // to start or answer is a failure.
-            let code = if matches!(failure.code, "server_running" | "usage") {
+            let code = if matches!(failure.code, Code::ServerRunning | Code::Usage) {
                 exit::USAGE
             } else {
                 exit::FAILED_OLD_INTACT
@@ -319,8 +324,8 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
                 failure,
                 exit_code: code,
                 clusters: ClusterStates {
-                    old: "unchanged",
-                    new: "unchanged",
+                    old: ClusterCondition::Unchanged,
+                    new: ClusterCondition::Unchanged,
                 },
             };
             return report(printer, settings, started, name, run_dir, ending, None);
@@ -337,12 +342,12 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
     let result = write(&work, &server, tools, &old_dir.path, &dir);
     printer.emit(&Event::StepEnd {
         step: "backup",
-        status: if result.is_ok() { "ok" } else { "failed" },
+        status: StepStatus::of(&result),
         duration_ms: step_started.elapsed().as_millis() as u64,
     });
     let stopped = server
         .stop()
-        .map_err(|e| Failure::new("server_stop_failed", e));
+        .map_err(|e| Failure::new(Code::ServerStopFailed, e));
     let (ending, counts) = match (result, stopped) {
         (Ok(written), Ok(())) => (
             Ending::Done(vec![format!(
@@ -361,7 +366,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         ),
         (Err(failure), _) | (Ok(_), Err(failure)) => (
             Ending::Failed {
-                exit_code: if failure.code == "usage" {
+                exit_code: if failure.code == Code::Usage {
                     exit::USAGE
                 } else {
                     exit::FAILED_OLD_INTACT
@@ -369,7 +374,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
                 failure,
                 clusters: ClusterStates {
                     old: old_state,
-                    new: "unchanged",
+                    new: ClusterCondition::Unchanged,
                 },
             },
             None,
@@ -387,16 +392,17 @@ fn old_server(
     dir: &DataDir,
     run_dir: &RunDir,
     log_dir: &Path,
-) -> Result<(Server, &'static str), Failure> {
+) -> Result<(Server, ClusterCondition), Failure> {
     match dir.server_status() {
         Ok(ServerStatus::Running(pid)) => {
             let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
-                code: "server_running",
+                code: Code::ServerRunning,
                 message: format!(
                     "the server of {} runs without a unix socket, which pg-migrate connects through",
                     dir.path.display()
                 ),
                 remedy: Some("set unix_socket_directories, or stop the server (pg-migrate then starts it privately)".into()),
+                clusters: None,
             })?;
             let endpoint = pgm_cluster::server::Endpoint {
                 socket_dir,
@@ -405,37 +411,39 @@ fn old_server(
             };
             endpoint
                 .connect("template1")
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
-            return Ok((Server::attach(endpoint), "running_untouched"));
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
+            return Ok((Server::attach(endpoint), ClusterCondition::RunningUntouched));
         }
         Ok(ServerStatus::StalePidFile(_)) => {
             return Err(Failure {
-                code: "server_running",
+                code: Code::ServerRunning,
                 message: format!(
                     "{} has a postmaster.pid but no server: it crashed or was killed",
                     dir.path.display()
                 ),
                 remedy: Some("start the server once so that it recovers, then back up the running server (or stop it cleanly first)".into()),
+                clusters: None,
             })
         }
         _ => {}
     }
-    let control = dir.control().map_err(|e| Failure::new("usage", e))?;
+    let control = dir.control().map_err(|e| Failure::new(Code::Usage, e))?;
     if control.state != ClusterState::ShutDown {
         return Err(Failure {
-            code: "usage",
+            code: Code::Usage,
             message: format!(
                 "{} was not shut down cleanly (pg_control says \"{}\")",
                 dir.path.display(),
                 control.state.describe()
             ),
             remedy: Some("start the server once so that it recovers and stop it cleanly, or back up the running server".into()),
+            clusters: None,
         });
     }
     let options = run_dir.plain_server_options(settings, true, log_dir.join("old-server.log"));
     let server = Server::start(install, dir, &options)
-        .map_err(|e| Failure::new("server_start_failed", e))?;
-    Ok((server, "started_and_stopped"))
+        .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
+    Ok((server, ClusterCondition::StartedAndStopped))
 }
 
 /// Why `dir` cannot take a backup, if it cannot: it (and `DIR.old` and
@@ -457,23 +465,25 @@ pub fn refuse_backup_dir(dir: &Path, clusters: &[&Path]) -> Option<Failure> {
             let cluster = resolve_existing_prefix(cluster);
             if resolved.starts_with(&cluster) || cluster.starts_with(&resolved) {
                 return Some(Failure {
-                    code: "usage",
+                    code: Code::Usage,
                     message: format!(
                         "the backup directory {} and the cluster directory {} lie inside one another",
                         path.display(),
                         cluster.display()
                     ),
                     remedy: Some("put the backup outside every data directory and tablespace".into()),
+                    clusters: None,
                 });
             }
         }
     }
     catalog::refuse_backup_dir(dir).map(|why| Failure {
-        code: "usage",
+        code: Code::Usage,
         message: why,
         remedy: Some(
             "name a directory that does not exist yet, an empty one, or one holding an earlier pg-migrate backup".into(),
         ),
+        clusters: None,
     })
 }
 
@@ -507,20 +517,21 @@ fn restore_source_check(dir: &Path, target: &Path) -> Option<Failure> {
         resolve_existing_prefix(target),
     );
     (dir.starts_with(&cluster) || cluster.starts_with(&dir)).then(|| Failure {
-        code: "usage",
+        code: Code::Usage,
         message: format!(
             "the backup {} and the target cluster {} lie inside one another",
             dir.display(),
             cluster.display()
         ),
         remedy: Some("restore into a cluster outside the backup directory".into()),
+        clusters: None,
     })
 }
 
 /// `pg-migrate restore`.
 pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "restore";
-    let fail_early = |code: &'static str, message: String, remedy: &str, status: i32| {
+    let fail_early = |code: Code, message: String, remedy: &str, status: i32| {
         crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
     let dir = settings
@@ -536,7 +547,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
                 _ => "use another copy of the backup (the older one may be in DIR.old), or make a new one",
             };
             return fail_early(
-                "backup_unusable",
+                Code::BackupUnusable,
                 format!(
                     "the backup in {} cannot be restored: {unusable}",
                     dir.display()
@@ -550,7 +561,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         Ok(install) => install,
         Err(e) => {
             return fail_early(
-                "usage",
+                Code::Usage,
                 format!("the target installation cannot be used: {e}"),
                 "pass the bin directory of the installation to restore into with -B",
                 exit::USAGE,
@@ -565,7 +576,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
     ]);
     if !missing.is_empty() {
         return fail_early(
-            "usage",
+            Code::Usage,
             format!(
                 "{} lacks {}",
                 target.bindir.display(),
@@ -590,7 +601,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
     for (tablespace, _) in &settings.tablespace_map {
         if !manifest.tablespaces.iter().any(|t| &t.name == tablespace) {
             return fail_early(
-                "usage",
+                Code::Usage,
                 format!("the backup has no tablespace named {tablespace:?}"),
                 &format!(
                     "its tablespaces are: {}",
@@ -613,7 +624,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
     };
     if same(&target_dir, &manifest.datadir) {
         return fail_early(
-            "usage",
+            Code::Usage,
             format!(
                 "{} is the cluster this backup was made of",
                 target_dir.display()
@@ -635,7 +646,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         match DataDir::open(&target_dir, None) {
             Ok(existing) if existing.major != target.version.major => {
                 return fail_early(
-                    "usage",
+                    Code::Usage,
                     format!(
                         "{} is a PostgreSQL {} cluster, not {}",
                         target_dir.display(),
@@ -649,7 +660,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
             Ok(existing) => {
                 if !matches!(existing.server_status(), Ok(ServerStatus::Stopped)) {
                     return fail_early(
-                        "server_running",
+                        Code::ServerRunning,
                         format!("a server runs on {} (or crashed there)", target_dir.display()),
                         "stop it: pg-migrate restores into a stopped fresh cluster",
                         exit::USAGE,
@@ -658,7 +669,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
             }
             Err(e) => {
                 return fail_early(
-                    "usage",
+                    Code::Usage,
                     format!("{} is not a cluster: {e}", target_dir.display()),
                     "name a fresh cluster of the -B installation, or a directory that does not exist yet",
                     exit::USAGE,
@@ -683,55 +694,56 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         backup_dir: Some(dir.display().to_string()),
         note: None,
     });
-    let mut new_state = "unchanged";
+    let mut new_state = ClusterCondition::Unchanged;
     let result = (|| -> Result<(), Failure> {
         if create {
             let command = catalog::initdb_for(&target, &manifest, &target_dir, &settings.user)
-                .map_err(|e| Failure::new("initdb_failed", e))?
+                .map_err(|e| Failure::new(Code::InitdbFailed, e))?
                 .args(crate::engine::initdb_auth(printer, &settings.user));
             printer.emit(&Event::Initdb {
                 command: command.command_line(),
                 datadir: target_dir.display().to_string(),
             });
-            new_state = "incomplete";
+            new_state = ClusterCondition::Incomplete;
             command
                 .run()
-                .map_err(|e| Failure::new("initdb_failed", e))?;
+                .map_err(|e| Failure::new(Code::InitdbFailed, e))?;
         }
         let datadir =
-            DataDir::open(&target_dir, None).map_err(|e| Failure::new("restore_failed", e))?;
+            DataDir::open(&target_dir, None).map_err(|e| Failure::new(Code::RestoreFailed, e))?;
         let options = ServerOptions {
             // Synced as a whole at the end; a restore cut short is redone.
             durability_off: true,
             ..run_dir.plain_server_options(settings, false, log_dir.join("target-server.log"))
         };
         let server = Server::start(&target, &datadir, &options)
-            .map_err(|e| Failure::new("server_start_failed", e))?;
-        if new_state == "unchanged" {
-            new_state = "started_and_stopped";
+            .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
+        if new_state == ClusterCondition::Unchanged {
+            new_state = ClusterCondition::StartedAndStopped;
         }
         let mut extra = Vec::new();
         for database in ["template1", "postgres"] {
             let mut client = server
                 .connect(database)
-                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
             extra.extend(
                 catalog::not_fresh(&mut client, database)
-                    .map_err(|e| Failure::new("new_catalog_failed", e))?,
+                    .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?,
             );
         }
         if !extra.is_empty() {
             return Err(Failure {
-                code: "restore_target_not_fresh",
+                code: Code::RestoreTargetNotFresh,
                 message: format!(
                     "{} is not a fresh cluster: it holds {}",
                     target_dir.display(),
                     extra.join(", ")
                 ),
                 remedy: Some("restore into a freshly made cluster (or a directory that does not exist yet): a restore replaces postgres and template1 and changes roles".into()),
+                clusters: None,
             });
         }
-        new_state = "incomplete";
+        new_state = ClusterCondition::Incomplete;
         printer.emit(&Event::StepStart { step: "restore" });
         let step_started = Instant::now();
         let work = Work {
@@ -751,22 +763,22 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         );
         printer.emit(&Event::StepEnd {
             step: "restore",
-            status: if result.is_ok() { "ok" } else { "failed" },
+            status: StepStatus::of(&result),
             duration_ms: step_started.elapsed().as_millis() as u64,
         });
         result?;
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))?;
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;
         if !settings.no_sync {
             target
                 .command(pgm_cluster::Tool::Initdb)
-                .map_err(|e| Failure::new("sync_failed", e))?
+                .map_err(|e| Failure::new(Code::SyncFailed, e))?
                 .arg("--sync-only")
                 .arg("-D")
                 .arg(&target_dir)
                 .run()
-                .map_err(|e| Failure::new("sync_failed", e))?;
+                .map_err(|e| Failure::new(Code::SyncFailed, e))?;
         }
         Ok(())
     })();
@@ -785,7 +797,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
             }),
         ),
         Err(mut failure) => {
-            if new_state == "incomplete" {
+            if new_state == ClusterCondition::Incomplete {
                 let advice = format!(
                     "the cluster in {} is half-restored: remove it{} and restore again",
                     target_dir.display(),
@@ -800,7 +812,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
                     None => advice,
                 });
             }
-            let exit_code = if failure.code == "restore_target_not_fresh" {
+            let exit_code = if failure.code == Code::RestoreTargetNotFresh {
                 exit::USAGE
             } else {
                 exit::FAILED_OLD_INTACT
@@ -811,7 +823,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
                     exit_code,
                     // The backup is the "old" side: it is only read.
                     clusters: ClusterStates {
-                        old: "unchanged",
+                        old: ClusterCondition::Unchanged,
                         new: new_state,
                     },
                 },

@@ -6,7 +6,9 @@ use pgm_verifier::{CharSignedness, CheckConfig, Report, SideConfig, Status};
 
 use crate::cli::{Settings, Signedness};
 use crate::exit;
-use crate::report::{Cause, CheckCounts, ClusterStates, Event, PlanSide, Printer};
+use crate::failure::Code;
+use crate::report::ClusterCondition;
+use crate::report::{Cause, CheckCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
 use crate::rundir::RunDir;
 
 pub struct Outcome {
@@ -92,7 +94,11 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     let failed = report.failed();
     printer.emit(&Event::StepEnd {
         step: "checks",
-        status: if failed.is_empty() { "ok" } else { "failed" },
+        status: if failed.is_empty() {
+            StepStatus::Ok
+        } else {
+            StepStatus::Failed
+        },
         duration_ms: started.elapsed().as_millis() as u64,
     });
     let exit_code = if failed.is_empty() {
@@ -101,7 +107,7 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
         let names: Vec<String> = failed.iter().map(|f| f.id.to_string()).collect();
         let first = failed[0];
         printer.emit(&Event::Error {
-            code: "checks_failed",
+            code: Code::ChecksFailed,
             message: format!(
                 "{} check{} failed: {}; first: {}",
                 failed.len(),
@@ -144,16 +150,16 @@ pub fn check_event(f: &pgm_verifier::Finding) -> Event {
 pub fn cluster_states(report: &Report) -> ClusterStates {
     ClusterStates {
         old: if report.live_old {
-            "running_untouched"
+            ClusterCondition::RunningUntouched
         } else if report.old_started {
-            "started_and_stopped"
+            ClusterCondition::StartedAndStopped
         } else {
-            "unchanged"
+            ClusterCondition::Unchanged
         },
         new: if report.new_started {
-            "started_and_stopped"
+            ClusterCondition::StartedAndStopped
         } else {
-            "unchanged"
+            ClusterCondition::Unchanged
         },
     }
 }

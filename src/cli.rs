@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::failure::{Code, Failure};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pg-migrate",
@@ -399,22 +401,19 @@ impl AfterSteps {
     }
 }
 
-/// A flag problem: names what is wrong and how to say it right.
-#[derive(Debug)]
-pub struct UsageError {
-    pub message: String,
-    pub remedy: String,
-}
-
 impl Options {
-    pub fn resolve(self, action: Action) -> Result<Settings, UsageError> {
+    /// The settings, or a usage failure that names what is wrong and how to
+    /// say it right.
+    pub fn resolve(self, action: Action) -> Result<Settings, Failure> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
         let given = |value: Option<PathBuf>| value.filter(|p| !p.as_os_str().is_empty());
         let required = |value: Option<PathBuf>, what: &str, flag: &str, env: &str| {
-            given(value).map(absolute).ok_or_else(|| UsageError {
+            given(value).map(absolute).ok_or_else(|| Failure {
+                code: Code::Usage,
                 message: format!("no {what} was given"),
-                remedy: format!("pass it with {flag} or set {env}"),
+                remedy: Some(format!("pass it with {flag} or set {env}")),
+                clusters: None,
             })
         };
         // restore works on a backup and a target cluster only; post-upgrade
@@ -468,9 +467,11 @@ impl Options {
             None => std::env::current_exe()
                 .ok()
                 .and_then(|exe| exe.parent().map(|p| p.to_path_buf()))
-                .ok_or_else(|| UsageError {
+                .ok_or_else(|| Failure {
+                    code: Code::Usage,
                     message: "no new bin directory was given".into(),
-                    remedy: "pass it with -B/--new-bindir or set PGBINNEW".into(),
+                    remedy: Some("pass it with -B/--new-bindir or set PGBINNEW".into()),
+                    clusters: None,
                 })?,
         };
         let user = match self.username.clone().filter(|u| !u.is_empty()) {
@@ -479,16 +480,20 @@ impl Options {
                 .ok()
                 .flatten()
                 .map(|u| u.name)
-                .ok_or_else(|| UsageError {
+                .ok_or_else(|| Failure {
+                    code: Code::Usage,
                     message: "the current user has no name in the user database".into(),
-                    remedy: "pass the cluster's install user with -U/--username".into(),
+                    remedy: Some("pass the cluster's install user with -U/--username".into()),
+                    clusters: None,
                 })?,
         };
         let backup_dir = given(self.backup_dir.clone()).map(absolute);
         if matches!(action, Action::Backup | Action::Restore) && backup_dir.is_none() {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: format!("{} needs a backup directory", action.name()),
-                remedy: "pass it with --backup-dir DIR".into(),
+                remedy: Some("pass it with --backup-dir DIR".into()),
+                clusters: None,
             });
         }
         let mut tablespace_map = Vec::new();
@@ -497,36 +502,46 @@ impl Options {
                 .split_once('=')
                 .filter(|(name, dir)| !name.is_empty() && !dir.is_empty());
             let Some((name, dir)) = parsed else {
-                return Err(UsageError {
+                return Err(Failure {
+                    code: Code::Usage,
                     message: format!("--tablespace-map {entry:?} is not NAME=DIR"),
-                    remedy: "name the tablespace and its new directory, e.g. --tablespace-map archive=/srv/pg/archive".into(),
+                    remedy: Some("name the tablespace and its new directory, e.g. --tablespace-map archive=/srv/pg/archive".into()),
+                    clusters: None,
                 });
             };
             tablespace_map.push((name.to_string(), absolute(PathBuf::from(dir))));
         }
         if !tablespace_map.is_empty() && action != Action::Restore {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: "--tablespace-map only applies to restore".into(),
-                remedy: "leave it out, or use it with pg-migrate restore".into(),
+                remedy: Some("leave it out, or use it with pg-migrate restore".into()),
+                clusters: None,
             });
         }
         let mode = self.mode();
         if action == Action::Prepare && (mode == Mode::Swap || self.method == Method::Dump) {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: "prepare works with --link, --copy, --clone and --copy-file-range".into(),
-                remedy: "swap mode moves directories a live cluster still uses, and a dump and reload has no catalog work to do ahead: choose another mode, or upgrade in one go".into(),
+                remedy: Some("swap mode moves directories a live cluster still uses, and a dump and reload has no catalog work to do ahead: choose another mode, or upgrade in one go".into()),
+                clusters: None,
             });
         }
         if self.method == Method::Dump && mode != Mode::Copy {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: "--method dump reloads every row: it takes no transfer mode".into(),
-                remedy: "leave out --link, --clone, --copy-file-range and --swap, or use the in-place method".into(),
+                remedy: Some("leave out --link, --clone, --copy-file-range and --swap, or use the in-place method".into()),
+                clusters: None,
             });
         }
         if self.verify_sample_above.is_some() && self.verify.is_none() && action != Action::Verify {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: "--verify-sample-above only applies with --verify".into(),
-                remedy: "add --verify, or leave it out".into(),
+                remedy: Some("add --verify, or leave it out".into()),
+                clusters: None,
             });
         }
         let verify_mode = match action {
@@ -545,9 +560,11 @@ impl Options {
                     | Action::Revert
             )
         {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: format!("--verify does not apply to {}", action.name()),
-                remedy: "use it on an upgrade made in one go (or its resume), or run pg-migrate verify -D NEW on a finished copy-mode upgrade".into(),
+                remedy: Some("use it on an upgrade made in one go (or its resume), or run pg-migrate verify -D NEW on a finished copy-mode upgrade".into()),
+                clusters: None,
             });
         }
         let after = AfterSteps {
@@ -562,9 +579,11 @@ impl Options {
             analyze: self.analyze,
         };
         if action == Action::PostUpgrade && !after.any() {
-            return Err(UsageError {
+            return Err(Failure {
+                code: Code::Usage,
                 message: "post-upgrade was given nothing to do".into(),
-                remedy: "name the steps: --verify, --post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config".into(),
+                remedy: Some("name the steps: --verify, --post-upgrade DIR, --analyze, --update-extensions, --reindex-collation, --carry-config".into()),
+                clusters: None,
             });
         }
         let socket_base = absolute(self.socketdir.clone().unwrap_or_else(std::env::temp_dir));

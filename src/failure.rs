@@ -67,7 +67,61 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 52] = [Code::AfterStepFailed, Code::AlreadyPrepared, Code::AlreadyReverted, Code::AlreadyUpgraded, Code::BackupFailed, Code::BackupTooNew, Code::BackupUnusable, Code::ChecksFailed, Code::DumpFailed, Code::FreezeFailed, Code::HandoverFailed, Code::InitdbFailed, Code::Internal, Code::Interrupted, Code::JournalFailed, Code::LinkNotPossible, Code::LockTableTooSmall, Code::Locked, Code::NewCatalogFailed, Code::NewClusterHasRun, Code::NewClusterMismatch, Code::NewTablespaceDirExists, Code::NoJournal, Code::OldCatalogFailed, Code::OldClusterChanged, Code::OutputDirFailed, Code::PostUpgradeScriptFailed, Code::PrepareNotPossible, Code::ProtectFailed, Code::RelationMapMismatch, Code::ResetFailed, Code::RestoreFailed, Code::RestoreTargetNotFresh, Code::ResumeFailed, Code::RevertFailed, Code::RunDirFailed, Code::RunningAsRoot, Code::ScriptFailed, Code::ServerRunning, Code::ServerStartFailed, Code::ServerStopFailed, Code::SlotsFailed, Code::SwapNotPossible, Code::SyncFailed, Code::TransferFailed, Code::UnfinishedRevert, Code::UnfinishedUpgrade, Code::Usage, Code::VacuumFailed, Code::VerifyFailed, Code::VerifyFoundDifferences, Code::VerifyNotPossible];
+    #[cfg(test)]
+    pub const ALL: [Code; 52] = [
+        Code::AfterStepFailed,
+        Code::AlreadyPrepared,
+        Code::AlreadyReverted,
+        Code::AlreadyUpgraded,
+        Code::BackupFailed,
+        Code::BackupTooNew,
+        Code::BackupUnusable,
+        Code::ChecksFailed,
+        Code::DumpFailed,
+        Code::FreezeFailed,
+        Code::HandoverFailed,
+        Code::InitdbFailed,
+        Code::Internal,
+        Code::Interrupted,
+        Code::JournalFailed,
+        Code::LinkNotPossible,
+        Code::LockTableTooSmall,
+        Code::Locked,
+        Code::NewCatalogFailed,
+        Code::NewClusterHasRun,
+        Code::NewClusterMismatch,
+        Code::NewTablespaceDirExists,
+        Code::NoJournal,
+        Code::OldCatalogFailed,
+        Code::OldClusterChanged,
+        Code::OutputDirFailed,
+        Code::PostUpgradeScriptFailed,
+        Code::PrepareNotPossible,
+        Code::ProtectFailed,
+        Code::RelationMapMismatch,
+        Code::ResetFailed,
+        Code::RestoreFailed,
+        Code::RestoreTargetNotFresh,
+        Code::ResumeFailed,
+        Code::RevertFailed,
+        Code::RunDirFailed,
+        Code::RunningAsRoot,
+        Code::ScriptFailed,
+        Code::ServerRunning,
+        Code::ServerStartFailed,
+        Code::ServerStopFailed,
+        Code::SlotsFailed,
+        Code::SwapNotPossible,
+        Code::SyncFailed,
+        Code::TransferFailed,
+        Code::UnfinishedRevert,
+        Code::UnfinishedUpgrade,
+        Code::Usage,
+        Code::VacuumFailed,
+        Code::VerifyFailed,
+        Code::VerifyFoundDifferences,
+        Code::VerifyNotPossible,
+    ];
 
     /// The code as the JSON events and the docs spell it.
     pub const fn as_str(self) -> &'static str {
@@ -187,16 +241,6 @@ impl Failure {
             clusters: None,
         }
     }
-
-    pub fn with_remedy(mut self, remedy: impl Into<String>) -> Failure {
-        self.remedy = Some(remedy.into());
-        self
-    }
-
-    pub fn leaving(mut self, clusters: ClusterStates) -> Failure {
-        self.clusters = Some(clusters);
-        self
-    }
 }
 
 #[cfg(test)]
@@ -214,7 +258,12 @@ mod tests {
             .take_while(|l| l.starts_with('|'))
             .skip(2)
             .flat_map(|l| {
-                l.split('|').nth(1).unwrap_or("").split(',').map(|c| c.trim().trim_matches('`').to_string()).collect::<Vec<_>>()
+                l.split('|')
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|c| c.trim().trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
             })
             .filter(|c| !c.is_empty())
             .collect();

@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod engine;
 mod exit;
+mod failure;
 mod journal;
 mod recovery;
 mod report;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::cli::{Action, Cli, Command};
+use crate::failure::Code;
 use crate::report::Printer;
 
 fn main() {
@@ -59,7 +61,7 @@ fn run() -> i32 {
                 &printer,
                 started,
                 "pg-migrate",
-                "usage",
+                Code::Usage,
                 first,
                 "run pg-migrate --help for the options",
                 exit::USAGE,

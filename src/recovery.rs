@@ -8,20 +8,13 @@ use pgm_cluster::{ControlFile, DataDir, ServerStatus};
 use serde_json::json;
 
 use crate::cli::{Options, Settings};
+use crate::failure::{Code, Failure};
 use crate::journal::{self, Journal, JournalView, RunLock, State};
+use crate::report::ClusterCondition;
 use crate::report::ClusterStates;
 
-/// A refusal before anything was done.
-pub struct Refusal {
-    pub code: &'static str,
-    pub message: String,
-    pub remedy: String,
-    /// What the clusters are left as, when not both `unchanged`.
-    pub clusters: Option<ClusterStates>,
-}
-
 /// Locks both clusters' directories for the life of the run.
-pub fn lock(settings: &Settings) -> Result<RunLock, Refusal> {
+pub fn lock(settings: &Settings) -> Result<RunLock, Failure> {
     let mut dirs: Vec<std::path::PathBuf> = [&settings.old_datadir, &settings.new_datadir]
         .into_iter()
         .filter_map(|d| std::fs::canonicalize(d).ok())
@@ -29,41 +22,41 @@ pub fn lock(settings: &Settings) -> Result<RunLock, Refusal> {
         .collect();
     dirs.dedup();
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    RunLock::acquire(&dirs).map_err(|busy| Refusal {
+    RunLock::acquire(&dirs).map_err(|busy| Failure {
         clusters: None,
-        code: "locked",
+        code: Code::Locked,
         message: format!("another pg-migrate is working on {}", busy.display()),
-        remedy: "wait for it to finish (or find it with: ps -C pg-migrate -f); two runs on the same clusters would damage them".into(),
+        remedy: Some("wait for it to finish (or find it with: ps -C pg-migrate -f); two runs on the same clusters would damage them".into()),
     })
 }
 
 /// A new upgrade (or check) must not run over an unfinished or finished one.
-pub fn refuse_unfinished(settings: &Settings) -> Result<(), Refusal> {
+pub fn refuse_unfinished(settings: &Settings) -> Result<(), Failure> {
     let new = &settings.new_datadir;
     match journal::read_state(new) {
-        Some(State::Upgrading) | Some(State::Failed) => Err(Refusal {
+        Some(State::Upgrading) | Some(State::Failed) => Err(Failure {
             clusters: None,
-            code: "unfinished_upgrade",
+            code: Code::UnfinishedUpgrade,
             message: format!("{} holds an upgrade that did not finish", new.display()),
-            remedy: crate::engine::recovery_commands(new),
+            remedy: Some(crate::engine::recovery_commands(new)),
         }),
-        Some(State::Complete) => Err(Refusal {
+        Some(State::Complete) => Err(Failure {
             clusters: None,
-            code: "already_upgraded",
+            code: Code::AlreadyUpgraded,
             message: format!(
                 "{} is already the result of a finished upgrade",
                 new.display()
             ),
-            remedy: "start it; to upgrade again, give -D a new directory".into(),
+            remedy: Some("start it; to upgrade again, give -D a new directory".into()),
         }),
-        Some(State::Prepared) => Err(Refusal {
+        Some(State::Prepared) => Err(Failure {
             clusters: None,
-            code: "already_prepared",
+            code: Code::AlreadyPrepared,
             message: format!("{} holds a prepared upgrade", new.display()),
-            remedy: format!(
+            remedy: Some(format!(
                 "finish it: pg-migrate cutover -D {0}; or throw it away: pg-migrate discard -D {0}",
                 crate::engine::quote(new)
-            ),
+            )),
         }),
         Some(State::Reverted) | None => Ok(()),
     }
@@ -87,26 +80,27 @@ pub fn archive_reverted_journal(new_datadir: &Path) {
 
 /// Fills the flags a resume or revert did not repeat from the journal's
 /// plan, so that `pg-migrate resume -D NEW` is enough.
-pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalView, Refusal> {
+pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalView, Failure> {
     let Some(new) = options.new_datadir.clone() else {
-        return Err(Refusal {
+        return Err(Failure {
             clusters: None,
-            code: "usage",
+            code: Code::Usage,
             message: "no new data directory was given".into(),
-            remedy: "pass the data directory of the interrupted upgrade with -D/--new-datadir"
-                .into(),
+            remedy: Some(
+                "pass the data directory of the interrupted upgrade with -D/--new-datadir".into(),
+            ),
         });
     };
     let view = JournalView::read(&new)
         .filter(|v| v.plan().is_some())
-        .ok_or_else(|| Refusal {
+        .ok_or_else(|| Failure {
             clusters: None,
-            code: "no_journal",
+            code: Code::NoJournal,
             message: format!(
                 "{} holds no pg-migrate journal: no upgrade began there, there is nothing to resume or revert",
                 new.display()
             ),
-            remedy: "check -D; an upgrade that never began changed neither cluster: run it again".into(),
+            remedy: Some("check -D; an upgrade that never began changed neither cluster: run it again".into()),
         })?;
     let plan = view.plan().cloned().unwrap_or_default();
     let path = |v: &serde_json::Value| v.as_str().map(std::path::PathBuf::from);
@@ -166,13 +160,13 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
             .as_deref()
             != Some(mode)
     {
-        return Err(Refusal {
+        return Err(Failure {
             clusters: None,
-            code: "usage",
+            code: Code::Usage,
             message: format!(
                 "the interrupted upgrade used --{mode}; it cannot continue in another mode"
             ),
-            remedy: format!("drop the mode flag, or pass --{mode}"),
+            remedy: Some(format!("drop the mode flag, or pass --{mode}")),
         });
     }
     options.link = mode == "link";
@@ -190,7 +184,7 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
 pub fn stop_leftover_servers(
     settings: &Settings,
     view: Option<&JournalView>,
-) -> Result<(), Refusal> {
+) -> Result<(), Failure> {
     let ours = view.map(|v| v.run_dirs()).unwrap_or_default();
     let online = view.is_some_and(|v| v.is_online()) && !view.is_some_and(|v| v.in_cutover());
     for (datadir, bindir) in [
@@ -220,19 +214,19 @@ pub fn stop_leftover_servers(
                     // the old server serves).
                     continue;
                 }
-                return Err(Refusal {
+                return Err(Failure {
                     clusters: None,
-                    code: "server_running",
+                    code: Code::ServerRunning,
                     message: format!(
                         "a server that pg-migrate did not start runs on {} (pid {})",
                         datadir.display(),
                         pid.pid
                     ),
-                    remedy: format!(
+                    remedy: Some(format!(
                         "stop it first: {} -D {} stop",
                         bindir.join("pg_ctl").display(),
                         datadir.display()
-                    ),
+                    )),
                 });
             }
             let _ = PgCommand::new(bindir.join("pg_ctl"))
@@ -323,15 +317,15 @@ pub fn new_tablespace_dir(settings: &Settings) -> Option<String> {
 }
 
 /// Puts the new cluster back as initdb made it, noting it in the journal.
-pub fn reset_new_cluster(settings: &Settings) -> Result<(), Refusal> {
-    let refusal = |e: String| Refusal {
+pub fn reset_new_cluster(settings: &Settings) -> Result<(), Failure> {
+    let refusal = |e: String| Failure {
         clusters: None,
-        code: "reset_failed",
+        code: Code::ResetFailed,
         message: format!("could not return the new cluster to its state before the upgrade: {e}"),
-        remedy: format!(
+        remedy: Some(format!(
             "remove {} and re-create it with initdb, then run the upgrade again",
             settings.new_datadir.display()
-        ),
+        )),
     };
     let version_dir = new_tablespace_dir(settings)
         .ok_or_else(|| refusal("its pg_control cannot be read".into()))?;
@@ -404,20 +398,20 @@ fn current_new_stamp(new: &Path) -> Option<pgm_cluster::ControlStamp> {
 /// over from; one that ran since (started as the advice allows, or its
 /// pg_control renamed back in link mode) holds rows and objects the new
 /// cluster's commit log and catalog know nothing of.
-pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(), Refusal> {
+pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(), Failure> {
     let old = &settings.old_datadir;
     let quoted = crate::engine::quote(&settings.new_datadir);
     let refusal = |message: String| {
-        Refusal {
+        Failure {
         clusters: Some(ClusterStates {
-            old: "unchanged",
-            new: "incomplete",
+            old: ClusterCondition::Unchanged,
+            new: ClusterCondition::Incomplete,
         }),
-        code: "old_cluster_changed",
+        code: Code::OldClusterChanged,
         message,
-        remedy: format!(
+        remedy: Some(format!(
             "the new cluster cannot be finished from it: put it back as initdb made it with pg-migrate revert -D {quoted}, then run the upgrade again (it carries what the old cluster holds now)"
-        ),
+        )),
     }
     };
     let Some(recorded) = view.handover_stamp() else {
@@ -457,15 +451,15 @@ pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(),
 /// upgrade and the new one to its pristine state, unless the new cluster has
 /// run since pg-migrate left it. Every part can be repeated: a revert cut
 /// short is finished by running it again.
-pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refusal> {
+pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failure> {
     let new = &settings.new_datadir;
     let quoted = crate::engine::quote(new);
     if journal::read_state(new) == Some(State::Reverted) {
-        return Err(Refusal {
+        return Err(Failure {
             clusters: None,
-            code: "already_reverted",
+            code: Code::AlreadyReverted,
             message: format!("the upgrade into {} was already reverted", new.display()),
-            remedy: "the old cluster can be started as before".into(),
+            remedy: Some("the old cluster can be started as before".into()),
         });
     }
     let protected = view.passed_point_of_no_return()
@@ -474,11 +468,15 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
             crate::cli::Mode::Link | crate::cli::Mode::Swap
         );
     let as_found = ClusterStates {
-        old: if protected { "protected" } else { "unchanged" },
-        new: if journal::read_state(new) == Some(State::Complete) {
-            "upgraded"
+        old: if protected {
+            ClusterCondition::Protected
         } else {
-            "incomplete"
+            ClusterCondition::Unchanged
+        },
+        new: if journal::read_state(new) == Some(State::Complete) {
+            ClusterCondition::Upgraded
+        } else {
+            ClusterCondition::Incomplete
         },
     };
     // A revert cut short passed this guard before it changed anything, and
@@ -509,52 +507,56 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
         }
     };
     if let Some(why) = ran {
-        return Err(Refusal {
+        return Err(Failure {
             clusters: Some(as_found),
-            code: "new_cluster_has_run",
+            code: Code::NewClusterHasRun,
             message: format!("the new cluster has been started since pg-migrate left it ({why}): it may hold changes, and in link and swap mode it has written to files it shares with the old cluster"),
-            remedy: "revert is no longer safe; nothing was changed: keep the new cluster, or restore the old one from a backup".into(),
+            remedy: Some("revert is no longer safe; nothing was changed: keep the new cluster, or restore the old one from a backup".into()),
         });
     }
     // Swap mode: which files in the new cluster's database directories are
     // the old cluster's is known only from the saved plan.
     let swap_dirs = if settings.mode == crate::cli::Mode::Swap && view.passed_point_of_no_return() {
         let plan = crate::engine::transfer_plan_path(new);
-        let moves = crate::engine::saved_moves(new).ok_or_else(|| Refusal {
+        let moves = crate::engine::saved_moves(new).ok_or_else(|| Failure {
             clusters: Some(as_found.clone()),
-            code: "revert_failed",
+            code: Code::RevertFailed,
             message: format!(
                 "{} is missing or unreadable: without it the old cluster's files cannot be told from the new one's; nothing was changed",
                 plan.display()
             ),
-            remedy: format!("put {} back from a copy of the new cluster's pg_migrate.d, then run pg-migrate revert again; otherwise restore the old cluster from a backup (do not rename its pg_control back by hand)", plan.display()),
+            remedy: Some(format!("put {} back from a copy of the new cluster's pg_migrate.d, then run pg-migrate revert again; otherwise restore the old cluster from a backup (do not rename its pg_control back by hand)", plan.display())),
         })?;
-        Some(pgm_transfer::swap_dirs(&moves).map_err(|file| Refusal {
+        Some(pgm_transfer::swap_dirs(&moves).map_err(|file| Failure {
             clusters: Some(as_found.clone()),
-            code: "revert_failed",
+            code: Code::RevertFailed,
             message: format!(
                 "the saved transfer plan cannot be swapped back ({}); nothing was changed",
                 file.display()
             ),
-            remedy: "restore the old cluster from a backup".into(),
+            remedy: Some("restore the old cluster from a backup".into()),
         })?)
     } else {
         None
     };
-    let failed_midway = |message: String, remedy: String| Refusal {
+    let failed_midway = |message: String, remedy: String| Failure {
         clusters: Some(ClusterStates {
-            old: if protected { "protected" } else { "unchanged" },
-            new: "incomplete",
+            old: if protected {
+                ClusterCondition::Protected
+            } else {
+                ClusterCondition::Unchanged
+            },
+            new: ClusterCondition::Incomplete,
         }),
-        code: "revert_failed",
+        code: Code::RevertFailed,
         message,
-        remedy,
+        remedy: Some(remedy),
     };
-    let mut journal = Journal::open(new).map_err(|e| Refusal {
+    let mut journal = Journal::open(new).map_err(|e| Failure {
         clusters: Some(as_found.clone()),
-        code: "journal_failed",
+        code: Code::JournalFailed,
         message: e.to_string(),
-        remedy: "check the new data directory's permissions".into(),
+        remedy: Some("check the new data directory's permissions".into()),
     })?;
     if !view.revert_started() {
         journal
@@ -562,21 +564,21 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Refus
                 "revert_started",
                 json!({ "new_control": current_new_stamp(new) }),
             )
-            .map_err(|e| Refusal {
+            .map_err(|e| Failure {
                 clusters: Some(as_found.clone()),
-                code: "journal_failed",
+                code: Code::JournalFailed,
                 message: e.to_string(),
-                remedy: "check the new data directory's permissions and free space".into(),
+                remedy: Some("check the new data directory's permissions and free space".into()),
             })?;
     }
     // Nothing may take the clusters for a finished upgrade meanwhile (a
     // wrapper starting the new one, post-upgrade): until it is done, the
     // state says the upgrade is not.
-    journal::write_state(new, State::Failed).map_err(|e| Refusal {
+    journal::write_state(new, State::Failed).map_err(|e| Failure {
         clusters: Some(as_found.clone()),
-        code: "journal_failed",
+        code: Code::JournalFailed,
         message: e.to_string(),
-        remedy: "check the new data directory's permissions and free space".into(),
+        remedy: Some("check the new data directory's permissions and free space".into()),
     })?;
     // From here on an interruption leaves a revert to finish.
     crate::engine::publish_revert_in_progress(new, protected);

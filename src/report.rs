@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::failure::Code;
+
 /// Set by the signal handler: from then on only its own thread reports (the
 /// interrupted work would otherwise report the failures the interruption
 /// causes, e.g. a restore whose server was just stopped).
@@ -76,7 +78,7 @@ pub enum Event {
     },
     StepEnd {
         step: &'static str,
-        status: &'static str,
+        status: StepStatus,
         duration_ms: u64,
     },
     /// One check's verdict.
@@ -133,7 +135,7 @@ pub enum Event {
     },
     /// Why the run failed, and in what state it leaves each cluster.
     Error {
-        code: &'static str,
+        code: Code,
         message: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         remedy: Option<String>,
@@ -181,8 +183,38 @@ pub struct BackupCounts {
 #[derive(Debug, Clone, Serialize)]
 pub struct AfterStep {
     pub step: &'static str,
-    /// `ok`, `failed`, or `not_run` (an earlier one failed).
-    pub status: &'static str,
+    pub status: StepStatus,
+}
+
+/// How a step ended (`step_end` events, the summary's `after` list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Ok,
+    Failed,
+    /// Done by an earlier run of the same upgrade (a resume).
+    Skipped,
+    /// A step after the upgrade not run because an earlier one failed.
+    NotRun,
+}
+
+impl StepStatus {
+    pub fn of<T, E>(result: &Result<T, E>) -> StepStatus {
+        if result.is_ok() {
+            StepStatus::Ok
+        } else {
+            StepStatus::Failed
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Ok => "ok",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::NotRun => "not_run",
+        }
+    }
 }
 
 /// What an upgrade carried.
@@ -221,6 +253,7 @@ impl PlanSide {
 #[derive(Debug, Serialize)]
 pub struct Cause {
     pub check: &'static str,
+    /// The check's problem code (docs/checks.md), not an error code.
     pub code: &'static str,
 }
 
@@ -230,8 +263,28 @@ pub struct Cause {
 /// `running_untouched` (a running server was only queried).
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStates {
-    pub old: &'static str,
-    pub new: &'static str,
+    pub old: ClusterCondition,
+    pub new: ClusterCondition,
+}
+
+/// One cluster's state after a run (docs/json-status.md, "Cluster states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterCondition {
+    /// Not touched: byte for byte as before.
+    Unchanged,
+    /// Its server was started privately and stopped cleanly.
+    StartedAndStopped,
+    /// A running server was only queried.
+    RunningUntouched,
+    /// Link or swap mode past the point of no return: disabled.
+    Protected,
+    /// Made by pg-migrate and still as initdb made it.
+    Created,
+    /// Partly upgraded (or restored).
+    Incomplete,
+    /// The upgrade finished; a step after it failed.
+    Upgraded,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -344,9 +397,10 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             step,
             status,
             duration_ms,
-        } => (*status != "ok" || *duration_ms >= 1000).then(|| {
+        } => (*status != StepStatus::Ok || *duration_ms >= 1000).then(|| {
             format!(
-                "{step}: {status} ({:.1} s)",
+                "{step}: {} ({:.1} s)",
+                status.as_str(),
                 Duration::from_millis(*duration_ms).as_secs_f64()
             )
         }),
@@ -509,15 +563,15 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
     }
 }
 
-fn words(state: &str) -> &'static str {
+fn words(state: ClusterCondition) -> &'static str {
     match state {
-        "unchanged" => "unchanged",
-        "started_and_stopped" => "unchanged (its server was started privately and stopped cleanly)",
-        "running_untouched" => "still running, only queried",
-        "protected" => "disabled so that it cannot be started by mistake: its global/pg_control is renamed to pg_control.old (and in swap mode its database directories may be in the new cluster: go back only with pg-migrate revert)",
-        "incomplete" => "half-made: it must be re-created before another attempt",
-        "created" => "created by pg-migrate, still empty",
-        _ => "see the log",
+        ClusterCondition::Unchanged => "unchanged",
+        ClusterCondition::StartedAndStopped => "unchanged (its server was started privately and stopped cleanly)",
+        ClusterCondition::RunningUntouched => "still running, only queried",
+        ClusterCondition::Protected => "disabled so that it cannot be started by mistake: its global/pg_control is renamed to pg_control.old (and in swap mode its database directories may be in the new cluster: go back only with pg-migrate revert)",
+        ClusterCondition::Incomplete => "half-made: it must be re-created before another attempt",
+        ClusterCondition::Created => "created by pg-migrate, still empty",
+        ClusterCondition::Upgraded => "upgraded: complete and consistent",
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use crate::engine;
 use crate::exit;
+use crate::failure::Code;
 use crate::journal;
+use crate::report::ClusterCondition;
 use crate::report::{self, ClusterStates, Event, Printer};
 
 /// On SIGINT/SIGTERM: stop every server we started, record the interruption
@@ -40,7 +42,7 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                     }
                     let _ = journal::write_state(&status.new_datadir, journal::State::Failed);
                     printer.emit(&Event::Error {
-                        code: "interrupted",
+                        code: Code::Interrupted,
                         message: format!(
                             "interrupted by {name}; every server pg-migrate started was stopped"
                         ),
@@ -52,7 +54,7 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                 }
                 None => {
                     printer.emit(&Event::Error {
-                        code: "interrupted",
+                        code: Code::Interrupted,
                         message: format!(
                             "interrupted by {name}; every server pg-migrate started was stopped"
                         ),
@@ -61,8 +63,8 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                         ),
                         causes: Vec::new(),
                         clusters: ClusterStates {
-                            old: "unchanged",
-                            new: "unchanged",
+                            old: ClusterCondition::Unchanged,
+                            new: ClusterCondition::Unchanged,
                         },
                     });
                     exit::FAILED_OLD_INTACT

@@ -9,7 +9,7 @@ use pgm_cluster::{DataDir, Installation, Server};
 use pgm_verifier::proof::{self, MeasureOptions, Outcome, Side};
 
 use crate::cli::{Method, Mode, Settings, Verify, VerifyMode};
-use crate::engine::Failure;
+use crate::failure::{Code, Failure};
 use crate::report::{Event, Printer};
 use crate::rundir::RunDir;
 
@@ -45,10 +45,10 @@ pub fn record_old(
         None,
         jobs,
     )
-    .map_err(|e| Failure::new("verify_failed", e))?;
+    .map_err(|e| Failure::new(Code::VerifyFailed, e))?;
     let path = crate::journal::dir(new_datadir).join(OLD_SIDE);
     proof::save(&side, &path)
-        .map_err(|e| Failure::new("verify_failed", format!("{}: {e}", path.display())))
+        .map_err(|e| Failure::new(Code::VerifyFailed, format!("{}: {e}", path.display())))
 }
 
 /// The after-step: the new cluster (through `server`) against the old
@@ -80,7 +80,7 @@ pub fn run(
         Some(&old),
         settings.jobs,
     )
-    .map_err(|e| Failure::new("verify_failed", e))?;
+    .map_err(|e| Failure::new(Code::VerifyFailed, e))?;
     let verdict = proof::compare(&old, &new);
     let report = crate::journal::dir(new_datadir).join(REPORT);
     write_report(&report, &verdict, &old, &new)?;
@@ -100,7 +100,7 @@ pub fn run(
         return Ok(());
     }
     Err(Failure {
-        code: "verify_found_differences",
+        code: Code::VerifyFoundDifferences,
         message: format!(
             "the new cluster differs from the old one in {} ways no rule explains; first: {}",
             verdict.difference_count,
@@ -115,6 +115,7 @@ pub fn run(
                 ""
             }
         )),
+        clusters: None,
     })
 }
 
@@ -126,7 +127,7 @@ fn write_report(
     new: &Side,
 ) -> Result<(), Failure> {
     let fail = |p: &Path, e: std::io::Error| {
-        Failure::new("verify_failed", format!("{}: {e}", p.display()))
+        Failure::new(Code::VerifyFailed, format!("{}: {e}", p.display()))
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     for (name, side) in [
@@ -148,7 +149,7 @@ fn write_report(
         "old_major": old.major,
         "new_major": new.major,
     }))
-    .map_err(|e| Failure::new("verify_failed", e))?;
+    .map_err(|e| Failure::new(Code::VerifyFailed, e))?;
     std::fs::write(path, text).map_err(|e| fail(path, e))
 }
 
@@ -162,9 +163,10 @@ pub fn preflight(settings: &Settings, new_datadir: &Path) -> Result<(), Failure>
         || settings.old_datadir.as_os_str().is_empty()
     {
         return Err(Failure {
-            code: "verify_not_possible",
+            code: Code::VerifyNotPossible,
             message: "the upgrade did not measure the old cluster, and after a link or swap upgrade it cannot be measured any more (its files are the new cluster's)".into(),
             remedy: Some("ask for --verify on the upgrade itself: it measures the old cluster before anything of it changes".into()),
+            clusters: None,
         });
     }
     Ok(())
@@ -181,9 +183,10 @@ fn measure_old_now(
 ) -> Result<Side, Failure> {
     let not_possible = |why: String| {
         Failure {
-        code: "verify_not_possible",
+        code: Code::VerifyNotPossible,
         message: why,
         remedy: Some("ask for --verify on the upgrade itself: it measures the old cluster before anything of it changes".into()),
+        clusters: None,
     }
     };
     let old_install = Installation::discover(&settings.old_bindir)
@@ -195,11 +198,12 @@ fn measure_old_now(
         Ok(pgm_cluster::ServerStatus::Stopped)
     ) {
         return Err(Failure {
-            code: "server_running",
+            code: Code::ServerRunning,
             message: "the old server is running".into(),
             remedy: Some(
                 "stop it: the old cluster is measured with a server of pg-migrate's own".into(),
             ),
+            clusters: None,
         });
     }
     let options = run_dir.plain_server_options(
@@ -208,7 +212,7 @@ fn measure_old_now(
         run_dir.log_dir().join("old-server-verify.log"),
     );
     let server = Server::start(&old_install, &old_dir, &options)
-        .map_err(|e| Failure::new("server_start_failed", e))?;
+        .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
     let side = proof::measure(
         new_install,
         &server,
@@ -217,9 +221,9 @@ fn measure_old_now(
         None,
         settings.jobs,
     )
-    .map_err(|e| Failure::new("verify_failed", e));
+    .map_err(|e| Failure::new(Code::VerifyFailed, e));
     server
         .stop()
-        .map_err(|e| Failure::new("server_stop_failed", e))?;
+        .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;
     side
 }

@@ -5,6 +5,7 @@ use std::time::Instant;
 use crate::cli::Settings;
 use crate::engine;
 use crate::exit;
+use crate::failure::Code;
 use crate::journal;
 use crate::recovery;
 use crate::report::Printer;
@@ -21,12 +22,12 @@ pub(crate) fn run_cutover(
     let name = "cutover";
     let new = &settings.new_datadir;
     let quoted = engine::quote(new);
-    let refuse_with = |code: &'static str, message: String, remedy: String| {
+    let refuse_with = |code: Code, message: String, remedy: String| {
         fail_early(printer, started, name, code, message, &remedy, exit::USAGE)
     };
     if !view.is_online() {
         return refuse_with(
-            "usage",
+            Code::Usage,
             format!("{} holds no prepared upgrade", new.display()),
             format!("an upgrade made in one go is finished with: pg-migrate resume -D {quoted}"),
         );
@@ -36,7 +37,7 @@ pub(crate) fn run_cutover(
         Some(journal::State::Upgrading) | Some(journal::State::Failed) if view.in_cutover() => {}
         Some(journal::State::Upgrading) | Some(journal::State::Failed) => {
             return refuse_with(
-                "unfinished_upgrade",
+                Code::UnfinishedUpgrade,
                 format!("the prepare into {} did not finish", new.display()),
                 format!(
                 "run pg-migrate prepare again (it starts over), or: pg-migrate discard -D {quoted}"
@@ -45,14 +46,14 @@ pub(crate) fn run_cutover(
         }
         Some(journal::State::Complete) => {
             return refuse_with(
-                "already_upgraded",
+                Code::AlreadyUpgraded,
                 format!("the upgrade into {} already finished", new.display()),
                 "start the new cluster".into(),
             )
         }
         Some(journal::State::Reverted) | None => {
             return refuse_with(
-                "already_reverted",
+                Code::AlreadyReverted,
                 format!("the upgrade into {} was discarded", new.display()),
                 "prepare again".into(),
             )
@@ -70,7 +71,7 @@ pub(crate) fn run_cutover(
                         printer,
                         started,
                         name,
-                        "server_running",
+                        Code::ServerRunning,
                         format!("the old server is running (pid {})", pid.pid),
                         &format!(
                             "stop it cleanly ({} -D {} stop -m fast), or let pg-migrate do it: add --stop-old",
@@ -85,7 +86,7 @@ pub(crate) fn run_cutover(
                 }
             }
             Ok(Ok(pgm_cluster::ServerStatus::StalePidFile(_))) => return refuse_with(
-                "server_running",
+                Code::ServerRunning,
                 "the old server crashed or was killed (a stale postmaster.pid)".into(),
                 "start it once so that it recovers and stop it cleanly, then run the cutover again"
                     .into(),
@@ -97,7 +98,7 @@ pub(crate) fn run_cutover(
             .unwrap_or(false);
         if !clean {
             return refuse_with(
-                "usage",
+                Code::Usage,
                 format!(
                     "the old cluster {} was not shut down cleanly",
                     settings.old_datadir.display()

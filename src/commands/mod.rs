@@ -7,8 +7,10 @@ use std::time::Instant;
 use crate::cli::{self, Action, Settings};
 use crate::engine;
 use crate::exit;
+use crate::failure::{Code, Failure};
 use crate::journal;
 use crate::recovery;
+use crate::report::ClusterCondition;
 use crate::report::{self, ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
 use crate::{after, backup};
@@ -29,7 +31,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             &printer,
             started,
             name,
-            "running_as_root",
+            Code::RunningAsRoot,
             "pg-migrate cannot be run as root".into(),
             "run it as the operating-system user that owns the clusters, e.g. sudo -u postgres pg-migrate …",
             exit::USAGE,
@@ -49,7 +51,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             matches!(action, Action::Resume | Action::Cutover),
         ) {
             Ok(view) => Some(view),
-            Err(r) if r.code == "no_journal" => {
+            Err(r) if r.code == Code::NoJournal => {
                 return no_journal(&printer, started, name, &options, r)
             }
             Err(r) => return refuse(&printer, started, name, r, exit::USAGE),
@@ -67,7 +69,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
                 &printer,
                 started,
                 name,
-                "unfinished_revert",
+                Code::UnfinishedRevert,
                 format!(
                     "a revert of the upgrade into {} began and did not finish",
                     view.new_datadir().display()
@@ -78,25 +80,15 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
                 ),
                 exit::FAILED_NEEDS_RECOVERY,
                 ClusterStates {
-                    old: "protected",
-                    new: "incomplete",
+                    old: ClusterCondition::Protected,
+                    new: ClusterCondition::Incomplete,
                 },
             );
         }
     }
     let settings = match options.resolve(action) {
         Ok(settings) => settings,
-        Err(e) => {
-            return fail_early(
-                &printer,
-                started,
-                name,
-                "usage",
-                e.message,
-                &e.remedy,
-                exit::USAGE,
-            )
-        }
+        Err(e) => return refuse(&printer, started, name, e, exit::USAGE),
     };
     if settings.verbose {
         let verbose_printer = Printer::new(false);
@@ -124,7 +116,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
                     &printer,
                     started,
                     "discard",
-                    "usage",
+                    Code::Usage,
                     format!(
                         "{} holds no prepared upgrade",
                         settings.new_datadir.display()
@@ -175,7 +167,7 @@ pub(crate) fn no_journal(
     started: Instant,
     name: &'static str,
     options: &cli::Options,
-    mut r: recovery::Refusal,
+    mut r: Failure,
 ) -> i32 {
     let base = options.socketdir.clone().unwrap_or_else(std::env::temp_dir);
     let datadirs: Vec<&std::path::Path> = [&options.new_datadir, &options.old_datadir]
@@ -193,9 +185,9 @@ pub(crate) fn no_journal(
     };
     let state = |stopped_one: bool| {
         if stopped_one {
-            "started_and_stopped"
+            ClusterCondition::StartedAndStopped
         } else {
-            "unchanged"
+            ClusterCondition::Unchanged
         }
     };
     r.clusters = Some(ClusterStates {
@@ -217,8 +209,9 @@ pub(crate) fn no_journal(
             "; servers an interrupted pg-migrate left running could not be stopped: {}",
             failed.join("; ")
         ));
-        r.remedy =
-            "stop those servers (pg_ctl -D DIR stop -m fast), then run the upgrade again".into();
+        r.remedy = Some(
+            "stop those servers (pg_ctl -D DIR stop -m fast), then run the upgrade again".into(),
+        );
     }
     refuse(printer, started, name, r, exit::USAGE)
 }
@@ -256,7 +249,7 @@ pub(crate) fn make_run_dir(
             printer,
             started,
             name,
-            "run_dir_failed",
+            Code::RunDirFailed,
             message,
             remedy,
             exit::USAGE,
@@ -346,15 +339,22 @@ pub(crate) fn refuse(
     printer: &Printer,
     started: Instant,
     command: &'static str,
-    r: recovery::Refusal,
+    r: Failure,
     exit_code: i32,
 ) -> i32 {
     let clusters = r.clusters.unwrap_or(ClusterStates {
-        old: "unchanged",
-        new: "unchanged",
+        old: ClusterCondition::Unchanged,
+        new: ClusterCondition::Unchanged,
     });
     fail_leaving(
-        printer, started, command, r.code, r.message, &r.remedy, exit_code, clusters,
+        printer,
+        started,
+        command,
+        r.code,
+        r.message,
+        r.remedy.as_deref().unwrap_or(""),
+        exit_code,
+        clusters,
     )
 }
 
@@ -382,14 +382,14 @@ pub(crate) fn fail_early(
     printer: &Printer,
     started: Instant,
     command: &'static str,
-    code: &'static str,
+    code: Code,
     message: String,
     remedy: &str,
     exit_code: i32,
 ) -> i32 {
     let unchanged = ClusterStates {
-        old: "unchanged",
-        new: "unchanged",
+        old: ClusterCondition::Unchanged,
+        new: ClusterCondition::Unchanged,
     };
     fail_leaving(
         printer, started, command, code, message, remedy, exit_code, unchanged,
@@ -402,12 +402,14 @@ pub(crate) fn fail_leaving(
     printer: &Printer,
     started: Instant,
     command: &'static str,
-    code: &'static str,
+    code: Code,
     message: String,
     remedy: &str,
     exit_code: i32,
     clusters: ClusterStates,
 ) -> i32 {
+    // A code whose exit status never depends on the run has that one.
+    let exit_code = code.fixed_exit_status().unwrap_or(exit_code);
     printer.emit(&Event::Error {
         code,
         message,

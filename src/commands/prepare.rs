@@ -6,6 +6,7 @@ use crate::backup;
 use crate::cli::Settings;
 use crate::engine;
 use crate::exit;
+use crate::failure::Code;
 use crate::journal;
 use crate::recovery;
 use crate::report::Printer;
@@ -18,7 +19,7 @@ use super::*;
 pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "prepare";
     let new = &settings.new_datadir;
-    let refuse_with = |code: &'static str, message: String, remedy: String| {
+    let refuse_with = |code: Code, message: String, remedy: String| {
         fail_early(printer, started, name, code, message, &remedy, exit::USAGE)
     };
     let quoted = engine::quote(new);
@@ -26,7 +27,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
     match journal::read_state(new) {
         Some(journal::State::Prepared) => {
             return refuse_with(
-                "already_prepared",
+                Code::AlreadyPrepared,
                 format!("{} already holds a prepared upgrade", new.display()),
                 format!("finish it: pg-migrate cutover -D {quoted}; or throw it away: pg-migrate discard -D {quoted}"),
             )
@@ -38,7 +39,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
                 .is_some_and(|v| v.is_online() && !v.in_cutover());
             if !restartable {
                 return refuse_with(
-                    "unfinished_upgrade",
+                    Code::UnfinishedUpgrade,
                     format!("{} holds an upgrade that did not finish", new.display()),
                     engine::recovery_commands(new),
                 );
@@ -53,7 +54,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
         }
         Some(journal::State::Complete) => {
             return refuse_with(
-                "already_upgraded",
+                Code::AlreadyUpgraded,
                 format!("{} is already the result of a finished upgrade", new.display()),
                 "start it; to upgrade again, give -D a new directory".into(),
             )

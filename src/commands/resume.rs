@@ -5,6 +5,7 @@ use std::time::Instant;
 use crate::cli::Settings;
 use crate::engine;
 use crate::exit;
+use crate::failure::Code;
 use crate::journal;
 use crate::recovery;
 use crate::report::Printer;
@@ -31,7 +32,7 @@ pub(crate) fn run_resume(
                 printer,
                 started,
                 name,
-                "already_upgraded",
+                Code::AlreadyUpgraded,
                 format!(
                     "the upgrade into {} already finished",
                     settings.new_datadir.display()
@@ -45,7 +46,7 @@ pub(crate) fn run_resume(
                 printer,
                 started,
                 name,
-                "already_prepared",
+                Code::AlreadyPrepared,
                 format!(
                     "{} holds a prepared upgrade, finished by its cutover",
                     settings.new_datadir.display()
@@ -62,7 +63,7 @@ pub(crate) fn run_resume(
                 printer,
                 started,
                 name,
-                "already_reverted",
+                Code::AlreadyReverted,
                 format!(
                     "the upgrade into {} was reverted",
                     settings.new_datadir.display()

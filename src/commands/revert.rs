@@ -64,8 +64,8 @@ pub(crate) fn run_revert(
             // Refusals that change nothing are usage-class; the others leave
             // an upgrade that still needs resolving.
             let code = match r.code {
-                "already_reverted" => exit::USAGE,
-                "reset_failed" => exit::FAILED_OLD_INTACT,
+                Code::AlreadyReverted => exit::USAGE,
+                Code::ResetFailed => exit::FAILED_OLD_INTACT,
                 _ => exit::FAILED_NEEDS_RECOVERY,
             };
             refuse(printer, started, name, r, code)

@@ -7,7 +7,8 @@ use crate::cli::Settings;
 use crate::engine;
 use crate::exit;
 use crate::journal;
-use crate::report::{self, ClusterStates, Event, Printer};
+use crate::report::ClusterCondition;
+use crate::report::{self, ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 use crate::{after, check};
 
@@ -96,8 +97,8 @@ pub(crate) fn finish_upgrade(
                 remedy: failure.remedy,
                 causes: Vec::new(),
                 clusters: ClusterStates {
-                    old: "started_and_stopped",
-                    new: "unchanged",
+                    old: ClusterCondition::StartedAndStopped,
+                    new: ClusterCondition::Unchanged,
                 },
             });
             summary.exit_code = exit::FAILED_OLD_INTACT;
@@ -137,10 +138,12 @@ pub(crate) fn finish_upgrade(
                 // cluster ran, there is no going back to the old one.
                 let ran = steps
                     .iter()
-                    .any(|s| s.step != "carry-config" && s.status != "not_run");
+                    .any(|s| s.step != "carry-config" && s.status != StepStatus::NotRun);
                 next_steps.retain(|n| match n.done_by {
                     Some(engine::NEW_CLUSTER_RAN) => !ran,
-                    Some(step) => !steps.iter().any(|s| s.step == step && s.status == "ok"),
+                    Some(step) => !steps
+                        .iter()
+                        .any(|s| s.step == step && s.status == StepStatus::Ok),
                     None => true,
                 });
                 summary.after = Some(steps);
@@ -152,7 +155,7 @@ pub(crate) fn finish_upgrade(
                         causes: Vec::new(),
                         clusters: ClusterStates {
                             old: engine.old_state(),
-                            new: "upgraded",
+                            new: ClusterCondition::Upgraded,
                         },
                     });
                     summary.exit_code = after::failure_exit_code(failure.code);

@@ -19,7 +19,8 @@ use serde_json::json;
 use crate::cli::{Method, Mode, Settings, Signedness, SyncMethod};
 use crate::exit;
 use crate::journal::{Journal, JournalView, State};
-use crate::report::{ClusterStates, Event, Printer};
+use crate::report::ClusterCondition;
+use crate::report::{ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 
 mod online;
@@ -45,22 +46,7 @@ pub enum Phase {
     Cutover,
 }
 
-/// Why a step failed: a stable code, what happened, and what to do.
-pub struct Failure {
-    pub code: &'static str,
-    pub message: String,
-    pub remedy: Option<String>,
-}
-
-impl Failure {
-    pub fn new(code: &'static str, error: impl std::fmt::Display) -> Failure {
-        Failure {
-            code,
-            message: error.to_string(),
-            remedy: None,
-        }
-    }
-}
+pub use crate::failure::{Code, Failure};
 
 /// Reads a pg_control wherever a run may have left it: hidden by prepare
 /// (`pg_control.prepared`) or renamed by link mode (`pg_control.old`).
@@ -75,13 +61,13 @@ fn read_control(datadir: &Path) -> Result<ControlFile, Failure> {
     .find(|p| p.exists())
     .ok_or_else(|| {
         Failure::new(
-            "resume_failed",
+            Code::ResumeFailed,
             format!("{} has no pg_control", global.display()),
         )
     })?;
     let bytes = std::fs::read(&path)
-        .map_err(|e| Failure::new("resume_failed", format!("{}: {e}", path.display())))?;
-    ControlFile::decode(&bytes, &path).map_err(|e| Failure::new("resume_failed", e))
+        .map_err(|e| Failure::new(Code::ResumeFailed, format!("{}: {e}", path.display())))?;
+    ControlFile::decode(&bytes, &path).map_err(|e| Failure::new(Code::ResumeFailed, e))
 }
 
 /// A failed upgrade: why, the state of each cluster, the exit status, and
@@ -211,8 +197,8 @@ pub fn publish_revert_in_progress(new_datadir: &Path, old_protected: bool) {
     let status = Interruptible {
         new_datadir: new_datadir.to_path_buf(),
         clusters: ClusterStates {
-            old: if old_protected { "protected" } else { "unchanged" },
-            new: "incomplete",
+            old: if old_protected { ClusterCondition::Protected } else { ClusterCondition::Unchanged },
+            new: ClusterCondition::Incomplete,
         },
         exit_code: exit::FAILED_NEEDS_RECOVERY,
         resume: format!(
@@ -240,7 +226,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Engine<'a>, Failure> {
         let missing = |what| {
             Failure::new(
-                "internal",
+                Code::Internal,
                 format!("the checks passed without establishing {what}"),
             )
         };
@@ -321,7 +307,7 @@ impl<'a> Engine<'a> {
     }
 
     /// What the run left the old cluster as (for reports after it).
-    pub fn old_state(&self) -> &'static str {
+    pub fn old_state(&self) -> ClusterCondition {
         self.cluster_states().old
     }
 
@@ -348,7 +334,7 @@ impl<'a> Engine<'a> {
         config: CheckConfig,
         journal: &JournalView,
     ) -> Result<Engine<'a>, Failure> {
-        let io = |e: pgm_cluster::Error| Failure::new("resume_failed", e);
+        let io = |e: pgm_cluster::Error| Failure::new(Code::ResumeFailed, e);
         let old_install = Installation::discover(&settings.old_bindir).map_err(io)?;
         let new_install = Installation::discover(&settings.new_bindir).map_err(io)?;
         let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
@@ -396,7 +382,7 @@ impl<'a> Engine<'a> {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| {
                 Failure::new(
-                    "resume_failed",
+                    Code::ResumeFailed,
                     format!("{} is missing or damaged", plan_path.display()),
                 )
             })?;
@@ -520,7 +506,7 @@ impl<'a> Engine<'a> {
         if self.done.contains(name) {
             self.printer.emit(&Event::StepEnd {
                 step: name,
-                status: "skipped",
+                status: StepStatus::Skipped,
                 duration_ms: 0,
             });
             return Ok(());
@@ -534,7 +520,7 @@ impl<'a> Engine<'a> {
         let duration_ms = started.elapsed().as_millis() as u64;
         self.printer.emit(&Event::StepEnd {
             step: name,
-            status: if result.is_ok() { "ok" } else { "failed" },
+            status: StepStatus::of(&result),
             duration_ms,
         });
         if result.is_ok() {
@@ -545,7 +531,7 @@ impl<'a> Engine<'a> {
                         "step",
                         json!({ "step": name, "status": "done", "duration_ms": duration_ms, "new_control": new_control }),
                     )
-                    .map_err(|e| Failure::new("journal_failed", e))?;
+                    .map_err(|e| Failure::new(Code::JournalFailed, e))?;
             }
             pgm_cluster::faults::point(|| format!("after:{name}"));
         }
@@ -638,7 +624,7 @@ impl<'a> Engine<'a> {
 
     fn start_old(&self) -> Result<Server, Failure> {
         Server::start(&self.old_install, &self.old_dir, &self.server_options(true))
-            .map_err(|e| Failure::new("server_start_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStartFailed, e))
     }
 
     /// The new cluster's pg_control as it is now (wherever a run left it),
@@ -662,7 +648,7 @@ impl<'a> Engine<'a> {
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record(record, json!({}))
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         Ok(())
     }
@@ -674,24 +660,24 @@ impl<'a> Engine<'a> {
             self.new_dir(),
             &self.server_options(false),
         )
-        .map_err(|e| Failure::new("server_start_failed", e))
+        .map_err(|e| Failure::new(Code::ServerStartFailed, e))
     }
 
     fn cluster_states(&self) -> ClusterStates {
         ClusterStates {
             old: if self.old_protected {
-                "protected"
+                ClusterCondition::Protected
             } else if self.old_live {
-                "running_untouched"
+                ClusterCondition::RunningUntouched
             } else {
-                "started_and_stopped"
+                ClusterCondition::StartedAndStopped
             },
             new: if self.new_touched {
-                "incomplete"
+                ClusterCondition::Incomplete
             } else if self.created_new {
-                "created"
+                ClusterCondition::Created
             } else {
-                "unchanged"
+                ClusterCondition::Unchanged
             },
         }
     }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::engine::*;
+use crate::report::StepStatus;
 
 impl<'a> Engine<'a> {
     /// An engine for the cutover of a prepared upgrade in `-D`.
@@ -21,7 +22,7 @@ impl<'a> Engine<'a> {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| {
                 Failure::new(
-                    "resume_failed",
+                    Code::ResumeFailed,
                     format!(
                         "{} is missing or damaged: prepare did not finish",
                         path.display()
@@ -53,12 +54,13 @@ impl<'a> Engine<'a> {
             };
             if ran {
                 return Err(Failure {
-                    code: "old_cluster_changed",
+                    code: Code::OldClusterChanged,
                     message: "the prepared new cluster has been started since prepare (its pg_control was renamed back by hand?)".into(),
                     remedy: Some(format!(
                         "throw it away (pg-migrate discard -D {}) and prepare again",
                         crate::engine::quote(&engine.new_dir().path)
                     )),
+                    clusters: None,
                 });
             }
         }
@@ -93,12 +95,13 @@ impl<'a> Engine<'a> {
                     .map(|then| now.changes_since(then).join("; "))
                     .unwrap_or_else(|| "the journal does not record it as verified".into());
                 return Err(Failure {
-                    code: "old_cluster_changed",
+                    code: Code::OldClusterChanged,
                     message: format!("the old cluster has run since this cutover verified it: the new cluster cannot be finished from it ({})", if running { "it is running" } else { changes.as_str() }),
                     remedy: Some(format!(
                         "stop it; throw the half-made cluster away (pg-migrate revert -D {}) and prepare again",
                         crate::engine::quote(&self.new_dir().path)
                     )),
+                    clusters: None,
                 });
             }
         }
@@ -117,7 +120,7 @@ impl<'a> Engine<'a> {
                 for (kind, fields) in records {
                     journal
                         .record(kind, fields)
-                        .map_err(|e| Failure::new("journal_failed", e))?;
+                        .map_err(|e| Failure::new(Code::JournalFailed, e))?;
                 }
             }
         }
@@ -143,7 +146,7 @@ impl<'a> Engine<'a> {
         let result = self.compare_with_prepared();
         self.printer.emit(&crate::report::Event::StepEnd {
             step: "verify-unchanged",
-            status: if result.is_ok() { "ok" } else { "failed" },
+            status: StepStatus::of(&result),
             duration_ms: started.elapsed().as_millis() as u64,
         });
         result
@@ -161,27 +164,29 @@ impl<'a> Engine<'a> {
             &scratch,
             &self.run_dir.log_dir().join("globals-cutover.log"),
         )
-        .map_err(|e| Failure::new("dump_failed", e))?;
+        .map_err(|e| Failure::new(Code::DumpFailed, e))?;
         if globals_digest(&scratch)? != self.prepared.globals_sha256 {
             changes.push("roles or tablespaces (the globals dump differs)".into());
         }
         let mut template1 = server
             .connect("template1")
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         let shared = fingerprint(&mut template1, "template1", true)
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         for table in changed_tables(&self.prepared.shared, &shared) {
             changes.push(format!("shared catalog {table}"));
         }
         let databases = pgm_catalog::list_databases(&mut template1)
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         // What is no catalog row: prepared transactions (their work would
         // be lost) and logical slots (not carried) made since prepare.
         let names = |client: &mut postgres::Client, sql: &str| -> Result<Vec<String>, Failure> {
             client
                 .query_one(sql, &[])
                 .map(|r| r.get::<_, Option<Vec<String>>>(0).unwrap_or_default())
-                .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))
+                .map_err(|e| {
+                    Failure::new(Code::OldCatalogFailed, pgm_cluster::describe_pg_error(&e))
+                })
         };
         let prepared_xacts = names(
             &mut template1,
@@ -232,15 +237,15 @@ impl<'a> Engine<'a> {
             let name = &prepared.name;
             let mut client = server
                 .connect(name)
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             let mut found = Vec::new();
             let print = fingerprint(&mut client, name, false)
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             for table in changed_tables(&prepared.fingerprint, &print) {
                 found.push(format!("database \"{name}\": catalog {table}"));
             }
             let relations = pgm_catalog::list_relations(&mut client, name, query)
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             let current: HashSet<(u32, u32, String)> = relations
                 .iter()
                 .map(|r| (r.oid, r.relfilenode, r.tablespace_location.to_string()))
@@ -271,7 +276,7 @@ impl<'a> Engine<'a> {
                         &[],
                     )
                     .map_err(|e| {
-                        Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e))
+                        Failure::new(Code::OldCatalogFailed, pgm_cluster::describe_pg_error(&e))
                     })?;
                 (row.get(0), row.get(1))
             };
@@ -285,7 +290,7 @@ impl<'a> Engine<'a> {
                     &[&carried],
                 )
                 .map_err(|e| {
-                    Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e))
+                    Failure::new(Code::OldCatalogFailed, pgm_cluster::describe_pg_error(&e))
                 })?
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -294,7 +299,7 @@ impl<'a> Engine<'a> {
         })?;
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))?;
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;
         let mut horizons = Horizons::default();
         for (prepared, (found, database, tables)) in common.iter().zip(per_database) {
             changes.extend(found);
@@ -304,7 +309,7 @@ impl<'a> Engine<'a> {
         }
         if !changes.is_empty() {
             return Err(Failure {
-                code: "old_cluster_changed",
+                code: Code::OldClusterChanged,
                 message: format!(
                     "the old cluster changed since prepare: {}",
                     changes.join("; ")
@@ -313,6 +318,7 @@ impl<'a> Engine<'a> {
                     "nothing was changed; the old cluster can be started as before. Throw the prepared cluster away and prepare again: pg-migrate discard -D {0}, then pg-migrate prepare",
                     crate::engine::quote(&self.new_dir().path)
                 )),
+                clusters: None,
             });
         }
         // The counters to hand over are the stopped cluster's final ones;
@@ -327,12 +333,13 @@ impl<'a> Engine<'a> {
                 .map(|(now, then)| format!("{}: {} then, {} now", now.0, then.1, now.1))
                 .collect();
             return Err(Failure {
-                code: "old_cluster_changed",
+                code: Code::OldClusterChanged,
                 message: format!("the old cluster's pg_control changed since prepare: {}", changed.join("; ")),
                 remedy: Some(format!(
                     "nothing was changed; throw the prepared cluster away (pg-migrate discard -D {}) and prepare again",
                     crate::engine::quote(&self.new_dir().path)
                 )),
+                clusters: None,
             });
         }
         Ok(horizons)
@@ -405,7 +412,8 @@ impl<'a> Engine<'a> {
             "stop it (and whatever restarts it), then run the cutover again: it checks the old cluster anew".into()
         };
         Failure {
-            code: "old_cluster_changed",
+            clusters: None,
+            code: Code::OldClusterChanged,
             message: format!(
                 "the old server was started again after the cutover checked it{}",
                 if changes.is_empty() {
@@ -423,11 +431,11 @@ impl<'a> Engine<'a> {
         let hidden = global.join("pg_control.prepared");
         if hidden.exists() {
             std::fs::rename(&hidden, global.join("pg_control")).map_err(|e| {
-                Failure::new("handover_failed", format!("{}: {e}", hidden.display()))
+                Failure::new(Code::HandoverFailed, format!("{}: {e}", hidden.display()))
             })?;
         }
         // Durable before the step is journalled as done.
-        crate::engine::sync_dir(&global).map_err(|e| Failure::new("handover_failed", e))
+        crate::engine::sync_dir(&global).map_err(|e| Failure::new(Code::HandoverFailed, e))
     }
 
     /// The new cluster's horizons from the old cluster's: every catalog
@@ -439,7 +447,7 @@ impl<'a> Engine<'a> {
             Some(h) => h,
             None => self.horizons_from_journal().ok_or_else(|| {
                 Failure::new(
-                    "resume_failed",
+                    Code::ResumeFailed,
                     "the journal holds no horizons of the old cluster",
                 )
             })?,
@@ -451,13 +459,13 @@ impl<'a> Engine<'a> {
         let server = self.start_new()?;
         let sql_error = |db: &str, e: postgres::Error| {
             Failure::new(
-                "handover_failed",
+                Code::HandoverFailed,
                 format!("database \"{db}\": {}", pgm_cluster::describe_pg_error(&e)),
             )
         };
         let mut template1 = server
             .connect("template1")
-            .map_err(|e| Failure::new("handover_failed", e))?;
+            .map_err(|e| Failure::new(Code::HandoverFailed, e))?;
         template1
             .execute(
                 "UPDATE pg_catalog.pg_database SET datfrozenxid = $1::text::pg_catalog.xid,
@@ -489,7 +497,7 @@ impl<'a> Engine<'a> {
         let result = parallel(&names, self.settings.jobs, |name| {
             let mut client = server
                 .connect(name)
-                .map_err(|e| Failure::new("handover_failed", e))?;
+                .map_err(|e| Failure::new(Code::HandoverFailed, e))?;
             let carried = horizons.databases.get(name);
             let (oids, xids, mxids): (Vec<u32>, Vec<String>, Vec<String>) = carried
                 .map(|(_, tables)| {
@@ -537,7 +545,7 @@ impl<'a> Engine<'a> {
         result?;
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 
     /// The files planned again from prepare's pairs: in link mode a file
@@ -554,7 +562,8 @@ impl<'a> Engine<'a> {
                 new_base: new.clone(),
             })
             .collect();
-        self.moves = pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?;
+        self.moves =
+            pgm_transfer::plan(&pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?;
         self.save_plan()?;
         if self.settings.mode != Mode::Link {
             // The old cluster stays startable in these modes: a server
@@ -615,25 +624,29 @@ impl Inodes {
 pub fn stop_old_server(datadir: &Path) -> Result<bool, Failure> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let dir = DataDir::open(datadir, None).map_err(|e| Failure::new("usage", e))?;
-    let ServerStatus::Running(pid) = dir.server_status().map_err(|e| Failure::new("usage", e))?
+    let dir = DataDir::open(datadir, None).map_err(|e| Failure::new(Code::Usage, e))?;
+    let ServerStatus::Running(pid) = dir
+        .server_status()
+        .map_err(|e| Failure::new(Code::Usage, e))?
     else {
         return Ok(false);
     };
     kill(Pid::from_raw(pid.pid), Signal::SIGINT).map_err(|e| Failure {
-        code: "server_stop_failed",
+        code: Code::ServerStopFailed,
         message: format!("could not signal the old server (pid {}): {e}", pid.pid),
         remedy: Some("stop it yourself (pg_ctl stop -m fast) and run the cutover again".into()),
+        clusters: None,
     })?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while datadir.join("postmaster.pid").exists() {
         if std::time::Instant::now() > deadline {
             return Err(Failure {
-                code: "server_stop_failed",
+                code: Code::ServerStopFailed,
                 message: "the old server did not stop within 300 s".into(),
                 remedy: Some(
                     "stop it yourself (pg_ctl stop -m fast) and run the cutover again".into(),
                 ),
+                clusters: None,
             });
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -31,7 +31,7 @@ use pgm_verifier::CheckConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{read_control, Engine, Failure, Finished, NextStep};
+use super::{read_control, Code, Engine, Failure, Finished, NextStep};
 
 mod cutover;
 mod prepare;
@@ -122,7 +122,7 @@ pub(super) struct Horizons {
 /// not stay in the new data directory (base backups and standbys copy it).
 pub fn globals_digest(path: &Path) -> Result<String, Failure> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new("dump_failed", format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::new(Code::DumpFailed, format!("{}: {e}", path.display())))?;
     let normalized = text
         .lines()
         .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
@@ -141,7 +141,7 @@ pub fn export_snapshot(
 ) -> Result<(String, Fingerprint), Failure> {
     let sql_error = |e: postgres::Error| {
         Failure::new(
-            "old_catalog_failed",
+            Code::OldCatalogFailed,
             format!(
                 "database \"{database}\": {}",
                 pgm_cluster::describe_pg_error(&e)
@@ -155,8 +155,8 @@ pub fn export_snapshot(
         .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
         .map_err(sql_error)?
         .get(0);
-    let print =
-        fingerprint(client, database, false).map_err(|e| Failure::new("old_catalog_failed", e))?;
+    let print = fingerprint(client, database, false)
+        .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
     Ok((snapshot, print))
 }
 

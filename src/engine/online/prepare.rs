@@ -21,9 +21,10 @@ impl<'a> Engine<'a> {
         }
         if let Ok(ServerStatus::Running(pid)) = self.old_dir.server_status() {
             let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
-                code: "server_running",
+                code: Code::ServerRunning,
                 message: "the running old server listens on no unix socket".into(),
                 remedy: Some("set unix_socket_directories on the old server".into()),
+                clusters: None,
             })?;
             let endpoint = pgm_cluster::server::Endpoint {
                 socket_dir,
@@ -65,7 +66,7 @@ impl<'a> Engine<'a> {
             .map(|(name, tables)| format!("\"{name}\" {tables} tables"))
             .collect();
         Err(Failure {
-            code: "lock_table_too_small",
+            code: Code::LockTableTooSmall,
             message: format!(
                 "the serving old server's lock table cannot hold the locks prepare's pg_dump takes (one per ordinary or partitioned table of each of the {} databases dumped at a time: {}) beside the application's",
                 self.settings.jobs.max(1),
@@ -74,6 +75,7 @@ impl<'a> Engine<'a> {
             remedy: Some(format!(
                 "nothing was changed; lower -j, or set max_locks_per_transaction = {per_transaction} on the old server (takes a restart), or run prepare with the old server stopped"
             )),
+            clusters: None,
         })
     }
 
@@ -82,7 +84,7 @@ impl<'a> Engine<'a> {
         let server = self.old_server_live_or_private()?;
         let row = server
             .connect("template1")
-            .map_err(|e| Failure::new("old_catalog_failed", e))?
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?
             .query_one(
                 "SELECT (SELECT pg_catalog.array_agg(pg_catalog.quote_ident(subname) ORDER BY 1)
                            FROM pg_catalog.pg_subscription),
@@ -91,7 +93,7 @@ impl<'a> Engine<'a> {
                           WHERE slot_type = 'logical' AND NOT temporary)",
                 &[],
             )
-            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, pgm_cluster::describe_pg_error(&e)))?;
         let (subscriptions, slots): (Option<Vec<String>>, Option<Vec<String>>) =
             (row.get(0), row.get(1));
         let (subscriptions, slots) = (subscriptions.unwrap_or_default(), slots.unwrap_or_default());
@@ -118,9 +120,10 @@ impl<'a> Engine<'a> {
         }
         if !what.is_empty() {
             return Err(Failure {
-                code: "prepare_not_possible",
+                code: Code::PrepareNotPossible,
                 message: format!("the old cluster has {}", what.join(" and ")),
                 remedy: Some("nothing was changed; upgrade in one go instead (pg-migrate without prepare/cutover)".into()),
+                clusters: None,
             });
         }
         Ok(())
@@ -136,9 +139,9 @@ impl<'a> Engine<'a> {
         let take = || -> Result<Fingerprint, Failure> {
             let mut client = server
                 .connect("template1")
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             fingerprint(&mut client, "template1", true)
-                .map_err(|e| Failure::new("old_catalog_failed", e))
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))
         };
         for _ in 0..5 {
             let before = take()?;
@@ -148,9 +151,10 @@ impl<'a> Engine<'a> {
             }
         }
         Err(Failure {
-            code: "old_cluster_changed",
+            code: Code::OldClusterChanged,
             message: "roles, tablespaces or databases kept changing while they were dumped".into(),
             remedy: Some("run prepare again when they are quiet".into()),
+            clusters: None,
         })
     }
 
@@ -224,13 +228,13 @@ impl<'a> Engine<'a> {
         let server = self.start_new()?;
         let q = |db: &str, e: postgres::Error| {
             Failure::new(
-                "freeze_failed",
+                Code::FreezeFailed,
                 format!("database \"{db}\": {}", pgm_cluster::describe_pg_error(&e)),
             )
         };
         let databases: Vec<String> = server
             .connect("template1")
-            .map_err(|e| Failure::new("freeze_failed", e))?
+            .map_err(|e| Failure::new(Code::FreezeFailed, e))?
             .query(
                 "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn ORDER BY oid",
                 &[],
@@ -243,7 +247,7 @@ impl<'a> Engine<'a> {
         parallel(&databases, self.settings.jobs, |name| {
             let mut client = server
                 .connect(name)
-                .map_err(|e| Failure::new("freeze_failed", e))?;
+                .map_err(|e| Failure::new(Code::FreezeFailed, e))?;
             let tables: Vec<String> = client
                 .query(
                     "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
@@ -270,7 +274,7 @@ impl<'a> Engine<'a> {
         for name in &databases {
             let mut client = server
                 .connect(name)
-                .map_err(|e| Failure::new("freeze_failed", e))?;
+                .map_err(|e| Failure::new(Code::FreezeFailed, e))?;
             for row in client
                 .query(
                     "SELECT c.oid::pg_catalog.regclass::text, pg_catalog.age(c.relfrozenxid),
@@ -295,23 +299,24 @@ impl<'a> Engine<'a> {
         if !unfrozen.is_empty() && !pgm_cluster::faults::freeze_proof_skipped() {
             let shown: Vec<String> = unfrozen.iter().take(10).cloned().collect();
             return Err(Failure {
-                code: "freeze_failed",
+                code: Code::FreezeFailed,
                 message: format!(
                     "{} catalog relations of the new cluster are not proven frozen: {}",
                     unfrozen.len(),
                     shown.join(", ")
                 ),
                 remedy: Some("run the same prepare again (it starts over); nothing was done to the old cluster".into()),
+                clusters: None,
             });
         }
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record("frozen", json!({ "databases": databases }))
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 
     /// The new pg_control goes out of the way (nobody may start a cluster
@@ -326,17 +331,18 @@ impl<'a> Engine<'a> {
         let dir = crate::journal::dir(&self.new_dir().path);
         let path = dir.join(PREPARED);
         let tmp = dir.join(format!("{PREPARED}.tmp"));
-        let fail =
-            |e: std::io::Error| Failure::new("journal_failed", format!("{}: {e}", tmp.display()));
+        let fail = |e: std::io::Error| {
+            Failure::new(Code::JournalFailed, format!("{}: {e}", tmp.display()))
+        };
         let text =
-            serde_json::to_vec(&self.prepared).map_err(|e| Failure::new("journal_failed", e))?;
+            serde_json::to_vec(&self.prepared).map_err(|e| Failure::new(Code::JournalFailed, e))?;
         std::fs::write(&tmp, text).map_err(fail)?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(fail)?;
         std::fs::rename(&tmp, &path).map_err(fail)?;
         if let Some(dir) = path.parent() {
-            crate::engine::sync_dir(dir).map_err(|e| Failure::new("journal_failed", e))?;
+            crate::engine::sync_dir(dir).map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         let global = self.new_dir().path.join("global");
         if global.join("pg_control").exists() {
@@ -344,10 +350,10 @@ impl<'a> Engine<'a> {
                 global.join("pg_control"),
                 global.join("pg_control.prepared"),
             )
-            .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", global.display())))?;
+            .map_err(|e| Failure::new(Code::JournalFailed, format!("{}: {e}", global.display())))?;
         }
         std::fs::File::open(&global)
             .and_then(|d| d.sync_all())
-            .map_err(|e| Failure::new("journal_failed", format!("{}: {e}", global.display())))
+            .map_err(|e| Failure::new(Code::JournalFailed, format!("{}: {e}", global.display())))
     }
 }

@@ -27,7 +27,7 @@ impl<'a> Engine<'a> {
         let staging = PathBuf::from(format!("{}.pg-migrate-initdb", target.display()));
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(|e| {
-                Failure::new("initdb_failed", format!("{}: {e}", staging.display()))
+                Failure::new(Code::InitdbFailed, format!("{}: {e}", staging.display()))
             })?;
         }
         let mut args = words[1..].to_vec();
@@ -37,9 +37,9 @@ impl<'a> Engine<'a> {
         PgCommand::new(&words[0])
             .args(&args)
             .run()
-            .map_err(|e| Failure::new("initdb_failed", e))?;
+            .map_err(|e| Failure::new(Code::InitdbFailed, e))?;
         std::fs::rename(&staging, &target)
-            .map_err(|e| Failure::new("initdb_failed", format!("{}: {e}", target.display())))?;
+            .map_err(|e| Failure::new(Code::InitdbFailed, format!("{}: {e}", target.display())))?;
         self.created_new = true;
         let printer = self.printer;
         let ok = pgm_verifier::check_created_new(&self.config, &mut self.report, &mut |f| {
@@ -47,12 +47,13 @@ impl<'a> Engine<'a> {
         });
         if !ok {
             return Err(Failure {
-                code: "new_cluster_mismatch",
+                code: Code::NewClusterMismatch,
                 message: "the new cluster pg-migrate created does not pass the checks (see the failed check events)".into(),
                 remedy: Some(format!(
                     "remove {} and use a new installation built like the old one",
                     self.settings.new_datadir.display()
                 )),
+                clusters: None,
             });
         }
         self.new_dir = self.report.new.datadir.clone();
@@ -66,7 +67,7 @@ impl<'a> Engine<'a> {
         let base = crate::journal::dir(&new_path);
         let output = base.join(format!("run-{}", now_ms()));
         let fail = |e: std::io::Error| {
-            Failure::new("output_dir_failed", format!("{}: {e}", base.display()))
+            Failure::new(Code::OutputDirFailed, format!("{}: {e}", base.display()))
         };
         for sub in ["log", "dump"] {
             std::fs::create_dir_all(output.join(sub)).map_err(fail)?;
@@ -104,18 +105,18 @@ impl<'a> Engine<'a> {
                 },
             });
             Journal::create(&new_path, &[("plan", plan), ("run", run)])
-                .map_err(|e| Failure::new("journal_failed", e))?
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?
         } else {
             let mut journal =
-                Journal::open(&new_path).map_err(|e| Failure::new("journal_failed", e))?;
+                Journal::open(&new_path).map_err(|e| Failure::new(Code::JournalFailed, e))?;
             journal
                 .record("run", run)
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
             journal
         };
         pgm_cluster::faults::point(|| "open-output:journal-made".into());
         crate::journal::write_state(&new_path, State::Upgrading)
-            .map_err(|e| Failure::new("journal_failed", e))?;
+            .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         self.journal = Some(journal);
         self.output = Some(output);
         Ok(())

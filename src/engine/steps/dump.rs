@@ -36,7 +36,7 @@ impl<'a> Engine<'a> {
         let needed: u64 = sizes.iter().take(self.settings.jobs.max(1)).sum::<u64>() + 1000;
         let mut client = server
             .connect("template1")
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         let row = client
             .query_one(
                 "SELECT pg_catalog.current_setting('max_locks_per_transaction')::bigint,
@@ -44,7 +44,9 @@ impl<'a> Engine<'a> {
                       + pg_catalog.current_setting('max_prepared_transactions')::bigint",
                 &[],
             )
-            .map_err(|e| Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e)))?;
+            .map_err(|e| {
+                Failure::new(Code::OldCatalogFailed, pgm_cluster::describe_pg_error(&e))
+            })?;
         let (per_transaction, slots_for): (i64, i64) = (row.get(0), row.get(1));
         let slots_for = slots_for.max(1) as u64;
         if (per_transaction.max(0) as u64) * slots_for >= needed {
@@ -75,7 +77,7 @@ impl<'a> Engine<'a> {
         if let Some(per_transaction) = self.lock_slots_for_dump(&server)? {
             server
                 .stop()
-                .map_err(|e| Failure::new("server_stop_failed", e))?;
+                .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;
             let mut options = self.server_options(true);
             options.extra_options = Some(format!(
                 "{} -c max_locks_per_transaction={per_transaction}",
@@ -85,7 +87,7 @@ impl<'a> Engine<'a> {
                 "  the old server restarts with max_locks_per_transaction={per_transaction}: its databases have more tables than its lock table holds"
             ));
             server = Server::start(&self.old_install, &self.old_dir, &options)
-                .map_err(|e| Failure::new("server_start_failed", e))?;
+                .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
         }
         Ok(server)
     }
@@ -97,7 +99,7 @@ impl<'a> Engine<'a> {
             .settings
             .backup_dir
             .clone()
-            .ok_or_else(|| Failure::new("internal", "backup without --backup-dir"))?;
+            .ok_or_else(|| Failure::new(Code::Internal, "backup without --backup-dir"))?;
         let server = if self.phase == Phase::Prepare {
             self.old_server_live_or_private()?
         } else {
@@ -107,7 +109,7 @@ impl<'a> Engine<'a> {
             pgm_catalog::backup::choose_dump_tools(&self.old_install, Some(&self.new_install))
                 .ok_or_else(|| {
                     Failure::new(
-                        "backup_failed",
+                        Code::BackupFailed,
                         "neither installation has pg_dump and pg_dumpall",
                     )
                 })?;
@@ -127,7 +129,7 @@ impl<'a> Engine<'a> {
                     "backup",
                     json!({ "dir": dir, "databases": written.manifest.databases.len(), "bytes": written.manifest.bytes() }),
                 )
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         self.backup = Some(crate::report::BackupCounts {
             dir: dir.display().to_string(),
@@ -145,7 +147,7 @@ impl<'a> Engine<'a> {
             .settings
             .after
             .verify
-            .ok_or_else(|| Failure::new("internal", "record-old without --verify"))?;
+            .ok_or_else(|| Failure::new(Code::Internal, "record-old without --verify"))?;
         let server = self.old_server_for_dumps()?;
         let result = crate::verify::record_old(
             &self.new_install,
@@ -157,7 +159,7 @@ impl<'a> Engine<'a> {
         );
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))?;
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;
         result?;
         if self.settings.method == Method::InPlace {
             self.start_staging();
@@ -176,15 +178,15 @@ impl<'a> Engine<'a> {
         };
         let mut client = server
             .connect("template1")
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         let databases = pgm_catalog::list_databases(&mut client)
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         self.tablespaces = pgm_catalog::list_tablespaces(&mut client)
-            .map_err(|e| Failure::new("old_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         if !prepare {
             self.logical_slots =
                 pgm_catalog::list_logical_slots(&mut client, self.old_install.version.major)
-                    .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                    .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
         }
         drop(client);
         let new_suffix = self.tablespace_dir(false)?;
@@ -192,9 +194,10 @@ impl<'a> Engine<'a> {
             let dir = Path::new(location).join(&new_suffix);
             if dir.exists() {
                 return Err(Failure {
-                    code: "new_tablespace_dir_exists",
+                    code: Code::NewTablespaceDirExists,
                     message: format!("{} already exists", dir.display()),
                     remedy: Some("remove it (a leftover of an earlier attempt) if it holds nothing you need, and run again".into()),
+                    clusters: None,
                 });
             }
         }
@@ -210,12 +213,12 @@ impl<'a> Engine<'a> {
                     &globals,
                     &engine.log("globals.log"),
                 )
-                .map_err(|e| Failure::new("dump_failed", e))
+                .map_err(|e| Failure::new(Code::DumpFailed, e))
             })?;
             self.prepared.globals_sha256 = online::globals_digest(&globals)?;
         } else {
             pgm_catalog::dump_globals(&self.new_install, &conn, &globals, &self.log("globals.log"))
-                .map_err(|e| Failure::new("dump_failed", e))?;
+                .map_err(|e| Failure::new(Code::DumpFailed, e))?;
         }
         let query = RelationQuery {
             include_sequences: !self.dump_options().sequences_in_dump(),
@@ -240,7 +243,7 @@ impl<'a> Engine<'a> {
         let results = parallel(&self.databases, self.settings.jobs, |plan| {
             let mut client = server
                 .connect(&plan.db.name)
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             let mut options = options.clone();
             let mut fingerprint = None;
             if prepare {
@@ -252,7 +255,7 @@ impl<'a> Engine<'a> {
                 fingerprint = Some(print);
             }
             let relations = pgm_catalog::list_relations(&mut client, &plan.db.name, query)
-                .map_err(|e| Failure::new("old_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             pgm_catalog::dump_database(
                 install,
                 &conn,
@@ -261,10 +264,10 @@ impl<'a> Engine<'a> {
                 &plan.log,
                 &options,
             )
-            .map_err(|e| Failure::new("dump_failed", e))?;
+            .map_err(|e| Failure::new(Code::DumpFailed, e))?;
             if prepare {
                 client.batch_execute("COMMIT").map_err(|e| {
-                    Failure::new("old_catalog_failed", pgm_cluster::describe_pg_error(&e))
+                    Failure::new(Code::OldCatalogFailed, pgm_cluster::describe_pg_error(&e))
                 })?;
             }
             drop(client);
@@ -294,7 +297,7 @@ impl<'a> Engine<'a> {
         // A server someone else runs (prepare, live) is not ours to stop.
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))?;
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;
         if !prepare {
             self.start_staging();
         }

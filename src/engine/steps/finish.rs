@@ -37,8 +37,9 @@ impl<'a> Engine<'a> {
                 }
             }
             let path = scripts_dir.join("update_extensions.sql");
-            std::fs::write(&path, sql)
-                .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
+            std::fs::write(&path, sql).map_err(|e| {
+                Failure::new(Code::ScriptFailed, format!("{}: {e}", path.display()))
+            })?;
             self.scripts.push(path.clone());
             next.push(NextStep::done_by(
                 "update-extensions",
@@ -86,7 +87,7 @@ impl<'a> Engine<'a> {
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record("scripts", json!({ "reindex": reindex }))
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         if let Some(path) = reindex {
             next.push(NextStep::done_by(
@@ -145,7 +146,7 @@ impl<'a> Engine<'a> {
         };
         let path = dir.join("reindex_after_upgrade.sql");
         std::fs::write(&path, sql)
-            .map_err(|e| Failure::new("script_failed", format!("{}: {e}", path.display())))?;
+            .map_err(|e| Failure::new(Code::ScriptFailed, format!("{}: {e}", path.display())))?;
         Ok(Some(path))
     }
 

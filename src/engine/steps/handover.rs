@@ -30,7 +30,7 @@ impl<'a> Engine<'a> {
             // moves past the old one's, as the restore needs.
             self.note_new_control("new_control_changing")?;
             return pgm_catalog::set_next_oid(&self.new_install, &new, self.old_control.next_oid)
-                .map_err(|e| Failure::new("handover_failed", e));
+                .map_err(|e| Failure::new(Code::HandoverFailed, e));
         }
         // The counters come from the old cluster as it is now, stopped for
         // the last time; the journal keeps what proves it is this very
@@ -38,7 +38,7 @@ impl<'a> Engine<'a> {
         let now = read_control(&old)?;
         if now.state != pgm_cluster::ClusterState::ShutDown {
             return Err(Failure::new(
-                "handover_failed",
+                Code::HandoverFailed,
                 format!(
                     "the old cluster's pg_control says \"{}\", not \"shut down\"",
                     now.state.describe()
@@ -52,14 +52,16 @@ impl<'a> Engine<'a> {
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record("handover", json!({ "old": self.old_control.stamp() }))
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         self.note_new_control("new_control_changing")?;
-        pgm_catalog::copy_commit_log(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
+        pgm_catalog::copy_commit_log(&old, &new)
+            .map_err(|e| Failure::new(Code::HandoverFailed, e))?;
         pgm_cluster::faults::point(|| "handover-counters:commit-log-copied".into());
-        pgm_catalog::copy_multixacts(&old, &new).map_err(|e| Failure::new("handover_failed", e))?;
+        pgm_catalog::copy_multixacts(&old, &new)
+            .map_err(|e| Failure::new(Code::HandoverFailed, e))?;
         let wal = pgm_catalog::next_wal_file_name(&old, &self.old_control)
-            .map_err(|e| Failure::new("handover_failed", e))?;
+            .map_err(|e| Failure::new(Code::HandoverFailed, e))?;
         pgm_catalog::reset_counters(
             &self.new_install,
             &new,
@@ -67,6 +69,6 @@ impl<'a> Engine<'a> {
             Some(&wal),
             self.char_signedness(),
         )
-        .map_err(|e| Failure::new("handover_failed", e))
+        .map_err(|e| Failure::new(Code::HandoverFailed, e))
     }
 }

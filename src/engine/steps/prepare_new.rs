@@ -16,10 +16,10 @@ impl<'a> Engine<'a> {
             .catalog
             .as_ref()
             .map(|c| c.template0.clone())
-            .ok_or_else(|| Failure::new("internal", "the old catalog was not read"))?;
+            .ok_or_else(|| Failure::new(Code::Internal, "the old catalog was not read"))?;
         let mut client = server
             .connect("template1")
-            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
         pgm_catalog::set_template0_locale(
             &mut client,
             self.new_install.version.major,
@@ -29,7 +29,7 @@ impl<'a> Engine<'a> {
             &locale.ctype,
             locale.locale.as_deref(),
         )
-        .map_err(|e| Failure::new("new_catalog_failed", e))?;
+        .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
         drop(client);
         let conn = self.client_conn(false);
         for option in ["--analyze", "--freeze"] {
@@ -40,10 +40,10 @@ impl<'a> Engine<'a> {
                 self.settings.jobs,
                 &self.log("vacuum.log"),
             )
-            .map_err(|e| Failure::new("vacuum_failed", e))?;
+            .map_err(|e| Failure::new(Code::VacuumFailed, e))?;
         }
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 }

@@ -22,9 +22,10 @@ impl<'a> Engine<'a> {
             self.old_still_as_verified()?;
         }
         pgm_transfer::probe(pgm_transfer::Mode::Link, &self.old_dir.path.join("PG_VERSION"), &self.new_dir().path).map_err(|e| Failure {
-            code: "link_not_possible",
+            code: Code::LinkNotPossible,
             message: e.to_string(),
             remedy: Some("hard links need the old and new data directories (and tablespaces) on one filesystem: use --copy, or put the new cluster on the old one's filesystem".into()),
+            clusters: None,
         })?;
         let new_control = self.new_control_stamp();
         if let Some(journal) = self.journal.as_mut() {
@@ -33,7 +34,7 @@ impl<'a> Engine<'a> {
                     "point_of_no_return",
                     json!({ "renamed": control, "to": renamed, "new_control": new_control }),
                 )
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         // Said before it happens: an interruption now must not report an
         // old cluster that might already be disabled as untouched.
@@ -44,11 +45,12 @@ impl<'a> Engine<'a> {
             self.old_protected = false;
             self.publish_interrupt_status();
             return Err(Failure::new(
-                "protect_failed",
+                Code::ProtectFailed,
                 format!("{}: {e}", control.display()),
             ));
         }
         // Durable before the step is journalled as done.
-        sync_dir(&self.old_dir.path.join("global")).map_err(|e| Failure::new("protect_failed", e))
+        sync_dir(&self.old_dir.path.join("global"))
+            .map_err(|e| Failure::new(Code::ProtectFailed, e))
     }
 }

@@ -14,8 +14,8 @@ impl<'a> Engine<'a> {
                 self.report.new.control.as_ref(),
             )
         };
-        let control =
-            control.ok_or_else(|| Failure::new("internal", "the new pg_control was not read"))?;
+        let control = control
+            .ok_or_else(|| Failure::new(Code::Internal, "the new pg_control was not read"))?;
         Ok(format!("PG_{major}_{}", control.catalog_version))
     }
 
@@ -67,8 +67,7 @@ impl<'a> Engine<'a> {
                 });
             }
             if !missing.is_empty() || plan.new_relations.len() != plan.old_relations.len() {
-                return Err(Failure::new(
-                    "relation_map_mismatch",
+                return Err(Failure::new(Code::RelationMapMismatch,
                     format!(
                         "database \"{}\": the old cluster has {} relations with data, the new one {} after the restore{}",
                         plan.db.name,
@@ -80,7 +79,7 @@ impl<'a> Engine<'a> {
             }
             drop(new_by_oid);
             self.moves.extend(
-                pgm_transfer::plan(&pairs).map_err(|e| Failure::new("transfer_failed", e))?,
+                pgm_transfer::plan(&pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?,
             );
             if self.phase == Phase::Prepare {
                 // The cutover plans its files again from the same pairs.
@@ -100,12 +99,13 @@ impl<'a> Engine<'a> {
         if self.settings.mode == Mode::Swap {
             // Found here, before the point of no return.
             pgm_transfer::swap_dirs(&self.moves).map_err(|file| Failure {
-                code: "swap_not_possible",
+                code: Code::SwapNotPossible,
                 message: format!(
                     "{} would change its name in the new cluster: --swap needs every relation file to keep its name",
                     file.display()
                 ),
                 remedy: Some("use --link (or --copy); nothing was changed in the old cluster".into()),
+                clusters: None,
             })?;
         }
         self.save_plan()
@@ -122,15 +122,17 @@ impl<'a> Engine<'a> {
         };
         let dir = crate::journal::dir(&self.new_dir().path);
         let tmp = dir.join("transfer-plan.json.tmp");
-        let fail =
-            |e: std::io::Error| Failure::new("journal_failed", format!("{}: {e}", tmp.display()));
+        let fail = |e: std::io::Error| {
+            Failure::new(Code::JournalFailed, format!("{}: {e}", tmp.display()))
+        };
         let file = std::fs::File::create(&tmp).map_err(fail)?;
         let mut writer = std::io::BufWriter::new(file);
-        serde_json::to_writer(&mut writer, &plan).map_err(|e| Failure::new("journal_failed", e))?;
+        serde_json::to_writer(&mut writer, &plan)
+            .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         let file = writer.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, dir.join("transfer-plan.json")).map_err(fail)?;
         // Durable before anything depends on it (the point of no return).
-        sync_dir(&dir).map_err(|e| Failure::new("journal_failed", e))
+        sync_dir(&dir).map_err(|e| Failure::new(Code::JournalFailed, e))
     }
 }

@@ -36,7 +36,7 @@ impl<'a> Engine<'a> {
         }
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 
     /// `--method dump`: the dump restored into the new cluster (a normal
@@ -47,7 +47,7 @@ impl<'a> Engine<'a> {
         let dir = self.dump_dir();
         let manifest = pgm_catalog::backup::verify_backup(&dir).map_err(|u| {
             Failure::new(
-                "restore_failed",
+                Code::RestoreFailed,
                 format!("the dump in {} cannot be restored: {u}", dir.display()),
             )
         })?;
@@ -55,7 +55,7 @@ impl<'a> Engine<'a> {
         options.binary_upgrade = false;
         self.note_new_server()?;
         let server = Server::start(&self.new_install, self.new_dir(), &options)
-            .map_err(|e| Failure::new("server_start_failed", e))?;
+            .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
         let log_dir = self.log_dir();
         let work = crate::backup::Work {
             printer: self.printer,
@@ -86,6 +86,6 @@ impl<'a> Engine<'a> {
             .collect();
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 }

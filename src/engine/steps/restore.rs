@@ -17,7 +17,7 @@ impl<'a> Engine<'a> {
                 self.old_control.next_xid,
                 self.old_control.next_multixact,
             )
-            .map_err(|e| Failure::new("restore_failed", e))?;
+            .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
         }
         let conn = self.client_conn(false);
         pgm_catalog::restore_globals(
@@ -26,7 +26,7 @@ impl<'a> Engine<'a> {
             &self.output().join("dump/globals.sql"),
             &self.log("globals.log"),
         )
-        .map_err(|e| Failure::new("restore_failed", e))?;
+        .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
         // Databases are created with the FILE_COPY strategy, whose checkpoints
         // binary-upgrade mode skips: template0 must be on disk first.
         server
@@ -39,7 +39,7 @@ impl<'a> Engine<'a> {
                         detail: pgm_cluster::describe_pg_error(&e),
                     })
             })
-            .map_err(|e| Failure::new("restore_failed", e))?;
+            .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
         let major = self.new_install.version.major;
         let size = pgm_catalog::restore_transaction_size(major, self.settings.jobs);
         let install = &self.new_install;
@@ -56,7 +56,7 @@ impl<'a> Engine<'a> {
                 &plan.log,
                 size,
             )
-            .map_err(|e| Failure::new("restore_failed", e))?;
+            .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
             let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
             meter.add(1, 0);
             pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
@@ -74,9 +74,9 @@ impl<'a> Engine<'a> {
         meter.finish();
         let mut client = server
             .connect("template1")
-            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
         let new_databases = pgm_catalog::list_databases(&mut client)
-            .map_err(|e| Failure::new("new_catalog_failed", e))?;
+            .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
         drop(client);
         let by_name: BTreeMap<&str, &Database> =
             new_databases.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -86,11 +86,11 @@ impl<'a> Engine<'a> {
         let lists = parallel(&self.databases, self.settings.jobs, |plan| {
             let mut client = server
                 .connect(&plan.db.name)
-                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
             let relations = pgm_catalog::list_relations(&mut client, &plan.db.name, query)
-                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
             let outdated = pgm_catalog::outdated_extensions(&mut client, &plan.db.name)
-                .map_err(|e| Failure::new("new_catalog_failed", e))?;
+                .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
             Ok((relations, outdated))
         })?;
         self.outdated_extensions.clear();
@@ -101,7 +101,7 @@ impl<'a> Engine<'a> {
             }
             let new_db = by_name.get(plan.db.name.as_str()).ok_or_else(|| {
                 Failure::new(
-                    "relation_map_mismatch",
+                    Code::RelationMapMismatch,
                     format!("database \"{}\" is missing after the restore", plan.db.name),
                 )
             })?;
@@ -112,7 +112,7 @@ impl<'a> Engine<'a> {
         self.create_logical_slots(&server)?;
         server
             .stop()
-            .map_err(|e| Failure::new("server_stop_failed", e))
+            .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 
     /// The old cluster's logical slots, made again now: this server runs
@@ -126,7 +126,7 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         pgm_catalog::create_logical_slots(|db| server.connect(db), &self.logical_slots)
-            .map_err(|e| Failure::new("slots_failed", e))?;
+            .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
         self.printer.say(&format!(
             "  {} logical replication slots made again: {}",
             self.logical_slots.len(),
@@ -139,7 +139,7 @@ impl<'a> Engine<'a> {
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record("logical-slots", json!({ "slots": self.logical_slots }))
-                .map_err(|e| Failure::new("journal_failed", e))?;
+                .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         Ok(())
     }

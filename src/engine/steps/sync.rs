@@ -36,13 +36,13 @@ impl<'a> Engine<'a> {
                 HashSet::new()
             };
             pgm_transfer::sync_tree(&roots, &durable, self.settings.jobs)
-                .map_err(|e| Failure::new("sync_failed", e))?;
+                .map_err(|e| Failure::new(Code::SyncFailed, e))?;
             return Ok(());
         }
         let mut command = self
             .new_install
             .command(Tool::Initdb)
-            .map_err(|e| Failure::new("sync_failed", e))?
+            .map_err(|e| Failure::new(Code::SyncFailed, e))?
             .arg("--sync-only")
             .arg("-D")
             .arg(&self.new_dir().path);
@@ -53,7 +53,9 @@ impl<'a> Engine<'a> {
             };
             command = command.args(["--sync-method", method]);
         }
-        command.run().map_err(|e| Failure::new("sync_failed", e))?;
+        command
+            .run()
+            .map_err(|e| Failure::new(Code::SyncFailed, e))?;
         Ok(())
     }
 
@@ -65,7 +67,8 @@ impl<'a> Engine<'a> {
         places.extend(self.tablespaces.iter().map(PathBuf::from));
         let mut done = HashSet::new();
         for place in places {
-            let fail = |e: String| Failure::new("sync_failed", format!("{}: {e}", place.display()));
+            let fail =
+                |e: String| Failure::new(Code::SyncFailed, format!("{}: {e}", place.display()));
             let dir = std::fs::File::open(&place).map_err(|e| fail(e.to_string()))?;
             let device = dir.metadata().map_err(|e| fail(e.to_string()))?.dev();
             if done.insert(device) {

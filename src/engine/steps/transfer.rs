@@ -26,7 +26,7 @@ impl<'a> Engine<'a> {
             // Copies not used (a relation the plan does not move) go.
             staging.abandon();
         }
-        let done = done.map_err(|e| Failure::new("transfer_failed", e))?;
+        let done = done.map_err(|e| Failure::new(Code::TransferFailed, e))?;
         meter.finish();
         self.transferred = (done.files_done, done.bytes_done);
         self.files_copied_ahead = done.files_ahead;
@@ -37,7 +37,7 @@ impl<'a> Engine<'a> {
     pub(in crate::engine) fn swap(&mut self) -> Result<(), Failure> {
         let dirs = pgm_transfer::swap_dirs(&self.moves).map_err(|file| {
             Failure::new(
-                "swap_not_possible",
+                Code::SwapNotPossible,
                 format!("{} would change its name", file.display()),
             )
         })?;
@@ -50,7 +50,7 @@ impl<'a> Engine<'a> {
             meter.set(done as u64, 0);
             pgm_cluster::faults::point(|| format!("transfer:directory:{done}"));
         })
-        .map_err(|e| Failure::new("transfer_failed", e))?;
+        .map_err(|e| Failure::new(Code::TransferFailed, e))?;
         meter.finish();
         self.transferred = (self.moves.len() as u64, total_bytes);
         Ok(())
