@@ -16,12 +16,11 @@ use std::time::Instant;
 
 use pgm_cluster::command::PgCommand;
 use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus, Tool};
-use serde_json::json;
 
 use crate::cli::{AfterSteps, Settings};
 use crate::exit;
 use crate::failure::{Code, Failure};
-use crate::journal::{Journal, JournalView};
+use crate::journal::{Journal, JournalView, Record};
 use crate::report::ClusterCondition;
 use crate::report::{AfterStep, ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
@@ -136,10 +135,11 @@ pub fn run_steps(
         });
         let detail = result.as_ref().err().map(|f| f.message.clone());
         let recorded = journal.as_mut().map(|j| {
-            j.record(
-                "after_step",
-                json!({ "step": name, "status": status, "message": detail }),
-            )
+            j.record(Record::AfterStep {
+                step: name.to_string(),
+                status: status.as_str().to_string(),
+                message: detail.clone(),
+            })
         });
         outcome.push(AfterStep { step: name, status });
         if let Some(Err(e)) = recorded {
@@ -857,15 +857,8 @@ fn read_markers(new_datadir: &Path) -> Markers {
 
 /// Replaces the marker file atomically (write, fsync, rename, fsync).
 fn write_markers(new_datadir: &Path, markers: &Markers) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = crate::journal::dir(new_datadir);
-    std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!("{MARKERS}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(markers).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(MARKERS))?;
-    std::fs::File::open(&dir)?.sync_all()
+    let text = serde_json::to_vec_pretty(markers).map_err(std::io::Error::other)?;
+    crate::journal::write_atomically(&crate::journal::dir(new_datadir).join(MARKERS), &text)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -1192,7 +1185,7 @@ pub fn run_post_upgrade(
         Ok(dir) => dir,
         Err(code) => return code,
     };
-    let plan = view.plan().cloned().unwrap_or_default();
+    let old_version = view.plan().map(|p| p.old.version.clone());
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
@@ -1220,7 +1213,7 @@ pub fn run_post_upgrade(
         old_config_dir,
         old_datadir: (!settings.old_datadir.as_os_str().is_empty())
             .then(|| settings.old_datadir.clone()),
-        old_version: plan["old"]["version"].as_str().map(str::to_string),
+        old_version: old_version.clone(),
         reindex_script: view.reindex_script(),
     };
     let (steps, failure) = run_steps(settings, printer, &run_dir, &upgraded);
@@ -1238,16 +1231,13 @@ pub fn run_post_upgrade(
         None => exit::SUCCESS,
         Some(failure) => {
             let code = failure_exit_code(failure.code);
-            printer.emit(&Event::Error {
-                code: failure.code,
-                message: failure.message,
-                remedy: failure.remedy,
-                causes: Vec::new(),
-                clusters: ClusterStates {
+            printer.emit(&Event::failure(
+                failure,
+                ClusterStates {
                     old: old_state,
                     new: ClusterCondition::Upgraded,
                 },
-            });
+            ));
             code
         }
     };
@@ -1258,7 +1248,7 @@ pub fn run_post_upgrade(
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
         checks: None,
-        old_version: plan["old"]["version"].as_str().map(str::to_string),
+        old_version,
         new_version: Some(new_install.version.text.clone()),
         upgrade: None,
         backup: None,

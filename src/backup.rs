@@ -323,10 +323,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
             let ending = Ending::Failed {
                 failure,
                 exit_code: code,
-                clusters: ClusterStates {
-                    old: ClusterCondition::Unchanged,
-                    new: ClusterCondition::Unchanged,
-                },
+                clusters: ClusterStates::unchanged(),
             };
             return report(printer, settings, started, name, run_dir, ending, None);
         }

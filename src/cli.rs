@@ -123,6 +123,17 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The flag that asks for this mode.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Copy => "--copy",
+            Mode::Link => "--link",
+            Mode::Clone => "--clone",
+            Mode::CopyFileRange => "--copy-file-range",
+            Mode::Swap => "--swap",
+        }
+    }
+
     /// How single files move. Swap moves whole directories and links the
     /// files of relations it cannot move that way.
     pub fn transfer(self) -> pgm_transfer::Mode {

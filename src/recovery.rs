@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use pgm_cluster::command::PgCommand;
 use pgm_cluster::{ControlFile, DataDir, ServerStatus};
-use serde_json::json;
 
 use crate::cli::{Options, Settings};
 use crate::failure::{Code, Failure};
-use crate::journal::{self, Journal, JournalView, RunLock, State};
+use crate::journal::{self, Journal, JournalView, Record, RunLock, State};
 use crate::report::ClusterCondition;
 use crate::report::ClusterStates;
 
@@ -102,26 +101,27 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
             ),
             remedy: Some("check -D; an upgrade that never began changed neither cluster: run it again".into()),
         })?;
-    let plan = view.plan().cloned().unwrap_or_default();
-    let path = |v: &serde_json::Value| v.as_str().map(std::path::PathBuf::from);
+    let Some(plan) = view.plan() else {
+        unreachable!("filtered above: the journal has a plan");
+    };
     if options.old_bindir.is_none() {
-        options.old_bindir = path(&plan["old"]["bindir"]);
+        options.old_bindir = Some(plan.old.bindir.clone());
     }
     if options.new_bindir.is_none() {
-        options.new_bindir = path(&plan["new"]["bindir"]);
+        options.new_bindir = Some(plan.new.bindir.clone());
     }
     if options.old_datadir.is_none() {
-        options.old_datadir = path(&plan["old"]["datadir"]);
+        options.old_datadir = Some(plan.old.datadir.clone());
     }
     if options.username.is_none() {
-        options.username = plan["user"].as_str().map(str::to_string);
+        options.username = Some(plan.user.clone());
     }
-    if plan["method"] == "dump" {
+    if plan.method == crate::cli::Method::Dump {
         options.method = crate::cli::Method::Dump;
     }
     // -j as the upgrade was given it, unless given now.
     if options.jobs == 1 {
-        if let Some(jobs) = plan["jobs"].as_u64().and_then(|j| u16::try_from(j).ok()) {
+        if let Ok(jobs) = u16::try_from(plan.jobs) {
             options.jobs = jobs.max(1);
         }
     }
@@ -130,50 +130,43 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
         // to: a resume that starts over makes the backup again, and the
         // steps after the upgrade follow it.
         if options.backup_dir.is_none() {
-            options.backup_dir = path(&plan["backup_dir"]);
+            options.backup_dir = plan.backup_dir.clone();
         }
         if options.log_dir.is_none() {
-            options.log_dir = path(&plan["log_dir"]);
+            options.log_dir = plan.log_dir.clone();
         }
-        let after = &plan["after"];
-        let asked = |key: &str| after[key].as_bool().unwrap_or(false);
-        options.carry_config |= asked("carry_config");
-        options.update_extensions |= asked("update_extensions");
-        options.reindex_collation |= asked("reindex_collation");
-        options.analyze |= asked("analyze");
+        let after = &plan.after;
+        options.carry_config |= after.carry_config;
+        options.update_extensions |= after.update_extensions;
+        options.reindex_collation |= after.reindex_collation;
+        options.analyze |= after.analyze;
         if options.post_upgrade.is_none() {
-            options.post_upgrade = path(&after["post_upgrade"]);
+            options.post_upgrade = after.post_upgrade.clone();
         }
-        if let Ok(verify) = serde_json::from_value::<crate::cli::Verify>(after["verify"].clone()) {
+        if let Some(verify) = after.verify {
             options.verify = options.verify.or(Some(verify.mode));
             options.verify_sample_above = options.verify_sample_above.or(Some(verify.sample_above));
         }
     }
-    let mode = plan["mode"].as_str().unwrap_or("copy");
-    let asked = options.mode();
+    let mode = plan.mode;
     let any_mode =
         options.link || options.copy || options.clone || options.copy_file_range || options.swap;
-    if any_mode
-        && serde_json::to_value(asked)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .as_deref()
-            != Some(mode)
-    {
+    if any_mode && options.mode() != mode {
+        let flag = mode.flag();
         return Err(Failure {
             clusters: None,
             code: Code::Usage,
             message: format!(
-                "the interrupted upgrade used --{mode}; it cannot continue in another mode"
+                "the interrupted upgrade used {flag}; it cannot continue in another mode"
             ),
-            remedy: Some(format!("drop the mode flag, or pass --{mode}")),
+            remedy: Some(format!("drop the mode flag, or pass {flag}")),
         });
     }
-    options.link = mode == "link";
-    options.copy = mode == "copy";
-    options.clone = mode == "clone";
-    options.copy_file_range = mode == "copy-file-range";
-    options.swap = mode == "swap";
+    options.link = mode == crate::cli::Mode::Link;
+    options.copy = mode == crate::cli::Mode::Copy;
+    options.clone = mode == crate::cli::Mode::Clone;
+    options.copy_file_range = mode == crate::cli::Mode::CopyFileRange;
+    options.swap = mode == crate::cli::Mode::Swap;
     Ok(view)
 }
 
@@ -333,12 +326,12 @@ pub fn reset_new_cluster(settings: &Settings) -> Result<(), Failure> {
     // From here the new cluster changes by pg-migrate's hand (a revert
     // cut short in it must not take that for a stranger's start).
     journal
-        .record("reset_started", json!({}))
+        .record(Record::ResetStarted)
         .map_err(|e| refusal(e.to_string()))?;
     journal::restore_pristine(&settings.new_datadir, &version_dir)
         .map_err(|e| refusal(e.to_string()))?;
     journal
-        .record("reset", json!({}))
+        .record(Record::Reset)
         .map_err(|e| refusal(e.to_string()))?;
     Ok(())
 }
@@ -560,10 +553,9 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failu
     })?;
     if !view.revert_started() {
         journal
-            .record(
-                "revert_started",
-                json!({ "new_control": current_new_stamp(new) }),
-            )
+            .record(Record::RevertStarted {
+                new_control: current_new_stamp(new),
+            })
             .map_err(|e| Failure {
                 clusters: Some(as_found.clone()),
                 code: Code::JournalFailed,
@@ -618,7 +610,9 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failu
     if journal::has_pristine(new) {
         reset_new_cluster(settings)?;
     }
-    let _ = journal.record("reverted", json!({ "renamed_control_back": renamed_back }));
+    let _ = journal.record(Record::Reverted {
+        renamed_control_back: renamed_back,
+    });
     let _ = journal::write_state(new, State::Reverted);
     Ok(Reverted {
         renamed_control_back: renamed_back,

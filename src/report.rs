@@ -169,6 +169,47 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The `error` event of a failure, leaving the clusters as `clusters`
+    /// says (a failure that knows better says so itself).
+    pub fn failure(failure: crate::failure::Failure, clusters: ClusterStates) -> Event {
+        Event::Error {
+            code: failure.code,
+            message: failure.message,
+            remedy: failure.remedy,
+            causes: Vec::new(),
+            clusters: failure.clusters.unwrap_or(clusters),
+        }
+    }
+
+    /// A summary that says only how the command ended (and what to do
+    /// next): one that ran into an error before it did anything to report,
+    /// or a revert.
+    pub fn bare_summary(
+        command: &'static str,
+        result: &'static str,
+        exit_code: i32,
+        started: std::time::Instant,
+        next_steps: Vec<String>,
+    ) -> Event {
+        Event::Summary {
+            command,
+            result,
+            exit_code,
+            duration_ms: started.elapsed().as_millis() as u64,
+            checks: None,
+            old_version: None,
+            new_version: None,
+            upgrade: None,
+            backup: None,
+            restore: None,
+            after: None,
+            logs: None,
+            next_steps,
+        }
+    }
+}
+
 /// A backup written (backup, `--backup-dir`) or restored (restore).
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupCounts {
@@ -265,6 +306,16 @@ pub struct Cause {
 pub struct ClusterStates {
     pub old: ClusterCondition,
     pub new: ClusterCondition,
+}
+
+impl ClusterStates {
+    /// Neither cluster touched.
+    pub fn unchanged() -> ClusterStates {
+        ClusterStates {
+            old: ClusterCondition::Unchanged,
+            new: ClusterCondition::Unchanged,
+        }
+    }
 }
 
 /// One cluster's state after a run (docs/json-status.md, "Cluster states").

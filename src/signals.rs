@@ -8,7 +8,6 @@ use crate::engine;
 use crate::exit;
 use crate::failure::Code;
 use crate::journal;
-use crate::report::ClusterCondition;
 use crate::report::{self, ClusterStates, Event, Printer};
 
 /// On SIGINT/SIGTERM: stop every server we started, record the interruption
@@ -37,8 +36,9 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
             let code = match status {
                 Some(status) => {
                     if let Ok(mut journal) = journal::Journal::open(&status.new_datadir) {
-                        let _ =
-                            journal.record("interrupted", serde_json::json!({ "signal": name }));
+                        let _ = journal.record(journal::Record::Interrupted {
+                            signal: name.to_string(),
+                        });
                     }
                     let _ = journal::write_state(&status.new_datadir, journal::State::Failed);
                     printer.emit(&Event::Error {
@@ -62,29 +62,18 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                             "run the command again when ready; nothing was changed".into(),
                         ),
                         causes: Vec::new(),
-                        clusters: ClusterStates {
-                            old: ClusterCondition::Unchanged,
-                            new: ClusterCondition::Unchanged,
-                        },
+                        clusters: ClusterStates::unchanged(),
                     });
                     exit::FAILED_OLD_INTACT
                 }
             };
-            printer.emit(&Event::Summary {
+            printer.emit(&Event::bare_summary(
                 command,
-                result: "error",
-                exit_code: code,
-                duration_ms: started.elapsed().as_millis() as u64,
-                checks: None,
-                old_version: None,
-                new_version: None,
-                upgrade: None,
-                backup: None,
-                restore: None,
-                after: None,
-                logs: None,
-                next_steps: Vec::new(),
-            });
+                "error",
+                code,
+                started,
+                Vec::new(),
+            ));
             std::process::exit(code);
         }
     });

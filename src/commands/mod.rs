@@ -342,10 +342,7 @@ pub(crate) fn refuse(
     r: Failure,
     exit_code: i32,
 ) -> i32 {
-    let clusters = r.clusters.unwrap_or(ClusterStates {
-        old: ClusterCondition::Unchanged,
-        new: ClusterCondition::Unchanged,
-    });
+    let clusters = r.clusters.unwrap_or(ClusterStates::unchanged());
     fail_leaving(
         printer,
         started,
@@ -387,10 +384,7 @@ pub(crate) fn fail_early(
     remedy: &str,
     exit_code: i32,
 ) -> i32 {
-    let unchanged = ClusterStates {
-        old: ClusterCondition::Unchanged,
-        new: ClusterCondition::Unchanged,
-    };
+    let unchanged = ClusterStates::unchanged();
     fail_leaving(
         printer, started, command, code, message, remedy, exit_code, unchanged,
     )
@@ -417,20 +411,12 @@ pub(crate) fn fail_leaving(
         causes: Vec::new(),
         clusters,
     });
-    printer.emit(&Event::Summary {
+    printer.emit(&Event::bare_summary(
         command,
-        result: "error",
+        "error",
         exit_code,
-        duration_ms: started.elapsed().as_millis() as u64,
-        checks: None,
-        old_version: None,
-        new_version: None,
-        upgrade: None,
-        backup: None,
-        restore: None,
-        after: None,
-        logs: None,
-        next_steps: Vec::new(),
-    });
+        started,
+        Vec::new(),
+    ));
     exit_code
 }

@@ -43,21 +43,13 @@ pub(crate) fn run_revert(
                 "the new cluster {} is back as initdb made it; run the upgrade again when ready, or remove it",
                 settings.new_datadir.display()
             ));
-            printer.emit(&Event::Summary {
-                command: name,
-                result: "reverted",
-                exit_code: exit::SUCCESS,
-                duration_ms: started.elapsed().as_millis() as u64,
-                checks: None,
-                old_version: None,
-                new_version: None,
-                upgrade: None,
-                backup: None,
-                restore: None,
-                after: None,
-                logs: None,
+            printer.emit(&Event::bare_summary(
+                name,
+                "reverted",
+                exit::SUCCESS,
+                started,
                 next_steps,
-            });
+            ));
             exit::SUCCESS
         }
         Err(r) => {

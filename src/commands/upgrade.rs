@@ -91,16 +91,13 @@ pub(crate) fn finish_upgrade(
     let mut engine = match engine {
         Ok(engine) => engine,
         Err(failure) => {
-            printer.emit(&Event::Error {
-                code: failure.code,
-                message: failure.message,
-                remedy: failure.remedy,
-                causes: Vec::new(),
-                clusters: ClusterStates {
+            printer.emit(&Event::failure(
+                failure,
+                ClusterStates {
                     old: ClusterCondition::StartedAndStopped,
                     new: ClusterCondition::Unchanged,
                 },
-            });
+            ));
             summary.exit_code = exit::FAILED_OLD_INTACT;
             return;
         }
@@ -148,30 +145,22 @@ pub(crate) fn finish_upgrade(
                 });
                 summary.after = Some(steps);
                 if let Some(failure) = failure {
-                    printer.emit(&Event::Error {
-                        code: failure.code,
-                        message: failure.message,
-                        remedy: failure.remedy,
-                        causes: Vec::new(),
-                        clusters: ClusterStates {
+                    let code = failure.code;
+                    printer.emit(&Event::failure(
+                        failure,
+                        ClusterStates {
                             old: engine.old_state(),
                             new: ClusterCondition::Upgraded,
                         },
-                    });
-                    summary.exit_code = after::failure_exit_code(failure.code);
+                    ));
+                    summary.exit_code = after::failure_exit_code(code);
                     summary.result = Some(after::result_of(summary.exit_code));
                 }
             }
             summary.next_steps = next_steps.into_iter().map(|n| n.text).collect();
         }
         Err(failed) => {
-            printer.emit(&Event::Error {
-                code: failed.failure.code,
-                message: failed.failure.message,
-                remedy: failed.failure.remedy,
-                causes: Vec::new(),
-                clusters: failed.clusters,
-            });
+            printer.emit(&Event::failure(failed.failure, failed.clusters));
             summary.exit_code = failed.exit_code;
             summary.logs = failed.logs.map(|p| p.display().to_string());
         }

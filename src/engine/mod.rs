@@ -14,11 +14,10 @@ use pgm_cluster::command::{shell_quote, PgCommand};
 use pgm_cluster::{ControlFile, DataDir, Installation, Server, ServerOptions, Tool};
 use pgm_transfer::{FileMove, RelationFiles};
 use pgm_verifier::{CheckConfig, Report};
-use serde_json::json;
 
 use crate::cli::{Method, Mode, Settings, Signedness, SyncMethod};
 use crate::exit;
-use crate::journal::{Journal, JournalView, State};
+use crate::journal::{Journal, JournalView, Record, State};
 use crate::report::ClusterCondition;
 use crate::report::{ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
@@ -351,10 +350,7 @@ impl<'a> Engine<'a> {
         let global = engine.old_dir.path.join("global");
         engine.old_protected =
             !global.join("pg_control").exists() && global.join("pg_control.old").exists();
-        engine.created_new = journal
-            .plan()
-            .and_then(|p| p["created_new"].as_bool())
-            .unwrap_or(false);
+        engine.created_new = journal.plan().is_some_and(|p| p.created_new);
         Ok(engine)
     }
 
@@ -417,10 +413,10 @@ impl<'a> Engine<'a> {
                 exit::FAILED_OLD_INTACT
             };
             if let Some(journal) = self.journal.as_mut() {
-                let _ = journal.record(
-                    "failed",
-                    json!({ "code": failure.code, "message": failure.message }),
-                );
+                let _ = journal.record(Record::Failed {
+                    code: failure.code.as_str().to_string(),
+                    message: failure.message.clone(),
+                });
             }
             if self.journal.is_some() {
                 let _ = crate::journal::write_state(&self.new_dir().path, State::Failed);
@@ -527,10 +523,11 @@ impl<'a> Engine<'a> {
             let new_control = self.new_control_stamp();
             if let Some(journal) = self.journal.as_mut() {
                 journal
-                    .record(
-                        "step",
-                        json!({ "step": name, "status": "done", "duration_ms": duration_ms, "new_control": new_control }),
-                    )
+                    .record(Record::Step {
+                        step: name.to_string(),
+                        duration_ms,
+                        new_control,
+                    })
                     .map_err(|e| Failure::new(Code::JournalFailed, e))?;
             }
             pgm_cluster::faults::point(|| format!("after:{name}"));
@@ -637,17 +634,17 @@ impl<'a> Engine<'a> {
     /// Notes in the journal that pg-migrate starts the new server: until
     /// the next step record, changes to the new pg_control are its own.
     fn note_new_server(&mut self) -> Result<(), Failure> {
-        self.note_new_control("new_server")
+        self.note_new_control(Record::NewServer)
     }
 
     /// Notes in the journal that pg-migrate is about to change the new
     /// pg_control itself (`new_server`: a server it starts;
     /// `new_control_changing`: pg_resetwal), so that a run killed meanwhile
     /// is not taken for a stranger's start of the new cluster.
-    pub(in crate::engine) fn note_new_control(&mut self, record: &str) -> Result<(), Failure> {
+    pub(in crate::engine) fn note_new_control(&mut self, record: Record) -> Result<(), Failure> {
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record(record, json!({}))
+                .record(record)
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         Ok(())

@@ -48,6 +48,25 @@ fn killed_at(pair: &Pair, mode: &str, point: &str) {
     );
 }
 
+/// `pg-migrate revert -D NEW`, killed with SIGKILL at `point`.
+fn revert_killed_at(pair: &Pair, point: &str) {
+    let output = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args(with(
+            vec!["-D".into(), pair.new.datadir.clone().into()],
+            &["revert"],
+        ))
+        .env("PG_MIGRATE_TEST_KILL_AT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        None,
+        "revert was not killed at {point}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `pg-migrate <command> -D NEW --json`.
 fn on_new(pair: &Pair, command: &str) -> Run {
     pair.run(&with(
@@ -212,21 +231,7 @@ fn swap_revert_cut_short(revert_point: &str) {
         return;
     };
     killed_at(&pair, "--swap", "after:transfer");
-    let output = as_test_user(&pair.bin)
-        .current_dir(pair.sandbox.path())
-        .args(with(
-            vec!["-D".into(), pair.new.datadir.clone().into()],
-            &["revert"],
-        ))
-        .env("PG_MIGRATE_TEST_KILL_AT", revert_point)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        None,
-        "revert not killed at {revert_point}:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    revert_killed_at(&pair, revert_point);
     // Not resumed: the revert must be finished.
     let resumed = on_new(&pair, "resume");
     assert_eq!(resumed.status, 4, "{}", resumed.stderr);
@@ -621,16 +626,7 @@ fn a_revert_of_a_finished_swap_upgrade_cut_short_is_finished_not_taken_for_done(
     };
     let run = pair.run(&with(pair.dir_args(), &["--swap"]));
     assert_eq!(run.status, 0, "{}", run.stderr);
-    let output = as_test_user(&pair.bin)
-        .current_dir(pair.sandbox.path())
-        .args(with(
-            vec!["-D".into(), pair.new.datadir.clone().into()],
-            &["revert"],
-        ))
-        .env("PG_MIGRATE_TEST_KILL_AT", "revert:unswap:5")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), None, "revert not killed");
+    revert_killed_at(&pair, "revert:unswap:5");
     assert_eq!(
         state(&pair),
         "failed",
@@ -665,16 +661,7 @@ fn a_revert_cut_short_does_not_excuse_a_new_cluster_started_after_it() {
     };
     let run = pair.run(&with(pair.dir_args(), &["--link"]));
     assert_eq!(run.status, 0, "{}", run.stderr);
-    let output = as_test_user(&pair.bin)
-        .current_dir(pair.sandbox.path())
-        .args(with(
-            vec!["-D".into(), pair.new.datadir.clone().into()],
-            &["revert"],
-        ))
-        .env("PG_MIGRATE_TEST_KILL_AT", "revert:old-given-back")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), None, "revert not killed");
+    revert_killed_at(&pair, "revert:old-given-back");
     pair.new.start();
     pair.new.sql("postgres", "INSERT INTO kept VALUES (0)");
     pair.new.stop_immediate();

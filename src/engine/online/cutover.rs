@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::engine::*;
+use crate::journal::{DatabaseHorizonsRecord, HorizonsRecord};
 use crate::report::StepStatus;
 
 impl<'a> Engine<'a> {
@@ -37,9 +38,7 @@ impl<'a> Engine<'a> {
         } else {
             Default::default()
         };
-        engine.cutover_old_stamp = journal
-            .last("horizons")
-            .and_then(|r| serde_json::from_value(r["old_control"].clone()).ok());
+        engine.cutover_old_stamp = journal.horizons().map(|h| h.old_control.clone());
         engine.databases = prepared
             .databases
             .iter()
@@ -107,19 +106,20 @@ impl<'a> Engine<'a> {
         }
         self.open_output()?;
         if fresh {
-            let horizons = self.horizons_json();
+            let horizons = self.horizons_record();
             if let Some(journal) = self.journal.as_mut() {
-                let records = [
-                    ("cutover", json!({})),
-                    (
-                        "step",
-                        json!({ "step": "verify-unchanged", "status": "done" }),
-                    ),
-                    ("horizons", horizons),
+                let mut records = vec![
+                    Record::Cutover,
+                    Record::Step {
+                        step: "verify-unchanged".into(),
+                        duration_ms: 0,
+                        new_control: None,
+                    },
                 ];
-                for (kind, fields) in records {
+                records.extend(horizons.map(Record::Horizons));
+                for record in records {
                     journal
-                        .record(kind, fields)
+                        .record(record)
                         .map_err(|e| Failure::new(Code::JournalFailed, e))?;
                 }
             }
@@ -345,43 +345,35 @@ impl<'a> Engine<'a> {
         Ok(horizons)
     }
 
-    pub(in crate::engine) fn horizons_json(&self) -> serde_json::Value {
-        let Some(horizons) = &self.horizons else {
-            return json!({});
-        };
-        json!({
-            "old_control": self.old_control.stamp(),
-            "databases": horizons.databases.iter().map(|(name, ((x, m), tables))| {
-                json!({ "name": name, "datfrozenxid": x, "datminmxid": m, "tables": tables })
-            }).collect::<Vec<_>>(),
+    /// The journal's record of the horizons this cutover verified.
+    pub(in crate::engine) fn horizons_record(&self) -> Option<HorizonsRecord> {
+        let horizons = self.horizons.as_ref()?;
+        Some(HorizonsRecord {
+            old_control: self.old_control.stamp(),
+            databases: horizons
+                .databases
+                .iter()
+                .map(|(name, ((x, m), tables))| DatabaseHorizonsRecord {
+                    name: name.clone(),
+                    datfrozenxid: x.clone(),
+                    datminmxid: m.clone(),
+                    tables: tables.clone(),
+                })
+                .collect(),
         })
     }
 
     /// The horizons recorded by an earlier run of this cutover.
     pub(in crate::engine) fn horizons_from_journal(&self) -> Option<Horizons> {
         let view = JournalView::read(&self.new_dir().path)?;
-        let record = view.last("horizons")?;
+        let record = view.horizons()?;
         let mut horizons = Horizons::default();
-        for db in record["databases"].as_array()? {
-            let tables = db["tables"]
-                .as_array()?
-                .iter()
-                .filter_map(|t| {
-                    Some((
-                        t[0].as_u64()? as u32,
-                        t[1].as_str()?.to_string(),
-                        t[2].as_str()?.to_string(),
-                    ))
-                })
-                .collect();
+        for db in &record.databases {
             horizons.databases.insert(
-                db["name"].as_str()?.to_string(),
+                db.name.clone(),
                 (
-                    (
-                        db["datfrozenxid"].as_str()?.to_string(),
-                        db["datminmxid"].as_str()?.to_string(),
-                    ),
-                    tables,
+                    (db.datfrozenxid.clone(), db.datminmxid.clone()),
+                    db.tables.clone(),
                 ),
             );
         }

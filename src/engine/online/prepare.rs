@@ -47,20 +47,8 @@ impl<'a> Engine<'a> {
         let Some(per_transaction) = self.lock_slots_for_dump(server)? else {
             return Ok(());
         };
-        let mut largest: Vec<(String, i64)> = self
-            .report
-            .old
-            .catalog
-            .as_ref()
-            .map(|c| {
-                c.databases
-                    .iter()
-                    .filter_map(|d| Some((d.name.clone(), d.user_tables?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        largest.sort_by_key(|d| std::cmp::Reverse(d.1));
-        let named: Vec<String> = largest
+        let named: Vec<String> = self
+            .dump_locks_by_database()
             .iter()
             .take(self.settings.jobs.max(1))
             .map(|(name, tables)| format!("\"{name}\" {tables} tables"))
@@ -311,7 +299,9 @@ impl<'a> Engine<'a> {
         }
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record("frozen", json!({ "databases": databases }))
+                .record(Record::Frozen {
+                    databases: json!(databases),
+                })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         server
@@ -328,22 +318,11 @@ impl<'a> Engine<'a> {
         let hidden = read_control(&self.new_dir().path)?;
         self.prepared.new_checkpoint_lsn = hidden.checkpoint_lsn;
         self.prepared.new_control = Some(hidden.stamp());
-        let dir = crate::journal::dir(&self.new_dir().path);
-        let path = dir.join(PREPARED);
-        let tmp = dir.join(format!("{PREPARED}.tmp"));
-        let fail = |e: std::io::Error| {
-            Failure::new(Code::JournalFailed, format!("{}: {e}", tmp.display()))
-        };
+        let path = crate::journal::dir(&self.new_dir().path).join(PREPARED);
         let text =
             serde_json::to_vec(&self.prepared).map_err(|e| Failure::new(Code::JournalFailed, e))?;
-        std::fs::write(&tmp, text).map_err(fail)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(fail)?;
-        std::fs::rename(&tmp, &path).map_err(fail)?;
-        if let Some(dir) = path.parent() {
-            crate::engine::sync_dir(dir).map_err(|e| Failure::new(Code::JournalFailed, e))?;
-        }
+        crate::journal::write_atomically(&path, &text)
+            .map_err(|e| Failure::new(Code::JournalFailed, format!("{}: {e}", path.display())))?;
         let global = self.new_dir().path.join("global");
         if global.join("pg_control").exists() {
             std::fs::rename(

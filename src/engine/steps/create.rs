@@ -3,6 +3,7 @@
 //! directory, the journal, the new cluster's pristine archive.
 
 use crate::engine::*;
+use crate::journal::{AfterRecord, PlanRecord, PlanSide};
 
 impl<'a> Engine<'a> {
     /// initdb a new cluster that matches the old one, then run the checks
@@ -76,41 +77,62 @@ impl<'a> Engine<'a> {
         let first = JournalView::read(&new_path)
             .and_then(|j| j.plan().cloned())
             .is_none();
-        let run = json!({ "run_dir": self.run_dir.path(), "output": output, "pid": std::process::id(), "resuming": self.resuming });
+        let run = Record::Run {
+            run_dir: self.run_dir.path().to_path_buf(),
+            output: output.clone(),
+            pid: std::process::id(),
+            resuming: self.resuming,
+        };
         let journal = if first {
             // What recovery needs is durable before the journal appears:
             // first the new cluster as initdb made it, then the journal
             // with its plan, whole, then the state.
             crate::journal::save_pristine(&new_path).map_err(fail)?;
             pgm_cluster::faults::point(|| "open-output:pristine-saved".into());
-            let plan = json!({
-                "mode": self.settings.mode,
-                "method": self.settings.method,
-                "phase": if self.phase == Phase::Prepare { "prepare" } else { "full" },
-                "old": { "bindir": self.old_install.bindir, "datadir": self.old_dir.path, "version": self.old_install.version.text, "port": self.settings.old_port },
-                "new": { "bindir": self.new_install.bindir, "datadir": new_path, "version": self.new_install.version.text, "port": self.settings.new_port },
-                "user": self.settings.user,
-                "jobs": self.settings.jobs,
-                "created_new": self.created_new,
+            let side = |install: &Installation, datadir: &Path, port: u16| PlanSide {
+                bindir: install.bindir.clone(),
+                datadir: datadir.to_path_buf(),
+                version: install.version.text.clone(),
+                port,
+            };
+            let after = &self.settings.after;
+            let plan = PlanRecord {
+                mode: self.settings.mode,
+                method: self.settings.method,
+                phase: if self.phase == Phase::Prepare {
+                    "prepare"
+                } else {
+                    "full"
+                }
+                .into(),
+                old: side(
+                    &self.old_install,
+                    &self.old_dir.path,
+                    self.settings.old_port,
+                ),
+                new: side(&self.new_install, &new_path, self.settings.new_port),
+                user: self.settings.user.clone(),
+                jobs: self.settings.jobs,
+                created_new: self.created_new,
                 // What a resume must still do as asked.
-                "backup_dir": self.settings.backup_dir,
-                "log_dir": self.settings.log_dir,
-                "after": {
-                    "carry_config": self.settings.after.carry_config,
-                    "update_extensions": self.settings.after.update_extensions,
-                    "reindex_collation": self.settings.after.reindex_collation,
-                    "post_upgrade": self.settings.after.post_upgrade,
-                    "analyze": self.settings.after.analyze,
-                    "verify": self.settings.after.verify,
+                backup_dir: self.settings.backup_dir.clone(),
+                log_dir: self.settings.log_dir.clone(),
+                after: AfterRecord {
+                    carry_config: after.carry_config,
+                    update_extensions: after.update_extensions,
+                    reindex_collation: after.reindex_collation,
+                    post_upgrade: after.post_upgrade.clone(),
+                    analyze: after.analyze,
+                    verify: after.verify,
                 },
-            });
-            Journal::create(&new_path, &[("plan", plan), ("run", run)])
+            };
+            Journal::create(&new_path, vec![Record::Plan(Box::new(plan)), run])
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?
         } else {
             let mut journal =
                 Journal::open(&new_path).map_err(|e| Failure::new(Code::JournalFailed, e))?;
             journal
-                .record("run", run)
+                .record(run)
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
             journal
         };

@@ -5,18 +5,13 @@
 use crate::engine::*;
 
 impl<'a> Engine<'a> {
-    /// The max_locks_per_transaction the dump needs when the old server's
-    /// lock table cannot hold the tables of the `-j` largest databases at
-    /// once (each pg_dump locks every ordinary and partitioned table of its
-    /// database, and every sequence whose value it reads; not indexes,
-    /// TOAST tables or views); `None` when it can.
-    pub(in crate::engine) fn lock_slots_for_dump(
-        &self,
-        server: &Server,
-    ) -> Result<Option<u64>, Failure> {
-        // With --sequence-data pg_dump reads (and locks) every sequence.
+    /// The locks each database's pg_dump takes, largest first: one per
+    /// ordinary or partitioned table, and one per sequence when it reads
+    /// their values (`--sequence-data`); none for indexes, TOAST tables or
+    /// views (pg_dump.c's getTables locks only the former).
+    pub(in crate::engine) fn dump_locks_by_database(&self) -> Vec<(String, u64)> {
         let sequences_read = self.dump_options().sequence_data;
-        let mut sizes: Vec<u64> = self
+        let mut locks: Vec<(String, u64)> = self
             .report
             .old
             .catalog
@@ -26,14 +21,31 @@ impl<'a> Engine<'a> {
                     .iter()
                     .filter_map(|d| {
                         let sequences = if sequences_read { d.user_sequences? } else { 0 };
-                        Some(d.user_tables? + sequences)
+                        Some((d.name.clone(), (d.user_tables? + sequences).max(0) as u64))
                     })
-                    .map(|n| n.max(0) as u64)
                     .collect()
             })
             .unwrap_or_default();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        let needed: u64 = sizes.iter().take(self.settings.jobs.max(1)).sum::<u64>() + 1000;
+        locks.sort_by_key(|d| std::cmp::Reverse(d.1));
+        locks
+    }
+
+    /// The max_locks_per_transaction the dump needs when the old server's
+    /// lock table cannot hold the tables of the `-j` largest databases at
+    /// once (each pg_dump locks every ordinary and partitioned table of its
+    /// database, and every sequence whose value it reads; not indexes,
+    /// TOAST tables or views); `None` when it can.
+    pub(in crate::engine) fn lock_slots_for_dump(
+        &self,
+        server: &Server,
+    ) -> Result<Option<u64>, Failure> {
+        let needed: u64 = self
+            .dump_locks_by_database()
+            .iter()
+            .take(self.settings.jobs.max(1))
+            .map(|d| d.1)
+            .sum::<u64>()
+            + 1000;
         let mut client = server
             .connect("template1")
             .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
@@ -125,10 +137,11 @@ impl<'a> Engine<'a> {
         let written = result?;
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record(
-                    "backup",
-                    json!({ "dir": dir, "databases": written.manifest.databases.len(), "bytes": written.manifest.bytes() }),
-                )
+                .record(Record::Backup {
+                    dir: dir.clone(),
+                    databases: written.manifest.databases.len(),
+                    bytes: written.manifest.bytes(),
+                })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         self.backup = Some(crate::report::BackupCounts {

@@ -86,7 +86,9 @@ impl<'a> Engine<'a> {
         self.reindex_script = reindex.clone();
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record("scripts", json!({ "reindex": reindex }))
+                .record(Record::Scripts {
+                    reindex: reindex.clone(),
+                })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         if let Some(path) = reindex {
@@ -258,13 +260,13 @@ impl<'a> Engine<'a> {
         let output = self.output.clone()?;
         if self.phase == Phase::Prepare {
             if let Some(journal) = self.journal.as_mut() {
-                let _ = journal.record("prepared", json!({}));
+                let _ = journal.record(Record::Prepared);
             }
             let _ = crate::journal::write_state(&self.new_dir().path, State::Prepared);
         } else {
             let new_control = self.new_control_stamp();
             if let Some(journal) = self.journal.as_mut() {
-                let _ = journal.record("complete", json!({ "new_control": new_control }));
+                let _ = journal.record(Record::Complete { new_control });
             }
             let _ = crate::journal::write_state(&self.new_dir().path, State::Complete);
         }

@@ -28,7 +28,7 @@ impl<'a> Engine<'a> {
             // log move on: the new cluster keeps its own until the cutover
             // (every catalog row is frozen before then); only the OID counter
             // moves past the old one's, as the restore needs.
-            self.note_new_control("new_control_changing")?;
+            self.note_new_control(Record::NewControlChanging)?;
             return pgm_catalog::set_next_oid(&self.new_install, &new, self.old_control.next_oid)
                 .map_err(|e| Failure::new(Code::HandoverFailed, e));
         }
@@ -51,10 +51,12 @@ impl<'a> Engine<'a> {
         self.old_control = now;
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record("handover", json!({ "old": self.old_control.stamp() }))
+                .record(Record::Handover {
+                    old: self.old_control.stamp(),
+                })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
-        self.note_new_control("new_control_changing")?;
+        self.note_new_control(Record::NewControlChanging)?;
         pgm_catalog::copy_commit_log(&old, &new)
             .map_err(|e| Failure::new(Code::HandoverFailed, e))?;
         pgm_cluster::faults::point(|| "handover-counters:commit-log-copied".into());

@@ -30,10 +30,11 @@ impl<'a> Engine<'a> {
         let new_control = self.new_control_stamp();
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record(
-                    "point_of_no_return",
-                    json!({ "renamed": control, "to": renamed, "new_control": new_control }),
-                )
+                .record(Record::PointOfNoReturn {
+                    renamed: control.clone(),
+                    to: renamed.clone(),
+                    new_control,
+                })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         // Said before it happens: an interruption now must not report an

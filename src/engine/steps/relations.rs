@@ -120,19 +120,11 @@ impl<'a> Engine<'a> {
             outdated_extensions: &self.outdated_extensions,
             relations: self.relations,
         };
-        let dir = crate::journal::dir(&self.new_dir().path);
-        let tmp = dir.join("transfer-plan.json.tmp");
-        let fail = |e: std::io::Error| {
-            Failure::new(Code::JournalFailed, format!("{}: {e}", tmp.display()))
-        };
-        let file = std::fs::File::create(&tmp).map_err(fail)?;
-        let mut writer = std::io::BufWriter::new(file);
-        serde_json::to_writer(&mut writer, &plan)
-            .map_err(|e| Failure::new(Code::JournalFailed, e))?;
-        let file = writer.into_inner().map_err(|e| fail(e.into_error()))?;
-        file.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, dir.join("transfer-plan.json")).map_err(fail)?;
         // Durable before anything depends on it (the point of no return).
-        sync_dir(&dir).map_err(|e| Failure::new(Code::JournalFailed, e))
+        let path = transfer_plan_path(&self.new_dir().path);
+        crate::journal::write_atomically_with(&path, |out| {
+            serde_json::to_writer(out, &plan).map_err(std::io::Error::other)
+        })
+        .map_err(|e| Failure::new(Code::JournalFailed, format!("{}: {e}", path.display())))
     }
 }

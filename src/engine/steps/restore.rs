@@ -138,7 +138,9 @@ impl<'a> Engine<'a> {
         ));
         if let Some(journal) = self.journal.as_mut() {
             journal
-                .record("logical-slots", json!({ "slots": self.logical_slots }))
+                .record(Record::LogicalSlots {
+                    slots: self.logical_slots.clone(),
+                })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
         Ok(())
