@@ -3,8 +3,6 @@
 //! (`commands/`, one file each); the upgrade's steps are the engine's
 //! (`upgrade/`), the work on clusters the crates' (`crates/`).
 
-mod after;
-mod backup;
 mod check;
 mod cli;
 mod commands;
@@ -13,6 +11,8 @@ mod engine;
 mod exit;
 mod failure;
 mod journal;
+mod logical_backup;
+mod post_upgrade;
 mod recovery;
 mod report;
 mod rundir;

@@ -9,14 +9,17 @@ use crate::engine;
 use crate::exit;
 use crate::failure::{Code, Failure};
 use crate::journal;
+use crate::logical_backup;
 use crate::recovery;
 use crate::report::ClusterCondition;
 use crate::report::{self, ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
-use crate::{after, backup};
 
+mod backup;
 mod cutover;
+mod post_upgrade;
 mod prepare;
+mod restore;
 mod resume;
 mod revert;
 mod upgrade;
@@ -131,17 +134,17 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
         (Action::Prepare, _) => prepare::run_prepare(&settings, &printer, started),
         (Action::Resume, Some(view)) => resume::run_resume(&settings, &printer, started, &view),
         (Action::PostUpgrade | Action::Verify, Some(view)) => {
-            after::run_post_upgrade(&settings, &printer, started, &view, name)
+            self::post_upgrade::run_post_upgrade(&settings, &printer, started, &view, name)
         }
         (Action::Backup, _) => backup::run_backup(&settings, &printer, started),
-        (Action::Restore, _) => backup::run_restore(&settings, &printer, started),
+        (Action::Restore, _) => restore::run_restore(&settings, &printer, started),
         _ => {
             if let Err(r) = recovery::refuse_unfinished(&settings) {
                 return refuse(&printer, started, name, r, exit::USAGE);
             }
             if action == Action::Upgrade {
                 if let Some(dir) = &settings.backup_dir {
-                    if let Some(r) = backup::refuse_backup_dir(
+                    if let Some(r) = logical_backup::refuse_backup_dir(
                         dir,
                         &[&settings.old_datadir, &settings.new_datadir],
                     ) {

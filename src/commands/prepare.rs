@@ -2,12 +2,12 @@
 
 use std::time::Instant;
 
-use crate::backup;
 use crate::cli::Settings;
 use crate::engine;
 use crate::exit;
 use crate::failure::Code;
 use crate::journal;
+use crate::logical_backup;
 use crate::recovery;
 use crate::report::Printer;
 
@@ -63,7 +63,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
         None => {}
     }
     if let Some(dir) = &settings.backup_dir {
-        if let Some(r) = backup::refuse_backup_dir(dir, &[&settings.old_datadir, new]) {
+        if let Some(r) = logical_backup::refuse_backup_dir(dir, &[&settings.old_datadir, new]) {
             return fail_with(printer, started, name, r, exit::USAGE);
         }
     }

@@ -10,7 +10,7 @@ use crate::journal;
 use crate::report::ClusterCondition;
 use crate::report::{self, ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
-use crate::{after, check};
+use crate::{check, post_upgrade};
 
 use super::*;
 
@@ -122,7 +122,7 @@ pub(crate) fn finish_upgrade(
             });
             summary.backup = finished.backup;
             if settings.after.any() {
-                let upgraded = after::Upgraded {
+                let upgraded = post_upgrade::Upgraded {
                     new_install: engine.new_install(),
                     new_dir: engine.new_datadir(),
                     old_config_dir: Some(engine.old_config_dir()),
@@ -130,7 +130,8 @@ pub(crate) fn finish_upgrade(
                     old_version: Some(engine.old_version()),
                     reindex_script: finished.reindex_script.clone(),
                 };
-                let (steps, failure) = after::run_steps(settings, printer, run_dir, &upgraded);
+                let (steps, failure) =
+                    post_upgrade::run_steps(settings, printer, run_dir, &upgraded);
                 // What a step did is no longer left to do; once the new
                 // cluster ran, there is no going back to the old one.
                 let ran = steps
@@ -153,8 +154,8 @@ pub(crate) fn finish_upgrade(
                             new: ClusterCondition::Upgraded,
                         },
                     ));
-                    summary.exit_code = after::failure_exit_code(code);
-                    summary.result = Some(after::result_of(summary.exit_code));
+                    summary.exit_code = post_upgrade::failure_exit_code(code);
+                    summary.result = Some(post_upgrade::result_of(summary.exit_code));
                 }
             }
             summary.next_steps = next_steps.into_iter().map(|n| n.text).collect();

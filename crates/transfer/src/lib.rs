@@ -6,17 +6,27 @@
 //! It never writes to the old cluster's files: linking adds a name to an old
 //! inode, cloning shares its blocks copy-on-write, copying reads it. It
 //! knows nothing of catalogs or servers.
-
-use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+//!
+//! `copy` places one file, `staging` copies ahead of the transfer, `sync`
+//! makes the result durable, `swap` moves whole directories.
 
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+mod copy;
+mod staging;
+mod sync;
+
+pub use copy::*;
+pub use staging::*;
+pub use sync::*;
 
 mod swap;
+
 pub use swap::{swap, swap_dirs, unswap, SwapDir};
 
 /// How files reach the new cluster.
@@ -67,7 +77,7 @@ pub enum Error {
     },
 }
 
-fn io(path: &Path, source: std::io::Error) -> Error {
+pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
         source,
@@ -109,15 +119,15 @@ pub fn relation_base(
 }
 
 /// The forks a relation may have besides the main one.
-const FORKS: [&str; 4] = ["", "_fsm", "_vm", "_init"];
+pub(crate) const FORKS: [&str; 4] = ["", "_fsm", "_vm", "_init"];
 
 /// The names in each database directory, read once: a relation's forks
 /// and segments are looked up here rather than asked of the filesystem one
 /// by one (tens of thousands of relations would cost hundreds of thousands
 /// of stat calls).
 #[derive(Default)]
-struct Listing {
-    dirs: HashMap<PathBuf, HashSet<OsString>>,
+pub(crate) struct Listing {
+    pub(crate) dirs: HashMap<PathBuf, HashSet<OsString>>,
 }
 
 impl Listing {
@@ -174,7 +184,7 @@ impl Listing {
     }
 }
 
-fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     let mut name = base.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -210,255 +220,6 @@ pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
         }
     }
     Ok(moves)
-}
-
-/// A copy made ahead of the transfer, and what its source looked like
-/// just before: the transfer renames it into place only if the source has
-/// not changed since.
-#[derive(Debug, Clone)]
-struct Staged {
-    /// The copy's name in the staging directory.
-    number: u32,
-    len: u64,
-    modified: std::time::SystemTime,
-}
-
-#[derive(Debug, Clone)]
-enum Entry {
-    /// Being copied right now.
-    Copying,
-    Ready(Staged),
-}
-
-/// The copies made ahead, keyed by source file: filled in by [`stage`] on
-/// its own thread while the transfer may already be reading it.
-#[derive(Debug, Default)]
-pub struct StagedCopies {
-    dir: PathBuf,
-    files: Mutex<HashMap<PathBuf, Entry>>,
-    stop: AtomicBool,
-}
-
-impl StagedCopies {
-    pub fn new(dir: &Path) -> StagedCopies {
-        StagedCopies {
-            dir: dir.to_path_buf(),
-            ..StagedCopies::default()
-        }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Copies finished so far.
-    pub fn ready(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|e| matches!(e, Entry::Ready(_)))
-            .count()
-    }
-
-    /// Asks [`stage`] to start no further copy (it finishes the one at hand).
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    /// Where the finished copy of `source` is, if there is one.
-    pub fn copy_of(&self, source: &Path) -> Option<PathBuf> {
-        match self.lock().get(source) {
-            Some(Entry::Ready(staged)) => Some(self.path(staged)),
-            _ => None,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn path(&self, staged: &Staged) -> PathBuf {
-        self.dir.join(staged.number.to_string())
-    }
-
-    fn is_copying(&self, source: &Path) -> bool {
-        matches!(self.lock().get(source), Some(Entry::Copying))
-    }
-
-    /// Waits until no copy is in progress (after [`stop`](Self::stop)).
-    fn wait_for_copies(&self) {
-        while self.lock().values().any(|e| matches!(e, Entry::Copying)) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-}
-
-/// Gives the calling thread only the CPU time nothing else wants
-/// (SCHED_IDLE): copying ahead must not slow down the restore it runs
-/// beside, which on a schema of many tables keeps every core busy. Best
-/// effort: a thread that cannot be made idle just copies.
-fn yield_to_everything_else() {
-    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-    let _ = thread_priority::set_thread_priority_and_policy(
-        thread_priority::thread_native_id(),
-        ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-    );
-}
-
-/// Smaller files are left to the transfer: copying them is mostly creating
-/// files, which the restore beside it does too (tens of thousands of small
-/// copies ahead slowed a restore of 80,000 relations by a third), while the
-/// big files, whose bytes take the time, gain the most.
-pub const STAGE_MIN_BYTES: u64 = 1 << 20;
-
-/// Copies (`mode`: Copy or CopyFileRange) every file of at least
-/// [`STAGE_MIN_BYTES`] of the relations at `old_bases` into `copies`'
-/// directory (which must exist), one at a time, until done or stopped, at
-/// idle priority (call it on a thread of its own). For the time the catalog
-/// is being restored: the copies are renamed into place by [`transfer`], so
-/// the directory must be on the new cluster's filesystem. A failure only
-/// ends the copying early (the transfer copies the rest itself).
-pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
-    /// However the copying ends (even by a panic), no file stays claimed:
-    /// the transfer would wait for it.
-    struct Release<'a>(&'a StagedCopies);
-    impl Drop for Release<'_> {
-        fn drop(&mut self) {
-            self.0.lock().retain(|_, e| matches!(e, Entry::Ready(_)));
-        }
-    }
-    let _release = Release(copies);
-    if !matches!(mode, Mode::Copy | Mode::CopyFileRange) {
-        return;
-    }
-    yield_to_everything_else();
-    let mut listing = Listing::default();
-    let mut number = 0u32;
-    for base in old_bases {
-        let Ok(suffixes) = listing.existing(base) else {
-            return;
-        };
-        for suffix in suffixes {
-            let from = with_suffix(base, &suffix);
-            let Ok((len, modified)) =
-                std::fs::metadata(&from).and_then(|m| Ok((m.len(), m.modified()?)))
-            else {
-                return;
-            };
-            if len < STAGE_MIN_BYTES {
-                continue;
-            }
-            {
-                // Checked and claimed at once: a file the transfer has
-                // looked up and found unclaimed is never copied here.
-                let mut files = copies.lock();
-                if copies.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                files.insert(from.clone(), Entry::Copying);
-            }
-            number += 1;
-            let staged = Staged {
-                number,
-                len,
-                modified,
-            };
-            let to = copies.path(&staged);
-            if place(&from, &to, mode).is_err() {
-                let _ = std::fs::remove_file(&to);
-                copies.lock().remove(&from);
-                return;
-            }
-            // Handed over first: a transfer waiting for this copy need not
-            // also wait for its write-back to be queued (the sync asks again).
-            copies.lock().insert(from, Entry::Ready(staged));
-            start_writeback(&to);
-        }
-    }
-}
-
-/// Renames a staged copy of `file.from` to `file.to` if the source is as it
-/// was when copied; false (and the staged copy removed) otherwise.
-fn use_staged(file: &FileMove, copies: &StagedCopies) -> bool {
-    let Some(Entry::Ready(staged)) = copies.lock().get(&file.from).cloned() else {
-        return false;
-    };
-    let copy = copies.path(&staged);
-    let unchanged = std::fs::metadata(&file.from)
-        .map(|m| m.len() == staged.len && m.modified().ok() == Some(staged.modified))
-        .unwrap_or(false);
-    if unchanged && std::fs::rename(&copy, &file.to).is_ok() {
-        return true;
-    }
-    let _ = std::fs::remove_file(&copy);
-    false
-}
-
-/// fsyncs every regular file under `roots` but those in `durable` (files
-/// whose contents already were on disk: the old cluster's, hard-linked or
-/// moved), then every directory, so that new names are durable too; `jobs`
-/// files at a time. Symbolic links are not followed. Returns how many files
-/// were synced.
-pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<&Path>, jobs: usize) -> Result<u64, Error> {
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for root in roots {
-        for entry in walkdir::WalkDir::new(root) {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(root).to_path_buf();
-                io(&path, std::io::Error::other(e.to_string()))
-            })?;
-            if entry.file_type().is_dir() {
-                dirs.push(entry.into_path());
-            } else if entry.file_type().is_file() && !durable.contains(entry.path()) {
-                files.push(entry.into_path());
-            }
-        }
-        if let Some(parent) = root.parent() {
-            dirs.push(parent.to_path_buf());
-        }
-    }
-    let fsync = |path: &Path| -> Result<(), Error> {
-        std::fs::File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(path, e))
-    };
-    // First ask the kernel to start writing every file back, without
-    // waiting: the fsyncs that follow then mostly find their data on disk
-    // already and share journal commits (initdb --sync-only does the same).
-    for path in &files {
-        start_writeback(path);
-    }
-    let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let all: Vec<&PathBuf> = files.iter().chain(dirs.iter()).collect();
-    // An fsync mostly waits for the disk: more of them in flight let the
-    // filesystem commit its journal for many at once.
-    let threads = jobs.max(1) * 4;
-    // Files before directories: a directory is synced after the files in it
-    // got their names (a directory's fsync does not wait for file data).
-    for batch in [&all[..files.len()], &all[files.len()..]] {
-        next.store(0, Ordering::SeqCst);
-        std::thread::scope(|scope| {
-            for _ in 0..threads.clamp(1, batch.len().max(1)) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(path) = batch.get(i) else { break };
-                    if let Err(e) = fsync(path) {
-                        failed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                        break;
-                    }
-                });
-            }
-        });
-        if let Some(e) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(e);
-        }
-    }
-    Ok(files.len() as u64)
 }
 
 /// Progress so far.
@@ -559,7 +320,7 @@ pub fn transfer(
 }
 
 /// Places one file; true if that was renaming its copy made ahead.
-fn move_one(file: &FileMove, mode: Mode, staged: &StagedCopies) -> Result<bool, Error> {
+pub(crate) fn move_one(file: &FileMove, mode: Mode, staged: &StagedCopies) -> Result<bool, Error> {
     // The restore created an (empty) file under the same name; a re-run may
     // find a partial copy. Either way the old file replaces it.
     match std::fs::remove_file(&file.to) {
@@ -583,169 +344,6 @@ fn move_one(file: &FileMove, mode: Mode, staged: &StagedCopies) -> Result<bool, 
         start_writeback(&file.to);
     }
     Ok(false)
-}
-
-/// Asks the kernel to start writing a file's dirty pages back, without waiting.
-fn start_writeback(path: &Path) {
-    if let Ok(file) = std::fs::File::open(path) {
-        let _ = nix::fcntl::posix_fadvise(
-            &file,
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-    }
-}
-
-/// Makes `to` (which must not exist) hold `from`'s contents the way `mode` says.
-fn place(from: &Path, to: &Path, mode: Mode) -> std::io::Result<()> {
-    match mode {
-        Mode::Link => std::fs::hard_link(from, to),
-        Mode::Copy => copy_bytes(from, to),
-        Mode::CopyFileRange => copy_in_kernel(from, to),
-        Mode::Clone => reflink_copy::reflink(from, to),
-    }
-}
-
-/// O_DIRECT wants the buffer, the file offset and the length aligned to the
-/// device's logical block size; 4 KiB covers the devices in use (relation
-/// files are whole 8 KiB blocks, so only a damaged file has a ragged end).
-const DIRECT_ALIGN: usize = 4096;
-const COPY_CHUNK: usize = 1 << 20;
-/// Smaller files go through the page cache: it is cheap for a few pages,
-/// while a direct write waits for the device every time.
-const DIRECT_MIN_BYTES: u64 = 1 << 20;
-
-/// A plain read/write copy: no reflink or in-kernel copy that could make the
-/// two clusters share storage behind the user's back. The source is read
-/// through the page cache (it is often there already); the copy is written
-/// around it (O_DIRECT) where the filesystem allows: a new cluster's files
-/// are not read again soon, and putting gigabytes through the cache costs
-/// a page allocation per 4 KiB and a write-back later (measured: 640 MiB in
-/// 0.3 s direct against 1.6 s buffered on the benchmark machine). The sync
-/// step's fsync still makes the copy durable (it flushes the device cache).
-fn copy_bytes(from: &Path, to: &Path) -> std::io::Result<()> {
-    let mut source = std::fs::File::open(from)?;
-    let metadata = source.metadata()?;
-    let mut target = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)?;
-    let mut direct = metadata.len() >= DIRECT_MIN_BYTES && set_direct(&target, true).is_ok();
-    let mut buffer = vec![0u8; COPY_CHUNK + DIRECT_ALIGN];
-    let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-    let chunk = &mut buffer[start..start + COPY_CHUNK];
-    let mut written = 0u64;
-    loop {
-        let n = read_full(&mut source, chunk)?;
-        if n == 0 {
-            break;
-        }
-        let aligned = if direct { n - n % DIRECT_ALIGN } else { 0 };
-        if aligned > 0 {
-            if let Err(e) = target.write_all(&chunk[..aligned]) {
-                if e.raw_os_error() != Some(nix::libc::EINVAL) {
-                    return Err(e);
-                }
-                // The device wants other alignment: the rest goes through
-                // the page cache, from where this chunk began.
-                direct = false;
-                set_direct(&target, false)?;
-                target.set_len(written)?;
-                target.seek(std::io::SeekFrom::Start(written))?;
-                target.write_all(&chunk[..n])?;
-                written += n as u64;
-                continue;
-            }
-        }
-        if aligned < n {
-            // A ragged end (or no O_DIRECT): buffered.
-            if direct {
-                direct = false;
-                set_direct(&target, false)?;
-            }
-            target.write_all(&chunk[aligned..n])?;
-        }
-        written += n as u64;
-    }
-    target.set_permissions(metadata.permissions())?;
-    Ok(())
-}
-
-/// Turns O_DIRECT on or off for an open file (F_SETFL; the file has no
-/// other status flags). Fails with EINVAL where the filesystem has no
-/// direct I/O.
-fn set_direct(file: &std::fs::File, on: bool) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = if on { OFlag::O_DIRECT } else { OFlag::empty() };
-    fcntl(file, FcntlArg::F_SETFL(flags))
-        .map(|_| ())
-        .map_err(std::io::Error::from)
-}
-
-/// Reads until `buffer` is full or the file ends; the bytes read.
-fn read_full(source: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match source.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// `copy_file_range` until the end of the source.
-fn copy_in_kernel(from: &Path, to: &Path) -> std::io::Result<()> {
-    let source = std::fs::File::open(from)?;
-    let metadata = source.metadata()?;
-    let target = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)?;
-    let mut copied = 0u64;
-    loop {
-        // Up to 1 GiB per call: a segment file at most.
-        let n = nix::fcntl::copy_file_range(&source, None, &target, None, 1 << 30)
-            .map_err(std::io::Error::from)?;
-        if n == 0 {
-            break;
-        }
-        copied += n as u64;
-    }
-    // The file does not change under us (its server is stopped): a short
-    // copy is an error, never a truncated relation.
-    if copied != metadata.len() {
-        return Err(std::io::Error::other(format!(
-            "copied {copied} of {} bytes",
-            metadata.len()
-        )));
-    }
-    target.set_permissions(metadata.permissions())?;
-    Ok(())
-}
-
-/// Whether `mode` works from `probe` (a file of the old cluster, only read)
-/// into `new_dir`: tried on a scratch name there that is removed at once.
-/// Finds a cross-device link or clone, or a filesystem that cannot clone,
-/// before anything changes.
-pub fn probe(mode: Mode, probe: &Path, new_dir: &Path) -> Result<(), Error> {
-    let target = new_dir.join(".pg-migrate-transfer-probe");
-    let _ = std::fs::remove_file(&target);
-    let result = place(probe, &target, mode).map_err(|source| Error::Transfer {
-        verb: mode.verb(),
-        from: probe.to_path_buf(),
-        to: target.clone(),
-        source,
-    });
-    match std::fs::remove_file(&target) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&target, e)),
-    }
-    result
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub struct Finding {
     pub remedy: Option<String>,
     /// The objects the finding is about (database, kind, name).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub objects: Vec<crate::catalogue::ObjectRef>,
+    pub objects: Vec<crate::rules::ObjectRef>,
 }
 
 impl Finding {
@@ -44,7 +44,7 @@ impl Finding {
         }
     }
 
-    pub fn with_objects(mut self, objects: Vec<crate::catalogue::ObjectRef>) -> Finding {
+    pub fn with_objects(mut self, objects: Vec<crate::rules::ObjectRef>) -> Finding {
         self.objects = objects;
         self
     }

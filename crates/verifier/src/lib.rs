@@ -5,31 +5,34 @@
 //!
 //! It returns findings and the facts it gathered; it never decides how they
 //! are shown, and it never writes to a cluster beyond what starting and
-//! cleanly stopping a server does. Catalog checks run only when every static
-//! check passed, so a problem found on disk leaves both trees untouched.
+//! cleanly stopping a server does. The checks that only read files
+//! (`on_disk`) come first; those that need a server (`server`) run only
+//! when every one of them passed, so a problem found on disk leaves both
+//! trees untouched. `rules` is the catalogue of what pg_upgrade (and
+//! pg-migrate) refuses or warns about, with the SQL that finds it.
 //!
 //! It also owns the proof after the fact (`proof`, for `--verify`): both
 //! clusters measured the same way and compared, known differences between
 //! majors explained by named rules; that too only reads.
 
-mod catalog;
-mod catalogue;
 mod finding;
 mod initdb;
+mod on_disk;
 pub mod proof;
-mod statics;
+mod rules;
+mod server;
 
 use std::path::PathBuf;
 
 use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
 
-pub use catalog::{
-    drifted_indexes, Capabilities, CatalogFacts, DatabaseInfo, SlotSettings, TemplateLocale,
-};
-pub use catalogue::{columns_using, rule_sql, CapabilityUse, CollatedIndex, ObjectRef};
 pub use finding::{Finding, Status, DUMP_RELOAD_AVOIDS};
 pub use initdb::{matching_initdb, suggested_initdb};
-pub use statics::platform_char_is_signed;
+pub use on_disk::platform_char_is_signed;
+pub use rules::{columns_using, rule_sql, CapabilityUse, CollatedIndex, ObjectRef};
+pub use server::{
+    drifted_indexes, Capabilities, CatalogFacts, DatabaseInfo, SlotSettings, TemplateLocale,
+};
 
 /// One cluster as the user named it.
 #[derive(Debug, Clone)]
@@ -208,11 +211,11 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
         sink(&finding);
         report.findings.push(finding);
     };
-    for finding in statics::run(config, &mut report) {
+    for finding in on_disk::run(config, &mut report) {
         emit(&mut report, finding);
     }
     if !report.failed().is_empty() {
-        for (id, title) in catalog::CHECKS {
+        for (id, title) in server::CHECKS {
             emit(
                 &mut report,
                 Finding::skip(
@@ -224,7 +227,7 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
         }
         return report;
     }
-    catalog::run(config, &mut report, &mut |r, f| emit(r, f));
+    server::run(config, &mut report, &mut |r, f| emit(r, f));
     report.stop_kept_if_failed();
     report
 }
@@ -243,14 +246,14 @@ pub fn check_created_new(
         sink(&finding);
         report.findings.push(finding);
     };
-    for finding in statics::run_created_new(config, report) {
+    for finding in on_disk::run_created_new(config, report) {
         emit(report, finding);
     }
     if report.findings[first..]
         .iter()
         .all(|f| f.status != Status::Fail)
     {
-        catalog::run_new(config, report, &mut |r, f| emit(r, f));
+        server::run_new(config, report, &mut |r, f| emit(r, f));
     }
     report.stop_kept_if_failed();
     report.findings[first..]

@@ -126,13 +126,13 @@ impl<'a> Engine<'a> {
                     )
                 })?;
         let log_dir = self.log_dir();
-        let work = crate::backup::Work {
+        let work = crate::logical_backup::Work {
             printer: self.printer,
             step: "backup",
             jobs: self.settings.jobs,
             log_dir: &log_dir,
         };
-        let result = crate::backup::write(&work, &server, tools, &self.old_dir.path, &dir);
+        let result = crate::logical_backup::write(&work, &server, tools, &self.old_dir.path, &dir);
         self.report.kept_old = Some(server);
         let written = result?;
         if let Some(journal) = self.journal.as_mut() {
@@ -214,7 +214,7 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        let conn = crate::backup::conn_of(&server);
+        let conn = crate::logical_backup::conn_of(&server);
         let globals = self.output().join("dump/globals.sql");
         if prepare {
             // The shared catalogs as the globals dump saw them: fingerprinted

@@ -21,13 +21,19 @@ impl<'a> Engine<'a> {
         if self.settings.backup_dir.is_none() {
             let dir = self.dump_dir();
             let log_dir = self.log_dir();
-            let work = crate::backup::Work {
+            let work = crate::logical_backup::Work {
                 printer: self.printer,
                 step: "dump-all",
                 jobs: self.settings.jobs,
                 log_dir: &log_dir,
             };
-            crate::backup::write(&work, &server, &self.new_install, &self.old_dir.path, &dir)?;
+            crate::logical_backup::write(
+                &work,
+                &server,
+                &self.new_install,
+                &self.old_dir.path,
+                &dir,
+            )?;
         }
         if self.settings.after.verify.is_some() {
             // Measured next, by the same server.
@@ -57,13 +63,13 @@ impl<'a> Engine<'a> {
         let server = Server::start(&self.new_install, self.new_dir(), &options)
             .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
         let log_dir = self.log_dir();
-        let work = crate::backup::Work {
+        let work = crate::logical_backup::Work {
             printer: self.printer,
             step: "restore-all",
             jobs: self.settings.jobs,
             log_dir: &log_dir,
         };
-        crate::backup::restore_into(
+        crate::logical_backup::restore_into(
             &work,
             &server,
             &self.new_install,
