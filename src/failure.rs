@@ -7,7 +7,6 @@
 use serde::Serialize;
 
 use crate::exit;
-use crate::report::ClusterStates;
 
 /// Every error code pg-migrate reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,6 +218,46 @@ impl Serialize for Code {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
+}
+
+/// What a run did to each cluster: `unchanged` (not touched at all),
+/// `started_and_stopped` (a server was started privately and stopped
+/// cleanly; only the files any clean start and stop rewrites changed),
+/// `running_untouched` (a running server was only queried).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStates {
+    pub old: ClusterCondition,
+    pub new: ClusterCondition,
+}
+
+impl ClusterStates {
+    /// Neither cluster touched.
+    pub fn unchanged() -> ClusterStates {
+        ClusterStates {
+            old: ClusterCondition::Unchanged,
+            new: ClusterCondition::Unchanged,
+        }
+    }
+}
+
+/// One cluster's state after a run (docs/json-status.md, "Cluster states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterCondition {
+    /// Not touched: byte for byte as before.
+    Unchanged,
+    /// Its server was started privately and stopped cleanly.
+    StartedAndStopped,
+    /// A running server was only queried.
+    RunningUntouched,
+    /// Link or swap mode past the point of no return: disabled.
+    Protected,
+    /// Made by pg-migrate and still as initdb made it.
+    Created,
+    /// Partly upgraded (or restored).
+    Incomplete,
+    /// The upgrade finished; a step after it failed.
+    Upgraded,
 }
 
 /// Why a run (or a step of it) failed, or why it refused to start.

@@ -4,9 +4,9 @@
 //! pgm-catalog dumps, describes and verifies; here are the servers, the
 //! parallelism, the events and the refusals.
 
-use crate::engine::parallel;
 use crate::failure::{Code, Failure};
 use crate::report::Printer;
+use crate::support::parallel;
 use pgm_catalog::backup::{self as catalog, BackupDatabase, Manifest};
 use pgm_catalog::ClientConn;
 use pgm_cluster::{Installation, Server};

@@ -17,6 +17,7 @@ mod recovery;
 mod report;
 mod rundir;
 mod signals;
+mod support;
 mod verify;
 
 use std::time::Instant;

@@ -54,7 +54,7 @@ pub fn refuse_unfinished(settings: &Settings) -> Result<(), Failure> {
             message: format!("{} holds a prepared upgrade", new.display()),
             remedy: Some(format!(
                 "finish it: pg-migrate cutover -D {0}; or throw it away: pg-migrate discard -D {0}",
-                crate::engine::quote(new)
+                crate::support::quote(new)
             )),
         }),
         Some(State::Reverted) | None => Ok(()),
@@ -393,7 +393,7 @@ fn current_new_stamp(new: &Path) -> Option<pgm_cluster::ControlStamp> {
 /// cluster's commit log and catalog know nothing of.
 pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(), Failure> {
     let old = &settings.old_datadir;
-    let quoted = crate::engine::quote(&settings.new_datadir);
+    let quoted = crate::support::quote(&settings.new_datadir);
     let refusal = |message: String| {
         Failure {
         clusters: Some(ClusterStates {
@@ -446,7 +446,7 @@ pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(),
 /// short is finished by running it again.
 pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failure> {
     let new = &settings.new_datadir;
-    let quoted = crate::engine::quote(new);
+    let quoted = crate::support::quote(new);
     if journal::read_state(new) == Some(State::Reverted) {
         return Err(Failure {
             clusters: None,
@@ -593,7 +593,7 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failu
     if !control.exists() && renamed.exists() {
         std::fs::rename(&renamed, &control)
             .map_err(|e| e.to_string())
-            .and_then(|()| crate::engine::sync_dir(&settings.old_datadir.join("global")))
+            .and_then(|()| crate::support::sync_dir(&settings.old_datadir.join("global")))
             .map_err(|e| {
                 failed_midway(
                     format!("could not rename {} back: {e}", renamed.display()),

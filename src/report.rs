@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::failure::Code;
+pub use crate::failure::{ClusterCondition, ClusterStates};
 
 /// Set by the signal handler: from then on only its own thread reports (the
 /// interrupted work would otherwise report the failures the interruption
@@ -296,46 +297,6 @@ pub struct Cause {
     pub check: &'static str,
     /// The check's problem code (docs/checks.md), not an error code.
     pub code: &'static str,
-}
-
-/// What a run did to each cluster: `unchanged` (not touched at all),
-/// `started_and_stopped` (a server was started privately and stopped
-/// cleanly; only the files any clean start and stop rewrites changed),
-/// `running_untouched` (a running server was only queried).
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStates {
-    pub old: ClusterCondition,
-    pub new: ClusterCondition,
-}
-
-impl ClusterStates {
-    /// Neither cluster touched.
-    pub fn unchanged() -> ClusterStates {
-        ClusterStates {
-            old: ClusterCondition::Unchanged,
-            new: ClusterCondition::Unchanged,
-        }
-    }
-}
-
-/// One cluster's state after a run (docs/json-status.md, "Cluster states").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClusterCondition {
-    /// Not touched: byte for byte as before.
-    Unchanged,
-    /// Its server was started privately and stopped cleanly.
-    StartedAndStopped,
-    /// A running server was only queried.
-    RunningUntouched,
-    /// Link or swap mode past the point of no return: disabled.
-    Protected,
-    /// Made by pg-migrate and still as initdb made it.
-    Created,
-    /// Partly upgraded (or restored).
-    Incomplete,
-    /// The upgrade finished; a step after it failed.
-    Upgraded,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -142,7 +142,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         (Ok(written), Ok(())) => (
             Ending::Done(vec![format!(
                 "restore it with: pg-migrate restore --backup-dir {} -B BIN -D NEW_DATADIR",
-                crate::engine::quote(&dir)
+                crate::support::quote(&dir)
             )]),
             Some(BackupCounts {
                 dir: dir.display().to_string(),

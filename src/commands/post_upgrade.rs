@@ -36,7 +36,7 @@ pub fn run_post_upgrade(
                 ),
                 &format!(
                     "finish it first: pg-migrate resume -D {}",
-                    crate::engine::quote(&settings.new_datadir)
+                    crate::support::quote(&settings.new_datadir)
                 ),
                 exit::USAGE,
             )

@@ -324,8 +324,8 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         Ok(()) => (
             Ending::Done(vec![format!(
                 "start the restored cluster: {} -D {} start",
-                crate::engine::quote(&target.bindir.join("pg_ctl")),
-                crate::engine::quote(&target_dir)
+                crate::support::quote(&target.bindir.join("pg_ctl")),
+                crate::support::quote(&target_dir)
             )]),
             Some(BackupCounts {
                 dir: dir.display().to_string(),

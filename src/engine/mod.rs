@@ -27,8 +27,8 @@ mod state;
 mod steps;
 mod support;
 
-pub(crate) use support::parallel;
-pub use support::{initdb_auth, quote, recovery_commands, sync_dir};
+pub use crate::support::{parallel, quote, sync_dir};
+pub use support::{initdb_auth, recovery_commands};
 use support::{psql_connect, remove_earlier_dumps};
 
 pub use online::stop_old_server;

@@ -38,18 +38,6 @@ pub(in crate::engine) fn remove_earlier_dumps(journal_dir: &Path, current: &Path
     }
 }
 
-/// Makes the names in a directory durable (after a rename in it).
-pub fn sync_dir(dir: &Path) -> Result<(), String> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-/// A path as a shell word, for the commands we print.
-pub fn quote(path: &Path) -> String {
-    shell_quote(&path.display().to_string())
-}
-
 /// A `\connect` line for psql that reaches exactly the database `name`.
 /// psql takes single-quoted text with doubled quotes and C-like backslash
 /// escapes; a name with `=` (or a URI prefix) would be read as a
@@ -80,48 +68,6 @@ pub fn recovery_commands(new_datadir: &Path) -> String {
     format!(
         "continue with: pg-migrate resume -D {dir}; or go back with: pg-migrate revert -D {dir}"
     )
-}
-
-/// Runs `f` on every item, `jobs` at a time, keeping the input order in the
-/// results; the first failure wins.
-pub(crate) fn parallel<T: Sync, R: Send>(
-    items: &[T],
-    jobs: usize,
-    f: impl Fn(&T) -> Result<R, Failure> + Sync,
-) -> Result<Vec<R>, Failure> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    let failure: Mutex<Option<Failure>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, items.len().max(1)) {
-            scope.spawn(|| loop {
-                if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(item) = items.get(i) else { break };
-                match f(item) {
-                    Ok(r) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r),
-                    Err(e) => {
-                        failure
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(f) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(f);
-    }
-    Ok(results
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .map(|r| r.expect("every item produced a result"))
-        .collect())
 }
 
 #[cfg(test)]

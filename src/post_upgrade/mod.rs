@@ -160,7 +160,7 @@ pub fn run_steps(
                 remedy: Some(format!(
                     "{}the upgrade itself is complete; fix the cause and run only this step and the ones after it again: pg-migrate post-upgrade -D {} {}",
                     e.remedy.map(|r| format!("{r}; ")).unwrap_or_default(),
-                    crate::engine::quote(&upgraded.new_dir.path),
+                    crate::support::quote(&upgraded.new_dir.path),
                     flags_from(&names, name, &settings.after)
                 )),
                 clusters: None,
@@ -190,7 +190,7 @@ pub(crate) fn flags_from(names: &[&str], from: &str, steps: &AfterSteps) -> Stri
                 steps
                     .post_upgrade
                     .as_deref()
-                    .map(crate::engine::quote)
+                    .map(crate::support::quote)
                     .unwrap_or_default()
             ),
             other => format!("--{other}"),
@@ -330,14 +330,6 @@ pub(crate) fn user_databases(server: &Server) -> Result<Vec<String>, Failure> {
         )
         .map_err(|e| Failure::new(Code::NewCatalogFailed, pgm_cluster::describe_pg_error(&e)))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 pub(crate) fn now_ms() -> u64 {

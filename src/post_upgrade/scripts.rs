@@ -158,7 +158,7 @@ pub(crate) fn post_upgrade(
                 format!("{}: {e}", script.path.display()),
             )
         })?;
-        let checksum = sha256_hex(&text);
+        let checksum = crate::support::sha256_hex(&text);
         let targets: Vec<Option<String>> = if script.shell {
             vec![None]
         } else {

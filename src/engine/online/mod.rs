@@ -128,7 +128,7 @@ pub fn globals_digest(path: &Path) -> Result<String, Failure> {
         .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
         .collect::<Vec<_>>()
         .join("\n");
-    Ok(crate::post_upgrade::sha256_hex(normalized.as_bytes()))
+    Ok(crate::support::sha256_hex(normalized.as_bytes()))
 }
 
 /// Opens a repeatable-read, read-only transaction on `client`, exports its
