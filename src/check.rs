@@ -53,13 +53,8 @@ pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
         carry_config: settings.after.carry_config,
         keep_old_server: !settings.check_only,
         dump_reload: settings.method == crate::cli::Method::Dump,
-        transfer: match settings.mode {
-            crate::cli::Mode::Copy => pgm_verifier::TransferKind::Copy,
-            crate::cli::Mode::CopyFileRange => pgm_verifier::TransferKind::CopyFileRange,
-            crate::cli::Mode::Clone => pgm_verifier::TransferKind::Clone,
-            crate::cli::Mode::Link => pgm_verifier::TransferKind::Link,
-            crate::cli::Mode::Swap => pgm_verifier::TransferKind::Swap,
-        },
+        transfer: settings.mode,
+        probe: |mode, from, into| pgm_transfer::probe(mode, from, into).map_err(|e| e.to_string()),
         set_char_signedness: settings.set_char_signedness.map(|s| match s {
             Signedness::Signed => CharSignedness::Signed,
             Signedness::Unsigned => CharSignedness::Unsigned,

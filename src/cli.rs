@@ -111,40 +111,8 @@ pub enum Signedness {
     Unsigned,
 }
 
-/// The transfer mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    Copy,
-    Link,
-    Clone,
-    CopyFileRange,
-    Swap,
-}
-
-impl Mode {
-    /// The flag that asks for this mode.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Mode::Copy => "--copy",
-            Mode::Link => "--link",
-            Mode::Clone => "--clone",
-            Mode::CopyFileRange => "--copy-file-range",
-            Mode::Swap => "--swap",
-        }
-    }
-
-    /// How single files move. Swap moves whole directories and links the
-    /// files of relations it cannot move that way.
-    pub fn transfer(self) -> pgm_transfer::Mode {
-        match self {
-            Mode::Copy => pgm_transfer::Mode::Copy,
-            Mode::CopyFileRange => pgm_transfer::Mode::CopyFileRange,
-            Mode::Clone => pgm_transfer::Mode::Clone,
-            Mode::Link | Mode::Swap => pgm_transfer::Mode::Link,
-        }
-    }
-}
+/// The transfer mode: one enum from these flags to the transfer.
+pub use pgm_cluster::TransferMode as Mode;
 
 #[derive(Debug, Clone, Args)]
 pub struct Options {

@@ -260,13 +260,11 @@ pub(crate) fn make_run_dir(
     })
 }
 
-pub(crate) fn mode_flag(mode: cli::Mode) -> &'static str {
+pub(crate) fn mode_flag(mode: cli::Mode) -> String {
+    // Copy is the default: no flag needed.
     match mode {
-        cli::Mode::Link => " --link",
-        cli::Mode::Clone => " --clone",
-        cli::Mode::CopyFileRange => " --copy-file-range",
-        cli::Mode::Swap => " --swap",
-        cli::Mode::Copy => "",
+        cli::Mode::Copy => String::new(),
+        mode => format!(" {}", mode.flag()),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod datadir;
 mod error;
 pub mod faults;
 pub mod install;
+mod mode;
 pub mod server;
 pub mod version;
 
@@ -21,6 +22,7 @@ pub use control::{ClusterState, ControlFile, ControlStamp};
 pub use datadir::{DataDir, PidFile, ServerStatus};
 pub use error::{describe_pg_error, Error};
 pub use install::{Installation, Tool};
+pub use mode::TransferMode;
 pub use server::{Server, ServerOptions};
 pub use version::{PgMajor, PgVersion};
 

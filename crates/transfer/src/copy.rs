@@ -23,7 +23,7 @@ pub(crate) fn start_writeback(path: &Path) {
 /// Makes `to` (which must not exist) hold `from`'s contents the way `mode` says.
 pub(crate) fn place(from: &Path, to: &Path, mode: Mode) -> std::io::Result<()> {
     match mode {
-        Mode::Link => std::fs::hard_link(from, to),
+        Mode::Link | Mode::Swap => std::fs::hard_link(from, to),
         Mode::Copy => copy_bytes(from, to),
         Mode::CopyFileRange => copy_in_kernel(from, to),
         Mode::Clone => reflink_copy::reflink(from, to),

@@ -29,33 +29,9 @@ mod swap;
 
 pub use swap::{swap, swap_dirs, unswap, SwapDir};
 
-/// How files reach the new cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Read and write every byte: the old cluster stays independent.
-    Copy,
-    /// The kernel copies (`copy_file_range`), sparing the trip through
-    /// user space; some filesystems share the blocks instead. Independent
-    /// like a copy.
-    CopyFileRange,
-    /// A reflink (FICLONE): instant, the blocks shared copy-on-write, so
-    /// either cluster's later writes leave the other's data alone.
-    Clone,
-    /// A hard link: instant, but old and new then share the files.
-    Link,
-}
-
-impl Mode {
-    fn verb(self) -> &'static str {
-        match self {
-            Mode::Copy => "copy",
-            Mode::CopyFileRange => "copy (copy_file_range)",
-            Mode::Clone => "clone",
-            Mode::Link => "link",
-        }
-    }
-}
+/// How files reach the new cluster (swap moves directories with
+/// [`swap`]; its single files are linked).
+pub use pgm_cluster::TransferMode as Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

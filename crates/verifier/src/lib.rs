@@ -24,7 +24,7 @@ mod server;
 
 use std::path::PathBuf;
 
-use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus};
+use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus, TransferMode};
 
 pub use finding::{Finding, Status, DUMP_RELOAD_AVOIDS};
 pub use initdb::{matching_initdb, suggested_initdb};
@@ -71,7 +71,9 @@ pub struct CheckConfig {
     /// pg-migrate (checks of it then wait until it exists).
     pub create_new: bool,
     /// How files will move: decides what the filesystems must allow.
-    pub transfer: TransferKind,
+    pub transfer: TransferMode,
+    /// The transfer's own trial of that mode.
+    pub probe: TransferProbe,
     /// Collation-version changes fail instead of warning.
     pub strict: bool,
     /// `--carry-config`: the old cluster's settings (its preloaded
@@ -86,44 +88,10 @@ pub struct CheckConfig {
     pub dump_reload: bool,
 }
 
-/// What the transfer mode asks of the filesystems.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransferKind {
-    /// Every file copied: the new side needs room for all of it.
-    Copy,
-    /// Copied by the kernel (`copy_file_range`): room as for a copy, and
-    /// the call must work between the two directories.
-    CopyFileRange,
-    /// Reflinks: one filesystem, and one that can clone.
-    Clone,
-    /// Hard links: old and new must share a filesystem.
-    Link,
-    /// Directories moved into the new cluster: one filesystem.
-    Swap,
-}
-
-impl TransferKind {
-    /// The way single files move, for a probe; swap renames, which works
-    /// wherever a hard link does.
-    fn file_mode(self) -> pgm_transfer::Mode {
-        match self {
-            TransferKind::Copy => pgm_transfer::Mode::Copy,
-            TransferKind::CopyFileRange => pgm_transfer::Mode::CopyFileRange,
-            TransferKind::Clone => pgm_transfer::Mode::Clone,
-            TransferKind::Link | TransferKind::Swap => pgm_transfer::Mode::Link,
-        }
-    }
-
-    fn flag(self) -> &'static str {
-        match self {
-            TransferKind::Copy => "--copy",
-            TransferKind::CopyFileRange => "--copy-file-range",
-            TransferKind::Clone => "--clone",
-            TransferKind::Link => "--link",
-            TransferKind::Swap => "--swap",
-        }
-    }
-}
+/// Tries for real whether one file can move from `from` into the directory
+/// `into` in a mode (the CLI hands the transfer crate's probe in: the
+/// checks know nothing of how files move).
+pub type TransferProbe = fn(TransferMode, &std::path::Path, &std::path::Path) -> Result<(), String>;
 
 /// Which cluster a fact or finding is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

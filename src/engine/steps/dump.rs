@@ -323,7 +323,7 @@ impl<'a> Engine<'a> {
     /// Relations in user tablespaces wait for the transfer (their files go
     /// to another filesystem perhaps).
     pub(in crate::engine) fn start_staging(&mut self) {
-        let mode = self.settings.mode.transfer();
+        let mode = self.settings.mode.file_mode();
         if !matches!(
             mode,
             pgm_transfer::Mode::Copy | pgm_transfer::Mode::CopyFileRange

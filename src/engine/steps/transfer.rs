@@ -8,7 +8,7 @@ impl<'a> Engine<'a> {
         if self.settings.mode == Mode::Swap {
             return self.swap();
         }
-        let mode = self.settings.mode.transfer();
+        let mode = self.settings.mode.file_mode();
         let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
         // The copying ahead may still be busy with one file: the transfer
         // takes everything else first (and that file last, once copied).

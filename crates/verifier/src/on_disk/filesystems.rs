@@ -1,7 +1,9 @@
 //! Where the files go: the tablespaces, the transfer mode the filesystems
 //! allow (tried for real), and the room a copy needs.
 
-use crate::{CheckConfig, Finding, Report, TransferKind};
+use pgm_cluster::TransferMode;
+
+use crate::{CheckConfig, Finding, Report};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -141,7 +143,7 @@ pub(crate) fn check_transfer_mode(
     let (id, title) = ("transfer-mode", "filesystems allow the transfer mode");
     let mode = config.transfer;
     let flag = mode.flag();
-    if mode == TransferKind::Swap && new_major.is_some_and(|m| m.number() < 15) {
+    if mode == TransferMode::Swap && new_major.is_some_and(|m| m.number() < 15) {
         return Finding::fail(
             id,
             title,
@@ -152,7 +154,7 @@ pub(crate) fn check_transfer_mode(
     }
     let same_device = device(old) == device(new);
     // Clones may cross devices (btrfs subvolumes): the probe decides.
-    if matches!(mode, TransferKind::Link | TransferKind::Swap) && !same_device {
+    if matches!(mode, TransferMode::Link | TransferMode::Swap) && !same_device {
         return Finding::fail(
             id,
             title,
@@ -165,7 +167,7 @@ pub(crate) fn check_transfer_mode(
             "put the new data directory on the old one's filesystem, or use --copy",
         );
     }
-    if mode == TransferKind::Copy {
+    if mode == TransferMode::Copy {
         return Finding::pass(id, title, "copy mode works across filesystems");
     }
     // The new directory, or the existing directory it will be made in.
@@ -187,25 +189,25 @@ pub(crate) fn check_transfer_mode(
     }
     let outcome = trials
         .iter()
-        .try_for_each(|(from, into)| pgm_transfer::probe(mode.file_mode(), from, into));
+        .try_for_each(|(from, into)| (config.probe)(mode.file_mode(), from, into));
     match outcome {
         Ok(()) => Finding::pass(
             id,
             title,
             match mode {
-                TransferKind::Link => "old and new data directories share a filesystem: hard links work".to_string(),
+                TransferMode::Link => "old and new data directories share a filesystem: hard links work".to_string(),
                 _ => format!("{flag} works from the old data directory into {}", target.display()),
             },
         ),
         Err(e) => match mode {
-            TransferKind::Clone => Finding::fail(
+            TransferMode::Clone => Finding::fail(
                 id,
                 title,
                 "clone_unsupported",
                 format!("the filesystem cannot clone files (reflink): {e}"),
                 "use --link or --copy, or put both clusters on a filesystem that clones (XFS made with reflink=1, btrfs)",
             ),
-            TransferKind::CopyFileRange => Finding::fail(
+            TransferMode::CopyFileRange => Finding::fail(
                 id,
                 title,
                 "copy_file_range_unsupported",
@@ -288,14 +290,14 @@ pub(crate) fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Fi
         new_major,
     ));
     match config.transfer {
-        TransferKind::Link | TransferKind::Clone | TransferKind::Swap => {
+        TransferMode::Link | TransferMode::Clone | TransferMode::Swap => {
             out.push(Finding::pass(
                 space_id,
                 space_title,
                 format!("{} copies no data", config.transfer.flag()),
             ));
         }
-        TransferKind::Copy | TransferKind::CopyFileRange => {
+        TransferMode::Copy | TransferMode::CopyFileRange => {
             // Needs per filesystem: the data directory's share, each tablespace's.
             let mut needs: BTreeMap<u64, (u64, std::path::PathBuf)> = BTreeMap::new();
             let mut add = |path: &Path, bytes: u64| {
