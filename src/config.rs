@@ -83,8 +83,9 @@ pub fn unquote(value: &str) -> String {
     }
 }
 
+/// A postgresql.conf value (quoted as SQL literals are).
 fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    pgm_cluster::sql::quote_literal(value)
 }
 
 /// What carrying did to one setting.

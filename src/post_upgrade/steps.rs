@@ -22,7 +22,10 @@ pub(crate) fn update_extensions(server: &Server, run_dir: &RunDir) -> Result<(),
         let names = pgm_catalog::outdated_extensions(&mut client, &database)
             .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
         for name in names {
-            let sql = format!("ALTER EXTENSION \"{}\" UPDATE", name.replace('"', "\"\""));
+            let sql = format!(
+                "ALTER EXTENSION {} UPDATE",
+                pgm_cluster::sql::quote_ident(&name)
+            );
             append(&log, &format!("database {database:?}: {sql}"));
             client.batch_execute(&sql).map_err(|e| Failure {
                 code: Code::AfterStepFailed,

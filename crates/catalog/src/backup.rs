@@ -567,14 +567,7 @@ fn without_comment_lines(sql: &str) -> String {
         .join(" ")
 }
 
-/// An identifier quoted as pg_dumpall --quote-all-identifiers does.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+pub use pgm_cluster::sql::{quote_ident, quote_literal};
 
 /// Runs a globals script with psql (stopping at the first error).
 pub fn run_globals(

@@ -225,7 +225,7 @@ where
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     for (name, allows) in databases {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let quoted = pgm_cluster::sql::quote_ident(&name);
         if !allows {
             template1
                 .batch_execute(&format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS = true"))

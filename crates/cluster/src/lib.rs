@@ -16,6 +16,7 @@ pub mod faults;
 pub mod install;
 mod mode;
 pub mod server;
+pub mod sql;
 pub mod version;
 
 pub use control::{ClusterState, ControlFile, ControlStamp};

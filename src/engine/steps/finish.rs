@@ -31,8 +31,8 @@ impl<'a> Engine<'a> {
                 sql.push('\n');
                 for name in names {
                     sql.push_str(&format!(
-                        "ALTER EXTENSION \"{}\" UPDATE;\n",
-                        name.replace('"', "\"\"")
+                        "ALTER EXTENSION {} UPDATE;\n",
+                        pgm_cluster::sql::quote_ident(name)
                     ));
                 }
             }
@@ -171,7 +171,7 @@ impl<'a> Engine<'a> {
                 Some(collation) => format!("ALTER COLLATION {collation} REFRESH VERSION;"),
                 None => format!(
                     "ALTER DATABASE {} REFRESH COLLATION VERSION;",
-                    format_args!("\"{}\"", index.database.replace('"', "\"\""))
+                    pgm_cluster::sql::quote_ident(&index.database)
                 ),
             });
         }

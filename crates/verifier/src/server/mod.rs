@@ -249,9 +249,7 @@ pub(crate) fn ids(which: Which) -> [&'static str; 5] {
     }
 }
 
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use pgm_cluster::sql::{quote_ident, quote_literal};
 
 pub(crate) fn quote_list(names: &[String]) -> String {
     names
@@ -259,10 +257,6 @@ pub(crate) fn quote_list(names: &[String]) -> String {
         .map(|n| quote_ident(n))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 pub(crate) fn describe_objects(objects: &[ObjectRef]) -> String {
