@@ -87,7 +87,7 @@ pub(crate) fn analyze(
         .command(Tool::Vacuumdb)
         .map_err(|e| Failure::new(Code::AfterStepFailed, e))?
         .args(["--all", "--analyze-in-stages"]);
-    if upgraded.new_install.version.major.number() >= 18 {
+    if upgraded.new_install.version.major.dumps_statistics() {
         command = command.arg("--missing-stats-only");
     }
     if settings.jobs > 1 {

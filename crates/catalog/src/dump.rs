@@ -54,14 +54,16 @@ impl DumpOptions {
     /// 18's pg_dump carries sequence state in the dump; before 18 (or
     /// when asked) the sequences' files are transferred like tables.
     pub fn sequences_in_dump(&self) -> bool {
-        self.sequence_data && self.new_major.number() >= 18
+        self.sequence_data && self.new_major.dumps_statistics()
     }
 }
 
 /// `--transaction-size` for pg_restore: batches commits (17 and later), kept
 /// small enough with `-j` that the parallel restores do not exhaust the lock table.
 pub fn restore_transaction_size(new_major: PgMajor, jobs: usize) -> Option<u32> {
-    (new_major.number() >= 17).then(|| (1000 / jobs.max(1) as u32).max(10))
+    new_major
+        .pg_restore_has_transaction_size()
+        .then(|| (1000 / jobs.max(1) as u32).max(10))
 }
 
 /// Every client program: no read-only default transactions in the way, no
@@ -144,7 +146,7 @@ pub fn dump_database(
     options: &DumpOptions,
 ) -> Result<(), Error> {
     let mut command = client(install, Tool::PgDump)?.args(conn.args());
-    if options.new_major.number() >= 18 {
+    if options.new_major.dumps_statistics() {
         command = command.arg("--no-data");
         if options.sequences_in_dump() {
             command = command.arg("--sequence-data");

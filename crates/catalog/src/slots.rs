@@ -24,7 +24,7 @@ pub fn list_logical_slots(
     client: &mut postgres::Client,
     old_major: pgm_cluster::PgMajor,
 ) -> Result<Vec<LogicalSlot>, Error> {
-    if old_major.number() < 17 {
+    if !old_major.upgrade_carries_logical_replication() {
         return Ok(Vec::new());
     }
     let rows = client

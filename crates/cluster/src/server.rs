@@ -122,7 +122,7 @@ static STARTED: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
 fn binary_upgrade_options(major: PgMajor) -> &'static [&'static str] {
     // 17 and later refuse to start in binary-upgrade mode unless slots can
     // keep all WAL: a slot invalidated during the upgrade would be lost.
-    if major.number() >= 17 {
+    if major.binary_upgrade_keeps_slot_wal() {
         &["-c", "max_slot_wal_keep_size=-1"]
     } else {
         &[]

@@ -37,6 +37,12 @@ impl PgMajor {
         (OLDEST_SUPPORTED..=NEWEST_SUPPORTED).contains(&self)
     }
 
+    /// Whether a cluster of this major can be upgraded from (the newest
+    /// major has nothing newer to go to).
+    pub fn is_supported_as_old(self) -> bool {
+        self.is_supported() && self < NEWEST_SUPPORTED
+    }
+
     /// Parses the contents of a `PG_VERSION` file ("15\n", or "9.6\n").
     pub fn parse_pg_version_file(text: &str) -> Result<PgMajor, Error> {
         let line = text.lines().next().unwrap_or("").trim();
@@ -99,6 +105,64 @@ impl PgMajor {
     /// Whether `initdb` accepts `--no-data-checksums`.
     pub fn initdb_has_no_data_checksums(self) -> bool {
         self.0 >= 1800
+    }
+
+    /// 17 and later: `initdb --sync-only` takes `--sync-method`.
+    pub fn initdb_has_sync_method(self) -> bool {
+        self.0 >= 1700
+    }
+
+    /// 17 and later: pg_restore takes `--transaction-size`.
+    pub fn pg_restore_has_transaction_size(self) -> bool {
+        self.0 >= 1700
+    }
+
+    /// 18 and later: pg_dump carries optimizer statistics (`--statistics`,
+    /// `--no-statistics`), dumps the schema with `--no-data` and sequence
+    /// values with `--sequence-data`, and vacuumdb fills in only what is
+    /// missing (`--missing-stats-only`).
+    pub fn dumps_statistics(self) -> bool {
+        self.0 >= 1800
+    }
+
+    /// 17 and later (as the old side): an upgrade carries the logical
+    /// replication slots and the subscriptions' progress (pg_upgrade migrates
+    /// them); the server has `unicode_version()`.
+    pub fn upgrade_carries_logical_replication(self) -> bool {
+        self.0 >= 1700
+    }
+
+    /// 17 and later: a server in binary-upgrade mode starts only if its
+    /// slots keep all WAL (`max_slot_wal_keep_size=-1`).
+    pub fn binary_upgrade_keeps_slot_wal(self) -> bool {
+        self.0 >= 1700
+    }
+
+    /// Whether the server reports `unicode_version()` (17 and later).
+    pub fn has_unicode_version(self) -> bool {
+        self.0 >= 1700
+    }
+
+    /// 14 and later: per-column TOAST compression (lz4), SQL-standard
+    /// function bodies, expressions in extended statistics.
+    pub fn has_toast_compression(self) -> bool {
+        self.0 >= 1400
+    }
+
+    /// The setting that bounds replication origins: 18's own, 17's the
+    /// slots'; before 17 subscriptions are not carried at all.
+    pub fn replication_origin_setting(self) -> Option<&'static str> {
+        match self.number() {
+            ..=16 => None,
+            17 => Some("max_replication_slots"),
+            _ => Some("max_active_replication_origins"),
+        }
+    }
+
+    /// 15 and later (as the new side) keep each relation's file names
+    /// (relfilenumbers) and database OIDs: what `--swap` needs.
+    pub fn preserves_relfilenumbers(self) -> bool {
+        self.0 >= 1500
     }
 }
 

@@ -251,7 +251,7 @@ fn dump_schema(install: &Installation, server: &Server) -> Result<String, ProofE
         .arg("--username")
         .arg(&endpoint.user)
         .args(["--schema-only", "--no-sync", "--no-role-passwords"]);
-    if install.version.major.number() >= 18 {
+    if install.version.major.dumps_statistics() {
         command = command.arg("--no-statistics");
     }
     let (status, captured) = command.run_unchecked()?;

@@ -479,7 +479,7 @@ pub(crate) fn icu_sql(old: PgMajor) -> Option<String> {
 }
 
 pub(crate) fn lz4_sql(old: PgMajor) -> Option<String> {
-    (old.number() >= 14).then(|| {
+    old.has_toast_compression().then(|| {
         "SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), n.nspname::text
            FROM pg_catalog.pg_attribute a
            JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -563,7 +563,7 @@ pub(crate) fn xml_literals_sql(old: PgMajor) -> String {
             AND ((a.aggtranstype IN (142, 143) AND a.agginitval IS NOT NULL)
               OR (a.aggmtranstype IN (142, 143) AND a.aggminitval IS NOT NULL))".to_string(),
     ];
-    if old.number() >= 14 {
+    if old.has_toast_compression() {
         // SQL-standard function bodies are parsed when created.
         parts.push(
             "SELECT 'function', p.oid::pg_catalog.regprocedure::text, n.nspname::text

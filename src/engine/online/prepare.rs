@@ -92,7 +92,11 @@ impl<'a> Engine<'a> {
         // changes). Before 17 no upgrade carries it: the online mode loses
         // nothing an upgrade in one go would keep. Slots are made again
         // only by an upgrade in one go.
-        let carries_progress = self.old_install.version.major.number() >= 17;
+        let carries_progress = self
+            .old_install
+            .version
+            .major
+            .upgrade_carries_logical_replication();
         let mut what = Vec::new();
         if !subscriptions.is_empty() && carries_progress {
             what.push(format!(

@@ -58,7 +58,8 @@ impl<'a> Engine<'a> {
                     newbin.join("vacuumdb").display()
                 ),
             ));
-        } else if self.new_install.version.major.number() >= 18 && !self.settings.no_statistics {
+        } else if self.new_install.version.major.dumps_statistics() && !self.settings.no_statistics
+        {
             next.push(NextStep::done_by(
                 "analyze",
                 format!(

@@ -5,7 +5,7 @@ use crate::engine::*;
 
 impl<'a> Engine<'a> {
     pub(in crate::engine) fn char_signedness(&self) -> Option<bool> {
-        if self.new_install.version.major.number() < 18 {
+        if !self.new_install.version.major.control_has_char_signedness() {
             return None;
         }
         Some(match self.settings.set_char_signedness {

@@ -46,7 +46,7 @@ impl<'a> Engine<'a> {
             .arg("--sync-only")
             .arg("-D")
             .arg(&self.new_dir().path);
-        if self.new_install.version.major.number() >= 17 {
+        if self.new_install.version.major.initdb_has_sync_method() {
             let method = match self.settings.sync_method {
                 SyncMethod::Fsync => "fsync",
                 SyncMethod::Syncfs => "syncfs",

@@ -467,7 +467,7 @@ pub(crate) fn check_char_signedness(config: &CheckConfig, report: &Report) -> Fi
     let (id, title) = ("char-signedness", "default char signedness");
     let old_major = report.old.install.as_ref().map(|i| i.version.major);
     if let (Some(wanted), Some(major)) = (config.set_char_signedness, old_major) {
-        if major.number() >= 18 {
+        if major.control_has_char_signedness() {
             return Finding::fail(
                 id,
                 title,

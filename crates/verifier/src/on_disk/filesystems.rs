@@ -143,7 +143,7 @@ pub(crate) fn check_transfer_mode(
     let (id, title) = ("transfer-mode", "filesystems allow the transfer mode");
     let mode = config.transfer;
     let flag = mode.flag();
-    if mode == TransferMode::Swap && new_major.is_some_and(|m| m.number() < 15) {
+    if mode == TransferMode::Swap && new_major.is_some_and(|m| !m.preserves_relfilenumbers()) {
         return Finding::fail(
             id,
             title,

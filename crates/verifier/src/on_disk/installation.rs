@@ -160,7 +160,7 @@ pub(crate) fn check_version_pair(report: &Report) -> Finding {
             "check that -b names the old installation and -B the new one (they may be swapped)",
         );
     }
-    if !old_major.is_supported() || old_major.number() >= 18 {
+    if !old_major.is_supported_as_old() {
         return Finding::fail(
             id,
             title,

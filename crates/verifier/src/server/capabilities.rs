@@ -71,13 +71,7 @@ pub(crate) fn probe_capabilities(
             .is_ok(),
         ..Capabilities::default()
     };
-    if new_major.number() >= 17 {
-        // 18 has its own setting; 17 counted origins against replication slots.
-        let setting = if new_major.number() >= 18 {
-            "max_active_replication_origins"
-        } else {
-            "max_replication_slots"
-        };
+    if let Some(setting) = new_major.replication_origin_setting() {
         let value: String = client
             .query_one("SELECT pg_catalog.current_setting($1)", &[&setting])
             .map_err(q("reading the replication origin limit"))?

@@ -147,7 +147,7 @@ pub(crate) fn gather(
             for library in preload.split(',').map(str::trim).filter(|l| !l.is_empty()) {
                 uses_preload.push(library.trim_matches('"').to_string());
             }
-            if major.number() >= 17 {
+            if major.upgrade_carries_logical_replication() {
                 let row = client
                     .query_one(
                         "SELECT (SELECT count(*) FROM pg_catalog.pg_subscription),
@@ -172,7 +172,7 @@ pub(crate) fn gather(
                 }
                 cluster_uses.logical_slots = slot_plugins.len() as i64;
             }
-            if major.number() >= 14 {
+            if major.has_toast_compression() {
                 let compression: String = client
                     .query_one(
                         "SELECT pg_catalog.current_setting('default_toast_compression')",
@@ -443,7 +443,7 @@ pub(crate) fn scan_one(
             schema: r.get(7),
         })
         .collect();
-    if old.number() >= 17 {
+    if old.has_unicode_version() {
         scan.uses.unicode_dependent = objects(
             &mut client,
             database,
