@@ -7,8 +7,8 @@ use pgm_verifier::{CharSignedness, CheckConfig, Report, SideConfig, Status};
 use crate::cli::{Settings, Signedness};
 use crate::exit;
 use crate::failure::Code;
-use crate::report::ClusterCondition;
-use crate::report::{Cause, CheckCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
+use crate::output::ClusterCondition;
+use crate::output::{Cause, CheckCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
 use crate::rundir::RunDir;
 
 pub struct Outcome {

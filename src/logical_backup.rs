@@ -5,7 +5,7 @@
 //! parallelism, the events and the refusals.
 
 use crate::failure::{Code, Failure};
-use crate::report::Printer;
+use crate::output::Printer;
 use crate::support::parallel;
 use pgm_catalog::backup::{self as catalog, BackupDatabase, Manifest};
 use pgm_catalog::ClientConn;

@@ -12,13 +12,13 @@ mod exit;
 mod failure;
 mod journal;
 mod logical_backup;
+mod output;
 mod post_upgrade;
+mod proving;
 mod recovery;
-mod report;
 mod rundir;
 mod signals;
 mod support;
-mod verify;
 
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use clap::Parser;
 
 use crate::cli::{Action, Cli, Command};
 use crate::failure::Code;
-use crate::report::Printer;
+use crate::output::Printer;
 
 fn main() {
     std::process::exit(run());

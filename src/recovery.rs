@@ -9,8 +9,8 @@ use pgm_cluster::{ControlFile, DataDir, ServerStatus};
 use crate::cli::{Options, Settings};
 use crate::failure::{Code, Failure};
 use crate::journal::{self, Journal, JournalView, Record, RunLock, State};
-use crate::report::ClusterCondition;
-use crate::report::ClusterStates;
+use crate::output::ClusterCondition;
+use crate::output::ClusterStates;
 
 /// Locks both clusters' directories for the life of the run.
 pub fn lock(settings: &Settings) -> Result<RunLock, Failure> {

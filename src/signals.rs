@@ -8,7 +8,7 @@ use crate::engine;
 use crate::exit;
 use crate::failure::Code;
 use crate::journal;
-use crate::report::{self, ClusterStates, Event, Printer};
+use crate::output::{self, ClusterStates, Event, Printer};
 
 /// On SIGINT/SIGTERM: stop every server we started, record the interruption
 /// in the journal, say in what state each cluster is and what to run next,
@@ -25,8 +25,8 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
             } else {
                 "SIGTERM"
             };
-            report::REPORTS_INTERRUPTION.with(|r| r.set(true));
-            report::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+            output::REPORTS_INTERRUPTION.with(|r| r.set(true));
+            output::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
             pgm_cluster::server::stop_all();
             let printer = Printer::new(json);
             let status = engine::INTERRUPT

@@ -10,9 +10,9 @@ use crate::exit;
 use crate::failure::{Code, Failure};
 use crate::journal;
 use crate::logical_backup;
+use crate::output::ClusterCondition;
+use crate::output::{self, ClusterStates, Event, Printer};
 use crate::recovery;
-use crate::report::ClusterCondition;
-use crate::report::{self, ClusterStates, Event, Printer};
 use crate::rundir::RunDir;
 
 mod backup;
@@ -272,12 +272,12 @@ pub(crate) fn mode_flag(mode: cli::Mode) -> String {
 pub(crate) struct Summary {
     command: &'static str,
     exit_code: i32,
-    checks: Option<report::CheckCounts>,
+    checks: Option<output::CheckCounts>,
     versions: (Option<String>, Option<String>),
     next_steps: Vec<String>,
-    upgrade: Option<report::UpgradeCounts>,
-    backup: Option<report::BackupCounts>,
-    after: Option<Vec<report::AfterStep>>,
+    upgrade: Option<output::UpgradeCounts>,
+    backup: Option<output::BackupCounts>,
+    after: Option<Vec<output::AfterStep>>,
     logs: Option<String>,
     result: Option<&'static str>,
 }

@@ -5,9 +5,9 @@ use crate::cli::Settings;
 use crate::exit;
 use crate::failure::Code;
 use crate::journal::JournalView;
+use crate::output::ClusterCondition;
+use crate::output::{ClusterStates, Event, Printer};
 use crate::post_upgrade::*;
-use crate::report::ClusterCondition;
-use crate::report::{ClusterStates, Event, Printer};
 use pgm_cluster::{DataDir, Installation};
 use std::time::Instant;
 
@@ -72,12 +72,12 @@ pub fn run_post_upgrade(
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: crate::report::PlanSide::new(
+        old: crate::output::PlanSide::new(
             &settings.old_bindir,
             &settings.old_datadir,
             settings.old_port,
         ),
-        new: crate::report::PlanSide::new(&new_install.bindir, &new_dir.path, settings.new_port),
+        new: crate::output::PlanSide::new(&new_install.bindir, &new_dir.path, settings.new_port),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),

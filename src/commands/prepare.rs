@@ -8,8 +8,8 @@ use crate::exit;
 use crate::failure::Code;
 use crate::journal;
 use crate::logical_backup;
+use crate::output::Printer;
 use crate::recovery;
-use crate::report::Printer;
 
 use super::*;
 

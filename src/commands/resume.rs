@@ -7,8 +7,8 @@ use crate::engine;
 use crate::exit;
 use crate::failure::Code;
 use crate::journal;
+use crate::output::Printer;
 use crate::recovery;
-use crate::report::Printer;
 
 use super::*;
 

@@ -6,8 +6,8 @@ use std::time::Instant;
 use crate::cli::Settings;
 use crate::exit;
 use crate::journal;
+use crate::output::{Event, Printer};
 use crate::recovery;
-use crate::report::{Event, Printer};
 
 use super::*;
 

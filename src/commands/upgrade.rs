@@ -7,8 +7,8 @@ use crate::cli::Settings;
 use crate::engine;
 use crate::exit;
 use crate::journal;
-use crate::report::ClusterCondition;
-use crate::report::{self, ClusterStates, Event, Printer, StepStatus};
+use crate::output::ClusterCondition;
+use crate::output::{self, ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 use crate::{check, post_upgrade};
 
@@ -67,8 +67,20 @@ pub(crate) fn run_command(
         ));
     } else if summary.exit_code == exit::SUCCESS {
         summary.checks = None;
-        let engine =
-            engine::Engine::new(settings, printer, &run_dir, outcome.config, outcome.report);
+        // The plan, built once from what the checks established; the old
+        // server they kept up goes on to the dump.
+        let mut report = outcome.report;
+        let engine = engine::Plan::from_checks(&mut report).map(|(plan, old_server)| {
+            engine::Engine::new(
+                settings,
+                printer,
+                &run_dir,
+                outcome.config,
+                plan,
+                old_server,
+                Some(report),
+            )
+        });
         finish_upgrade(
             settings,
             printer,
@@ -106,7 +118,7 @@ pub(crate) fn finish_upgrade(
         Ok(finished) => {
             let mut next_steps = finished.next_steps;
             summary.logs = finished.logs.map(|p| p.display().to_string());
-            summary.upgrade = Some(report::UpgradeCounts {
+            summary.upgrade = Some(output::UpgradeCounts {
                 mode: settings.mode,
                 method: settings.method,
                 databases: finished.databases,
@@ -194,12 +206,12 @@ pub(crate) fn run_from_journal(
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: report::PlanSide::new(
+        old: output::PlanSide::new(
             &settings.old_bindir,
             &settings.old_datadir,
             settings.old_port,
         ),
-        new: report::PlanSide::new(
+        new: output::PlanSide::new(
             &settings.new_bindir,
             &settings.new_datadir,
             settings.new_port,

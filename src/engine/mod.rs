@@ -18,16 +18,18 @@ use pgm_verifier::{CheckConfig, Report};
 use crate::cli::{Method, Mode, Settings, Signedness, SyncMethod};
 use crate::exit;
 use crate::journal::{Journal, JournalView, Record, State};
-use crate::report::ClusterCondition;
-use crate::report::{ClusterStates, Event, Printer, StepStatus};
+use crate::output::ClusterCondition;
+use crate::output::{ClusterStates, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 
 mod online;
+mod plan;
 mod state;
 mod steps;
 mod support;
 
 pub use crate::support::{parallel, quote, sync_dir};
+pub use plan::{read_control, Plan};
 pub use support::{initdb_auth, recovery_commands};
 use support::{psql_connect, remove_earlier_dumps};
 
@@ -46,28 +48,6 @@ pub enum Phase {
 }
 
 pub use crate::failure::{Code, Failure};
-
-/// Reads a pg_control wherever a run may have left it: hidden by prepare
-/// (`pg_control.prepared`) or renamed by link mode (`pg_control.old`).
-fn read_control(datadir: &Path) -> Result<ControlFile, Failure> {
-    let global = datadir.join("global");
-    let path = [
-        global.join("pg_control"),
-        global.join("pg_control.prepared"),
-        global.join("pg_control.old"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .ok_or_else(|| {
-        Failure::new(
-            Code::ResumeFailed,
-            format!("{} has no pg_control", global.display()),
-        )
-    })?;
-    let bytes = std::fs::read(&path)
-        .map_err(|e| Failure::new(Code::ResumeFailed, format!("{}: {e}", path.display())))?;
-    ControlFile::decode(&bytes, &path).map_err(|e| Failure::new(Code::ResumeFailed, e))
-}
 
 /// A failed upgrade: why, the state of each cluster, the exit status, and
 /// where the logs are.
@@ -112,7 +92,7 @@ impl NextStep {
 /// What the finished upgrade reports.
 pub struct Finished {
     pub next_steps: Vec<NextStep>,
-    pub backup: Option<crate::report::BackupCounts>,
+    pub backup: Option<crate::output::BackupCounts>,
     pub reindex_script: Option<PathBuf>,
     /// The scripts `finish` wrote (in `pg_migrate.d`).
     pub scripts: Vec<PathBuf>,
@@ -129,7 +109,16 @@ pub struct Engine<'a> {
     printer: &'a Printer,
     run_dir: &'a RunDir,
     config: CheckConfig,
-    report: Report,
+    /// The checks' report, for the checks of a new cluster pg-migrate
+    /// creates (a run that continues a journal has none).
+    checks: Option<Report>,
+    /// The old server the checks (or an earlier step) left running, handed
+    /// on to the next step that needs it.
+    old_server: Option<Server>,
+    new_control: Option<ControlFile>,
+    new_to_create: bool,
+    old_catalog: Option<pgm_verifier::CatalogFacts>,
+    new_catalog: Option<pgm_verifier::CatalogFacts>,
     old_install: Installation,
     new_install: Installation,
     old_dir: DataDir,
@@ -160,7 +149,7 @@ pub struct Engine<'a> {
     /// Whether this run continues a journal (resume) rather than starting one.
     resuming: bool,
     /// `--backup-dir`: the backup this run wrote.
-    backup: Option<crate::report::BackupCounts>,
+    backup: Option<crate::output::BackupCounts>,
     phase: Phase,
     /// prepare: what the old catalog looked like, for the cutover to compare.
     prepared: online::PreparedState,
@@ -216,46 +205,40 @@ fn now_ms() -> u128 {
 }
 
 impl<'a> Engine<'a> {
+    /// An engine for the plan; `old_server` is a running old server
+    /// handed on to the first step that needs it, `checks` the checks'
+    /// report (for the checks of a new cluster pg-migrate creates).
     pub fn new(
         settings: &'a Settings,
         printer: &'a Printer,
         run_dir: &'a RunDir,
         config: CheckConfig,
-        report: Report,
-    ) -> Result<Engine<'a>, Failure> {
-        let missing = |what| {
-            Failure::new(
-                Code::Internal,
-                format!("the checks passed without establishing {what}"),
-            )
-        };
-        let old_install = report
-            .old
-            .install
-            .clone()
-            .ok_or_else(|| missing("the old installation"))?;
-        let new_install = report
-            .new
-            .install
-            .clone()
-            .ok_or_else(|| missing("the new installation"))?;
-        let old_dir = report
-            .old
-            .datadir
-            .clone()
-            .ok_or_else(|| missing("the old data directory"))?;
-        let old_control = report
-            .old
-            .control
-            .clone()
-            .ok_or_else(|| missing("the old pg_control"))?;
-        let new_dir = report.new.datadir.clone();
-        Ok(Engine {
+        plan: Plan,
+        old_server: Option<Server>,
+        checks: Option<Report>,
+    ) -> Engine<'a> {
+        let Plan {
+            old_install,
+            new_install,
+            old_dir,
+            old_control,
+            new_dir,
+            new_control,
+            new_to_create,
+            old_catalog,
+            new_catalog,
+        } = plan;
+        Engine {
             settings,
             printer,
             run_dir,
             config,
-            report,
+            checks,
+            old_server,
+            new_control,
+            new_to_create,
+            old_catalog,
+            new_catalog,
             old_install,
             new_install,
             old_dir,
@@ -285,7 +268,7 @@ impl<'a> Engine<'a> {
             horizons: None,
             cutover_old_stamp: None,
             logical_slots: Vec::new(),
-        })
+        }
     }
 
     pub fn new_install(&self) -> &Installation {
@@ -333,19 +316,8 @@ impl<'a> Engine<'a> {
         config: CheckConfig,
         journal: &JournalView,
     ) -> Result<Engine<'a>, Failure> {
-        let io = |e: pgm_cluster::Error| Failure::new(Code::ResumeFailed, e);
-        let old_install = Installation::discover(&settings.old_bindir).map_err(io)?;
-        let new_install = Installation::discover(&settings.new_bindir).map_err(io)?;
-        let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
-        let new_dir = DataDir::open(&settings.new_datadir, None).map_err(io)?;
-        let mut report = Report::default();
-        report.old.install = Some(old_install);
-        report.new.install = Some(new_install);
-        report.old.control = Some(read_control(&old_dir.path)?);
-        report.new.control = Some(read_control(&new_dir.path)?);
-        report.old.datadir = Some(old_dir);
-        report.new.datadir = Some(new_dir);
-        let mut engine = Engine::new(settings, printer, run_dir, config, report)?;
+        let plan = Plan::from_journal(settings)?;
+        let mut engine = Engine::new(settings, printer, run_dir, config, plan, None, None);
         engine.resuming = true;
         let global = engine.old_dir.path.join("global");
         engine.old_protected =
@@ -437,7 +409,7 @@ impl<'a> Engine<'a> {
             Phase::Prepare => return self.prepare_steps(),
             Phase::Cutover => return self.cutover_steps(),
         }
-        if self.report.new_to_create {
+        if self.new_to_create {
             self.step("create-new-cluster", Engine::create_new_cluster)?;
         }
         self.open_output()?;
@@ -507,7 +479,7 @@ impl<'a> Engine<'a> {
             });
             return Ok(());
         }
-        crate::report::park_if_interrupted();
+        crate::output::park_if_interrupted();
         pgm_cluster::faults::point(|| format!("before:{name}"));
         self.printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();

@@ -15,7 +15,7 @@ use crate::cli::{AfterSteps, Settings};
 use crate::exit;
 use crate::failure::{Code, Failure};
 use crate::journal::{Journal, Record};
-use crate::report::{AfterStep, Event, Printer, StepStatus};
+use crate::output::{AfterStep, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 use pgm_cluster::command::PgCommand;
 use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus};
@@ -100,7 +100,7 @@ pub fn run_steps(
             });
             continue;
         }
-        crate::report::park_if_interrupted();
+        crate::output::park_if_interrupted();
         pgm_cluster::faults::point(|| format!("before:{name}"));
         printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();
@@ -109,14 +109,14 @@ pub fn run_steps(
                 return carry_config(settings, printer, upgraded, run_dir);
             }
             if name == "verify" {
-                crate::verify::preflight(settings, &upgraded.new_dir.path)?;
+                crate::proving::preflight(settings, &upgraded.new_dir.path)?;
             }
             if server.is_none() {
                 server = Some(new_server(settings, upgraded, run_dir)?);
             }
             let server = server.as_ref().expect("started above");
             match name {
-                "verify" => crate::verify::run(
+                "verify" => crate::proving::run(
                     settings,
                     printer,
                     upgraded.new_install,

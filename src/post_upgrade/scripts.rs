@@ -4,7 +4,7 @@
 
 use crate::cli::Settings;
 use crate::failure::{Code, Failure};
-use crate::report::{Event, Printer};
+use crate::output::{Event, Printer};
 use crate::rundir::RunDir;
 use pgm_cluster::{Server, Tool};
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 use super::*;
 use crate::engine::*;
 use crate::journal::{DatabaseHorizonsRecord, HorizonsRecord};
-use crate::report::StepStatus;
+use crate::output::StepStatus;
 
 impl<'a> Engine<'a> {
     /// An engine for the cutover of a prepared upgrade in `-D`.
@@ -139,12 +139,12 @@ impl<'a> Engine<'a> {
     /// changed; the old cluster's current freeze horizons otherwise. The old
     /// server is started privately and stopped again; nothing else changes.
     pub(in crate::engine) fn verify_unchanged(&mut self) -> Result<Horizons, Failure> {
-        self.printer.emit(&crate::report::Event::StepStart {
+        self.printer.emit(&crate::output::Event::StepStart {
             step: "verify-unchanged",
         });
         let started = std::time::Instant::now();
         let result = self.compare_with_prepared();
-        self.printer.emit(&crate::report::Event::StepEnd {
+        self.printer.emit(&crate::output::Event::StepEnd {
             step: "verify-unchanged",
             status: StepStatus::of(&result),
             duration_ms: started.elapsed().as_millis() as u64,

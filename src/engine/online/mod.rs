@@ -31,7 +31,7 @@ use pgm_verifier::CheckConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{read_control, Code, Engine, Failure, Finished, NextStep};
+use super::{Code, Engine, Failure, Finished, NextStep};
 
 mod cutover;
 mod prepare;

@@ -10,11 +10,11 @@ impl<'a> Engine<'a> {
     /// prepare: the old server as it runs (attached through its socket),
     /// or one started privately when the old cluster is stopped.
     pub(in crate::engine) fn old_server_live_or_private(&mut self) -> Result<Server, Failure> {
-        match self.report.kept_old.take() {
+        match self.old_server.take() {
             // The serving server, attached (and its lock table judged) before.
             Some(server) if !server.is_owned() => return Ok(server),
             Some(server) => {
-                self.report.kept_old = Some(server);
+                self.old_server = Some(server);
                 return self.old_server_for_dumps();
             }
             None => {}
@@ -85,7 +85,7 @@ impl<'a> Engine<'a> {
         let (subscriptions, slots): (Option<Vec<String>>, Option<Vec<String>>) =
             (row.get(0), row.get(1));
         let (subscriptions, slots) = (subscriptions.unwrap_or_default(), slots.unwrap_or_default());
-        self.report.kept_old = Some(server);
+        self.old_server = Some(server);
         // From 17 on, an upgrade carries each subscription's replication
         // progress (its origin), which goes on advancing after prepare's
         // dump recorded it (the cutover's copy would replay or skip
@@ -152,7 +152,7 @@ impl<'a> Engine<'a> {
 
     pub(in crate::engine) fn prepare_steps(&mut self) -> Result<Finished, Failure> {
         self.prepare_gate()?;
-        if self.report.new_to_create {
+        if self.new_to_create {
             self.step("create-new-cluster", Engine::create_new_cluster)?;
         }
         self.open_output()?;

@@ -9,7 +9,14 @@ impl<'a> Engine<'a> {
     /// initdb a new cluster that matches the old one, then run the checks
     /// that had to wait for it.
     pub(in crate::engine) fn create_new_cluster(&mut self) -> Result<(), Failure> {
-        let mut words = pgm_verifier::matching_initdb(&self.config, &self.report);
+        // Only a run that began with the checks creates the new cluster.
+        let mut checks = self.checks.take().ok_or_else(|| {
+            Failure::new(
+                Code::Internal,
+                "the new cluster is to be created without the checks' report",
+            )
+        })?;
+        let mut words = pgm_verifier::matching_initdb(&self.config, &checks);
         words.extend(initdb_auth(self.printer, &self.settings.user));
         // The whole cluster is synced at the end.
         words.push("--no-sync".to_string());
@@ -43,9 +50,14 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new(Code::InitdbFailed, format!("{}: {e}", target.display())))?;
         self.created_new = true;
         let printer = self.printer;
-        let ok = pgm_verifier::check_created_new(&self.config, &mut self.report, &mut |f| {
+        let ok = pgm_verifier::check_created_new(&self.config, &mut checks, &mut |f| {
             printer.emit(&crate::check::check_event(f))
         });
+        // What the checks of the created cluster found is the plan's now.
+        self.new_dir = checks.new.datadir.clone();
+        self.new_control = checks.new.control.clone();
+        self.new_catalog = checks.new.catalog.clone();
+        self.checks = Some(checks);
         if !ok {
             return Err(Failure {
                 code: Code::NewClusterMismatch,
@@ -57,7 +69,6 @@ impl<'a> Engine<'a> {
                 clusters: None,
             });
         }
-        self.new_dir = self.report.new.datadir.clone();
         Ok(())
     }
 

@@ -12,9 +12,7 @@ impl<'a> Engine<'a> {
     pub(in crate::engine) fn dump_locks_by_database(&self) -> Vec<(String, u64)> {
         let sequences_read = self.dump_options().sequence_data;
         let mut locks: Vec<(String, u64)> = self
-            .report
-            .old
-            .catalog
+            .old_catalog
             .as_ref()
             .map(|c| {
                 c.databases
@@ -82,7 +80,7 @@ impl<'a> Engine<'a> {
     /// tables pg_dump locks (every table of a database in one transaction),
     /// where pg_upgrade would fail with "out of shared memory".
     pub(in crate::engine) fn old_server_for_dumps(&mut self) -> Result<Server, Failure> {
-        let mut server = match self.report.kept_old.take() {
+        let mut server = match self.old_server.take() {
             Some(server) => server,
             None => self.start_old()?,
         };
@@ -133,7 +131,7 @@ impl<'a> Engine<'a> {
             log_dir: &log_dir,
         };
         let result = crate::logical_backup::write(&work, &server, tools, &self.old_dir.path, &dir);
-        self.report.kept_old = Some(server);
+        self.old_server = Some(server);
         let written = result?;
         if let Some(journal) = self.journal.as_mut() {
             journal
@@ -144,7 +142,7 @@ impl<'a> Engine<'a> {
                 })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
-        self.backup = Some(crate::report::BackupCounts {
+        self.backup = Some(crate::output::BackupCounts {
             dir: dir.display().to_string(),
             databases: written.manifest.databases.len(),
             bytes: written.manifest.bytes(),
@@ -162,12 +160,12 @@ impl<'a> Engine<'a> {
             .verify
             .ok_or_else(|| Failure::new(Code::Internal, "record-old without --verify"))?;
         let server = self.old_server_for_dumps()?;
-        let result = crate::verify::record_old(
+        let result = crate::proving::record_old(
             &self.new_install,
             &server,
             &self.old_install,
             &self.new_dir().path,
-            crate::verify::measure_options(verify, self.settings.method),
+            crate::proving::measure_options(verify, self.settings.method),
             self.settings.jobs,
         );
         server
@@ -304,7 +302,7 @@ impl<'a> Engine<'a> {
         }
         if !prepare && self.settings.after.verify.is_some() {
             // Measured next, by the same server (record-old starts the copying).
-            self.report.kept_old = Some(server);
+            self.old_server = Some(server);
             return Ok(());
         }
         // A server someone else runs (prepare, live) is not ours to stop.

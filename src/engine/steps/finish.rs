@@ -155,7 +155,7 @@ impl<'a> Engine<'a> {
 
     /// The text of `reindex_after_upgrade.sql`, when there is anything to rebuild.
     pub(in crate::engine) fn reindex_sql(&self) -> Option<String> {
-        let (Some(old), Some(new)) = (&self.report.old.catalog, &self.report.new.catalog) else {
+        let (Some(old), Some(new)) = (&self.old_catalog, &self.new_catalog) else {
             return None;
         };
         #[derive(Default)]

@@ -11,9 +11,7 @@ impl<'a> Engine<'a> {
         self.new_touched = true;
         let server = self.start_new()?;
         let locale = self
-            .report
-            .old
-            .catalog
+            .old_catalog
             .as_ref()
             .map(|c| c.template0.clone())
             .ok_or_else(|| Failure::new(Code::Internal, "the old catalog was not read"))?;

@@ -41,7 +41,7 @@ impl<'a> Engine<'a> {
         // old cluster that might already be disabled as untouched.
         self.old_protected = true;
         self.publish_interrupt_status();
-        crate::report::park_if_interrupted();
+        crate::output::park_if_interrupted();
         if let Err(e) = std::fs::rename(&control, &renamed) {
             self.old_protected = false;
             self.publish_interrupt_status();

@@ -9,10 +9,7 @@ impl<'a> Engine<'a> {
         let (major, control) = if old {
             (self.old_install.version.major, Some(&self.old_control))
         } else {
-            (
-                self.new_install.version.major,
-                self.report.new.control.as_ref(),
-            )
+            (self.new_install.version.major, self.new_control.as_ref())
         };
         let control = control
             .ok_or_else(|| Failure::new(Code::Internal, "the new pg_control was not read"))?;

@@ -37,7 +37,7 @@ impl<'a> Engine<'a> {
         }
         if self.settings.after.verify.is_some() {
             // Measured next, by the same server.
-            self.report.kept_old = Some(server);
+            self.old_server = Some(server);
             return Ok(());
         }
         server

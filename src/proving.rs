@@ -10,7 +10,7 @@ use pgm_verifier::proof::{self, MeasureOptions, Outcome, Side};
 
 use crate::cli::{Method, Mode, Settings, Verify, VerifyMode};
 use crate::failure::{Code, Failure};
-use crate::report::{Event, Printer};
+use crate::output::{Event, Printer};
 use crate::rundir::RunDir;
 
 /// The old side as the upgrade measured it, beside the journal.
