@@ -8,7 +8,6 @@ use crate::failure::{Code, Failure};
 use crate::output::Printer;
 use crate::support::parallel;
 use pgm_catalog::backup::{self as catalog, BackupDatabase, Manifest};
-use pgm_catalog::ClientConn;
 use pgm_cluster::{Installation, Server};
 use std::path::{Path, PathBuf};
 
@@ -17,14 +16,6 @@ pub struct Written {
     pub manifest: Manifest,
     /// Where an earlier backup in the same directory went.
     pub moved_aside: Option<PathBuf>,
-}
-
-pub fn conn_of(server: &Server) -> ClientConn {
-    ClientConn {
-        socket_dir: server.endpoint.socket_dir.clone(),
-        port: server.endpoint.port,
-        user: server.endpoint.user.clone(),
-    }
 }
 
 /// How a backup or restore is carried out: reported as `step`, `jobs`
@@ -76,7 +67,7 @@ pub fn write(
     let fail = |e: pgm_catalog::Error| Failure::new(Code::BackupFailed, e);
     // Written beside the destination and put in place once whole.
     let partial = catalog::start_backup_dir(dir).map_err(fail)?;
-    let conn = conn_of(server);
+    let conn = server.endpoint.clone();
     catalog::dump_globals_for_backup(
         tools,
         &conn,
@@ -152,7 +143,7 @@ pub fn restore_into(
         .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
     let roles = catalog::existing_roles(&mut client).map_err(fail)?;
     drop(client);
-    let conn = conn_of(server);
+    let conn = server.endpoint.clone();
     let globals = work_dir.join("globals-for-restore.sql");
     catalog::globals_for_target(manifest, dir, &roles, tablespace_map, &globals).map_err(fail)?;
     catalog::run_globals(tools, &conn, &globals, &log_dir.join("restore-globals.log"))

@@ -8,7 +8,7 @@ use crate::failure::{Code, Failure};
 use crate::logical_backup::*;
 use crate::output::ClusterCondition;
 use crate::output::{BackupCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
-use pgm_catalog::backup::{self as catalog, Manifest, Unusable};
+use pgm_catalog::backup::{self as catalog, Manifest};
 use pgm_cluster::{DataDir, Installation, Server, ServerOptions, ServerStatus};
 use std::path::Path;
 use std::time::Instant;
@@ -81,7 +81,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
         Ok(manifest) => manifest,
         Err(unusable) => {
             let remedy = match unusable {
-                Unusable::NoManifest => "name the directory a finished pg-migrate backup wrote (the one with manifest.json), or make a new backup",
+                pgm_catalog::Error::BackupWithoutManifest => "name the directory a finished pg-migrate backup wrote (the one with manifest.json), or make a new backup",
                 _ => "use another copy of the backup (the older one may be in DIR.old), or make a new one",
             };
             return fail_early(

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pgm_catalog::{ClientConn, Database, DumpOptions, Relation, RelationQuery};
+use pgm_catalog::{Database, DumpOptions, Relation, RelationQuery};
 use pgm_cluster::command::{shell_quote, PgCommand};
+use pgm_cluster::server::Endpoint;
 use pgm_cluster::{ControlFile, DataDir, Installation, Server, ServerOptions, Tool};
 use pgm_transfer::{FileMove, RelationFiles};
 use pgm_verifier::{CheckConfig, Report};
@@ -579,8 +580,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn client_conn(&self, old: bool) -> ClientConn {
-        ClientConn {
+    fn client_conn(&self, old: bool) -> Endpoint {
+        Endpoint {
             socket_dir: self.run_dir.socket_dir(old),
             port: if old {
                 self.settings.old_port

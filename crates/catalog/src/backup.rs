@@ -16,9 +16,10 @@ use pgm_cluster::{Installation, PgMajor, Tool};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::dump::{client, dbname_conninfo, run_logged, ClientConn};
+use crate::dump::{client, dbname_conninfo, run_logged};
 use crate::script::{Piece, Splitter};
 use crate::Error;
+use pgm_cluster::server::Endpoint;
 
 pub const MANIFEST: &str = "manifest.json";
 /// Raised when the manifest changes incompatibly.
@@ -82,33 +83,6 @@ pub struct Manifest {
 impl Manifest {
     pub fn bytes(&self) -> u64 {
         self.globals.bytes + self.databases.iter().map(|d| d.dump.bytes).sum::<u64>()
-    }
-}
-
-/// Why a backup cannot be restored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unusable {
-    /// No manifest: the backup never finished (or is not one).
-    NoManifest,
-    /// The manifest cannot be read or is of an unknown format.
-    BadManifest(String),
-    /// A file the manifest lists is missing.
-    Missing(String),
-    /// A file differs from the manifest (size or SHA-256).
-    Damaged { file: String, detail: String },
-}
-
-impl std::fmt::Display for Unusable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unusable::NoManifest => write!(
-                f,
-                "it has no {MANIFEST}: the backup did not finish, or this is not a pg-migrate backup"
-            ),
-            Unusable::BadManifest(detail) => write!(f, "its {MANIFEST} is unreadable: {detail}"),
-            Unusable::Missing(file) => write!(f, "{file}, which its manifest lists, is missing"),
-            Unusable::Damaged { file, detail } => write!(f, "{file} is damaged: {detail}"),
-        }
     }
 }
 
@@ -351,7 +325,7 @@ pub fn choose_dump_tools<'a>(
 /// `pg_dumpall --globals-only` into `out`.
 pub fn dump_globals_for_backup(
     tools: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     out: &Path,
     log: &Path,
 ) -> Result<(), Error> {
@@ -374,7 +348,7 @@ pub fn dump_globals_for_backup(
 /// `pg_dump --format=custom` of one whole database into `out`.
 pub fn dump_database_for_backup(
     tools: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     database: &str,
     out: &Path,
     log: &Path,
@@ -440,16 +414,18 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), Error> {
 
 /// Reads the manifest and checks every file it lists (presence, size,
 /// SHA-256).
-pub fn verify_backup(dir: &Path) -> Result<Manifest, Unusable> {
+pub fn verify_backup(dir: &Path) -> Result<Manifest, Error> {
     let text = match std::fs::read(dir.join(MANIFEST)) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unusable::NoManifest),
-        Err(e) => return Err(Unusable::BadManifest(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BackupWithoutManifest)
+        }
+        Err(e) => return Err(Error::BackupManifestUnreadable(e.to_string())),
     };
-    let manifest: Manifest =
-        serde_json::from_slice(&text).map_err(|e| Unusable::BadManifest(e.to_string()))?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| Error::BackupManifestUnreadable(e.to_string()))?;
     if manifest.format != MANIFEST_FORMAT {
-        return Err(Unusable::BadManifest(format!(
+        return Err(Error::BackupManifestUnreadable(format!(
             "format {} (this pg-migrate reads format {MANIFEST_FORMAT})",
             manifest.format
         )));
@@ -459,7 +435,7 @@ pub fn verify_backup(dir: &Path) -> Result<Manifest, Unusable> {
     for expected in files {
         // A name from the manifest must stay inside the backup directory.
         if expected.file.contains('/') || expected.file.starts_with('.') {
-            return Err(Unusable::BadManifest(format!(
+            return Err(Error::BackupManifestUnreadable(format!(
                 "it names the file {:?}",
                 expected.file
             )));
@@ -468,27 +444,27 @@ pub fn verify_backup(dir: &Path) -> Result<Manifest, Unusable> {
         let mut file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Unusable::Missing(expected.file.clone()))
+                return Err(Error::BackupFileMissing(expected.file.clone()))
             }
             Err(e) => {
-                return Err(Unusable::Damaged {
+                return Err(Error::BackupFileDamaged {
                     file: expected.file.clone(),
                     detail: e.to_string(),
                 })
             }
         };
-        let (bytes, sha256) = sha256_of(&mut file).map_err(|e| Unusable::Damaged {
+        let (bytes, sha256) = sha256_of(&mut file).map_err(|e| Error::BackupFileDamaged {
             file: expected.file.clone(),
             detail: e.to_string(),
         })?;
         if bytes != expected.bytes {
-            return Err(Unusable::Damaged {
+            return Err(Error::BackupFileDamaged {
                 file: expected.file.clone(),
                 detail: format!("{bytes} bytes where the manifest says {}", expected.bytes),
             });
         }
         if sha256 != expected.sha256 {
-            return Err(Unusable::Damaged {
+            return Err(Error::BackupFileDamaged {
                 file: expected.file.clone(),
                 detail: "its SHA-256 differs from the manifest's".into(),
             });
@@ -572,7 +548,7 @@ pub use pgm_cluster::sql::{quote_ident, quote_literal};
 /// Runs a globals script with psql (stopping at the first error).
 pub fn run_globals(
     tools: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     file: &Path,
     log: &Path,
 ) -> Result<(), Error> {
@@ -594,7 +570,7 @@ pub fn run_globals(
 /// connection, or postgres's for template1 itself.
 pub fn restore_backup_database(
     tools: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     database: &str,
     dump: &Path,
     log: &Path,
@@ -759,7 +735,10 @@ mod tests {
     #[test]
     fn a_backup_is_verified_file_by_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(verify_backup(dir.path()), Err(Unusable::NoManifest));
+        assert!(matches!(
+            verify_backup(dir.path()),
+            Err(Error::BackupWithoutManifest)
+        ));
         let m = manifest(dir.path());
         write_manifest(dir.path(), &m).unwrap();
         assert_eq!(verify_backup(dir.path()).unwrap(), m);
@@ -767,22 +746,22 @@ mod tests {
         std::fs::write(dir.path().join(database_file(0)), b"dump bytez").unwrap();
         assert!(matches!(
             verify_backup(dir.path()),
-            Err(Unusable::Damaged { ref file, .. }) if *file == database_file(0)
+            Err(Error::BackupFileDamaged { ref file, .. }) if *file == database_file(0)
         ));
         std::fs::write(dir.path().join(database_file(0)), b"dump").unwrap();
         assert!(matches!(
             verify_backup(dir.path()),
-            Err(Unusable::Damaged { .. })
+            Err(Error::BackupFileDamaged { .. })
         ));
         std::fs::remove_file(dir.path().join(database_file(0))).unwrap();
-        assert_eq!(
+        assert!(matches!(
             verify_backup(dir.path()),
-            Err(Unusable::Missing(database_file(0)))
-        );
+            Err(Error::BackupFileMissing(ref file)) if *file == database_file(0)
+        ));
         std::fs::write(dir.path().join(MANIFEST), b"{").unwrap();
         assert!(matches!(
             verify_backup(dir.path()),
-            Err(Unusable::BadManifest(_))
+            Err(Error::BackupManifestUnreadable(_))
         ));
     }
 

@@ -3,33 +3,13 @@
 //! talk to every older server).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pgm_cluster::command::PgCommand;
+use pgm_cluster::server::Endpoint;
 use pgm_cluster::{Installation, PgMajor, Tool};
 
 use crate::Error;
-
-/// How client programs reach a server: its private socket.
-#[derive(Debug, Clone)]
-pub struct ClientConn {
-    pub socket_dir: PathBuf,
-    pub port: u16,
-    pub user: String,
-}
-
-impl ClientConn {
-    pub(crate) fn args(&self) -> Vec<String> {
-        vec![
-            "--host".into(),
-            self.socket_dir.display().to_string(),
-            "--port".into(),
-            self.port.to_string(),
-            "--username".into(),
-            self.user.clone(),
-        ]
-    }
-}
 
 /// What the per-database dump carries besides the schema.
 #[derive(Debug, Clone)]
@@ -116,7 +96,7 @@ pub(crate) fn dbname_conninfo(name: &str) -> String {
 
 pub fn dump_globals(
     install: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     out: &Path,
     log: &Path,
 ) -> Result<(), Error> {
@@ -139,7 +119,7 @@ pub fn dump_globals(
 
 pub fn dump_database(
     install: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     database: &str,
     out: &Path,
     log: &Path,
@@ -184,7 +164,7 @@ pub fn dump_database(
 
 pub fn restore_globals(
     install: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     file: &Path,
     log: &Path,
 ) -> Result<(), Error> {
@@ -205,7 +185,7 @@ pub fn restore_globals(
 /// every other database from template1 (`postgres` itself is dropped first).
 pub fn restore_database(
     install: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     database: &str,
     dump: &Path,
     log: &Path,
@@ -269,7 +249,7 @@ pub fn restore_database(
 /// replaces.
 pub fn vacuum_all(
     install: &Installation,
-    conn: &ClientConn,
+    conn: &Endpoint,
     option: &str,
     jobs: usize,
     log: &Path,

@@ -26,6 +26,21 @@ pub enum Error {
     },
     #[error("{0}")]
     Inconsistent(String),
+    /// A backup cannot be restored: no manifest (it never finished, or is
+    /// no pg-migrate backup) …
+    #[error(
+        "it has no manifest.json: the backup did not finish, or this is not a pg-migrate backup"
+    )]
+    BackupWithoutManifest,
+    /// … a manifest that cannot be read or is of an unknown format …
+    #[error("its manifest.json is unreadable: {0}")]
+    BackupManifestUnreadable(String),
+    /// … a file it lists is missing …
+    #[error("{0}, which its manifest lists, is missing")]
+    BackupFileMissing(String),
+    /// … or differs from it (size or SHA-256).
+    #[error("{file} is damaged: {detail}")]
+    BackupFileDamaged { file: String, detail: String },
 }
 
 impl Error {

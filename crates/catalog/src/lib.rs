@@ -23,7 +23,7 @@ mod slots;
 
 pub use dump::{
     dump_database, dump_globals, restore_database, restore_globals, restore_transaction_size,
-    vacuum_all, ClientConn, DumpOptions,
+    vacuum_all, DumpOptions,
 };
 pub use error::Error;
 pub use handover::{

@@ -14,8 +14,8 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::dump::ClientConn;
 use crate::Error;
+use pgm_cluster::server::Endpoint;
 
 /// One unit of a restore script.
 #[derive(Debug, PartialEq, Eq)]
@@ -351,7 +351,7 @@ const BATCH_BYTES: usize = 4 << 20;
 type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 struct Runner<'a> {
-    conn: &'a ClientConn,
+    conn: &'a Endpoint,
     database: &'a str,
     notices: Notices,
     client: postgres::Client,
@@ -362,7 +362,7 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn connect(
-        conn: &ClientConn,
+        conn: &Endpoint,
         database: &str,
         notices: &Notices,
     ) -> Result<postgres::Client, Error> {
@@ -445,7 +445,7 @@ fn describe_failure(e: &postgres::Error, text: &str) -> String {
 /// pg_restore sends them.
 pub(crate) fn run_script(
     script: &Path,
-    conn: &ClientConn,
+    conn: &Endpoint,
     first_database: &str,
     database: &str,
     log: &mut impl Write,
@@ -463,7 +463,7 @@ pub(crate) fn run_script(
 
 fn execute(
     script: &Path,
-    conn: &ClientConn,
+    conn: &Endpoint,
     first_database: &str,
     database: &str,
     notices: &Notices,

@@ -37,6 +37,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The connection flags of PostgreSQL's client programs for it.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--host".into(),
+            self.socket_dir.display().to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--username".into(),
+            self.user.clone(),
+        ]
+    }
+
     pub fn connect(&self, database: &str) -> Result<postgres::Client, Error> {
         let mut client = postgres::Config::new()
             .host_path(&self.socket_dir)

@@ -15,6 +15,7 @@
 //! clusters measured the same way and compared, known differences between
 //! majors explained by named rules; that too only reads.
 
+mod error;
 mod finding;
 mod initdb;
 mod on_disk;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 
 use pgm_cluster::{ControlFile, DataDir, Installation, ServerStatus, TransferMode};
 
+pub use error::Error;
 pub use finding::{Finding, Status, DUMP_RELOAD_AVOIDS};
 pub use initdb::{matching_initdb, suggested_initdb};
 pub use on_disk::platform_char_is_signed;

@@ -46,22 +46,8 @@ pub struct Side {
     pub large_objects: BTreeMap<String, Measure>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProofError {
-    #[error("{0}")]
-    Cluster(#[from] pgm_cluster::Error),
-    #[error("database \"{database}\": {what}: {detail}")]
-    Query {
-        database: String,
-        what: String,
-        detail: String,
-    },
-    #[error("pg_dumpall failed: {0}")]
-    Dump(String),
-}
-
-fn query_error(database: &str, what: &str, e: &postgres::Error) -> ProofError {
-    ProofError::Query {
+fn query_error(database: &str, what: &str, e: &postgres::Error) -> crate::Error {
+    crate::Error::Query {
         database: database.to_string(),
         what: what.to_string(),
         detail: pgm_cluster::describe_pg_error(e),
@@ -83,7 +69,7 @@ pub fn measure(
     options: MeasureOptions,
     like: Option<&Side>,
     jobs: usize,
-) -> Result<Side, ProofError> {
+) -> Result<Side, crate::Error> {
     let schema = dump_schema(install, server)?;
     let databases: Vec<String> = server
         .connect("template1")?
@@ -137,7 +123,7 @@ fn measure_database(
     database: &str,
     options: MeasureOptions,
     like: Option<&Side>,
-) -> Result<DatabaseMeasures, ProofError> {
+) -> Result<DatabaseMeasures, crate::Error> {
     let mut client = server.connect(database)?;
     let q = |what: &'static str| move |e: postgres::Error| query_error(database, what, &e);
     client.batch_execute(SESSION).map_err(q("setting up"))?;
@@ -239,7 +225,7 @@ fn sample_percent(bytes: i64, limit: Option<u64>) -> Option<String> {
     Some(format!("{percent:.2}"))
 }
 
-fn dump_schema(install: &Installation, server: &Server) -> Result<String, ProofError> {
+fn dump_schema(install: &Installation, server: &Server) -> Result<String, crate::Error> {
     let endpoint = &server.endpoint;
     let mut command = install
         .command(Tool::PgDumpall)?
@@ -256,7 +242,7 @@ fn dump_schema(install: &Installation, server: &Server) -> Result<String, ProofE
     }
     let (status, captured) = command.run_unchecked()?;
     if !status.success() {
-        return Err(ProofError::Dump(captured.stderr));
+        return Err(crate::Error::Dump(captured.stderr));
     }
     Ok(captured.stdout)
 }

@@ -157,7 +157,7 @@ impl<'a> Engine<'a> {
         let mut changes: Vec<String> = Vec::new();
         // Roles, tablespaces and the other shared catalogs.
         let scratch = self.run_dir.path().join("globals-cutover.sql");
-        let conn = crate::logical_backup::conn_of(&server);
+        let conn = server.endpoint.clone();
         pgm_catalog::dump_globals(
             &self.new_install,
             &conn,

@@ -212,7 +212,7 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        let conn = crate::logical_backup::conn_of(&server);
+        let conn = server.endpoint.clone();
         let globals = self.output().join("dump/globals.sql");
         if prepare {
             // The shared catalogs as the globals dump saw them: fingerprinted

@@ -46,9 +46,9 @@ pub(crate) fn probe_capabilities(
     client: &mut postgres::Client,
     new_major: PgMajor,
     needed: Option<&CapabilityUse>,
-) -> Result<Capabilities, pgm_cluster::Error> {
+) -> Result<Capabilities, crate::Error> {
     let q = |what: &'static str| {
-        move |e: postgres::Error| pgm_cluster::Error::Query {
+        move |e: postgres::Error| crate::Error::Query {
             database: "template1".into(),
             what: what.into(),
             detail: pgm_cluster::describe_pg_error(&e),
@@ -171,8 +171,8 @@ pub(crate) fn probe_capabilities(
 /// (icu_unicode_version() is NULL without ICU; they keep an ICU "unicode"
 /// collation row either way); before 16, initdb imports ICU collations only
 /// when built with ICU.
-pub(crate) fn icu_built_in(client: &mut postgres::Client) -> Result<bool, pgm_cluster::Error> {
-    let q = |e: postgres::Error| pgm_cluster::Error::Query {
+pub(crate) fn icu_built_in(client: &mut postgres::Client) -> Result<bool, crate::Error> {
+    let q = |e: postgres::Error| crate::Error::Query {
         database: "template1".into(),
         what: "probing ICU".into(),
         detail: pgm_cluster::describe_pg_error(&e),

@@ -27,7 +27,7 @@ pub(crate) fn gather(
     mode: ScanMode,
     jobs: usize,
     needed: Option<&CapabilityUse>,
-) -> Result<CatalogFacts, pgm_cluster::Error> {
+) -> Result<CatalogFacts, crate::Error> {
     let (major, new_major) = (majors.this, majors.new);
     let db = "template1";
     let mut client = server.connect(db)?;
@@ -38,7 +38,7 @@ pub(crate) fn gather(
     let mut slot_plugins: Vec<(String, String, String)> = Vec::new();
     let q = |what: &str| {
         let what = what.to_string();
-        move |e: postgres::Error| pgm_cluster::Error::Query {
+        move |e: postgres::Error| crate::Error::Query {
             database: db.to_string(),
             what,
             detail: pgm_cluster::describe_pg_error(&e),
@@ -276,7 +276,7 @@ pub(crate) fn scan_databases(
     databases: &mut [DatabaseInfo],
     jobs: usize,
     old_scan: Option<(Majors, ScanMode)>,
-) -> Result<(RuleHits, CapabilityUse), pgm_cluster::Error> {
+) -> Result<(RuleHits, CapabilityUse), crate::Error> {
     let targets: Vec<(usize, String)> = databases
         .iter()
         .enumerate()
@@ -285,7 +285,7 @@ pub(crate) fn scan_databases(
         .collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, DbScan)>> = Mutex::new(Vec::new());
-    let first_error: Mutex<Option<pgm_cluster::Error>> = Mutex::new(None);
+    let first_error: Mutex<Option<crate::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, targets.len().max(1)) {
             scope.spawn(|| loop {
@@ -338,10 +338,10 @@ pub(crate) fn objects(
     database: &str,
     sql: &str,
     what: &str,
-) -> Result<Vec<ObjectRef>, pgm_cluster::Error> {
+) -> Result<Vec<ObjectRef>, crate::Error> {
     Ok(client
         .query(sql, &[])
-        .map_err(|e| pgm_cluster::Error::Query {
+        .map_err(|e| crate::Error::Query {
             database: database.to_string(),
             what: what.to_string(),
             detail: pgm_cluster::describe_pg_error(&e),
@@ -361,7 +361,7 @@ pub(crate) fn scan_one(
     server: &Server,
     database: &str,
     old_scan: Option<(Majors, ScanMode)>,
-) -> Result<DbScan, pgm_cluster::Error> {
+) -> Result<DbScan, crate::Error> {
     let mut client = server.connect(database)?;
     // OIDs below 16384 belong to initdb; temporary schemas come and go.
     let row = client
@@ -379,7 +379,7 @@ pub(crate) fn scan_one(
              + (SELECT count(*) FROM pg_catalog.pg_extension WHERE oid >= 16384)",
             &[],
         )
-        .map_err(|e| pgm_cluster::Error::Query {
+        .map_err(|e| crate::Error::Query {
             database: database.to_string(),
             what: "counting user objects".into(),
             detail: pgm_cluster::describe_pg_error(&e),
@@ -424,7 +424,7 @@ pub(crate) fn scan_one(
     )?;
     let collated = client
         .query(crate::rules::collated_indexes_sql(old).as_str(), &[])
-        .map_err(|e| pgm_cluster::Error::Query {
+        .map_err(|e| crate::Error::Query {
             database: database.to_string(),
             what: "looking for collation-dependent indexes".into(),
             detail: pgm_cluster::describe_pg_error(&e),
@@ -452,7 +452,7 @@ pub(crate) fn scan_one(
         )?;
     }
     let q = |what: &'static str| {
-        move |e: postgres::Error| pgm_cluster::Error::Query {
+        move |e: postgres::Error| crate::Error::Query {
             database: database.to_string(),
             what: what.into(),
             detail: pgm_cluster::describe_pg_error(&e),

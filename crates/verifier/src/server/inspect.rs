@@ -75,7 +75,7 @@ pub(crate) fn inspect(
             match Server::start(&install, &datadir, &options) {
                 Ok(server) => server,
                 Err(e) => {
-                    fail_connect(&e, which, config, report, emit);
+                    fail_connect(&e.into(), which, config, report, emit);
                     return None;
                 }
             }
@@ -379,7 +379,7 @@ pub(crate) fn inspect(
 /// The server could not be started or queried: that side's connect check
 /// fails and the rest of its checks are skipped.
 pub(crate) fn fail_connect(
-    error: &pgm_cluster::Error,
+    error: &crate::Error,
     which: Which,
     config: &CheckConfig,
     report: &mut Report,
