@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use pgm_cluster::ServerOptions;
+use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerOptions, ServerStatus};
+
+use crate::failure::{ClusterCondition, Code, Failure};
 
 use crate::cli::Settings;
 
@@ -204,4 +206,83 @@ pub fn abandoned_runs(base: &Path, datadir: &Path) -> Vec<(PathBuf, RunClusters)
         }
     }
     out
+}
+
+/// A server on `dir` for pg-migrate to work through, outside binary-upgrade
+/// mode (a backup, the steps after an upgrade): the one that runs, attached
+/// and only queried; or, with the cluster shut down cleanly, one started
+/// privately on this run's socket. A server without a unix socket and a
+/// crashed cluster are refused. `old` says which cluster it is (for the
+/// error codes); `log` is where a private server logs.
+pub fn running_or_private(
+    settings: &Settings,
+    run_dir: &RunDir,
+    install: &Installation,
+    dir: &DataDir,
+    old: bool,
+    log: PathBuf,
+) -> Result<(Server, ClusterCondition), Failure> {
+    let what = if old { "old" } else { "new" };
+    match dir.server_status() {
+        Ok(ServerStatus::Running(pid)) => {
+            let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
+                code: Code::ServerRunning,
+                message: format!(
+                    "the server of {} runs without a unix socket, which pg-migrate connects through",
+                    dir.path.display()
+                ),
+                remedy: Some("set unix_socket_directories, or stop the server (pg-migrate then starts it privately)".into()),
+                clusters: None,
+            })?;
+            let endpoint = pgm_cluster::server::Endpoint {
+                socket_dir,
+                port: pid.port.unwrap_or(5432),
+                user: settings.user.clone(),
+            };
+            let catalog_failed = if old {
+                Code::OldCatalogFailed
+            } else {
+                Code::NewCatalogFailed
+            };
+            endpoint
+                .connect("template1")
+                .map_err(|e| Failure::new(catalog_failed, e))?;
+            return Ok((Server::attach(endpoint), ClusterCondition::RunningUntouched));
+        }
+        Ok(ServerStatus::StalePidFile(_)) => {
+            return Err(Failure {
+                code: Code::ServerRunning,
+                message: format!(
+                    "{} has a postmaster.pid but no server: it crashed or was killed",
+                    dir.path.display()
+                ),
+                remedy: Some(format!(
+                    "start the {what} server once so that it recovers (and stop it cleanly), then run pg-migrate again"
+                )),
+                clusters: None,
+            });
+        }
+        _ => {}
+    }
+    if let Ok(control) = dir.control() {
+        if control.state != ClusterState::ShutDown {
+            return Err(Failure {
+                // The old cluster is the user's to fix; the new one, pg-migrate's own.
+                code: if old { Code::Usage } else { Code::ServerStartFailed },
+                message: format!(
+                    "{} was not shut down cleanly (pg_control says \"{}\")",
+                    dir.path.display(),
+                    control.state.describe()
+                ),
+                remedy: Some(format!(
+                    "start the {what} server once so that it recovers and stop it cleanly, then run pg-migrate again"
+                )),
+                clusters: None,
+            });
+        }
+    }
+    let options = run_dir.plain_server_options(settings, old, log);
+    let server = Server::start(install, dir, &options)
+        .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
+    Ok((server, ClusterCondition::StartedAndStopped))
 }

@@ -11,7 +11,7 @@ use crate::output::ClusterCondition;
 use crate::output::{BackupCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
 use crate::rundir::RunDir;
 use pgm_catalog::backup::{self as catalog};
-use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus};
+use pgm_cluster::{DataDir, Installation, Server};
 use std::path::Path;
 use std::time::Instant;
 
@@ -173,9 +173,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
     report(printer, settings, started, name, run_dir, ending, counts)
 }
 
-/// The old cluster's server for a backup: the running one (a live backup
-/// over its unix socket), else one started privately. With the state the
-/// cluster will be left in.
+/// The old cluster's server for a backup: the running one, or a private one.
 pub(crate) fn old_server(
     settings: &Settings,
     install: &Installation,
@@ -183,57 +181,14 @@ pub(crate) fn old_server(
     run_dir: &RunDir,
     log_dir: &Path,
 ) -> Result<(Server, ClusterCondition), Failure> {
-    match dir.server_status() {
-        Ok(ServerStatus::Running(pid)) => {
-            let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
-                code: Code::ServerRunning,
-                message: format!(
-                    "the server of {} runs without a unix socket, which pg-migrate connects through",
-                    dir.path.display()
-                ),
-                remedy: Some("set unix_socket_directories, or stop the server (pg-migrate then starts it privately)".into()),
-                clusters: None,
-            })?;
-            let endpoint = pgm_cluster::server::Endpoint {
-                socket_dir,
-                port: pid.port.unwrap_or(5432),
-                user: settings.user.clone(),
-            };
-            endpoint
-                .connect("template1")
-                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
-            return Ok((Server::attach(endpoint), ClusterCondition::RunningUntouched));
-        }
-        Ok(ServerStatus::StalePidFile(_)) => {
-            return Err(Failure {
-                code: Code::ServerRunning,
-                message: format!(
-                    "{} has a postmaster.pid but no server: it crashed or was killed",
-                    dir.path.display()
-                ),
-                remedy: Some("start the server once so that it recovers, then back up the running server (or stop it cleanly first)".into()),
-                clusters: None,
-            })
-        }
-        _ => {}
-    }
-    let control = dir.control().map_err(|e| Failure::new(Code::Usage, e))?;
-    if control.state != ClusterState::ShutDown {
-        return Err(Failure {
-            code: Code::Usage,
-            message: format!(
-                "{} was not shut down cleanly (pg_control says \"{}\")",
-                dir.path.display(),
-                control.state.describe()
-            ),
-            remedy: Some("start the server once so that it recovers and stop it cleanly, or back up the running server".into()),
-            clusters: None,
-        });
-    }
-    let options = run_dir.plain_server_options(settings, true, log_dir.join("old-server.log"));
-    let server = Server::start(install, dir, &options)
-        .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
-    Ok((server, ClusterCondition::StartedAndStopped))
+    crate::rundir::running_or_private(
+        settings,
+        run_dir,
+        install,
+        dir,
+        true,
+        log_dir.join("old-server.log"),
+    )
 }
 
 /// How a backup or restore run ended.

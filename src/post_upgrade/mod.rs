@@ -18,7 +18,7 @@ use crate::journal::{Journal, Record};
 use crate::output::{AfterStep, Event, Printer, StepStatus};
 use crate::rundir::RunDir;
 use pgm_cluster::command::PgCommand;
-use pgm_cluster::{ClusterState, DataDir, Installation, Server, ServerStatus};
+use pgm_cluster::{DataDir, Installation, Server};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -206,61 +206,15 @@ pub(crate) fn new_server(
     upgraded: &Upgraded<'_>,
     run_dir: &RunDir,
 ) -> Result<Server, Failure> {
-    let dir = upgraded.new_dir;
-    match dir.server_status() {
-        Ok(ServerStatus::Running(pid)) => {
-            let socket_dir = pid.socket_dir.clone().ok_or_else(|| Failure {
-                code: Code::ServerRunning,
-                message: format!(
-                    "the server of {} runs without a unix socket, which pg-migrate connects through",
-                    dir.path.display()
-                ),
-                remedy: Some("set unix_socket_directories, or stop the server (pg-migrate then starts it privately)".into()),
-                clusters: None,
-            })?;
-            let endpoint = pgm_cluster::server::Endpoint {
-                socket_dir,
-                port: pid.port.unwrap_or(5432),
-                user: settings.user.clone(),
-            };
-            endpoint
-                .connect("template1")
-                .map_err(|e| Failure::new(Code::NewCatalogFailed, e))?;
-            return Ok(Server::attach(endpoint));
-        }
-        Ok(ServerStatus::StalePidFile(_)) => {
-            return Err(Failure {
-                code: Code::ServerRunning,
-                message: format!(
-                    "{} has a postmaster.pid but no server: it crashed or was killed",
-                    dir.path.display()
-                ),
-                remedy: Some("start the new server once so that it recovers".into()),
-                clusters: None,
-            })
-        }
-        _ => {}
-    }
-    if let Ok(control) = dir.control() {
-        if control.state != ClusterState::ShutDown {
-            return Err(Failure {
-                code: Code::ServerStartFailed,
-                message: format!(
-                    "the new cluster was not shut down cleanly (pg_control says \"{}\")",
-                    control.state.describe()
-                ),
-                remedy: None,
-                clusters: None,
-            });
-        }
-    }
-    let options = run_dir.plain_server_options(
+    crate::rundir::running_or_private(
         settings,
+        run_dir,
+        upgraded.new_install,
+        upgraded.new_dir,
         false,
         run_dir.log_dir().join("new-server-after-upgrade.log"),
-    );
-    Server::start(upgraded.new_install, dir, &options)
-        .map_err(|e| Failure::new(Code::ServerStartFailed, e))
+    )
+    .map(|(server, _)| server)
 }
 
 /// Runs a client program of the new installation against `server`,
