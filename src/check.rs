@@ -13,6 +13,8 @@ use crate::rundir::RunDir;
 
 pub struct Outcome {
     pub report: Report,
+    /// The old server the checks kept running for the upgrade's dump.
+    pub old_server: Option<pgm_cluster::Server>,
     pub config: CheckConfig,
     pub exit_code: i32,
 }
@@ -31,14 +33,14 @@ fn command_name(settings: &Settings) -> &'static str {
 pub fn config(settings: &Settings, run_dir: &RunDir) -> CheckConfig {
     CheckConfig {
         old: SideConfig {
-            bindir: settings.old_bindir.clone(),
-            datadir: settings.old_datadir.clone(),
+            bindir: settings.old_bindir().to_path_buf(),
+            datadir: settings.old_datadir().to_path_buf(),
             port: settings.old_port,
             server_options: settings.old_options.clone(),
         },
         new: SideConfig {
             bindir: settings.new_bindir.clone(),
-            datadir: settings.new_datadir.clone(),
+            datadir: settings.new_datadir().to_path_buf(),
             port: settings.new_port,
             server_options: settings.new_options.clone(),
         },
@@ -69,8 +71,8 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     printer.emit(&Event::Plan {
         command: command_name(settings),
         mode: settings.mode,
-        old: PlanSide::new(&settings.old_bindir, &settings.old_datadir, settings.old_port),
-        new: PlanSide::new(&settings.new_bindir, &settings.new_datadir, settings.new_port),
+        old: PlanSide::new(settings.old_bindir(), settings.old_datadir(), settings.old_port),
+        new: PlanSide::new(&settings.new_bindir, settings.new_datadir(), settings.new_port),
         user: settings.user.clone(),
         jobs: settings.jobs,
         run_dir: run_dir.path().display().to_string(),
@@ -85,7 +87,8 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     });
     let started = Instant::now();
     printer.emit(&Event::StepStart { step: "checks" });
-    let report = pgm_verifier::run_checks(&config, &mut |f| printer.emit(&check_event(f)));
+    let pgm_verifier::Checked { report, old_server } =
+        pgm_verifier::run_checks(&config, &mut |f| printer.emit(&check_event(f)));
     let failed = report.failed();
     printer.emit(&Event::StepEnd {
         step: "checks",
@@ -124,6 +127,7 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     };
     Outcome {
         report,
+        old_server,
         config,
         exit_code,
     }

@@ -1,7 +1,7 @@
 //! Command-line flags, compatible with pg_upgrade's (same names, same
 //! environment variables), resolved into validated settings before any work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -291,10 +291,13 @@ impl Options {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub check_only: bool,
-    pub old_bindir: PathBuf,
+    /// `None` only for restore, post-upgrade and verify, which may go
+    /// without the old cluster; every other command has both.
+    pub old_bindir: Option<PathBuf>,
     pub new_bindir: PathBuf,
-    pub old_datadir: PathBuf,
-    pub new_datadir: PathBuf,
+    pub old_datadir: Option<PathBuf>,
+    /// `None` only for backup, which writes no new cluster.
+    pub new_datadir: Option<PathBuf>,
     pub old_port: u16,
     pub new_port: u16,
     pub user: String,
@@ -322,6 +325,28 @@ pub struct Settings {
     /// The online mode's first half: the old server may run.
     pub prepare: bool,
     pub stop_old: bool,
+}
+
+/// The paths `resolve` requires of the command that asks for them: a
+/// command that may go without one reads the field instead.
+impl Settings {
+    pub fn old_bindir(&self) -> &Path {
+        self.old_bindir
+            .as_deref()
+            .expect("resolve requires -b of every command that reads it")
+    }
+
+    pub fn old_datadir(&self) -> &Path {
+        self.old_datadir
+            .as_deref()
+            .expect("resolve requires -d of every command that reads it")
+    }
+
+    pub fn new_datadir(&self) -> &Path {
+        self.new_datadir
+            .as_deref()
+            .expect("resolve requires -D of every command that reads it")
+    }
 }
 
 /// `--verify`, resolved.
@@ -404,40 +429,34 @@ impl Options {
         let needs_new_datadir = action != Action::Backup;
         let (old_bindir, old_datadir) = if needs_old {
             (
-                required(
+                Some(required(
                     self.old_bindir.clone(),
                     "old bin directory",
                     "-b/--old-bindir",
                     "PGBINOLD",
-                )?,
-                required(
+                )?),
+                Some(required(
                     self.old_datadir.clone(),
                     "old data directory",
                     "-d/--old-datadir",
                     "PGDATAOLD",
-                )?,
+                )?),
             )
         } else {
             (
-                given(self.old_bindir.clone())
-                    .map(absolute)
-                    .unwrap_or_default(),
-                given(self.old_datadir.clone())
-                    .map(absolute)
-                    .unwrap_or_default(),
+                given(self.old_bindir.clone()).map(absolute),
+                given(self.old_datadir.clone()).map(absolute),
             )
         };
         let new_datadir = if needs_new_datadir {
-            required(
+            Some(required(
                 self.new_datadir.clone(),
                 "new data directory",
                 "-D/--new-datadir",
                 "PGDATANEW",
-            )?
+            )?)
         } else {
-            given(self.new_datadir.clone())
-                .map(absolute)
-                .unwrap_or_default()
+            given(self.new_datadir.clone()).map(absolute)
         };
         let new_bindir_given = given(self.new_bindir.clone()).is_some();
         let new_bindir = match given(self.new_bindir.clone()) {

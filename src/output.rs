@@ -289,6 +289,20 @@ impl PlanSide {
             port,
         }
     }
+
+    /// A side the command may go without: an absent path is an empty string.
+    pub fn maybe(
+        bindir: Option<&std::path::Path>,
+        datadir: Option<&std::path::Path>,
+        port: u16,
+    ) -> PlanSide {
+        let text = |p: Option<&std::path::Path>| p.map(|p| p.display().to_string());
+        PlanSide {
+            bindir: text(bindir).unwrap_or_default(),
+            datadir: text(datadir).unwrap_or_default(),
+            port,
+        }
+    }
 }
 
 /// A failed check behind an error.

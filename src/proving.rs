@@ -159,9 +159,7 @@ pub fn preflight(settings: &Settings, new_datadir: &Path) -> Result<(), Failure>
     if crate::journal::dir(new_datadir).join(OLD_SIDE).exists() {
         return Ok(());
     }
-    if matches!(settings.mode, Mode::Link | Mode::Swap)
-        || settings.old_datadir.as_os_str().is_empty()
-    {
+    if matches!(settings.mode, Mode::Link | Mode::Swap) || settings.old_datadir.is_none() {
         return Err(Failure {
             code: Code::VerifyNotPossible,
             message: "the upgrade did not measure the old cluster, and after a link or swap upgrade it cannot be measured any more (its files are the new cluster's)".into(),
@@ -189,9 +187,15 @@ fn measure_old_now(
         clusters: None,
     }
     };
-    let old_install = Installation::discover(&settings.old_bindir)
+    let (Some(old_bindir), Some(old_datadir)) = (&settings.old_bindir, &settings.old_datadir)
+    else {
+        return Err(not_possible(
+            "the journal names no old cluster to measure".into(),
+        ));
+    };
+    let old_install = Installation::discover(old_bindir)
         .map_err(|e| not_possible(format!("the old installation cannot be used: {e}")))?;
-    let old_dir = DataDir::open(&settings.old_datadir, None)
+    let old_dir = DataDir::open(old_datadir, None)
         .map_err(|e| not_possible(format!("the old cluster cannot be used: {e}")))?;
     if !matches!(
         old_dir.server_status(),

@@ -16,6 +16,7 @@ use crate::output::ClusterStates;
 pub fn lock(settings: &Settings) -> Result<RunLock, Failure> {
     let mut dirs: Vec<std::path::PathBuf> = [&settings.old_datadir, &settings.new_datadir]
         .into_iter()
+        .flatten()
         .filter_map(|d| std::fs::canonicalize(d).ok())
         .filter(|d| d.is_dir())
         .collect();
@@ -31,7 +32,7 @@ pub fn lock(settings: &Settings) -> Result<RunLock, Failure> {
 
 /// A new upgrade (or check) must not run over an unfinished or finished one.
 pub fn refuse_unfinished(settings: &Settings) -> Result<(), Failure> {
-    let new = &settings.new_datadir;
+    let new = settings.new_datadir();
     match journal::read_state(new) {
         Some(State::Upgrading) | Some(State::Failed) => Err(Failure {
             clusters: None,
@@ -181,8 +182,8 @@ pub fn stop_leftover_servers(
     let ours = view.map(|v| v.run_dirs()).unwrap_or_default();
     let online = view.is_some_and(|v| v.is_online()) && !view.is_some_and(|v| v.in_cutover());
     for (datadir, bindir) in [
-        (&settings.old_datadir, &settings.old_bindir),
-        (&settings.new_datadir, &settings.new_bindir),
+        (settings.old_datadir(), settings.old_bindir()),
+        (settings.new_datadir(), &settings.new_bindir),
     ] {
         let Ok(dir) = DataDir::open(datadir, None) else {
             continue;
@@ -202,7 +203,7 @@ pub fn stop_leftover_servers(
                     })
             });
             if !mine {
-                if view.is_none() || (online && datadir == &settings.old_datadir) {
+                if view.is_none() || (online && datadir == settings.old_datadir()) {
                     // Not ours: the checks will report it (or, prepared,
                     // the old server serves).
                     continue;
@@ -248,11 +249,11 @@ pub fn stop_abandoned_servers(
         runs.extend(crate::rundir::abandoned_runs(socket_base, datadir));
     }
     for (run_dir, run) in runs {
-        for datadir in [&run.old_datadir, &run.new_datadir] {
-            if datadir.as_os_str().is_empty() || stopped.contains(datadir) {
+        for datadir in run.datadirs() {
+            if stopped.iter().any(|s: &PathBuf| s.as_path() == datadir) {
                 continue;
             }
-            let dirs: Vec<&Path> = vec![datadir.as_path()];
+            let dirs: Vec<&Path> = vec![datadir];
             // Not while another pg-migrate works on the cluster.
             let Ok(_lock) = RunLock::acquire(&dirs) else {
                 continue;
@@ -271,7 +272,7 @@ pub fn stop_abandoned_servers(
                 continue;
             }
             match fast_shutdown(datadir, pid.pid) {
-                Ok(()) => stopped.push(datadir.clone()),
+                Ok(()) => stopped.push(datadir.to_path_buf()),
                 Err(e) => failed.push(format!("{}: {e}", datadir.display())),
             }
         }
@@ -298,7 +299,7 @@ pub fn fast_shutdown(datadir: &Path, pid: i32) -> Result<(), String> {
 /// `PG_<major>_<catversion>` of the new cluster (for its tablespace directories).
 pub fn new_tablespace_dir(settings: &Settings) -> Option<String> {
     // The saved copy first: the new cluster may be half-reset.
-    let new = &settings.new_datadir;
+    let new = settings.new_datadir();
     let control = journal::pristine_file(new, "global/pg_control")
         .and_then(|bytes| ControlFile::decode(&bytes, &new.join("global/pg_control")).ok())
         .or_else(|| ControlFile::read(new).ok())?;
@@ -317,18 +318,18 @@ pub fn reset_new_cluster(settings: &Settings) -> Result<(), Failure> {
         message: format!("could not return the new cluster to its state before the upgrade: {e}"),
         remedy: Some(format!(
             "remove {} and re-create it with initdb, then run the upgrade again",
-            settings.new_datadir.display()
+            settings.new_datadir().display()
         )),
     };
     let version_dir = new_tablespace_dir(settings)
         .ok_or_else(|| refusal("its pg_control cannot be read".into()))?;
-    let mut journal = Journal::open(&settings.new_datadir).map_err(|e| refusal(e.to_string()))?;
+    let mut journal = Journal::open(settings.new_datadir()).map_err(|e| refusal(e.to_string()))?;
     // From here the new cluster changes by pg-migrate's hand (a revert
     // cut short in it must not take that for a stranger's start).
     journal
         .record(Record::ResetStarted)
         .map_err(|e| refusal(e.to_string()))?;
-    journal::restore_pristine(&settings.new_datadir, &version_dir)
+    journal::restore_pristine(settings.new_datadir(), &version_dir)
         .map_err(|e| refusal(e.to_string()))?;
     journal
         .record(Record::Reset)
@@ -348,7 +349,7 @@ pub struct Reverted {
 /// cluster may hold new work) and, in link and swap mode, once the old
 /// cluster's files are shared or moved (a started new cluster writes to them).
 pub fn new_cluster_ran(settings: &Settings, view: &JournalView) -> Option<String> {
-    let new = &settings.new_datadir;
+    let new = settings.new_datadir();
     let shares_files = matches!(
         settings.mode,
         crate::cli::Mode::Link | crate::cli::Mode::Swap
@@ -392,8 +393,8 @@ fn current_new_stamp(new: &Path) -> Option<pgm_cluster::ControlStamp> {
 /// pg_control renamed back in link mode) holds rows and objects the new
 /// cluster's commit log and catalog know nothing of.
 pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(), Failure> {
-    let old = &settings.old_datadir;
-    let quoted = crate::support::quote(&settings.new_datadir);
+    let old = settings.old_datadir();
+    let quoted = crate::support::quote(settings.new_datadir());
     let refusal = |message: String| {
         Failure {
         clusters: Some(ClusterStates {
@@ -445,7 +446,7 @@ pub fn refuse_late_resume(settings: &Settings, view: &JournalView) -> Result<(),
 /// run since pg-migrate left it. Every part can be repeated: a revert cut
 /// short is finished by running it again.
 pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failure> {
-    let new = &settings.new_datadir;
+    let new = settings.new_datadir();
     let quoted = crate::support::quote(new);
     if journal::read_state(new) == Some(State::Reverted) {
         return Err(Failure {
@@ -510,8 +511,8 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failu
     // Swap mode: which files in the new cluster's database directories are
     // the old cluster's is known only from the saved plan.
     let swap_dirs = if settings.mode == crate::cli::Mode::Swap && view.passed_point_of_no_return() {
-        let plan = crate::engine::transfer_plan_path(new);
-        let moves = crate::engine::saved_moves(new).ok_or_else(|| Failure {
+        let plan = crate::journal::transfer_plan_path(new);
+        let moves = crate::journal::read_transfer_plan(new).map(|plan| plan.moves).ok_or_else(|| Failure {
             clusters: Some(as_found.clone()),
             code: Code::RevertFailed,
             message: format!(
@@ -587,13 +588,13 @@ pub fn revert(settings: &Settings, view: &JournalView) -> Result<Reverted, Failu
             )
         })?;
     }
-    let control = settings.old_datadir.join("global/pg_control");
-    let renamed = settings.old_datadir.join("global/pg_control.old");
+    let control = settings.old_datadir().join("global/pg_control");
+    let renamed = settings.old_datadir().join("global/pg_control.old");
     let mut renamed_back = false;
     if !control.exists() && renamed.exists() {
         std::fs::rename(&renamed, &control)
             .map_err(|e| e.to_string())
-            .and_then(|()| crate::support::sync_dir(&settings.old_datadir.join("global")))
+            .and_then(|()| crate::support::sync_dir(&settings.old_datadir().join("global")))
             .map_err(|e| {
                 failed_midway(
                     format!("could not rename {} back: {e}", renamed.display()),

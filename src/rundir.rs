@@ -31,16 +31,27 @@ const RUN_FILE: &str = "run.json";
 /// The clusters a run named in its run directory.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct RunClusters {
-    pub old_datadir: PathBuf,
-    pub new_datadir: PathBuf,
+    /// `None` for a command with one cluster (backup, restore).
+    pub old_datadir: Option<PathBuf>,
+    pub new_datadir: Option<PathBuf>,
     pub pid: u32,
+}
+
+impl RunClusters {
+    /// The clusters the run named.
+    pub fn datadirs(&self) -> impl Iterator<Item = &Path> {
+        [&self.old_datadir, &self.new_datadir]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path())
+    }
 }
 
 impl RunDir {
     pub fn create(
         base: &Path,
         log_base: Option<&Path>,
-        clusters: (&Path, &Path),
+        clusters: (Option<&Path>, Option<&Path>),
     ) -> std::io::Result<RunDir> {
         let logs = match log_base {
             Some(log_base) => Some(make_log_dir(log_base)?),
@@ -53,10 +64,8 @@ impl RunDir {
             nix::fcntl::FlockArg::LockExclusiveNonblock,
         )
         .ok();
-        // Commands with one cluster (backup, restore) leave the other empty.
-        let absolute = |p: &Path| match p.as_os_str().is_empty() {
-            true => p.to_path_buf(),
-            false => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+        let absolute = |p: Option<&Path>| {
+            p.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
         };
         let run = RunClusters {
             old_datadir: absolute(clusters.0),
@@ -194,7 +203,7 @@ pub fn abandoned_runs(base: &Path, datadir: &Path) -> Vec<(PathBuf, RunClusters)
         else {
             continue;
         };
-        if !same(&run.old_datadir) && !same(&run.new_datadir) {
+        if !run.datadirs().any(same) {
             continue;
         }
         let Ok(dir) = std::fs::File::open(&path) else {

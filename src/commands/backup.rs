@@ -25,7 +25,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         .backup_dir
         .clone()
         .expect("resolve requires --backup-dir for backup");
-    let old_install = match Installation::discover(&settings.old_bindir) {
+    let old_install = match Installation::discover(settings.old_bindir()) {
         Ok(install) => install,
         Err(e) => {
             return fail_early(
@@ -36,7 +36,7 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
             )
         }
     };
-    let old_dir = match DataDir::open(&settings.old_datadir, None) {
+    let old_dir = match DataDir::open(settings.old_datadir(), None) {
         Ok(dir) => dir,
         Err(e) => {
             return fail_early(

@@ -20,7 +20,7 @@ pub(crate) fn run_cutover(
     view: &journal::JournalView,
 ) -> i32 {
     let name = "cutover";
-    let new = &settings.new_datadir;
+    let new = settings.new_datadir();
     let quoted = engine::quote(new);
     let refuse_with = |code: Code, message: String, remedy: String| {
         fail_early(printer, started, name, code, message, &remedy, exit::USAGE)
@@ -60,11 +60,11 @@ pub(crate) fn run_cutover(
         }
     }
     // The old server: stopped cleanly by its owner, or by us when asked.
-    let old_global = settings.old_datadir.join("global");
+    let old_global = settings.old_datadir().join("global");
     let protected =
         !old_global.join("pg_control").exists() && old_global.join("pg_control.old").exists();
     if !protected {
-        match pgm_cluster::DataDir::open(&settings.old_datadir, None).map(|d| d.server_status()) {
+        match pgm_cluster::DataDir::open(settings.old_datadir(), None).map(|d| d.server_status()) {
             Ok(Ok(pgm_cluster::ServerStatus::Running(pid))) => {
                 if !settings.stop_old {
                     return fail_early(
@@ -75,13 +75,13 @@ pub(crate) fn run_cutover(
                         format!("the old server is running (pid {})", pid.pid),
                         &format!(
                             "stop it cleanly ({} -D {} stop -m fast), or let pg-migrate do it: add --stop-old",
-                            settings.old_bindir.join("pg_ctl").display(),
-                            engine::quote(&settings.old_datadir)
+                            settings.old_bindir().join("pg_ctl").display(),
+                            engine::quote(settings.old_datadir())
                         ),
                         exit::USAGE,
                     );
                 }
-                if let Err(failure) = engine::stop_old_server(&settings.old_datadir) {
+                if let Err(failure) = engine::stop_old_server(settings.old_datadir()) {
                     return fail_with(printer, started, name, failure, exit::FAILED_OLD_INTACT);
                 }
             }
@@ -93,7 +93,7 @@ pub(crate) fn run_cutover(
             ),
             _ => {}
         }
-        let clean = pgm_cluster::ControlFile::read(&settings.old_datadir)
+        let clean = pgm_cluster::ControlFile::read(settings.old_datadir())
             .map(|c| c.state == pgm_cluster::ClusterState::ShutDown)
             .unwrap_or(false);
         if !clean {
@@ -101,7 +101,7 @@ pub(crate) fn run_cutover(
                 Code::Usage,
                 format!(
                     "the old cluster {} was not shut down cleanly",
-                    settings.old_datadir.display()
+                    settings.old_datadir().display()
                 ),
                 "start it once so that it recovers and stop it cleanly (pg_ctl stop -m fast), then run the cutover again".into(),
             );

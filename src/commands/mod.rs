@@ -122,7 +122,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
                     Code::Usage,
                     format!(
                         "{} holds no prepared upgrade",
-                        settings.new_datadir.display()
+                        settings.new_datadir().display()
                     ),
                     "to undo an upgrade made in one go, use pg-migrate revert",
                     exit::USAGE,
@@ -146,12 +146,12 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
                 if let Some(dir) = &settings.backup_dir {
                     if let Some(r) = logical_backup::refuse_backup_dir(
                         dir,
-                        &[&settings.old_datadir, &settings.new_datadir],
+                        &[settings.old_datadir(), settings.new_datadir()],
                     ) {
                         return fail_with(&printer, started, name, r, exit::USAGE);
                     }
                 }
-                recovery::archive_reverted_journal(&settings.new_datadir);
+                recovery::archive_reverted_journal(settings.new_datadir());
             }
             // A pg-migrate killed during its checks may have left a server of
             // its own running; with the lock held, it can be stopped.
@@ -228,7 +228,10 @@ pub(crate) fn make_run_dir(
     RunDir::create(
         &settings.socket_base,
         settings.log_dir.as_deref(),
-        (&settings.old_datadir, &settings.new_datadir),
+        (
+            settings.old_datadir.as_deref(),
+            settings.new_datadir.as_deref(),
+        ),
     )
     .map_err(|e| {
         let (message, remedy) = match &settings.log_dir {

@@ -25,18 +25,18 @@ pub fn run_post_upgrade(
     let fail_early = |code: Code, message: String, remedy: &str, status: i32| {
         crate::commands::fail_early(printer, started, name, code, message, remedy, status)
     };
-    match crate::journal::read_state(&settings.new_datadir) {
+    match crate::journal::read_state(settings.new_datadir()) {
         Some(crate::journal::State::Complete) => {}
         _ => {
             return fail_early(
                 Code::UnfinishedUpgrade,
                 format!(
                     "{} holds no finished upgrade",
-                    settings.new_datadir.display()
+                    settings.new_datadir().display()
                 ),
                 &format!(
                     "finish it first: pg-migrate resume -D {}",
-                    crate::support::quote(&settings.new_datadir)
+                    crate::support::quote(settings.new_datadir())
                 ),
                 exit::USAGE,
             )
@@ -53,7 +53,7 @@ pub fn run_post_upgrade(
             )
         }
     };
-    let new_dir = match DataDir::open(&settings.new_datadir, None) {
+    let new_dir = match DataDir::open(settings.new_datadir(), None) {
         Ok(dir) => dir,
         Err(e) => {
             return fail_early(
@@ -72,9 +72,9 @@ pub fn run_post_upgrade(
     printer.emit(&Event::Plan {
         command: name,
         mode: settings.mode,
-        old: crate::output::PlanSide::new(
-            &settings.old_bindir,
-            &settings.old_datadir,
+        old: crate::output::PlanSide::maybe(
+            settings.old_bindir.as_deref(),
+            settings.old_datadir.as_deref(),
             settings.old_port,
         ),
         new: crate::output::PlanSide::new(&new_install.bindir, &new_dir.path, settings.new_port),
@@ -85,27 +85,26 @@ pub fn run_post_upgrade(
         backup_dir: None,
         note: None,
     });
-    let old_config_dir = (!settings.old_datadir.as_os_str().is_empty()).then(|| {
-        DataDir::open(&settings.old_datadir, None)
+    let old_config_dir = settings.old_datadir.as_ref().map(|old| {
+        DataDir::open(old, None)
             .map(|d| d.pg_ctl_dir().to_path_buf())
-            .unwrap_or_else(|_| settings.old_datadir.clone())
+            .unwrap_or_else(|_| old.clone())
     });
     let upgraded = Upgraded {
         new_install: &new_install,
         new_dir: &new_dir,
         old_config_dir,
-        old_datadir: (!settings.old_datadir.as_os_str().is_empty())
-            .then(|| settings.old_datadir.clone()),
+        old_datadir: settings.old_datadir.clone(),
         old_version: old_version.clone(),
         reindex_script: view.reindex_script(),
     };
     let (steps, failure) = run_steps(settings, printer, &run_dir, &upgraded);
     // Link and swap mode left the old cluster disabled; this run did not touch it.
-    let global = settings.old_datadir.join("global");
-    let old_state = if !settings.old_datadir.as_os_str().is_empty()
-        && !global.join("pg_control").exists()
-        && global.join("pg_control.old").exists()
-    {
+    let old_disabled = settings.old_datadir.as_ref().is_some_and(|old| {
+        let global = old.join("global");
+        !global.join("pg_control").exists() && global.join("pg_control.old").exists()
+    });
+    let old_state = if old_disabled {
         ClusterCondition::Protected
     } else {
         ClusterCondition::Unchanged

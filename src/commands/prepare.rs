@@ -18,7 +18,7 @@ use super::*;
 /// made it); a finished one waits for its cutover or discard.
 pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "prepare";
-    let new = &settings.new_datadir;
+    let new = settings.new_datadir();
     let refuse_with = |code: Code, message: String, remedy: String| {
         fail_early(printer, started, name, code, message, &remedy, exit::USAGE)
     };
@@ -63,7 +63,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
         None => {}
     }
     if let Some(dir) = &settings.backup_dir {
-        if let Some(r) = logical_backup::refuse_backup_dir(dir, &[&settings.old_datadir, new]) {
+        if let Some(r) = logical_backup::refuse_backup_dir(dir, &[settings.old_datadir(), new]) {
             return fail_with(printer, started, name, r, exit::USAGE);
         }
     }

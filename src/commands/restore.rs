@@ -154,7 +154,7 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
             );
         }
     }
-    let target_dir = settings.new_datadir.clone();
+    let target_dir = settings.new_datadir().to_path_buf();
     let same = |a: &Path, b: &Path| {
         std::fs::canonicalize(a)
             .ok()

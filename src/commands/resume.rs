@@ -26,7 +26,7 @@ pub(crate) fn run_resume(
     if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
-    match journal::read_state(&settings.new_datadir) {
+    match journal::read_state(settings.new_datadir()) {
         Some(journal::State::Complete) => {
             return fail_early(
                 printer,
@@ -35,7 +35,7 @@ pub(crate) fn run_resume(
                 Code::AlreadyUpgraded,
                 format!(
                     "the upgrade into {} already finished",
-                    settings.new_datadir.display()
+                    settings.new_datadir().display()
                 ),
                 "start the new cluster",
                 exit::USAGE,
@@ -49,11 +49,11 @@ pub(crate) fn run_resume(
                 Code::AlreadyPrepared,
                 format!(
                     "{} holds a prepared upgrade, finished by its cutover",
-                    settings.new_datadir.display()
+                    settings.new_datadir().display()
                 ),
                 &format!(
                     "pg-migrate cutover -D {}",
-                    engine::quote(&settings.new_datadir)
+                    engine::quote(settings.new_datadir())
                 ),
                 exit::USAGE,
             )
@@ -66,7 +66,7 @@ pub(crate) fn run_resume(
                 Code::AlreadyReverted,
                 format!(
                     "the upgrade into {} was reverted",
-                    settings.new_datadir.display()
+                    settings.new_datadir().display()
                 ),
                 "run the upgrade again to start afresh",
                 exit::USAGE,

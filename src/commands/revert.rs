@@ -29,19 +29,19 @@ pub(crate) fn run_revert(
             if reverted.renamed_control_back {
                 next_steps.push(format!(
                     "the old cluster's global/pg_control is back in place; start it as before: {} -D {} start",
-                    settings.old_bindir.join("pg_ctl").display(),
-                    settings.old_datadir.display()
+                    settings.old_bindir().join("pg_ctl").display(),
+                    settings.old_datadir().display()
                 ));
             } else {
                 next_steps.push(format!(
                     "the old cluster was never disabled; start it as before: {} -D {} start",
-                    settings.old_bindir.join("pg_ctl").display(),
-                    settings.old_datadir.display()
+                    settings.old_bindir().join("pg_ctl").display(),
+                    settings.old_datadir().display()
                 ));
             }
             next_steps.push(format!(
                 "the new cluster {} is back as initdb made it; run the upgrade again when ready, or remove it",
-                settings.new_datadir.display()
+                settings.new_datadir().display()
             ));
             printer.emit(&Event::bare_summary(
                 name,

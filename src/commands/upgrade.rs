@@ -69,15 +69,15 @@ pub(crate) fn run_command(
         summary.checks = None;
         // The plan, built once from what the checks established; the old
         // server they kept up goes on to the dump.
-        let mut report = outcome.report;
-        let engine = engine::Plan::from_checks(&mut report).map(|(plan, old_server)| {
+        let report = outcome.report;
+        let engine = engine::Plan::from_checks(&report).map(|plan| {
             engine::Engine::new(
                 settings,
                 printer,
                 &run_dir,
                 outcome.config,
                 plan,
-                old_server,
+                outcome.old_server,
                 Some(report),
             )
         });
@@ -138,7 +138,7 @@ pub(crate) fn finish_upgrade(
                     new_install: engine.new_install(),
                     new_dir: engine.new_datadir(),
                     old_config_dir: Some(engine.old_config_dir()),
-                    old_datadir: Some(settings.old_datadir.clone()),
+                    old_datadir: Some(settings.old_datadir().to_path_buf()),
                     old_version: Some(engine.old_version()),
                     reindex_script: finished.reindex_script.clone(),
                 };
@@ -207,13 +207,13 @@ pub(crate) fn run_from_journal(
         command: name,
         mode: settings.mode,
         old: output::PlanSide::new(
-            &settings.old_bindir,
-            &settings.old_datadir,
+            settings.old_bindir(),
+            settings.old_datadir(),
             settings.old_port,
         ),
         new: output::PlanSide::new(
             &settings.new_bindir,
-            &settings.new_datadir,
+            settings.new_datadir(),
             settings.new_port,
         ),
         user: settings.user.clone(),

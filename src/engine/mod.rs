@@ -35,8 +35,7 @@ pub use support::{initdb_auth, recovery_commands};
 use support::{psql_connect, remove_earlier_dumps};
 
 pub use online::stop_old_server;
-pub use state::{saved_moves, saved_tablespaces, transfer_plan_path};
-use state::{DatabasePlan, MovesRef, SavedPlan, SavedPlanRef, Staging};
+use state::{DatabasePlan, Horizons, Staging};
 
 /// Which part of an upgrade a run does: all of it, or the halves of the
 /// online mode (`prepare` while the old cluster serves, `cutover` in the
@@ -153,11 +152,11 @@ pub struct Engine<'a> {
     backup: Option<crate::output::BackupCounts>,
     phase: Phase,
     /// prepare: what the old catalog looked like, for the cutover to compare.
-    prepared: online::PreparedState,
+    prepared: crate::journal::PreparedState,
     /// prepare: the old server is someone else's, running (only queried).
     old_live: bool,
     /// cutover: the old cluster's freeze horizons, read as it was verified.
-    horizons: Option<online::Horizons>,
+    horizons: Option<Horizons>,
     /// cutover: the old cluster's pg_control when a cutover verified it.
     cutover_old_stamp: Option<pgm_cluster::ControlStamp>,
     /// The script `finish` wrote for collation-dependent indexes.
@@ -264,7 +263,7 @@ impl<'a> Engine<'a> {
             reindex_script: None,
             scripts: Vec::new(),
             phase: Phase::Full,
-            prepared: online::PreparedState::default(),
+            prepared: crate::journal::PreparedState::default(),
             old_live: false,
             horizons: None,
             cutover_old_stamp: None,
@@ -345,21 +344,17 @@ impl<'a> Engine<'a> {
             // before anything more is linked or moved.
             engine.done.remove("protect-old");
         }
-        let plan_path = crate::journal::dir(&engine.new_dir().path).join("transfer-plan.json");
-        let saved: SavedPlan = std::fs::read(&plan_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
+        let saved =
+            crate::journal::read_transfer_plan(&engine.new_dir().path).ok_or_else(|| {
                 Failure::new(
                     Code::ResumeFailed,
-                    format!("{} is missing or damaged", plan_path.display()),
+                    format!(
+                        "{} is missing or damaged",
+                        crate::journal::transfer_plan_path(&engine.new_dir().path).display()
+                    ),
                 )
             })?;
-        engine.moves = saved
-            .moves
-            .into_iter()
-            .map(|(from, to, bytes)| FileMove { from, to, bytes })
-            .collect();
+        engine.moves = saved.moves;
         engine.tablespaces = saved.tablespaces;
         engine.outdated_extensions = saved.outdated_extensions;
         engine.relations = saved.relations;
@@ -667,7 +662,7 @@ impl<'a> Engine<'a> {
     }
 
     fn with_recovery_advice(&self, mut failure: Failure) -> Failure {
-        let new = self.settings.new_datadir.display();
+        let new = self.settings.new_datadir().display();
         let mut advice = Vec::new();
         if let Some(remedy) = failure.remedy.take() {
             advice.push(remedy);

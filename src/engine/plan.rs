@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use pgm_cluster::{ControlFile, DataDir, Installation, Server};
+use pgm_cluster::{ControlFile, DataDir, Installation};
 use pgm_verifier::{CatalogFacts, Report};
 
 use crate::cli::Settings;
@@ -29,10 +29,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan the checks established, and the old server they kept
-    /// running for the dump. The report stays with the caller's engine for
-    /// the checks of a new cluster pg-migrate creates.
-    pub fn from_checks(report: &mut Report) -> Result<(Plan, Option<Server>), Failure> {
+    /// The plan the checks established. The report stays with the caller's
+    /// engine for the checks of a new cluster pg-migrate creates.
+    pub fn from_checks(report: &Report) -> Result<Plan, Failure> {
         let missing = |what| {
             Failure::new(
                 Code::Internal,
@@ -66,7 +65,7 @@ impl Plan {
             old_catalog: report.old.catalog.clone(),
             new_catalog: report.new.catalog.clone(),
         };
-        Ok((plan, report.kept_old.take()))
+        Ok(plan)
     }
 
     /// The plan of a run that continues a journal: both installations and
@@ -75,10 +74,10 @@ impl Plan {
     /// journal's saved files hold.
     pub fn from_journal(settings: &Settings) -> Result<Plan, Failure> {
         let io = |e: pgm_cluster::Error| Failure::new(Code::ResumeFailed, e);
-        let old_dir = DataDir::open(&settings.old_datadir, None).map_err(io)?;
-        let new_dir = DataDir::open(&settings.new_datadir, None).map_err(io)?;
+        let old_dir = DataDir::open(settings.old_datadir(), None).map_err(io)?;
+        let new_dir = DataDir::open(settings.new_datadir(), None).map_err(io)?;
         Ok(Plan {
-            old_install: Installation::discover(&settings.old_bindir).map_err(io)?,
+            old_install: Installation::discover(settings.old_bindir()).map_err(io)?,
             new_install: Installation::discover(&settings.new_bindir).map_err(io)?,
             old_control: read_control(&old_dir.path)?,
             new_control: Some(read_control(&new_dir.path)?),

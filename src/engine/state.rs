@@ -1,6 +1,7 @@
-//! What the engine saves and carries between its steps: each database's
-//! part of the plan, the copies made ahead of the transfer, and the transfer
-//! plan saved before the first file moves (read back by resume and revert).
+//! What the engine carries between its steps: each database's part of the
+//! plan, the copies made ahead of the transfer, the freeze horizons the
+//! cutover takes over. What it saves for a later run (the transfer plan,
+//! prepare's state) is the journal's (`journal/saved.rs`).
 
 use crate::engine::*;
 
@@ -52,62 +53,15 @@ impl Staging {
     }
 }
 
-/// The transfer as planned before its first file moves: enough to finish
-/// the upgrade without the old catalog (whose cluster link mode has disabled).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(in crate::engine) struct SavedPlan {
-    pub(in crate::engine) moves: Vec<(PathBuf, PathBuf, u64)>,
-    pub(in crate::engine) databases: Vec<String>,
-    pub(in crate::engine) tablespaces: Vec<String>,
-    #[serde(default)]
-    pub(in crate::engine) outdated_extensions: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    pub(in crate::engine) relations: usize,
+/// What the cutover reads of the old cluster besides the comparison: the
+/// freeze horizons the new cluster must take over.
+#[derive(Debug, Default)]
+pub(in crate::engine) struct Horizons {
+    /// Per database: (datfrozenxid, datminmxid) and per relation (oid,
+    /// relfrozenxid, relminmxid).
+    pub(in crate::engine) databases: BTreeMap<String, DatabaseHorizons>,
 }
 
-/// A [`SavedPlan`] written straight from the engine's own lists (tens of
-/// thousands of moves are not copied to be saved).
-#[derive(serde::Serialize)]
-pub(in crate::engine) struct SavedPlanRef<'p> {
-    pub(in crate::engine) moves: MovesRef<'p>,
-    pub(in crate::engine) databases: Vec<&'p str>,
-    pub(in crate::engine) tablespaces: &'p [String],
-    pub(in crate::engine) outdated_extensions: &'p BTreeMap<String, Vec<String>>,
-    pub(in crate::engine) relations: usize,
-}
-
-pub(in crate::engine) struct MovesRef<'p>(pub(in crate::engine) &'p [FileMove]);
-
-impl serde::Serialize for MovesRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|m| (&m.from, &m.to, m.bytes)))
-    }
-}
-
-/// Where the transfer plan is saved before the first file moves.
-pub fn transfer_plan_path(new_datadir: &Path) -> PathBuf {
-    crate::journal::dir(new_datadir).join("transfer-plan.json")
-}
-
-/// The tablespaces an upgrade's saved plan names.
-pub fn saved_tablespaces(new_datadir: &Path) -> Vec<String> {
-    let path = transfer_plan_path(new_datadir);
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<SavedPlan>(&b).ok())
-        .map(|p| p.tablespaces)
-        .unwrap_or_default()
-}
-
-/// The transfer plan an upgrade saved, for revert.
-pub fn saved_moves(new_datadir: &Path) -> Option<Vec<FileMove>> {
-    let path = transfer_plan_path(new_datadir);
-    let saved: SavedPlan = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    Some(
-        saved
-            .moves
-            .into_iter()
-            .map(|(from, to, bytes)| FileMove { from, to, bytes })
-            .collect(),
-    )
-}
+/// One database's (datfrozenxid, datminmxid), and per relation (oid,
+/// relfrozenxid, relminmxid).
+pub(in crate::engine) type DatabaseHorizons = ((String, String), Vec<(u32, String, String)>);

@@ -8,8 +8,9 @@
 //! - `state`: one word, `upgrading`, `failed`, `reverted`, `complete` or
 //!   `prepared` (waiting for `cutover`);
 //! - `pristine.tar` (`pristine.rs`): the new cluster as initdb made it;
-//! - the saved plans the engine writes beside them (`transfer-plan.json`,
-//!   `prepared.json`) and the post-upgrade markers.
+//! - the files a continuing run reads (`saved.rs`): the transfer plan
+//!   (`transfer-plan.json`) and what prepare saw (`prepared.json`);
+//! - the post-upgrade markers.
 //!
 //! Every one of these files is written with [`write_atomically`]: whole or
 //! not at all, and durable before anything depends on it. This module knows
@@ -25,12 +26,17 @@ use pgm_cluster::ControlStamp;
 
 mod pristine;
 mod record;
+mod saved;
 
 pub use pristine::{
     has_pristine, pristine_file, remove_staged_copies, restore_pristine, save_pristine,
 };
 pub use record::{
     AfterRecord, DatabaseHorizonsRecord, HorizonsRecord, Line, PlanRecord, PlanSide, Record,
+};
+pub use saved::{
+    prepared_path, read_prepared, read_transfer_plan, transfer_plan_path, write_prepared,
+    write_transfer_plan, PreparedDatabase, PreparedState, TransferPlanRef,
 };
 
 pub const DIR: &str = "pg_migrate.d";

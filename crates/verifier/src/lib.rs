@@ -141,21 +141,19 @@ pub struct Report {
     /// `--method dump`: every row and every extension is loaded anew (what
     /// an in-place upgrade carries unparsed must then parse).
     pub dump_reload: bool,
+}
+
+/// What a check run hands on: the findings and facts, and beside them the
+/// old server the checks started and kept running for the upgrade.
+#[derive(Debug)]
+pub struct Checked {
+    pub report: Report,
     /// With `keep_old_server`, the old server the checks started, still
     /// running (stopped when dropped); `None` when any check failed.
-    pub kept_old: Option<pgm_cluster::Server>,
+    pub old_server: Option<pgm_cluster::Server>,
 }
 
 impl Report {
-    /// Servers are kept only for an upgrade that goes on.
-    fn stop_kept_if_failed(&mut self) {
-        if !self.failed().is_empty() {
-            if let Some(server) = self.kept_old.take() {
-                let _ = server.stop();
-            }
-        }
-    }
-
     pub fn failed(&self) -> Vec<&Finding> {
         self.findings
             .iter()
@@ -169,7 +167,7 @@ impl Report {
 }
 
 /// Runs every check, handing each finding to `sink` as soon as it is known.
-pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Report {
+pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Checked {
     let mut report = Report {
         strict: config.strict,
         carry_config: config.carry_config,
@@ -195,11 +193,21 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Repor
                 ),
             );
         }
-        return report;
+        return Checked {
+            report,
+            old_server: None,
+        };
     }
-    server::run(config, &mut report, &mut |r, f| emit(r, f));
-    report.stop_kept_if_failed();
-    report
+    let kept = server::run(config, &mut report, &mut |r, f| emit(r, f));
+    // A server is kept only for an upgrade that goes on.
+    let old_server = match kept {
+        Some(server) if !report.failed().is_empty() => {
+            let _ = server.stop();
+            None
+        }
+        kept => kept,
+    };
+    Checked { report, old_server }
 }
 
 /// The checks of a new cluster pg-migrate has just created: what `run_checks`
@@ -225,7 +233,6 @@ pub fn check_created_new(
     {
         server::run_new(config, report, &mut |r, f| emit(r, f));
     }
-    report.stop_kept_if_failed();
     report.findings[first..]
         .iter()
         .all(|f| f.status != Status::Fail)

@@ -17,19 +17,16 @@ impl<'a> Engine<'a> {
         journal: &JournalView,
     ) -> Result<Engine<'a>, Failure> {
         let mut engine = Engine::from_journal(settings, printer, run_dir, config, journal)?;
-        let path = crate::journal::dir(&engine.new_dir().path).join(PREPARED);
-        let prepared: PreparedState = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
-                Failure::new(
-                    Code::ResumeFailed,
-                    format!(
-                        "{} is missing or damaged: prepare did not finish",
-                        path.display()
-                    ),
-                )
-            })?;
+        let path = crate::journal::prepared_path(&engine.new_dir().path);
+        let prepared = crate::journal::read_prepared(&engine.new_dir().path).ok_or_else(|| {
+            Failure::new(
+                Code::ResumeFailed,
+                format!(
+                    "{} is missing or damaged: prepare did not finish",
+                    path.display()
+                ),
+            )
+        })?;
         engine.phase = Phase::Cutover;
         // Untouched until the old catalog is found unchanged.
         engine.new_touched = journal.in_cutover();
@@ -64,7 +61,9 @@ impl<'a> Engine<'a> {
             }
         }
         engine.outdated_extensions = prepared.outdated_extensions.clone();
-        engine.tablespaces = crate::engine::saved_tablespaces(&engine.new_dir().path);
+        engine.tablespaces = crate::journal::read_transfer_plan(&engine.new_dir().path)
+            .map(|plan| plan.tablespaces)
+            .unwrap_or_default();
         engine.relations = prepared.databases.iter().map(|d| d.relations.len()).sum();
         engine.prepared = prepared;
         Ok(engine)
@@ -212,7 +211,7 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|d| ((d.name.clone(), d.oid), d))
             .collect();
-        let then: BTreeMap<(String, u32), &PreparedDatabase> = self
+        let then: BTreeMap<(String, u32), &crate::journal::PreparedDatabase> = self
             .prepared
             .databases
             .iter()
@@ -227,7 +226,7 @@ impl<'a> Engine<'a> {
         let query = RelationQuery {
             include_sequences: true,
         };
-        let common: Vec<&PreparedDatabase> = self
+        let common: Vec<&crate::journal::PreparedDatabase> = self
             .prepared
             .databases
             .iter()

@@ -28,7 +28,6 @@ use pgm_catalog::{Database, RelationQuery};
 use pgm_cluster::{ControlFile, DataDir, Server, ServerStatus};
 use pgm_transfer::RelationFiles;
 use pgm_verifier::CheckConfig;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Code, Engine, Failure, Finished, NextStep};
@@ -37,37 +36,6 @@ mod cutover;
 mod prepare;
 
 pub use cutover::stop_old_server;
-
-/// What prepare saw of the old cluster, saved for the cutover
-/// (`pg_migrate.d/prepared.json`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PreparedState {
-    /// The digest of the globals dump (see [`globals_digest`]).
-    #[serde(default)]
-    pub globals_sha256: String,
-    pub shared: Fingerprint,
-    pub databases: Vec<PreparedDatabase>,
-    /// Every relation's first-segment paths, old and new (the cutover plans
-    /// the files again from these).
-    pub pairs: Vec<(PathBuf, PathBuf)>,
-    /// The scripts the finished upgrade writes, from prepare's catalog facts.
-    #[serde(default)]
-    pub reindex_sql: Option<String>,
-    #[serde(default)]
-    pub outdated_extensions: BTreeMap<String, Vec<String>>,
-    /// What of the old pg_control the new cluster was made to match: the
-    /// cutover refuses if it changed (pg_checksums, say).
-    #[serde(default)]
-    pub old_layout: Vec<(String, u64)>,
-    /// The new cluster's checkpoint when prepare hid it: if it differs at
-    /// the cutover, someone ran it.
-    #[serde(default)]
-    pub new_checkpoint_lsn: u64,
-    /// The new cluster's whole pg_control when prepare hid it: a start
-    /// stopped with `-m immediate` leaves the checkpoint as it was.
-    #[serde(default)]
-    pub new_control: Option<pgm_cluster::ControlStamp>,
-}
 
 /// The pg_control fields an in-place upgrade needs the same on both sides.
 fn layout_of(control: &ControlFile) -> Vec<(String, u64)> {
@@ -90,30 +58,6 @@ fn layout_of(control: &ControlFile) -> Vec<(String, u64)> {
         ),
         ("system identifier".into(), control.system_identifier),
     ]
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PreparedDatabase {
-    pub name: String,
-    pub oid: u32,
-    pub fingerprint: Fingerprint,
-    /// (oid, relfilenode, tablespace location) of every relation with files.
-    pub relations: Vec<(u32, u32, String)>,
-}
-
-const PREPARED: &str = "prepared.json";
-
-/// What the cutover reads of the old cluster besides the comparison: the
-/// freeze horizons the new cluster must take over.
-/// One database's (datfrozenxid, datminmxid), and per relation (oid,
-/// relfrozenxid, relminmxid).
-type DatabaseHorizons = ((String, String), Vec<(u32, String, String)>);
-
-#[derive(Debug, Default)]
-pub(super) struct Horizons {
-    /// Per database: (datfrozenxid, datminmxid) and per relation (oid,
-    /// relfrozenxid, relminmxid).
-    databases: BTreeMap<String, DatabaseHorizons>,
 }
 
 /// The SHA-256 of the globals dump's text, less `\restrict` /

@@ -322,11 +322,10 @@ impl<'a> Engine<'a> {
         let hidden = read_control(&self.new_dir().path)?;
         self.prepared.new_checkpoint_lsn = hidden.checkpoint_lsn;
         self.prepared.new_control = Some(hidden.stamp());
-        let path = crate::journal::dir(&self.new_dir().path).join(PREPARED);
-        let text =
-            serde_json::to_vec(&self.prepared).map_err(|e| Failure::new(Code::JournalFailed, e))?;
-        crate::journal::write_atomically(&path, &text)
-            .map_err(|e| Failure::new(Code::JournalFailed, format!("{}: {e}", path.display())))?;
+        crate::journal::write_prepared(&self.new_dir().path, &self.prepared).map_err(|e| {
+            let path = crate::journal::prepared_path(&self.new_dir().path);
+            Failure::new(Code::JournalFailed, format!("{}: {e}", path.display()))
+        })?;
         let global = self.new_dir().path.join("global");
         if global.join("pg_control").exists() {
             std::fs::rename(

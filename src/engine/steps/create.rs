@@ -27,11 +27,11 @@ impl<'a> Engine<'a> {
             .join(" ");
         self.printer.emit(&Event::Initdb {
             command: command_line.clone(),
-            datadir: self.settings.new_datadir.display().to_string(),
+            datadir: self.settings.new_datadir().display().to_string(),
         });
         // initdb writes into a sibling directory that is renamed into place, so
         // that an interrupted initdb never leaves a half-made cluster at -D.
-        let target = self.settings.new_datadir.clone();
+        let target = self.settings.new_datadir().to_path_buf();
         let staging = PathBuf::from(format!("{}.pg-migrate-initdb", target.display()));
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(|e| {
@@ -64,7 +64,7 @@ impl<'a> Engine<'a> {
                 message: "the new cluster pg-migrate created does not pass the checks (see the failed check events)".into(),
                 remedy: Some(format!(
                     "remove {} and use a new installation built like the old one",
-                    self.settings.new_datadir.display()
+                    self.settings.new_datadir().display()
                 )),
                 clusters: None,
             });

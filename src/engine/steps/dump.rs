@@ -288,15 +288,17 @@ impl<'a> Engine<'a> {
         meter.finish();
         for (plan, (relations, fingerprint)) in self.databases.iter_mut().zip(results) {
             if let Some(fingerprint) = fingerprint {
-                self.prepared.databases.push(online::PreparedDatabase {
-                    name: plan.db.name.clone(),
-                    oid: plan.db.oid,
-                    fingerprint,
-                    relations: relations
-                        .iter()
-                        .map(|r| (r.oid, r.relfilenode, r.tablespace_location.to_string()))
-                        .collect(),
-                });
+                self.prepared
+                    .databases
+                    .push(crate::journal::PreparedDatabase {
+                        name: plan.db.name.clone(),
+                        oid: plan.db.oid,
+                        fingerprint,
+                        relations: relations
+                            .iter()
+                            .map(|r| (r.oid, r.relfilenode, r.tablespace_location.to_string()))
+                            .collect(),
+                    });
             }
             plan.old_relations = relations;
         }

@@ -110,18 +110,20 @@ impl<'a> Engine<'a> {
 
     /// Saves the transfer plan beside the journal (fsynced) before any file moves.
     pub(in crate::engine) fn save_plan(&self) -> Result<(), Failure> {
-        let plan = SavedPlanRef {
-            moves: MovesRef(&self.moves),
+        let plan = crate::journal::TransferPlanRef {
+            moves: &self.moves,
             databases: self.databases.iter().map(|d| d.db.name.as_str()).collect(),
             tablespaces: &self.tablespaces,
             outdated_extensions: &self.outdated_extensions,
             relations: self.relations,
         };
         // Durable before anything depends on it (the point of no return).
-        let path = transfer_plan_path(&self.new_dir().path);
-        crate::journal::write_atomically_with(&path, |out| {
-            serde_json::to_writer(out, &plan).map_err(std::io::Error::other)
+        let new = &self.new_dir().path;
+        crate::journal::write_transfer_plan(new, &plan).map_err(|e| {
+            Failure::new(
+                Code::JournalFailed,
+                format!("{}: {e}", crate::journal::transfer_plan_path(new).display()),
+            )
         })
-        .map_err(|e| Failure::new(Code::JournalFailed, format!("{}: {e}", path.display())))
     }
 }

@@ -18,6 +18,7 @@ pub(crate) fn inspect(
     config: &CheckConfig,
     report: &mut Report,
     emit: &mut Emit<'_>,
+    kept: &mut Option<Server>,
 ) -> Option<CatalogFacts> {
     let [connect_id, user_id, databases_id, _, prepared_id] = ids(which);
     let side = match which {
@@ -109,7 +110,7 @@ pub(crate) fn inspect(
     let keep =
         config.keep_old_server && which == Which::Old && gathered.is_ok() && !report.live_old;
     let stopped = if keep {
-        report.kept_old = Some(server);
+        *kept = Some(server);
         Ok(())
     } else {
         server.stop()

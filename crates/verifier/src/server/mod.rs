@@ -166,8 +166,15 @@ pub struct TemplateLocale {
 
 pub(crate) type Emit<'a> = dyn FnMut(&mut Report, Finding) + 'a;
 
-pub(crate) fn run(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>) {
-    let Some(old) = inspect(Which::Old, config, report, emit) else {
+/// Inspects both clusters; returns the old server when the checks started
+/// it and `keep_old_server` asks to keep it running.
+pub(crate) fn run(
+    config: &CheckConfig,
+    report: &mut Report,
+    emit: &mut Emit<'_>,
+) -> Option<pgm_cluster::Server> {
+    let mut kept = None;
+    let Some(old) = inspect(Which::Old, config, report, emit, &mut kept) else {
         skip_from(
             CHECKS
                 .iter()
@@ -176,7 +183,7 @@ pub(crate) fn run(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>
             report,
             emit,
         );
-        return;
+        return kept;
     };
     report.old.catalog = Some(old);
     if report.new_to_create {
@@ -194,14 +201,16 @@ pub(crate) fn run(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>
                 ),
             );
         }
-        return;
+        return kept;
     }
     run_new(config, report, emit);
+    kept
 }
 
 /// The new cluster's catalog checks and the locale comparison.
 pub(crate) fn run_new(config: &CheckConfig, report: &mut Report, emit: &mut Emit<'_>) {
-    let Some(new) = inspect(Which::New, config, report, emit) else {
+    // Only the old server is ever kept.
+    let Some(new) = inspect(Which::New, config, report, emit, &mut None) else {
         skip_from(CHECKS.len() - 1, report, emit);
         return;
     };
