@@ -147,7 +147,7 @@ pub enum Event {
     /// Always the last event.
     Summary {
         command: &'static str,
-        result: &'static str,
+        result: RunResult,
         exit_code: i32,
         duration_ms: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,7 +188,7 @@ impl Event {
     /// or a revert.
     pub fn bare_summary(
         command: &'static str,
-        result: &'static str,
+        result: RunResult,
         exit_code: i32,
         started: std::time::Instant,
         next_steps: Vec<String>,
@@ -226,6 +226,31 @@ pub struct BackupCounts {
 pub struct AfterStep {
     pub step: &'static str,
     pub status: StepStatus,
+}
+
+/// How a command ended: the summary's `result` (docs/json-status.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Ok,
+    Reverted,
+    ChecksFailed,
+    /// Upgraded, but a step after it failed (exit status 5).
+    AfterStepFailed,
+    /// Upgraded, but `--verify` found unexplained differences (exit status 6).
+    VerifyFailed,
+    Error,
+}
+
+impl RunResult {
+    /// The result an exit status stands for where the status alone says it.
+    pub fn of_exit(exit_code: i32) -> RunResult {
+        match exit_code {
+            crate::exit::SUCCESS => RunResult::Ok,
+            crate::exit::CHECKS_FAILED => RunResult::ChecksFailed,
+            _ => RunResult::Error,
+        }
+    }
 }
 
 /// How a step ended (`step_end` events, the summary's `after` list).
@@ -562,21 +587,23 @@ fn human(event: &Event, repeated_skip: bool) -> Option<String> {
                 ));
             }
             match *result {
-                "ok" if *command == "check" => text.push_str("\n*Clusters are compatible*"),
-                "ok" if *command == "backup" => text.push_str("\nBackup complete."),
-                "ok" if *command == "restore" => text.push_str("\nRestore complete."),
-                "ok" if *command == "post-upgrade" => {
+                RunResult::Ok if *command == "check" => {
+                    text.push_str("\n*Clusters are compatible*")
+                }
+                RunResult::Ok if *command == "backup" => text.push_str("\nBackup complete."),
+                RunResult::Ok if *command == "restore" => text.push_str("\nRestore complete."),
+                RunResult::Ok if *command == "post-upgrade" => {
                     text.push_str("\nThe steps after the upgrade are done.")
                 }
-                "ok" => text.push_str("\nUpgrade complete."),
-                "after_step_failed" => text.push_str(
+                RunResult::Ok => text.push_str("\nUpgrade complete."),
+                RunResult::AfterStepFailed => text.push_str(
                     "\nUpgrade complete, but a step after it failed (see the error above).",
                 ),
-                "reverted" => text.push_str("\nUpgrade reverted."),
-                "checks_failed" => {
+                RunResult::Reverted => text.push_str("\nUpgrade reverted."),
+                RunResult::ChecksFailed => {
                     text.push_str("\nThe clusters are not compatible yet; nothing was changed.")
                 }
-                _ => {}
+                RunResult::VerifyFailed | RunResult::Error => {}
             }
             if let Some(logs) = logs {
                 text.push_str(&format!("\nLogs: {logs}"));

@@ -69,7 +69,7 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
             };
             printer.emit(&Event::bare_summary(
                 command,
-                "error",
+                crate::output::RunResult::Error,
                 code,
                 started,
                 Vec::new(),

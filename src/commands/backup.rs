@@ -233,9 +233,9 @@ pub(crate) fn report(
     printer.emit(&Event::Summary {
         command: name,
         result: if exit_code == exit::SUCCESS {
-            "ok"
+            crate::output::RunResult::Ok
         } else {
-            "error"
+            crate::output::RunResult::Error
         },
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,

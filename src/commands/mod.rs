@@ -282,7 +282,7 @@ pub(crate) struct Summary {
     backup: Option<output::BackupCounts>,
     after: Option<Vec<output::AfterStep>>,
     logs: Option<String>,
-    result: Option<&'static str>,
+    result: Option<output::RunResult>,
 }
 
 impl Summary {
@@ -318,11 +318,9 @@ pub(crate) fn summarize(
     };
     printer.emit(&Event::Summary {
         command: summary.command,
-        result: summary.result.unwrap_or(match summary.exit_code {
-            exit::SUCCESS => "ok",
-            exit::CHECKS_FAILED => "checks_failed",
-            _ => "error",
-        }),
+        result: summary
+            .result
+            .unwrap_or(output::RunResult::of_exit(summary.exit_code)),
         exit_code: summary.exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
         checks: summary.checks,
@@ -417,7 +415,7 @@ pub(crate) fn fail_leaving(
     });
     printer.emit(&Event::bare_summary(
         command,
-        "error",
+        output::RunResult::Error,
         exit_code,
         started,
         Vec::new(),

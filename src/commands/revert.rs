@@ -45,7 +45,7 @@ pub(crate) fn run_revert(
             ));
             printer.emit(&Event::bare_summary(
                 name,
-                "reverted",
+                crate::output::RunResult::Reverted,
                 exit::SUCCESS,
                 started,
                 next_steps,

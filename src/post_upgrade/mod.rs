@@ -304,10 +304,11 @@ pub fn failure_exit_code(code: Code) -> i32 {
 }
 
 /// The summary's `result` for a run of the steps.
-pub fn result_of(exit_code: i32) -> &'static str {
+pub fn result_of(exit_code: i32) -> crate::output::RunResult {
+    use crate::output::RunResult;
     match exit_code {
-        exit::SUCCESS => "ok",
-        exit::VERIFY_FAILED => "verify_failed",
-        _ => "after_step_failed",
+        exit::SUCCESS => RunResult::Ok,
+        exit::VERIFY_FAILED => RunResult::VerifyFailed,
+        _ => RunResult::AfterStepFailed,
     }
 }
