@@ -1,9 +1,8 @@
 //! pg-migrate: upgrade a PostgreSQL cluster to a new major version in place.
 //! `main` parses the command line and hands it to the command asked for
 //! (`commands/`, one file each); the upgrade's steps are the engine's
-//! (`upgrade/`), the work on clusters the crates' (`crates/`).
+//! (`engine/`), the work on clusters the crates' (`crates/`).
 
-mod check;
 mod cli;
 mod commands;
 mod config;

@@ -171,6 +171,19 @@ pub enum Event {
 }
 
 impl Event {
+    /// The `check` event of one finding.
+    pub fn check(f: &pgm_verifier::Finding) -> Event {
+        Event::Check {
+            id: f.id,
+            title: f.title,
+            status: f.status,
+            code: f.code,
+            message: f.message.clone(),
+            remedy: f.remedy.clone(),
+            objects: f.objects.clone(),
+        }
+    }
+
     /// The `error` event of a failure, leaving the clusters as `clusters`
     /// says (a failure that knows better says so itself).
     pub fn failure(failure: crate::failure::Failure, clusters: ClusterStates) -> Event {

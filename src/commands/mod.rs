@@ -16,6 +16,7 @@ use crate::recovery;
 use crate::rundir::RunDir;
 
 mod backup;
+mod check;
 mod cutover;
 mod post_upgrade;
 mod prepare;

@@ -9,8 +9,10 @@ use crate::exit;
 use crate::journal;
 use crate::output::ClusterCondition;
 use crate::output::{self, ClusterStates, Event, Printer, StepStatus};
+use crate::post_upgrade;
 use crate::rundir::RunDir;
-use crate::{check, post_upgrade};
+
+use super::check;
 
 use super::*;
 

@@ -51,7 +51,7 @@ impl<'a> Engine<'a> {
         self.created_new = true;
         let printer = self.printer;
         let ok = pgm_verifier::check_created_new(&self.config, &mut checks, &mut |f| {
-            printer.emit(&crate::check::check_event(f))
+            printer.emit(&crate::output::Event::check(f))
         });
         // What the checks of the created cluster found is the plan's now.
         self.new_dir = checks.new.datadir.clone();

@@ -88,7 +88,7 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     let started = Instant::now();
     printer.emit(&Event::StepStart { step: "checks" });
     let pgm_verifier::Checked { report, old_server } =
-        pgm_verifier::run_checks(&config, &mut |f| printer.emit(&check_event(f)));
+        pgm_verifier::run_checks(&config, &mut |f| printer.emit(&Event::check(f)));
     let failed = report.failed();
     printer.emit(&Event::StepEnd {
         step: "checks",
@@ -130,18 +130,6 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
         old_server,
         config,
         exit_code,
-    }
-}
-
-pub fn check_event(f: &pgm_verifier::Finding) -> Event {
-    Event::Check {
-        id: f.id,
-        title: f.title,
-        status: f.status,
-        code: f.code,
-        message: f.message.clone(),
-        remedy: f.remedy.clone(),
-        objects: f.objects.clone(),
     }
 }
 
