@@ -43,6 +43,29 @@ pub enum Command {
     Discard(Options),
     /// Prove a finished upgrade (-D): compare the new cluster with the old one as --verify measured it (or, copy modes, as it is)
     Verify(Options),
+    /// Write a standby kit from a finished upgrade (-D) before the new primary first starts: what a standby needs besides its own files
+    StandbyKit(KitArgs),
+    /// Upgrade a stopped standby (-d) into -D from its own files and a kit (--kit), linking its relation files
+    Standby(Options),
+}
+
+/// `standby-kit`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct KitArgs {
+    /// The new primary's data directory: a finished upgrade whose new cluster has not run since
+    #[arg(
+        short = 'D',
+        long = "new-datadir",
+        env = "PGDATANEW",
+        value_name = "DIR"
+    )]
+    pub new_datadir: Option<PathBuf>,
+    /// Where to write the kit (- writes it to stdout)
+    #[arg(short = 'o', long = "output", value_name = "KIT")]
+    pub output: PathBuf,
+    /// Write status to stdout as JSON lines (see docs/json-status.md)
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 /// What was asked for.
@@ -59,6 +82,7 @@ pub enum Action {
     Cutover,
     Discard,
     Verify,
+    Standby,
 }
 
 impl Action {
@@ -75,6 +99,7 @@ impl Action {
             Action::Cutover => "cutover",
             Action::Discard => "discard",
             Action::Verify => "verify",
+            Action::Standby => "standby",
         }
     }
 }
@@ -269,6 +294,9 @@ pub struct Options {
     /// cutover: stop the running old server first (a fast shutdown)
     #[arg(long = "stop-old")]
     pub stop_old: bool,
+    /// standby: the kit pg-migrate standby-kit wrote (- reads it from stdin)
+    #[arg(long = "kit", value_name = "KIT")]
+    pub kit: Option<PathBuf>,
 }
 
 impl Options {
@@ -325,6 +353,8 @@ pub struct Settings {
     /// The online mode's first half: the old server may run.
     pub prepare: bool,
     pub stop_old: bool,
+    /// standby: where the kit comes from (`-`: stdin).
+    pub kit: Option<PathBuf>,
 }
 
 /// The paths `resolve` requires of the command that asks for them: a
@@ -584,6 +614,34 @@ impl Options {
                 clusters: None,
             });
         }
+        let kit =
+            given(self.kit.clone()).map(|k| if k == Path::new("-") { k } else { absolute(k) });
+        if action == Action::Standby && kit.is_none() {
+            return Err(Failure {
+                code: Code::Usage,
+                message: "standby needs a kit".into(),
+                remedy: Some("name the kit pg-migrate standby-kit wrote with --kit KIT (or --kit - to read it from stdin)".into()),
+                clusters: None,
+            });
+        }
+        if kit.is_some() && action != Action::Standby {
+            return Err(Failure {
+                code: Code::Usage,
+                message: format!("--kit does not apply to {}", action.name()),
+                remedy: Some("leave it out, or use it with pg-migrate standby".into()),
+                clusters: None,
+            });
+        }
+        if action == Action::Standby
+            && (after.any() || mode != Mode::Copy || self.method != Method::InPlace)
+        {
+            return Err(Failure {
+                code: Code::Usage,
+                message: "standby takes no transfer mode, method or steps after the upgrade: it links the standby's own files".into(),
+                remedy: Some("leave out --link/--copy/--clone/--swap, --method and the post-upgrade steps".into()),
+                clusters: None,
+            });
+        }
         let socket_base = absolute(self.socketdir.clone().unwrap_or_else(std::env::temp_dir));
         let join = |opts: &[String]| (!opts.is_empty()).then(|| opts.join(" "));
         Ok(Settings {
@@ -616,6 +674,7 @@ impl Options {
             new_bindir_given,
             prepare: action == Action::Prepare,
             stop_old: self.stop_old,
+            kit,
         })
     }
 }

@@ -26,6 +26,8 @@ pub enum Code {
     Internal,
     Interrupted,
     JournalFailed,
+    KitNotPossible,
+    KitUnusable,
     LinkNotPossible,
     LockTableTooSmall,
     Locked,
@@ -53,6 +55,7 @@ pub enum Code {
     ServerStartFailed,
     ServerStopFailed,
     SlotsFailed,
+    StandbyFailed,
     SwapNotPossible,
     SyncFailed,
     TransferFailed,
@@ -67,7 +70,7 @@ pub enum Code {
 
 impl Code {
     #[cfg(test)]
-    pub const ALL: [Code; 52] = [
+    pub const ALL: [Code; 55] = [
         Code::AfterStepFailed,
         Code::AlreadyPrepared,
         Code::AlreadyReverted,
@@ -83,6 +86,8 @@ impl Code {
         Code::Internal,
         Code::Interrupted,
         Code::JournalFailed,
+        Code::KitNotPossible,
+        Code::KitUnusable,
         Code::LinkNotPossible,
         Code::LockTableTooSmall,
         Code::Locked,
@@ -110,6 +115,7 @@ impl Code {
         Code::ServerStartFailed,
         Code::ServerStopFailed,
         Code::SlotsFailed,
+        Code::StandbyFailed,
         Code::SwapNotPossible,
         Code::SyncFailed,
         Code::TransferFailed,
@@ -140,6 +146,8 @@ impl Code {
             Code::Internal => "internal",
             Code::Interrupted => "interrupted",
             Code::JournalFailed => "journal_failed",
+            Code::KitNotPossible => "kit_not_possible",
+            Code::KitUnusable => "kit_unusable",
             Code::LinkNotPossible => "link_not_possible",
             Code::LockTableTooSmall => "lock_table_too_small",
             Code::Locked => "locked",
@@ -167,6 +175,7 @@ impl Code {
             Code::ServerStartFailed => "server_start_failed",
             Code::ServerStopFailed => "server_stop_failed",
             Code::SlotsFailed => "slots_failed",
+            Code::StandbyFailed => "standby_failed",
             Code::SwapNotPossible => "swap_not_possible",
             Code::SyncFailed => "sync_failed",
             Code::TransferFailed => "transfer_failed",
@@ -197,7 +206,9 @@ impl Code {
             | Code::NoJournal
             | Code::BackupUnusable
             | Code::BackupTooNew
-            | Code::RestoreTargetNotFresh => exit::USAGE,
+            | Code::RestoreTargetNotFresh
+            | Code::KitNotPossible
+            | Code::KitUnusable => exit::USAGE,
             Code::NewClusterHasRun | Code::UnfinishedRevert => exit::FAILED_NEEDS_RECOVERY,
             Code::AfterStepFailed | Code::PostUpgradeScriptFailed | Code::VerifyNotPossible => {
                 exit::AFTER_STEP_FAILED

@@ -17,6 +17,7 @@ mod proving;
 mod recovery;
 mod rundir;
 mod signals;
+mod standby;
 mod support;
 
 use std::time::Instant;
@@ -79,6 +80,8 @@ fn run() -> i32 {
         Some(Command::Cutover(options)) => (options, Action::Cutover),
         Some(Command::Discard(options)) => (options, Action::Discard),
         Some(Command::Verify(options)) => (options, Action::Verify),
+        Some(Command::Standby(options)) => (options, Action::Standby),
+        Some(Command::StandbyKit(args)) => return commands::run_standby_kit(args, started),
         None if cli.options.check => (cli.options, Action::Check),
         None => (cli.options, Action::Upgrade),
     };

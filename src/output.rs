@@ -164,6 +164,12 @@ pub enum Event {
         restore: Option<BackupCounts>,
         #[serde(skip_serializing_if = "Option::is_none")]
         after: Option<Vec<AfterStep>>,
+        /// `standby-kit`: the kit written.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kit: Option<Box<KitCounts>>,
+        /// `standby`: what the standby's upgrade did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        standby: Option<Box<StandbyCounts>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         logs: Option<String>,
         next_steps: Vec<String>,
@@ -217,6 +223,8 @@ impl Event {
             upgrade: None,
             backup: None,
             restore: None,
+            kit: None,
+            standby: None,
             after: None,
             logs: None,
             next_steps,
@@ -349,6 +357,35 @@ pub struct Cause {
     pub check: &'static str,
     /// The check's problem code (docs/checks.md), not an error code.
     pub code: &'static str,
+}
+
+/// `standby-kit`'s summary.
+#[derive(Debug, Serialize)]
+pub struct KitCounts {
+    /// The file written, or `-` for stdout.
+    pub path: String,
+    /// Files of the new cluster in the kit, and their bytes.
+    pub files: usize,
+    pub bytes: u64,
+    /// The kit's own size (compressed), when written to a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kit_bytes: Option<u64>,
+    /// Relation files in the map (the standbys' own, linked).
+    pub relation_files: usize,
+    pub relation_bytes: u64,
+    /// Physical slots the new primary keeps for its standbys.
+    pub slots: Vec<String>,
+}
+
+/// `standby`'s summary.
+#[derive(Debug, Serialize)]
+pub struct StandbyCounts {
+    /// The standby's relation files linked into the new data directory.
+    pub linked: u64,
+    /// The kit's files installed.
+    pub kit_files: u64,
+    /// Files of unlogged relations a standby does not hold.
+    pub unlogged_left_out: usize,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -245,6 +245,8 @@ pub(crate) fn report(
         upgrade: None,
         backup: if restore { None } else { counts.clone() },
         restore: if restore { counts } else { None },
+        kit: None,
+        standby: None,
         after: None,
         logs,
         next_steps,

@@ -23,8 +23,10 @@ mod prepare;
 mod restore;
 mod resume;
 mod revert;
+mod standby;
 mod upgrade;
 
+pub(crate) use self::standby::run_standby_kit;
 pub(crate) use self::upgrade::{run_command, run_from_journal, FromJournal};
 
 pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Instant) -> i32 {
@@ -40,6 +42,16 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             "run it as the operating-system user that owns the clusters, e.g. sudo -u postgres pg-migrate …",
             exit::USAGE,
         );
+    }
+    // A standby's upgrade keeps its own journal.
+    if matches!(action, Action::Resume | Action::Revert) {
+        if let Some(new) = options
+            .new_datadir
+            .as_deref()
+            .filter(|d| crate::standby::is_standby(d))
+        {
+            return standby::run_standby_recovery(action == Action::Revert, new, &printer, started);
+        }
     }
     let journal = if matches!(
         action,
@@ -138,6 +150,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             self::post_upgrade::run_post_upgrade(&settings, &printer, started, &view, name)
         }
         (Action::Backup, _) => backup::run_backup(&settings, &printer, started),
+        (Action::Standby, _) => standby::run_standby(&settings, &printer, started),
         (Action::Restore, _) => restore::run_restore(&settings, &printer, started),
         _ => {
             if let Err(r) = recovery::refuse_unfinished(&settings) {
@@ -330,6 +343,8 @@ pub(crate) fn summarize(
         upgrade: summary.upgrade,
         backup: summary.backup,
         restore: None,
+        kit: None,
+        standby: None,
         after: summary.after,
         logs,
         next_steps: summary.next_steps,

@@ -135,6 +135,8 @@ pub fn run_post_upgrade(
         upgrade: None,
         backup: None,
         restore: None,
+        kit: None,
+        standby: None,
         after: Some(steps),
         logs,
         next_steps: Vec::new(),

@@ -166,6 +166,8 @@ pub struct Engine<'a> {
     /// The old cluster's logical replication slots (17 and later), made
     /// again in the new cluster by the restore's server.
     logical_slots: Vec<pgm_catalog::LogicalSlot>,
+    /// The old cluster's physical slots, made again for its standbys.
+    physical_slots: Vec<String>,
 }
 
 /// What a signal handler needs to report an interrupted upgrade.
@@ -268,6 +270,7 @@ impl<'a> Engine<'a> {
             horizons: None,
             cutover_old_stamp: None,
             logical_slots: Vec::new(),
+            physical_slots: Vec::new(),
         }
     }
 

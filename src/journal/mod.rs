@@ -193,6 +193,12 @@ pub fn write_atomically_with(
 
 /// A journal read back: its records, typed. A line that does not parse (cut
 /// short by a crash, so never fsynced) is left out.
+/// The old cluster's identity and last checkpoint as the upgrade found it.
+pub struct OldAsFound {
+    pub old: pgm_cluster::ControlStamp,
+    pub timeline: u32,
+}
+
 pub struct JournalView {
     records: Vec<Record>,
     new_datadir: PathBuf,
@@ -210,6 +216,29 @@ impl JournalView {
             records,
             new_datadir: new_datadir.to_path_buf(),
         })
+    }
+
+    /// The old cluster's pg_control as the upgrade found it.
+    pub fn old_as_found(&self) -> Option<OldAsFound> {
+        self.records.iter().find_map(|r| match r {
+            Record::OldAsFound { old, timeline } => Some(OldAsFound {
+                old: old.clone(),
+                timeline: *timeline,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The physical slots the upgrade made again (the latest record).
+    pub fn physical_slots(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                Record::PhysicalSlots { slots } => Some(slots.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// The new data directory whose journal this is.

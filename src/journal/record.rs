@@ -39,6 +39,18 @@ pub enum Record {
         #[serde(default)]
         new_control: Option<ControlStamp>,
     },
+    /// The old cluster's pg_control as the upgrade found it, before any
+    /// server of pg-migrate's ran on it: the checkpoint its standbys
+    /// replayed to (a standby kit names it).
+    OldAsFound {
+        old: ControlStamp,
+        timeline: u32,
+    },
+    /// The physical replication slots of the old cluster, made again in
+    /// the new one for its standbys.
+    PhysicalSlots {
+        slots: Vec<String>,
+    },
     /// The old cluster's pg_control as the counters were handed over from it.
     Handover {
         old: ControlStamp,

@@ -53,7 +53,7 @@ fn documented_events() -> BTreeMap<String, BTreeMap<String, Field>> {
     sections
 }
 
-fn documented_codes(file: &str, heading_marker: &str) -> Vec<String> {
+pub fn documented_codes(file: &str, heading_marker: &str) -> Vec<String> {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
     let start = text
         .find(heading_marker)
@@ -132,8 +132,13 @@ pub fn validate(events: &[Value]) {
     let docs = documented_events();
     let common = &docs["Every event"];
     let error_codes = documented_codes("docs/json-status.md", "Error codes:");
-    let check_ids = documented_codes("docs/checks.md", "## Checks");
-    let check_codes = documented_codes("docs/checks.md", "## Problem codes");
+    let mut check_ids = documented_codes("docs/checks.md", "## Checks");
+    check_ids.extend(documented_codes("docs/checks.md", "## Standby checks"));
+    let mut check_codes = documented_codes("docs/checks.md", "## Problem codes");
+    check_codes.extend(documented_codes(
+        "docs/checks.md",
+        "## Standby problem codes",
+    ));
     assert!(!events.is_empty());
     for event in events {
         let name = event["event"].as_str().expect("every event has a name");

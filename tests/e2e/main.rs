@@ -15,6 +15,7 @@ mod proof;
 mod recovery;
 mod replication;
 mod safety;
+mod standby;
 mod support;
 mod upgrade;
 mod verify;

@@ -75,6 +75,12 @@ pub fn dumpall(cluster: &Cluster, bindir: &Path) -> String {
 /// Table row counts and content checksums, sequence states and large-object
 /// checksums of every connectable database but the templates.
 pub fn contents(cluster: &Cluster) -> BTreeMap<String, String> {
+    contents_of(cluster, false)
+}
+
+/// [`contents`], without unlogged tables when `logged_only` (a standby has
+/// none of their rows, and refuses to read them).
+pub fn contents_of(cluster: &Cluster, logged_only: bool) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let databases: Vec<String> = cluster
         .client("postgres")
@@ -94,8 +100,9 @@ pub fn contents(cluster: &Cluster) -> BTreeMap<String, String> {
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.relkind IN ('r', 'm', 'p', 'S')
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+                    AND (NOT $1 OR c.relpersistence = 'p')
                   ORDER BY 1",
-                &[],
+                &[&logged_only],
             )
             .unwrap()
             .iter()

@@ -34,6 +34,9 @@ pub use relations::{
     list_databases, list_relations, list_tablespaces, outdated_extensions, Database, Relation,
     RelationQuery,
 };
-pub use slots::{create_logical_slots, list_logical_slots, LogicalSlot};
+pub use slots::{
+    create_logical_slots, create_physical_slots, list_logical_slots, list_physical_slots,
+    LogicalSlot,
+};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

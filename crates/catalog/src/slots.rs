@@ -77,3 +77,39 @@ where
     }
     Ok(())
 }
+
+/// The old cluster's permanent physical replication slots, by name: its
+/// standbys' (`primary_slot_name`).
+pub fn list_physical_slots(client: &mut postgres::Client) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(
+            "SELECT slot_name::text FROM pg_catalog.pg_replication_slots
+              WHERE slot_type = 'physical' AND NOT temporary
+              ORDER BY slot_name",
+            &[],
+        )
+        .map_err(|e| Error::query("template1", "listing physical replication slots", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Makes each physical slot in the new cluster, keeping WAL from now on:
+/// made after the new cluster's last pg_resetwal, they keep every record a
+/// standby upgraded from its own files needs, from the new cluster's first
+/// checkpoint until the standby connects.
+pub fn create_physical_slots(client: &mut postgres::Client, names: &[String]) -> Result<(), Error> {
+    for name in names {
+        client
+            .execute(
+                "SELECT pg_catalog.pg_create_physical_replication_slot($1, true)",
+                &[name],
+            )
+            .map_err(|e| {
+                Error::query(
+                    "template1",
+                    &format!("creating physical replication slot \"{name}\""),
+                    &e,
+                )
+            })?;
+    }
+    Ok(())
+}

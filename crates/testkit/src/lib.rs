@@ -246,6 +246,70 @@ impl Sandbox {
         }
     }
 
+    /// A streaming standby of the running `primary`, made with
+    /// pg_basebackup (`-R`: standby.signal and primary_conninfo naming the
+    /// primary's socket and port), on `slot` if given, with each tablespace
+    /// location mapped to another directory (as on another host).
+    pub fn standby(
+        &self,
+        primary: &Cluster,
+        name: &str,
+        slot: Option<&str>,
+        tablespaces: &[(PathBuf, PathBuf)],
+    ) -> Cluster {
+        let datadir = self.path().join(name);
+        let sockdir = self.mkdir(&format!("{name}.sock"));
+        // Server-only installations have no pg_basebackup; a newer one
+        // backs up older servers.
+        let basebackup = (primary.major..=18)
+            .filter_map(bindir)
+            .map(|dir| dir.join("pg_basebackup"))
+            .find(|p| p.exists())
+            .expect("no installation has pg_basebackup");
+        let mut command = as_test_user(basebackup);
+        command
+            .arg("-D")
+            .arg(&datadir)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-h"])
+            .arg(&primary.sockdir)
+            .args(["-p", &primary.port.to_string(), "-U", &test_user().name]);
+        if let Some(slot) = slot {
+            command.args(["-S", slot]);
+        }
+        for (from, to) in tablespaces {
+            command.arg(format!(
+                "--tablespace-mapping={}={}",
+                from.display(),
+                to.display()
+            ));
+        }
+        run_ok(&mut command);
+        // A newer pg_basebackup writes connection options the standby's
+        // own libpq may not know: name the primary plainly.
+        let auto = datadir.join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto).unwrap();
+        let mut kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("primary_conninfo"))
+            .collect();
+        let conninfo = format!(
+            "primary_conninfo = 'host={} port={} user={} application_name={name}'",
+            primary.sockdir.display(),
+            primary.port,
+            test_user().name
+        );
+        kept.push(&conninfo);
+        std::fs::write(&auto, kept.join("\n") + "\n").unwrap();
+        Cluster {
+            major: primary.major,
+            bindir: primary.bindir.clone(),
+            datadir,
+            sockdir,
+            port: next_port(),
+            running: false,
+        }
+    }
+
     /// A cluster someone else made (pg-migrate, pg_upgrade) at `datadir`.
     pub fn existing(&self, name: &str, major: u32, datadir: &Path) -> Cluster {
         Cluster {

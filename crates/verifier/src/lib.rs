@@ -22,6 +22,7 @@ mod on_disk;
 pub mod proof;
 mod rules;
 mod server;
+mod standby;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,9 @@ pub use on_disk::platform_char_is_signed;
 pub use rules::{columns_using, rule_sql, CapabilityUse, CollatedIndex, ObjectRef};
 pub use server::{
     drifted_indexes, Capabilities, CatalogFacts, DatabaseInfo, SlotSettings, TemplateLocale,
+};
+pub use standby::{
+    run_standby_checks, standby_path, standby_tablespace, ExpectedFile, StandbyExpectations,
 };
 
 /// One cluster as the user named it.

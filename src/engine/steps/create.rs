@@ -137,8 +137,16 @@ impl<'a> Engine<'a> {
                     verify: after.verify,
                 },
             };
-            Journal::create(&new_path, vec![Record::Plan(Box::new(plan)), run])
-                .map_err(|e| Failure::new(Code::JournalFailed, e))?
+            let mut first = vec![Record::Plan(Box::new(plan)), run];
+            if self.phase == Phase::Full {
+                // Read before any server of ours ran on it: the checkpoint
+                // the old cluster's standbys replayed to.
+                first.push(Record::OldAsFound {
+                    old: self.old_control.stamp(),
+                    timeline: self.old_control.timeline,
+                });
+            }
+            Journal::create(&new_path, first).map_err(|e| Failure::new(Code::JournalFailed, e))?
         } else {
             let mut journal =
                 Journal::open(&new_path).map_err(|e| Failure::new(Code::JournalFailed, e))?;

@@ -198,6 +198,15 @@ impl<'a> Engine<'a> {
             self.logical_slots =
                 pgm_catalog::list_logical_slots(&mut client, self.old_install.version.major)
                     .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
+            self.physical_slots = pgm_catalog::list_physical_slots(&mut client)
+                .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
+            if let Some(journal) = self.journal.as_mut() {
+                journal
+                    .record(Record::PhysicalSlots {
+                        slots: self.physical_slots.clone(),
+                    })
+                    .map_err(|e| Failure::new(Code::JournalFailed, e))?;
+            }
         }
         drop(client);
         let new_suffix = self.tablespace_dir(false)?;

@@ -17,6 +17,16 @@ impl<'a> Engine<'a> {
             shell_quote(&newbin.join("pg_ctl").display().to_string()),
             shell_quote(&new_path.display().to_string())
         )));
+        if !self.physical_slots.is_empty() {
+            next.push(NextStep::done_by(
+                NEW_CLUSTER_RAN,
+                format!(
+                    "the new cluster keeps WAL for the standbys' slots ({}): before its first start, make a standby kit (pg-migrate standby-kit -D {} -o KIT) and upgrade each standby with it (pg-migrate standby); drop the slot of a standby that will not come back, or its WAL piles up",
+                    self.physical_slots.join(", "),
+                    shell_quote(&new_path.display().to_string())
+                ),
+            ));
+        }
         let outdated = &self.outdated_extensions;
         // Written beside the journal, never into the current directory:
         // this step comes after link and swap mode's point of no return,

@@ -110,6 +110,7 @@ impl<'a> Engine<'a> {
             plan.new_relations = relations;
         }
         self.create_logical_slots(&server)?;
+        self.create_physical_slots(&server)?;
         server
             .stop()
             .map_err(|e| Failure::new(Code::ServerStopFailed, e))
@@ -143,6 +144,39 @@ impl<'a> Engine<'a> {
                 })
                 .map_err(|e| Failure::new(Code::JournalFailed, e))?;
         }
+        Ok(())
+    }
+
+    /// The old cluster's physical slots, made again now (after the last
+    /// pg_resetwal, as the logical ones): each keeps the new cluster's WAL
+    /// from its first checkpoint until its standby, upgraded from its own
+    /// files (`pg-migrate standby`), connects.
+    pub(in crate::engine) fn create_physical_slots(
+        &mut self,
+        server: &Server,
+    ) -> Result<(), Failure> {
+        if self.physical_slots.is_empty() && self.resuming {
+            if let Some(view) = crate::journal::JournalView::read(&self.new_dir().path) {
+                self.physical_slots = view.physical_slots();
+            }
+        }
+        if self.physical_slots.is_empty() {
+            return Ok(());
+        }
+        let mut client = server
+            .connect("template1")
+            .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
+        pgm_catalog::create_physical_slots(&mut client, &self.physical_slots)
+            .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
+        self.printer.say(&format!(
+            "  {} physical replication slots made again for the standbys: {}",
+            self.physical_slots.len(),
+            self.physical_slots
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         Ok(())
     }
 }

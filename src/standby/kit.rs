@@ -1,0 +1,353 @@
+//! The standby kit's format: one zstd-compressed tar stream. First
+//! `manifest.json` (both clusters' identities, the relation map), then the
+//! new primary's files that are not relation files moved from the old
+//! cluster, under `data/` (the data directory) and `tblspc/OID/` (a
+//! tablespace's location), then `end.json`: every file's size and SHA-256,
+//! and the manifest's. A stream without its end, or with a file whose hash
+//! differs, is refused whole. This module reads and writes the stream; what
+//! goes into it and what is done with it are `make`'s and `apply`'s.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cli::Mode;
+
+/// The kit format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+const MANIFEST: &str = "manifest.json";
+const END: &str = "end.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The pg-migrate that made it.
+    pub made_by: String,
+    pub mode: Mode,
+    pub old: KitCluster,
+    pub new: KitCluster,
+    /// The tablespaces (OIDs) both clusters have.
+    pub tablespaces: Vec<u32>,
+    /// Each relation file of the old cluster and where it goes.
+    pub relations: Vec<RelationFile>,
+    /// Physical replication slots the new primary keeps for its standbys.
+    pub slots: Vec<String>,
+    /// Bytes of the files in the kit.
+    pub bytes: u64,
+}
+
+/// One cluster as the kit knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KitCluster {
+    pub major: u32,
+    pub version: String,
+    pub system_identifier: u64,
+    /// The last checkpoint: the old primary's before the upgrade, the new
+    /// one's as the upgrade left it.
+    pub checkpoint_lsn: u64,
+    pub timeline: u32,
+    pub catalog_version: u32,
+    /// `PG_<major>_<catalog version>`: its directory in each tablespace.
+    pub tablespace_dir: String,
+}
+
+/// A path in one of a cluster's places.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KitPath {
+    /// `None`: the data directory; `Some(oid)`: the tablespace's location.
+    pub tablespace: Option<u32>,
+    pub path: PathBuf,
+}
+
+/// What a relation file is to a standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fork {
+    /// A main fork's segment (the first one must exist).
+    Main,
+    /// Free space map: a hint the standby keeps as it has it, or not at all.
+    Fsm,
+    /// Visibility map (WAL-logged).
+    Vm,
+    /// An unlogged relation's init fork: all a standby holds of it.
+    Init,
+    /// An unlogged relation's other forks: a standby has none (PostgreSQL
+    /// makes them from the init fork when it is promoted).
+    Unlogged,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelationFile {
+    pub old: KitPath,
+    pub new: KitPath,
+    pub fork: Fork,
+    /// The primary's size.
+    pub size: u64,
+    /// The primary's size less the all-zero pages at its end.
+    pub min_size: u64,
+}
+
+/// The end of the stream: what was in it.
+#[derive(Debug, Serialize, Deserialize)]
+struct End {
+    manifest_sha256: String,
+    files: Vec<EndFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EndFile {
+    name: String,
+    size: u64,
+    sha256: String,
+}
+
+/// One entry to write: its name in the kit and where it comes from.
+pub struct Source {
+    pub name: String,
+    pub from: PathBuf,
+    pub dir: bool,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reading through, hashing what passes.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_entry_type(kind);
+    header.set_mtime(0);
+    header
+}
+
+/// Writes the kit to `out`; returns the bytes of files it holds.
+pub fn write(out: impl Write, manifest: &Manifest, sources: &[Source]) -> std::io::Result<u64> {
+    let encoder = zstd::stream::write::Encoder::new(out, 3)?;
+    let mut tar = tar::Builder::new(encoder);
+    let manifest_bytes = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
+    let mut h = header(manifest_bytes.len() as u64, 0o600, tar::EntryType::Regular);
+    tar.append_data(&mut h, MANIFEST, manifest_bytes.as_slice())?;
+    let mut end = End {
+        manifest_sha256: hex(&Sha256::digest(&manifest_bytes)),
+        files: Vec::new(),
+    };
+    let mut total = 0;
+    for source in sources {
+        if source.dir {
+            let mut h = header(0, 0o700, tar::EntryType::Directory);
+            tar.append_data(&mut h, &source.name, std::io::empty())?;
+            continue;
+        }
+        let file = std::fs::File::open(&source.from).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", source.from.display()))
+        })?;
+        let size = file.metadata()?.len();
+        let mut h = header(size, 0o600, tar::EntryType::Regular);
+        let mut reader = Hashing {
+            inner: file.take(size),
+            hash: Sha256::new(),
+        };
+        tar.append_data(&mut h, &source.name, &mut reader)?;
+        total += size;
+        end.files.push(EndFile {
+            name: source.name.clone(),
+            size,
+            sha256: hex(&reader.hash.finalize()),
+        });
+    }
+    let end_bytes = serde_json::to_vec(&end).map_err(std::io::Error::other)?;
+    let mut h = header(end_bytes.len() as u64, 0o600, tar::EntryType::Regular);
+    tar.append_data(&mut h, END, end_bytes.as_slice())?;
+    let encoder = tar.into_inner()?;
+    let mut out = encoder.finish()?;
+    out.flush()?;
+    Ok(total)
+}
+
+/// Why a kit cannot be used.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The stream is not a whole, undamaged kit.
+    Damaged(String),
+    /// It is a kit, but refused by the caller's look at the manifest.
+    Refused(crate::failure::Failure),
+    Io(String),
+}
+
+/// A kit's name in the kit, made safe: relative, no `..`.
+fn safe_name(name: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for part in name.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Reads a kit: the manifest first, handed to `look` (which may refuse
+/// before anything is written), then every file into `staging` (made
+/// here), each checked against the end's size and hash. Returns the
+/// manifest once the whole stream is proven.
+pub fn read(
+    input: impl Read,
+    staging: &Path,
+    look: impl FnOnce(&Manifest) -> Result<(), crate::failure::Failure>,
+) -> Result<Manifest, ReadError> {
+    let damaged = |what: String| ReadError::Damaged(what);
+    let decoder = zstd::stream::read::Decoder::new(input)
+        .map_err(|e| damaged(format!("not a kit stream: {e}")))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive
+        .entries()
+        .map_err(|e| damaged(format!("not a kit stream: {e}")))?;
+    let first = entries
+        .next()
+        .ok_or_else(|| damaged("the stream is empty".into()))?
+        .map_err(|e| damaged(format!("not a kit stream: {e}")))?;
+    let name = first.path().map(|p| p.into_owned()).unwrap_or_default();
+    if name != Path::new(MANIFEST) {
+        return Err(damaged(format!(
+            "it begins with {}, not a kit's manifest",
+            name.display()
+        )));
+    }
+    let mut manifest_bytes = Vec::new();
+    let mut first = first;
+    first
+        .read_to_end(&mut manifest_bytes)
+        .map_err(|e| damaged(format!("the manifest is cut short: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| damaged(format!("the manifest is not a kit manifest: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(damaged(format!(
+            "kit format {} (made by pg-migrate {}); this pg-migrate reads format {FORMAT}",
+            manifest.format, manifest.made_by
+        )));
+    }
+    look(&manifest).map_err(ReadError::Refused)?;
+    std::fs::create_dir_all(staging)
+        .map_err(|e| ReadError::Io(format!("{}: {e}", staging.display())))?;
+    let mut seen: Vec<EndFile> = Vec::new();
+    let mut end: Option<End> = None;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| damaged(format!("the stream is damaged or cut short: {e}")))?;
+        if end.is_some() {
+            return Err(damaged("there is more after the kit's end".into()));
+        }
+        let raw = entry
+            .path()
+            .map_err(|e| damaged(format!("a name in the kit is unreadable: {e}")))?
+            .into_owned();
+        if raw == Path::new(END) {
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| damaged(format!("the end is cut short: {e}")))?;
+            end = Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| damaged(format!("the end is unreadable: {e}")))?,
+            );
+            continue;
+        }
+        let name = safe_name(&raw)
+            .filter(|n| n.starts_with("data") || n.starts_with("tblspc"))
+            .ok_or_else(|| {
+                damaged(format!(
+                    "the kit names {}, outside its places",
+                    raw.display()
+                ))
+            })?;
+        let target = staging.join(&name);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&target)
+                    .map_err(|e| ReadError::Io(format!("{}: {e}", target.display())))?;
+            }
+            tar::EntryType::Regular => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| ReadError::Io(format!("{}: {e}", parent.display())))?;
+                }
+                let mut out = std::fs::File::create(&target)
+                    .map_err(|e| ReadError::Io(format!("{}: {e}", target.display())))?;
+                let mut hashing = Hashing {
+                    inner: &mut entry,
+                    hash: Sha256::new(),
+                };
+                let size = std::io::copy(&mut hashing, &mut out).map_err(|e| {
+                    damaged(format!("{} is cut short or damaged: {e}", name.display()))
+                })?;
+                seen.push(EndFile {
+                    name: name.display().to_string(),
+                    size,
+                    sha256: hex(&hashing.hash.finalize()),
+                });
+            }
+            other => {
+                return Err(damaged(format!(
+                    "{} is a {other:?}, which a kit never holds",
+                    name.display()
+                )))
+            }
+        }
+    }
+    let end = end
+        .ok_or_else(|| damaged("the stream ends before the kit's end: it was cut short".into()))?;
+    if end.manifest_sha256 != hex(&Sha256::digest(&manifest_bytes)) {
+        return Err(damaged(
+            "the manifest differs from the one the kit was made with".into(),
+        ));
+    }
+    if end.files.len() != seen.len() {
+        return Err(damaged(format!(
+            "the kit was made with {} files, the stream holds {}",
+            end.files.len(),
+            seen.len()
+        )));
+    }
+    for (want, got) in end.files.iter().zip(&seen) {
+        if want.name != got.name || want.size != got.size || want.sha256 != got.sha256 {
+            return Err(damaged(format!(
+                "{} differs from the file the kit was made with",
+                got.name
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// The kit's name of a file of the data directory.
+pub fn data_name(relative: &Path) -> String {
+    Path::new("data").join(relative).display().to_string()
+}
+
+/// The kit's name of a file in a tablespace's location.
+pub fn tablespace_name(oid: u32, relative: &Path) -> String {
+    Path::new("tblspc")
+        .join(oid.to_string())
+        .join(relative)
+        .display()
+        .to_string()
+}
