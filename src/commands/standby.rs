@@ -299,10 +299,12 @@ fn finish_steps(
                     message: failure.message.clone(),
                 },
             );
-            let remedy = format!(
-                "fix what the message names, then finish it: pg-migrate resume -D {0}; or give the old standby back: pg-migrate revert -D {0}",
-                quote(new)
-            );
+            let remedy = failure.remedy.clone().unwrap_or_else(|| {
+                format!(
+                    "fix what the message names, then finish it: pg-migrate resume -D {0}; or give the old standby back: pg-migrate revert -D {0}",
+                    quote(new)
+                )
+            });
             fail_leaving(
                 printer,
                 started,
@@ -315,14 +317,14 @@ fn finish_steps(
                 } else {
                     exit::FAILED_OLD_INTACT
                 },
-                ClusterStates {
+                failure.clusters.clone().unwrap_or(ClusterStates {
                     old: if protected {
                         ClusterCondition::Protected
                     } else {
                         ClusterCondition::Unchanged
                     },
                     new: ClusterCondition::Incomplete,
-                },
+                }),
             )
         }
     }

@@ -307,6 +307,10 @@ pub fn run_steps(new_datadir: &Path, printer: &Printer) -> Result<Applied, Failu
         plan,
         manifest,
     };
+    pgm_cluster::faults::point(|| "standby:staged".into());
+    if !done.iter().any(|d| d == "protect-old") {
+        still_as_checked(&applied)?;
+    }
     for step in STEPS {
         if done.iter().any(|d| d == step) {
             continue;
@@ -344,6 +348,38 @@ pub fn run_steps(new_datadir: &Path, printer: &Printer) -> Result<Applied, Failu
     )
     .map_err(|e| io("the journal", new_datadir, e))?;
     Ok(applied)
+}
+
+/// Until the old standby is disabled it can be started (a run killed
+/// before that, then the operator's doing): its files then hold more than
+/// the kit's checkpoint, and must not be linked.
+fn still_as_checked(applied: &Applied) -> Result<(), Failure> {
+    let old = &applied.plan.old_datadir;
+    let running = old.join("postmaster.pid").exists();
+    let control = ControlFile::read(old).map_err(|e| Failure::new(Code::StandbyFailed, e))?;
+    if running
+        || control.state != pgm_cluster::ClusterState::ShutDownInRecovery
+        || control.checkpoint_lsn != applied.manifest.old.checkpoint_lsn
+    {
+        return Err(Failure {
+            code: Code::StandbyFailed,
+            message: format!(
+                "the old standby {} ran since it was checked (state \"{}\"{}): its files are no longer those the kit expects",
+                old.display(),
+                control.state.describe(),
+                if running { ", a postmaster.pid" } else { "" }
+            ),
+            remedy: Some(format!(
+                "give it up here: pg-migrate revert -D {}; then stop the standby cleanly at the primary's shutdown checkpoint and run pg-migrate standby again, or rebuild it",
+                crate::support::quote(&applied.plan.new_datadir)
+            )),
+            clusters: Some(ClusterStates {
+                old: ClusterCondition::Unchanged,
+                new: ClusterCondition::Incomplete,
+            }),
+        });
+    }
+    Ok(())
 }
 
 /// The old standby cannot start any more: it shares its files with the new one.

@@ -351,3 +351,139 @@ pub fn tablespace_name(oid: u32, relative: &Path) -> String {
         .display()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let cluster = |major| KitCluster {
+            major,
+            version: format!("{major}.1"),
+            system_identifier: 7,
+            checkpoint_lsn: 0x100_0028,
+            timeline: 1,
+            catalog_version: 1,
+            tablespace_dir: format!("PG_{major}_1"),
+        };
+        Manifest {
+            format: FORMAT,
+            made_by: "test".into(),
+            mode: Mode::Link,
+            old: cluster(16),
+            new: cluster(18),
+            tablespaces: vec![],
+            relations: vec![],
+            slots: vec!["s".into()],
+            bytes: 0,
+        }
+    }
+
+    fn kit_of(dir: &Path) -> Vec<u8> {
+        std::fs::create_dir_all(dir.join("src/global")).unwrap();
+        std::fs::write(dir.join("src/global/pg_control"), vec![3u8; 8192]).unwrap();
+        std::fs::write(dir.join("src/PG_VERSION"), "18\n").unwrap();
+        let sources = vec![
+            Source {
+                name: data_name(Path::new("global")),
+                from: dir.join("src/global"),
+                dir: true,
+            },
+            Source {
+                name: data_name(Path::new("global/pg_control")),
+                from: dir.join("src/global/pg_control"),
+                dir: false,
+            },
+            Source {
+                name: data_name(Path::new("PG_VERSION")),
+                from: dir.join("src/PG_VERSION"),
+                dir: false,
+            },
+        ];
+        let mut out = Vec::new();
+        let bytes = write(&mut out, &manifest(), &sources).unwrap();
+        assert_eq!(bytes, 8192 + 3);
+        out
+    }
+
+    #[test]
+    fn a_kit_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let kit = kit_of(dir.path());
+        let staging = dir.path().join("staging");
+        let read_back = read(kit.as_slice(), &staging, |m| {
+            assert_eq!(m.slots, vec!["s".to_string()]);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(read_back.old.major, 16);
+        assert_eq!(
+            std::fs::read(staging.join("data/global/pg_control")).unwrap(),
+            vec![3u8; 8192]
+        );
+        assert_eq!(
+            std::fs::read_to_string(staging.join("data/PG_VERSION")).unwrap(),
+            "18\n"
+        );
+    }
+
+    #[test]
+    fn a_kit_cut_short_or_damaged_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let kit = kit_of(dir.path());
+        for cut in [kit.len() - 1, kit.len() * 3 / 4, kit.len() / 2] {
+            let staging = dir.path().join(format!("cut{cut}"));
+            let result = read(&kit[..cut], &staging, |_| Ok(()));
+            assert!(
+                matches!(result, Err(ReadError::Damaged(_))),
+                "cut at {cut}: {result:?}"
+            );
+        }
+        // Uncompressed, a flipped byte in a file is caught by its hash.
+        let mut plain = Vec::new();
+        zstd::stream::copy_decode(kit.as_slice(), &mut plain).unwrap();
+        let at = plain.windows(8).position(|w| w == [3u8; 8]).unwrap() + 100;
+        plain[at] ^= 1;
+        let damaged = zstd::stream::encode_all(plain.as_slice(), 3).unwrap();
+        let result = read(damaged.as_slice(), &dir.path().join("flipped"), |_| Ok(()));
+        match result {
+            Err(ReadError::Damaged(why)) => assert!(why.contains("pg_control"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_at_the_manifest_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kit = kit_of(dir.path());
+        let staging = dir.path().join("staging");
+        let result = read(kit.as_slice(), &staging, |_| {
+            Err(crate::failure::Failure::new(
+                crate::failure::Code::ChecksFailed,
+                "no",
+            ))
+        });
+        assert!(matches!(result, Err(ReadError::Refused(_))));
+        assert!(!staging.exists());
+    }
+
+    #[test]
+    fn names_outside_the_kit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let bytes = serde_json::to_vec(&manifest()).unwrap();
+        let mut h = header(bytes.len() as u64, 0o600, tar::EntryType::Regular);
+        tar.append_data(&mut h, MANIFEST, bytes.as_slice()).unwrap();
+        let mut h = header(4, 0o600, tar::EntryType::Regular);
+        let name = b"data/../../evil";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        tar.append(&h, &b"evil"[..]).unwrap();
+        let plain = tar.into_inner().unwrap();
+        let kit = zstd::stream::encode_all(plain.as_slice(), 3).unwrap();
+        let staging = dir.path().join("deep/staging");
+        let result = read(kit.as_slice(), &staging, |_| Ok(()));
+        assert!(matches!(result, Err(ReadError::Damaged(_))), "{result:?}");
+        assert!(!dir.path().join("evil").exists());
+    }
+}

@@ -861,7 +861,10 @@ fn a_standby_reverted_follows_its_old_primary_again() {
     let kit = pair.sandbox.path().join("standbys.kit");
     assert_eq!(pair.run(&kit_args(&pair, &kit)).status, 0);
     let new1 = pair.sandbox.path().join("one_new");
+    let new2 = pair.sandbox.path().join("two_new");
     killed_at(&pair, &one.datadir, &new1, &kit, "standby:configure");
+    // Killed before it disabled the old standby, which then runs again.
+    killed_at(&pair, &two.datadir, &new2, &kit, "standby:staged");
     // The revert itself is cut short, then run again.
     let output = as_test_user(&pair.bin)
         .current_dir(pair.sandbox.path())
@@ -915,8 +918,9 @@ fn a_standby_reverted_follows_its_old_primary_again() {
     assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
     pair.old.start();
     one.start();
-    wait_for("the old standby to stream from the old primary", || {
-        streaming(&pair.old) == 1
+    two.start();
+    wait_for("the old standbys to stream from the old primary", || {
+        streaming(&pair.old) == 2
     });
     pair.old
         .sql("appdb", "INSERT INTO t VALUES (-7, 'after the revert')");
@@ -928,6 +932,32 @@ fn a_standby_reverted_follows_its_old_primary_again() {
         .get(0);
     assert_eq!(rows, 1);
     let _ = tablespace;
-    one.stop();
-    pair.old.stop();
+    shut_down_in_order(&mut pair.old, &mut [&mut one, &mut two]);
+    // The second standby's files moved on since its run was cut short:
+    // resume refuses to link them, and revert gives it back.
+    let run = pair.run(&[
+        "resume".into(),
+        "-D".into(),
+        new2.clone().into(),
+        "--json".into(),
+    ]);
+    assert_eq!(run.status, 3, "{}\n{}", run.stderr, run.stdout);
+    assert_eq!(run.error()["code"], "standby_failed");
+    assert!(
+        run.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("ran since"),
+        "{}",
+        run.stdout
+    );
+    assert!(two.datadir.join("global/pg_control").exists());
+    let run = pair.run(&[
+        "revert".into(),
+        "-D".into(),
+        new2.clone().into(),
+        "--json".into(),
+    ]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
+    assert!(!new2.exists());
 }
