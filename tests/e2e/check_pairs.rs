@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 59] = [
+const ALL_CHECKS: [&str; 60] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -63,6 +63,7 @@ const ALL_CHECKS: [&str; 59] = [
     "new-unicode-version",
     "new-replication-origins",
     "new-logical-slots",
+    "new-physical-slots",
 ];
 
 fn check_passes(old_major: u32, new_major: u32) {

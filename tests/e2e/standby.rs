@@ -961,3 +961,23 @@ fn a_standby_reverted_follows_its_old_primary_again() {
     assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
     assert!(!new2.exists());
 }
+
+#[test]
+fn physical_slots_need_a_new_cluster_that_can_keep_them() {
+    let Some(mut pair) = Pair::new(OLD, NEW) else {
+        return;
+    };
+    pair.old.with_running(|c| {
+        c.sql(
+            "postgres",
+            "SELECT pg_create_physical_replication_slot('standby_one')",
+        )
+    });
+    let conf = pair.new.datadir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nwal_level = minimal\nmax_wal_senders = 0\n");
+    std::fs::write(&conf, text).unwrap();
+    let run = pair.check(&[]);
+    crate::json_schema::validate(&run.events);
+    assert_refused(&run, "new-physical-slots", "new_wal_level_minimal");
+}

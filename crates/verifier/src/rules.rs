@@ -311,6 +311,8 @@ pub struct CapabilityUse {
     pub subscriptions: i64,
     /// Logical replication slots (17 and later).
     pub logical_slots: i64,
+    /// Physical replication slots (its standbys').
+    pub physical_slots: i64,
     /// `unicode_version()` of the old server (17 and later).
     pub unicode_version: Option<String>,
     /// Relations whose contents depend on that Unicode version.

@@ -288,6 +288,7 @@ pub(crate) fn compare_capabilities(report: &Report) -> Vec<Finding> {
         _ => Finding::pass(id, title(id), format!("{} subscriptions, and origins enough for them", uses.subscriptions)),
     });
     out.push(new_slot_settings(uses, can));
+    out.push(new_physical_slots(uses, can));
     out
 }
 
@@ -496,5 +497,49 @@ pub(crate) fn new_slot_settings(uses: &CapabilityUse, can: &Capabilities) -> Fin
             "in the new cluster's postgresql.conf set wal_level = logical and max_replication_slots = {} or more, and drop any logical slots it has (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_type = 'logical')",
             uses.logical_slots
         ),
+    )
+}
+
+/// The old cluster's physical slots are made again in the new one (for its
+/// standbys, upgraded from their own files): slots need `wal_level` above
+/// minimal and room beside the logical ones.
+pub(crate) fn new_physical_slots(uses: &CapabilityUse, can: &Capabilities) -> Finding {
+    let id = "new-physical-slots";
+    let Some(settings) = can
+        .slot_settings
+        .as_ref()
+        .filter(|_| uses.physical_slots > 0)
+    else {
+        return Finding::pass(id, title(id), "the old cluster has no physical slots");
+    };
+    let needed = uses.physical_slots + uses.logical_slots;
+    if settings.wal_level == "minimal" {
+        return Finding::fail(
+            id,
+            title(id),
+            "new_wal_level_minimal",
+            format!(
+                "the old cluster has {} physical slots (its standbys'), and the new cluster's wal_level is minimal, which allows none",
+                uses.physical_slots
+            ),
+            "in the new cluster's postgresql.conf set wal_level = replica (the default), or drop the old cluster's physical slots if no standby will follow the new primary",
+        );
+    }
+    if settings.max_replication_slots < needed {
+        return Finding::fail(
+            id,
+            title(id),
+            "too_few_replication_slots",
+            format!(
+                "the new cluster's max_replication_slots is {}, fewer than the old cluster's {} slots",
+                settings.max_replication_slots, needed
+            ),
+            format!("in the new cluster's postgresql.conf set max_replication_slots = {needed} or more"),
+        );
+    }
+    Finding::pass(
+        id,
+        title(id),
+        format!("{} physical slots; room for them", uses.physical_slots),
     )
 }

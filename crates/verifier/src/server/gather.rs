@@ -147,6 +147,15 @@ pub(crate) fn gather(
             for library in preload.split(',').map(str::trim).filter(|l| !l.is_empty()) {
                 uses_preload.push(library.trim_matches('"').to_string());
             }
+            // Each is made again in the new cluster for its standby.
+            cluster_uses.physical_slots = client
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_replication_slots
+                      WHERE slot_type = 'physical' AND NOT temporary",
+                    &[],
+                )
+                .map_err(q("counting the physical slots"))?
+                .get(0);
             if major.upgrade_carries_logical_replication() {
                 let row = client
                     .query_one(
@@ -215,6 +224,7 @@ pub(crate) fn gather(
     uses.lz4.splice(0..0, cluster_uses.lz4);
     uses.subscriptions = cluster_uses.subscriptions;
     uses.logical_slots = cluster_uses.logical_slots;
+    uses.physical_slots = cluster_uses.physical_slots;
     uses.unicode_version = cluster_uses.unicode_version;
     for library in uses_preload {
         uses.libraries

@@ -20,7 +20,7 @@ pub(crate) use gather::*;
 pub(crate) use inspect::*;
 
 /// Every catalog check, so that all of them can be reported as skipped.
-pub(crate) const CHECKS: [(&str, &str); 32] = [
+pub(crate) const CHECKS: [(&str, &str); 33] = [
     ("old-connect", "old server reachable"),
     ("old-install-user", "old cluster's install user"),
     ("old-databases", "old databases accept connections"),
@@ -100,6 +100,10 @@ pub(crate) const CHECKS: [(&str, &str); 32] = [
     (
         "new-logical-slots",
         "the new cluster can take the old cluster's logical slots",
+    ),
+    (
+        "new-physical-slots",
+        "the new cluster can keep its standbys' physical slots",
     ),
 ];
 
