@@ -37,6 +37,10 @@ def parse_args():
     p.add_argument("--online-datasets", default="manyrels",
                    help="datasets on which the online mode (prepare while the old server serves, then cutover) "
                         "is measured against pg_upgrade --link")
+    p.add_argument("--standby-datasets", default="manyrels,pgbench",
+                   help="datasets on which a streaming standby is upgraded from its own files with a kit: "
+                        "the kit's size against the data's, and the time from the new primary's start to the "
+                        "standby streaming")
     p.add_argument("--verify-datasets", default="manyrels,pgbench",
                    help="datasets on which the cost of --verify and --verify=full is measured (pg-migrate --link "
                         "with and without them; pg_upgrade has no such step)")
@@ -288,6 +292,67 @@ def steps_of(out):
             (json.loads(line) for line in out.splitlines() if line.startswith("{")) if e.get("event") == "step_end"}
 
 
+def controldata(datadir):
+    out = run([OLD_BIN / "pg_controldata", datadir], capture=True)
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def wait_until(what, ready, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def measure_standby(golden):
+    """A standby of the old primary (pg_basebackup, streaming), both stopped in order; the primary upgraded
+    with --link; the kit made (its size against the data's); the new primary started; the standby upgraded
+    from its own files and started: the seconds from the primary's start until it streams."""
+    trial = trial_dirs(golden)
+    old, new, standby, standby_new, kit = (trial / "old", trial / "new", trial / "standby",
+                                           trial / "standby_new", trial / "standbys.kit")
+    socket = f"-c listen_addresses='' -c unix_socket_directories='{trial}'"
+
+    def pg_ctl(datadir, port, action, extra=""):
+        bindir = NEW_BIN if datadir in (new, standby_new) else OLD_BIN
+        command = [bindir / "pg_ctl", "-D", datadir, "-w", "-l", datadir.with_suffix(".log")]
+        if action == "start":
+            command += ["-o", f"{socket} -p {port} {extra}"]
+        run(command + (["-m", "fast"] if action == "stop" else []) + [action])
+
+    def query(bindir, port, sql):
+        return run([bindir / "psql", "-X", "-A", "-t", "-h", trial, "-p", port, "-d", "postgres", "-c", sql],
+                   capture=True).strip()
+
+    pg_ctl(old, "5697", "start")
+    run([OLD_BIN / "pg_basebackup", "-D", standby, "-R", "-X", "stream", "-c", "fast", "-h", trial, "-p", "5697"])
+    pg_ctl(standby, "5696", "start")
+    pg_ctl(old, "5697", "stop")
+    last = controldata(old)["Latest checkpoint location"].strip()
+    wait_until("the standby to replay the primary's shutdown", lambda: query(
+        OLD_BIN, "5696", f"SELECT pg_last_wal_replay_lsn() >= '{last}'") == "t")
+    pg_ctl(standby, "5696", "stop")
+    data_bytes = sum(f.stat().st_size for f in old.rglob("*") if f.is_file())
+    run([WORK / "pg-migrate", "-b", OLD_BIN, "-B", NEW_BIN, "-d", old, "-D", new, "-j", ARGS.jobs, "--link"],
+        cwd=trial)
+    kit_seconds, out = timed([WORK / "pg-migrate", "standby-kit", "-D", new, "-o", kit, "--json"], cwd=trial)
+    made = [json.loads(line) for line in out.splitlines() if line.startswith("{")][-1]["kit"]
+    start = time.monotonic()
+    pg_ctl(new, "5697", "start")
+    standby_seconds, _ = timed([WORK / "pg-migrate", "standby", "-b", OLD_BIN, "-B", NEW_BIN, "-d", standby,
+                                "-D", standby_new, "--kit", kit, "--json"], cwd=trial)
+    pg_ctl(standby_new, "5696", "start")
+    wait_until("the new standby to stream", lambda: query(
+        NEW_BIN, "5697", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1")
+    streaming = time.monotonic() - start
+    pg_ctl(standby_new, "5696", "stop")
+    pg_ctl(new, "5697", "stop")
+    return {"data_bytes": data_bytes, "kit_bytes": kit.stat().st_size, "kit_files_bytes": made["bytes"],
+            "relation_bytes": made["relation_bytes"], "kit_seconds": kit_seconds,
+            "standby_seconds": standby_seconds, "primary_start_to_streaming": streaming}
+
+
 VERIFY_MODES = ("verify", "verify-full")
 
 FLOORS = {"cp -al": ["cp", "-al"], "cp -a": ["cp", "-a"], "cp -a + sync": ["cp", "-a"]}
@@ -403,6 +468,9 @@ def targets(report):
         add("copy, pgbench: pg-migrate / cp -a", copy / cp_a, 1.15, note)
     add("check, manyrels: pg-migrate / pg_upgrade --check", ratio("manyrels", "check"), 0.5)
     add("online, manyrels: cutover downtime / pg_upgrade --link", ratio("manyrels", "online"), 0.1)
+    standby = ds.get("pgbench", {}).get("standby")
+    if standby:
+        add("standby kit, pgbench: kit / data (%)", 100 * standby["kit_bytes"] / standby["data_bytes"], 5)
     series = report.get("series", [])
     if series:
         largest = series[-1]
@@ -478,6 +546,20 @@ def markdown(report):
                 return f"{e['steps'].get('record-old', 0):.2f} + {e['steps'].get('verify', 0):.2f}"
             lines.append(f"| {name} | {d['size']} | {link['pg-migrate']:.2f} | {sampled['pg-migrate']:.2f} | "
                          f"{cost(sampled)} | {full['pg-migrate']:.2f} | {cost(full)} |")
+    standbys = [(name, d["standby"]) for name, d in report["datasets"].items() if "standby" in d]
+    if standbys:
+        lines += ["", "## Standbys upgraded from their own files (pg-migrate alone)", "",
+                  "A streaming standby of the old primary (pg_basebackup), both stopped in order; the primary "
+                  "upgraded with `--link`, then `pg-migrate standby-kit`; the new primary started, the standby "
+                  "upgraded with the kit (`pg-migrate standby`) and started. The kit carries no user data; the "
+                  "last column is the time from the new primary's start until the standby streams from it "
+                  "(its upgrade included). One round.", "",
+                  "| dataset | data | kit (compressed) | kit / data | kit's files | standby-kit (s) | standby (s) "
+                  "| primary start → streaming (s) |", "|---|---|---|---|---|---|---|---|"]
+        for name, e in standbys:
+            lines.append(f"| {name} | {e['data_bytes'] / 2**20:.0f} MiB | {e['kit_bytes'] / 2**20:.1f} MiB | "
+                         f"{100 * e['kit_bytes'] / e['data_bytes']:.1f} % | {e['kit_files_bytes'] / 2**20:.0f} MiB | "
+                         f"{e['kit_seconds']:.2f} | {e['standby_seconds']:.2f} | {e['primary_start_to_streaming']:.2f} |")
     if report.get("series"):
         lines += ["", "## Scaling (one database, link mode)", "",
                   "| relations | tables | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate peak RSS |", "|---|---|---|---|---|---|"]
@@ -550,6 +632,9 @@ def main():
             online = ["online"] if name in ARGS.online_datasets.split(",") else []
             verify = list(VERIFY_MODES) if name in ARGS.verify_datasets.split(",") and "link" in modes else []
             report["datasets"][name] = measure(name, golden, modes + online + verify)
+            if name in ARGS.standby_datasets.split(","):
+                print(f"  {name}: a standby upgraded from its own files", flush=True)
+                report["datasets"][name]["standby"] = measure_standby(golden)
             drop(golden)
         for relations in [int(r) for r in ARGS.series.split(",") if r]:
             tables = max(1, relations // 4)

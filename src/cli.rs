@@ -297,6 +297,9 @@ pub struct Options {
     /// standby: the kit pg-migrate standby-kit wrote (- reads it from stdin)
     #[arg(long = "kit", value_name = "KIT")]
     pub kit: Option<PathBuf>,
+    /// After the upgrade, before any step that starts the new cluster, write a standby kit to KIT
+    #[arg(long = "standby-kit", value_name = "KIT")]
+    pub standby_kit: Option<PathBuf>,
 }
 
 impl Options {
@@ -355,6 +358,8 @@ pub struct Settings {
     pub stop_old: bool,
     /// standby: where the kit comes from (`-`: stdin).
     pub kit: Option<PathBuf>,
+    /// The upgrade: where to write a standby kit once it finished.
+    pub standby_kit: Option<PathBuf>,
 }
 
 /// The paths `resolve` requires of the command that asks for them: a
@@ -642,6 +647,20 @@ impl Options {
                 clusters: None,
             });
         }
+        let standby_kit = given(self.standby_kit.clone()).map(absolute);
+        if standby_kit.is_some()
+            && (!matches!(action, Action::Upgrade | Action::Resume)
+                || mode == Mode::Swap
+                || self.method == Method::Dump
+                || self.check)
+        {
+            return Err(Failure {
+                code: Code::Usage,
+                message: "--standby-kit applies to an in-place upgrade in one go by link, copy or clone".into(),
+                remedy: Some("leave it out; standbys of a cluster upgraded otherwise are rebuilt from the new primary (pg_basebackup)".into()),
+                clusters: None,
+            });
+        }
         let socket_base = absolute(self.socketdir.clone().unwrap_or_else(std::env::temp_dir));
         let join = |opts: &[String]| (!opts.is_empty()).then(|| opts.join(" "));
         Ok(Settings {
@@ -675,6 +694,7 @@ impl Options {
             prepare: action == Action::Prepare,
             stop_old: self.stop_old,
             kit,
+            standby_kit,
         })
     }
 }

@@ -297,6 +297,7 @@ pub(crate) struct Summary {
     after: Option<Vec<output::AfterStep>>,
     logs: Option<String>,
     result: Option<output::RunResult>,
+    kit: Option<Box<output::KitCounts>>,
 }
 
 impl Summary {
@@ -312,6 +313,7 @@ impl Summary {
             after: None,
             logs: None,
             result: None,
+            kit: None,
         }
     }
 }
@@ -343,7 +345,7 @@ pub(crate) fn summarize(
         upgrade: summary.upgrade,
         backup: summary.backup,
         restore: None,
-        kit: None,
+        kit: summary.kit,
         standby: None,
         after: summary.after,
         logs,

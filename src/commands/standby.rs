@@ -105,17 +105,7 @@ pub(crate) fn run_standby_kit(args: KitArgs, started: Instant) -> i32 {
         duration_ms: step_started.elapsed().as_millis() as u64,
     });
     let manifest = &made.manifest;
-    let counts = output::KitCounts {
-        path: args.output.display().to_string(),
-        files: made.sources.iter().filter(|s| !s.dir).count(),
-        bytes: manifest.bytes,
-        kit_bytes: (!to_stdout)
-            .then(|| std::fs::metadata(&args.output).ok().map(|m| m.len()))
-            .flatten(),
-        relation_files: manifest.relations.len(),
-        relation_bytes: manifest.relations.iter().map(|r| r.size).sum(),
-        slots: manifest.slots.clone(),
-    };
+    let counts = kit_counts(&made, &args.output, to_stdout);
     let kit_arg = if to_stdout {
         "-".to_string()
     } else {
@@ -144,6 +134,59 @@ pub(crate) fn run_standby_kit(args: KitArgs, started: Instant) -> i32 {
         ],
     });
     exit::SUCCESS
+}
+
+/// The kit of a finished upgrade, written to a file (`--standby-kit` of
+/// the upgrade, before any step after it starts the new cluster).
+pub(crate) fn write_kit_file(
+    printer: &Printer,
+    new_datadir: &Path,
+    output: &Path,
+) -> Result<output::KitCounts, Failure> {
+    printer.emit(&Event::StepStart {
+        step: "standby-kit",
+    });
+    let started = Instant::now();
+    let result = make::gather(new_datadir).and_then(|made| {
+        crate::journal::write_atomically_with(output, |out| {
+            kit::write(out, &made.manifest, &made.sources).map(|_| ())
+        })
+        .map_err(|e| Failure {
+            code: Code::AfterStepFailed,
+            message: format!("writing the standby kit to {}: {e}", output.display()),
+            remedy: Some(format!(
+                "make it before the new cluster first starts: pg-migrate standby-kit -D {} -o KIT (a writable place with room)",
+                quote(new_datadir)
+            )),
+            clusters: None,
+        })?;
+        Ok(kit_counts(&made, output, false))
+    });
+    printer.emit(&Event::StepEnd {
+        step: "standby-kit",
+        status: if result.is_ok() {
+            output::StepStatus::Ok
+        } else {
+            output::StepStatus::Failed
+        },
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    result
+}
+
+fn kit_counts(made: &make::Made, output: &Path, to_stdout: bool) -> output::KitCounts {
+    let manifest = &made.manifest;
+    output::KitCounts {
+        path: output.display().to_string(),
+        files: made.sources.iter().filter(|s| !s.dir).count(),
+        bytes: manifest.bytes,
+        kit_bytes: (!to_stdout)
+            .then(|| std::fs::metadata(output).ok().map(|m| m.len()))
+            .flatten(),
+        relation_files: manifest.relations.len(),
+        relation_bytes: manifest.relations.iter().map(|r| r.size).sum(),
+        slots: manifest.slots.clone(),
+    }
 }
 
 fn plan_event(settings: &Settings) -> Event {

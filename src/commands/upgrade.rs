@@ -135,6 +135,36 @@ pub(crate) fn finish_upgrade(
                     .collect(),
             });
             summary.backup = finished.backup;
+            if let Some(kit) = &settings.standby_kit {
+                match super::standby::write_kit_file(printer, &engine.new_datadir().path, kit) {
+                    Ok(counts) => {
+                        next_steps.retain(|n| n.done_by != Some(engine::STANDBY_KIT_ADVICE));
+                        next_steps.push(engine::NextStep {
+                            done_by: None,
+                            text: format!(
+                                "upgrade each standby (stopped cleanly after it replayed the old primary's shutdown) with the kit: pg-migrate standby -b OLDBIN -B NEWBIN -d OLD_STANDBY_DATA -D NEW_STANDBY_DATA --kit {}",
+                                engine::quote(kit)
+                            ),
+                        });
+                        summary.kit = Some(Box::new(counts));
+                    }
+                    Err(failure) => {
+                        // The upgrade is complete; nothing after it runs, so
+                        // that a kit can still be made by hand.
+                        printer.emit(&Event::failure(
+                            failure,
+                            ClusterStates {
+                                old: engine.old_state(),
+                                new: ClusterCondition::Upgraded,
+                            },
+                        ));
+                        summary.exit_code = exit::AFTER_STEP_FAILED;
+                        summary.result = Some(output::RunResult::AfterStepFailed);
+                        summary.next_steps = next_steps.into_iter().map(|n| n.text).collect();
+                        return;
+                    }
+                }
+            }
             if settings.after.any() {
                 let upgraded = post_upgrade::Upgraded {
                     new_install: engine.new_install(),
@@ -152,7 +182,7 @@ pub(crate) fn finish_upgrade(
                     .iter()
                     .any(|s| s.step != "carry-config" && s.status != StepStatus::NotRun);
                 next_steps.retain(|n| match n.done_by {
-                    Some(engine::NEW_CLUSTER_RAN) => !ran,
+                    Some(engine::NEW_CLUSTER_RAN | engine::STANDBY_KIT_ADVICE) => !ran,
                     Some(step) => !steps
                         .iter()
                         .any(|s| s.step == step && s.status == StepStatus::Ok),

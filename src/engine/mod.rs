@@ -69,6 +69,10 @@ pub struct NextStep {
 /// Marks advice that starting the new cluster makes moot.
 pub const NEW_CLUSTER_RAN: &str = "new-cluster-ran";
 
+/// Marks the advice to make a standby kit (moot once one was written, or
+/// once the new cluster ran).
+pub const STANDBY_KIT_ADVICE: &str = "standby-kit";
+
 /// How long prepare's pg_dump waits for a table's lock on the serving old
 /// server before it gives up (and prepare with it: run it again later).
 const PREPARE_LOCK_WAIT: &str = "60s";

@@ -357,19 +357,37 @@ fn standbys_upgraded_in_place(mode: &str) {
     let before = contents_of(&pair.old, true);
     shut_down_in_order(&mut pair.old, &mut [&mut s1, &mut s2]);
 
-    let run = upgrade(&pair, &[mode]);
-    assert!(
-        run.summary()["next_steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s.as_str().unwrap().contains("standby_one")),
-        "the next steps name the slot kept for the standbys"
-    );
     let kit = pair.sandbox.path().join("standbys.kit");
-    let made = pair.run(&kit_args(&pair, &kit));
-    assert_eq!(made.status, 0, "{}\n{}", made.stderr, made.stdout);
-    crate::json_schema::validate(&made.events);
+    let made = if mode == "--copy" {
+        // The kit written by the upgrade itself, before a step after it
+        // (--analyze) starts the new cluster. The slotless standby needs
+        // the WAL written since kept some other way.
+        let conf = pair.new.datadir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).unwrap() + "\nwal_keep_size = 256MB\n";
+        std::fs::write(&conf, text).unwrap();
+        let run = upgrade(
+            &pair,
+            &[mode, "--analyze", "--standby-kit", kit.to_str().unwrap()],
+        );
+        let next = run.summary()["next_steps"].to_string();
+        assert!(next.contains("--kit"), "{next}");
+        assert!(!next.contains("pg-migrate standby-kit"), "{next}");
+        run
+    } else {
+        let run = upgrade(&pair, &[mode]);
+        assert!(
+            run.summary()["next_steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s.as_str().unwrap().contains("standby_one")),
+            "the next steps name the slot kept for the standbys"
+        );
+        let made = pair.run(&kit_args(&pair, &kit));
+        assert_eq!(made.status, 0, "{}\n{}", made.stderr, made.stdout);
+        crate::json_schema::validate(&made.events);
+        made
+    };
     let summary = &made.summary()["kit"];
     assert_eq!(summary["slots"], serde_json::json!(["standby_one"]));
     assert!(
@@ -546,7 +564,7 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
     let Some(Bed {
         mut pair,
         standbys,
-        tablespace: _,
+        tablespace,
     }) = bed(false)
     else {
         return;
@@ -564,6 +582,32 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
     let lsn = current_lsn(&pair.old);
     replayed(&good, &lsn);
     shut_down_in_order(&mut pair.old, &mut [&mut good]);
+    // A copy of the stopped primary holds what a standby stopped there does.
+    let cold = pair.sandbox.path().join("cold_copy");
+    run_ok(
+        as_test_user("cp")
+            .arg("-a")
+            .arg(&pair.old.datadir)
+            .arg(&cold),
+    );
+    // As on another host: its tablespace in a place of its own.
+    let cold_tablespace = pair.sandbox.path().join("tblspc_cold");
+    run_ok(
+        as_test_user("cp")
+            .arg("-a")
+            .arg(&tablespace)
+            .arg(&cold_tablespace),
+    );
+    for entry in std::fs::read_dir(cold.join("pg_tblspc")).unwrap().flatten() {
+        std::fs::remove_file(entry.path()).unwrap();
+        std::os::unix::fs::symlink(&cold_tablespace, entry.path()).unwrap();
+        run_ok(
+            std::process::Command::new("chown")
+                .arg("-h")
+                .arg(&pgm_testkit::test_user().name)
+                .arg(entry.path()),
+        );
+    }
     upgrade(&pair, &["--copy"]);
     let kit = pair.sandbox.path().join("standbys.kit");
     let made = pair.run(&kit_args(&pair, &kit));
@@ -594,6 +638,27 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
         &[],
         "standby-caught-up",
         "standby_behind",
+    );
+    // The old primary itself (copy mode left it startable) has run since:
+    // pg-migrate's own start of it wrote a checkpoint after the one the
+    // standbys replayed to.
+    refused(
+        &pair.old.datadir,
+        &new,
+        &kit_text,
+        &[],
+        "standby-caught-up",
+        "standby_not_a_standby",
+    );
+    let checked = pair.run(&standby_args(&pair, &cold, &new, &kit_text, &["--check"]));
+    assert_eq!(checked.status, 0, "{}\n{}", checked.stderr, checked.stdout);
+    assert!(
+        checked.check("standby-caught-up")["message"]
+            .as_str()
+            .unwrap()
+            .contains("a copy of the primary"),
+        "{}",
+        checked.stdout
     );
     let stranger = pair.sandbox.cluster("stranger", OLD, no_checksums(OLD));
     refused(

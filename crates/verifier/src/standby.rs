@@ -242,18 +242,26 @@ fn caught_up(expect: &StandbyExpectations, control: &pgm_cluster::ControlFile) -
         lsn(expect.checkpoint_lsn),
         expect.timeline
     );
-    if control.state == ClusterState::ShutDown {
+    // A copy of the primary made while it was stopped (its last checkpoint,
+    // "shut down") holds exactly what a standby stopped there holds; one
+    // that says "shut down" at any other checkpoint ran as a primary.
+    let copy_of_primary = control.state == ClusterState::ShutDown
+        && control.checkpoint_lsn == expect.checkpoint_lsn
+        && control.timeline == expect.timeline;
+    if control.state == ClusterState::ShutDown && !copy_of_primary {
         return Finding::fail(
             id,
             title,
             "standby_not_a_standby",
             format!(
-                "the standby's pg_control says \"shut down\", not \"shut down in recovery\": it was promoted or is a primary; {theirs}"
+                "the standby's pg_control says \"shut down\" at checkpoint {} on timeline {}: it ran as a primary (promoted?); {theirs}",
+                lsn(control.checkpoint_lsn),
+                control.timeline
             ),
-            "only a standby stopped while it was still a standby can be upgraded from its own files; rebuild this one from the new primary (pg_basebackup)",
+            "a standby that ran as a primary holds writes the upgraded primary never had; rebuild it from the new primary (pg_basebackup)",
         );
     }
-    if control.state != ClusterState::ShutDownInRecovery {
+    if control.state != ClusterState::ShutDownInRecovery && !copy_of_primary {
         return Finding::fail(
             id,
             title,
@@ -294,9 +302,14 @@ fn caught_up(expect: &StandbyExpectations, control: &pgm_cluster::ControlFile) -
         id,
         title,
         format!(
-            "latest checkpoint {} on timeline {}, shut down in recovery",
+            "latest checkpoint {} on timeline {}, {}",
             lsn(control.checkpoint_lsn),
-            control.timeline
+            control.timeline,
+            if copy_of_primary {
+                "a copy of the primary as it shut down"
+            } else {
+                "shut down in recovery"
+            }
         ),
     )
 }

@@ -19,7 +19,7 @@ impl<'a> Engine<'a> {
         )));
         if !self.physical_slots.is_empty() {
             next.push(NextStep::done_by(
-                NEW_CLUSTER_RAN,
+                STANDBY_KIT_ADVICE,
                 format!(
                     "the new cluster keeps WAL for the standbys' slots ({}): before its first start, make a standby kit (pg-migrate standby-kit -D {} -o KIT) and upgrade each standby with it (pg-migrate standby); drop the slot of a standby that will not come back, or its WAL piles up",
                     self.physical_slots.join(", "),
