@@ -437,48 +437,6 @@ fn walkdir_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A tmpfs of a given size, mounted for one test (root only), owned by the test user.
-struct SmallDisk {
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: &Path, megabytes: u64) -> Option<SmallDisk> {
-        std::fs::create_dir_all(path).unwrap();
-        let user = pgm_testkit::test_user();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!(
-                "size={megabytes}m,mode=0700,uid={},gid={}",
-                user.uid, user.gid
-            ))
-            .arg("tmpfs")
-            .arg(path)
-            .status()
-            .ok()?;
-        status.success().then(|| SmallDisk {
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn resize(&self, megabytes: u64) {
-        run_ok(
-            std::process::Command::new("mount")
-                .args(["-o", &format!("remount,size={megabytes}m")])
-                .arg(&self.path),
-        );
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 #[test]
 fn copy_onto_a_filesystem_that_is_too_small() {
     let Some(mut pair) = Pair::new(15, 18) else {

@@ -763,6 +763,54 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
         );
     }
 
+    // Not room enough for the kit: a copy of the standby (it is one: same
+    // files, same pg_control) on a filesystem with little left.
+    let disk = SmallDisk::mount(&pair.sandbox.path().join("small"), 1024);
+    match &disk {
+        Some(disk) => {
+            let copy = disk.path.join("standby");
+            let copy_tablespace = disk.path.join("tblspc");
+            run_ok(as_test_user("cp").arg("-a").arg(&good_dir).arg(&copy));
+            let mapped = pair.sandbox.path().join("tblspc_standby1");
+            run_ok(
+                as_test_user("cp")
+                    .arg("-a")
+                    .arg(&mapped)
+                    .arg(&copy_tablespace),
+            );
+            for entry in std::fs::read_dir(copy.join("pg_tblspc")).unwrap().flatten() {
+                std::fs::remove_file(entry.path()).unwrap();
+                std::os::unix::fs::symlink(&copy_tablespace, entry.path()).unwrap();
+                run_ok(
+                    std::process::Command::new("chown")
+                        .arg("-h")
+                        .arg(&pgm_testkit::test_user().name)
+                        .arg(entry.path()),
+                );
+            }
+            let stat = nix::sys::statvfs::statvfs(&disk.path).unwrap();
+            let used = (stat.blocks() - stat.blocks_free()) as u64 * stat.fragment_size() as u64;
+            disk.resize(used / (1 << 20) + 40);
+            refused(
+                &copy,
+                &disk.path.join("standby_new"),
+                &kit_text,
+                &[],
+                "standby-room",
+                "standby_no_room",
+            );
+        }
+        None => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI runs as root and can mount a tmpfs"
+            );
+            eprintln!("SKIP: the room check (cannot mount a tmpfs here: not root?)");
+        }
+    }
+    drop(disk);
+
     // A damaged kit, and one cut short: found while it is read, after the
     // checks; what was unpacked is removed again.
     let bytes = std::fs::read(&kit).unwrap();

@@ -205,3 +205,45 @@ pub fn state(pair: &Pair) -> String {
         .trim()
         .to_string()
 }
+
+/// A tmpfs of a given size, mounted for one test (root only), owned by the test user.
+pub struct SmallDisk {
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, megabytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let user = pgm_testkit::test_user();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!(
+                "size={megabytes}m,mode=0700,uid={},gid={}",
+                user.uid, user.gid
+            ))
+            .arg("tmpfs")
+            .arg(path)
+            .status()
+            .ok()?;
+        status.success().then(|| SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn resize(&self, megabytes: u64) {
+        run_ok(
+            std::process::Command::new("mount")
+                .args(["-o", &format!("remount,size={megabytes}m")])
+                .arg(&self.path),
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
