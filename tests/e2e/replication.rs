@@ -383,3 +383,62 @@ fn a_slot_whose_plugin_the_new_installation_lacks_is_refused() {
     crate::proof::assert_data_files_untouched(&old_before, &snapshot(&pair.old.datadir));
     crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
 }
+
+/// A run killed between the step that lists the old cluster's slots and
+/// the restore that makes them again (before link mode's point of no
+/// return, so the resume starts over): every slot, logical and physical,
+/// is made again.
+#[test]
+fn a_resumed_upgrade_makes_every_slot_again() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    append_conf(&pair.old, "\nwal_level = logical\n");
+    append_conf(&pair.new, "\nwal_level = logical\n");
+    pair.old.start();
+    pair.old.sql(
+        "postgres",
+        "SELECT pg_create_logical_replication_slot('keep', 'test_decoding')",
+    );
+    pair.old.sql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('standby')",
+    );
+    pair.old.stop();
+    let mut words: Vec<OsString> = pair.dir_args();
+    words.extend(["--link".into(), "--json".into()]);
+    let output = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_KILL_AT", "after:handover-counters")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), None, "{output:?}");
+    let run = pair.run(&[
+        "resume".into(),
+        "-D".into(),
+        pair.new.datadir.clone().into(),
+        "--json".into(),
+    ]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
+    pair.new.start();
+    let slots: Vec<(String, String)> = pair
+        .new
+        .client("postgres")
+        .query(
+            "SELECT slot_name::text, slot_type FROM pg_replication_slots ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        slots,
+        vec![
+            ("keep".to_string(), "logical".to_string()),
+            ("standby".to_string(), "physical".to_string())
+        ]
+    );
+    pair.new.stop();
+}

@@ -155,11 +155,6 @@ impl<'a> Engine<'a> {
         &mut self,
         server: &Server,
     ) -> Result<(), Failure> {
-        if self.physical_slots.is_empty() && self.resuming {
-            if let Some(view) = crate::journal::JournalView::read(&self.new_dir().path) {
-                self.physical_slots = view.physical_slots();
-            }
-        }
         if self.physical_slots.is_empty() {
             return Ok(());
         }
