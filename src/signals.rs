@@ -34,6 +34,25 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let code = match status {
+                Some(status) if status.standby => {
+                    if crate::standby::is_standby(&status.new_datadir) {
+                        let _ = crate::standby::record(
+                            &status.new_datadir,
+                            &crate::standby::StandbyRecord::Failed {
+                                code: Code::Interrupted.as_str().into(),
+                                message: format!("interrupted by {name}"),
+                            },
+                        );
+                    }
+                    printer.emit(&Event::Error {
+                        code: Code::Interrupted,
+                        message: format!("interrupted by {name}"),
+                        remedy: Some(status.resume.clone()),
+                        causes: Vec::new(),
+                        clusters: status.clusters.clone(),
+                    });
+                    status.exit_code
+                }
                 Some(status) => {
                     if let Ok(mut journal) = journal::Journal::open(&status.new_datadir) {
                         let _ = journal.record(journal::Record::Interrupted {

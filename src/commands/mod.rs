@@ -50,6 +50,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             .as_deref()
             .filter(|d| crate::standby::is_standby(d))
         {
+            crate::signals::install(options.json, started, action.name());
             return standby::run_standby_recovery(action == Action::Revert, new, &printer, started);
         }
     }

@@ -181,6 +181,8 @@ pub struct Interruptible {
     pub clusters: ClusterStates,
     pub exit_code: i32,
     pub resume: String,
+    /// A standby's upgrade (`pg-migrate standby`): its own journal.
+    pub standby: bool,
 }
 
 pub static INTERRUPT: Mutex<Option<Interruptible>> = Mutex::new(None);
@@ -199,6 +201,7 @@ pub fn publish_revert_in_progress(new_datadir: &Path, old_protected: bool) {
             "the revert was cut short; finish it: pg-migrate revert -D {} (every part of it can be repeated)",
             quote(new_datadir)
         ),
+        standby: false,
     };
     *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
 }
@@ -527,6 +530,7 @@ impl<'a> Engine<'a> {
                 exit::FAILED_OLD_INTACT
             },
             resume: self.recovery_commands(),
+            standby: false,
         };
         *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     }

@@ -129,6 +129,38 @@ fn remove_leftover_staging(new_datadir: &Path) {
     }
 }
 
+/// Tells the signal handler what an interruption now leaves: the old
+/// standby disabled or not, and what to run.
+pub fn publish_interruptible(new_datadir: &Path, old_disabled: bool, remedy: String) {
+    let status = crate::engine::Interruptible {
+        new_datadir: new_datadir.to_path_buf(),
+        clusters: ClusterStates {
+            old: if old_disabled {
+                ClusterCondition::Protected
+            } else {
+                ClusterCondition::Unchanged
+            },
+            new: ClusterCondition::Incomplete,
+        },
+        exit_code: if old_disabled {
+            crate::exit::FAILED_NEEDS_RECOVERY
+        } else {
+            crate::exit::FAILED_OLD_INTACT
+        },
+        resume: remedy,
+        standby: true,
+    };
+    *crate::engine::INTERRUPT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(status);
+}
+
+/// What to run after a standby's run was cut short once its journal began.
+pub fn finish_or_revert(new_datadir: &Path) -> String {
+    let new = crate::support::quote(new_datadir);
+    format!("finish it: pg-migrate resume -D {new}; or give the old standby back: pg-migrate revert -D {new}")
+}
+
 /// Runs the checks on the kit's manifest, then (unless `--check`) reads
 /// the kit whole into the staging directory and begins the journal. On any
 /// refusal what was made is removed again.
@@ -198,6 +230,11 @@ pub fn check_and_stage(
             // The checks found the new data directory absent or empty: what
             // is made in it from here on is this run's own.
             staging_made = true;
+            publish_interruptible(
+                new,
+                false,
+                "run the same pg-migrate standby again: it removes what this run unpacked".into(),
+            );
             Ok(())
         },
     );
@@ -307,6 +344,11 @@ pub fn run_steps(new_datadir: &Path, printer: &Printer) -> Result<Applied, Failu
         plan,
         manifest,
     };
+    publish_interruptible(
+        new_datadir,
+        done.iter().any(|d| d == "protect-old"),
+        finish_or_revert(new_datadir),
+    );
     pgm_cluster::faults::point(|| "standby:staged".into());
     if !done.iter().any(|d| d == "protect-old") {
         still_as_checked(&applied)?;
@@ -314,6 +356,10 @@ pub fn run_steps(new_datadir: &Path, printer: &Printer) -> Result<Applied, Failu
     for step in STEPS {
         if done.iter().any(|d| d == step) {
             continue;
+        }
+        if step == "protect-old" {
+            // Said before the rename: either way resume and revert know.
+            publish_interruptible(new_datadir, true, finish_or_revert(new_datadir));
         }
         let started = std::time::Instant::now();
         printer.emit(&Event::StepStart { step });
@@ -637,6 +683,14 @@ pub fn revert(new_datadir: &Path) -> Result<StandbyPlan, Failure> {
         super::record(new_datadir, &StandbyRecord::RevertStarted)
             .map_err(|e| io("revert", new_datadir, e))?;
     }
+    publish_interruptible(
+        new_datadir,
+        true,
+        format!(
+            "the revert was cut short; finish it: pg-migrate revert -D {} (every part of it can be repeated)",
+            crate::support::quote(new_datadir)
+        ),
+    );
     let fail = |path: &Path, e: std::io::Error| io("revert", path, e);
     let manifest = saved_manifest(new_datadir).ok();
     if let Some(manifest) = &manifest {

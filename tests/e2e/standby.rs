@@ -903,7 +903,45 @@ fn a_standby_killed_mid_way_is_resumed_after_the_primary_moved_on() {
     let new1 = pair.sandbox.path().join("one_new");
     let new2 = pair.sandbox.path().join("two_new");
     killed_at(&pair, &one.datadir, &new1, &kit, "standby:link-relations");
-    killed_at(&pair, &two.datadir, &new2, &kit, "standby:install-kit");
+    // SIGTERM after it disabled the old standby: said so, and resumable.
+    let pause = pair.sandbox.path().join("pause");
+    let child = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args(standby_args(
+            &pair,
+            &two.datadir,
+            &new2,
+            kit.to_str().unwrap(),
+            &[],
+        ))
+        .env("PG_MIGRATE_TEST_PAUSE_AT", "standby:install-kit")
+        .env("PG_MIGRATE_TEST_PAUSE_FILE", &pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("pg-migrate standby to pause", || pause.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let run = pgm_testkit::finish(child.wait_with_output().unwrap());
+    crate::json_schema::validate(&run.events);
+    assert_eq!(run.status, 4, "{}\n{}", run.stderr, run.stdout);
+    let error = run.error();
+    assert_eq!(error["code"], "interrupted");
+    assert_eq!(error["clusters"]["old"], "protected");
+    assert!(
+        error["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("pg-migrate resume -D"),
+        "{error}"
+    );
+    let journal = std::fs::read_to_string(new2.join("pg_migrate.d/standby.ndjson")).unwrap();
+    assert!(journal.contains("\"interrupted\""), "{journal}");
     // Meanwhile the primary serves.
     start_new_primary(&mut pair);
     pair.new.sql(
