@@ -177,6 +177,45 @@ pub enum Event {
 }
 
 impl Event {
+    /// The `error` event of checks that failed: how many, which, the first
+    /// one's message and remedy, and each as a cause.
+    pub fn checks_failed(failed: &[&pgm_verifier::Finding], clusters: ClusterStates) -> Event {
+        let names: Vec<&str> = failed.iter().map(|f| f.id).collect();
+        let first = failed.first();
+        Event::Error {
+            code: Code::ChecksFailed,
+            message: format!(
+                "{} check{} failed: {}; first: {}",
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                first.map(|f| f.message.as_str()).unwrap_or("")
+            ),
+            remedy: first.and_then(|f| f.remedy.clone()),
+            causes: failed
+                .iter()
+                .map(|f| Cause {
+                    check: f.id,
+                    code: f.code.unwrap_or("failed"),
+                })
+                .collect(),
+            clusters,
+        }
+    }
+
+    /// The `step_end` of a step begun at `started`.
+    pub fn step_end(step: &'static str, ok: bool, started: std::time::Instant) -> Event {
+        Event::StepEnd {
+            step,
+            status: if ok {
+                StepStatus::Ok
+            } else {
+                StepStatus::Failed
+            },
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
     /// The `check` event of one finding.
     pub fn check(f: &pgm_verifier::Finding) -> Event {
         Event::Check {

@@ -6,9 +6,8 @@ use pgm_verifier::{CharSignedness, CheckConfig, Report, SideConfig, Status};
 
 use crate::cli::{Settings, Signedness};
 use crate::exit;
-use crate::failure::Code;
 use crate::output::ClusterCondition;
-use crate::output::{Cause, CheckCounts, ClusterStates, Event, PlanSide, Printer, StepStatus};
+use crate::output::{CheckCounts, ClusterStates, Event, PlanSide, Printer};
 use crate::rundir::RunDir;
 
 pub struct Outcome {
@@ -90,39 +89,11 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     let pgm_verifier::Checked { report, old_server } =
         pgm_verifier::run_checks(&config, &mut |f| printer.emit(&Event::check(f)));
     let failed = report.failed();
-    printer.emit(&Event::StepEnd {
-        step: "checks",
-        status: if failed.is_empty() {
-            StepStatus::Ok
-        } else {
-            StepStatus::Failed
-        },
-        duration_ms: started.elapsed().as_millis() as u64,
-    });
+    printer.emit(&Event::step_end("checks", failed.is_empty(), started));
     let exit_code = if failed.is_empty() {
         exit::SUCCESS
     } else {
-        let names: Vec<String> = failed.iter().map(|f| f.id.to_string()).collect();
-        let first = failed[0];
-        printer.emit(&Event::Error {
-            code: Code::ChecksFailed,
-            message: format!(
-                "{} check{} failed: {}; first: {}",
-                failed.len(),
-                if failed.len() == 1 { "" } else { "s" },
-                names.join(", "),
-                first.message
-            ),
-            remedy: first.remedy.clone(),
-            causes: failed
-                .iter()
-                .map(|f| Cause {
-                    check: f.id,
-                    code: f.code.unwrap_or("failed"),
-                })
-                .collect(),
-            clusters: cluster_states(&report),
-        });
+        printer.emit(&Event::checks_failed(&failed, cluster_states(&report)));
         exit::CHECKS_FAILED
     };
     Outcome {

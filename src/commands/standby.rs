@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::cli::{KitArgs, Settings};
 use crate::exit;
 use crate::failure::{ClusterCondition, ClusterStates, Code, Failure};
-use crate::output::{self, Cause, CheckCounts, Event, PlanSide, Printer, RunResult};
+use crate::output::{self, CheckCounts, Event, PlanSide, Printer, RunResult};
 use crate::standby::apply::{self, KitInput, Request, Staged};
 use crate::standby::{kit, make};
 use crate::support::quote;
@@ -99,11 +99,7 @@ pub(crate) fn run_standby_kit(args: KitArgs, started: Instant) -> i32 {
             exit::FAILED_OLD_INTACT,
         );
     }
-    printer.emit(&Event::StepEnd {
-        step: "standby-kit",
-        status: output::StepStatus::Ok,
-        duration_ms: step_started.elapsed().as_millis() as u64,
-    });
+    printer.emit(&Event::step_end("standby-kit", true, step_started));
     let manifest = &made.manifest;
     let counts = kit_counts(&made, &args.output, to_stdout);
     let kit_arg = if to_stdout {
@@ -162,15 +158,7 @@ pub(crate) fn write_kit_file(
         })?;
         Ok(kit_counts(&made, output, false))
     });
-    printer.emit(&Event::StepEnd {
-        step: "standby-kit",
-        status: if result.is_ok() {
-            output::StepStatus::Ok
-        } else {
-            output::StepStatus::Failed
-        },
-        duration_ms: started.elapsed().as_millis() as u64,
-    });
+    printer.emit(&Event::step_end("standby-kit", result.is_ok(), started));
     result
 }
 
@@ -263,20 +251,11 @@ pub(crate) fn run_standby(settings: &Settings, printer: &Printer, started: Insta
         }
         Ok(Staged::Ready(manifest)) => manifest,
         Err(failure) if failure.code == Code::ChecksFailed => {
-            printer.emit(&Event::Error {
-                code: Code::ChecksFailed,
-                message: failure.message,
-                remedy: failure.remedy,
-                causes: findings
-                    .iter()
-                    .filter(|f| f.status == pgm_verifier::Status::Fail)
-                    .map(|f| Cause {
-                        check: f.id,
-                        code: f.code.unwrap_or("failed"),
-                    })
-                    .collect(),
-                clusters: ClusterStates::unchanged(),
-            });
+            let failed: Vec<&pgm_verifier::Finding> = findings
+                .iter()
+                .filter(|f| f.status == pgm_verifier::Status::Fail)
+                .collect();
+            printer.emit(&Event::checks_failed(&failed, ClusterStates::unchanged()));
             return summary_bare(printer, started, name, exit::CHECKS_FAILED, checks);
         }
         Err(failure) => {

@@ -18,7 +18,7 @@ use super::kit::{self, Fork, Manifest};
 use super::{StandbyPlan, StandbyRecord};
 use crate::failure::{ClusterCondition, ClusterStates, Code, Failure};
 use crate::journal;
-use crate::output::{Event, Printer, StepStatus};
+use crate::output::{Event, Printer};
 
 /// The steps, in order.
 pub const STEPS: [&str; 5] = [
@@ -200,26 +200,13 @@ pub fn check_and_stage(
                 .iter()
                 .filter(|f| f.status == Status::Fail)
                 .collect();
-            printer.emit(&Event::StepEnd {
-                step: "checks",
-                status: if failed.is_empty() {
-                    StepStatus::Ok
-                } else {
-                    StepStatus::Failed
-                },
-                duration_ms: started.elapsed().as_millis() as u64,
-            });
-            if let Some(first) = failed.first() {
+            printer.emit(&Event::step_end("checks", failed.is_empty(), started));
+            if !failed.is_empty() {
+                // The command reports the findings (`Event::checks_failed`).
                 return Err(Failure {
                     code: Code::ChecksFailed,
-                    message: format!(
-                        "{} check{} failed: {}; first: {}",
-                        failed.len(),
-                        if failed.len() == 1 { "" } else { "s" },
-                        failed.iter().map(|f| f.id).collect::<Vec<_>>().join(", "),
-                        first.message
-                    ),
-                    remedy: first.remedy.clone(),
+                    message: format!("{} standby checks failed", failed.len()),
+                    remedy: None,
                     clusters: Some(ClusterStates::unchanged()),
                 });
             }
@@ -370,15 +357,7 @@ pub fn run_steps(new_datadir: &Path, printer: &Printer) -> Result<Applied, Failu
             "configure" => configure(&applied, printer),
             _ => sync(&applied),
         };
-        printer.emit(&Event::StepEnd {
-            step,
-            status: if result.is_ok() {
-                StepStatus::Ok
-            } else {
-                StepStatus::Failed
-            },
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
+        printer.emit(&Event::step_end(step, result.is_ok(), started));
         result?;
         super::record(new_datadir, &StandbyRecord::Step { step: step.into() })
             .map_err(|e| io("the journal", new_datadir, e))?;

@@ -548,6 +548,25 @@ fn standbys_upgraded_in_place_after_a_copy_upgrade() {
     standbys_upgraded_in_place("--copy");
 }
 
+/// Gives a copied data directory a copy of its (one) tablespace, as if on
+/// another host: `from` copied to `to`, its pg_tblspc link pointed there.
+fn copy_tablespace(datadir: &Path, from: &Path, to: &Path) {
+    run_ok(as_test_user("cp").arg("-a").arg(from).arg(to));
+    for entry in std::fs::read_dir(datadir.join("pg_tblspc"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_file(entry.path()).unwrap();
+        std::os::unix::fs::symlink(to, entry.path()).unwrap();
+        run_ok(
+            std::process::Command::new("chown")
+                .arg("-h")
+                .arg(&pgm_testkit::test_user().name)
+                .arg(entry.path()),
+        );
+    }
+}
+
 /// One refusal: the check (or, for a kit, the error) named, the old
 /// standby byte for byte as before, the new data directory as before.
 fn assert_unchanged(old: &Path, old_before: &TreeSnapshot, new: &Path, new_existed: bool) {
@@ -591,23 +610,7 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
             .arg(&cold),
     );
     // As on another host: its tablespace in a place of its own.
-    let cold_tablespace = pair.sandbox.path().join("tblspc_cold");
-    run_ok(
-        as_test_user("cp")
-            .arg("-a")
-            .arg(&tablespace)
-            .arg(&cold_tablespace),
-    );
-    for entry in std::fs::read_dir(cold.join("pg_tblspc")).unwrap().flatten() {
-        std::fs::remove_file(entry.path()).unwrap();
-        std::os::unix::fs::symlink(&cold_tablespace, entry.path()).unwrap();
-        run_ok(
-            std::process::Command::new("chown")
-                .arg("-h")
-                .arg(&pgm_testkit::test_user().name)
-                .arg(entry.path()),
-        );
-    }
+    copy_tablespace(&cold, &tablespace, &pair.sandbox.path().join("tblspc_cold"));
     upgrade(&pair, &["--copy"]);
     let kit = pair.sandbox.path().join("standbys.kit");
     let made = pair.run(&kit_args(&pair, &kit));
@@ -769,25 +772,10 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
     match &disk {
         Some(disk) => {
             let copy = disk.path.join("standby");
-            let copy_tablespace = disk.path.join("tblspc");
+            let copy_location = disk.path.join("tblspc");
             run_ok(as_test_user("cp").arg("-a").arg(&good_dir).arg(&copy));
             let mapped = pair.sandbox.path().join("tblspc_standby1");
-            run_ok(
-                as_test_user("cp")
-                    .arg("-a")
-                    .arg(&mapped)
-                    .arg(&copy_tablespace),
-            );
-            for entry in std::fs::read_dir(copy.join("pg_tblspc")).unwrap().flatten() {
-                std::fs::remove_file(entry.path()).unwrap();
-                std::os::unix::fs::symlink(&copy_tablespace, entry.path()).unwrap();
-                run_ok(
-                    std::process::Command::new("chown")
-                        .arg("-h")
-                        .arg(&pgm_testkit::test_user().name)
-                        .arg(entry.path()),
-                );
-            }
+            copy_tablespace(&copy, &mapped, &copy_location);
             let stat = nix::sys::statvfs::statvfs(&disk.path).unwrap();
             let used = (stat.blocks() - stat.blocks_free()) as u64 * stat.fragment_size() as u64;
             disk.resize(used / (1 << 20) + 40);
