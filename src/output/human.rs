@@ -1,0 +1,207 @@
+//! The text for people (stderr) of each event: what the JSON says, in
+//! words, with the fix under each problem. Only the printer calls it.
+
+use super::*;
+
+pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
+    match event {
+        Event::Plan {
+            command,
+            old,
+            new,
+            note,
+            ..
+        } => {
+            let mut text = format!(
+                "pg-migrate {command}\n  old: {} (bin {})\n  new: {} (bin {})",
+                old.datadir, old.bindir, new.datadir, new.bindir
+            );
+            if let Some(note) = note {
+                text.push_str(&format!("\n  note: {note}"));
+            }
+            Some(text)
+        }
+        Event::StepStart { step } => Some(format!("{step} …")),
+        Event::StepEnd {
+            step,
+            status,
+            duration_ms,
+        } => (*status != StepStatus::Ok || *duration_ms >= 1000).then(|| {
+            format!(
+                "{step}: {} ({:.1} s)",
+                status.as_str(),
+                Duration::from_millis(*duration_ms).as_secs_f64()
+            )
+        }),
+        Event::Initdb { command, .. } => Some(format!("creating the new cluster: {command}")),
+        Event::Script {
+            name,
+            database,
+            status,
+            message,
+            ..
+        } => {
+            let place = database
+                .as_ref()
+                .map(|d| format!(" in database \"{d}\""))
+                .unwrap_or_default();
+            let mut text = format!("  {name}{place}: {status}");
+            if let Some(message) = message {
+                text.push_str(&format!(" ({message})"));
+            }
+            Some(text)
+        }
+        Event::Verify {
+            outcome,
+            rules,
+            tables,
+            sampled_tables,
+            sequences,
+            large_objects,
+            difference_count,
+            differences,
+            report,
+            ..
+        } => {
+            let verdict = match outcome {
+                pgm_verifier::proof::Outcome::Identical => "identical".to_string(),
+                pgm_verifier::proof::Outcome::Explained => format!(
+                    "the same, differences explained by: {}",
+                    rules
+                        .iter()
+                        .map(|r| format!("{} ({} lines)", r.rule, r.lines))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                pgm_verifier::proof::Outcome::Different => {
+                    format!("{difference_count} UNEXPLAINED DIFFERENCES")
+                }
+            };
+            let mut text = format!(
+                "  verify: {verdict}; {tables} tables ({sampled_tables} sampled), {sequences} sequences, {large_objects} large objects compared; report: {report}"
+            );
+            for line in differences.iter().take(20) {
+                text.push_str(&format!("\n    {line}"));
+            }
+            Some(text)
+        }
+        Event::ConfigChange {
+            file,
+            setting,
+            action,
+            new_setting,
+            new_value,
+            reason,
+            ..
+        } => {
+            let to = match (new_setting, new_value) {
+                (Some(s), Some(v)) => format!(" → {s} = {v}"),
+                (Some(s), None) => format!(" → {s}"),
+                (None, Some(v)) => format!(" → {v}"),
+                (None, None) => String::new(),
+            };
+            Some(format!("  {file}: {setting} {action}{to}: {reason}"))
+        }
+        Event::Progress { .. } => None,
+        Event::Check {
+            id,
+            title,
+            status,
+            message,
+            remedy,
+            ..
+        } => {
+            let mark = match status {
+                pgm_verifier::Status::Pass => "✓",
+                pgm_verifier::Status::Warn => "!",
+                pgm_verifier::Status::Fail => "✗",
+                pgm_verifier::Status::Skip => "-",
+            };
+            if repeated_skip {
+                return Some(format!("  {mark} {title} [{id}]"));
+            }
+            let mut text = format!("  {mark} {title} [{id}]: {message}");
+            if let Some(remedy) = remedy {
+                text.push_str(&format!("\n      fix: {remedy}"));
+            }
+            Some(text)
+        }
+        Event::Error {
+            code,
+            message,
+            remedy,
+            clusters,
+            ..
+        } => {
+            let mut text = format!("error [{code}]: {message}");
+            if let Some(remedy) = remedy {
+                text.push_str(&format!("\n  fix: {remedy}"));
+            }
+            text.push_str(&format!(
+                "\n  old cluster: {}; new cluster: {}",
+                words(clusters.old),
+                words(clusters.new)
+            ));
+            Some(text)
+        }
+        Event::Summary {
+            command,
+            result,
+            checks,
+            logs,
+            next_steps,
+            duration_ms,
+            ..
+        } => {
+            let mut text = String::new();
+            if let Some(c) = checks {
+                text.push_str(&format!(
+                    "{} passed, {} warnings, {} failed, {} skipped ({:.1} s)",
+                    c.pass,
+                    c.warn,
+                    c.fail,
+                    c.skip,
+                    Duration::from_millis(*duration_ms).as_secs_f64()
+                ));
+            }
+            match *result {
+                RunResult::Ok if *command == "check" => {
+                    text.push_str("\n*Clusters are compatible*")
+                }
+                RunResult::Ok if *command == "backup" => text.push_str("\nBackup complete."),
+                RunResult::Ok if *command == "restore" => text.push_str("\nRestore complete."),
+                RunResult::Ok if *command == "post-upgrade" => {
+                    text.push_str("\nThe steps after the upgrade are done.")
+                }
+                RunResult::Ok => text.push_str("\nUpgrade complete."),
+                RunResult::AfterStepFailed => text.push_str(
+                    "\nUpgrade complete, but a step after it failed (see the error above).",
+                ),
+                RunResult::Reverted => text.push_str("\nUpgrade reverted."),
+                RunResult::ChecksFailed => {
+                    text.push_str("\nThe clusters are not compatible yet; nothing was changed.")
+                }
+                RunResult::VerifyFailed | RunResult::Error => {}
+            }
+            if let Some(logs) = logs {
+                text.push_str(&format!("\nLogs: {logs}"));
+            }
+            for step in next_steps {
+                text.push_str(&format!("\nnext: {step}"));
+            }
+            Some(text.trim_start().to_string())
+        }
+    }
+}
+
+fn words(state: ClusterCondition) -> &'static str {
+    match state {
+        ClusterCondition::Unchanged => "unchanged",
+        ClusterCondition::StartedAndStopped => "unchanged (its server was started privately and stopped cleanly)",
+        ClusterCondition::RunningUntouched => "still running, only queried",
+        ClusterCondition::Protected => "disabled so that it cannot be started by mistake: its global/pg_control is renamed to pg_control.old (and in swap mode its database directories may be in the new cluster: go back only with pg-migrate revert)",
+        ClusterCondition::Incomplete => "half-made: it must be re-created before another attempt",
+        ClusterCondition::Created => "created by pg-migrate, still empty",
+        ClusterCondition::Upgraded => "upgraded: complete and consistent",
+    }
+}
