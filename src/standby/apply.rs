@@ -273,6 +273,9 @@ pub fn check_and_stage(
         tablespaces,
     };
     let begin = || -> std::io::Result<()> {
+        // The kit durable before the journal says it is there.
+        pgm_transfer::sync_tree(std::slice::from_ref(&staging), &HashSet::new(), 2)
+            .map_err(std::io::Error::other)?;
         journal::write_atomically(
             &super::manifest_path(new),
             &serde_json::to_vec(&manifest).map_err(std::io::Error::other)?,
@@ -382,9 +385,16 @@ fn still_as_checked(applied: &Applied) -> Result<(), Failure> {
     let old = &applied.plan.old_datadir;
     let running = old.join("postmaster.pid").exists();
     let control = ControlFile::read(old).map_err(|e| Failure::new(Code::StandbyFailed, e))?;
+    // The states the check accepted: stopped in recovery, or a copy of the
+    // primary as it shut down, at the kit's checkpoint.
+    let clean = matches!(
+        control.state,
+        pgm_cluster::ClusterState::ShutDownInRecovery | pgm_cluster::ClusterState::ShutDown
+    );
     if running
-        || control.state != pgm_cluster::ClusterState::ShutDownInRecovery
+        || !clean
         || control.checkpoint_lsn != applied.manifest.old.checkpoint_lsn
+        || control.timeline != applied.manifest.old.timeline
     {
         return Err(Failure {
             code: Code::StandbyFailed,
@@ -412,8 +422,18 @@ fn protect_old(plan: &StandbyPlan) -> Result<(), Failure> {
     let global = plan.old_datadir.join("global");
     let control = global.join("pg_control");
     let renamed = global.join("pg_control.old");
+    let ours = super::records(&plan.new_datadir)
+        .iter()
+        .any(|r| matches!(r, StandbyRecord::Protecting));
     if !control.exists() && renamed.exists() {
-        return Ok(());
+        if ours {
+            return Ok(());
+        }
+        return Err(io(
+            "protect-old",
+            &renamed,
+            "the old standby was disabled by someone else (another pg-migrate standby run?): its files may be another new standby's",
+        ));
     }
     if renamed.exists() {
         return Err(io(
@@ -422,6 +442,8 @@ fn protect_old(plan: &StandbyPlan) -> Result<(), Failure> {
             "exists beside pg_control; remove the one that is not the standby's own",
         ));
     }
+    super::record(&plan.new_datadir, &StandbyRecord::Protecting)
+        .map_err(|e| io("protect-old", &plan.new_datadir, e))?;
     std::fs::rename(&control, &renamed).map_err(|e| io("protect-old", &control, e))?;
     crate::support::sync_dir(&global).map_err(|e| Failure::new(Code::StandbyFailed, e))
 }
@@ -489,14 +511,29 @@ fn link_relations(applied: &mut Applied) -> Result<(), Failure> {
         }
         linked += 1;
     }
+    // The names durable before the step is recorded as done: a link lost
+    // in a crash after it would be a relation cut short.
+    let mut dirs: HashSet<PathBuf> = made_dirs
+        .iter()
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.extend(made_dirs);
+    dirs.insert(tblspc.clone());
+    dirs.insert(new.clone());
+    dirs.extend(plan.tablespaces.iter().map(|(_, l)| l.clone()));
+    for dir in &dirs {
+        crate::support::sync_dir(dir).map_err(|e| Failure::new(Code::SyncFailed, e))?;
+    }
     applied.linked = linked;
     applied.unlogged_left_out = unlogged;
     Ok(())
 }
 
 /// Moves the staged kit into place: `data/` into the new data directory,
-/// `tblspc/OID/` into each tablespace's location. Repeated, it moves what
-/// is left.
+/// `tblspc/OID/` into each tablespace's location (copied where that is
+/// another filesystem), `global/pg_control` last, so that a directory cut
+/// short here cannot start. Repeated, it moves what is left. Synced before
+/// it is recorded as done.
 fn install_kit(applied: &mut Applied) -> Result<(), Failure> {
     let plan = &applied.plan;
     let staging = super::staging_path(&plan.new_datadir);
@@ -507,30 +544,76 @@ fn install_kit(applied: &mut Applied) -> Result<(), Failure> {
             location.clone(),
         ));
     }
+    let control = Path::new("global").join("pg_control");
     let mut files = 0u64;
-    for (from_root, to_root) in roots {
+    let mut last = None;
+    for (from_root, to_root) in &roots {
         if !from_root.exists() {
             continue;
         }
-        for entry in walkdir::WalkDir::new(&from_root).min_depth(1) {
-            let entry = entry.map_err(|e| io("install-kit", &from_root, e))?;
+        for entry in walkdir::WalkDir::new(from_root).min_depth(1) {
+            let entry = entry.map_err(|e| io("install-kit", from_root, e))?;
             let relative = entry
                 .path()
-                .strip_prefix(&from_root)
-                .unwrap_or(entry.path());
-            let target = to_root.join(relative);
+                .strip_prefix(from_root)
+                .unwrap_or(entry.path())
+                .to_path_buf();
+            let target = to_root.join(&relative);
             if entry.file_type().is_dir() {
                 std::fs::create_dir_all(&target).map_err(|e| io("install-kit", &target, e))?;
+            } else if to_root == &plan.new_datadir && relative == control {
+                last = Some((entry.path().to_path_buf(), target));
             } else {
-                std::fs::rename(entry.path(), &target)
-                    .map_err(|e| io("install-kit", &target, e))?;
+                move_file(entry.path(), &target)?;
                 files += 1;
             }
         }
     }
-    std::fs::remove_dir_all(&staging).map_err(|e| io("install-kit", &staging, e))?;
+    // Everything else durable before the file that makes it a cluster.
+    let mut synced = vec![plan.new_datadir.clone()];
+    synced.extend(
+        plan.tablespaces
+            .iter()
+            .map(|(_, l)| l.join(&applied.manifest.new.tablespace_dir)),
+    );
+    let linked: Vec<PathBuf> = applied
+        .manifest
+        .relations
+        .iter()
+        .filter_map(|r| place(plan, &plan.new_datadir, &r.new).ok())
+        .collect();
+    let durable: HashSet<&Path> = linked.iter().map(|p| p.as_path()).collect();
+    pgm_transfer::sync_tree(&synced, &durable, 2).map_err(|e| Failure::new(Code::SyncFailed, e))?;
+    if let Some((from, to)) = last {
+        move_file(&from, &to)?;
+        if let Some(dir) = to.parent() {
+            crate::support::sync_dir(dir).map_err(|e| Failure::new(Code::SyncFailed, e))?;
+        }
+        files += 1;
+    }
+    match std::fs::remove_dir_all(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("install-kit", &staging, e)),
+    }
     applied.kit_files = files;
     Ok(())
+}
+
+/// A rename, or where the target is on another filesystem (a tablespace),
+/// a copy made durable and the staged file removed.
+fn move_file(from: &Path, to: &Path) -> Result<(), Failure> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+            pgm_cluster::datadir::copy_file(from, to).map_err(|e| io("install-kit", to, e))?;
+            std::fs::File::open(to)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("install-kit", to, e))?;
+            std::fs::remove_file(from).map_err(|e| io("install-kit", from, e))
+        }
+        Err(e) => Err(io("install-kit", to, e)),
+    }
 }
 
 /// The standby's own configuration, carried as `--carry-config` carries a
@@ -641,11 +724,9 @@ pub fn revert(new_datadir: &Path) -> Result<StandbyPlan, Failure> {
         .any(|r| matches!(r, StandbyRecord::RevertStarted));
     if !started_revert {
         if let Ok(manifest) = saved_manifest(new_datadir) {
-            if let Some(why) = new_standby_ran(new_datadir, &manifest).filter(|_| {
-                records
-                    .iter()
-                    .any(|r| matches!(r, StandbyRecord::Step { step } if step == "install-kit"))
-            }) {
+            // Its pg_control comes last: without it, it cannot have run.
+            let installed = new_datadir.join("global").join("pg_control").exists();
+            if let Some(why) = new_standby_ran(new_datadir, &manifest).filter(|_| installed) {
                 return Err(Failure {
                     code: Code::NewClusterHasRun,
                     message: format!(

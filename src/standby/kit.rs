@@ -205,6 +205,33 @@ fn safe_name(name: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
+/// A manifest path: relative, without `..`, in one of the kit's tablespaces.
+fn within(at: &KitPath, manifest: &Manifest) -> bool {
+    safe_name(&at.path).as_deref() == Some(at.path.as_path())
+        && match at.tablespace {
+            None => true,
+            Some(oid) => manifest.tablespaces.contains(&oid),
+        }
+}
+
+/// Where a kit's file may go: the new data directory, but not through its
+/// tablespace links nor into pg-migrate's own directory; a tablespace's
+/// location, only inside the new major's directory of a known tablespace.
+fn installable(name: &Path, manifest: &Manifest) -> bool {
+    let parts: Vec<&str> = name.iter().filter_map(|p| p.to_str()).collect();
+    match parts.as_slice() {
+        ["data", "pg_tblspc"] => true,
+        ["data", "pg_tblspc", ..] | ["data", crate::journal::DIR, ..] => false,
+        ["data", ..] => true,
+        ["tblspc", oid, dir, ..] => {
+            oid.parse::<u32>()
+                .is_ok_and(|o| manifest.tablespaces.contains(&o))
+                && *dir == manifest.new.tablespace_dir
+        }
+        _ => false,
+    }
+}
+
 /// Reads a kit: the manifest first, handed to `look` (which may refuse
 /// before anything is written), then every file into `staging` (made
 /// here), each checked against the end's size and hash. Returns the
@@ -245,6 +272,16 @@ pub fn read(
             manifest.format, manifest.made_by
         )));
     }
+    if let Some(bad) = manifest.relations.iter().find_map(|r| {
+        [&r.old, &r.new]
+            .into_iter()
+            .find(|p| !within(p, &manifest))
+            .map(|p| p.path.display().to_string())
+    }) {
+        return Err(damaged(format!(
+            "the manifest names {bad}, outside the clusters' places"
+        )));
+    }
     look(&manifest).map_err(ReadError::Refused)?;
     std::fs::create_dir_all(staging)
         .map_err(|e| ReadError::Io(format!("{}: {e}", staging.display())))?;
@@ -272,7 +309,7 @@ pub fn read(
             continue;
         }
         let name = safe_name(&raw)
-            .filter(|n| n.starts_with("data") || n.starts_with("tblspc"))
+            .filter(|n| installable(n, &manifest))
             .ok_or_else(|| {
                 damaged(format!(
                     "the kit names {}, outside its places",
@@ -465,6 +502,33 @@ mod tests {
         });
         assert!(matches!(result, Err(ReadError::Refused(_))));
         assert!(!staging.exists());
+    }
+
+    #[test]
+    fn only_the_new_clusters_places_are_installable() {
+        let mut m = manifest();
+        m.tablespaces = vec![16400];
+        for (name, ok) in [
+            ("data/base/1/1259", true),
+            ("data/pg_tblspc", true),
+            ("data/pg_tblspc/16400/PG_16_1/1/16384", false),
+            ("data/pg_migrate.d/standby.ndjson", false),
+            ("tblspc/16400/PG_18_1/5/16384", true),
+            ("tblspc/16400/PG_16_1/5/16384", false),
+            ("tblspc/99/PG_18_1/5/16384", false),
+            ("elsewhere/x", false),
+        ] {
+            assert_eq!(installable(Path::new(name), &m), ok, "{name}");
+        }
+        let at = |tablespace, path: &str| KitPath {
+            tablespace,
+            path: PathBuf::from(path),
+        };
+        assert!(within(&at(None, "base/5/16384.1"), &m));
+        assert!(within(&at(Some(16400), "PG_18_1/5/16384"), &m));
+        assert!(!within(&at(None, "../other/base/5/16384"), &m));
+        assert!(!within(&at(None, "/etc/passwd"), &m));
+        assert!(!within(&at(Some(7), "PG_18_1/5/16384"), &m));
     }
 
     #[test]

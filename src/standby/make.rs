@@ -107,6 +107,37 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
     })?;
     let new_control =
         ControlFile::read(&new_datadir).map_err(|e| Failure::new(Code::KitNotPossible, e))?;
+    if new_control.wal_level == 0 {
+        return Err(refuse(
+            Code::KitNotPossible,
+            "the new cluster's pg_control records wal_level = minimal (its last server ran so): a standby cannot start from it".into(),
+            "set wal_level = replica (or higher) in the new cluster's postgresql.conf and upgrade again; or rebuild the standbys",
+        ));
+    }
+    // A read of the old primary's tables after the checkpoint its standbys
+    // stopped at may prune their pages, in WAL the standbys never get. A
+    // page's first change after the kit's checkpoint reaches them whole —
+    // except VACUUM marking it all-visible, which carries the page only
+    // with data checksums (or wal_log_hints): without, a standby could mark
+    // its unpruned page all-visible.
+    let read_tables: Vec<&str> = ["record-old", "backup"]
+        .into_iter()
+        .filter(|step| view.done_steps().contains(*step))
+        .collect();
+    if !read_tables.is_empty() && new_control.data_checksum_version == 0 {
+        return Err(refuse(
+            Code::KitNotPossible,
+            format!(
+                "this upgrade read the old primary's tables after its standbys' last checkpoint ({}), on a cluster without data checksums: a standby's pages could differ from the primary's in ways replay would not repair",
+                read_tables
+                    .iter()
+                    .map(|s| if *s == "record-old" { "--verify" } else { "--backup-dir" })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "rebuild the standbys from the new primary (pg_basebackup); next time, upgrade a primary with standbys without --verify and --backup-dir (take the backup before, verify after with pg-migrate verify in copy mode), or with data checksums",
+        ));
+    }
     let old_datadir = std::fs::canonicalize(&plan.old.datadir).map_err(|e| {
         Failure::new(
             Code::KitNotPossible,
@@ -116,6 +147,13 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
     let old_control = crate::engine::read_control(&old_datadir)?;
     let old_major = major_of(&plan.old.version);
     let new_major = major_of(&plan.new.version);
+    if new_major < 15 {
+        return Err(refuse(
+            Code::KitNotPossible,
+            format!("the new major is {new_major}: before 15 an upgrade gives tablespaces new OIDs, which the kit's map does not follow"),
+            rebuild,
+        ));
+    }
     let old = KitCluster {
         major: old_major,
         version: plan.old.version.clone(),
@@ -160,6 +198,7 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
             Some(m.to.with_file_name(base))
         })
         .collect();
+    let destinations: HashSet<PathBuf> = moves.moves.iter().map(|m| m.to.clone()).collect();
     let mut relations = Vec::with_capacity(moves.moves.len());
     let mut moved: HashSet<PathBuf> = HashSet::with_capacity(moves.moves.len());
     for m in &moves.moves {
@@ -192,7 +231,12 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         let size = std::fs::metadata(&m.to)
             .map_err(|e| Failure::new(Code::KitNotPossible, format!("{}: {e}", m.to.display())))?
             .len();
+        // A segment followed by another must be whole on the standby too
+        // (PostgreSQL ends a relation at its first short segment); only
+        // the last may lack the zero pages nothing logged.
+        let followed = next_segment(&m.to).is_some_and(|next| destinations.contains(&next));
         let min_size = match fork {
+            Fork::Main | Fork::Vm if followed => size,
             Fork::Main | Fork::Vm => written_size(&m.to, size, block).map_err(|e| {
                 Failure::new(Code::KitNotPossible, format!("{}: {e}", m.to.display()))
             })?,
@@ -268,6 +312,16 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         bytes,
     };
     Ok(Made { manifest, sources })
+}
+
+/// `16384.2` → `16384.3`, `16384_vm` → `16384_vm.1`.
+fn next_segment(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let (base, number) = match name.rsplit_once('.') {
+        Some((base, n)) => (base, n.parse::<u32>().ok()?),
+        None => (name, 0),
+    };
+    Some(path.with_file_name(format!("{base}.{}", number + 1)))
 }
 
 fn major_of(version: &str) -> u32 {
@@ -371,6 +425,8 @@ fn left_out(relative: &Path, wal_keep: &str) -> bool {
     match first.as_str() {
         journal::DIR => true,
         "postmaster.pid" | "postmaster.opts" | "standby.signal" | "recovery.signal" => true,
+        // The server log (log_directory's default), the primary's own.
+        "log" => true,
         "pg_replslot" | "pg_stat_tmp" | "pg_dynshmem" | "pg_notify" | "pg_serial"
         | "pg_snapshots" | "pg_subtrans" | "pg_tblspc" => is_child,
         "pg_wal" => {
@@ -413,4 +469,20 @@ fn collect(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_segment_after_each_fork_file() {
+        let next = |p: &str| next_segment(Path::new(p)).unwrap();
+        assert_eq!(next("/d/base/5/16384"), Path::new("/d/base/5/16384.1"));
+        assert_eq!(next("/d/base/5/16384.7"), Path::new("/d/base/5/16384.8"));
+        assert_eq!(
+            next("/d/base/5/16384_vm"),
+            Path::new("/d/base/5/16384_vm.1")
+        );
+    }
 }

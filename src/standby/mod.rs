@@ -43,6 +43,9 @@ pub enum StandbyRecord {
     Step {
         step: String,
     },
+    /// Just before the old standby's pg_control is renamed: a pg_control.old
+    /// found later is this run's own only with this record.
+    Protecting,
     /// The standby's files are in place; its pg_control is the kit's.
     Complete {
         new_control: ControlStamp,

@@ -1120,3 +1120,40 @@ fn physical_slots_need_a_new_cluster_that_can_keep_them() {
     crate::json_schema::validate(&run.events);
     assert_refused(&run, "new-physical-slots", "new_wal_level_minimal");
 }
+
+/// An upgrade that read the old primary's tables after its standbys' last
+/// checkpoint (--verify measures them) on a cluster without checksums
+/// gives no kit: a standby's page could stay unpruned under an all-visible
+/// flag the primary's VACUUM sends without the page.
+#[test]
+fn no_kit_after_an_upgrade_that_read_the_old_tables_without_checksums() {
+    let Some(Bed {
+        mut pair,
+        standbys,
+        tablespace: _,
+    }) = bed(false)
+    else {
+        return;
+    };
+    let [mut one, mut two]: [Cluster; 2] = standbys.try_into().ok().unwrap();
+    shut_down_in_order(&mut pair.old, &mut [&mut one, &mut two]);
+    // The upgrade's own --standby-kit: the kit would be made before
+    // --verify starts the new cluster, after it measured the old one.
+    let kit = pair.sandbox.path().join("standbys.kit");
+    let mut args = pair.dir_args();
+    args.extend(["--link", "--verify", "--json", "--standby-kit"].map(OsString::from));
+    args.push(kit.clone().into());
+    let run = pair.run(&args);
+    crate::json_schema::validate(&run.events);
+    assert_eq!(run.status, 5, "the upgrade is complete: {}", run.stdout);
+    assert_eq!(run.error()["code"], "kit_not_possible");
+    assert!(
+        run.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("--verify"),
+        "{}",
+        run.stdout
+    );
+    assert!(!kit.exists());
+}
