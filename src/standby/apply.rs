@@ -105,6 +105,7 @@ pub fn expectations(request: &Request, manifest: &Manifest) -> StandbyExpectatio
             })
             .collect(),
         kit_bytes: manifest.bytes,
+        minimums: manifest.standby_minimums.clone(),
     }
 }
 

@@ -37,6 +37,10 @@ pub struct Manifest {
     pub slots: Vec<String>,
     /// Bytes of the files in the kit.
     pub bytes: u64,
+    /// The settings the new pg_control records, which a standby starting
+    /// from it must match or exceed (PostgreSQL's hot standby rule).
+    #[serde(default)]
+    pub standby_minimums: Vec<(String, i64)>,
 }
 
 /// One cluster as the kit knows it.
@@ -413,6 +417,7 @@ mod tests {
             relations: vec![],
             slots: vec!["s".into()],
             bytes: 0,
+            standby_minimums: vec![],
         }
     }
 

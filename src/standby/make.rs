@@ -310,6 +310,28 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         relations,
         slots: view.physical_slots(),
         bytes,
+        standby_minimums: vec![
+            (
+                "max_connections".into(),
+                i64::from(new_control.max_connections),
+            ),
+            (
+                "max_worker_processes".into(),
+                i64::from(new_control.max_worker_processes),
+            ),
+            (
+                "max_wal_senders".into(),
+                i64::from(new_control.max_wal_senders),
+            ),
+            (
+                "max_prepared_transactions".into(),
+                i64::from(new_control.max_prepared_xacts),
+            ),
+            (
+                "max_locks_per_transaction".into(),
+                i64::from(new_control.max_locks_per_xact),
+            ),
+        ],
     };
     Ok(Made { manifest, sources })
 }

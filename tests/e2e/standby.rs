@@ -742,6 +742,20 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
         .set_len(size)
         .unwrap();
 
+    // Settings below what the new pg_control records: its recovery would pause.
+    let conf = good_dir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}\nmax_connections = 20\n")).unwrap();
+    refused(
+        &good_dir,
+        &new,
+        &kit_text,
+        &[],
+        "standby-settings",
+        "standby_settings_too_low",
+    );
+    std::fs::write(&conf, text).unwrap();
+
     // A new data directory that is not empty; one on another filesystem.
     let full = pair.sandbox.mkdir("not_empty");
     std::fs::write(full.join("something"), "x").unwrap();

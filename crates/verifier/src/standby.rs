@@ -34,6 +34,8 @@ pub struct StandbyExpectations {
     pub files: Vec<ExpectedFile>,
     /// What the new data directory needs besides the links.
     pub kit_bytes: u64,
+    /// Settings the standby must have at least (the new pg_control's).
+    pub minimums: Vec<(String, i64)>,
 }
 
 /// One relation file of the old primary, as the standby must hold it.
@@ -149,6 +151,7 @@ pub fn run_standby_checks(expect: &StandbyExpectations) -> Vec<Finding> {
         format!("system identifier {}", control.system_identifier),
     ));
     findings.push(caught_up(expect, &control));
+    findings.push(settings(expect, &dir));
     if findings.iter().any(|f| f.status == crate::Status::Fail) {
         return findings;
     }
@@ -314,6 +317,57 @@ fn caught_up(expect: &StandbyExpectations, control: &pgm_cluster::ControlFile) -
     )
 }
 
+/// A standby starts from the kit's pg_control only with settings at least
+/// those it records (else its recovery pauses: "insufficient parameter
+/// settings"); the standby's own configuration is carried, so its values
+/// are read from it with the old server (`postgres -C`).
+fn settings(expect: &StandbyExpectations, dir: &DataDir) -> Finding {
+    let (id, title) = (
+        "standby-settings",
+        "the standby's settings allow it to follow the new primary",
+    );
+    if expect.minimums.is_empty() {
+        return Finding::skip(id, title, "the kit records no settings");
+    }
+    let postgres = expect.old_bindir.join("postgres");
+    let mut low = Vec::new();
+    for (name, minimum) in &expect.minimums {
+        let value = pgm_cluster::command::PgCommand::new(&postgres)
+            .arg("-D")
+            .arg(dir.pg_ctl_dir())
+            .args(["-C", name])
+            .run()
+            .ok()
+            .and_then(|out| out.stdout.trim().parse::<i64>().ok());
+        match value {
+            Some(value) if value < *minimum => {
+                low.push(format!("{name} = {value} (at least {minimum})"))
+            }
+            Some(_) => {}
+            None => {
+                return Finding::skip(
+                    id,
+                    title,
+                    format!("{name} could not be read with {}", postgres.display()),
+                )
+            }
+        }
+    }
+    if low.is_empty() {
+        return Finding::pass(id, title, "each at least the new pg_control's");
+    }
+    Finding::fail(
+        id,
+        title,
+        "standby_settings_too_low",
+        format!(
+            "the standby's {}: the new primary's pg_control records more, and a standby with less pauses its recovery",
+            low.join(", ")
+        ),
+        "raise them in the standby's postgresql.conf (it is carried into the new standby), then run again",
+    )
+}
+
 fn new_datadir(expect: &StandbyExpectations) -> Finding {
     let (id, title) = ("standby-new-datadir", "the new data directory is free");
     let path = &expect.new_datadir;
@@ -451,7 +505,7 @@ fn relation_files(expect: &StandbyExpectations) -> (Finding, BTreeMap<u32, PathB
         Finding::pass(
             id,
             title,
-            format!("{checked} files, each with the primary's size"),
+            format!("{checked} files, each of a size the primary's explains"),
         ),
         locations,
     )
