@@ -106,6 +106,7 @@ pub fn expectations(request: &Request, manifest: &Manifest) -> StandbyExpectatio
             .collect(),
         kit_bytes: manifest.bytes,
         minimums: manifest.standby_minimums.clone(),
+        tablespace_bytes: manifest.tablespace_bytes.clone(),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Manifest {
     /// from it must match or exceed (PostgreSQL's hot standby rule).
     #[serde(default)]
     pub standby_minimums: Vec<(String, i64)>,
+    /// Bytes of the kit's files that go into each tablespace's location.
+    #[serde(default)]
+    pub tablespace_bytes: Vec<(u32, u64)>,
 }
 
 /// One cluster as the kit knows it.
@@ -418,6 +421,7 @@ mod tests {
             slots: vec!["s".into()],
             bytes: 0,
             standby_minimums: vec![],
+            tablespace_bytes: vec![],
         }
     }
 

@@ -300,6 +300,20 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         .filter_map(|s| std::fs::metadata(&s.from).ok())
         .map(|m| m.len())
         .sum();
+    let tablespace_bytes = new_spaces
+        .keys()
+        .map(|oid| {
+            let prefix = format!("tblspc/{oid}/");
+            let bytes = sources
+                .iter()
+                .filter(|s| !s.dir && s.name.starts_with(&prefix))
+                .filter_map(|s| std::fs::metadata(&s.from).ok())
+                .map(|m| m.len())
+                .sum();
+            (*oid, bytes)
+        })
+        .filter(|(_, bytes)| *bytes > 0)
+        .collect();
     let manifest = Manifest {
         format: kit::FORMAT,
         made_by: env!("CARGO_PKG_VERSION").to_string(),
@@ -310,6 +324,7 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         relations,
         slots: view.physical_slots(),
         bytes,
+        tablespace_bytes,
         standby_minimums: vec![
             (
                 "max_connections".into(),

@@ -904,7 +904,7 @@ fn a_standby_killed_mid_way_is_resumed_after_the_primary_moved_on() {
     assert_eq!(pair.run(&kit_args(&pair, &kit)).status, 0);
     let new1 = pair.sandbox.path().join("one_new");
     let new2 = pair.sandbox.path().join("two_new");
-    killed_at(&pair, &one.datadir, &new1, &kit, "standby:link-relations");
+    killed_at(&pair, &one.datadir, &new1, &kit, "standby:protect-old");
     // SIGTERM after it disabled the old standby: said so, and resumable.
     let pause = pair.sandbox.path().join("pause");
     let child = as_test_user(&pair.bin)
@@ -951,6 +951,15 @@ fn a_standby_killed_mid_way_is_resumed_after_the_primary_moved_on() {
         "INSERT INTO t SELECT g, 'meanwhile' FROM generate_series(200001, 200500) g",
     );
     // The operator resumes from a directory they cannot write.
+    // The first resume is itself killed, after it linked the files.
+    let output = as_test_user(&pair.bin)
+        .current_dir(pair.sandbox.path())
+        .args(["resume", "-D"])
+        .arg(&new1)
+        .env("PG_MIGRATE_TEST_KILL_AT", "standby:link-relations")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), None, "{output:?}");
     for new in [&new1, &new2] {
         let run = run_in(
             &pair.bin,

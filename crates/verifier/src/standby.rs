@@ -36,6 +36,8 @@ pub struct StandbyExpectations {
     pub kit_bytes: u64,
     /// Settings the standby must have at least (the new pg_control's).
     pub minimums: Vec<(String, i64)>,
+    /// What the kit puts into each tablespace's location.
+    pub tablespace_bytes: Vec<(u32, u64)>,
 }
 
 /// One relation file of the old primary, as the standby must hold it.
@@ -159,7 +161,7 @@ pub fn run_standby_checks(expect: &StandbyExpectations) -> Vec<Finding> {
     let (files, locations) = relation_files(expect);
     findings.push(files);
     findings.push(same_filesystem(expect, &locations));
-    findings.push(room(expect));
+    findings.push(room(expect, &locations));
     findings
 }
 
@@ -566,8 +568,31 @@ fn same_filesystem(expect: &StandbyExpectations, locations: &BTreeMap<u32, PathB
     Finding::pass(id, title, "one filesystem")
 }
 
-fn room(expect: &StandbyExpectations) -> Finding {
+fn room(expect: &StandbyExpectations, locations: &BTreeMap<u32, PathBuf>) -> Finding {
     let (id, title) = ("standby-room", "room for the kit's files");
+    // A tablespace's share goes to its own location (a catalog of a
+    // database whose default tablespace it is).
+    for (oid, bytes) in &expect.tablespace_bytes {
+        let Some(location) = locations.get(oid) else {
+            continue;
+        };
+        if let Some(free) = free_bytes(location) {
+            if free < *bytes {
+                return Finding::fail(
+                    id,
+                    title,
+                    "standby_no_room",
+                    format!(
+                        "the tablespace at {} needs {} for the kit's files, its filesystem has {} free",
+                        location.display(),
+                        human_bytes(*bytes),
+                        human_bytes(free)
+                    ),
+                    "make room on that filesystem",
+                );
+            }
+        }
+    }
     // The kit is unpacked once and then renamed into place; a margin for
     // the WAL the standby receives before its first restartpoint.
     let needed = expect.kit_bytes + (64 << 20);
