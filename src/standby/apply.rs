@@ -572,20 +572,7 @@ fn install_kit(applied: &mut Applied) -> Result<(), Failure> {
         }
     }
     // Everything else durable before the file that makes it a cluster.
-    let mut synced = vec![plan.new_datadir.clone()];
-    synced.extend(
-        plan.tablespaces
-            .iter()
-            .map(|(_, l)| l.join(&applied.manifest.new.tablespace_dir)),
-    );
-    let linked: Vec<PathBuf> = applied
-        .manifest
-        .relations
-        .iter()
-        .filter_map(|r| place(plan, &plan.new_datadir, &r.new).ok())
-        .collect();
-    let durable: HashSet<&Path> = linked.iter().map(|p| p.as_path()).collect();
-    pgm_transfer::sync_tree(&synced, &durable, 2).map_err(|e| Failure::new(Code::SyncFailed, e))?;
+    sync_new(applied)?;
     if let Some((from, to)) = last {
         move_file(&from, &to)?;
         if let Some(dir) = to.parent() {
@@ -677,6 +664,14 @@ fn sync(applied: &Applied) -> Result<(), Failure> {
             nix::unistd::syncfs(&dir).map_err(|e| io("sync", place, e))?;
         }
     }
+    sync_new(applied)
+}
+
+/// The new standby's files and directories fsynced, but for the standby's
+/// own relation files (linked: their data is the old standby's, synced by
+/// its server and by syncfs).
+fn sync_new(applied: &Applied) -> Result<(), Failure> {
+    let plan = &applied.plan;
     let mut roots = vec![plan.new_datadir.clone()];
     roots.extend(
         plan.tablespaces
