@@ -646,6 +646,7 @@ def main():
             drop(golden)
         report["targets"] = targets(report)
         out = Path(ARGS.output)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
         text = markdown(report)
         (out / "benchmarks.md").write_text(text)
