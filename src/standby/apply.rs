@@ -646,7 +646,68 @@ fn configure(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
         }
     }
     let signal = new.join("standby.signal");
-    journal::write_atomically(&signal, b"").map_err(|e| io("configure", &signal, e))
+    journal::write_atomically(&signal, b"").map_err(|e| io("configure", &signal, e))?;
+    accepted_by_new_server(applied, printer)
+}
+
+/// The new server judges the carried configuration (`postgres -C`, which
+/// reads it as a start would): what it rejects is commented out, with its
+/// reason, as `--carry-config` does; anything else fails the step.
+fn accepted_by_new_server(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
+    let new = &applied.plan.new_datadir;
+    let postgres = applied.plan.new_bindir.join("postgres");
+    for _ in 0..50 {
+        let (status, captured) = pgm_cluster::command::PgCommand::new(&postgres)
+            .arg("-D")
+            .arg(new)
+            .args(["-C", "data_directory"])
+            .run_unchecked()
+            .map_err(|e| Failure::new(Code::StandbyFailed, e))?;
+        if status.success() {
+            return Ok(());
+        }
+        let mut fixed = false;
+        for (setting, message) in crate::config::rejected_settings(&captured.stderr) {
+            for name in ["postgresql.conf", "postgresql.auto.conf"] {
+                let path = new.join(name);
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                let (text, found) =
+                    crate::config::comment_out(&text, &setting, "the new server rejects it");
+                if found {
+                    journal::write_atomically(&path, text.as_bytes())
+                        .map_err(|e| io("configure", &path, e))?;
+                    printer.emit(&Event::ConfigChange {
+                        file: name.into(),
+                        setting: setting.clone(),
+                        action: "removed",
+                        old_value: None,
+                        new_setting: None,
+                        new_value: None,
+                        reason: format!("the new server rejects it: {message}"),
+                    });
+                    fixed = true;
+                }
+            }
+        }
+        if !fixed {
+            return Err(Failure {
+                code: Code::StandbyFailed,
+                message: format!(
+                    "configure: the new server does not accept the standby's carried configuration: {}",
+                    captured.stderr.lines().last().unwrap_or("").trim()
+                ),
+                remedy: Some(format!(
+                    "fix it in the old standby's configuration ({}), which is carried again, then: pg-migrate resume -D {}",
+                    applied.plan.old_datadir.join("postgresql.conf").display(),
+                    crate::support::quote(new)
+                )),
+                clusters: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn sync(applied: &Applied) -> Result<(), Failure> {

@@ -347,6 +347,10 @@ fn standbys_upgraded_in_place(mode: &str) {
         return;
     };
     let [mut s1, mut s2]: [Cluster; 2] = standbys.try_into().ok().unwrap();
+    // A setting 16 knows and 18 does not: carried, then left out.
+    let conf = s1.datadir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap() + "\nold_snapshot_threshold = -1\n";
+    std::fs::write(&conf, text).unwrap();
     last_writes(&pair.old);
     // amcheck travels to the standbys as any DDL does.
     pair.old.sql("appdb", "CREATE EXTENSION amcheck");
@@ -438,6 +442,13 @@ fn standbys_upgraded_in_place(mode: &str) {
     ));
     assert_eq!(one.status, 0, "{}\n{}", one.stderr, one.stdout);
     crate::json_schema::validate(&one.events);
+    assert!(
+        one.events_named("config_change")
+            .iter()
+            .any(|e| e["setting"] == "old_snapshot_threshold" && e["action"] == "removed"),
+        "{}",
+        one.stdout
+    );
     let counts = &one.summary()["standby"];
     assert!(counts["linked"].as_u64().unwrap() > 50, "{counts}");
     assert!(
