@@ -22,7 +22,12 @@ pub fn lock(settings: &Settings) -> Result<RunLock, Failure> {
         .collect();
     dirs.dedup();
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    RunLock::acquire(&dirs).map_err(|busy| Failure {
+    lock_dirs(&dirs)
+}
+
+/// An exclusive lock on each existing directory, or the `locked` refusal.
+pub fn lock_dirs(dirs: &[&Path]) -> Result<RunLock, Failure> {
+    RunLock::acquire(dirs).map_err(|busy| Failure {
         clusters: None,
         code: Code::Locked,
         message: format!("another pg-migrate is working on {}", busy.display()),

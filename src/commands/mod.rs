@@ -29,19 +29,27 @@ mod upgrade;
 pub(crate) use self::standby::run_standby_kit;
 pub(crate) use self::upgrade::{run_command, run_from_journal, FromJournal};
 
-pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Instant) -> i32 {
-    let printer = Printer::new(options.json);
-    let name = action.name();
-    if nix::unistd::geteuid().is_root() {
-        return fail_early(
-            &printer,
+/// PostgreSQL refuses to run as root, and files made as root would be
+/// the clusters' owner's no more: every command refuses first.
+pub(crate) fn refuse_root(printer: &Printer, started: Instant, name: &'static str) -> Option<i32> {
+    nix::unistd::geteuid().is_root().then(|| {
+        fail_early(
+            printer,
             started,
             name,
             Code::RunningAsRoot,
             "pg-migrate cannot be run as root".into(),
             "run it as the operating-system user that owns the clusters, e.g. sudo -u postgres pg-migrate …",
             exit::USAGE,
-        );
+        )
+    })
+}
+
+pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Instant) -> i32 {
+    let printer = Printer::new(options.json);
+    let name = action.name();
+    if let Some(exit_code) = refuse_root(&printer, started, name) {
+        return exit_code;
     }
     // A standby's upgrade keeps its own journal.
     if matches!(action, Action::Resume | Action::Revert) {

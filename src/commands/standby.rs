@@ -18,16 +18,8 @@ use super::{fail_leaving, refuse};
 pub(crate) fn run_standby_kit(args: KitArgs, started: Instant) -> i32 {
     let printer = Printer::new(args.json);
     let name = "standby-kit";
-    if nix::unistd::geteuid().is_root() {
-        return super::fail_early(
-            &printer,
-            started,
-            name,
-            Code::RunningAsRoot,
-            "pg-migrate cannot be run as root".into(),
-            "run it as the operating-system user that owns the clusters, e.g. sudo -u postgres pg-migrate …",
-            exit::USAGE,
-        );
+    if let Some(exit_code) = super::refuse_root(&printer, started, name) {
+        return exit_code;
     }
     let Some(new_datadir) = args.new_datadir.filter(|p| !p.as_os_str().is_empty()) else {
         return super::fail_early(
@@ -52,19 +44,9 @@ pub(crate) fn run_standby_kit(args: KitArgs, started: Instant) -> i32 {
             exit::USAGE,
         );
     }
-    let _lock = match crate::journal::RunLock::acquire(&[&new_datadir]) {
+    let _lock = match crate::recovery::lock_dirs(&[&new_datadir]) {
         Ok(lock) => lock,
-        Err(dir) => {
-            return super::fail_early(
-                &printer,
-                started,
-                name,
-                Code::Locked,
-                format!("another pg-migrate is working on {}", dir.display()),
-                "wait for it to finish",
-                exit::USAGE,
-            )
-        }
+        Err(failure) => return refuse(&printer, started, name, failure, exit::USAGE),
     };
     printer.emit(&Event::StepStart {
         step: "standby-kit",
@@ -418,19 +400,9 @@ pub(crate) fn run_standby_recovery(
     started: Instant,
 ) -> i32 {
     let name = if reverting { "revert" } else { "resume" };
-    let _lock = match crate::journal::RunLock::acquire(&[new]) {
+    let _lock = match crate::recovery::lock_dirs(&[new]) {
         Ok(lock) => lock,
-        Err(dir) => {
-            return super::fail_early(
-                printer,
-                started,
-                name,
-                Code::Locked,
-                format!("another pg-migrate is working on {}", dir.display()),
-                "wait for it to finish",
-                exit::USAGE,
-            )
-        }
+        Err(failure) => return refuse(printer, started, name, failure, exit::USAGE),
     };
     let records = crate::standby::records(new);
     let revert_started = records
