@@ -185,7 +185,6 @@ pub fn check_and_stage(
     };
     let created_new = !new.exists();
     let staging = super::staging_path(new);
-    let mut checked: Option<Manifest> = None;
     let mut staging_made = false;
     let result = kit::read(
         std::io::BufReader::with_capacity(1 << 20, input),
@@ -213,8 +212,7 @@ pub fn check_and_stage(
                 });
             }
             if request.check_only {
-                checked = Some(manifest.clone());
-                return Err(Failure::new(Code::Internal, "checked only"));
+                return Ok(kit::Look::Stop);
             }
             // The checks found the new data directory absent or empty: what
             // is made in it from here on is this run's own.
@@ -224,11 +222,12 @@ pub fn check_and_stage(
                 false,
                 "run the same pg-migrate standby again: it removes what this run unpacked".into(),
             );
-            Ok(())
+            Ok(kit::Look::Unpack)
         },
     );
     let manifest = match result {
-        Ok(manifest) => manifest,
+        Ok(kit::Unpacked::ManifestOnly(manifest)) => return Ok(Staged::Checked(manifest)),
+        Ok(kit::Unpacked::Whole(manifest)) => manifest,
         Err(e) => {
             // Give back what was made, whatever stopped it.
             if staging_made {
@@ -239,9 +238,6 @@ pub fn check_and_stage(
                 }
             }
             return Err(match e {
-                kit::ReadError::Refused(_) if checked.is_some() => {
-                    return Ok(Staged::Checked(checked.take().expect("checked")))
-                }
                 kit::ReadError::Refused(failure) => failure,
                 kit::ReadError::Damaged(why) => unchanged(
                     Code::KitUnusable,

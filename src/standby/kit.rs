@@ -239,15 +239,31 @@ fn installable(name: &Path, manifest: &Manifest) -> bool {
     }
 }
 
-/// Reads a kit: the manifest first, handed to `look` (which may refuse
-/// before anything is written), then every file into `staging` (made
-/// here), each checked against the end's size and hash. Returns the
-/// manifest once the whole stream is proven.
+/// What the caller's look at the manifest decided.
+pub enum Look {
+    /// Read the files too.
+    Unpack,
+    /// The manifest was all it wanted (`--check`).
+    Stop,
+}
+
+/// How far a kit was read.
+#[derive(Debug)]
+pub enum Unpacked {
+    /// The manifest only (the look said [`Look::Stop`]).
+    ManifestOnly(Manifest),
+    /// Every file is in `staging`, proven.
+    Whole(Manifest),
+}
+
+/// Reads a kit: the manifest first, handed to `look` (which may refuse, or
+/// stop, before anything is written), then every file into `staging` (made
+/// here), each checked against the end's size and hash.
 pub fn read(
     input: impl Read,
     staging: &Path,
-    look: impl FnOnce(&Manifest) -> Result<(), crate::failure::Failure>,
-) -> Result<Manifest, ReadError> {
+    look: impl FnOnce(&Manifest) -> Result<Look, crate::failure::Failure>,
+) -> Result<Unpacked, ReadError> {
     let damaged = |what: String| ReadError::Damaged(what);
     let decoder = zstd::stream::read::Decoder::new(input)
         .map_err(|e| damaged(format!("not a kit stream: {e}")))?;
@@ -289,7 +305,9 @@ pub fn read(
             "the manifest names {bad}, outside the clusters' places"
         )));
     }
-    look(&manifest).map_err(ReadError::Refused)?;
+    if let Look::Stop = look(&manifest).map_err(ReadError::Refused)? {
+        return Ok(Unpacked::ManifestOnly(manifest));
+    }
     std::fs::create_dir_all(staging)
         .map_err(|e| ReadError::Io(format!("{}: {e}", staging.display())))?;
     let mut seen: Vec<EndFile> = Vec::new();
@@ -379,7 +397,7 @@ pub fn read(
             )));
         }
     }
-    Ok(manifest)
+    Ok(Unpacked::Whole(manifest))
 }
 
 /// The kit's name of a file of the data directory.
@@ -459,9 +477,12 @@ mod tests {
         let staging = dir.path().join("staging");
         let read_back = read(kit.as_slice(), &staging, |m| {
             assert_eq!(m.slots, vec!["s".to_string()]);
-            Ok(())
+            Ok(Look::Unpack)
         })
         .unwrap_or_else(|e| panic!("{e:?}"));
+        let Unpacked::Whole(read_back) = read_back else {
+            panic!("not read whole")
+        };
         assert_eq!(read_back.old.major, 16);
         assert_eq!(
             std::fs::read(staging.join("data/global/pg_control")).unwrap(),
@@ -479,7 +500,7 @@ mod tests {
         let kit = kit_of(dir.path());
         for cut in [kit.len() - 1, kit.len() * 3 / 4, kit.len() / 2] {
             let staging = dir.path().join(format!("cut{cut}"));
-            let result = read(&kit[..cut], &staging, |_| Ok(()));
+            let result = read(&kit[..cut], &staging, |_| Ok(Look::Unpack));
             assert!(
                 matches!(result, Err(ReadError::Damaged(_))),
                 "cut at {cut}: {result:?}"
@@ -491,7 +512,9 @@ mod tests {
         let at = plain.windows(8).position(|w| w == [3u8; 8]).unwrap() + 100;
         plain[at] ^= 1;
         let damaged = zstd::stream::encode_all(plain.as_slice(), 3).unwrap();
-        let result = read(damaged.as_slice(), &dir.path().join("flipped"), |_| Ok(()));
+        let result = read(damaged.as_slice(), &dir.path().join("flipped"), |_| {
+            Ok(Look::Unpack)
+        });
         match result {
             Err(ReadError::Damaged(why)) => assert!(why.contains("pg_control"), "{why}"),
             other => panic!("{other:?}"),
@@ -510,6 +533,12 @@ mod tests {
             ))
         });
         assert!(matches!(result, Err(ReadError::Refused(_))));
+        assert!(!staging.exists());
+        let result = read(kit.as_slice(), &staging, |_| Ok(Look::Stop));
+        assert!(
+            matches!(result, Ok(Unpacked::ManifestOnly(_))),
+            "{result:?}"
+        );
         assert!(!staging.exists());
     }
 
@@ -555,7 +584,7 @@ mod tests {
         let plain = tar.into_inner().unwrap();
         let kit = zstd::stream::encode_all(plain.as_slice(), 3).unwrap();
         let staging = dir.path().join("deep/staging");
-        let result = read(kit.as_slice(), &staging, |_| Ok(()));
+        let result = read(kit.as_slice(), &staging, |_| Ok(Look::Unpack));
         assert!(matches!(result, Err(ReadError::Damaged(_))), "{result:?}");
         assert!(!dir.path().join("evil").exists());
     }
