@@ -383,16 +383,13 @@ fn still_as_checked(applied: &Applied) -> Result<(), Failure> {
     let old = &applied.plan.old_datadir;
     let running = old.join("postmaster.pid").exists();
     let control = ControlFile::read(old).map_err(|e| Failure::new(Code::StandbyFailed, e))?;
-    // The states the check accepted: stopped in recovery, or a copy of the
-    // primary as it shut down, at the kit's checkpoint.
-    let clean = matches!(
-        control.state,
-        pgm_cluster::ClusterState::ShutDownInRecovery | pgm_cluster::ClusterState::ShutDown
-    );
+    let old_checkpoint = &applied.manifest.old;
     if running
-        || !clean
-        || control.checkpoint_lsn != applied.manifest.old.checkpoint_lsn
-        || control.timeline != applied.manifest.old.timeline
+        || !pgm_verifier::stopped_at(
+            &control,
+            old_checkpoint.checkpoint_lsn,
+            old_checkpoint.timeline,
+        )
     {
         return Err(Failure {
             code: Code::StandbyFailed,

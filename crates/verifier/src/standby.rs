@@ -247,13 +247,24 @@ fn caught_up(expect: &StandbyExpectations, control: &pgm_cluster::ControlFile) -
         lsn(expect.checkpoint_lsn),
         expect.timeline
     );
-    // A copy of the primary made while it was stopped (its last checkpoint,
-    // "shut down") holds exactly what a standby stopped there holds; one
-    // that says "shut down" at any other checkpoint ran as a primary.
-    let copy_of_primary = control.state == ClusterState::ShutDown
-        && control.checkpoint_lsn == expect.checkpoint_lsn
-        && control.timeline == expect.timeline;
-    if control.state == ClusterState::ShutDown && !copy_of_primary {
+    if stopped_at(control, expect.checkpoint_lsn, expect.timeline) {
+        return Finding::pass(
+            id,
+            title,
+            format!(
+                "latest checkpoint {} on timeline {}, {}",
+                lsn(control.checkpoint_lsn),
+                control.timeline,
+                if control.state == ClusterState::ShutDown {
+                    "a copy of the primary as it shut down"
+                } else {
+                    "shut down in recovery"
+                }
+            ),
+        );
+    }
+    // "shut down" at another checkpoint: it ran as a primary.
+    if control.state == ClusterState::ShutDown {
         return Finding::fail(
             id,
             title,
@@ -266,7 +277,7 @@ fn caught_up(expect: &StandbyExpectations, control: &pgm_cluster::ControlFile) -
             "a standby that ran as a primary holds writes the upgraded primary never had; rebuild it from the new primary (pg_basebackup)",
         );
     }
-    if control.state != ClusterState::ShutDownInRecovery && !copy_of_primary {
+    if control.state != ClusterState::ShutDownInRecovery {
         return Finding::fail(
             id,
             title,
@@ -291,32 +302,27 @@ fn caught_up(expect: &StandbyExpectations, control: &pgm_cluster::ControlFile) -
             "this standby cannot join the upgraded primary; rebuild it from the new primary (pg_basebackup)",
         );
     }
-    if control.checkpoint_lsn < expect.checkpoint_lsn {
-        return Finding::fail(
-            id,
-            title,
-            "standby_behind",
-            format!(
-                "the standby's latest checkpoint is at {}: it stopped before it replayed the primary's shutdown; {theirs}",
-                lsn(control.checkpoint_lsn)
-            ),
-            "if the old primary's WAL up to its shutdown is in an archive, start the standby with restore_command set so it replays it, and stop it cleanly; otherwise revert the primary's upgrade and let the standby catch up first (stop the primary only after the standby streams it), or rebuild this standby from the new primary",
-        );
-    }
-    Finding::pass(
+    Finding::fail(
         id,
         title,
+        "standby_behind",
         format!(
-            "latest checkpoint {} on timeline {}, {}",
-            lsn(control.checkpoint_lsn),
-            control.timeline,
-            if copy_of_primary {
-                "a copy of the primary as it shut down"
-            } else {
-                "shut down in recovery"
-            }
+            "the standby's latest checkpoint is at {}: it stopped before it replayed the primary's shutdown; {theirs}",
+            lsn(control.checkpoint_lsn)
         ),
+        "if the old primary's WAL up to its shutdown is in an archive, start the standby with restore_command set so it replays it, and stop it cleanly; otherwise revert the primary's upgrade and let the standby catch up first (stop the primary only after the standby streams it), or rebuild this standby from the new primary",
     )
+}
+
+/// Whether a standby's pg_control shows it stopped cleanly exactly at the
+/// primary's last checkpoint: in recovery, or — a copy of the primary made
+/// while it was stopped, which holds the same — "shut down" there.
+pub fn stopped_at(control: &pgm_cluster::ControlFile, checkpoint_lsn: u64, timeline: u32) -> bool {
+    matches!(
+        control.state,
+        ClusterState::ShutDownInRecovery | ClusterState::ShutDown
+    ) && control.checkpoint_lsn == checkpoint_lsn
+        && control.timeline == timeline
 }
 
 /// A standby starts from the kit's pg_control only with settings at least
