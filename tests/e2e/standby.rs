@@ -793,34 +793,24 @@ fn standbys_that_cannot_follow_are_refused_before_anything_changes() {
 
     // Not room enough for the kit: a copy of the standby (it is one: same
     // files, same pg_control) on a filesystem with little left.
-    let disk = SmallDisk::mount(&pair.sandbox.path().join("small"), 1024);
-    match &disk {
-        Some(disk) => {
-            let copy = disk.path.join("standby");
-            let copy_location = disk.path.join("tblspc");
-            run_ok(as_test_user("cp").arg("-a").arg(&good_dir).arg(&copy));
-            let mapped = pair.sandbox.path().join("tblspc_standby1");
-            copy_tablespace(&copy, &mapped, &copy_location);
-            let stat = nix::sys::statvfs::statvfs(&disk.path).unwrap();
-            let used = (stat.blocks() - stat.blocks_free()) as u64 * stat.fragment_size() as u64;
-            disk.resize(used / (1 << 20) + 40);
-            refused(
-                &copy,
-                &disk.path.join("standby_new"),
-                &kit_text,
-                &[],
-                "standby-room",
-                "standby_no_room",
-            );
-        }
-        None => {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI runs as root and can mount a tmpfs"
-            );
-            eprintln!("SKIP: the room check (cannot mount a tmpfs here: not root?)");
-        }
+    let disk = SmallDisk::mount_or_skip(&pair.sandbox.path().join("small"), 1024, "the room check");
+    if let Some(disk) = &disk {
+        let copy = disk.path.join("standby");
+        let copy_location = disk.path.join("tblspc");
+        run_ok(as_test_user("cp").arg("-a").arg(&good_dir).arg(&copy));
+        let mapped = pair.sandbox.path().join("tblspc_standby1");
+        copy_tablespace(&copy, &mapped, &copy_location);
+        let stat = nix::sys::statvfs::statvfs(&disk.path).unwrap();
+        let used = (stat.blocks() - stat.blocks_free()) as u64 * stat.fragment_size() as u64;
+        disk.resize(used / (1 << 20) + 40);
+        refused(
+            &copy,
+            &disk.path.join("standby_new"),
+            &kit_text,
+            &[],
+            "standby-room",
+            "standby_no_room",
+        );
     }
     drop(disk);
 
@@ -1189,5 +1179,61 @@ fn no_kit_after_an_upgrade_that_read_the_old_tables_without_checksums() {
         "{}",
         run.stdout
     );
+    assert!(!kit.exists());
+}
+
+/// What cannot give a kit, or is asked wrongly, is refused with nothing
+/// changed: no upgrade in -D, the kit and --json both on stdout, a standby
+/// without a kit, --standby-kit with a mode that shares no files, a kit of
+/// a swap-mode upgrade.
+#[test]
+fn kits_that_cannot_be_made_are_refused() {
+    let Some(pair) = Pair::new(OLD, NEW) else {
+        return;
+    };
+    let kit = pair.sandbox.path().join("standbys.kit");
+    let (old_before, new_before) = pair.snapshots();
+    let no_upgrade = pair.run(&kit_args(&pair, &kit));
+    crate::json_schema::validate(&no_upgrade.events);
+    assert_eq!(no_upgrade.status, 2, "{}", no_upgrade.stdout);
+    assert_eq!(no_upgrade.error()["code"], "no_journal");
+    let mut both = kit_args(&pair, &kit);
+    both[4] = "-".into();
+    let run = pair.run(&both);
+    crate::json_schema::validate(&run.events);
+    assert_eq!(run.status, 2);
+    assert_eq!(run.error()["code"], "usage");
+    let run = pair.run(&[
+        "standby".into(),
+        "-b".into(),
+        pair.old.bindir.clone().into(),
+        "-d".into(),
+        pair.old.datadir.clone().into(),
+        "-D".into(),
+        pair.sandbox.path().join("s").into(),
+        "--json".into(),
+    ]);
+    assert_eq!(run.status, 2);
+    assert_eq!(run.error()["code"], "usage");
+    assert!(run.error()["message"].as_str().unwrap().contains("kit"));
+    let mut args = pair.dir_args();
+    args.extend(["--swap", "--json", "--standby-kit"].map(OsString::from));
+    args.push(kit.clone().into());
+    let run = pair.run(&args);
+    assert_eq!(run.status, 2, "{}", run.stdout);
+    assert_eq!(run.error()["code"], "usage");
+    let (old_after, new_after) = pair.snapshots();
+    assert_same_tree(&old_before, &old_after, "old cluster");
+    assert_same_tree(&new_before, &new_after, "new cluster");
+    assert!(!kit.exists());
+
+    upgrade(&pair, &["--swap"]);
+    let upgraded = snapshot(&pair.new.datadir);
+    let run = pair.run(&kit_args(&pair, &kit));
+    crate::json_schema::validate(&run.events);
+    assert_eq!(run.status, 2, "{}", run.stdout);
+    assert_eq!(run.error()["code"], "kit_not_possible");
+    assert!(run.error()["message"].as_str().unwrap().contains("--swap"));
+    assert_same_tree(&upgraded, &snapshot(&pair.new.datadir), "new cluster");
     assert!(!kit.exists());
 }

@@ -230,6 +230,21 @@ impl SmallDisk {
         })
     }
 
+    /// [`SmallDisk::mount`], or — where it cannot be mounted (not root) —
+    /// `None` after saying what is skipped; never in CI, which runs as root.
+    pub fn mount_or_skip(path: &Path, megabytes: u64, what: &str) -> Option<SmallDisk> {
+        let disk = SmallDisk::mount(path, megabytes);
+        if disk.is_none() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI runs as root and can mount a tmpfs"
+            );
+            eprintln!("SKIP: {what} (cannot mount a tmpfs here: not root?)");
+        }
+        disk
+    }
+
     pub fn resize(&self, megabytes: u64) {
         run_ok(
             std::process::Command::new("mount")
