@@ -37,8 +37,7 @@ pub use server::{
     drifted_indexes, Capabilities, CatalogFacts, DatabaseInfo, SlotSettings, TemplateLocale,
 };
 pub use standby::{
-    run_standby_checks, standby_path, standby_tablespace, stopped_at, ExpectedFile,
-    StandbyExpectations,
+    run_standby_checks, standby_tablespace, stopped_at, ExpectedFile, StandbyExpectations,
 };
 
 /// One cluster as the user named it.

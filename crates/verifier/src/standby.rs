@@ -64,7 +64,7 @@ pub fn standby_tablespace(datadir: &Path, oid: u32) -> Result<PathBuf, String> {
 }
 
 /// The standby's path of one expected file.
-pub fn standby_path(
+fn standby_path(
     datadir: &Path,
     locations: &BTreeMap<u32, PathBuf>,
     tablespace: Option<u32>,
