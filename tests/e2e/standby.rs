@@ -992,8 +992,9 @@ fn a_standby_killed_mid_way_is_resumed_after_the_primary_moved_on() {
             .get(0);
         assert_eq!(rows, 500);
     }
-    // Once it ran, the new standby cannot be reverted.
-    n1.stop();
+    // Once it ran, the new standby cannot be reverted, even stopped with
+    // -m immediate (no shutdown checkpoint).
+    n1.stop_immediate();
     let run = pair.run(&[
         "revert".into(),
         "-D".into(),
