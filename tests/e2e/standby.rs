@@ -1238,3 +1238,26 @@ fn kits_that_cannot_be_made_are_refused() {
     assert_same_tree(&upgraded, &snapshot(&pair.new.datadir), "new cluster");
     assert!(!kit.exists());
 }
+
+/// A new cluster whose last server ran with wal_level = minimal records it
+/// in pg_control, and a standby cannot start from that: no kit.
+#[test]
+fn no_kit_from_a_new_cluster_at_wal_level_minimal() {
+    let Some(pair) = Pair::new(OLD, NEW) else {
+        return;
+    };
+    let conf = pair.new.datadir.join("postgresql.conf");
+    let text =
+        std::fs::read_to_string(&conf).unwrap() + "\nwal_level = minimal\nmax_wal_senders = 0\n";
+    std::fs::write(&conf, text).unwrap();
+    upgrade(&pair, &["--link"]);
+    let upgraded = snapshot(&pair.new.datadir);
+    let kit = pair.sandbox.path().join("standbys.kit");
+    let run = pair.run(&kit_args(&pair, &kit));
+    crate::json_schema::validate(&run.events);
+    assert_eq!(run.status, 2, "{}", run.stdout);
+    assert_eq!(run.error()["code"], "kit_not_possible");
+    assert!(run.error()["message"].as_str().unwrap().contains("minimal"));
+    assert_same_tree(&upgraded, &snapshot(&pair.new.datadir), "new cluster");
+    assert!(!kit.exists());
+}
