@@ -27,6 +27,15 @@ resolve_prefix() {
   echo "$root/.cache/postgres"
 }
 
+# Where scripts/install-ha.sh puts Patroni: beside the PostgreSQL builds.
+resolve_ha_prefix() {
+  if [ -n "${PG_MIGRATE_HA_PREFIX:-}" ]; then
+    echo "$PG_MIGRATE_HA_PREFIX"
+    return
+  fi
+  echo "$(dirname "$(resolve_prefix)")/ha"
+}
+
 as_user() {
   if [ "$(id -u)" = 0 ]; then runuser -u "$test_user" -- "$@"; else "$@"; fi
 }

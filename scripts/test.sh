@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a Debian machine and runs every test:
-# PostgreSQL 12-18 (scripts/install-postgres.sh), the build, then cargo test
+# PostgreSQL 12-18 (scripts/install-postgres.sh), etcd and Patroni
+# (scripts/install-ha.sh), the build, then cargo test
 # for the whole workspace (unit, golden-file and end-to-end tests against
 # real servers). Run as root (CI) or as a user who can run PostgreSQL.
 set -euo pipefail
@@ -9,6 +10,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$root"
 
 prepare_environment
+# etcd and Patroni for the HA tests.
+bash "$root/scripts/install-ha.sh"
+export PG_MIGRATE_HA_PREFIX=${PG_MIGRATE_HA_PREFIX:-$(resolve_ha_prefix)}
 ensure_test_locale
 
 cargo build --workspace --all-targets --locked

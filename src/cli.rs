@@ -47,6 +47,100 @@ pub enum Command {
     StandbyKit(KitArgs),
     /// Upgrade a stopped standby (-d) into -D from its own files and a kit (--kit), linking its relation files
     Standby(Options),
+    /// Upgrade a whole Patroni cluster: run on the leader's host with its Patroni configuration
+    Patroni(PatroniArgs),
+    /// The work `pg-migrate patroni` does on one member's host (run by it through --remote)
+    #[command(hide = true)]
+    PatroniMember(MemberArgs),
+}
+
+/// `patroni`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct PatroniArgs {
+    /// The leader's Patroni configuration file (this host's member)
+    #[arg(long = "config", value_name = "PATRONI_YML")]
+    pub config: PathBuf,
+    /// The new installation's bin directory, the same path on every member
+    #[arg(short = 'B', long = "new-bindir", env = "PGBINNEW", value_name = "DIR")]
+    pub new_bindir: Option<PathBuf>,
+    /// Each member's new data directory: {data_dir} (its old one), {name}, {major} (the new major)
+    #[arg(
+        short = 'D',
+        long = "new-datadir",
+        value_name = "TEMPLATE",
+        default_value = "{data_dir}.{major}"
+    )]
+    pub new_datadir: String,
+    /// How to run a command on a member's host: its last argument is the shell command line; {host} and {name} are the member's
+    #[arg(
+        long = "remote",
+        value_name = "TEMPLATE",
+        default_value = "ssh {host} --"
+    )]
+    pub remote: String,
+    /// pg-migrate's path on the other members' hosts
+    #[arg(
+        long = "remote-pg-migrate",
+        value_name = "PATH",
+        default_value = "pg-migrate"
+    )]
+    pub remote_pg_migrate: String,
+    /// Each member's Patroni configuration on its own host ({name}, {host}) [default: the --config path]
+    #[arg(long = "member-config", value_name = "TEMPLATE")]
+    pub member_config: Option<String>,
+    /// Copy the relation files instead of linking them
+    #[arg(long = "copy", conflicts_with = "clone")]
+    pub copy: bool,
+    /// Clone (reflink) the relation files instead of linking them
+    #[arg(long = "clone")]
+    pub clone: bool,
+    /// What to do when the cluster archives WAL: refuse, off (the new cluster starts with archive_mode off), keep (unchanged)
+    #[arg(long = "wal-archive", value_enum, default_value = "refuse")]
+    pub wal_archive: WalArchive,
+    /// Only the preflight: change nothing
+    #[arg(short = 'c', long = "check")]
+    pub check: bool,
+    /// Write status to stdout as JSON lines (see docs/json-status.md)
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+impl PatroniArgs {
+    pub fn mode(&self) -> Mode {
+        if self.copy {
+            Mode::Copy
+        } else if self.clone {
+            Mode::Clone
+        } else {
+            Mode::Link
+        }
+    }
+}
+
+/// What a cluster that archives WAL gets (`--wal-archive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WalArchive {
+    /// Refuse before any change, naming the archive and what it needs
+    Refuse,
+    /// The new cluster starts with archive_mode = off
+    Off,
+    /// Archive unchanged
+    Keep,
+}
+
+/// `patroni-member`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct MemberArgs {
+    /// What to do: probe
+    #[arg(value_name = "OP")]
+    pub op: String,
+    /// This member's Patroni configuration file
+    #[arg(long = "config", value_name = "PATRONI_YML")]
+    pub config: PathBuf,
+    #[arg(short = 'B', long = "new-bindir", value_name = "DIR")]
+    pub new_bindir: PathBuf,
+    #[arg(short = 'D', long = "new-datadir", value_name = "TEMPLATE")]
+    pub new_datadir: String,
 }
 
 /// `standby-kit`'s flags.

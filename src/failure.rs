@@ -36,6 +36,7 @@ pub enum Code {
     NewClusterMismatch,
     NewTablespaceDirExists,
     NoJournal,
+    NotPatroniConfig,
     OldCatalogFailed,
     OldClusterChanged,
     OutputDirFailed,
@@ -70,7 +71,7 @@ pub enum Code {
 
 impl Code {
     #[cfg(test)]
-    pub const ALL: [Code; 55] = [
+    pub const ALL: [Code; 56] = [
         Code::AfterStepFailed,
         Code::AlreadyPrepared,
         Code::AlreadyReverted,
@@ -96,6 +97,7 @@ impl Code {
         Code::NewClusterMismatch,
         Code::NewTablespaceDirExists,
         Code::NoJournal,
+        Code::NotPatroniConfig,
         Code::OldCatalogFailed,
         Code::OldClusterChanged,
         Code::OutputDirFailed,
@@ -148,6 +150,7 @@ impl Code {
             Code::JournalFailed => "journal_failed",
             Code::KitNotPossible => "kit_not_possible",
             Code::KitUnusable => "kit_unusable",
+            Code::NotPatroniConfig => "not_patroni_config",
             Code::LinkNotPossible => "link_not_possible",
             Code::LockTableTooSmall => "lock_table_too_small",
             Code::Locked => "locked",
@@ -208,7 +211,8 @@ impl Code {
             | Code::BackupTooNew
             | Code::RestoreTargetNotFresh
             | Code::KitNotPossible
-            | Code::KitUnusable => exit::USAGE,
+            | Code::KitUnusable
+            | Code::NotPatroniConfig => exit::USAGE,
             Code::NewClusterHasRun | Code::UnfinishedRevert => exit::FAILED_NEEDS_RECOVERY,
             Code::AfterStepFailed | Code::PostUpgradeScriptFailed | Code::VerifyNotPossible => {
                 exit::AFTER_STEP_FAILED

@@ -12,6 +12,7 @@ mod failure;
 mod journal;
 mod logical_backup;
 mod output;
+mod patroni;
 mod post_upgrade;
 mod proving;
 mod recovery;
@@ -82,6 +83,8 @@ fn run() -> i32 {
         Some(Command::Verify(options)) => (options, Action::Verify),
         Some(Command::Standby(options)) => (options, Action::Standby),
         Some(Command::StandbyKit(args)) => return commands::run_standby_kit(args, started),
+        Some(Command::Patroni(args)) => return commands::run_patroni(args, started),
+        Some(Command::PatroniMember(args)) => return commands::run_patroni_member(args),
         None if cli.options.check => (cli.options, Action::Check),
         None => (cli.options, Action::Upgrade),
     };

@@ -130,3 +130,49 @@ pub fn counts(report: &Report) -> CheckCounts {
         skip: report.count(Status::Skip),
     }
 }
+
+/// The checks of one upgrade's clusters as findings, reported by another
+/// command (`patroni`'s preflight of its leader): a run of `check` without
+/// its own events.
+pub fn leader_findings(
+    options: crate::cli::Options,
+    action: crate::cli::Action,
+) -> Vec<pgm_verifier::Finding> {
+    let fail = |message: String, remedy: Option<String>| {
+        vec![pgm_verifier::Finding::fail(
+            "patroni-leader-checks",
+            "pg-migrate check on the leader",
+            "leader_checks_failed",
+            message,
+            remedy.unwrap_or_else(|| "see the message".into()),
+        )]
+    };
+    let settings = match options.resolve(action) {
+        Ok(settings) => settings,
+        Err(f) => return fail(f.message, f.remedy),
+    };
+    let run_dir = match RunDir::create(
+        &settings.socket_base,
+        settings.log_dir.as_deref(),
+        (
+            settings.old_datadir.as_deref(),
+            settings.new_datadir.as_deref(),
+        ),
+    ) {
+        Ok(run_dir) => run_dir,
+        Err(e) => {
+            return fail(
+                format!(
+                    "a run directory under {}: {e}",
+                    settings.socket_base.display()
+                ),
+                None,
+            )
+        }
+    };
+    let config = config(&settings, &run_dir);
+    let mut findings = Vec::new();
+    let checked = pgm_verifier::run_checks(&config, &mut |f| findings.push(f.clone()));
+    drop(checked.old_server);
+    findings
+}

@@ -517,6 +517,13 @@ impl Printer {
     }
 }
 
+/// One line of a command's own answer on stdout (not a status event).
+pub fn write_stdout_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
 /// Progress of a long step: throttled `progress` events, and a bar on a
 /// terminal when no JSON is asked for.
 pub struct ProgressMeter<'a> {

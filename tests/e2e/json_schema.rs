@@ -134,10 +134,15 @@ pub fn validate(events: &[Value]) {
     let error_codes = documented_codes("docs/json-status.md", "Error codes:");
     let mut check_ids = documented_codes("docs/checks.md", "## Checks");
     check_ids.extend(documented_codes("docs/checks.md", "## Standby checks"));
+    check_ids.extend(documented_codes("docs/checks.md", "## Patroni checks"));
     let mut check_codes = documented_codes("docs/checks.md", "## Problem codes");
     check_codes.extend(documented_codes(
         "docs/checks.md",
         "## Standby problem codes",
+    ));
+    check_codes.extend(documented_codes(
+        "docs/checks.md",
+        "## Patroni problem codes",
     ));
     assert!(!events.is_empty());
     for event in events {

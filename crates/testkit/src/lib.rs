@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 
 pub use serde_json::Value;
 
+pub mod ha;
+
 /// Where scripts/install-postgres.sh put the installs.
 pub fn pg_prefix() -> PathBuf {
     match std::env::var_os("PG_MIGRATE_PG_PREFIX") {
@@ -39,10 +41,15 @@ pub fn require(major: u32) -> Option<PathBuf> {
     if let Some(dir) = bindir(major) {
         return Some(dir);
     }
-    let message = format!(
+    skip_or_fail(&format!(
         "PostgreSQL {major} is not installed under {}: run scripts/install-postgres.sh",
         pg_prefix().display()
-    );
+    ))
+}
+
+/// A test that cannot run for a missing install: fails, or with
+/// `PG_MIGRATE_SKIP_MISSING=1` is skipped and logged (see [`require`]).
+pub fn skip_or_fail<T>(message: &str) -> Option<T> {
     if std::env::var_os("PG_MIGRATE_SKIP_MISSING").is_none_or(|v| v != "1") {
         panic!("{message} (or set PG_MIGRATE_SKIP_MISSING=1 to skip, counted, what needs it)");
     }
@@ -53,7 +60,7 @@ pub fn require(major: u32) -> Option<PathBuf> {
     let log = std::env::var_os("PG_MIGRATE_SKIP_LOG")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("pg-migrate-skipped.log"));
-    let line = format!("{test}: PostgreSQL {major} missing\n");
+    let line = format!("{test}: {message}\n");
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

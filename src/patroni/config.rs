@@ -1,0 +1,289 @@
+//! A member's Patroni configuration file: what pg-migrate needs from it
+//! (scope, name, REST address, the store, data and bin directories, the
+//! PostgreSQL settings Patroni manages), and which of those settings a
+//! new major renamed or removed. Reads files only; talks to nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+
+/// The store Patroni keeps the cluster's state in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// etcd through its v3 API: the client addresses (`host:port`) and
+    /// whether they speak https.
+    Etcd3 { endpoints: Vec<String>, https: bool },
+    /// A store pg-migrate cannot write to yet (its section's name).
+    Other(String),
+}
+
+/// What pg-migrate reads from one member's Patroni configuration.
+#[derive(Debug, Clone)]
+pub struct PatroniConfig {
+    pub path: PathBuf,
+    pub scope: String,
+    pub name: String,
+    /// The store's key prefix (Patroni's `namespace`, `/service` by default).
+    pub namespace: String,
+    /// The REST API's base address (`http://host:port`).
+    pub rest_url: String,
+    pub store: Store,
+    pub data_dir: PathBuf,
+    /// Where Patroni runs PostgreSQL's programs from (None: from PATH).
+    pub bin_dir: Option<PathBuf>,
+    /// `postgresql.parameters` of this file.
+    pub parameters: BTreeMap<String, String>,
+    /// `bootstrap.dcs.postgresql.parameters` of this file.
+    pub bootstrap_parameters: BTreeMap<String, String>,
+}
+
+/// The stores Patroni knows; pg-migrate reads (and will write) only etcd3.
+const STORES: [&str; 7] = [
+    "etcd3",
+    "etcd",
+    "consul",
+    "zookeeper",
+    "exhibitor",
+    "kubernetes",
+    "raft",
+];
+
+impl PatroniConfig {
+    /// Reads and understands `path`; Err names what makes it not a Patroni
+    /// configuration pg-migrate can use.
+    pub fn read(path: &Path) -> Result<PatroniConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<PatroniConfig, String> {
+        let raw: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| format!("{} is not YAML: {e}", path.display()))?;
+        if !raw.is_mapping() {
+            return Err(format!("{} is not a mapping of settings", path.display()));
+        }
+        let missing = |what: &str| {
+            format!(
+                "{} has no {what}: it is not a Patroni configuration",
+                path.display()
+            )
+        };
+        let scope = string_at(&raw, &["scope"]).ok_or_else(|| missing("scope"))?;
+        let name = string_at(&raw, &["name"]).ok_or_else(|| missing("name"))?;
+        let data_dir = string_at(&raw, &["postgresql", "data_dir"])
+            .ok_or_else(|| missing("postgresql.data_dir"))?;
+        let rest = string_at(&raw, &["restapi", "connect_address"])
+            .or_else(|| string_at(&raw, &["restapi", "listen"]))
+            .ok_or_else(|| missing("restapi.connect_address or restapi.listen"))?;
+        let rest_https = raw.get("restapi").and_then(|r| r.get("certfile")).is_some();
+        let rest_host = rest
+            .strip_prefix("0.0.0.0:")
+            .map(|port| format!("127.0.0.1:{port}"));
+        let rest_url = format!(
+            "{}://{}",
+            if rest_https { "https" } else { "http" },
+            rest_host.as_deref().unwrap_or(&rest)
+        );
+        let store_name = STORES
+            .iter()
+            .find(|s| raw.get(**s).is_some())
+            .ok_or_else(|| missing(&format!("store section (one of {})", STORES.join(", "))))?;
+        let store = if *store_name == "etcd3" {
+            let section = &raw["etcd3"];
+            let mut endpoints: Vec<String> = match section.get("hosts") {
+                Some(Value::String(s)) => s.split(',').map(|h| h.trim().to_string()).collect(),
+                Some(Value::Sequence(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if let Some(host) = string_at(&raw, &["etcd3", "host"]) {
+                endpoints.push(host);
+            }
+            if endpoints.is_empty() {
+                return Err(format!(
+                    "{}: etcd3 names no host or hosts (pg-migrate does not look etcd up by SRV or URL yet)",
+                    path.display()
+                ));
+            }
+            let https = string_at(&raw, &["etcd3", "protocol"]).as_deref() == Some("https");
+            Store::Etcd3 { endpoints, https }
+        } else {
+            Store::Other(store_name.to_string())
+        };
+        let namespace = string_at(&raw, &["namespace"]).unwrap_or_else(|| "/service".into());
+        Ok(PatroniConfig {
+            path: path.to_path_buf(),
+            scope,
+            name,
+            namespace: format!("/{}", namespace.trim_matches('/')),
+            rest_url,
+            store,
+            data_dir: PathBuf::from(data_dir),
+            bin_dir: string_at(&raw, &["postgresql", "bin_dir"])
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            parameters: parameters_at(&raw, &["postgresql", "parameters"]),
+            bootstrap_parameters: parameters_at(
+                &raw,
+                &["bootstrap", "dcs", "postgresql", "parameters"],
+            ),
+        })
+    }
+
+    /// The store's key of this cluster: `<namespace>/<scope>/<key>`.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}/{}/{key}", self.namespace, self.scope)
+    }
+}
+
+/// What the new major makes of one setting Patroni sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingChange {
+    /// Renamed: the value carried under the new name (converted if needed).
+    Renamed {
+        old: String,
+        new: String,
+        convert: Convert,
+    },
+    /// Gone with nothing in its place: dropped.
+    Removed { name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convert {
+    Same,
+    /// `wal_keep_segments` (a count of 16 MB segments) into `wal_keep_size`.
+    SegmentsToMegabytes,
+}
+
+/// The settings renamed or removed between majors that Patroni
+/// configurations are known to carry (release notes of 13 to 18).
+pub fn known_change(name: &str, new_major: u32) -> Option<SettingChange> {
+    let renamed = |new: &str, convert| SettingChange::Renamed {
+        old: name.to_string(),
+        new: new.to_string(),
+        convert,
+    };
+    let removed = || SettingChange::Removed {
+        name: name.to_string(),
+    };
+    Some(match name.to_ascii_lowercase().as_str() {
+        "wal_keep_segments" if new_major >= 13 => {
+            renamed("wal_keep_size", Convert::SegmentsToMegabytes)
+        }
+        "operator_precedence_warning" if new_major >= 14 => removed(),
+        "vacuum_cleanup_index_scale_factor" if new_major >= 14 => removed(),
+        "stats_temp_directory" if new_major >= 15 => removed(),
+        "force_parallel_mode" if new_major >= 16 => renamed("debug_parallel_query", Convert::Same),
+        "promote_trigger_file" if new_major >= 16 => removed(),
+        "vacuum_defer_cleanup_age" if new_major >= 16 => removed(),
+        "old_snapshot_threshold" if new_major >= 17 => removed(),
+        "db_user_namespace" if new_major >= 17 => removed(),
+        "trace_recovery_messages" if new_major >= 17 => removed(),
+        _ => return None,
+    })
+}
+
+pub fn json_scalar(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(if *b { "on" } else { "off" }.into()),
+        _ => None,
+    }
+}
+
+fn string_at(raw: &Value, path: &[&str]) -> Option<String> {
+    let mut at = raw;
+    for key in path {
+        at = at.get(*key)?;
+    }
+    scalar(at)
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "on" } else { "off" }.into()),
+        _ => None,
+    }
+}
+
+fn parameters_at(raw: &Value, path: &[&str]) -> BTreeMap<String, String> {
+    let mut at = raw;
+    for key in path {
+        match at.get(*key) {
+            Some(next) => at = next,
+            None => return BTreeMap::new(),
+        }
+    }
+    at.as_mapping()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v).unwrap_or_default())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "scope: demo
+name: m1
+restapi:
+  listen: 0.0.0.0:8008
+etcd3:
+  hosts: 127.0.0.1:2379,127.0.0.2:2379
+postgresql:
+  data_dir: /var/lib/pg/data
+  bin_dir: /usr/lib/postgresql/12/bin
+  parameters:
+    wal_keep_segments: 8
+    stats_temp_directory: /run/pg
+    work_mem: 4MB
+";
+
+    #[test]
+    fn reads_what_pg_migrate_needs() {
+        let c = PatroniConfig::parse(Path::new("p.yml"), SAMPLE).unwrap();
+        assert_eq!(c.scope, "demo");
+        assert_eq!(c.rest_url, "http://127.0.0.1:8008");
+        assert_eq!(
+            c.store,
+            Store::Etcd3 {
+                endpoints: vec!["127.0.0.1:2379".into(), "127.0.0.2:2379".into()],
+                https: false
+            }
+        );
+        assert_eq!(c.key("initialize"), "/service/demo/initialize");
+        assert_eq!(c.parameters["wal_keep_segments"], "8");
+    }
+
+    #[test]
+    fn not_patroni() {
+        let e = PatroniConfig::parse(Path::new("x.yml"), "listen_addresses: '*'\n").unwrap_err();
+        assert!(e.contains("no scope"), "{e}");
+        let e = PatroniConfig::parse(Path::new("x.conf"), "shared_buffers = 1GB\n").unwrap_err();
+        assert!(e.contains("not a mapping"), "{e}");
+    }
+
+    #[test]
+    fn renamed_and_removed_settings_by_major() {
+        assert!(matches!(
+            known_change("wal_keep_segments", 13),
+            Some(SettingChange::Renamed { ref new, convert: Convert::SegmentsToMegabytes, .. }) if new == "wal_keep_size"
+        ));
+        assert_eq!(known_change("wal_keep_segments", 12), None);
+        assert!(matches!(
+            known_change("stats_temp_directory", 17),
+            Some(SettingChange::Removed { .. })
+        ));
+        assert_eq!(known_change("work_mem", 17), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! Running pg-migrate's member work on another member's host: the remote
+//! command template (`ssh {host} --` by default) with the member's host and
+//! name filled in, and pg-migrate's own command line appended as one shell
+//! command line (what ssh runs; a local template uses `sh -c`).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::rest::MemberView;
+
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The template's words, before `{host}` and `{name}` are filled in.
+    template: Vec<String>,
+    /// pg-migrate's path on the members.
+    pub pg_migrate: String,
+    /// The member's Patroni configuration's path on its host (template).
+    member_config: String,
+}
+
+impl Remote {
+    pub fn new(template: &str, pg_migrate: &str, member_config: &str) -> Result<Remote, String> {
+        let words = shlex::split(template)
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| {
+                format!("--remote {template:?} is not a command (quotes unbalanced?)")
+            })?;
+        Ok(Remote {
+            template: words,
+            pg_migrate: pg_migrate.to_string(),
+            member_config: member_config.to_string(),
+        })
+    }
+
+    pub fn member_config(&self, member: &MemberView) -> String {
+        fill(&self.member_config, member)
+    }
+
+    /// The command that runs `shell_line` on `member`'s host.
+    fn command(&self, member: &MemberView, shell_line: &str) -> Command {
+        let words: Vec<String> = self.template.iter().map(|w| fill(w, member)).collect();
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]).arg(shell_line);
+        command
+    }
+
+    /// Runs pg-migrate with `args` on `member`'s host, `input` on its stdin;
+    /// its stdout, or why it failed.
+    pub fn pg_migrate(
+        &self,
+        member: &MemberView,
+        args: &[String],
+        input: Option<&[u8]>,
+    ) -> Result<String, String> {
+        let line = std::iter::once(
+            shlex::try_quote(&self.pg_migrate)
+                .map(|c| c.into_owned())
+                .unwrap_or_default(),
+        )
+        .chain(args.iter().map(|a| {
+            shlex::try_quote(a)
+                .map(|c| c.into_owned())
+                .unwrap_or_default()
+        }))
+        .collect::<Vec<_>>()
+        .join(" ");
+        let mut command = self.command(member, &line);
+        command
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = format!("{:?} {}", self.template.join(" "), line);
+        let mut child = command.spawn().map_err(|e| format!("{shown}: {e}"))?;
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(bytes)
+                .map_err(|e| format!("{shown}: writing its input: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "on {} ({}): {shown} failed ({}): {}",
+                member.name,
+                member.host,
+                out.status,
+                stderr.trim().lines().last().unwrap_or("no message")
+            ))
+        }
+    }
+}
+
+fn fill(template: &str, member: &MemberView) -> String {
+    template
+        .replace("{host}", &member.host)
+        .replace("{name}", &member.name)
+}

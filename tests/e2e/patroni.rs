@@ -1,0 +1,401 @@
+//! `pg-migrate patroni`: a real three-member Patroni cluster (real etcd,
+//! real Patroni, streaming replicas on loopback) on this machine; the other
+//! members are reached through a local remote-command template (`sh -c`).
+//! Each refusal is proven to change nothing: every member's data directory,
+//! the store's keys and Patroni's view are the same after.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgm_testkit::ha::PatroniCluster;
+use pgm_testkit::{pg_migrate, snapshot, Run, Sandbox, TreeSnapshot};
+
+use super::support::binary;
+
+const OLD: u32 = 15;
+const NEW: u32 = 17;
+
+struct Bed {
+    cluster: PatroniCluster,
+    bin: PathBuf,
+    sandbox: Sandbox,
+}
+
+fn bed() -> Option<Bed> {
+    pgm_testkit::require(NEW)?;
+    let sandbox = Sandbox::new();
+    let cluster = PatroniCluster::start(&sandbox, OLD, 3)?;
+    let bin = binary(&sandbox);
+    cluster.members[0].sql(
+        "postgres",
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int);
+         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 2000) g;",
+    );
+    cluster.wait_healthy(Duration::from_secs(60));
+    Some(Bed {
+        cluster,
+        bin,
+        sandbox,
+    })
+}
+
+impl Bed {
+    fn args(&self, extra: &[&str]) -> Vec<OsString> {
+        let leader = &self.cluster.members[0];
+        let member_config = leader.config.with_file_name("{name}.yml");
+        let mut args: Vec<OsString> = vec![
+            "patroni".into(),
+            "--config".into(),
+            leader.config.clone().into(),
+            "-B".into(),
+            PatroniCluster::bindir_of(NEW).into(),
+            "--remote".into(),
+            "sh -c".into(),
+            "--remote-pg-migrate".into(),
+            self.bin.clone().into(),
+            "--member-config".into(),
+            member_config.into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        args
+    }
+
+    fn run(&self, extra: &[&str]) -> Run {
+        let args = self.args(extra);
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        pg_migrate(&self.bin, self.sandbox.path(), &refs)
+    }
+
+    /// What a refusal must leave alone: each member's data directory
+    /// (without what a running server rewrites on its own), no new data
+    /// directory, the store's initialize key.
+    fn world(&self) -> (Vec<TreeSnapshot>, Vec<bool>, Option<String>) {
+        let trees = self
+            .cluster
+            .members
+            .iter()
+            .map(|m| snapshot(&m.config))
+            .collect();
+        let new_dirs = self
+            .cluster
+            .members
+            .iter()
+            .map(|m| m.datadir.with_extension(NEW.to_string()).exists())
+            .collect();
+        let initialize = self
+            .cluster
+            .etcd
+            .get(&format!("/service/{}/initialize", self.cluster.scope));
+        (trees, new_dirs, initialize)
+    }
+}
+
+fn assert_refused_by(run: &Run, check: &str, code: &str) {
+    assert_eq!(run.status, 1, "{}\n{}", run.stdout, run.stderr);
+    let finding = run
+        .events
+        .iter()
+        .find(|e| e["event"] == "check" && e["id"] == check)
+        .unwrap_or_else(|| panic!("no check {check}:\n{}", run.stdout));
+    assert_eq!(finding["status"], "fail", "{finding}");
+    assert_eq!(finding["code"], code, "{finding}");
+    assert!(
+        finding["remedy"].as_str().is_some_and(|r| !r.is_empty()),
+        "{finding}"
+    );
+    let error = run.error();
+    assert_eq!(error["code"], "checks_failed");
+    assert_eq!(error["clusters"]["old"], "unchanged");
+    assert_eq!(run.summary()["result"], "checks_failed");
+}
+
+/// A healthy cluster passes the preflight, every member probed through the
+/// remote template, and nothing changes; then each bad input is refused
+/// before any change (a paused cluster, a lagging replica, a member down,
+/// a member without the new installation), and the cluster is healthy
+/// again after each.
+#[test]
+fn preflight_passes_a_healthy_cluster_and_refuses_each_bad_input() {
+    let Some(bed) = bed() else { return };
+    let before = bed.world();
+
+    let run = bed.run(&["--check"]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    for id in [
+        "patroni-store",
+        "patroni-leader-here",
+        "patroni-not-paused",
+        "patroni-members",
+        "patroni-caught-up",
+        "patroni-timeline",
+        "patroni-member-probes",
+        "patroni-new-installation",
+        "patroni-same-cluster",
+        "patroni-new-datadir",
+        "patroni-room",
+        "patroni-settings",
+        "patroni-wal-archive",
+    ] {
+        assert_eq!(run.check(id)["status"], "pass", "{id}: {}", run.check(id));
+    }
+    // The leader's own pg-migrate checks ran, live, as part of it.
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e["event"] == "check" && e["id"] == "old-control"),
+        "{}",
+        run.stdout
+    );
+    let probes = run.check("patroni-new-datadir")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for m in ["m1", "m2", "m3"] {
+        assert!(probes.contains(m), "{probes}");
+    }
+    assert_eq!(run.summary()["checks"]["fail"], 0);
+    super::json_schema::validate(&run.events);
+    assert_eq!(bed.world(), before);
+
+    // Paused.
+    bed.cluster.set_pause(true);
+    let run = bed.run(&["--check"]);
+    assert_refused_by(&run, "patroni-not-paused", "cluster_paused");
+    bed.cluster.set_pause(false);
+    assert_eq!(bed.world(), before);
+
+    // A replica that replays behind the leader (replay paused while the
+    // leader writes more than maximum_lag_on_failover).
+    let m2 = bed.cluster.member("m2");
+    m2.sql("postgres", "SELECT pg_wal_replay_pause()");
+    bed.cluster.members[0].sql(
+        "postgres",
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g",
+    );
+    bed.cluster
+        .wait_until(Duration::from_secs(30), "m2 to lag", |c| {
+            c.cluster_view().is_some_and(|v| {
+                v["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["name"] == "m2" && m["replay_lag"].as_u64().unwrap_or(0) > 1 << 20)
+            })
+        });
+    let run = bed.run(&["--check"]);
+    assert_refused_by(&run, "patroni-caught-up", "replica_lagging");
+    assert!(run.check("patroni-caught-up")["message"]
+        .as_str()
+        .unwrap()
+        .contains("m2"));
+    m2.sql("postgres", "SELECT pg_wal_replay_resume()");
+    bed.cluster.wait_healthy(Duration::from_secs(60));
+
+    // A member without the new installation: the remote command for m3
+    // runs on a "host" where -B's path holds nothing (the script swaps the
+    // path for one that does not exist, as m3's own filesystem would).
+    let script = bed.sandbox.path().join("remote.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "name=$1; shift\n\
+             if [ \"$name\" = m3 ]; then\n\
+             \x20 exec sh -c \"$(printf '%s' \"$1\" | sed 's#{new}#/nonexistent/bin#')\"\n\
+             fi\n\
+             exec sh -c \"$1\"\n",
+            new = PatroniCluster::bindir_of(NEW).display()
+        ),
+    )
+    .unwrap();
+    pgm_testkit::chown_to_test_user(&script);
+    let run = {
+        let mut args = bed.args(&["--check"]);
+        let at = args.iter().position(|a| a == "--remote").unwrap();
+        args[at + 1] = format!("sh {} {{name}}", script.display()).into();
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        pg_migrate(&bed.bin, bed.sandbox.path(), &refs)
+    };
+    assert_refused_by(&run, "patroni-new-installation", "new_installation_missing");
+    let message = run.check("patroni-new-installation")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("m3: ") && !message.contains("m2"),
+        "{message}"
+    );
+
+    // A member down: m3's Patroni stopped (and its PostgreSQL with it).
+    let m3 = bed.cluster.member("m3");
+    m3.stop_patroni();
+    bed.cluster
+        .wait_until(Duration::from_secs(30), "m3 to leave the view", |c| {
+            c.cluster_view()
+                .is_some_and(|v| v["members"].as_array().unwrap().len() == 2)
+        });
+    let run = bed.run(&["--check"]);
+    assert_refused_by(&run, "patroni-members", "member_missing");
+    assert!(run.check("patroni-members")["message"]
+        .as_str()
+        .unwrap()
+        .contains("m3"));
+    m3.start_patroni();
+    bed.cluster.wait_healthy(Duration::from_secs(90));
+    let after = bed.world();
+    assert_eq!(after.1, before.1, "no new data directory was made");
+    assert_eq!(after.2, before.2, "the initialize key is unchanged");
+
+    // --member-config that names another member's file for every member.
+    let run = {
+        let mut args = bed.args(&["--check"]);
+        let at = args.iter().position(|a| a == "--member-config").unwrap();
+        args[at + 1] = bed.cluster.members[0].config.clone().into();
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        pg_migrate(&bed.bin, bed.sandbox.path(), &refs)
+    };
+    assert_refused_by(&run, "patroni-member-probes", "member_unreachable");
+    assert!(
+        run.check("patroni-member-probes")["message"]
+            .as_str()
+            .unwrap()
+            .contains("not m2"),
+        "{}",
+        run.check("patroni-member-probes")
+    );
+
+    // The dynamic configuration archives WAL and sets a setting 17 removed:
+    // the archive is refused until the operator chooses; the setting is
+    // carried (a warning).
+    let edit = bed.cluster.patronictl(&[
+        "edit-config",
+        "--force",
+        "-s",
+        "postgresql.parameters.archive_mode=on",
+        "-s",
+        "postgresql.parameters.archive_command=pgbackrest --stanza=main archive-push %p",
+        "-s",
+        "postgresql.parameters.vacuum_defer_cleanup_age=0",
+    ]);
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    let conf = bed.cluster.members[0].datadir.join("postgresql.conf");
+    bed.cluster.wait_until(
+        Duration::from_secs(30),
+        "Patroni to write archive_command",
+        |_| std::fs::read_to_string(&conf).is_ok_and(|t| t.contains("pgbackrest")),
+    );
+    let run = bed.run(&["--check"]);
+    assert_refused_by(&run, "patroni-wal-archive", "wal_archive_in_use");
+    let archive = run.check("patroni-wal-archive");
+    assert!(
+        archive["message"].as_str().unwrap().contains("pgBackRest"),
+        "{archive}"
+    );
+    assert!(
+        archive["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("stanza-upgrade"),
+        "{archive}"
+    );
+    let settings = run.check("patroni-settings");
+    assert_eq!(settings["status"], "warn", "{settings}");
+    assert_eq!(settings["code"], "setting_renamed");
+    assert!(settings["message"]
+        .as_str()
+        .unwrap()
+        .contains("vacuum_defer_cleanup_age"));
+    super::json_schema::validate(&run.events);
+    let run = bed.run(&["--check", "--wal-archive", "off"]);
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    assert_eq!(run.check("patroni-wal-archive")["code"], "wal_archive_off");
+    super::json_schema::validate(&run.events);
+    assert_eq!(bed.world(), before);
+}
+
+/// A file that is not a Patroni configuration is refused before anything
+/// is asked of anyone: exit 2, `not_patroni_config`, naming the file.
+#[test]
+fn a_file_that_is_not_patronis_is_refused() {
+    let Some(new) = pgm_testkit::require(NEW) else {
+        return;
+    };
+    let sandbox = Sandbox::new();
+    let bin = binary(&sandbox);
+    let conf = sandbox.path().join("postgresql.conf");
+    std::fs::write(&conf, "shared_buffers = 128MB\n").unwrap();
+    pgm_testkit::chown_to_test_user(&conf);
+    let yaml = sandbox.path().join("other.yml");
+    std::fs::write(&yaml, "listen: 127.0.0.1:8008\nname: x\n").unwrap();
+    pgm_testkit::chown_to_test_user(&yaml);
+    for (file, says) in [(&conf, "not a mapping"), (&yaml, "no scope")] {
+        let args: Vec<OsString> = vec![
+            "patroni".into(),
+            "--config".into(),
+            file.into(),
+            "-B".into(),
+            new.clone().into(),
+            "--check".into(),
+            "--json".into(),
+        ];
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let run = pg_migrate(&bin, sandbox.path(), &refs);
+        assert_eq!(run.status, 2, "{}\n{}", run.stdout, run.stderr);
+        let error = run.error();
+        assert_eq!(error["code"], "not_patroni_config", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(says) && message.contains(&file.display().to_string()),
+            "{message}"
+        );
+        assert_eq!(run.summary()["exit_code"], 2);
+    }
+}
+
+/// Without --check, `pg-migrate patroni` says that only its preflight is
+/// built and changes nothing (it asks nothing of any server either: the
+/// configuration names a REST API no one listens on).
+#[test]
+fn the_upgrade_itself_is_refused_until_it_is_built() {
+    let Some(new) = pgm_testkit::require(NEW) else {
+        return;
+    };
+    let sandbox = Sandbox::new();
+    let bin = binary(&sandbox);
+    let yaml = sandbox.path().join("patroni.yml");
+    let data = sandbox.mkdir("data");
+    std::fs::write(
+        &yaml,
+        format!(
+            "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:9\netcd3:\n  hosts: 127.0.0.1:9\npostgresql:\n  data_dir: {}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    pgm_testkit::chown_to_test_user(&yaml);
+    let before = snapshot(sandbox.path());
+    let args: Vec<OsString> = vec![
+        "patroni".into(),
+        "--config".into(),
+        yaml.into(),
+        "-B".into(),
+        new.into(),
+        "--json".into(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let run = pg_migrate(&bin, sandbox.path(), &refs);
+    assert_eq!(run.status, 2, "{}\n{}", run.stdout, run.stderr);
+    let error = run.error();
+    assert_eq!(error["code"], "usage", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("--check"),
+        "{error}"
+    );
+    super::json_schema::validate(&run.events);
+    assert_eq!(snapshot(sandbox.path()), before);
+}
