@@ -15,6 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 log() { printf '[install-ha] %s\n' "$*" >&2; }
 
+ensure_user
 prefix=$(resolve_ha_prefix)
 requirements=$root/scripts/patroni-requirements.txt
 venv=$prefix/patroni
@@ -25,25 +26,31 @@ if ! command -v etcd >/dev/null; then
   log "installing etcd (Debian's etcd-server)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >&2
+  # Debian's package starts a system etcd on 2379 where systemd runs; the
+  # tests start their own.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    systemctl disable --now etcd >&2 || true
+  fi
 fi
-# Debian's package may start a system etcd on 2379; the tests use their own.
-etcd --version | head -n1 >&2
+etcd --version >&2
 
 want=$(sha256sum "$requirements" | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/patroni" ]; then
   exit 0
-fi
-if ! /usr/bin/python3 -m venv --help >/dev/null 2>&1; then
-  [ "$(id -u)" = 0 ] || { log "python3-venv missing: run as root or: apt-get install -y python3-venv"; exit 1; }
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
 fi
 log "installing Patroni into $venv"
 mkdir -p "$prefix"
 # Built in place (a venv's scripts name their interpreter by path); the
 # stamp, written last, says it is complete.
 rm -rf "$venv" "$stamp"
-/usr/bin/python3 -m venv "$venv"
+# Debian keeps venv's pip (ensurepip) in python3-venv: a venv fails without it.
+if ! /usr/bin/python3 -m venv "$venv" >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { log "python3-venv missing: run as root or: apt-get install -y python3-venv"; exit 1; }
+  rm -rf "$venv"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+  /usr/bin/python3 -m venv "$venv"
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
 chmod -R a+rX "$prefix"
 # Verified as the user that runs the tests' servers.

@@ -75,7 +75,7 @@ pub struct PatroniArgs {
     #[arg(
         long = "remote",
         value_name = "TEMPLATE",
-        default_value = "ssh {host} --"
+        default_value = "ssh -o BatchMode=yes -o ConnectTimeout=10 {host} --"
     )]
     pub remote: String,
     /// pg-migrate's path on the other members' hosts

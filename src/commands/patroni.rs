@@ -42,6 +42,10 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
         );
     };
     let new_bindir = std::path::absolute(&new_bindir).unwrap_or(new_bindir);
+    // The other members read --member-config on their own hosts: a relative
+    // path would be relative to wherever the remote command starts.
+    let mut args = args;
+    args.config = std::path::absolute(&args.config).unwrap_or(args.config);
     let config = match PatroniConfig::read(&args.config) {
         Ok(config) => config,
         Err(message) => {
@@ -110,6 +114,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
                 probes: &gathered.probes,
                 mode: args.mode(),
                 wal_archive: args.wal_archive,
+                dynamic_unknown: gathered.dynamic_unknown.clone(),
                 archive: gathered.archive.clone(),
             };
             for f in preflight::judge(&inputs) {
@@ -183,6 +188,7 @@ struct Gathered {
     status: Option<Value>,
     probes: Vec<(String, Result<Probe, String>)>,
     archive: Option<(String, String, String)>,
+    dynamic_unknown: Vec<String>,
     store_findings: Vec<Finding>,
 }
 
@@ -194,6 +200,19 @@ fn gather(
 ) -> Result<Gathered, Box<Finding>> {
     let id = "patroni-rest";
     let title = "Patroni's REST API answers";
+    if config.rest_url.starts_with("https:") {
+        return Err(Box::new(Finding::fail(
+            id,
+            title,
+            "rest_unreachable",
+            format!(
+                "{}'s REST API speaks https (restapi.certfile in {}): pg-migrate patroni speaks only plain HTTP to it so far",
+                config.name,
+                config.path.display()
+            ),
+            "check and upgrade this cluster by hand (docs/patroni.md) until pg-migrate speaks https",
+        )));
+    }
     let view = rest::cluster(&config.rest_url).map_err(|e| {
         Box::new(Finding::fail(
             id,
@@ -288,12 +307,30 @@ fn gather(
         probes.push((m.name.clone(), probe));
     }
     let archive = old_bindir(config).and_then(|bindir| archive_settings(&bindir, &config.data_dir));
+    // The dynamic configuration's settings, asked of the new server.
+    let new_major = probes
+        .iter()
+        .find(|(n, _)| n == &config.name)
+        .and_then(|(_, p)| p.as_ref().ok())
+        .and_then(|p| p.new_major);
+    let dynamic_unknown = match (dynamic["postgresql"]["parameters"].as_object(), new_major) {
+        (Some(params), Some(major)) => {
+            let names: Vec<String> = params
+                .keys()
+                .filter(|n| crate::patroni::config::known_change(n, major).is_none())
+                .cloned()
+                .collect();
+            member::unknown_to(new_bindir, &names).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
     Ok(Gathered {
         view,
         dynamic,
         status,
         probes,
         archive,
+        dynamic_unknown,
         store_findings,
     })
 }

@@ -11,11 +11,11 @@ use serde_yaml_ng::Value;
 /// The store Patroni keeps the cluster's state in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Store {
-    /// etcd through its v3 API: the client addresses (`host:port`) and
-    /// whether they speak https.
-    Etcd3 { endpoints: Vec<String>, https: bool },
-    /// A store pg-migrate cannot write to yet (its section's name).
-    Other(String),
+    /// etcd through its v3 API over plain HTTP: the client addresses
+    /// (`host:port`).
+    Etcd3 { endpoints: Vec<String> },
+    /// A store, or a way of reaching one, pg-migrate cannot use yet (what).
+    Unsupported(String),
 }
 
 /// What pg-migrate reads from one member's Patroni configuration.
@@ -77,48 +77,28 @@ impl PatroniConfig {
             .or_else(|| string_at(&raw, &["restapi", "listen"]))
             .ok_or_else(|| missing("restapi.connect_address or restapi.listen"))?;
         let rest_https = raw.get("restapi").and_then(|r| r.get("certfile")).is_some();
-        let rest_host = rest
-            .strip_prefix("0.0.0.0:")
-            .map(|port| format!("127.0.0.1:{port}"));
         let rest_url = format!(
             "{}://{}",
             if rest_https { "https" } else { "http" },
-            rest_host.as_deref().unwrap_or(&rest)
+            local_if_wildcard(&rest)
         );
         let store_name = STORES
             .iter()
             .find(|s| raw.get(**s).is_some())
             .ok_or_else(|| missing(&format!("store section (one of {})", STORES.join(", "))))?;
         let store = if *store_name == "etcd3" {
-            let section = &raw["etcd3"];
-            let mut endpoints: Vec<String> = match section.get("hosts") {
-                Some(Value::String(s)) => s.split(',').map(|h| h.trim().to_string()).collect(),
-                Some(Value::Sequence(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            if let Some(host) = string_at(&raw, &["etcd3", "host"]) {
-                endpoints.push(host);
-            }
-            if endpoints.is_empty() {
-                return Err(format!(
-                    "{}: etcd3 names no host or hosts (pg-migrate does not look etcd up by SRV or URL yet)",
-                    path.display()
-                ));
-            }
-            let https = string_at(&raw, &["etcd3", "protocol"]).as_deref() == Some("https");
-            Store::Etcd3 { endpoints, https }
+            etcd3_store(&raw)
         } else {
-            Store::Other(store_name.to_string())
+            Store::Unsupported(format!("{store_name} (the {store_name} section)"))
         };
         let namespace = string_at(&raw, &["namespace"]).unwrap_or_else(|| "/service".into());
         Ok(PatroniConfig {
             path: path.to_path_buf(),
             scope,
             name,
-            namespace: format!("/{}", namespace.trim_matches('/')),
+            namespace: collapse_slashes(&format!("/{namespace}"))
+                .trim_end_matches('/')
+                .to_string(),
             rest_url,
             store,
             data_dir: PathBuf::from(data_dir),
@@ -133,9 +113,10 @@ impl PatroniConfig {
         })
     }
 
-    /// The store's key of this cluster: `<namespace>/<scope>/<key>`.
+    /// The store's key of this cluster: `<namespace>/<scope>/<key>` (with
+    /// repeated slashes collapsed, as Patroni does).
     pub fn key(&self, key: &str) -> String {
-        format!("{}/{}/{key}", self.namespace, self.scope)
+        collapse_slashes(&format!("{}/{}/{key}", self.namespace, self.scope))
     }
 }
 
@@ -194,6 +175,81 @@ pub fn json_scalar(value: &serde_json::Value) -> Option<String> {
         serde_json::Value::Bool(b) => Some(if *b { "on" } else { "off" }.into()),
         _ => None,
     }
+}
+
+fn collapse_slashes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A listen address on every interface (`0.0.0.0:8008`, `[::]:8008`,
+/// `:8008`) is reached on this host at 127.0.0.1.
+fn local_if_wildcard(address: &str) -> String {
+    for wildcard in ["0.0.0.0:", "[::]:", "::", ":"] {
+        if let Some(port) = address.strip_prefix(wildcard) {
+            if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) {
+                return format!("127.0.0.1:{port}");
+            }
+        }
+    }
+    address.to_string()
+}
+
+/// The etcd3 section as pg-migrate can use it: the client endpoints of
+/// `hosts` (a comma-separated string or a list), `host`, `url` or `proxy`,
+/// each with etcd's port 2379 (or `port`) when it names none.
+fn etcd3_store(raw: &Value) -> Store {
+    let section = &raw["etcd3"];
+    if section.get("srv").is_some() || section.get("srv_suffix").is_some() {
+        return Store::Unsupported("etcd3 found through DNS SRV records (srv)".into());
+    }
+    let https = string_at(raw, &["etcd3", "protocol"]).as_deref() == Some("https")
+        || section.get("cacert").is_some()
+        || section.get("cert").is_some();
+    if https {
+        return Store::Unsupported("etcd3 over https".into());
+    }
+    if section.get("username").is_some() || section.get("password").is_some() {
+        return Store::Unsupported("etcd3 with authentication (username/password)".into());
+    }
+    let port = string_at(raw, &["etcd3", "port"]).unwrap_or_else(|| "2379".into());
+    let mut names: Vec<String> = match section.get("hosts") {
+        Some(Value::String(s)) => s.split(',').map(str::to_string).collect(),
+        Some(Value::Sequence(items)) => items.iter().filter_map(scalar).collect(),
+        _ => Vec::new(),
+    };
+    for key in ["host", "url", "proxy"] {
+        if let Some(value) = string_at(raw, &["etcd3", key]) {
+            names.push(value);
+        }
+    }
+    let endpoints: Vec<String> = names
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let h = h.trim_start_matches("http://").trim_end_matches('/');
+            if h.rsplit_once(':')
+                .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            {
+                h.to_string()
+            } else {
+                format!("{h}:{port}")
+            }
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Store::Unsupported("etcd3 with no host, hosts, url or proxy".into());
+    }
+    if names.iter().any(|h| h.trim().starts_with("https://")) {
+        return Store::Unsupported("etcd3 over https".into());
+    }
+    Store::Etcd3 { endpoints }
 }
 
 fn string_at(raw: &Value, path: &[&str]) -> Option<String> {
@@ -258,11 +314,54 @@ postgresql:
             c.store,
             Store::Etcd3 {
                 endpoints: vec!["127.0.0.1:2379".into(), "127.0.0.2:2379".into()],
-                https: false
             }
         );
         assert_eq!(c.key("initialize"), "/service/demo/initialize");
         assert_eq!(c.parameters["wal_keep_segments"], "8");
+    }
+
+    #[test]
+    fn etcd3_forms_and_namespaces() {
+        let parse = |extra: &str| {
+            PatroniConfig::parse(
+                Path::new("p.yml"),
+                &format!("scope: s\nname: n\nrestapi:\n  listen: '[::]:8008'\npostgresql:\n  data_dir: /d\n{extra}"),
+            )
+            .unwrap()
+        };
+        let c = parse("etcd3:\n  hosts: [e1, 'e2:2380', '']\n  port: 2400\nnamespace: /\n");
+        assert_eq!(
+            c.store,
+            Store::Etcd3 {
+                endpoints: vec!["e1:2400".into(), "e2:2380".into()]
+            }
+        );
+        assert_eq!(c.key("initialize"), "/s/initialize");
+        assert_eq!(c.rest_url, "http://127.0.0.1:8008");
+        let c = parse("etcd3:\n  url: http://e1:2379/\nnamespace: /x/\n");
+        assert_eq!(
+            c.store,
+            Store::Etcd3 {
+                endpoints: vec!["e1:2379".into()]
+            }
+        );
+        assert_eq!(c.key("config"), "/x/s/config");
+        assert!(matches!(
+            parse("etcd3:\n  srv: example.com\n").store,
+            Store::Unsupported(_)
+        ));
+        assert!(matches!(
+            parse("etcd3:\n  hosts: e1\n  protocol: https\n").store,
+            Store::Unsupported(_)
+        ));
+        assert!(matches!(
+            parse("etcd3:\n  hosts: e1\n  username: u\n").store,
+            Store::Unsupported(_)
+        ));
+        assert!(matches!(
+            parse("consul:\n  host: c\n").store,
+            Store::Unsupported(_)
+        ));
     }
 
     #[test]

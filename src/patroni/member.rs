@@ -89,34 +89,27 @@ pub fn probe(
     };
     let standby = data_dir.join("standby.signal").exists();
 
-    let (new_version, new_major, new_install_problem, known) =
-        match Installation::discover(new_bindir) {
-            Ok(install) => {
-                let missing: Vec<&str> = install
-                    .missing(&[Tool::Postgres, Tool::PgCtl, Tool::Initdb])
-                    .iter()
-                    .map(|t| t.file_name())
-                    .collect();
-                let major = install.version.major.number();
-                let problem = if !missing.is_empty() {
-                    Some(format!(
-                        "{} lacks {}",
-                        new_bindir.display(),
-                        missing.join(", ")
-                    ))
-                } else {
-                    None
-                };
-                let known = described_settings(new_bindir);
-                (
-                    Some(install.version.text.clone()),
-                    Some(major),
-                    problem,
-                    known,
-                )
-            }
-            Err(e) => (None, None, Some(e.to_string()), None),
-        };
+    let (new_version, new_major, new_install_problem) = match Installation::discover(new_bindir) {
+        Ok(install) => {
+            let missing: Vec<&str> = install
+                .missing(&[Tool::Postgres, Tool::PgCtl, Tool::Initdb])
+                .iter()
+                .map(|t| t.file_name())
+                .collect();
+            let major = install.version.major.number();
+            let problem = if !missing.is_empty() {
+                Some(format!(
+                    "{} lacks {}",
+                    new_bindir.display(),
+                    missing.join(", ")
+                ))
+            } else {
+                None
+            };
+            (Some(install.version.text.clone()), Some(major), problem)
+        }
+        Err(e) => (None, None, Some(e.to_string())),
+    };
 
     let new_datadir = new_datadir(new_datadir_template, &config, new_major);
     let parent = new_datadir
@@ -152,17 +145,25 @@ pub fn probe(
 
     let mut unknown_settings = Vec::new();
     let mut changed_settings = Vec::new();
-    if let (Some(known), Some(major)) = (&known, new_major) {
-        for name in config
+    if let Some(major) = new_major {
+        let names: Vec<String> = config
             .parameters
             .keys()
             .chain(config.bootstrap_parameters.keys())
-        {
-            if known_change(name, major).is_some() {
-                changed_settings.push(name.clone());
-            } else if !name.contains('.') && !known.contains(&name.to_ascii_lowercase()) {
-                unknown_settings.push(name.clone());
-            }
+            .cloned()
+            .collect();
+        changed_settings = names
+            .iter()
+            .filter(|n| known_change(n, major).is_some())
+            .cloned()
+            .collect();
+        let others: Vec<String> = names
+            .into_iter()
+            .filter(|n| known_change(n, major).is_none())
+            .collect();
+        match unknown_to(new_bindir, &others) {
+            Ok(unknown) => unknown_settings = unknown,
+            Err(e) => problems.push(e),
         }
     }
     unknown_settings.sort();
@@ -192,8 +193,48 @@ pub fn probe(
     })
 }
 
-/// Every setting the server of `bindir` knows (`postgres --describe-config`).
-pub fn described_settings(bindir: &Path) -> Option<std::collections::BTreeSet<String>> {
+/// Which of `names` the server of `bindir` does not know. Settings with a
+/// dot are an extension's (placeholders, accepted). `--describe-config`
+/// leaves out settings not meant for postgresql.conf samples, so a name it
+/// lacks is asked of the server itself: `postgres -C NAME` on a scratch
+/// directory holding an empty postgresql.conf (-C answers before the data
+/// directory is looked at).
+pub fn unknown_to(bindir: &Path, names: &[String]) -> Result<Vec<String>, String> {
+    let candidates: Vec<&String> = names.iter().filter(|n| !n.contains('.')).collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let described = described_settings(bindir).unwrap_or_default();
+    let doubtful: Vec<&String> = candidates
+        .into_iter()
+        .filter(|n| !described.contains(&n.to_ascii_lowercase()))
+        .collect();
+    if doubtful.is_empty() {
+        return Ok(Vec::new());
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("pgm-settings-")
+        .tempdir()
+        .map_err(|e| format!("a scratch directory to ask the new server about settings: {e}"))?;
+    std::fs::write(scratch.path().join("postgresql.conf"), "")
+        .map_err(|e| format!("{}: {e}", scratch.path().display()))?;
+    Ok(doubtful
+        .into_iter()
+        .filter(|name| {
+            pgm_cluster::command::PgCommand::new(bindir.join("postgres"))
+                .arg("-D")
+                .arg(scratch.path())
+                .arg("-C")
+                .arg(name.as_str())
+                .run()
+                .is_err()
+        })
+        .cloned()
+        .collect())
+}
+
+/// Every setting `postgres --describe-config` of `bindir` lists.
+fn described_settings(bindir: &Path) -> Option<std::collections::BTreeSet<String>> {
     let out = pgm_cluster::command::PgCommand::new(bindir.join("postgres"))
         .arg("--describe-config")
         .run()

@@ -24,6 +24,8 @@ pub struct Inputs<'a> {
     pub probes: &'a [(String, Result<Probe, String>)],
     pub mode: Mode,
     pub wal_archive: WalArchive,
+    /// Settings of the dynamic configuration the new server does not know.
+    pub dynamic_unknown: Vec<String>,
     /// The leader's archive settings (archive_mode, archive_command,
     /// archive_library) as its server reads them.
     pub archive: Option<(String, String, String)>,
@@ -42,19 +44,20 @@ fn members(names: &[String]) -> Vec<ObjectRef> {
     names.iter().map(|n| member(n)).collect()
 }
 
-/// Patroni's slot name for a member (lower case, other than [a-z0-9_] as _).
+/// Patroni's slot name for a member (`slot_name_from_member_name`): lower
+/// case; `-` and `.` become `_`, any other character outside [a-z0-9_]
+/// `u` and its code point in four digits; at most 63 characters.
 fn slot_name(member: &str) -> String {
-    member
+    let name: String = member
         .to_lowercase()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c.to_string(),
+            '-' | '.' => "_".to_string(),
+            other => format!("u{:04}", other as u32),
         })
-        .collect()
+        .collect();
+    name.chars().take(63).collect()
 }
 
 pub fn judge(inputs: &Inputs) -> Vec<Finding> {
@@ -211,12 +214,12 @@ pub fn judge(inputs: &Inputs) -> Vec<Finding> {
     // One timeline.
     let id = "patroni-timeline";
     let title = "every member is on the leader's timeline";
-    let timelines: BTreeSet<Option<u64>> = view.members.iter().map(|m| m.timeline).collect();
+    let timelines: BTreeSet<u64> = view.members.iter().filter_map(|m| m.timeline).collect();
     findings.push(if timelines.len() <= 1 {
         Finding::pass(
             id,
             title,
-            match timelines.iter().next().copied().flatten() {
+            match timelines.iter().next() {
                 Some(tli) => format!("timeline {tli}"),
                 None => "no member reports a timeline".into(),
             },
@@ -436,13 +439,12 @@ fn judge_settings(inputs: &Inputs, findings: &mut Vec<Finding>) {
         .iter()
         .filter_map(|(_, p)| p.as_ref().ok())
         .collect();
-    let new_major = probes.iter().find_map(|p| p.new_major);
-    let known = inputs
+    let new_major = inputs
         .probes
         .iter()
         .find(|(n, _)| n == &inputs.config.name)
         .and_then(|(_, p)| p.as_ref().ok())
-        .and_then(|p| super::member::described_settings(&p.new_bindir));
+        .and_then(|p| p.new_major);
     let mut unknown: Vec<String> = probes
         .iter()
         .flat_map(|p| {
@@ -451,22 +453,26 @@ fn judge_settings(inputs: &Inputs, findings: &mut Vec<Finding>) {
                 .map(move |s| format!("{s} (in {}'s configuration)", p.name))
         })
         .collect();
+    unknown.extend(
+        inputs
+            .dynamic_unknown
+            .iter()
+            .map(|s| format!("{s} (in the dynamic configuration)")),
+    );
     let mut changed: Vec<String> = probes
         .iter()
         .flat_map(|p| p.changed_settings.clone())
         .collect();
-    if let (Some(params), Some(known), Some(major)) = (
+    if let (Some(params), Some(major)) = (
         inputs.dynamic["postgresql"]["parameters"].as_object(),
-        &known,
         new_major,
     ) {
-        for name in params.keys() {
-            if known_change(name, major).is_some() {
-                changed.push(name.clone());
-            } else if !name.contains('.') && !known.contains(&name.to_ascii_lowercase()) {
-                unknown.push(format!("{name} (in the dynamic configuration)"));
-            }
-        }
+        changed.extend(
+            params
+                .keys()
+                .filter(|name| known_change(name, major).is_some())
+                .cloned(),
+        );
     }
     changed.sort();
     changed.dedup();
@@ -488,11 +494,11 @@ fn judge_settings(inputs: &Inputs, findings: &mut Vec<Finding>) {
             title,
             "setting_renamed",
             format!(
-                "renamed or removed in PostgreSQL {}: {}; pg-migrate carries them (renamed under the new name, removed ones dropped) in each member's file and the dynamic configuration",
+                "renamed or removed in PostgreSQL {}: {}; Patroni would hand them to the new server as they are",
                 new_major.unwrap_or(0),
                 changed.join(", ")
             ),
-            "nothing to do; the old files are kept beside the new ones",
+            "rename them (wal_keep_segments → wal_keep_size, 16 MB each; force_parallel_mode → debug_parallel_query) or remove them in each member's file and the dynamic configuration when the upgrade is done by hand (the one-command upgrade, still being built, is to carry them)",
         )
     } else {
         Finding::pass(id, title, "none renamed or removed")
@@ -560,7 +566,7 @@ fn judge_archive(inputs: &Inputs) -> Finding {
             id,
             title,
             "wal_archive_off",
-            format!("archive_mode = {mode}, {what}: the new cluster starts with archive_mode = off (--wal-archive off)"),
+            format!("archive_mode = {mode}, {what}: the new cluster is to start with archive_mode = off (--wal-archive off; when upgrading by hand, set it so yourself)"),
             format!("{advice}; then turn archiving on again (patronictl edit-config)"),
         ),
         WalArchive::Keep => Finding::warn(
@@ -580,6 +586,8 @@ mod tests {
     #[test]
     fn slot_names_as_patroni_makes_them() {
         assert_eq!(slot_name("Node-1.db"), "node_1_db");
+        assert_eq!(slot_name("db@1"), "dbu00641");
+        assert_eq!(slot_name(&"x".repeat(70)).len(), 63);
     }
 
     #[test]

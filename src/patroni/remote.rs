@@ -1,5 +1,5 @@
 //! Running pg-migrate's member work on another member's host: the remote
-//! command template (`ssh {host} --` by default) with the member's host and
+//! command template (ssh with BatchMode by default) with the member's host and
 //! name filled in, and pg-migrate's own command line appended as one shell
 //! command line (what ssh runs; a local template uses `sh -c`).
 
@@ -52,18 +52,15 @@ impl Remote {
         args: &[String],
         input: Option<&[u8]>,
     ) -> Result<String, String> {
-        let line = std::iter::once(
-            shlex::try_quote(&self.pg_migrate)
-                .map(|c| c.into_owned())
-                .unwrap_or_default(),
-        )
-        .chain(args.iter().map(|a| {
-            shlex::try_quote(a)
-                .map(|c| c.into_owned())
-                .unwrap_or_default()
-        }))
-        .collect::<Vec<_>>()
-        .join(" ");
+        let mut words = Vec::new();
+        for word in std::iter::once(&self.pg_migrate).chain(args) {
+            words.push(
+                shlex::try_quote(word)
+                    .map_err(|e| format!("{word:?} cannot be passed to a shell: {e}"))?
+                    .into_owned(),
+            );
+        }
+        let line = words.join(" ");
         let mut command = self.command(member, &line);
         command
             .stdin(if input.is_some() {
@@ -99,6 +96,8 @@ impl Remote {
     }
 }
 
+/// The template word with the member's host and name in it; each word is
+/// one argument of the local command, never parsed by a shell here.
 fn fill(template: &str, member: &MemberView) -> String {
     template
         .replace("{host}", &member.host)

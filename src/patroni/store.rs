@@ -12,7 +12,6 @@ use super::config::Store;
 
 pub struct Etcd3 {
     endpoints: Vec<String>,
-    scheme: &'static str,
 }
 
 fn b64(text: &str) -> String {
@@ -29,12 +28,11 @@ fn unb64(text: &str) -> Result<String, String> {
 impl Etcd3 {
     pub fn of(store: &Store) -> Result<Etcd3, String> {
         match store {
-            Store::Etcd3 { endpoints, https } => Ok(Etcd3 {
+            Store::Etcd3 { endpoints } => Ok(Etcd3 {
                 endpoints: endpoints.clone(),
-                scheme: if *https { "https" } else { "http" },
             }),
-            Store::Other(name) => Err(format!(
-                "Patroni keeps this cluster in {name}; pg-migrate patroni writes only to etcd (the etcd3 section) so far"
+            Store::Unsupported(what) => Err(format!(
+                "Patroni keeps this cluster in {what}; pg-migrate patroni reaches only etcd v3 over plain HTTP without authentication so far"
             )),
         }
     }
@@ -47,7 +45,7 @@ impl Etcd3 {
             .build();
         let mut errors = Vec::new();
         for endpoint in &self.endpoints {
-            let url = format!("{}://{endpoint}/v3/{path}", self.scheme);
+            let url = format!("http://{endpoint}/v3/{path}");
             match agent
                 .post(&url)
                 .set("Content-Type", "application/json")

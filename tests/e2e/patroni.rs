@@ -68,9 +68,9 @@ impl Bed {
         pg_migrate(&self.bin, self.sandbox.path(), &refs)
     }
 
-    /// What a refusal must leave alone: each member's data directory
-    /// (without what a running server rewrites on its own), no new data
-    /// directory, the store's initialize key.
+    /// What a refusal must leave alone, of what a running cluster does not
+    /// change by itself: each member's Patroni configuration, the absence
+    /// of any new data directory, the store's initialize key.
     fn world(&self) -> (Vec<TreeSnapshot>, Vec<bool>, Option<String>) {
         let trees = self
             .cluster
@@ -277,6 +277,9 @@ fn preflight_passes_a_healthy_cluster_and_refuses_each_bad_input() {
         "postgresql.parameters.archive_command=pgbackrest --stanza=main archive-push %p",
         "-s",
         "postgresql.parameters.vacuum_defer_cleanup_age=0",
+        // Known to 17, but not listed by --describe-config (not in samples).
+        "-s",
+        "postgresql.parameters.zero_damaged_pages=off",
     ]);
     assert!(
         edit.status.success(),
@@ -315,6 +318,41 @@ fn preflight_passes_a_healthy_cluster_and_refuses_each_bad_input() {
     assert_eq!(run.status, 0, "{}", run.stdout);
     assert_eq!(run.check("patroni-wal-archive")["code"], "wal_archive_off");
     super::json_schema::validate(&run.events);
+
+    // A setting no PostgreSQL knows, in the dynamic configuration: the new
+    // server would refuse to start with it.
+    let edit = bed.cluster.patronictl(&[
+        "edit-config",
+        "--force",
+        "-s",
+        "postgresql.parameters.no_such_setting=1",
+    ]);
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    bed.cluster.wait_until(
+        Duration::from_secs(30),
+        "the dynamic configuration to hold it",
+        |c| {
+            pgm_testkit::ha::http_get(&c.members[0].rest_url("/config")).is_some_and(|v| {
+                v["postgresql"]["parameters"]["no_such_setting"].is_string()
+                    || v["postgresql"]["parameters"]["no_such_setting"].is_number()
+            })
+        },
+    );
+    let run = bed.run(&["--check", "--wal-archive", "off"]);
+    assert_refused_by(&run, "patroni-settings", "setting_unknown_to_new");
+    let message = run.check("patroni-settings")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("no_such_setting (in the dynamic configuration)"),
+        "{message}"
+    );
+    assert!(!message.contains("zero_damaged_pages"), "{message}");
     assert_eq!(bed.world(), before);
 }
 

@@ -30,19 +30,28 @@ pub fn require_ha() -> Option<(PathBuf, PathBuf)> {
         .find(|p| p.exists());
     match (patroni.exists(), etcd) {
         (true, Some(etcd)) => Some((patroni, etcd)),
-        _ => crate::skip_or_fail(&format!(
-            "Patroni ({}) or etcd is not installed: run scripts/install-ha.sh",
-            patroni.display()
-        )),
+        _ => crate::skip_or_fail(
+            &format!(
+                "Patroni ({}) or etcd is not installed: run scripts/install-ha.sh",
+                patroni.display()
+            ),
+            "Patroni or etcd missing",
+        ),
     }
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel's pick; closed again at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
+/// `count` distinct free TCP ports on 127.0.0.1: the kernel's picks, all
+/// held until every one is picked (so no two are the same), then closed.
+/// Below the ephemeral range's usual start they would be safer from
+/// outgoing connections, but the kernel's pick is what is free now.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound port").port())
+        .collect()
 }
 
 /// One etcd member on 127.0.0.1, its data in the sandbox.
@@ -54,8 +63,8 @@ pub struct Etcd {
 impl Etcd {
     pub fn start(sandbox: &Sandbox, etcd: &Path) -> Etcd {
         let dir = sandbox.mkdir("etcd");
-        let client_port = free_port();
-        let peer_port = free_port();
+        let ports = free_ports(2);
+        let (client_port, peer_port) = (ports[0], ports[1]);
         let log = std::fs::File::create(sandbox.path().join("etcd.log")).unwrap();
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
@@ -214,8 +223,8 @@ impl PatroniCluster {
         chown_to_test_user(&home);
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
-        let pg_port = free_port();
-        let rest_port = free_port();
+        let ports = free_ports(2);
+        let (pg_port, rest_port) = (ports[0], ports[1]);
         let datadir = home.join("data");
         let config = self.dir.join(format!("{name}.yml"));
         let user = &test_user().name;
@@ -437,15 +446,15 @@ tags:
 
 impl Drop for PatroniCluster {
     fn drop(&mut self) {
-        // Patroni first (paused, it leaves PostgreSQL running), then every
-        // postmaster under the members' homes, whatever major runs it.
+        // Patroni first (paused, it leaves PostgreSQL running), waiting until
+        // each is gone so that none starts a postmaster after the scan; then
+        // every postmaster under the members' homes, whatever major runs it.
         for member in &self.members {
-            if let Ok(text) = std::fs::read_to_string(&member.pidfile) {
-                if let Ok(pid) = text.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+            if let Some(pid) = patroni_pid(&member.pidfile) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             }
         }
@@ -464,6 +473,26 @@ impl Drop for PatroniCluster {
     }
 }
 
+/// Whether a process runs (a zombie, dead but not yet reaped by whoever
+/// adopted it, does not).
+fn alive(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// The pid in a member's Patroni pid file, if that process is still a
+/// Patroni (a stale file's pid may be anyone's by now).
+fn patroni_pid(pidfile: &Path) -> Option<nix::unistd::Pid> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("patroni")
+        .then(|| nix::unistd::Pid::from_raw(pid))
+}
+
 /// SIGQUIT (immediate shutdown) to the postmaster of a pid file, waiting
 /// briefly for it to go.
 fn stop_postmaster(pidfile: &Path) {
@@ -478,7 +507,7 @@ fn stop_postmaster(pidfile: &Path) {
         return;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+    while alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
 }

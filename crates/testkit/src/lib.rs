@@ -41,15 +41,19 @@ pub fn require(major: u32) -> Option<PathBuf> {
     if let Some(dir) = bindir(major) {
         return Some(dir);
     }
-    skip_or_fail(&format!(
-        "PostgreSQL {major} is not installed under {}: run scripts/install-postgres.sh",
-        pg_prefix().display()
-    ))
+    skip_or_fail(
+        &format!(
+            "PostgreSQL {major} is not installed under {}: run scripts/install-postgres.sh",
+            pg_prefix().display()
+        ),
+        &format!("PostgreSQL {major} missing"),
+    )
 }
 
-/// A test that cannot run for a missing install: fails, or with
-/// `PG_MIGRATE_SKIP_MISSING=1` is skipped and logged (see [`require`]).
-pub fn skip_or_fail<T>(message: &str) -> Option<T> {
+/// A test that cannot run for a missing install: fails with `message`, or
+/// with `PG_MIGRATE_SKIP_MISSING=1` is skipped and logged as `missing`
+/// (see [`require`]).
+pub fn skip_or_fail<T>(message: &str, missing: &str) -> Option<T> {
     if std::env::var_os("PG_MIGRATE_SKIP_MISSING").is_none_or(|v| v != "1") {
         panic!("{message} (or set PG_MIGRATE_SKIP_MISSING=1 to skip, counted, what needs it)");
     }
@@ -60,7 +64,7 @@ pub fn skip_or_fail<T>(message: &str) -> Option<T> {
     let log = std::env::var_os("PG_MIGRATE_SKIP_LOG")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("pg-migrate-skipped.log"));
-    let line = format!("{test}: {message}\n");
+    let line = format!("{test}: {missing}\n");
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
