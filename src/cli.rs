@@ -97,6 +97,23 @@ pub struct PatroniArgs {
     /// What to do when the cluster archives WAL: refuse, off (the new cluster starts with archive_mode off), keep (unchanged)
     #[arg(long = "wal-archive", value_enum, default_value = "refuse")]
     pub wal_archive: WalArchive,
+    /// Stops a member's Patroni (run on its host through --remote; {name}, {host})
+    #[arg(
+        long = "patroni-stop",
+        value_name = "TEMPLATE",
+        default_value = "systemctl stop patroni"
+    )]
+    pub patroni_stop: String,
+    /// Starts a member's Patroni and returns (run on its host through --remote; {name}, {host})
+    #[arg(
+        long = "patroni-start",
+        value_name = "TEMPLATE",
+        default_value = "systemctl start patroni"
+    )]
+    pub patroni_start: String,
+    /// How long a replica may take to replay the leader's last WAL, in seconds
+    #[arg(long = "replay-timeout", value_name = "SECONDS", default_value_t = 120)]
+    pub replay_timeout: u64,
     /// Only the preflight: change nothing
     #[arg(short = 'c', long = "check")]
     pub check: bool,
@@ -131,9 +148,15 @@ pub enum WalArchive {
 /// `patroni-member`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct MemberArgs {
-    /// What to do: probe
+    /// What to do: probe, stop-replica, start-old, upgrade-replica
     #[arg(value_name = "OP")]
     pub op: String,
+    /// stop-replica: the leader's shutdown checkpoint to replay first
+    #[arg(long = "lsn", value_name = "LSN")]
+    pub lsn: Option<String>,
+    /// stop-replica: how long to wait for the replay, in seconds
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
     /// This member's Patroni configuration file
     #[arg(long = "config", value_name = "PATRONI_YML")]
     pub config: PathBuf,

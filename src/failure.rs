@@ -40,6 +40,7 @@ pub enum Code {
     OldCatalogFailed,
     OldClusterChanged,
     OutputDirFailed,
+    PatroniFailed,
     PostUpgradeScriptFailed,
     PrepareNotPossible,
     ProtectFailed,
@@ -71,7 +72,7 @@ pub enum Code {
 
 impl Code {
     #[cfg(test)]
-    pub const ALL: [Code; 56] = [
+    pub const ALL: [Code; 57] = [
         Code::AfterStepFailed,
         Code::AlreadyPrepared,
         Code::AlreadyReverted,
@@ -101,6 +102,7 @@ impl Code {
         Code::OldCatalogFailed,
         Code::OldClusterChanged,
         Code::OutputDirFailed,
+        Code::PatroniFailed,
         Code::PostUpgradeScriptFailed,
         Code::PrepareNotPossible,
         Code::ProtectFailed,
@@ -151,6 +153,7 @@ impl Code {
             Code::KitNotPossible => "kit_not_possible",
             Code::KitUnusable => "kit_unusable",
             Code::NotPatroniConfig => "not_patroni_config",
+            Code::PatroniFailed => "patroni_failed",
             Code::LinkNotPossible => "link_not_possible",
             Code::LockTableTooSmall => "lock_table_too_small",
             Code::Locked => "locked",

@@ -247,6 +247,7 @@ pub(crate) fn report(
         restore: if restore { counts } else { None },
         kit: None,
         standby: None,
+        patroni: None,
         after: None,
         logs,
         next_steps,

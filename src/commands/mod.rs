@@ -358,6 +358,7 @@ pub(crate) fn summarize(
         restore: None,
         kit: summary.kit,
         standby: None,
+        patroni: None,
         after: summary.after,
         logs,
         next_steps: summary.next_steps,

@@ -3,7 +3,7 @@
 //! is `crate::patroni`'s, the leader's own checks the verifier's.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pgm_verifier::{Finding, Status};
 use serde_json::Value;
@@ -11,10 +11,12 @@ use serde_json::Value;
 use crate::cli::{Action, MemberArgs, PatroniArgs};
 use crate::exit;
 use crate::failure::Code;
-use crate::output::{CheckCounts, ClusterStates, Event, Printer, RunResult};
+use crate::output::{CheckCounts, ClusterCondition, ClusterStates, Event, Printer, RunResult};
 use crate::patroni::config::PatroniConfig;
 use crate::patroni::member::{self, Probe};
+use crate::patroni::node;
 use crate::patroni::preflight::{self, Inputs};
+use crate::patroni::procedure::{Outcome, Procedure};
 use crate::patroni::remote::Remote;
 use crate::patroni::rest::{self, ClusterView, MemberView};
 use crate::patroni::store::Etcd3;
@@ -60,17 +62,6 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
             )
         }
     };
-    if !args.check {
-        return super::fail_early(
-            &printer,
-            started,
-            NAME,
-            Code::Usage,
-            "pg-migrate patroni does its preflight only (--check) in this version: the upgrade itself is not built yet".into(),
-            "run pg-migrate patroni --check to learn whether the cluster can be upgraded; upgrade it by hand as docs/patroni.md describes",
-            exit::USAGE,
-        );
-    }
     let remote = match Remote::new(
         &args.remote,
         &args.remote_pg_migrate,
@@ -100,6 +91,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
         findings.push(f);
     };
     let preflight = gather(&args, &config, &new_bindir, &remote);
+    let mut kept: Option<(ClusterView, Vec<Probe>)> = None;
     match preflight {
         Err(f) => emit(*f, &mut findings),
         Ok(gathered) => {
@@ -140,6 +132,14 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
                     &mut findings,
                 ),
             }
+            kept = Some((
+                gathered.view.clone(),
+                gathered
+                    .probes
+                    .iter()
+                    .filter_map(|(_, p)| p.as_ref().ok().cloned())
+                    .collect(),
+            ));
         }
     }
     let failed: Vec<&Finding> = findings
@@ -163,19 +163,82 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
         printer.emit(&Event::checks_failed(&failed, ClusterStates::unchanged()));
         exit::CHECKS_FAILED
     };
-    let mut summary = Event::bare_summary(
-        NAME,
-        RunResult::of_exit(exit_code),
-        exit_code,
-        started,
-        if failed.is_empty() {
-            vec!["the cluster passes the preflight; nothing was changed".into()]
-        } else {
-            vec!["fix what the failed checks name, then run the preflight again; nothing was changed".into()]
-        },
+    let (Some((view, probes)), true, false) = (kept, failed.is_empty(), args.check) else {
+        let mut summary = Event::bare_summary(
+            NAME,
+            RunResult::of_exit(exit_code),
+            exit_code,
+            started,
+            if failed.is_empty() {
+                vec!["the cluster passes the preflight; nothing was changed".into()]
+            } else {
+                vec!["fix what the failed checks name, then run the preflight again; nothing was changed".into()]
+            },
+        );
+        if let Event::Summary { checks, .. } = &mut summary {
+            *checks = Some(counts);
+        }
+        printer.emit(&summary);
+        return exit_code;
+    };
+    let Some(old_bindir) = node::old_bindir(&config) else {
+        return super::fail_early(
+            &printer,
+            started,
+            NAME,
+            Code::Usage,
+            "no old bin directory".into(),
+            "set postgresql.bin_dir in the Patroni configuration",
+            exit::USAGE,
+        );
+    };
+    let mut procedure = Procedure::new(
+        &args, &config, &remote, &printer, &view, probes, old_bindir, new_bindir,
     );
-    if let Event::Summary { checks, .. } = &mut summary {
+    let outcome = procedure.run();
+    let (exit_code, result, next_steps) = match outcome {
+        Outcome::Upgraded => (
+            exit::SUCCESS,
+            RunResult::Ok,
+            vec![
+                "take a new base backup: the new cluster has a new system identifier, and the old cluster's backups cannot restore it".into(),
+                format!("once you are sure, remove each member's old data directory (its Patroni configuration as it was is kept beside it as .pg-migrate-{})", procedure.probes.iter().find_map(|p| p.old_major).unwrap_or(0)),
+            ],
+        ),
+        Outcome::PutBack { message } => {
+            printer.emit(&Event::Error {
+                code: Code::PatroniFailed,
+                message,
+                remedy: Some("every member is back on the old major and Patroni is resumed; fix the cause, then run again".into()),
+                causes: Vec::new(),
+                clusters: ClusterStates {
+                    old: ClusterCondition::StartedAndStopped,
+                    new: ClusterCondition::Unchanged,
+                },
+            });
+            (exit::FAILED_OLD_INTACT, RunResult::Error, Vec::new())
+        }
+        Outcome::Unfinished { message } => {
+            printer.emit(&Event::Error {
+                code: Code::PatroniFailed,
+                message,
+                remedy: Some("the leader is upgraded and cannot be put back; see each member's result in the summary (a replica left stopped is rebuilt with the reinit command given)".into()),
+                causes: Vec::new(),
+                clusters: ClusterStates {
+                    old: ClusterCondition::Protected,
+                    new: ClusterCondition::Upgraded,
+                },
+            });
+            (exit::FAILED_NEEDS_RECOVERY, RunResult::Error, Vec::new())
+        }
+    };
+    let mut summary = Event::bare_summary(NAME, result, exit_code, started, next_steps);
+    if let Event::Summary {
+        checks, patroni, ..
+    } = &mut summary
+    {
         *checks = Some(counts);
+        *patroni = Some(Box::new(procedure.summary.clone()));
     }
     printer.emit(&summary);
     exit_code
@@ -306,7 +369,8 @@ fn gather(
         };
         probes.push((m.name.clone(), probe));
     }
-    let archive = old_bindir(config).and_then(|bindir| archive_settings(&bindir, &config.data_dir));
+    let archive =
+        node::old_bindir(config).and_then(|bindir| archive_settings(&bindir, &config.data_dir));
     // The dynamic configuration's settings, asked of the new server.
     let new_major = probes
         .iter()
@@ -371,15 +435,6 @@ fn remote_probe(
     Ok(probe)
 }
 
-/// Where Patroni runs the old PostgreSQL from: `bin_dir`, else PATH's.
-fn old_bindir(config: &PatroniConfig) -> Option<PathBuf> {
-    if let Some(dir) = &config.bin_dir {
-        return Some(dir.clone());
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("postgres").is_file()))
-}
-
 /// archive_mode, archive_command and archive_library as the old server
 /// reads its configuration (`postgres -C`).
 fn archive_settings(bindir: &Path, datadir: &Path) -> Option<(String, String, String)> {
@@ -403,7 +458,7 @@ fn archive_settings(bindir: &Path, datadir: &Path) -> Option<(String, String, St
 /// `pg-migrate check` on the leader (live: its server runs), each of its
 /// findings reported as the preflight's.
 fn leader_checks(args: &PatroniArgs, config: &PatroniConfig, probe: &Probe) -> Vec<Finding> {
-    let Some(old_bindir) = old_bindir(config) else {
+    let Some(old_bindir) = node::old_bindir(config) else {
         return vec![Finding::fail(
             "patroni-leader-checks",
             "pg-migrate check on the leader",
@@ -456,21 +511,131 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
         eprintln!("pg-migrate cannot be run as root: run it as the clusters' owner");
         return exit::USAGE;
     }
-    match args.op.as_str() {
-        "probe" => match member::probe(&args.config, &args.new_bindir, &args.new_datadir) {
-            Ok(probe) => {
-                let text = serde_json::to_string(&probe).unwrap_or_default();
-                crate::output::write_stdout_line(&text);
-                exit::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("pg-migrate patroni-member probe: {e}");
-                exit::USAGE
-            }
-        },
-        other => {
-            eprintln!("pg-migrate patroni-member: no such operation {other:?} (probe)");
-            exit::USAGE
-        }
+    let fail = |message: String| {
+        // One line: the leader shows the last line of stderr.
+        eprintln!("{}", message.replace('\n', " "));
+        exit::FAILED_OLD_INTACT
+    };
+    let done = |answer: Value| {
+        crate::output::write_stdout_line(&answer.to_string());
+        exit::SUCCESS
+    };
+    if args.op == "probe" {
+        return match member::probe(&args.config, &args.new_bindir, &args.new_datadir) {
+            Ok(probe) => done(serde_json::to_value(&probe).unwrap_or_default()),
+            Err(e) => fail(format!("pg-migrate patroni-member probe: {e}")),
+        };
     }
+    let config = match PatroniConfig::read(&args.config) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let Some(old_bindir) = node::old_bindir(&config) else {
+        return fail(format!(
+            "{} sets no bin_dir and PATH has no postgres",
+            config.path.display()
+        ));
+    };
+    let data_dir = config.data_dir.clone();
+    match args.op.as_str() {
+        "stop-replica" => {
+            let Some(lsn) = args.lsn.as_deref().and_then(node::parse_lsn) else {
+                return fail("stop-replica needs --lsn".into());
+            };
+            if node::running(&data_dir) {
+                if let Err(e) = node::wait_replayed(&data_dir, lsn, Duration::from_secs(args.timeout)) {
+                    return fail(e);
+                }
+                if let Err(e) = node::stop_server(&old_bindir, &data_dir) {
+                    return fail(e);
+                }
+            }
+            done(serde_json::json!({ "ok": true }))
+        }
+        "start-old" => {
+            if !node::running(&data_dir) {
+                let started = node::server_options(&data_dir).and_then(|options| {
+                    node::start_server(&old_bindir, &data_dir, &options, &crate::patroni::procedure::start_log(&data_dir))
+                });
+                if let Err(e) = started {
+                    return fail(e);
+                }
+            }
+            done(serde_json::json!({ "ok": true }))
+        }
+        "upgrade-replica" => match upgrade_replica(&args, &config, &old_bindir) {
+            Ok(new_datadir) => done(serde_json::json!({ "ok": true, "new_datadir": new_datadir })),
+            Err(e) => fail(e),
+        },
+        other => fail(format!("pg-migrate patroni-member: no such operation {other:?} (probe, stop-replica, start-old, upgrade-replica)")),
+    }
+}
+
+/// A replica's upgrade on its own host: `pg-migrate standby` from the kit
+/// on stdin, Patroni's files carried, its Patroni configuration rewritten,
+/// the new standby started as Patroni started the old one.
+fn upgrade_replica(
+    args: &MemberArgs,
+    config: &PatroniConfig,
+    old_bindir: &Path,
+) -> Result<PathBuf, String> {
+    let probe = member::probe(&args.config, &args.new_bindir, &args.new_datadir)?;
+    let (old_major, new_major) = (probe.old_major.unwrap_or(0), probe.new_major.unwrap_or(0));
+    let new_datadir = probe.new_datadir.clone();
+    let mut kit = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut kit)
+        .map_err(|e| format!("reading the kit: {e}"))?;
+    let pg_migrate = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(&pg_migrate)
+        .arg("standby")
+        .arg("-b")
+        .arg(old_bindir)
+        .arg("-B")
+        .arg(&args.new_bindir)
+        .arg("-d")
+        .arg(&config.data_dir)
+        .arg("-D")
+        .arg(&new_datadir)
+        .args(["--kit", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", pg_migrate.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, &kit)
+            .map_err(|e| format!("handing the kit on: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let error = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "error");
+        return Err(match error {
+            Some(e) => format!(
+                "pg-migrate standby refused or failed ({}): {}",
+                e["code"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("")
+            ),
+            None => format!("pg-migrate standby failed ({})", out.status),
+        });
+    }
+    node::carry_patroni_files(
+        &config.data_dir,
+        &new_datadir,
+        old_major,
+        &args.new_bindir,
+        new_major,
+    )?;
+    node::rewrite_member_config(config, &args.new_bindir, &new_datadir, old_major, new_major)?;
+    let options = node::server_options(&config.data_dir)?;
+    node::start_server(
+        &args.new_bindir,
+        &new_datadir,
+        &options,
+        &crate::patroni::procedure::start_log(&new_datadir),
+    )?;
+    Ok(new_datadir)
 }

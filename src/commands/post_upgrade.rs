@@ -137,6 +137,7 @@ pub fn run_post_upgrade(
         restore: None,
         kit: None,
         standby: None,
+        patroni: None,
         after: Some(steps),
         logs,
         next_steps: Vec::new(),

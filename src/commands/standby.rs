@@ -103,6 +103,7 @@ pub(crate) fn run_standby_kit(args: KitArgs, started: Instant) -> i32 {
         after: None,
         kit: Some(Box::new(counts)),
         standby: None,
+        patroni: None,
         logs: None,
         next_steps: vec![
             format!(
@@ -359,6 +360,7 @@ fn summary(
         after: None,
         kit: None,
         standby,
+        patroni: None,
         logs: None,
         next_steps,
     });
@@ -386,6 +388,7 @@ fn summary_bare(
         after: None,
         kit: None,
         standby: None,
+        patroni: None,
         logs: None,
         next_steps: Vec::new(),
     });

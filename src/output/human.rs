@@ -34,6 +34,20 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             )
         }),
         Event::Initdb { command, .. } => Some(format!("creating the new cluster: {command}")),
+        Event::Member {
+            member,
+            role,
+            step,
+            status,
+            message,
+        } => Some(format!(
+            "  {member} ({role}): {step} {}{}",
+            status.as_str(),
+            message
+                .as_ref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )),
         Event::Script {
             name,
             database,

@@ -137,6 +137,15 @@ pub enum Event {
         differences: Vec<String>,
         report: String,
     },
+    /// `patroni`: one step of the cluster's upgrade on one member.
+    Member {
+        member: String,
+        role: &'static str,
+        step: &'static str,
+        status: StepStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// Why the run failed, and in what state it leaves each cluster.
     Error {
         code: Code,
@@ -173,6 +182,9 @@ pub enum Event {
         /// `standby`: what the standby's upgrade did.
         #[serde(skip_serializing_if = "Option::is_none")]
         standby: Option<Box<StandbyCounts>>,
+        /// `patroni`: the cluster and each member's result.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patroni: Option<Box<PatroniSummary>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         logs: Option<String>,
         next_steps: Vec<String>,
@@ -267,11 +279,41 @@ impl Event {
             restore: None,
             kit: None,
             standby: None,
+            patroni: None,
             after: None,
             logs: None,
             next_steps,
         }
     }
+}
+
+/// What `patroni` did to the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatroniSummary {
+    pub scope: String,
+    pub leader: String,
+    pub old_system_identifier: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_system_identifier: Option<String>,
+    pub members: Vec<MemberResult>,
+    /// The old cluster's backups cannot restore the new one.
+    pub base_backup_needed: bool,
+}
+
+/// One member's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberResult {
+    pub name: String,
+    pub role: &'static str,
+    /// `upgraded`, `put_back` (on the old major, as before), `left_stopped`
+    /// (not upgraded; see `reinit`) or `not_reached`.
+    pub result: &'static str,
+    pub data_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How to rebuild a member left stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reinit: Option<String>,
 }
 
 /// A backup written (backup, `--backup-dir`) or restored (restore).

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_yaml_ng::Value;
+use serde_yaml_ng::{Mapping, Value};
 
 /// The store Patroni keeps the cluster's state in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,7 @@ pub struct PatroniConfig {
     pub parameters: BTreeMap<String, String>,
     /// `bootstrap.dcs.postgresql.parameters` of this file.
     pub bootstrap_parameters: BTreeMap<String, String>,
+    raw: Value,
 }
 
 /// The stores Patroni knows; pg-migrate reads (and will write) only etcd3.
@@ -110,6 +111,7 @@ impl PatroniConfig {
                 &raw,
                 &["bootstrap", "dcs", "postgresql", "parameters"],
             ),
+            raw,
         })
     }
 
@@ -117,6 +119,116 @@ impl PatroniConfig {
     /// repeated slashes collapsed, as Patroni does).
     pub fn key(&self, key: &str) -> String {
         collapse_slashes(&format!("{}/{}/{key}", self.namespace, self.scope))
+    }
+
+    /// The renamed and removed settings this file sets, for `new_major`.
+    pub fn changes(&self, new_major: u32) -> Vec<SettingChange> {
+        let mut changes: Vec<SettingChange> = self
+            .parameters
+            .keys()
+            .chain(self.bootstrap_parameters.keys())
+            .filter_map(|n| known_change(n, new_major))
+            .collect();
+        changes.dedup();
+        changes
+    }
+
+    /// This file for the new major: `bin_dir` and `data_dir` replaced, each
+    /// renamed setting under its new name, each removed one dropped. The
+    /// rest is kept; comments are not (the old file is kept beside it).
+    pub fn rewritten(
+        &self,
+        new_bindir: &Path,
+        new_datadir: &Path,
+        changes: &[SettingChange],
+    ) -> Result<String, String> {
+        let mut raw = self.raw.clone();
+        let postgresql = raw
+            .get_mut("postgresql")
+            .and_then(Value::as_mapping_mut)
+            .ok_or("no postgresql section")?;
+        postgresql.insert("bin_dir".into(), new_bindir.display().to_string().into());
+        postgresql.insert("data_dir".into(), new_datadir.display().to_string().into());
+        for path in [
+            &["postgresql", "parameters"][..],
+            &["bootstrap", "dcs", "postgresql", "parameters"][..],
+        ] {
+            if let Some(map) = mapping_at_mut(&mut raw, path) {
+                apply_changes(map, changes);
+            }
+        }
+        let text = serde_yaml_ng::to_string(&raw).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "# Rewritten by pg-migrate for PostgreSQL {}: bin_dir, data_dir and renamed\n# settings; the file as it was is kept beside this one (.pg-migrate-<old major>).\n{text}",
+            new_bindir.display()
+        ))
+    }
+}
+
+fn mapping_at_mut<'a>(raw: &'a mut Value, path: &[&str]) -> Option<&'a mut Mapping> {
+    let mut at = raw;
+    for key in path {
+        at = at.get_mut(*key)?;
+    }
+    at.as_mapping_mut()
+}
+
+/// Applies `changes` to a parameters mapping of a configuration file.
+fn apply_changes(map: &mut Mapping, changes: &[SettingChange]) {
+    for change in changes {
+        let Some(value) = map.remove(change.name()) else {
+            continue;
+        };
+        if let SettingChange::Renamed { new, convert, .. } = change {
+            let value = match convert {
+                Convert::Same => value,
+                Convert::SegmentsToMegabytes => scalar(&value)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|n| Value::from(format!("{}MB", n * 16)))
+                    .unwrap_or(value),
+            };
+            map.insert(new.as_str().into(), value);
+        }
+    }
+}
+
+/// The renamed and removed settings of a dynamic configuration (JSON).
+pub fn dynamic_changes(config: &serde_json::Value, new_major: u32) -> Vec<SettingChange> {
+    config["postgresql"]["parameters"]
+        .as_object()
+        .map(|params| {
+            params
+                .keys()
+                .filter_map(|n| known_change(n, new_major))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The same changes to a dynamic configuration (JSON): its
+/// `postgresql.parameters`.
+pub fn apply_changes_json(config: &mut serde_json::Value, changes: &[SettingChange]) {
+    let Some(params) = config
+        .get_mut("postgresql")
+        .and_then(|p| p.get_mut("parameters"))
+        .and_then(|p| p.as_object_mut())
+    else {
+        return;
+    };
+    for change in changes {
+        let Some(value) = params.remove(change.name()) else {
+            continue;
+        };
+        if let SettingChange::Renamed { new, convert, .. } = change {
+            let value = match convert {
+                Convert::Same => value,
+                Convert::SegmentsToMegabytes => json_scalar(&value)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|n| serde_json::Value::from(format!("{}MB", n * 16)))
+                    .unwrap_or(value),
+            };
+            params.insert(new.clone(), value);
+        }
     }
 }
 
@@ -138,6 +250,16 @@ pub enum Convert {
     Same,
     /// `wal_keep_segments` (a count of 16 MB segments) into `wal_keep_size`.
     SegmentsToMegabytes,
+}
+
+impl SettingChange {
+    /// The old name.
+    pub fn name(&self) -> &str {
+        match self {
+            SettingChange::Renamed { old, .. } => old,
+            SettingChange::Removed { name } => name,
+        }
+    }
 }
 
 /// The settings renamed or removed between majors that Patroni
@@ -362,6 +484,40 @@ postgresql:
             parse("consul:\n  host: c\n").store,
             Store::Unsupported(_)
         ));
+    }
+
+    #[test]
+    fn rewrites_dirs_and_settings() {
+        let c = PatroniConfig::parse(Path::new("p.yml"), SAMPLE).unwrap();
+        let text = c
+            .rewritten(
+                Path::new("/usr/lib/postgresql/17/bin"),
+                Path::new("/d17"),
+                &c.changes(17),
+            )
+            .unwrap();
+        let again = PatroniConfig::parse(Path::new("p.yml"), &text).unwrap();
+        assert_eq!(again.data_dir, Path::new("/d17"));
+        assert_eq!(
+            again.bin_dir.as_deref(),
+            Some(Path::new("/usr/lib/postgresql/17/bin"))
+        );
+        assert_eq!(
+            again.parameters.get("wal_keep_size").map(String::as_str),
+            Some("128MB")
+        );
+        assert!(!again.parameters.contains_key("wal_keep_segments"));
+        assert!(!again.parameters.contains_key("stats_temp_directory"));
+        assert_eq!(again.parameters["work_mem"], "4MB");
+        assert_eq!((again.scope.as_str(), again.name.as_str()), ("demo", "m1"));
+        let mut dynamic = serde_json::json!({"ttl": 30, "postgresql": {"parameters": {"wal_keep_segments": 4, "work_mem": "1MB"}}});
+        let changes = dynamic_changes(&dynamic, 17);
+        apply_changes_json(&mut dynamic, &changes);
+        assert_eq!(
+            dynamic["postgresql"]["parameters"],
+            serde_json::json!({"wal_keep_size": "64MB", "work_mem": "1MB"})
+        );
+        assert_eq!(dynamic["ttl"], 30);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod member;
+pub mod node;
 pub mod preflight;
+pub mod procedure;
 pub mod remote;
 pub mod rest;
 pub mod store;

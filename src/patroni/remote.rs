@@ -98,6 +98,28 @@ impl Remote {
 
 /// The template word with the member's host and name in it; each word is
 /// one argument of the local command, never parsed by a shell here.
+impl Remote {
+    /// Runs one shell command line on `member`'s host (an operator's
+    /// template, already filled in).
+    pub fn run_shell(&self, member: &MemberView, line: &str) -> Result<(), String> {
+        let out = self
+            .command(member, line)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{line}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "on {}: {line} failed ({}): {}",
+                member.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
 fn fill(template: &str, member: &MemberView) -> String {
     template
         .replace("{host}", &member.host)

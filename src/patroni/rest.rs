@@ -1,6 +1,6 @@
 //! Patroni's REST API, as pg-migrate reads and steers it: the cluster's
-//! members (`/cluster`) and the dynamic configuration (`/config`). Plain
-//! HTTP; no state here.
+//! members (`/cluster`), one member's own view (`/patroni`), the dynamic
+//! configuration (`/config`) and the pause. Plain HTTP; no state here.
 
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ pub struct MemberView {
     pub role: String,
     pub state: String,
     pub host: String,
+    /// The member's own REST address (`…/patroni`).
+    pub api_url: String,
     pub timeline: Option<u64>,
     /// Replication lag in bytes (replicas): the largest of what Patroni
     /// reports as received and replayed.
@@ -59,6 +61,7 @@ pub fn cluster(rest_url: &str) -> Result<ClusterView, String> {
             role: m["role"].as_str().unwrap_or_default().to_string(),
             state: m["state"].as_str().unwrap_or_default().to_string(),
             host: m["host"].as_str().unwrap_or_default().to_string(),
+            api_url: m["api_url"].as_str().unwrap_or_default().to_string(),
             timeline: m["timeline"].as_u64(),
             // What a replica has yet to replay is what the upgrade waits
             // for: the largest of Patroni's measures.
@@ -78,4 +81,27 @@ pub fn cluster(rest_url: &str) -> Result<ClusterView, String> {
 /// The dynamic configuration (the store's `config` key).
 pub fn dynamic_config(rest_url: &str) -> Result<Value, String> {
     get(&format!("{rest_url}/config"))
+}
+
+/// Pauses or resumes the cluster (Patroni's maintenance mode).
+pub fn set_pause(rest_url: &str, pause: bool) -> Result<(), String> {
+    let url = format!("{rest_url}/config");
+    let body = serde_json::json!({ "pause": pause }).to_string();
+    match agent()
+        .request("PATCH", &url)
+        .set("Content-Type", "application/json")
+        .send_string(&body)
+    {
+        Ok(_) => Ok(()),
+        Err(ureq::Error::Status(code, r)) => Err(format!(
+            "{url}: {code} {}",
+            r.into_string().unwrap_or_default()
+        )),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
+/// One member's own view (`/patroni` at its api_url), if it answers.
+pub fn member_status(api_url: &str) -> Option<Value> {
+    get(api_url).ok()
 }

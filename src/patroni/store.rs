@@ -1,7 +1,8 @@
-//! The store Patroni keeps its cluster in, read where Patroni's REST API
-//! does not tell: the `initialize` key (the cluster's system identifier)
-//! and the `status` key (the members it keeps slots for). etcd v3 through
-//! its JSON gateway.
+//! The store Patroni keeps its cluster in, where Patroni's REST API does
+//! not reach: the `initialize` key (the cluster's system identifier), read
+//! and set in one compare-and-set step, the dynamic configuration while
+//! every Patroni is stopped, and the `status` key (the members it keeps
+//! slots for). etcd v3 through its JSON gateway.
 
 use std::time::Duration;
 
@@ -71,5 +72,18 @@ impl Etcd3 {
             Some(kv) => unb64(kv["value"].as_str().unwrap_or_default()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Sets `key` to `value` if it holds `expected` now, in one step.
+    /// Ok(false): it held something else, and nothing was written.
+    pub fn compare_and_set(&self, key: &str, expected: &str, value: &str) -> Result<bool, String> {
+        let answer = self.call(
+            "kv/txn",
+            json!({
+                "compare": [{ "key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(expected) }],
+                "success": [{ "request_put": { "key": b64(key), "value": b64(value) } }],
+            }),
+        )?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
     }
 }

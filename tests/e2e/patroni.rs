@@ -395,11 +395,10 @@ fn a_file_that_is_not_patronis_is_refused() {
     }
 }
 
-/// Without --check, `pg-migrate patroni` says that only its preflight is
-/// built and changes nothing (it asks nothing of any server either: the
-/// configuration names a REST API no one listens on).
+/// The upgrade (no --check) of a cluster whose REST API does not answer is
+/// refused by its preflight, nothing changed anywhere.
 #[test]
-fn the_upgrade_itself_is_refused_until_it_is_built() {
+fn an_unreachable_rest_api_is_refused_before_anything() {
     let Some(new) = pgm_testkit::require(NEW) else {
         return;
     };
@@ -427,13 +426,220 @@ fn the_upgrade_itself_is_refused_until_it_is_built() {
     ];
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let run = pg_migrate(&bin, sandbox.path(), &refs);
-    assert_eq!(run.status, 2, "{}\n{}", run.stdout, run.stderr);
-    let error = run.error();
-    assert_eq!(error["code"], "usage", "{error}");
-    assert!(
-        error["message"].as_str().unwrap().contains("--check"),
-        "{error}"
-    );
+    assert_refused_by(&run, "patroni-rest", "rest_unreachable");
     super::json_schema::validate(&run.events);
     assert_eq!(snapshot(sandbox.path()), before);
+}
+
+/// The member as a cluster the proof helpers can read (through its socket;
+/// Patroni runs it).
+fn attached(m: &pgm_testkit::ha::Member, major: u32) -> pgm_testkit::Cluster {
+    pgm_testkit::Cluster::attached(
+        major,
+        PatroniCluster::bindir_of(major),
+        m.datadir.clone(),
+        m.sockdir.clone(),
+        m.pg_port,
+    )
+}
+
+fn patroni_templates(bed: &Bed) -> Vec<String> {
+    let dir = bed.cluster.members[0]
+        .config
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    vec![
+        "--patroni-stop".into(),
+        format!("sh {dir}/{{name}}.stop"),
+        "--patroni-start".into(),
+        format!("sh {dir}/{{name}}.start"),
+    ]
+}
+
+/// The whole cluster upgraded with one command, with the rich fixture
+/// (tablespace included) and a writer running until the leader stops: every
+/// member on the new major under Patroni, the same leader, both replicas
+/// streaming, the same schema (new pg_dumpall before and after) and the same
+/// contents on all three, every committed write there, writes reaching the
+/// replicas, the store's initialize key the new system identifier, and a
+/// switchover that works.
+#[test]
+fn upgrades_the_whole_cluster_with_one_command() {
+    if pgm_testkit::require(NEW).is_none() {
+        return;
+    }
+    let new_bindir = PatroniCluster::bindir_of(NEW);
+    let sandbox = Sandbox::new();
+    let Some(cluster) = PatroniCluster::start_with(&sandbox, OLD, 3, |leader, tablespace| {
+        let c = attached(leader, OLD);
+        super::proof::load_rich_into(&c, &new_bindir, tablespace);
+        leader.sql(
+            "postgres",
+            "CREATE TABLE writes (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())",
+        );
+    }) else {
+        return;
+    };
+    let bin = binary(&sandbox);
+    let bed = Bed {
+        cluster,
+        bin,
+        sandbox,
+    };
+    let leader = &bed.cluster.members[0];
+    let before_dump = super::proof::dumpall(&attached(leader, OLD), &new_bindir);
+    let old_sysid = bed.cluster.etcd.get("/service/pgm/initialize").unwrap();
+
+    // A writer until the leader goes away.
+    let writer = {
+        let mut client = leader.client("postgres");
+        std::thread::spawn(move || {
+            let mut committed = 0u64;
+            while client
+                .execute("INSERT INTO writes DEFAULT VALUES", &[])
+                .is_ok()
+            {
+                committed += 1;
+            }
+            committed
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let templates = patroni_templates(&bed);
+    let extra: Vec<&str> = templates.iter().map(String::as_str).collect();
+    let run = bed.run(&extra);
+    let committed = writer.join().unwrap();
+    assert_eq!(
+        run.status,
+        0,
+        "{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        bed.cluster.logs_tail()
+    );
+    super::json_schema::validate(&run.events);
+    let summary = &run.summary()["patroni"];
+    for m in summary["members"].as_array().unwrap() {
+        assert_eq!(m["result"], "upgraded", "{m}");
+    }
+    assert!(
+        committed > 0,
+        "the writer wrote nothing before the leader stopped"
+    );
+
+    // The store and Patroni's view.
+    let new_sysid = bed.cluster.etcd.get("/service/pgm/initialize").unwrap();
+    assert_ne!(new_sysid, old_sysid);
+    assert_eq!(summary["new_system_identifier"], new_sysid.as_str());
+    bed.cluster.wait_healthy(Duration::from_secs(60));
+    assert_eq!(bed.cluster.leader().as_deref(), Some("m1"));
+    for m in &bed.cluster.members {
+        let status = m.status().unwrap();
+        assert_eq!(
+            status["server_version"].as_u64().unwrap() / 10000,
+            NEW as u64,
+            "{status}"
+        );
+        assert_eq!(status["database_system_identifier"], new_sysid.as_str());
+        assert!(!status["pause"].as_bool().unwrap_or(false), "{status}");
+    }
+    let listed = bed.cluster.patronictl(&["list", "-f", "json"]);
+    assert!(listed.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    // Every committed write, and the same contents on all three.
+    let rows: i64 = leader
+        .client("postgres")
+        .query_one("SELECT count(*) FROM writes", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        rows as u64 >= committed,
+        "{rows} rows, {committed} committed"
+    );
+    let after_dump = super::proof::dumpall(&attached(leader, NEW), &new_bindir);
+    let schema = |dump: &str| {
+        super::proof::normalize(dump, OLD, NEW)
+            .lines()
+            .filter(|l| !l.contains("writes_id_seq"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (before, after) = (schema(&before_dump), schema(&after_dump));
+    let writes_free = |lines: &[String]| -> Vec<String> {
+        // The writes table's rows come after the first dump.
+        let mut out = Vec::new();
+        let mut skipping = false;
+        for l in lines {
+            if l.starts_with("COPY public.writes") {
+                skipping = true;
+                continue;
+            }
+            if skipping {
+                if l == "\\." {
+                    skipping = false;
+                }
+                continue;
+            }
+            out.push(l.clone());
+        }
+        out
+    };
+    assert_eq!(
+        writes_free(&before),
+        writes_free(&after),
+        "the dumps differ"
+    );
+    // Unlogged tables have no contents on a standby.
+    let leader_contents = super::proof::contents_of(&attached(leader, NEW), true);
+    assert!(leader_contents.len() > 10, "{leader_contents:?}");
+    for m in &bed.cluster.members[1..] {
+        bed.cluster.wait_until(
+            Duration::from_secs(60),
+            "the replica to hold the leader's rows",
+            |_| super::proof::contents_of(&attached(m, NEW), true) == leader_contents,
+        );
+    }
+
+    // New writes reach both replicas.
+    leader.sql(
+        "postgres",
+        "CREATE TABLE after_upgrade AS SELECT 42 AS answer",
+    );
+    for m in &bed.cluster.members[1..] {
+        bed.cluster.wait_until(
+            Duration::from_secs(30),
+            "the new write to reach the replica",
+            |_| {
+                m.try_client("postgres")
+                    .and_then(|mut c| c.query_one("SELECT answer FROM after_upgrade", &[]))
+                    .is_ok()
+            },
+        );
+    }
+
+    // A switchover to a replica works.
+    let switched = bed.cluster.patronictl(&[
+        "switchover",
+        "--leader",
+        "m1",
+        "--candidate",
+        "m2",
+        "--force",
+        "pgm",
+    ]);
+    assert!(
+        switched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&switched.stderr)
+    );
+    bed.cluster
+        .wait_until(Duration::from_secs(90), "m2 to lead", |c| {
+            c.leader().as_deref() == Some("m2")
+        });
+    bed.cluster.wait_healthy(Duration::from_secs(120));
 }

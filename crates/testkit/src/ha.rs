@@ -188,6 +188,19 @@ impl PatroniCluster {
     /// Starts etcd and `count` members of PostgreSQL `major` and waits until
     /// m1 leads and every other member streams from it. None: skipped.
     pub fn start(sandbox: &Sandbox, major: u32, count: usize) -> Option<PatroniCluster> {
+        Self::start_with(sandbox, major, count, |_, _| {})
+    }
+
+    /// As [`start`](Self::start), with `load` run on the leader before any
+    /// replica is made (so replicas are cloned with what it made). `load`
+    /// gets the leader's tablespace directory: each replica's basebackup
+    /// maps it to a directory of its own, as on another host.
+    pub fn start_with(
+        sandbox: &Sandbox,
+        major: u32,
+        count: usize,
+        load: impl FnOnce(&Member, &Path),
+    ) -> Option<PatroniCluster> {
         let (patroni, etcd_program) = require_ha()?;
         let bindir = crate::require(major)?;
         let etcd = Etcd::start(sandbox, &etcd_program);
@@ -210,11 +223,29 @@ impl PatroniCluster {
         cluster.wait_until(Duration::from_secs(90), "m1 to lead", |c| {
             c.leader().as_deref() == Some("m1")
         });
+        let leader = &cluster.members[0];
+        cluster.wait_until(Duration::from_secs(30), "m1 to accept writes", |_| {
+            leader
+                .try_client("postgres")
+                .and_then(|mut c| c.query_one("SELECT NOT pg_is_in_recovery()", &[]))
+                .is_ok_and(|row| row.get::<_, bool>(0))
+        });
+        load(leader, &cluster.tablespace_of("m1"));
         for member in &cluster.members[1..] {
             member.start_patroni();
         }
         cluster.wait_healthy(Duration::from_secs(120));
         Some(cluster)
+    }
+
+    /// A member's tablespace directory (made, empty, owned by the test user).
+    pub fn tablespace_of(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(format!("tblspc_{name}"));
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            chown_to_test_user(&dir);
+        }
+        dir
     }
 
     fn write_member(&self, name: &str) -> Member {
@@ -271,6 +302,9 @@ postgresql:
     unix_socket_directories: {home}
     shared_buffers: 16MB
     fsync: 'off'
+  basebackup:
+  - checkpoint: fast
+  - tablespace-mapping: {leader_tblspc}={own_tblspc}
   pg_hba:
   - local all all trust
   - host replication replicator 127.0.0.1/32 md5
@@ -284,6 +318,8 @@ tags:
             datadir = datadir.display(),
             bindir = self.bindir.display(),
             home = home.display(),
+            leader_tblspc = self.tablespace_of("m1").display(),
+            own_tblspc = self.tablespace_of(name).display(),
         );
         std::fs::write(&config, text).unwrap();
         chown_to_test_user(&config);

@@ -359,6 +359,25 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster run by someone else (Patroni), seen through its socket:
+    /// never started or stopped by this handle.
+    pub fn attached(
+        major: u32,
+        bindir: PathBuf,
+        datadir: PathBuf,
+        sockdir: PathBuf,
+        port: u16,
+    ) -> Cluster {
+        Cluster {
+            major,
+            bindir,
+            datadir,
+            sockdir,
+            port,
+            running: false,
+        }
+    }
+
     pub fn start(&mut self) {
         let log = self.datadir.with_extension("log");
         run_ok(
