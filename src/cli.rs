@@ -115,8 +115,11 @@ pub struct PatroniArgs {
     #[arg(long = "replay-timeout", value_name = "SECONDS", default_value_t = 120)]
     pub replay_timeout: u64,
     /// Only the preflight: change nothing
-    #[arg(short = 'c', long = "check")]
+    #[arg(short = 'c', long = "check", conflicts_with = "resume")]
     pub check: bool,
+    /// Go on with an interrupted run (same options): finish it once the leader's upgrade can be finished, else put the cluster back
+    #[arg(long = "resume")]
+    pub resume: bool,
     /// Write status to stdout as JSON lines (see docs/json-status.md)
     #[arg(long = "json")]
     pub json: bool,

@@ -19,6 +19,7 @@ use crate::patroni::preflight::{self, Inputs};
 use crate::patroni::procedure::{Outcome, Procedure};
 use crate::patroni::remote::Remote;
 use crate::patroni::rest::{self, ClusterView, MemberView};
+use crate::patroni::state::{self, OperationState};
 use crate::patroni::store::Etcd3;
 
 const NAME: &str = "patroni";
@@ -83,6 +84,21 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
         }
     };
 
+    let state_path = state::path(&config);
+    if args.resume {
+        return resume(&args, &config, &remote, &printer, started, state_path);
+    }
+    if !args.check && state_path.exists() {
+        return super::fail_early(
+            &printer,
+            started,
+            NAME,
+            Code::UnfinishedUpgrade,
+            format!("an earlier pg-migrate patroni was interrupted (its journal: {})", state_path.display()),
+            "finish it, or put the cluster back, with pg-migrate patroni --resume and the same options",
+            exit::USAGE,
+        );
+    }
     printer.emit(&Event::StepStart { step: "preflight" });
     let step_started = Instant::now();
     let mut findings: Vec<Finding> = Vec::new();
@@ -192,19 +208,115 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
             exit::USAGE,
         );
     };
-    let mut procedure = Procedure::new(
-        &args, &config, &remote, &printer, &view, probes, old_bindir, new_bindir,
-    );
+    let leader_probe = probes.iter().find(|p| p.name == config.name);
+    let state = OperationState {
+        scope: config.scope.clone(),
+        leader: config.name.clone(),
+        old_system_identifier: leader_probe
+            .and_then(|p| p.system_identifier.clone())
+            .unwrap_or_default(),
+        view,
+        probes,
+        old_bindir,
+        new_bindir,
+        leader_options: Vec::new(),
+        leader_upgrade_started: false,
+        leader_upgraded: false,
+    };
+    let mut procedure = Procedure::new(&args, &config, &remote, &printer, state, state_path);
     let outcome = procedure.run();
+    report(&printer, started, &procedure, outcome, Some(counts), false)
+}
+
+/// `--resume`: the operation's journal says where the interrupted run was.
+fn resume(
+    args: &PatroniArgs,
+    config: &PatroniConfig,
+    remote: &Remote,
+    printer: &Printer,
+    started: Instant,
+    state_path: PathBuf,
+) -> i32 {
+    let state = match state::load(&state_path) {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            return super::fail_early(
+                printer,
+                started,
+                NAME,
+                Code::NoJournal,
+                format!(
+                    "there is no interrupted pg-migrate patroni to resume: {} does not exist",
+                    state_path.display()
+                ),
+                "run pg-migrate patroni without --resume",
+                exit::USAGE,
+            )
+        }
+        Err(e) => {
+            return super::fail_early(
+                printer,
+                started,
+                NAME,
+                Code::JournalFailed,
+                e,
+                "make the operation's journal readable",
+                exit::USAGE,
+            )
+        }
+    };
+    if state.scope != config.scope || state.leader != config.name {
+        return super::fail_early(
+            printer,
+            started,
+            NAME,
+            Code::NoJournal,
+            format!(
+                "{} is the journal of {}'s {}, not of {}'s {}",
+                state_path.display(),
+                state.leader,
+                state.scope,
+                config.name,
+                config.scope
+            ),
+            "resume on the leader's host with its configuration",
+            exit::USAGE,
+        );
+    }
+    let mut procedure = Procedure::new(args, config, remote, printer, state, state_path);
+    let outcome = procedure.resume();
+    report(printer, started, &procedure, outcome, None, true)
+}
+
+/// The end of a run: an error event where it failed, and the summary.
+fn report(
+    printer: &Printer,
+    started: Instant,
+    procedure: &Procedure,
+    outcome: Outcome,
+    counts: Option<CheckCounts>,
+    resuming: bool,
+) -> i32 {
     let (exit_code, result, next_steps) = match outcome {
         Outcome::Upgraded => (
             exit::SUCCESS,
             RunResult::Ok,
             vec![
                 "take a new base backup: the new cluster has a new system identifier, and the old cluster's backups cannot restore it".into(),
-                format!("once you are sure, remove each member's old data directory (its Patroni configuration as it was is kept beside it as .pg-migrate-{})", procedure.probes.iter().find_map(|p| p.old_major).unwrap_or(0)),
+                format!(
+                    "once you are sure, remove each member's old data directory (its Patroni configuration as it was is kept beside it as .pg-migrate-{})",
+                    procedure.state.probes.iter().find_map(|p| p.old_major).unwrap_or(0)
+                ),
             ],
         ),
+        Outcome::PutBack { message } if resuming => {
+            printer.say(&message);
+            (
+                exit::SUCCESS,
+                RunResult::Reverted,
+                vec!["every member is back on the old major and Patroni is resumed; run pg-migrate patroni again when ready".into()],
+            )
+        }
         Outcome::PutBack { message } => {
             printer.emit(&Event::Error {
                 code: Code::PatroniFailed,
@@ -222,7 +334,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
             printer.emit(&Event::Error {
                 code: Code::PatroniFailed,
                 message,
-                remedy: Some("the leader is upgraded and cannot be put back; see each member's result in the summary (a replica left stopped is rebuilt with the reinit command given)".into()),
+                remedy: Some("run pg-migrate patroni --resume with the same options once the cause is fixed; see each member's result in the summary (a replica left stopped is rebuilt with the reinit command given)".into()),
                 causes: Vec::new(),
                 clusters: ClusterStates {
                     old: ClusterCondition::Protected,
@@ -237,7 +349,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
         checks, patroni, ..
     } = &mut summary
     {
-        *checks = Some(counts);
+        *checks = counts;
         *patroni = Some(Box::new(procedure.summary.clone()));
     }
     printer.emit(&summary);
@@ -310,6 +422,34 @@ fn gather(
             "make the leader's REST API answer",
         ))
     })?;
+    // A busy leader's replicas are behind for moments at a time: a replica
+    // counts as lagging only if it stays behind across a few seconds of
+    // samples (each member's least lag is kept).
+    let mut view = view;
+    let limit = dynamic["maximum_lag_on_failover"]
+        .as_u64()
+        .unwrap_or(1 << 20);
+    for _ in 0..5 {
+        if view
+            .members
+            .iter()
+            .all(|m| m.role == "leader" || m.lag.is_some_and(|l| l <= limit))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let Ok(again) = rest::cluster(&config.rest_url) else {
+            break;
+        };
+        for m in &mut view.members {
+            if let Some(now) = again.members.iter().find(|a| a.name == m.name) {
+                m.lag = match (m.lag, now.lag) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+    }
 
     // The store.
     let mut store_findings = Vec::new();
@@ -563,7 +703,7 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
             }
             done(serde_json::json!({ "ok": true }))
         }
-        "upgrade-replica" => match upgrade_replica(&args, &config, &old_bindir) {
+        "upgrade-replica" => match upgrade_replica(&args) {
             Ok(new_datadir) => done(serde_json::json!({ "ok": true, "new_datadir": new_datadir })),
             Err(e) => fail(e),
         },
@@ -574,53 +714,57 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
 /// A replica's upgrade on its own host: `pg-migrate standby` from the kit
 /// on stdin, Patroni's files carried, its Patroni configuration rewritten,
 /// the new standby started as Patroni started the old one.
-fn upgrade_replica(
-    args: &MemberArgs,
-    config: &PatroniConfig,
-    old_bindir: &Path,
-) -> Result<PathBuf, String> {
-    let probe = member::probe(&args.config, &args.new_bindir, &args.new_datadir)?;
+fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
+    // A configuration rewritten by an earlier run: the old one is kept beside it.
+    let old_config_path = kept_config(&args.config).unwrap_or_else(|| args.config.clone());
+    let config = &PatroniConfig::read(&old_config_path)?;
+    let old_bindir = &node::old_bindir(config).ok_or_else(|| {
+        format!(
+            "{} sets no bin_dir and PATH has no postgres",
+            config.path.display()
+        )
+    })?;
+    let probe = member::probe(&old_config_path, &args.new_bindir, &args.new_datadir)?;
     let (old_major, new_major) = (probe.old_major.unwrap_or(0), probe.new_major.unwrap_or(0));
     let new_datadir = probe.new_datadir.clone();
     let mut kit = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut kit)
         .map_err(|e| format!("reading the kit: {e}"))?;
-    let pg_migrate = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(&pg_migrate)
-        .arg("standby")
-        .arg("-b")
-        .arg(old_bindir)
-        .arg("-B")
-        .arg(&args.new_bindir)
-        .arg("-d")
-        .arg(&config.data_dir)
-        .arg("-D")
-        .arg(&new_datadir)
-        .args(["--kit", "-", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", pg_migrate.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        std::io::Write::write_all(&mut stdin, &kit)
-            .map_err(|e| format!("handing the kit on: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let error = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["event"] == "error");
-        return Err(match error {
-            Some(e) => format!(
-                "pg-migrate standby refused or failed ({}): {}",
-                e["code"].as_str().unwrap_or("?"),
-                e["message"].as_str().unwrap_or("")
-            ),
-            None => format!("pg-migrate standby failed ({})", out.status),
-        });
+    let records = crate::standby::records(&new_datadir);
+    let finished = crate::standby::done_steps(&records)
+        .iter()
+        .any(|s| s == "sync");
+    if !finished {
+        if crate::standby::is_standby(&new_datadir) {
+            // An earlier run began this standby's upgrade: its journal finishes it.
+            run_pg_migrate(
+                &[
+                    "resume".as_ref(),
+                    "-D".as_ref(),
+                    new_datadir.as_os_str(),
+                    "--json".as_ref(),
+                ],
+                None,
+            )?;
+        } else {
+            run_pg_migrate(
+                &[
+                    "standby".as_ref(),
+                    "-b".as_ref(),
+                    old_bindir.as_os_str(),
+                    "-B".as_ref(),
+                    args.new_bindir.as_os_str(),
+                    "-d".as_ref(),
+                    config.data_dir.as_os_str(),
+                    "-D".as_ref(),
+                    new_datadir.as_os_str(),
+                    "--kit".as_ref(),
+                    "-".as_ref(),
+                    "--json".as_ref(),
+                ],
+                Some(&kit),
+            )?;
+        }
     }
     node::carry_patroni_files(
         &config.data_dir,
@@ -629,13 +773,82 @@ fn upgrade_replica(
         &args.new_bindir,
         new_major,
     )?;
-    node::rewrite_member_config(config, &args.new_bindir, &new_datadir, old_major, new_major)?;
-    let options = node::server_options(&config.data_dir)?;
-    node::start_server(
+    let current = PatroniConfig::read(&args.config)?;
+    node::rewrite_member_config(
+        &current,
         &args.new_bindir,
         &new_datadir,
-        &options,
-        &crate::patroni::procedure::start_log(&new_datadir),
+        old_major,
+        new_major,
     )?;
+    if !node::running(&new_datadir) {
+        let options = node::server_options(&config.data_dir)?;
+        node::start_server(
+            &args.new_bindir,
+            &new_datadir,
+            &options,
+            &crate::patroni::procedure::start_log(&new_datadir),
+        )?;
+    }
     Ok(new_datadir)
+}
+
+/// The member's configuration as it was before pg-migrate rewrote it
+/// (`<file>.pg-migrate-<old major>`), if it did.
+fn kept_config(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let dir = path.parent()?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(&format!("{name}.pg-migrate-")))
+                .is_some_and(|major| !major.is_empty() && major.chars().all(|c| c.is_ascii_digit()))
+        })
+}
+
+/// Runs pg-migrate (`standby`, or `resume` of a standby) with `input` on
+/// its stdin; its error event's message when it fails.
+fn run_pg_migrate(args: &[&std::ffi::OsStr], input: Option<&[u8]>) -> Result<(), String> {
+    let pg_migrate = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(&pg_migrate)
+        .args(args)
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", pg_migrate.display()))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::io::Write::write_all(&mut stdin, bytes)
+            .map_err(|e| format!("handing the kit on: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let error = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "error");
+    Err(match error {
+        Some(e) => format!(
+            "pg-migrate {} refused or failed ({}): {}",
+            args[0].to_string_lossy(),
+            e["code"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        ),
+        None => format!(
+            "pg-migrate {} failed ({})",
+            args[0].to_string_lossy(),
+            out.status
+        ),
+    })
 }

@@ -13,4 +13,5 @@ pub mod preflight;
 pub mod procedure;
 pub mod remote;
 pub mod rest;
+pub mod state;
 pub mod store;

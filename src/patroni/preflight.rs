@@ -494,11 +494,11 @@ fn judge_settings(inputs: &Inputs, findings: &mut Vec<Finding>) {
             title,
             "setting_renamed",
             format!(
-                "renamed or removed in PostgreSQL {}: {}; Patroni would hand them to the new server as they are",
+                "renamed or removed in PostgreSQL {}: {}; the upgrade carries them (renamed under the new name, removed ones dropped) in each member's file, the dynamic configuration and the carried postgresql.conf",
                 new_major.unwrap_or(0),
                 changed.join(", ")
             ),
-            "rename them (wal_keep_segments → wal_keep_size, 16 MB each; force_parallel_mode → debug_parallel_query) or remove them in each member's file and the dynamic configuration when the upgrade is done by hand (the one-command upgrade, still being built, is to carry them)",
+            "nothing to do; each member's Patroni configuration as it was is kept beside the new one",
         )
     } else {
         Finding::pass(id, title, "none renamed or removed")
@@ -566,7 +566,7 @@ fn judge_archive(inputs: &Inputs) -> Finding {
             id,
             title,
             "wal_archive_off",
-            format!("archive_mode = {mode}, {what}: the new cluster is to start with archive_mode = off (--wal-archive off; when upgrading by hand, set it so yourself)"),
+            format!("archive_mode = {mode}, {what}: the new cluster starts with archive_mode = off (--wal-archive off: set in the dynamic configuration)"),
             format!("{advice}; then turn archiving on again (patronictl edit-config)"),
         ),
         WalArchive::Keep => Finding::warn(

@@ -21,7 +21,8 @@ use super::config::{apply_changes_json, dynamic_changes, PatroniConfig};
 use super::member::Probe;
 use super::node;
 use super::remote::Remote;
-use super::rest::{self, ClusterView, MemberView};
+use super::rest::{self, MemberView};
+use super::state::{self, OperationState};
 use super::store::Etcd3;
 use crate::cli::{Mode, PatroniArgs, WalArchive};
 use crate::output::{Event, MemberResult, PatroniSummary, Printer, StepStatus};
@@ -48,50 +49,41 @@ pub struct Procedure<'a> {
     pub config: &'a PatroniConfig,
     pub remote: &'a Remote,
     pub printer: &'a Printer,
-    pub view: &'a ClusterView,
-    pub probes: Vec<Probe>,
-    pub old_bindir: PathBuf,
-    pub new_bindir: PathBuf,
+    /// The operation's journal, saved at each milestone.
+    pub state: OperationState,
+    state_path: PathBuf,
     pub pg_migrate: PathBuf,
-    // What was done, for putting it back.
-    paused: bool,
-    patroni_stopped: Vec<String>,
-    leader_stopped: bool,
-    replicas_stopped: Vec<String>,
-    /// The leader's server options as Patroni gave them, read before the
-    /// upgrade starts its own servers (which rewrite postmaster.opts).
-    leader_options: Vec<String>,
     pub summary: PatroniSummary,
 }
 
 impl<'a> Procedure<'a> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         args: &'a PatroniArgs,
         config: &'a PatroniConfig,
         remote: &'a Remote,
         printer: &'a Printer,
-        view: &'a ClusterView,
-        probes: Vec<Probe>,
-        old_bindir: PathBuf,
-        new_bindir: PathBuf,
+        state: OperationState,
+        state_path: PathBuf,
     ) -> Procedure<'a> {
-        let leader_probe = probes.iter().find(|p| p.name == config.name);
         let summary = PatroniSummary {
-            scope: config.scope.clone(),
-            leader: config.name.clone(),
-            old_system_identifier: leader_probe
-                .and_then(|p| p.system_identifier.clone())
-                .unwrap_or_default(),
+            scope: state.scope.clone(),
+            leader: state.leader.clone(),
+            old_system_identifier: state.old_system_identifier.clone(),
             new_system_identifier: None,
-            members: view
+            members: state
+                .view
                 .members
                 .iter()
                 .map(|m| MemberResult {
                     name: m.name.clone(),
-                    role: role(m, config),
+                    role: if m.name == state.leader {
+                        "leader"
+                    } else {
+                        "replica"
+                    },
                     result: "not_reached",
-                    data_dir: probes
+                    data_dir: state
+                        .probes
                         .iter()
                         .find(|p| p.name == m.name)
                         .map(|p| p.data_dir.display().to_string())
@@ -107,47 +99,57 @@ impl<'a> Procedure<'a> {
             config,
             remote,
             printer,
-            view,
-            probes,
-            old_bindir,
-            new_bindir,
+            state,
+            state_path,
             pg_migrate: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pg-migrate")),
-            paused: false,
-            patroni_stopped: Vec::new(),
-            leader_stopped: false,
-            replicas_stopped: Vec::new(),
-            leader_options: Vec::new(),
             summary,
         }
     }
 
+    fn save(&self) -> Result<(), String> {
+        state::save(&self.state_path, &self.state)
+    }
+
     fn leader(&self) -> &MemberView {
-        self.view
+        self.state
+            .view
             .members
             .iter()
-            .find(|m| m.name == self.config.name)
+            .find(|m| m.name == self.state.leader)
             .expect("the preflight found the leader")
     }
 
     fn replicas(&self) -> Vec<&MemberView> {
-        self.view
+        self.state
+            .view
             .members
             .iter()
-            .filter(|m| m.name != self.config.name)
+            .filter(|m| m.name != self.state.leader)
             .collect()
     }
 
     fn probe(&self, name: &str) -> &Probe {
-        self.probes
+        self.state
+            .probes
             .iter()
             .find(|p| p.name == name)
             .expect("the preflight probed every member")
     }
 
+    /// The leader's data directories: the old one and the new one.
+    fn leader_dirs(&self) -> (PathBuf, PathBuf) {
+        let probe = self.probe(&self.state.leader);
+        (probe.data_dir.clone(), probe.new_datadir.clone())
+    }
+
     fn event(&self, m: &MemberView, step: &'static str, result: &Result<(), String>) {
         self.printer.emit(&Event::Member {
             member: m.name.clone(),
-            role: role(m, self.config),
+            role: if m.name == self.state.leader {
+                "leader"
+            } else {
+                "replica"
+            },
             step,
             status: if result.is_ok() {
                 StepStatus::Ok
@@ -178,7 +180,7 @@ impl<'a> Procedure<'a> {
         let line = template
             .replace("{host}", &m.host)
             .replace("{name}", &m.name);
-        if m.name == self.config.name {
+        if m.name == self.state.leader {
             let out = Command::new("sh")
                 .arg("-c")
                 .arg(&line)
@@ -213,7 +215,7 @@ impl<'a> Procedure<'a> {
             "--config".to_string(),
             self.remote.member_config(m),
             "-B".to_string(),
-            self.new_bindir.display().to_string(),
+            self.state.new_bindir.display().to_string(),
             "-D".to_string(),
             self.args.new_datadir.clone(),
         ];
@@ -232,7 +234,56 @@ impl<'a> Procedure<'a> {
         }
     }
 
+    /// Goes on with an interrupted operation: forward once the leader's
+    /// upgrade was started and can be finished, else back.
+    pub fn resume(&mut self) -> Outcome {
+        if !self.state.leader_upgraded && self.state.leader_upgrade_started {
+            let (_, new) = self.leader_dirs();
+            let finished =
+                new.join("pg_migrate.d").exists() && self.finish_leader_upgrade(&new).is_ok();
+            if finished {
+                self.state.leader_upgraded = true;
+                if let Err(e) = self.save() {
+                    return Outcome::Unfinished { message: e };
+                }
+            } else {
+                let kit = kit_path(&new);
+                if !self.discard_leader_upgrade(&new, &kit) {
+                    return Outcome::Unfinished {
+                        message: format!(
+                            "the leader's upgrade into {} can be neither finished nor reverted: see pg-migrate resume -D {} and pg-migrate revert -D {}",
+                            new.display(),
+                            new.display(),
+                            new.display()
+                        ),
+                    };
+                }
+            }
+        }
+        if !self.state.leader_upgraded {
+            return match self.put_back() {
+                Ok(()) => Outcome::PutBack {
+                    message:
+                        "the interrupted run had not upgraded the leader: the cluster is put back"
+                            .into(),
+                },
+                Err(e) => Outcome::Unfinished {
+                    message: format!("putting the cluster back failed: {e}"),
+                },
+            };
+        }
+        match self.after_the_point_of_no_return() {
+            Ok(()) => Outcome::Upgraded,
+            Err(message) => Outcome::Unfinished { message },
+        }
+    }
+
     pub fn run(&mut self) -> Outcome {
+        if let Err(e) = self.save() {
+            return Outcome::PutBack {
+                message: format!("the operation's journal cannot be written: {e}"),
+            };
+        }
         match self.before_the_point_of_no_return() {
             Ok(()) => {}
             Err(Stop::PastThePoint(message)) => return Outcome::Unfinished { message },
@@ -265,9 +316,8 @@ impl<'a> Procedure<'a> {
         // Pause, and wait until every member has seen it.
         self.step("pause", || rest::set_pause(&self.config.rest_url, true))
             .map_err(Stop::Before)?;
-        self.paused = true;
         let deadline = Instant::now() + Duration::from_secs(60);
-        for m in &self.view.members {
+        for m in &self.state.view.members {
             let seen = loop {
                 if rest::member_status(&m.api_url)
                     .is_some_and(|s| s["pause"].as_bool() == Some(true))
@@ -299,12 +349,11 @@ impl<'a> Procedure<'a> {
                     .emit(&Event::step_end("stop-patroni", false, started));
                 return Err(Stop::Before(format!("stopping {}'s Patroni: {e}", m.name)));
             }
-            self.patroni_stopped.push(m.name.clone());
         }
         self.printer
             .emit(&Event::step_end("stop-patroni", true, started));
-        if !node::running(&self.config.data_dir) {
-            self.leader_stopped = true;
+        let (old_dir, _) = self.leader_dirs();
+        if !node::running(&old_dir) {
             return Err(Stop::Before(format!(
                 "the leader's server stopped with its Patroni: is {} paused? (--patroni-stop must stop Patroni alone)",
                 self.config.scope
@@ -313,14 +362,14 @@ impl<'a> Procedure<'a> {
 
         // The leader stopped cleanly: its shutdown checkpoint is the last WAL.
         let leader = self.leader().clone();
-        self.leader_options = node::server_options(&self.config.data_dir).map_err(Stop::Before)?;
+        self.state.leader_options = node::server_options(&old_dir).map_err(Stop::Before)?;
+        self.save().map_err(Stop::Before)?;
         let checkpoint = self.step("stop-leader", || {
-            node::stop_server(&self.old_bindir, &self.config.data_dir)?;
-            let control =
-                pgm_cluster::ControlFile::read(&self.config.data_dir).map_err(|e| e.to_string())?;
+            node::stop_server(&self.state.old_bindir, &old_dir)?;
+            let control = pgm_cluster::ControlFile::read(&old_dir).map_err(|e| e.to_string())?;
             Ok(control.checkpoint_lsn)
         });
-        self.leader_stopped = checkpoint.is_ok() || !node::running(&self.config.data_dir);
+        pgm_cluster::faults::point(|| "patroni:leader-stopped".into());
         self.event(
             &leader,
             "stop-leader",
@@ -352,18 +401,17 @@ impl<'a> Procedure<'a> {
             if let Err(e) = result {
                 self.printer
                     .emit(&Event::step_end("stop-replicas", false, started));
-                // A replica that stopped anyway is started again too.
-                self.replicas_stopped.push(m.name.clone());
                 return Err(Stop::Before(format!("{}: {e}", m.name)));
             }
-            self.replicas_stopped.push(m.name.clone());
         }
         self.printer
             .emit(&Event::step_end("stop-replicas", true, started));
 
         // The leader's upgrade, with its kit.
-        let probe = self.probe(&self.config.name).clone();
+        let probe = self.probe(&self.state.leader).clone();
         let kit = kit_path(&probe.new_datadir);
+        self.state.leader_upgrade_started = true;
+        self.save().map_err(Stop::Before)?;
         let result = self.step("upgrade-leader", || self.upgrade_leader(&probe, &kit));
         self.event(
             &leader,
@@ -371,11 +419,19 @@ impl<'a> Procedure<'a> {
             &result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()),
         );
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.state.leader_upgraded = true;
+                self.save().map_err(Stop::PastThePoint)?;
+                pgm_cluster::faults::point(|| "patroni:leader-upgraded".into());
+                Ok(())
+            }
             // Past its point of no return: nothing is put back.
             Err((message, true)) => Err(Stop::PastThePoint(message)),
             Err((message, false)) => {
-                self.discard_leader_upgrade(&probe.new_datadir, &kit);
+                if self.discard_leader_upgrade(&probe.new_datadir, &kit) {
+                    self.state.leader_upgrade_started = false;
+                    self.save().map_err(Stop::Before)?;
+                }
                 Err(Stop::Before(message))
             }
         }
@@ -387,11 +443,11 @@ impl<'a> Procedure<'a> {
         let mut command = Command::new(&self.pg_migrate);
         command
             .arg("-b")
-            .arg(&self.old_bindir)
+            .arg(&self.state.old_bindir)
             .arg("-B")
-            .arg(&self.new_bindir)
+            .arg(&self.state.new_bindir)
             .arg("-d")
-            .arg(&self.config.data_dir)
+            .arg(&probe.data_dir)
             .arg("-D")
             .arg(&probe.new_datadir)
             .arg(match self.args.mode() {
@@ -436,10 +492,10 @@ impl<'a> Procedure<'a> {
     /// A leader's upgrade that failed with the old cluster intact leaves a
     /// new cluster that never ran: reverted and removed, so that a second
     /// run finds the place free.
-    fn discard_leader_upgrade(&self, new_datadir: &Path, kit: &Path) {
+    fn discard_leader_upgrade(&self, new_datadir: &Path, kit: &Path) -> bool {
         let _ = std::fs::remove_file(kit);
         if !new_datadir.join("pg_migrate.d").exists() {
-            return;
+            return true;
         }
         let reverted = Command::new(&self.pg_migrate)
             .arg("revert")
@@ -451,63 +507,124 @@ impl<'a> Procedure<'a> {
         if reverted {
             let _ = std::fs::remove_dir_all(new_datadir);
         }
+        reverted
+    }
+
+    /// An interrupted leader's upgrade finished by the engine's resume (an
+    /// upgrade that had finished already answers so, which is as good).
+    fn finish_leader_upgrade(&self, new_datadir: &Path) -> Result<(), String> {
+        let kit = kit_path(new_datadir);
+        if pgm_cluster::ControlFile::read(new_datadir).is_ok()
+            && kit.is_file()
+            && !new_datadir.join("pg_migrate.d").join("state").exists()
+        {
+            return Ok(());
+        }
+        let out = Command::new(&self.pg_migrate)
+            .arg("resume")
+            .arg("-D")
+            .arg(new_datadir)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let already = stdout.contains("\"already_upgraded\"");
+        if !(out.status.success() || already) {
+            return Err(format!(
+                "pg-migrate resume -D {} failed ({})",
+                new_datadir.display(),
+                out.status
+            ));
+        }
+        if !kit.is_file() {
+            // The kit is written before the new cluster first starts; it has not.
+            let made = Command::new(&self.pg_migrate)
+                .arg("standby-kit")
+                .arg("-D")
+                .arg(new_datadir)
+                .arg("-o")
+                .arg(&kit)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !made.status.success() {
+                return Err(format!(
+                    "pg-migrate standby-kit -D {} failed",
+                    new_datadir.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every member back as it was: old servers started, Patroni started
-    /// (the leader first), resumed.
+    /// (the leader first), resumed. Each part looks before it acts, so that
+    /// it can run again (a resume after an interrupted run).
     fn put_back(&mut self) -> Result<(), String> {
         self.printer.emit(&Event::StepStart { step: "put-back" });
         let started = Instant::now();
         let mut errors = Vec::new();
         let leader = self.leader().clone();
-        if self.leader_stopped && !node::running(&self.config.data_dir) {
-            let result = node::start_server(
-                &self.old_bindir,
-                &self.config.data_dir,
-                &self.leader_options,
-                &start_log(&self.config.data_dir),
-            );
+        let (old_dir, _) = self.leader_dirs();
+        if !node::running(&old_dir) {
+            let options = if self.state.leader_options.is_empty() {
+                node::server_options(&old_dir)
+            } else {
+                Ok(self.state.leader_options.clone())
+            };
+            let result = options.and_then(|options| {
+                node::start_server(
+                    &self.state.old_bindir,
+                    &old_dir,
+                    &options,
+                    &start_log(&old_dir),
+                )
+            });
             self.event(&leader, "start-old", &result);
             errors.extend(result.err());
         }
         let replicas: Vec<MemberView> = self.replicas().into_iter().cloned().collect();
-        for m in replicas
-            .iter()
-            .filter(|m| self.replicas_stopped.contains(&m.name))
-        {
+        for m in &replicas {
             let result = self.agent(m, "start-old", &[], None).map(|_| ());
             self.event(m, "start-old", &result);
             errors.extend(result.err().map(|e| format!("{}: {e}", m.name)));
         }
         let mut order = vec![leader.clone()];
         order.extend(replicas.iter().cloned());
-        for m in order
-            .iter()
-            .filter(|m| self.patroni_stopped.contains(&m.name))
-        {
+        for m in &order {
+            if rest::member_status(&m.api_url).is_some() {
+                continue;
+            }
             let result = self.on_host(m, &self.args.patroni_start);
             self.event(m, "start-patroni", &result);
             errors.extend(result.err().map(|e| format!("{}: {e}", m.name)));
         }
-        if self.paused {
-            // The leader's Patroni answers once it has started.
-            let deadline = Instant::now() + Duration::from_secs(90);
-            let resumed = loop {
-                match rest::set_pause(&self.config.rest_url, false) {
-                    Ok(()) => break Ok(()),
-                    Err(e) if Instant::now() > deadline => break Err(e),
-                    Err(_) => std::thread::sleep(Duration::from_millis(500)),
-                }
-            };
-            self.event(&leader, "resume", &resumed);
-            errors.extend(resumed.err());
-        }
-        for m in &self.view.members {
-            self.set_result(&m.name, "put_back", None, None);
+        // The leader's Patroni answers once it has started.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let resumed = loop {
+            match rest::set_pause(&self.config.rest_url, false) {
+                Ok(()) => break Ok(()),
+                Err(e) if Instant::now() > deadline => break Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        self.event(&leader, "resume", &resumed);
+        errors.extend(resumed.err());
+        let names: Vec<String> = self
+            .state
+            .view
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        for name in names {
+            self.set_result(&name, "put_back", None, None);
         }
         self.printer
             .emit(&Event::step_end("put-back", errors.is_empty(), started));
         if errors.is_empty() {
+            let _ = std::fs::remove_file(&self.state_path);
             Ok(())
         } else {
             Err(errors.join("; "))
@@ -516,7 +633,8 @@ impl<'a> Procedure<'a> {
 
     fn after_the_point_of_no_return(&mut self) -> Result<(), String> {
         let leader = self.leader().clone();
-        let probe = self.probe(&self.config.name).clone();
+        let probe = self.probe(&self.state.leader).clone();
+        let old_datadir = probe.data_dir.clone();
         let new_datadir = probe.new_datadir.clone();
         let old_major = probe.old_major.unwrap_or(0);
         let new_major = probe.new_major.unwrap_or(0);
@@ -528,15 +646,15 @@ impl<'a> Procedure<'a> {
         // Patroni's files and configuration for the new leader.
         let result = self.step("configure-leader", || {
             node::carry_patroni_files(
-                &self.config.data_dir,
+                &old_datadir,
                 &new_datadir,
                 old_major,
-                &self.new_bindir,
+                &self.state.new_bindir,
                 new_major,
             )?;
             node::rewrite_member_config(
                 self.config,
-                &self.new_bindir,
+                &self.state.new_bindir,
                 &new_datadir,
                 old_major,
                 new_major,
@@ -554,18 +672,23 @@ impl<'a> Procedure<'a> {
 
         // The new leader, then its Patroni, which adopts it.
         let result = self.step("start-leader", || {
-            node::start_server(
-                &self.new_bindir,
-                &new_datadir,
-                &self.leader_options,
-                &start_log(&new_datadir),
-            )?;
-            self.on_host(&leader, &self.args.patroni_start)?;
+            if !node::running(&new_datadir) {
+                node::start_server(
+                    &self.state.new_bindir,
+                    &new_datadir,
+                    &self.state.leader_options,
+                    &start_log(&new_datadir),
+                )?;
+            }
+            if rest::member_status(&leader.api_url).is_none() {
+                self.on_host(&leader, &self.args.patroni_start)?;
+            }
             self.wait_member(&leader, Duration::from_secs(120), |s| {
                 s["role"] == "primary" && s["database_system_identifier"] == new_sysid.as_str()
             })
         });
         self.event(&leader, "start", &result);
+        pgm_cluster::faults::point(|| "patroni:leader-started".into());
         if let Err(e) = result {
             return Err(format!(
                 "the leader is upgraded but did not come up under Patroni: {e}"
@@ -588,6 +711,10 @@ impl<'a> Procedure<'a> {
                     let kit = &kit;
                     let this = &*self;
                     scope.spawn(move || {
+                        // Done by an earlier run: its Patroni answers.
+                        if rest::member_status(&m.api_url).is_some() {
+                            return (m.clone(), Ok(()));
+                        }
                         let result = this.agent(m, "upgrade-replica", &[], Some(kit)).map(|_| ());
                         this.event(m, "upgrade", &result);
                         let result = result.and_then(|()| {
@@ -646,6 +773,7 @@ impl<'a> Procedure<'a> {
         self.event(&leader, "resume", &result);
         result?;
         if failed.is_empty() {
+            let _ = std::fs::remove_file(&self.state_path);
             Ok(())
         } else {
             Err(format!(
@@ -722,14 +850,6 @@ impl<'a> Procedure<'a> {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-    }
-}
-
-fn role(m: &MemberView, config: &PatroniConfig) -> &'static str {
-    if m.name == config.name {
-        "leader"
-    } else {
-        "replica"
     }
 }
 

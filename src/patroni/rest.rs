@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// One member as `/cluster` lists it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MemberView {
     pub name: String,
     pub role: String,
@@ -22,7 +22,7 @@ pub struct MemberView {
 }
 
 /// The cluster as the REST API describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ClusterView {
     pub scope: String,
     pub members: Vec<MemberView>,
@@ -64,11 +64,9 @@ pub fn cluster(rest_url: &str) -> Result<ClusterView, String> {
             api_url: m["api_url"].as_str().unwrap_or_default().to_string(),
             timeline: m["timeline"].as_u64(),
             // What a replica has yet to replay is what the upgrade waits
-            // for: the largest of Patroni's measures.
-            lag: ["lag", "receive_lag", "replay_lag"]
-                .iter()
-                .filter_map(|k| m[*k].as_u64())
-                .max(),
+            // for: the largest of Patroni's measures; unknown when any of
+            // those it reports is not a number ("unknown").
+            lag: lag_of(m),
         })
         .collect();
     Ok(ClusterView {
@@ -76,6 +74,18 @@ pub fn cluster(rest_url: &str) -> Result<ClusterView, String> {
         members,
         paused: doc["pause"].as_bool().unwrap_or(false),
     })
+}
+
+fn lag_of(member: &Value) -> Option<u64> {
+    let reported: Vec<&Value> = ["lag", "receive_lag", "replay_lag"]
+        .iter()
+        .map(|k| &member[*k])
+        .filter(|v| !v.is_null())
+        .collect();
+    if reported.is_empty() || reported.iter().any(|v| v.as_u64().is_none()) {
+        return None;
+    }
+    reported.iter().filter_map(|v| v.as_u64()).max()
 }
 
 /// The dynamic configuration (the store's `config` key).

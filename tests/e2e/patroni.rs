@@ -33,6 +33,17 @@ fn bed() -> Option<Bed> {
          INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 2000) g;",
     );
     cluster.wait_healthy(Duration::from_secs(60));
+    for m in &cluster.members[1..] {
+        cluster.wait_until(
+            Duration::from_secs(60),
+            "the replica to hold accounts",
+            |_| {
+                m.try_client("postgres")
+                    .and_then(|mut c| c.query_one("SELECT count(*) FROM accounts", &[]))
+                    .is_ok_and(|row| row.get::<_, i64>(0) == 2000)
+            },
+        );
+    }
     Some(Bed {
         cluster,
         bin,
@@ -166,13 +177,20 @@ fn preflight_passes_a_healthy_cluster_and_refuses_each_bad_input() {
     bed.cluster.set_pause(false);
     assert_eq!(bed.world(), before);
 
-    // A replica that replays behind the leader (replay paused while the
-    // leader writes more than maximum_lag_on_failover).
+    // A replica that replays behind the leader: a query on m2 holds a lock
+    // that the leader's ALTER TABLE needs, so m2's replay waits behind it
+    // (up to max_standby_streaming_delay) while the leader writes more than
+    // maximum_lag_on_failover. (Pausing replay would not do: Patroni resumes
+    // a replica's paused replay by itself.)
     let m2 = bed.cluster.member("m2");
-    m2.sql("postgres", "SELECT pg_wal_replay_pause()");
+    let mut holder = m2.client("postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS SHARE MODE")
+        .unwrap();
     bed.cluster.members[0].sql(
         "postgres",
-        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g",
+        "ALTER TABLE accounts ADD COLUMN note text;
+         CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g",
     );
     bed.cluster
         .wait_until(Duration::from_secs(30), "m2 to lag", |c| {
@@ -190,7 +208,7 @@ fn preflight_passes_a_healthy_cluster_and_refuses_each_bad_input() {
         .as_str()
         .unwrap()
         .contains("m2"));
-    m2.sql("postgres", "SELECT pg_wal_replay_resume()");
+    drop(holder);
     bed.cluster.wait_healthy(Duration::from_secs(60));
 
     // A member without the new installation: the remote command for m3
@@ -492,14 +510,18 @@ fn upgrades_the_whole_cluster_with_one_command() {
     let before_dump = super::proof::dumpall(&attached(leader, OLD), &new_bindir);
     let old_sysid = bed.cluster.etcd.get("/service/pgm/initialize").unwrap();
 
-    // A writer until the leader goes away.
+    // A writer until the leader goes away (or, should pg-migrate refuse,
+    // until it has answered).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let mut client = leader.client("postgres");
+        let stop = stop.clone();
         std::thread::spawn(move || {
             let mut committed = 0u64;
-            while client
-                .execute("INSERT INTO writes DEFAULT VALUES", &[])
-                .is_ok()
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && client
+                    .execute("INSERT INTO writes DEFAULT VALUES", &[])
+                    .is_ok()
             {
                 committed += 1;
             }
@@ -511,6 +533,7 @@ fn upgrades_the_whole_cluster_with_one_command() {
     let templates = patroni_templates(&bed);
     let extra: Vec<&str> = templates.iter().map(String::as_str).collect();
     let run = bed.run(&extra);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let committed = writer.join().unwrap();
     assert_eq!(
         run.status,
@@ -594,15 +617,39 @@ fn upgrades_the_whole_cluster_with_one_command() {
         writes_free(&after),
         "the dumps differ"
     );
-    // Unlogged tables have no contents on a standby.
-    let leader_contents = super::proof::contents_of(&attached(leader, NEW), true);
+    // Unlogged tables have no contents on a standby, and a standby's
+    // sequences stand where the primary last logged them (up to 32 ahead).
+    let tables_of = |m: &pgm_testkit::ha::Member| -> std::collections::BTreeMap<String, String> {
+        super::proof::contents_of(&attached(m, NEW), true)
+            .into_iter()
+            .filter(|(_, v)| !(v.ends_with(" true") || v.ends_with(" false")))
+            .collect()
+    };
+    let leader_contents = tables_of(leader);
     assert!(leader_contents.len() > 10, "{leader_contents:?}");
     for m in &bed.cluster.members[1..] {
-        bed.cluster.wait_until(
-            Duration::from_secs(60),
-            "the replica to hold the leader's rows",
-            |_| super::proof::contents_of(&attached(m, NEW), true) == leader_contents,
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let theirs = tables_of(m);
+            if theirs == leader_contents {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let differing: Vec<String> = leader_contents
+                    .iter()
+                    .filter(|(k, v)| theirs.get(*k) != Some(v))
+                    .map(|(k, v)| format!("{k}: leader {v}, {} {:?}", m.name, theirs.get(k)))
+                    .chain(
+                        theirs
+                            .keys()
+                            .filter(|k| !leader_contents.contains_key(*k))
+                            .map(|k| format!("{k}: only on {}", m.name)),
+                    )
+                    .collect();
+                panic!("{} does not hold the leader's rows: {differing:#?}", m.name);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     // New writes reach both replicas.
@@ -642,4 +689,220 @@ fn upgrades_the_whole_cluster_with_one_command() {
             c.leader().as_deref() == Some("m2")
         });
     bed.cluster.wait_healthy(Duration::from_secs(120));
+}
+
+/// A failure before the leader's point of no return puts the cluster back:
+/// m2's replay is held up (so it cannot replay the leader's shutdown
+/// checkpoint) and the wait for it times out. Every member is back on the
+/// old major under Patroni, resumed, the store unchanged, no new data
+/// directory left; once m2 replays again, the cluster is healthy and takes
+/// writes, and the upgrade, run again, goes through.
+#[test]
+fn a_failure_before_the_point_of_no_return_puts_the_cluster_back() {
+    let Some(bed) = bed() else { return };
+    let before = bed.world();
+    let m2 = bed.cluster.member("m2");
+    // m2's replay waits behind a lock its own query holds (Patroni would
+    // resume a paused replay by itself).
+    let mut holder = m2.client("postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS SHARE MODE")
+        .unwrap();
+    bed.cluster.members[0].sql("postgres", "ALTER TABLE accounts ADD COLUMN note text");
+
+    let mut extra = patroni_templates(&bed);
+    extra.extend(["--replay-timeout".to_string(), "3".to_string()]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let run = bed.run(&extra);
+    assert_eq!(run.status, 3, "{}\n{}", run.stdout, run.stderr);
+    super::json_schema::validate(&run.events);
+    let error = run.error();
+    assert_eq!(error["code"], "patroni_failed", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("m2"), "{error}");
+    for m in run.summary()["patroni"]["members"].as_array().unwrap() {
+        assert_eq!(m["result"], "put_back", "{m}");
+    }
+    assert!(run
+        .events
+        .iter()
+        .any(|e| e["event"] == "step_end" && e["step"] == "put-back" && e["status"] == "ok"));
+
+    // Back as it was: old major, not paused, the store unchanged.
+    assert_eq!(bed.world(), before);
+    drop(holder);
+    bed.cluster.wait_healthy(Duration::from_secs(120));
+    assert_eq!(bed.cluster.leader().as_deref(), Some("m1"));
+    for m in &bed.cluster.members {
+        let status = m.status().unwrap();
+        assert_eq!(
+            status["server_version"].as_u64().unwrap() / 10000,
+            OLD as u64,
+            "{status}"
+        );
+        assert!(!status["pause"].as_bool().unwrap_or(false), "{status}");
+    }
+    bed.cluster.members[0].sql("postgres", "INSERT INTO accounts VALUES (100001, 1)");
+    for m in &bed.cluster.members[1..] {
+        bed.cluster.wait_until(
+            Duration::from_secs(30),
+            "the write to reach the replica",
+            |_| {
+                m.try_client("postgres")
+                    .and_then(|mut c| c.query_one("SELECT 1 FROM accounts WHERE id = 100001", &[]))
+                    .is_ok()
+            },
+        );
+    }
+
+    // Run again: it goes through.
+    let extra = patroni_templates(&bed);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let run = bed.run(&extra);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    bed.cluster.wait_healthy(Duration::from_secs(60));
+    for m in &bed.cluster.members {
+        let status = m.status().unwrap();
+        assert_eq!(
+            status["server_version"].as_u64().unwrap() / 10000,
+            NEW as u64,
+            "{status}"
+        );
+    }
+}
+
+impl Bed {
+    /// pg-migrate patroni with the member scripts as Patroni's service
+    /// commands, `extra` flags and environment.
+    fn run_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut args = self.args(&[]);
+        args.extend(patroni_templates(self).into_iter().map(OsString::from));
+        args.extend(extra.iter().map(OsString::from));
+        let mut command = pgm_testkit::as_test_user(&self.bin);
+        command
+            .current_dir(self.sandbox.path())
+            .args(&args)
+            .env_remove("PGBINNEW");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        pgm_testkit::finish(command.output().unwrap())
+    }
+
+    fn assert_on(&self, major: u32) {
+        self.cluster.wait_healthy(Duration::from_secs(120));
+        assert_eq!(self.cluster.leader().as_deref(), Some("m1"));
+        for m in &self.cluster.members {
+            let status = m.status().unwrap();
+            assert_eq!(
+                status["server_version"].as_u64().unwrap() / 10000,
+                major as u64,
+                "{status}"
+            );
+            assert!(!status["pause"].as_bool().unwrap_or(false), "{status}");
+        }
+    }
+}
+
+/// Killed after the leader stopped (before its upgrade): the cluster is
+/// left paused, every Patroni stopped, the leader down. A second run is
+/// refused (unfinished_upgrade). The operator stops a replica with
+/// -m immediate meanwhile. --resume puts everything back on the old major,
+/// resumed; a run after that goes through.
+#[test]
+fn killed_before_the_point_of_no_return_resume_puts_the_cluster_back() {
+    let Some(bed) = bed() else { return };
+    let before = bed.world();
+    let run = bed.run_with(
+        &[],
+        &[("PG_MIGRATE_TEST_KILL_AT", "patroni:leader-stopped")],
+    );
+    assert_ne!(run.status, 0, "{}", run.stdout);
+    assert!(
+        run.events.iter().all(|e| e["event"] != "summary"),
+        "it was killed: {}",
+        run.stdout
+    );
+    assert!(
+        bed.cluster.members.iter().all(|m| m.status().is_none()),
+        "every Patroni is stopped"
+    );
+
+    let again = bed.run_with(&[], &[]);
+    assert_eq!(again.status, 2, "{}", again.stdout);
+    assert_eq!(again.error()["code"], "unfinished_upgrade");
+
+    // Meanwhile: m3's server stopped the hard way.
+    let m3 = bed.cluster.member("m3");
+    pgm_testkit::run_ok(
+        pgm_testkit::as_test_user(bed.cluster.bindir.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&m3.datadir),
+    );
+
+    let resumed = bed.run_with(&["--resume"], &[]);
+    assert_eq!(resumed.status, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    super::json_schema::validate(&resumed.events);
+    assert_eq!(resumed.summary()["result"], "reverted");
+    for m in resumed.summary()["patroni"]["members"].as_array().unwrap() {
+        assert_eq!(m["result"], "put_back", "{m}");
+    }
+    bed.assert_on(OLD);
+    assert_eq!(bed.world(), before);
+
+    let run = bed.run_with(&[], &[]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    bed.assert_on(NEW);
+}
+
+/// Killed right after the leader's upgrade (past its point of no return),
+/// then the resume itself killed once the new leader runs: a second
+/// --resume finishes the cluster's upgrade, every member on the new major
+/// with the leader's rows, the store's initialize key the new identifier.
+#[test]
+fn killed_after_the_point_of_no_return_resume_finishes_even_when_killed_itself() {
+    let Some(bed) = bed() else { return };
+    let old_sysid = bed.cluster.etcd.get("/service/pgm/initialize").unwrap();
+    let run = bed.run_with(
+        &[],
+        &[("PG_MIGRATE_TEST_KILL_AT", "patroni:leader-upgraded")],
+    );
+    assert!(
+        run.events.iter().all(|e| e["event"] != "summary"),
+        "it was killed: {}",
+        run.stdout
+    );
+
+    let resumed = bed.run_with(
+        &["--resume"],
+        &[("PG_MIGRATE_TEST_KILL_AT", "patroni:leader-started")],
+    );
+    assert!(
+        resumed.events.iter().all(|e| e["event"] != "summary"),
+        "it was killed: {}",
+        resumed.stdout
+    );
+
+    let resumed = bed.run_with(&["--resume"], &[]);
+    assert_eq!(resumed.status, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    super::json_schema::validate(&resumed.events);
+    for m in resumed.summary()["patroni"]["members"].as_array().unwrap() {
+        assert_eq!(m["result"], "upgraded", "{m}");
+    }
+    bed.assert_on(NEW);
+    let new_sysid = bed.cluster.etcd.get("/service/pgm/initialize").unwrap();
+    assert_ne!(new_sysid, old_sysid);
+    let leader = &bed.cluster.members[0];
+    let rows = |m: &pgm_testkit::ha::Member| -> i64 {
+        m.client("postgres")
+            .query_one("SELECT count(*) + sum(balance) FROM accounts", &[])
+            .unwrap()
+            .get(0)
+    };
+    let want = rows(leader);
+    for m in &bed.cluster.members[1..] {
+        assert_eq!(rows(m), want, "{}", m.name);
+    }
+    let again = bed.run_with(&["--resume"], &[]);
+    assert_eq!(again.status, 2, "nothing left to resume: {}", again.stdout);
+    assert_eq!(again.error()["code"], "no_journal");
 }

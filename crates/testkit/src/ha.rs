@@ -280,6 +280,7 @@ bootstrap:
         wal_keep_size: 256MB
         max_wal_senders: 10
         hot_standby_feedback: 'on'
+        max_standby_streaming_delay: 120s
   initdb:
   - encoding: UTF8
   - locale: C.UTF-8
