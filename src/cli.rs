@@ -160,6 +160,12 @@ pub struct MemberArgs {
     /// stop-replica: how long to wait for the replay, in seconds
     #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 120)]
     pub timeout: u64,
+    /// stop-replica: the leader's timeline
+    #[arg(long = "timeline", value_name = "TLI")]
+    pub timeline: Option<u32>,
+    /// upgrade-replica: the cluster's old major (names the configuration kept by an earlier run)
+    #[arg(long = "old-major", value_name = "MAJOR")]
+    pub old_major: Option<u32>,
     /// This member's Patroni configuration file
     #[arg(long = "config", value_name = "PATRONI_YML")]
     pub config: PathBuf,

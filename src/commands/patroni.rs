@@ -123,6 +123,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
                 mode: args.mode(),
                 wal_archive: args.wal_archive,
                 dynamic_unknown: gathered.dynamic_unknown.clone(),
+                initialize: gathered.initialize.clone(),
                 archive: gathered.archive.clone(),
             };
             for f in preflight::judge(&inputs) {
@@ -330,15 +331,35 @@ fn report(
             });
             (exit::FAILED_OLD_INTACT, RunResult::Error, Vec::new())
         }
-        Outcome::Unfinished { message } => {
+        Outcome::NotStarted { message } => {
+            printer.emit(&Event::Error {
+                code: Code::PatroniFailed,
+                message,
+                remedy: Some("nothing was changed; fix the cause, then run again".into()),
+                causes: Vec::new(),
+                clusters: ClusterStates::unchanged(),
+            });
+            (exit::FAILED_OLD_INTACT, RunResult::Error, Vec::new())
+        }
+        Outcome::Unfinished {
+            message,
+            leader_upgraded,
+        } => {
             printer.emit(&Event::Error {
                 code: Code::PatroniFailed,
                 message,
                 remedy: Some("run pg-migrate patroni --resume with the same options once the cause is fixed; see each member's result in the summary (a replica left stopped is rebuilt with the reinit command given)".into()),
                 causes: Vec::new(),
-                clusters: ClusterStates {
-                    old: ClusterCondition::Protected,
-                    new: ClusterCondition::Upgraded,
+                clusters: if leader_upgraded {
+                    ClusterStates {
+                        old: ClusterCondition::Protected,
+                        new: ClusterCondition::Upgraded,
+                    }
+                } else {
+                    ClusterStates {
+                        old: ClusterCondition::Incomplete,
+                        new: ClusterCondition::Incomplete,
+                    }
                 },
             });
             (exit::FAILED_NEEDS_RECOVERY, RunResult::Error, Vec::new())
@@ -364,6 +385,7 @@ struct Gathered {
     probes: Vec<(String, Result<Probe, String>)>,
     archive: Option<(String, String, String)>,
     dynamic_unknown: Vec<String>,
+    initialize: Option<String>,
     store_findings: Vec<Finding>,
 }
 
@@ -456,6 +478,7 @@ fn gather(
     let id = "patroni-store";
     let title = "Patroni's store answers";
     let mut status = None;
+    let mut initialize_key = None;
     match Etcd3::of(&config.store) {
         Err(e) => store_findings.push(Finding::fail(
             id,
@@ -486,6 +509,7 @@ fn gather(
                 "check the configuration's namespace and scope",
             )),
             Ok(Some(initialize)) => {
+                initialize_key = Some(initialize.clone());
                 status = etcd
                     .get(&config.key("status"))
                     .ok()
@@ -535,6 +559,7 @@ fn gather(
         probes,
         archive,
         dynamic_unknown,
+        initialize: initialize_key,
         store_findings,
     })
 }
@@ -679,8 +704,8 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
     let data_dir = config.data_dir.clone();
     match args.op.as_str() {
         "stop-replica" => {
-            let Some(lsn) = args.lsn.as_deref().and_then(node::parse_lsn) else {
-                return fail("stop-replica needs --lsn".into());
+            let (Some(lsn), Some(timeline)) = (args.lsn.as_deref().and_then(node::parse_lsn), args.timeline) else {
+                return fail("stop-replica needs --lsn and --timeline".into());
             };
             if node::running(&data_dir) {
                 if let Err(e) = node::wait_replayed(&data_dir, lsn, Duration::from_secs(args.timeout)) {
@@ -690,7 +715,21 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
                     return fail(e);
                 }
             }
-            done(serde_json::json!({ "ok": true }))
+            // Stopped (by us, or before): exactly at the leader's shutdown
+            // checkpoint, or its upgrade from the kit would be refused.
+            match pgm_cluster::ControlFile::read(&data_dir) {
+                Ok(control) if pgm_verifier::stopped_at(&control, lsn, timeline) => {
+                    done(serde_json::json!({ "ok": true }))
+                }
+                Ok(control) => fail(format!(
+                    "the replica stopped at {} (timeline {}, {}), not at the leader's shutdown checkpoint {} (timeline {timeline})",
+                    pgm_cluster::control::format_lsn(control.checkpoint_lsn),
+                    control.timeline,
+                    control.state.describe(),
+                    pgm_cluster::control::format_lsn(lsn)
+                )),
+                Err(e) => fail(e.to_string()),
+            }
         }
         "start-old" => {
             if !node::running(&data_dir) {
@@ -715,8 +754,27 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
 /// on stdin, Patroni's files carried, its Patroni configuration rewritten,
 /// the new standby started as Patroni started the old one.
 fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
-    // A configuration rewritten by an earlier run: the old one is kept beside it.
-    let old_config_path = kept_config(&args.config).unwrap_or_else(|| args.config.clone());
+    // A configuration rewritten by an earlier run (it names -B): the old
+    // one is kept beside it, named after the old major.
+    let current = PatroniConfig::read(&args.config)?;
+    let rewritten = current.bin_dir.as_deref() == Some(args.new_bindir.as_path());
+    let old_config_path = match (rewritten, args.old_major) {
+        (true, Some(major)) => {
+            let kept = PathBuf::from(format!("{}.pg-migrate-{major}", args.config.display()));
+            if !kept.is_file() {
+                return Err(format!(
+                    "{} names the new installation already, and its old copy {} is missing",
+                    args.config.display(),
+                    kept.display()
+                ));
+            }
+            kept
+        }
+        (true, None) => {
+            return Err("upgrade-replica of a rewritten configuration needs --old-major".into())
+        }
+        (false, _) => args.config.clone(),
+    };
     let config = &PatroniConfig::read(&old_config_path)?;
     let old_bindir = &node::old_bindir(config).ok_or_else(|| {
         format!(
@@ -772,6 +830,7 @@ fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
         old_major,
         &args.new_bindir,
         new_major,
+        false,
     )?;
     let current = PatroniConfig::read(&args.config)?;
     node::rewrite_member_config(
@@ -780,6 +839,7 @@ fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
         &new_datadir,
         old_major,
         new_major,
+        false,
     )?;
     if !node::running(&new_datadir) {
         let options = node::server_options(&config.data_dir)?;
@@ -791,23 +851,6 @@ fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
         )?;
     }
     Ok(new_datadir)
-}
-
-/// The member's configuration as it was before pg-migrate rewrote it
-/// (`<file>.pg-migrate-<old major>`), if it did.
-fn kept_config(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    let dir = path.parent()?;
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(&format!("{name}.pg-migrate-")))
-                .is_some_and(|major| !major.is_empty() && major.chars().all(|c| c.is_ascii_digit()))
-        })
 }
 
 /// Runs pg-migrate (`standby`, or `resume` of a standby) with `input` on

@@ -141,6 +141,7 @@ impl PatroniConfig {
         new_bindir: &Path,
         new_datadir: &Path,
         changes: &[SettingChange],
+        overrides: &[(&str, &str)],
     ) -> Result<String, String> {
         let mut raw = self.raw.clone();
         let postgresql = raw
@@ -155,6 +156,13 @@ impl PatroniConfig {
         ] {
             if let Some(map) = mapping_at_mut(&mut raw, path) {
                 apply_changes(map, changes);
+                // Settings the upgrade decides (archive_mode with
+                // --wal-archive off), where the file sets them.
+                for (name, value) in overrides {
+                    if map.contains_key(*name) {
+                        map.insert((*name).into(), (*value).into());
+                    }
+                }
             }
         }
         let text = serde_yaml_ng::to_string(&raw).map_err(|e| e.to_string())?;
@@ -494,6 +502,7 @@ postgresql:
                 Path::new("/usr/lib/postgresql/17/bin"),
                 Path::new("/d17"),
                 &c.changes(17),
+                &[("work_mem", "8MB"), ("not_in_the_file", "x")],
             )
             .unwrap();
         let again = PatroniConfig::parse(Path::new("p.yml"), &text).unwrap();
@@ -508,7 +517,8 @@ postgresql:
         );
         assert!(!again.parameters.contains_key("wal_keep_segments"));
         assert!(!again.parameters.contains_key("stats_temp_directory"));
-        assert_eq!(again.parameters["work_mem"], "4MB");
+        assert_eq!(again.parameters["work_mem"], "8MB");
+        assert!(!again.parameters.contains_key("not_in_the_file"));
         assert_eq!((again.scope.as_str(), again.name.as_str()), ("demo", "m1"));
         let mut dynamic = serde_json::json!({"ttl": 30, "postgresql": {"parameters": {"wal_keep_segments": 4, "work_mem": "1MB"}}});
         let changes = dynamic_changes(&dynamic, 17);

@@ -168,6 +168,7 @@ pub fn carry_patroni_files(
     old_major: u32,
     new_bindir: &Path,
     new_major: u32,
+    archive_off: bool,
 ) -> Result<(), String> {
     let wal_mb = pgm_cluster::ControlFile::read(new)
         .map(|c| u64::from(c.wal_segment_size) / (1024 * 1024))
@@ -192,10 +193,20 @@ pub fn carry_patroni_files(
         };
         let (carried, _) = crate::config::carry(&text, old_major, new_major, wal_mb, own);
         // Patroni's postgresql.conf includes the base file, which is carried.
-        let carried = carried.replace(
+        let mut carried = carried.replace(
             "#include 'postgresql.base.conf'\t# pg-migrate: included files are not carried",
             "include 'postgresql.base.conf'",
         );
+        if archive_off {
+            // --wal-archive off: the new system identifier archives nothing
+            // until its own archive is set up.
+            let (text, _) =
+                crate::config::comment_out(&carried, "archive_mode", "--wal-archive off");
+            carried = text;
+            if name == "postgresql.conf" {
+                carried.push_str("archive_mode = 'off'\t# pg-migrate: --wal-archive off\n");
+            }
+        }
         write(&new.join(name), carried.as_bytes())?;
     }
     for name in ["pg_hba.conf", "pg_ident.conf", "patroni.dynamic.json"] {
@@ -281,13 +292,19 @@ pub fn rewrite_member_config(
     new_datadir: &Path,
     old_major: u32,
     new_major: u32,
+    archive_off: bool,
 ) -> Result<PathBuf, String> {
     let kept = PathBuf::from(format!("{}.pg-migrate-{old_major}", config.path.display()));
     if config.data_dir == new_datadir && config.bin_dir.as_deref() == Some(new_bindir) {
         return Ok(kept);
     }
     let changes = config.changes(new_major);
-    let text = config.rewritten(new_bindir, new_datadir, &changes)?;
+    let overrides: &[(&str, &str)] = if archive_off {
+        &[("archive_mode", "off")]
+    } else {
+        &[]
+    };
+    let text = config.rewritten(new_bindir, new_datadir, &changes, overrides)?;
     if !kept.exists() {
         std::fs::copy(&config.path, &kept)
             .map_err(|e| format!("keeping {}: {e}", quote(&config.path)))?;

@@ -24,6 +24,9 @@ pub struct Inputs<'a> {
     pub probes: &'a [(String, Result<Probe, String>)],
     pub mode: Mode,
     pub wal_archive: WalArchive,
+    /// The store's `initialize` key: the system identifier Patroni holds
+    /// this cluster to be.
+    pub initialize: Option<String>,
     /// Settings of the dynamic configuration the new server does not know.
     pub dynamic_unknown: Vec<String>,
     /// The leader's archive settings (archive_mode, archive_command,
@@ -344,7 +347,20 @@ fn judge_probes(inputs: &Inputs, findings: &mut Vec<Finding>) {
         .filter(|p| p.name != inputs.config.name && !p.standby)
         .map(|p| p.name.clone())
         .collect();
-    findings.push(if !strangers.is_empty() {
+    let store_says = inputs.initialize.clone();
+    findings.push(if sysid.is_none() || store_says.as_ref().is_some_and(|i| Some(i) != sysid.as_ref()) {
+        Finding::fail(
+            id,
+            title,
+            "store_mismatch",
+            format!(
+                "the store's initialize key says system {}, the leader's pg_control {}",
+                store_says.unwrap_or_default(),
+                sysid.clone().unwrap_or_else(|| "nothing readable".into())
+            ),
+            "point --config at this cluster's leader; a store that names another system identifier must be set right before any upgrade",
+        )
+    } else if !strangers.is_empty() {
         Finding::fail(
             id,
             title,

@@ -31,11 +31,17 @@ use crate::output::{Event, MemberResult, PatroniSummary, Printer, StepStatus};
 pub enum Outcome {
     /// Every member on the new major, the cluster resumed.
     Upgraded,
+    /// Nothing was done to any member.
+    NotStarted { message: String },
     /// Failed before the leader's point of no return: every member put
-    /// back as it was (or as far as the message says).
+    /// back as it was.
     PutBack { message: String },
-    /// Failed after it: the leader is upgraded; what is left is said.
-    Unfinished { message: String },
+    /// Stopped half-way: `--resume` goes on. `leader_upgraded`: the
+    /// leader's upgrade finished (else it may be under way or undecided).
+    Unfinished {
+        message: String,
+        leader_upgraded: bool,
+    },
 }
 
 /// Why the part before the leader's point of no return stopped.
@@ -106,8 +112,34 @@ impl<'a> Procedure<'a> {
         }
     }
 
+    /// The journal is written beside the leader's old data directory and,
+    /// where that differs, beside its new one: the leader's configuration
+    /// names the new one once rewritten, and `--resume` finds it there.
+    fn journal_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.state_path.clone()];
+        let (old, new) = self.leader_dirs();
+        for dir in [old, new] {
+            if let (Some(parent), Some(name)) = (dir.parent(), self.state_path.file_name()) {
+                let path = parent.join(name);
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        paths
+    }
+
     fn save(&self) -> Result<(), String> {
-        state::save(&self.state_path, &self.state)
+        for path in self.journal_paths() {
+            state::save(&path, &self.state)?;
+        }
+        Ok(())
+    }
+
+    fn remove_journal(&self) {
+        for path in self.journal_paths() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn leader(&self) -> &MemberView {
@@ -239,67 +271,116 @@ impl<'a> Procedure<'a> {
     pub fn resume(&mut self) -> Outcome {
         if !self.state.leader_upgraded && self.state.leader_upgrade_started {
             let (_, new) = self.leader_dirs();
-            let finished =
-                new.join("pg_migrate.d").exists() && self.finish_leader_upgrade(&new).is_ok();
-            if finished {
-                self.state.leader_upgraded = true;
-                if let Err(e) = self.save() {
-                    return Outcome::Unfinished { message: e };
+            let journal = crate::journal::JournalView::read(&new);
+            let state = crate::journal::read_state(&new);
+            let begun = journal.is_some() && state != Some(crate::journal::State::Reverted);
+            if begun {
+                // Begun: finish it. Only a run that never passed its point of
+                // no return may be given up, and only when it cannot finish.
+                match self.finish_leader_upgrade(&new) {
+                    Ok(()) => {
+                        self.state.leader_upgraded = true;
+                        self.set_result(&self.state.leader.clone(), "upgraded", None, None);
+                        if let Err(e) = self.save() {
+                            return Outcome::Unfinished {
+                                message: e,
+                                leader_upgraded: true,
+                            };
+                        }
+                    }
+                    Err(e)
+                        if journal
+                            .as_ref()
+                            .is_some_and(|j| j.passed_point_of_no_return()) =>
+                    {
+                        return Outcome::Unfinished {
+                            message: format!("the leader's upgrade passed its point of no return and cannot be finished yet: {e}; fix the cause and run --resume again"),
+                            leader_upgraded: false,
+                        };
+                    }
+                    Err(e) => {
+                        let kit = kit_path(&new);
+                        if !self.discard_leader_upgrade(&new, &kit) {
+                            return Outcome::Unfinished {
+                                message: format!(
+                                    "the leader's upgrade into {} can be neither finished ({e}) nor reverted: see pg-migrate resume -D {} and pg-migrate revert -D {}",
+                                    new.display(),
+                                    new.display(),
+                                    new.display()
+                                ),
+                                leader_upgraded: false,
+                            };
+                        }
+                    }
                 }
-            } else {
-                let kit = kit_path(&new);
-                if !self.discard_leader_upgrade(&new, &kit) {
-                    return Outcome::Unfinished {
-                        message: format!(
-                            "the leader's upgrade into {} can be neither finished nor reverted: see pg-migrate resume -D {} and pg-migrate revert -D {}",
-                            new.display(),
-                            new.display(),
-                            new.display()
-                        ),
-                    };
-                }
+            } else if !self.discard_leader_upgrade(&new, &kit_path(&new)) {
+                return Outcome::Unfinished {
+                    message: format!(
+                        "{} is left from a reverted upgrade and cannot be removed",
+                        new.display()
+                    ),
+                    leader_upgraded: false,
+                };
             }
         }
         if !self.state.leader_upgraded {
             return match self.put_back() {
                 Ok(()) => Outcome::PutBack {
-                    message:
-                        "the interrupted run had not upgraded the leader: the cluster is put back"
-                            .into(),
+                    message: "the interrupted run had not upgraded the leader: the cluster is put back".into(),
                 },
                 Err(e) => Outcome::Unfinished {
-                    message: format!("putting the cluster back failed: {e}"),
+                    message: format!("putting the cluster back failed: {e}; run --resume again once the cause is fixed"),
+                    leader_upgraded: false,
                 },
             };
         }
         match self.after_the_point_of_no_return() {
             Ok(()) => Outcome::Upgraded,
-            Err(message) => Outcome::Unfinished { message },
+            Err(message) => Outcome::Unfinished {
+                message,
+                leader_upgraded: true,
+            },
         }
     }
 
     pub fn run(&mut self) -> Outcome {
         if let Err(e) = self.save() {
-            return Outcome::PutBack {
+            return Outcome::NotStarted {
                 message: format!("the operation's journal cannot be written: {e}"),
             };
         }
         match self.before_the_point_of_no_return() {
             Ok(()) => {}
-            Err(Stop::PastThePoint(message)) => return Outcome::Unfinished { message },
+            Err(Stop::PastThePoint(message)) => {
+                return Outcome::Unfinished {
+                    message,
+                    leader_upgraded: false,
+                }
+            }
             Err(Stop::Before(message)) => {
-                let put_back = self.put_back();
-                return Outcome::PutBack {
-                    message: match put_back {
-                        Ok(()) => message,
-                        Err(e) => format!("{message}; putting the cluster back failed too: {e}"),
+                // A leader's upgrade that could not be undone is not put back
+                // around: its old cluster may share files with it.
+                if self.state.leader_upgrade_started {
+                    return Outcome::Unfinished {
+                        message: format!("{message}; the leader's begun upgrade could not be reverted: run --resume once the cause is fixed"),
+                        leader_upgraded: false,
+                    };
+                }
+                return match self.put_back() {
+                    Ok(()) => Outcome::PutBack { message },
+                    Err(e) => Outcome::Unfinished {
+                        message: format!("{message}; putting the cluster back failed too: {e}; run --resume once the cause is fixed"),
+                        leader_upgraded: false,
                     },
                 };
             }
         }
         match self.after_the_point_of_no_return() {
             Ok(()) => Outcome::Upgraded,
-            Err(message) => Outcome::Unfinished { message },
+            Err(message) => Outcome::Unfinished {
+                message,
+                leader_upgraded: true,
+            },
         }
     }
 
@@ -342,7 +423,20 @@ impl<'a> Procedure<'a> {
         let mut order: Vec<MemberView> = self.replicas().into_iter().cloned().collect();
         order.push(self.leader().clone());
         for m in &order {
-            let result = self.on_host(m, &self.args.patroni_stop);
+            let result = self.on_host(m, &self.args.patroni_stop).and_then(|()| {
+                // Its REST API goes with it; one that still answers was not stopped.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while rest::member_status(&m.api_url).is_some() {
+                    if Instant::now() > deadline {
+                        return Err(
+                            "--patroni-stop returned, but its Patroni still answers after 60 s"
+                                .to_string(),
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Ok(())
+            });
             self.event(m, "stop-patroni", &result);
             if let Err(e) = result {
                 self.printer
@@ -367,7 +461,7 @@ impl<'a> Procedure<'a> {
         let checkpoint = self.step("stop-leader", || {
             node::stop_server(&self.state.old_bindir, &old_dir)?;
             let control = pgm_cluster::ControlFile::read(&old_dir).map_err(|e| e.to_string())?;
-            Ok(control.checkpoint_lsn)
+            Ok((control.checkpoint_lsn, control.timeline))
         });
         pgm_cluster::faults::point(|| "patroni:leader-stopped".into());
         self.event(
@@ -375,7 +469,7 @@ impl<'a> Procedure<'a> {
             "stop-leader",
             &checkpoint.as_ref().map(|_| ()).map_err(Clone::clone),
         );
-        let checkpoint = checkpoint.map_err(Stop::Before)?;
+        let (checkpoint, timeline) = checkpoint.map_err(Stop::Before)?;
 
         // Each replica replays it, then stops.
         self.printer.emit(&Event::StepStart {
@@ -393,6 +487,8 @@ impl<'a> Procedure<'a> {
                         pgm_cluster::control::format_lsn(checkpoint),
                         "--timeout".into(),
                         self.args.replay_timeout.to_string(),
+                        "--timeline".into(),
+                        timeline.to_string(),
                     ],
                     None,
                 )
@@ -421,6 +517,8 @@ impl<'a> Procedure<'a> {
         match result {
             Ok(()) => {
                 self.state.leader_upgraded = true;
+                let leader_name = self.state.leader.clone();
+                self.set_result(&leader_name, "upgraded", None, None);
                 self.save().map_err(Stop::PastThePoint)?;
                 pgm_cluster::faults::point(|| "patroni:leader-upgraded".into());
                 Ok(())
@@ -482,42 +580,47 @@ impl<'a> Procedure<'a> {
                 )
             })
             .unwrap_or_else(|| format!("the leader's upgrade failed ({})", out.status));
-        // Exit 3: failed with the old cluster intact; anything else (4, a
-        // signal) may be past the point of no return.
-        let intact = out.status.code() == Some(crate::exit::FAILED_OLD_INTACT)
-            || out.status.code() == Some(crate::exit::CHECKS_FAILED);
-        Err((message, !intact))
+        // Past the point of no return only if the upgrade's own journal says
+        // so (whatever its exit status: a refusal, a signal).
+        let past = crate::journal::JournalView::read(&probe.new_datadir)
+            .is_some_and(|j| j.passed_point_of_no_return());
+        Err((message, past))
     }
 
     /// A leader's upgrade that failed with the old cluster intact leaves a
     /// new cluster that never ran: reverted and removed, so that a second
     /// run finds the place free.
     fn discard_leader_upgrade(&self, new_datadir: &Path, kit: &Path) -> bool {
+        if new_datadir.join("pg_migrate.d").exists()
+            && crate::journal::read_state(new_datadir) != Some(crate::journal::State::Reverted)
+        {
+            let reverted = Command::new(&self.pg_migrate)
+                .arg("revert")
+                .arg("-D")
+                .arg(new_datadir)
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !reverted {
+                return false;
+            }
+        }
+        // Reverted (or never begun): the new cluster never ran, and the kit
+        // is of an upgrade that is no more.
         let _ = std::fs::remove_file(kit);
-        if !new_datadir.join("pg_migrate.d").exists() {
-            return true;
+        if new_datadir.exists() && std::fs::remove_dir_all(new_datadir).is_err() {
+            return false;
         }
-        let reverted = Command::new(&self.pg_migrate)
-            .arg("revert")
-            .arg("-D")
-            .arg(new_datadir)
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if reverted {
-            let _ = std::fs::remove_dir_all(new_datadir);
-        }
-        reverted
+        true
     }
 
     /// An interrupted leader's upgrade finished by the engine's resume (an
     /// upgrade that had finished already answers so, which is as good).
     fn finish_leader_upgrade(&self, new_datadir: &Path) -> Result<(), String> {
         let kit = kit_path(new_datadir);
-        if pgm_cluster::ControlFile::read(new_datadir).is_ok()
-            && kit.is_file()
-            && !new_datadir.join("pg_migrate.d").join("state").exists()
-        {
+        let complete =
+            crate::journal::read_state(new_datadir) == Some(crate::journal::State::Complete);
+        if complete && kit.is_file() {
             return Ok(());
         }
         let out = Command::new(&self.pg_migrate)
@@ -529,7 +632,8 @@ impl<'a> Procedure<'a> {
             .output()
             .map_err(|e| e.to_string())?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let already = stdout.contains("\"already_upgraded\"");
+        let already = stdout.contains("\"already_upgraded\"")
+            || crate::journal::read_state(new_datadir) == Some(crate::journal::State::Complete);
         if !(out.status.success() || already) {
             return Err(format!(
                 "pg-migrate resume -D {} failed ({})",
@@ -643,14 +747,22 @@ impl<'a> Procedure<'a> {
         let new_sysid = new_control.system_identifier.to_string();
         self.summary.new_system_identifier = Some(new_sysid.clone());
 
-        // Patroni's files and configuration for the new leader.
+        // Patroni's files and configuration for the new leader (not again
+        // once its Patroni runs it: Patroni owns them then).
+        let archive_off = self.args.wal_archive == WalArchive::Off;
+        let leader_runs_new = rest::member_status(&leader.api_url)
+            .is_some_and(|s| s["database_system_identifier"] == new_sysid.as_str());
         let result = self.step("configure-leader", || {
+            if leader_runs_new {
+                return Ok(());
+            }
             node::carry_patroni_files(
                 &old_datadir,
                 &new_datadir,
                 old_major,
                 &self.state.new_bindir,
                 new_major,
+                archive_off,
             )?;
             node::rewrite_member_config(
                 self.config,
@@ -658,6 +770,7 @@ impl<'a> Procedure<'a> {
                 &new_datadir,
                 old_major,
                 new_major,
+                archive_off,
             )
             .map(|_| ())
         });
@@ -704,37 +817,60 @@ impl<'a> Procedure<'a> {
         });
         let started = Instant::now();
         let replicas: Vec<MemberView> = self.replicas().into_iter().cloned().collect();
-        let results: Vec<(MemberView, Result<(), String>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = replicas
-                .iter()
-                .map(|m| {
-                    let kit = &kit;
-                    let this = &*self;
-                    scope.spawn(move || {
-                        // Done by an earlier run: its Patroni answers.
-                        if rest::member_status(&m.api_url).is_some() {
-                            return (m.clone(), Ok(()));
-                        }
-                        let result = this.agent(m, "upgrade-replica", &[], Some(kit)).map(|_| ());
-                        this.event(m, "upgrade", &result);
-                        let result = result.and_then(|()| {
+        let old_major_arg = vec!["--old-major".to_string(), old_major.to_string()];
+        let new_sysid = &new_sysid;
+        let results: Vec<(MemberView, Result<Option<String>, String>)> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = replicas
+                    .iter()
+                    .map(|m| {
+                        let kit = &kit;
+                        let this = &*self;
+                        let old_major_arg = &old_major_arg;
+                        scope.spawn(move || {
+                            // Done by an earlier run: its Patroni answers for the
+                            // new cluster.
+                            if rest::member_status(&m.api_url).is_some_and(|s| {
+                                s["database_system_identifier"] == new_sysid.as_str()
+                            }) {
+                                return (m.clone(), Ok(None));
+                            }
+                            let result = this
+                                .agent(m, "upgrade-replica", old_major_arg, Some(kit))
+                                .map(|_| ());
+                            this.event(m, "upgrade", &result);
+                            if let Err(e) = result {
+                                return (m.clone(), Err(e));
+                            }
+                            // Upgraded and running: a Patroni that does not
+                            // start is reported, not undone.
                             let started = this.on_host(m, &this.args.patroni_start);
                             this.event(m, "start-patroni", &started);
-                            started
-                        });
-                        (m.clone(), result)
+                            (m.clone(), Ok(started.err()))
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a replica's thread"))
-                .collect()
-        });
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a replica's thread"))
+                    .collect()
+            });
         let mut failed = Vec::new();
+        let mut failed_patroni = Vec::new();
         for (m, result) in &results {
             match result {
-                Ok(()) => self.set_result(&m.name, "upgraded", None, None),
+                Ok(None) => self.set_result(&m.name, "upgraded", None, None),
+                Ok(Some(e)) => {
+                    failed_patroni.push(m.name.clone());
+                    self.set_result(
+                        &m.name,
+                        "upgraded",
+                        Some(format!(
+                            "upgraded and running, but its Patroni did not start: {e}"
+                        )),
+                        None,
+                    )
+                }
                 Err(e) => {
                     failed.push(m.name.clone());
                     let reinit = format!(
@@ -758,7 +894,7 @@ impl<'a> Procedure<'a> {
             rest::set_pause(&self.config.rest_url, false)?;
             let upgraded: Vec<MemberView> = replicas
                 .iter()
-                .filter(|m| !failed.contains(&m.name))
+                .filter(|m| !failed.contains(&m.name) && !failed_patroni.contains(&m.name))
                 .cloned()
                 .collect();
             for m in &upgraded {
@@ -772,9 +908,14 @@ impl<'a> Procedure<'a> {
         });
         self.event(&leader, "resume", &result);
         result?;
-        if failed.is_empty() {
-            let _ = std::fs::remove_file(&self.state_path);
+        if failed.is_empty() && failed_patroni.is_empty() {
+            self.remove_journal();
             Ok(())
+        } else if failed.is_empty() {
+            Err(format!(
+                "{}: upgraded, but Patroni did not start: start it (--patroni-start), then run --resume",
+                failed_patroni.join(", ")
+            ))
         } else {
             Err(format!(
                 "{} could not be upgraded and {} left stopped (see each member's reinit)",
@@ -807,12 +948,18 @@ impl<'a> Procedure<'a> {
             let changes = dynamic_changes(&doc, new_major);
             apply_changes_json(&mut doc, &changes);
             if self.args.wal_archive == WalArchive::Off {
-                if let Some(params) = doc
-                    .get_mut("postgresql")
-                    .and_then(|p| p.get_mut("parameters"))
-                    .and_then(|p| p.as_object_mut())
-                {
-                    params.insert("archive_mode".into(), Value::from("off"));
+                if let Some(doc) = doc.as_object_mut() {
+                    let postgresql = doc
+                        .entry("postgresql")
+                        .or_insert_with(|| serde_json::json!({}));
+                    if let Some(postgresql) = postgresql.as_object_mut() {
+                        let params = postgresql
+                            .entry("parameters")
+                            .or_insert_with(|| serde_json::json!({}));
+                        if let Some(params) = params.as_object_mut() {
+                            params.insert("archive_mode".into(), Value::from("off"));
+                        }
+                    }
                 }
             }
             let new_text = doc.to_string();

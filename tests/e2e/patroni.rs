@@ -507,6 +507,27 @@ fn upgrades_the_whole_cluster_with_one_command() {
         sandbox,
     };
     let leader = &bed.cluster.members[0];
+    // The cluster archives WAL: the upgrade starts the new cluster with
+    // archiving off (--wal-archive off), everywhere Patroni could set it.
+    let edit = bed.cluster.patronictl(&[
+        "edit-config",
+        "--force",
+        "-s",
+        "postgresql.parameters.archive_mode=on",
+        "-s",
+        "postgresql.parameters.archive_command=/bin/true",
+    ]);
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    let conf = leader.datadir.join("postgresql.conf");
+    bed.cluster.wait_until(
+        Duration::from_secs(30),
+        "Patroni to write archive_command",
+        |_| std::fs::read_to_string(&conf).is_ok_and(|t| t.contains("/bin/true")),
+    );
     let before_dump = super::proof::dumpall(&attached(leader, OLD), &new_bindir);
     let old_sysid = bed.cluster.etcd.get("/service/pgm/initialize").unwrap();
 
@@ -530,7 +551,8 @@ fn upgrades_the_whole_cluster_with_one_command() {
     };
     std::thread::sleep(Duration::from_millis(500));
 
-    let templates = patroni_templates(&bed);
+    let mut templates = patroni_templates(&bed);
+    templates.extend(["--wal-archive".to_string(), "off".to_string()]);
     let extra: Vec<&str> = templates.iter().map(String::as_str).collect();
     let run = bed.run(&extra);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -573,6 +595,20 @@ fn upgrades_the_whole_cluster_with_one_command() {
     assert!(listed.status.success());
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    // Archiving is off on the new leader and in the dynamic configuration.
+    let archive_mode: String = leader
+        .client("postgres")
+        .query_one("SHOW archive_mode", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(archive_mode, "off");
+    let dynamic = pgm_testkit::ha::http_get(&leader.rest_url("/config")).unwrap();
+    assert_eq!(
+        dynamic["postgresql"]["parameters"]["archive_mode"], "off",
+        "{dynamic}"
+    );
+    assert_eq!(run.check("patroni-wal-archive")["code"], "wal_archive_off");
 
     // Every committed write, and the same contents on all three.
     let rows: i64 = leader
