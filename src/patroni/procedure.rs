@@ -927,9 +927,10 @@ impl<'a> Procedure<'a> {
 
     /// The store, while every Patroni is stopped: `initialize` from the old
     /// system identifier to the new one in one compare-and-set step (a
-    /// second writer loses instead of racing), and the dynamic
-    /// configuration with the new major's renamed and removed settings
-    /// (and archiving off, with --wal-archive off).
+    /// second writer loses instead of racing), the old cluster's timeline
+    /// history removed, and the dynamic configuration with the new major's
+    /// renamed and removed settings (and archiving off, with --wal-archive
+    /// off).
     fn update_store(&self, new_sysid: &str, new_major: u32) -> Result<(), String> {
         let etcd = Etcd3::of(&self.config.store)?;
         let key = self.config.key("initialize");
@@ -941,6 +942,10 @@ impl<'a> Procedure<'a> {
                 current.unwrap_or_default()
             ));
         }
+        // The old cluster's timelines: the upgrade starts the new one on
+        // timeline 1 (as pg_upgrade does), and Patroni takes a member whose
+        // timeline is behind the store's history for one that may not lead.
+        etcd.delete(&self.config.key("history"))?;
         let config_key = self.config.key("config");
         if let Some(text) = etcd.get(&config_key)? {
             let mut doc: Value =

@@ -86,4 +86,10 @@ impl Etcd3 {
         )?;
         Ok(answer["succeeded"].as_bool().unwrap_or(false))
     }
+
+    /// Removes `key` (nothing if it is not set).
+    pub fn delete(&self, key: &str) -> Result<(), String> {
+        self.call("kv/deleterange", json!({ "key": b64(key) }))
+            .map(|_| ())
+    }
 }

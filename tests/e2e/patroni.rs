@@ -942,3 +942,137 @@ fn killed_after_the_point_of_no_return_resume_finishes_even_when_killed_itself()
     assert_eq!(again.status, 2, "nothing left to resume: {}", again.stdout);
     assert_eq!(again.error()["code"], "no_journal");
 }
+
+/// A replica whose upgrade fails half-way (m3's `pg-migrate standby` killed
+/// after it linked its relation files): the leader and m2 are upgraded, m3
+/// is left stopped and reported with the command that rebuilds it (exit 4,
+/// its Patroni not started, never running on either major), and --resume
+/// finishes m3's own upgrade from its journal.
+#[test]
+fn a_replica_that_fails_is_left_stopped_and_resume_finishes_it() {
+    let Some(bed) = bed() else { return };
+    // m3's "host" runs pg-migrate with a fault point armed.
+    let script = bed.sandbox.path().join("remote-m3-fails.sh");
+    std::fs::write(
+        &script,
+        "name=$1; shift\n\
+         if [ \"$name\" = m3 ]; then export PG_MIGRATE_TEST_KILL_AT=standby:link-relations; fi\n\
+         exec sh -c \"$1\"\n",
+    )
+    .unwrap();
+    pgm_testkit::chown_to_test_user(&script);
+    let remote = format!("sh {} {{name}}", script.display());
+    let run = {
+        let mut args = bed.args(&[]);
+        let at = args.iter().position(|a| a == "--remote").unwrap();
+        args[at + 1] = remote.into();
+        args.extend(patroni_templates(&bed).into_iter().map(OsString::from));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        pg_migrate(&bed.bin, bed.sandbox.path(), &refs)
+    };
+    assert_eq!(run.status, 4, "{}\n{}", run.stdout, run.stderr);
+    super::json_schema::validate(&run.events);
+    assert_eq!(run.error()["code"], "patroni_failed");
+    let members = run.summary()["patroni"]["members"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let result_of = |name: &str| members.iter().find(|m| m["name"] == name).unwrap().clone();
+    assert_eq!(result_of("m1")["result"], "upgraded");
+    assert_eq!(result_of("m2")["result"], "upgraded");
+    let m3 = result_of("m3");
+    assert_eq!(m3["result"], "left_stopped", "{m3}");
+    assert!(
+        m3["reinit"].as_str().unwrap().contains("patronictl"),
+        "{m3}"
+    );
+    let m3_member = bed.cluster.member("m3");
+    assert!(m3_member.status().is_none(), "m3's Patroni must not run");
+    assert!(
+        m3_member.try_client("postgres").is_err(),
+        "m3's server must not run"
+    );
+
+    let resumed = bed.run_with(&["--resume"], &[]);
+    assert_eq!(resumed.status, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    for m in resumed.summary()["patroni"]["members"].as_array().unwrap() {
+        assert_eq!(m["result"], "upgraded", "{m}");
+    }
+    bed.assert_on(NEW);
+    let count = |m: &pgm_testkit::ha::Member| -> i64 {
+        m.client("postgres")
+            .query_one("SELECT count(*) FROM accounts", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count(m3_member), count(&bed.cluster.members[0]));
+}
+
+/// A cluster that has been through switchovers (timeline 3, with Patroni's
+/// history of them in the store) upgrades too. The new cluster starts on
+/// timeline 1 (as pg_upgrade's does), so the store's history of the old
+/// timelines is removed (Patroni would take every member for one behind the
+/// cluster's timeline); a switchover afterwards works and its history is
+/// the new cluster's.
+#[test]
+fn a_cluster_on_a_later_timeline_upgrades() {
+    let Some(bed) = bed() else { return };
+    for (from, to) in [("m1", "m2"), ("m2", "m1")] {
+        let switched = bed.cluster.patronictl(&[
+            "switchover",
+            "--leader",
+            from,
+            "--candidate",
+            to,
+            "--force",
+            "pgm",
+        ]);
+        assert!(
+            switched.status.success(),
+            "{}",
+            String::from_utf8_lossy(&switched.stderr)
+        );
+        bed.cluster
+            .wait_until(Duration::from_secs(90), "the switchover", |c| {
+                c.leader().as_deref() == Some(to)
+            });
+        bed.cluster.wait_healthy(Duration::from_secs(120));
+    }
+    let timeline = |bed: &Bed| {
+        bed.cluster.members[0].status().unwrap()["timeline"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(timeline(&bed), 3);
+    assert!(bed.cluster.etcd.get("/service/pgm/history").is_some());
+    let run = bed.run_with(&[], &[]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    bed.assert_on(NEW);
+    assert_eq!(timeline(&bed), 1);
+    assert_eq!(bed.cluster.etcd.get("/service/pgm/history"), None);
+    let switched = bed.cluster.patronictl(&[
+        "switchover",
+        "--leader",
+        "m1",
+        "--candidate",
+        "m3",
+        "--force",
+        "pgm",
+    ]);
+    assert!(
+        switched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&switched.stderr)
+    );
+    bed.cluster
+        .wait_until(Duration::from_secs(90), "m3 to lead", |c| {
+            c.leader().as_deref() == Some("m3")
+        });
+    bed.cluster.wait_until(
+        Duration::from_secs(120),
+        "m1 and m2 to stream from m3",
+        |c| c.healthy(),
+    );
+    let history = bed.cluster.etcd.get("/service/pgm/history").unwrap();
+    assert!(history.starts_with("[[1,"), "{history}");
+}
