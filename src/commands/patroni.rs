@@ -876,22 +876,9 @@ fn run_pg_migrate(args: &[&std::ffi::OsStr], input: Option<&[u8]>) -> Result<(),
     if out.status.success() {
         return Ok(());
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let error = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["event"] == "error");
-    Err(match error {
-        Some(e) => format!(
-            "pg-migrate {} refused or failed ({}): {}",
-            args[0].to_string_lossy(),
-            e["code"].as_str().unwrap_or("?"),
-            e["message"].as_str().unwrap_or("")
-        ),
-        None => format!(
-            "pg-migrate {} failed ({})",
-            args[0].to_string_lossy(),
-            out.status
-        ),
+    let what = args[0].to_string_lossy();
+    Err(match crate::patroni::remote::error_event(&out.stdout) {
+        Some(error) => format!("pg-migrate {what} refused or failed {error}"),
+        None => format!("pg-migrate {what} failed ({})", out.status),
     })
 }

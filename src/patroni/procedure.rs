@@ -213,21 +213,7 @@ impl<'a> Procedure<'a> {
             .replace("{host}", &m.host)
             .replace("{name}", &m.name);
         if m.name == self.state.leader {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(&line)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("{line}: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{line} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
+            super::remote::run_local_shell(&line)
         } else {
             self.remote.run_shell(m, &line)
         }
@@ -565,21 +551,10 @@ impl<'a> Procedure<'a> {
         if out.status.success() {
             return Ok(());
         }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let error = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["event"] == "error");
-        let message = error
-            .as_ref()
-            .map(|e| {
-                format!(
-                    "the leader's upgrade failed ({}): {}",
-                    e["code"].as_str().unwrap_or("?"),
-                    e["message"].as_str().unwrap_or("")
-                )
-            })
-            .unwrap_or_else(|| format!("the leader's upgrade failed ({})", out.status));
+        let message = match super::remote::error_event(&out.stdout) {
+            Some(error) => format!("the leader's upgrade failed {error}"),
+            None => format!("the leader's upgrade failed ({})", out.status),
+        };
         // Past the point of no return only if the upgrade's own journal says
         // so (whatever its exit status: a refusal, a signal).
         let past = crate::journal::JournalView::read(&probe.new_datadir)

@@ -102,22 +102,46 @@ impl Remote {
     /// Runs one shell command line on `member`'s host (an operator's
     /// template, already filled in).
     pub fn run_shell(&self, member: &MemberView, line: &str) -> Result<(), String> {
-        let out = self
-            .command(member, line)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{line}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "on {}: {line} failed ({}): {}",
-                member.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        checked(self.command(member, line), line, Some(&member.name))
     }
+}
+
+/// Runs one shell command line on this host (the leader's).
+pub fn run_local_shell(line: &str) -> Result<(), String> {
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(line);
+    checked(command, line, None)
+}
+
+fn checked(mut command: Command, line: &str, on: Option<&str>) -> Result<(), String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{line}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{line} failed ({}): {}",
+        on.map(|n| format!("on {n}: ")).unwrap_or_default(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// The `error` event of a pg-migrate run's JSON output, as "(code): message".
+pub fn error_event(stdout: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "error")
+        .map(|e| {
+            format!(
+                "({}): {}",
+                e["code"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
 }
 
 fn fill(template: &str, member: &MemberView) -> String {
