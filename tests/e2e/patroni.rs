@@ -706,25 +706,7 @@ fn upgrades_the_whole_cluster_with_one_command() {
     }
 
     // A switchover to a replica works.
-    let switched = bed.cluster.patronictl(&[
-        "switchover",
-        "--leader",
-        "m1",
-        "--candidate",
-        "m2",
-        "--force",
-        "pgm",
-    ]);
-    assert!(
-        switched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&switched.stderr)
-    );
-    bed.cluster
-        .wait_until(Duration::from_secs(90), "m2 to lead", |c| {
-            c.leader().as_deref() == Some("m2")
-        });
-    bed.cluster.wait_healthy(Duration::from_secs(120));
+    bed.cluster.switchover("m1", "m2");
 }
 
 /// A failure before the leader's point of no return puts the cluster back:
@@ -1018,25 +1000,7 @@ fn a_replica_that_fails_is_left_stopped_and_resume_finishes_it() {
 fn a_cluster_on_a_later_timeline_upgrades() {
     let Some(bed) = bed() else { return };
     for (from, to) in [("m1", "m2"), ("m2", "m1")] {
-        let switched = bed.cluster.patronictl(&[
-            "switchover",
-            "--leader",
-            from,
-            "--candidate",
-            to,
-            "--force",
-            "pgm",
-        ]);
-        assert!(
-            switched.status.success(),
-            "{}",
-            String::from_utf8_lossy(&switched.stderr)
-        );
-        bed.cluster
-            .wait_until(Duration::from_secs(90), "the switchover", |c| {
-                c.leader().as_deref() == Some(to)
-            });
-        bed.cluster.wait_healthy(Duration::from_secs(120));
+        bed.cluster.switchover(from, to);
     }
     let timeline = |bed: &Bed| {
         bed.cluster.members[0].status().unwrap()["timeline"]
@@ -1050,29 +1014,7 @@ fn a_cluster_on_a_later_timeline_upgrades() {
     bed.assert_on(NEW);
     assert_eq!(timeline(&bed), 1);
     assert_eq!(bed.cluster.etcd.get("/service/pgm/history"), None);
-    let switched = bed.cluster.patronictl(&[
-        "switchover",
-        "--leader",
-        "m1",
-        "--candidate",
-        "m3",
-        "--force",
-        "pgm",
-    ]);
-    assert!(
-        switched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&switched.stderr)
-    );
-    bed.cluster
-        .wait_until(Duration::from_secs(90), "m3 to lead", |c| {
-            c.leader().as_deref() == Some("m3")
-        });
-    bed.cluster.wait_until(
-        Duration::from_secs(120),
-        "m1 and m2 to stream from m3",
-        |c| c.healthy(),
-    );
+    bed.cluster.switchover("m1", "m3");
     let history = bed.cluster.etcd.get("/service/pgm/history").unwrap();
     assert!(history.starts_with("[[1,"), "{history}");
 }

@@ -462,6 +462,29 @@ tags:
             .expect("run patronictl")
     }
 
+    /// A switchover from `from` to `to` with patronictl; returns once `to`
+    /// leads and every member is healthy again.
+    pub fn switchover(&self, from: &str, to: &str) {
+        let switched = self.patronictl(&[
+            "switchover",
+            "--leader",
+            from,
+            "--candidate",
+            to,
+            "--force",
+            &self.scope,
+        ]);
+        assert!(
+            switched.status.success(),
+            "switchover {from} → {to}: {}",
+            String::from_utf8_lossy(&switched.stderr)
+        );
+        self.wait_until(Duration::from_secs(90), "the switchover", |c| {
+            c.leader().as_deref() == Some(to)
+        });
+        self.wait_healthy(Duration::from_secs(120));
+    }
+
     /// Pauses (or resumes) the cluster through Patroni's REST API.
     pub fn set_pause(&self, pause: bool) {
         let url = self.members[0].rest_url("/config");
