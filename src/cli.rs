@@ -111,6 +111,9 @@ pub struct PatroniArgs {
         default_value = "systemctl start patroni"
     )]
     pub patroni_start: String,
+    /// Number of databases (and files) the leader's upgrade works on at once
+    #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
     /// How long a replica may take to replay the leader's last WAL, in seconds
     #[arg(long = "replay-timeout", value_name = "SECONDS", default_value_t = 120)]
     pub replay_timeout: u64,
@@ -151,9 +154,12 @@ pub enum WalArchive {
 /// `patroni-member`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct MemberArgs {
-    /// What to do: probe, stop-replica, start-old, upgrade-replica
+    /// What to do: probe, stop-replica, start-old, upgrade-replica, start-new
     #[arg(value_name = "OP")]
     pub op: String,
+    /// upgrade-replica: leave the new standby stopped (start-new starts it)
+    #[arg(long = "no-start")]
+    pub no_start: bool,
     /// stop-replica: the leader's shutdown checkpoint to replay first
     #[arg(long = "lsn", value_name = "LSN")]
     pub lsn: Option<String>,
@@ -163,7 +169,7 @@ pub struct MemberArgs {
     /// stop-replica: the leader's timeline
     #[arg(long = "timeline", value_name = "TLI")]
     pub timeline: Option<u32>,
-    /// upgrade-replica: the cluster's old major (names the configuration kept by an earlier run)
+    /// upgrade-replica, start-new: the cluster's old major (names the configuration kept by an earlier run)
     #[arg(long = "old-major", value_name = "MAJOR")]
     pub old_major: Option<u32>,
     /// This member's Patroni configuration file

@@ -746,35 +746,20 @@ pub(crate) fn run_patroni_member(args: MemberArgs) -> i32 {
             Ok(new_datadir) => done(serde_json::json!({ "ok": true, "new_datadir": new_datadir })),
             Err(e) => fail(e),
         },
-        other => fail(format!("pg-migrate patroni-member: no such operation {other:?} (probe, stop-replica, start-old, upgrade-replica)")),
+        "start-new" => match start_new_replica(&args) {
+            Ok(new_datadir) => done(serde_json::json!({ "ok": true, "new_datadir": new_datadir })),
+            Err(e) => fail(e),
+        },
+        other => fail(format!("pg-migrate patroni-member: no such operation {other:?} (probe, stop-replica, start-old, upgrade-replica, start-new)")),
     }
 }
 
 /// A replica's upgrade on its own host: `pg-migrate standby` from the kit
 /// on stdin, Patroni's files carried, its Patroni configuration rewritten,
-/// the new standby started as Patroni started the old one.
+/// the new standby started as Patroni started the old one (not with
+/// `--no-start`: `start-new` does it once its primary runs).
 fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
-    // A configuration rewritten by an earlier run (it names -B): the old
-    // one is kept beside it, named after the old major.
-    let current = PatroniConfig::read(&args.config)?;
-    let rewritten = current.bin_dir.as_deref() == Some(args.new_bindir.as_path());
-    let old_config_path = match (rewritten, args.old_major) {
-        (true, Some(major)) => {
-            let kept = PathBuf::from(format!("{}.pg-migrate-{major}", args.config.display()));
-            if !kept.is_file() {
-                return Err(format!(
-                    "{} names the new installation already, and its old copy {} is missing",
-                    args.config.display(),
-                    kept.display()
-                ));
-            }
-            kept
-        }
-        (true, None) => {
-            return Err("upgrade-replica of a rewritten configuration needs --old-major".into())
-        }
-        (false, _) => args.config.clone(),
-    };
+    let old_config_path = old_member_config(args)?;
     let config = &PatroniConfig::read(&old_config_path)?;
     let old_bindir = &node::old_bindir(config).ok_or_else(|| {
         format!(
@@ -841,16 +826,67 @@ fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
         new_major,
         false,
     )?;
-    if !node::running(&new_datadir) {
-        let options = node::server_options(&config.data_dir)?;
-        node::start_server(
-            &args.new_bindir,
-            &new_datadir,
-            &options,
-            &crate::patroni::procedure::start_log(&new_datadir),
-        )?;
+    if !args.no_start {
+        start_new(&config.data_dir, &args.new_bindir, &new_datadir)?;
     }
     Ok(new_datadir)
+}
+
+/// The new standby (upgraded by `upgrade-replica --no-start`) started as
+/// Patroni started the old one.
+fn start_new_replica(args: &MemberArgs) -> Result<PathBuf, String> {
+    let config = PatroniConfig::read(&old_member_config(args)?)?;
+    let probe = member::probe(&config.path, &args.new_bindir, &args.new_datadir)?;
+    let new_datadir = probe.new_datadir;
+    if !crate::standby::done_steps(&crate::standby::records(&new_datadir))
+        .iter()
+        .any(|s| s == "sync")
+    {
+        return Err(format!(
+            "{} is not an upgraded standby: run upgrade-replica first",
+            new_datadir.display()
+        ));
+    }
+    start_new(&config.data_dir, &args.new_bindir, &new_datadir)?;
+    Ok(new_datadir)
+}
+
+fn start_new(old_datadir: &Path, new_bindir: &Path, new_datadir: &Path) -> Result<(), String> {
+    if node::running(new_datadir) {
+        return Ok(());
+    }
+    let options = node::server_options(old_datadir)?;
+    node::start_server(
+        new_bindir,
+        new_datadir,
+        &options,
+        &crate::patroni::procedure::start_log(new_datadir),
+    )
+}
+
+/// This member's Patroni configuration as it was before the upgrade: the
+/// file itself, or once an earlier run rewrote it (it names -B), the old
+/// one kept beside it, named after the old major.
+fn old_member_config(args: &MemberArgs) -> Result<PathBuf, String> {
+    let current = PatroniConfig::read(&args.config)?;
+    let rewritten = current.bin_dir.as_deref() == Some(args.new_bindir.as_path());
+    Ok(match (rewritten, args.old_major) {
+        (true, Some(major)) => {
+            let kept = PathBuf::from(format!("{}.pg-migrate-{major}", args.config.display()));
+            if !kept.is_file() {
+                return Err(format!(
+                    "{} names the new installation already, and its old copy {} is missing",
+                    args.config.display(),
+                    kept.display()
+                ));
+            }
+            kept
+        }
+        (true, None) => {
+            return Err("upgrade-replica of a rewritten configuration needs --old-major".into())
+        }
+        (false, _) => args.config.clone(),
+    })
 }
 
 /// Runs pg-migrate (`standby`, or `resume` of a standby) with `input` on

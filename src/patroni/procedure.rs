@@ -539,6 +539,8 @@ impl<'a> Procedure<'a> {
                 Mode::Clone => "--clone",
                 _ => "--link",
             })
+            .arg("--jobs")
+            .arg(self.args.jobs.to_string())
             .arg("--standby-kit")
             .arg(kit)
             .arg("--json")
@@ -758,24 +760,61 @@ impl<'a> Procedure<'a> {
         self.event(&leader, "store", &result);
         result?;
 
-        // The new leader, then its Patroni, which adopts it.
-        let result = self.step("start-leader", || {
-            if !node::running(&new_datadir) {
-                node::start_server(
-                    &self.state.new_bindir,
-                    &new_datadir,
-                    &self.state.leader_options,
-                    &start_log(&new_datadir),
-                )?;
-            }
-            if rest::member_status(&leader.api_url).is_none() {
-                self.on_host(&leader, &self.args.patroni_start)?;
-            }
-            self.wait_member(&leader, Duration::from_secs(120), |s| {
-                s["role"] == "primary" && s["database_system_identifier"] == new_sysid.as_str()
-            })
+        // The new leader, then its Patroni, which adopts it; meanwhile every
+        // replica's files are upgraded from the kit. A replica's server
+        // starts only once the leader runs: a standby that finds no primary
+        // waits wal_retrieve_retry_interval (5 s) before it tries again.
+        let kit =
+            std::fs::read(kit_path(&new_datadir)).map_err(|e| format!("the standby kit: {e}"))?;
+        let replicas: Vec<MemberView> = self.replicas().into_iter().cloned().collect();
+        let old_major_arg = vec!["--old-major".to_string(), old_major.to_string()];
+        let new_sysid = &new_sysid;
+        let (result, upgraded_files) = std::thread::scope(|scope| {
+            let handles: Vec<_> = replicas
+                .iter()
+                .map(|m| {
+                    let (kit, this, old_major_arg) = (&kit, &*self, &old_major_arg);
+                    scope.spawn(move || {
+                        // Done by an earlier run: its Patroni answers for the
+                        // new cluster (Ok(true): nothing left to do).
+                        if rest::member_status(&m.api_url)
+                            .is_some_and(|s| s["database_system_identifier"] == new_sysid.as_str())
+                        {
+                            return Ok(true);
+                        }
+                        let mut extra = old_major_arg.clone();
+                        extra.push("--no-start".to_string());
+                        let result = this
+                            .agent(m, "upgrade-replica", &extra, Some(kit))
+                            .map(|_| ());
+                        this.event(m, "upgrade", &result);
+                        result.map(|_| false)
+                    })
+                })
+                .collect();
+            let result = self.step("start-leader", || {
+                if !node::running(&new_datadir) {
+                    node::start_server(
+                        &self.state.new_bindir,
+                        &new_datadir,
+                        &self.state.leader_options,
+                        &start_log(&new_datadir),
+                    )?;
+                }
+                if rest::member_status(&leader.api_url).is_none() {
+                    self.on_host(&leader, &self.args.patroni_start)?;
+                }
+                self.wait_member(&leader, Duration::from_secs(120), |s| {
+                    s["role"] == "primary" && s["database_system_identifier"] == new_sysid.as_str()
+                })
+            });
+            self.event(&leader, "start", &result);
+            let files: Vec<Result<bool, String>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("a replica's thread"))
+                .collect();
+            (result, files)
         });
-        self.event(&leader, "start", &result);
         pgm_cluster::faults::point(|| "patroni:leader-started".into());
         if let Err(e) = result {
             return Err(format!(
@@ -784,36 +823,28 @@ impl<'a> Procedure<'a> {
         }
         self.set_result(&leader.name, "upgraded", None, None);
 
-        // Every replica from the kit, at once.
-        let kit =
-            std::fs::read(kit_path(&new_datadir)).map_err(|e| format!("the standby kit: {e}"))?;
+        // Every upgraded replica started, then its Patroni, at once.
         self.printer.emit(&Event::StepStart {
             step: "upgrade-replicas",
         });
         let started = Instant::now();
-        let replicas: Vec<MemberView> = self.replicas().into_iter().cloned().collect();
-        let old_major_arg = vec!["--old-major".to_string(), old_major.to_string()];
-        let new_sysid = &new_sysid;
         let results: Vec<(MemberView, Result<Option<String>, String>)> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = replicas
                     .iter()
-                    .map(|m| {
-                        let kit = &kit;
+                    .zip(upgraded_files)
+                    .map(|(m, files)| {
                         let this = &*self;
                         let old_major_arg = &old_major_arg;
                         scope.spawn(move || {
-                            // Done by an earlier run: its Patroni answers for the
-                            // new cluster.
-                            if rest::member_status(&m.api_url).is_some_and(|s| {
-                                s["database_system_identifier"] == new_sysid.as_str()
-                            }) {
-                                return (m.clone(), Ok(None));
+                            match files {
+                                Ok(true) => return (m.clone(), Ok(None)),
+                                Err(e) => return (m.clone(), Err(e)),
+                                Ok(false) => {}
                             }
-                            let result = this
-                                .agent(m, "upgrade-replica", old_major_arg, Some(kit))
-                                .map(|_| ());
-                            this.event(m, "upgrade", &result);
+                            let result =
+                                this.agent(m, "start-new", old_major_arg, None).map(|_| ());
+                            this.event(m, "start", &result);
                             if let Err(e) = result {
                                 return (m.clone(), Err(e));
                             }
