@@ -57,16 +57,31 @@ def parse_args():
     p.add_argument("--series", default="1000,5000,20000",
                    help="relation counts of the scaling series: one database of tables with an index and a TOAST table, "
                         "4 relations each (empty: none)")
+    p.add_argument("--ha-rounds", type=int, default=2, metavar="N",
+                   help="rounds of the HA case on each filesystem (0: none): a three-member Patroni cluster (real "
+                        "etcd and Patroni, PostgreSQL 15 -> 18) upgraded by pg-migrate patroni and by Spilo's "
+                        "procedure (pg_upgrade --link, then rsync --hard-links --size-only to every replica), "
+                        "alternating which goes first, each on a fresh identical cluster")
+    p.add_argument("--ha-filesystems", default="workdir,ext4,xfs",
+                   help="where the HA case runs: workdir (the machine's own), ext4 (with a journal) and xfs, each "
+                        "in an image file loop-mounted (root only); one that cannot be made is reported and skipped")
+    p.add_argument("--ha-pgbench-scale", type=int, default=20)
+    p.add_argument("--ha-tables", type=int, default=2000,
+                   help="small tables (each with an index and a TOAST table) beside pgbench's in the HA cluster")
     p.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: does everything work?")
     p.add_argument("--keep-datasets", action="store_true",
                    help="keep the built old clusters in WORKDIR/golden (golden-quick with --quick) and reuse those built with the same sizes")
     p.add_argument("--output", default=str(ROOT / "docs"), help="where benchmarks.md and benchmarks.json go")
+    p.add_argument("--ha-only", action="store_true",
+                   help="measure the HA case alone and put it into the benchmarks.json in --output (the other "
+                        "sections kept as they were measured), then write benchmarks.md again")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: write benchmarks.md again from the benchmarks.json in --output")
     a = p.parse_args()
     if a.quick:
         a.rounds, a.manyrels_dbs, a.manyrels_tables = 2, 2, 100
         a.pgbench_scale, a.lobjs, a.series = 2, 1000, "400,1200"
+        a.ha_pgbench_scale, a.ha_tables = 2, 200
     return a
 
 
@@ -199,6 +214,41 @@ def load_lobj(server):
     server.psql("postgres", f"SELECT count(lo_from_bytea(0, convert_to(g::text, 'UTF8'))) FROM generate_series(1, {ARGS.lobjs}) g;")
 
 
+MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"]}
+
+
+def mount_image(kind, name, gib):
+    """A fresh filesystem of `kind` (ext4 with a journal, or xfs) in a sparse image WORK/name.img,
+    loop-mounted at WORK/name and owned by the test user; returns the mountpoint, or the reason it
+    cannot be made here."""
+    if not IS_ROOT:
+        return None, "not root: cannot loop-mount a filesystem"
+    image, mountpoint = WORK / f"{name}.img", WORK / name
+    subprocess.run(["umount", mountpoint], capture_output=True)
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(gib * 2**30)
+    mountpoint.mkdir(exist_ok=True)
+    for command in (MKFS[kind] + [image], ["mount", "-o", "loop", image, mountpoint]):
+        try:
+            made = subprocess.run(command, capture_output=True, text=True)
+            failure = made.stderr.strip() if made.returncode else None
+        except OSError as e:
+            failure = str(e)
+        if failure:
+            image.unlink(missing_ok=True)
+            mountpoint.rmdir()
+            return None, f"{' '.join(map(str, command))}: {failure}"
+    shutil.chown(mountpoint, ARGS.user)
+    return mountpoint, None
+
+
+def unmount_image(mountpoint):
+    subprocess.run(["umount", mountpoint], check=True)
+    (WORK / f"{mountpoint.name}.img").unlink()
+    mountpoint.rmdir()
+
+
 def mount_trial_fs():
     """An ext4 filesystem with a journal for the trials, in a sparse image under WORK; returns its
     description, or None where it cannot be made (then the trials run in WORK)."""
@@ -207,34 +257,76 @@ def mount_trial_fs():
         if ARGS.trial_fs == "image":
             print("  not root: the trials run in --workdir, not on a journaled filesystem of their own", flush=True)
         return None
-    image, mountpoint = WORK / "trialfs.img", WORK / "trialfs"
-    subprocess.run(["umount", mountpoint], capture_output=True)
-    image.unlink(missing_ok=True)
-    with open(image, "wb") as f:
-        f.truncate(80 * 2**30)
-    mountpoint.mkdir(exist_ok=True)
-    for command in (["mkfs.ext4", "-q", "-F", image], ["mount", "-o", "loop", image, mountpoint]):
-        try:
-            made = subprocess.run(command, capture_output=True, text=True)
-            failure = made.stderr.strip() if made.returncode else None
-        except OSError as e:
-            failure = str(e)
-        if failure:
-            print(f"  cannot make the trial filesystem ({' '.join(map(str, command))}: {failure}); "
-                  "the trials run in --workdir", flush=True)
-            image.unlink(missing_ok=True)
-            mountpoint.rmdir()
-            return None
-    shutil.chown(mountpoint, ARGS.user)
+    mountpoint, failure = mount_image("ext4", "trialfs", 80)
+    if failure:
+        print(f"  cannot make the trial filesystem ({failure}); the trials run in --workdir", flush=True)
+        return None
     TRIALS = mountpoint
     return "ext4 with a journal, in an image file loop-mounted for the trials"
 
 
 def unmount_trial_fs():
     if TRIALS != WORK:
-        subprocess.run(["umount", TRIALS], check=True)
-        (WORK / "trialfs.img").unlink()
-        TRIALS.rmdir()
+        unmount_image(TRIALS)
+
+
+HA_PROCEDURES = {"pg-migrate patroni": "pg-migrate", "pg_upgrade --link + rsync (Spilo's procedure)": "spilo"}
+
+
+def measure_ha():
+    """The HA case on every filesystem it can make: crates/testkit/examples/ha_bench.rs runs the
+    trials (fresh identical Patroni clusters, both procedures alternating, each result proven) and
+    prints them; medians per procedure and their ratios here."""
+    results = {}
+    for fs in [f for f in ARGS.ha_filesystems.split(",") if f]:
+        if fs == "workdir":
+            where, failure, mounted = WORK, None, None
+        elif fs == "ext4" and TRIALS != WORK:
+            where, failure, mounted = TRIALS, None, None
+        else:
+            where, failure = mount_image(fs, f"ha-{fs}", 40)
+            mounted = where
+        if failure:
+            print(f"  HA on {fs}: cannot make it here ({failure}); skipped", flush=True)
+            results[fs] = {"skipped": failure}
+            continue
+        print(f"  HA on {fs} ({where})", flush=True)
+        try:
+            directory = where / "ha"
+            mkdir(directory)
+            env = dict(os.environ, PG_MIGRATE_PG_PREFIX=ARGS.prefix, PG_MIGRATE_TEST_USER=ARGS.user)
+            done = subprocess.run(
+                [ROOT / "target" / "release" / "examples" / "ha_bench", "--pg-migrate", WORK / "pg-migrate",
+                 "--workdir", directory, "--old", "15", "--new", "18", "--rounds", str(ARGS.ha_rounds),
+                 "--jobs", str(ARGS.jobs), "--pgbench-scale", str(ARGS.ha_pgbench_scale),
+                 "--tables", str(ARGS.ha_tables)], env=env, stdout=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                sys.exit(f"the HA case failed on {fs} ({done.returncode}); its output is above")
+            raw = json.loads(done.stdout)
+        finally:
+            shutil.rmtree(where / "ha", ignore_errors=True)
+            if mounted:
+                unmount_image(mounted)
+        entry = {"filesystem": machine_fs(where) if not mounted else fs, "procedures": {}}
+        for name, key in HA_PROCEDURES.items():
+            trials = [t for t in raw["trials"] if t["procedure"] == name]
+            entry["procedures"][key] = {
+                "name": name,
+                "rounds": trials,
+                **{m: statistics.median(t[m] for t in trials)
+                   for m in ("write_downtime_s", "replicas_streaming_s", "command_s")},
+            }
+        ours, theirs = entry["procedures"]["pg-migrate"], entry["procedures"]["spilo"]
+        entry["data_bytes"] = raw["trials"][0]["data_bytes"]
+        for m in ("write_downtime_s", "replicas_streaming_s"):
+            entry[f"ratio_{m}"] = ours[m] / theirs[m]
+        results[fs] = entry
+    return {"pgbench_scale": ARGS.ha_pgbench_scale, "tables": ARGS.ha_tables, "rounds": ARGS.ha_rounds,
+            "filesystems": results}
+
+
+def machine_fs(path):
+    return subprocess.run(["df", "-T", str(path)], text=True, capture_output=True).stdout.splitlines()[-1].split()[1]
 
 
 def trial_dirs(golden):
@@ -416,7 +508,7 @@ def measure(name, golden, modes):
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
-    fs = subprocess.run(["df", "-T", str(TRIALS)], text=True, capture_output=True).stdout.splitlines()[-1].split()[1]
+    fs = machine_fs(WORK)
     return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**20, 1),
             "kernel": platform.release(), "filesystem": fs,
             "pg_upgrade": run([NEW_BIN / "pg_upgrade", "-V"], capture=True).strip(),
@@ -471,6 +563,11 @@ def targets(report):
     standby = ds.get("pgbench", {}).get("standby")
     if standby:
         add("standby kit, pgbench: kit / data (%)", 100 * standby["kit_bytes"] / standby["data_bytes"], 5)
+    for fs, e in report.get("ha", {}).get("filesystems", {}).items():
+        if "skipped" not in e:
+            add(f"HA write downtime on {fs}: pg-migrate patroni / Spilo's procedure", e["ratio_write_downtime_s"], 1.0)
+            add(f"HA time until the replicas stream on {fs}: pg-migrate patroni / Spilo's procedure",
+                e["ratio_replicas_streaming_s"], 1.0)
     series = report.get("series", [])
     if series:
         largest = series[-1]
@@ -560,6 +657,44 @@ def markdown(report):
             lines.append(f"| {name} | {e['data_bytes'] / 2**20:.0f} MiB | {e['kit_bytes'] / 2**20:.1f} MiB | "
                          f"{100 * e['kit_bytes'] / e['data_bytes']:.1f} % | {e['kit_files_bytes'] / 2**20:.0f} MiB | "
                          f"{e['kit_seconds']:.2f} | {e['standby_seconds']:.2f} | {e['primary_start_to_streaming']:.2f} |")
+    ha = report.get("ha")
+    if ha:
+        lines += ["", "## HA: a three-member Patroni cluster upgraded in place", "",
+                  f"Measured on {ha.get('date', report['date'])}"
+                  + (" (--quick: small sizes)" if ha.get("quick") else "") + ". "
+                  f"Real etcd and Patroni, PostgreSQL 15 → 18, one leader and two streaming replicas; pgbench scale "
+                  f"{ha['pgbench_scale']} and {ha['tables']} small tables (each with an index and a TOAST table); a "
+                  "writer inserts a row every 10 ms through the leader's socket, reconnecting every 10 ms while it "
+                  "is down. **Write downtime**: from the last write the old leader accepted to the first the new one "
+                  "accepted. **Replicas streaming**: from that last write until both replicas stream from the new "
+                  "leader. Each trial is on a fresh identical cluster and is proven (every member on 18 under "
+                  "Patroni, the same leader, both replicas streaming with the leader's rows, the store's initialize "
+                  f"key the new system identifier); medians of {ha['rounds']} rounds per procedure, alternating "
+                  "which goes first.", "",
+                  "- **pg-migrate patroni** (`-j` as above, link mode): the replicas replay the leader's shutdown "
+                  "checkpoint and stop, the leader is upgraded and started under Patroni, then each replica is "
+                  "upgraded from its own files with the standby kit, in parallel.",
+                  "- **Spilo's procedure** (its inplace_upgrade.py, with this machine's programs; what it does "
+                  "before the leader stops is done before here too: the new cluster's initdb, `pg_upgrade --check` "
+                  "on the live cluster, and every Patroni stopped while paused): stop the leader, the replicas "
+                  "replay its shutdown checkpoint and stop (their CHECKPOINT beside pg_upgrade), `pg_upgrade --link` "
+                  "(same `-j`), `rsync --archive --delete --hard-links --size-only --no-inc-recursive` of the old "
+                  "and new data directories to every replica in parallel (WAL left out), before the leader starts, "
+                  "as the method requires; the store's initialize key deleted, the leader started by its Patroni "
+                  "(`POST /restart`), the replicas' Patroni started, resume. rsync runs locally here, with no "
+                  "network between the hosts: on real hosts it only takes longer.", "",
+                  "| filesystem | data (leader) | procedure | write downtime (s) | replicas streaming (s) "
+                  "| whole command (s) |", "|---|---|---|---|---|---|"]
+        for fs, e in ha["filesystems"].items():
+            if "skipped" in e:
+                lines.append(f"| {fs} | — | not measured: {e['skipped']} | | | |")
+                continue
+            for key in ("pg-migrate", "spilo"):
+                p = e["procedures"][key]
+                lines.append(f"| {fs} ({e['filesystem']}) | {e['data_bytes'] / 2**20:.0f} MiB | {p['name']} | "
+                             f"{p['write_downtime_s']:.2f} | {p['replicas_streaming_s']:.2f} | {p['command_s']:.2f} |")
+            lines.append(f"| {fs} | | **ratio** | **{e['ratio_write_downtime_s']:.2f}** | "
+                         f"**{e['ratio_replicas_streaming_s']:.2f}** | |")
     if report.get("series"):
         lines += ["", "## Scaling (one database, link mode)", "",
                   "| relations | tables | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate peak RSS |", "|---|---|---|---|---|---|"]
@@ -616,6 +751,16 @@ def main():
     mkdir(WORK)
     shutil.copy(ROOT / "target" / "release" / "pg-migrate", WORK / "pg-migrate")
     (WORK / "pg-migrate").chmod(0o755)
+    if ARGS.ha_only:
+        out = Path(ARGS.output)
+        report = json.loads((out / "benchmarks.json").read_text())
+        report["ha"] = dict(measure_ha(), date=time.strftime("%Y-%m-%d"), quick=ARGS.quick)
+        report["targets"] = targets(report)
+        (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+        text = markdown(report)
+        (out / "benchmarks.md").write_text(text)
+        print("\n" + text)
+        return
     trials = mount_trial_fs()
     try:
         loaders = {
@@ -644,6 +789,9 @@ def main():
             report["series"].append({"relations": 4 * tables, "tables": tables, "pg_upgrade": entry["pg_upgrade"],
                                      "pg-migrate": entry["pg-migrate"], "peak_rss_bytes": entry["peak_rss_bytes"]})
             drop(golden)
+        if ARGS.ha_rounds > 0:
+            print("HA: a Patroni cluster", flush=True)
+            report["ha"] = dict(measure_ha(), date=report["date"], quick=ARGS.quick)
         report["targets"] = targets(report)
         out = Path(ARGS.output)
         out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,17 @@ impl Etcd {
         let bytes = unb64(kv["value"].as_str().unwrap_or(""));
         Some(String::from_utf8(bytes).unwrap())
     }
+
+    /// Deletes `key` (as Patroni's documentation has an operator do with
+    /// `initialize` after pg_upgrade).
+    pub fn delete(&self, key: &str) {
+        let body = serde_json::json!({ "key": b64(key.as_bytes()) });
+        http_post(
+            &format!("http://{}/v3/kv/deleterange", self.endpoint()),
+            &body.to_string(),
+        )
+        .expect("etcd deleterange");
+    }
 }
 
 impl Drop for Etcd {
@@ -604,6 +615,20 @@ pub fn http_post(url: &str, body: &str) -> Option<Value> {
         .ok()?
         .into_json()
         .ok()
+}
+
+/// POST whose answer need not be JSON (Patroni's `/restart` answers with
+/// text): its status, or None when nothing answered.
+pub fn http_post_status(url: &str, body: &str) -> Option<u16> {
+    match agent()
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(body)
+    {
+        Ok(response) => Some(response.status()),
+        Err(ureq::Error::Status(status, _)) => Some(status),
+        Err(_) => None,
+    }
 }
 
 pub fn http_patch(url: &str, body: &str) -> Option<Value> {
