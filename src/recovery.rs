@@ -179,10 +179,12 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
 /// Stops servers an interrupted pg-migrate left running (those listening in
 /// one of its run directories). A server someone else runs is a refusal,
 /// but on the old cluster of an online upgrade (prepare, discard), which
-/// serves on as it should.
+/// serves on as it should, and with `old_may_serve` (a revert of a run
+/// that never disabled the old cluster: it leaves the old cluster alone).
 pub fn stop_leftover_servers(
     settings: &Settings,
     view: Option<&JournalView>,
+    old_may_serve: bool,
 ) -> Result<(), Failure> {
     let ours = view.map(|v| v.run_dirs()).unwrap_or_default();
     let online = view.is_some_and(|v| v.is_online()) && !view.is_some_and(|v| v.in_cutover());
@@ -208,7 +210,9 @@ pub fn stop_leftover_servers(
                     })
             });
             if !mine {
-                if view.is_none() || (online && datadir == settings.old_datadir()) {
+                if view.is_none()
+                    || ((online || old_may_serve) && datadir == settings.old_datadir())
+                {
                     // Not ours: the checks will report it (or, prepared,
                     // the old server serves).
                     continue;

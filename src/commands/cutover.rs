@@ -107,7 +107,7 @@ pub(crate) fn run_cutover(
             );
         }
     }
-    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view), false) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
     run_from_journal(settings, printer, started, name, view, FromJournal::Cutover)

@@ -180,7 +180,7 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             }
             // A pg-migrate killed during its checks may have left a server of
             // its own running; with the lock held, it can be stopped.
-            let _ = recovery::stop_leftover_servers(&settings, None);
+            let _ = recovery::stop_leftover_servers(&settings, None, false);
             upgrade::run_command(&settings, &printer, started, false, engine::Phase::Full)
         }
     }

@@ -356,8 +356,10 @@ fn report(
                         new: ClusterCondition::Upgraded,
                     }
                 } else {
+                    // Before the leader's point of no return its old cluster
+                    // is whole (stopped cleanly, or started again since).
                     ClusterStates {
-                        old: ClusterCondition::Incomplete,
+                        old: ClusterCondition::StartedAndStopped,
                         new: ClusterCondition::Incomplete,
                     }
                 },

@@ -44,7 +44,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
                     engine::recovery_commands(new),
                 );
             }
-            if let Err(r) = recovery::stop_leftover_servers(settings, view.as_ref()) {
+            if let Err(r) = recovery::stop_leftover_servers(settings, view.as_ref(), false) {
                 return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
             }
             if let Err(r) = recovery::reset_new_cluster(settings) {

@@ -23,7 +23,7 @@ pub(crate) fn run_resume(
     view: &journal::JournalView,
 ) -> i32 {
     let name = "resume";
-    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view), false) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
     match journal::read_state(settings.new_datadir()) {

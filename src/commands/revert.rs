@@ -20,7 +20,11 @@ pub(crate) fn run_revert(
     view: &journal::JournalView,
     name: &'static str,
 ) -> i32 {
-    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view)) {
+    // Before the point of no return the old cluster was never disabled:
+    // the revert removes only the new cluster (and its directories in the
+    // tablespaces), so an old server the operator started meanwhile serves on.
+    let old_may_serve = !view.passed_point_of_no_return();
+    if let Err(r) = recovery::stop_leftover_servers(settings, Some(view), old_may_serve) {
         return refuse(printer, started, name, r, exit::FAILED_OLD_INTACT);
     }
     match recovery::revert(settings, view) {

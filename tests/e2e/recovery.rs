@@ -183,6 +183,45 @@ fn resume_protects_again_an_old_cluster_made_startable_but_not_started() {
     assert_upgraded_to(&mut pair, &before, "resume after pg_control was put back");
 }
 
+/// Killed before its point of no return (after the dump); the operator
+/// starts the old cluster and it serves. `resume` refuses while that server
+/// runs (server_running), changing nothing; `revert` goes through with the
+/// old server still serving (it never was disabled: the revert touches only
+/// the new cluster), and the old cluster keeps what it was given meanwhile.
+#[test]
+fn revert_before_the_point_of_no_return_leaves_a_serving_old_server_alone() {
+    let Some((mut pair, _)) = seeded() else {
+        return;
+    };
+    killed_at(&pair, "--link", "after:dump-old");
+    pair.old.start();
+    pair.old
+        .sql("postgres", "CREATE TABLE late AS SELECT 1 AS x");
+    let resumed = on_new(&pair, "resume");
+    assert_eq!(resumed.status, 3, "{}\n{}", resumed.stderr, resumed.stdout);
+    assert_eq!(resumed.error()["code"], "server_running");
+    let reverted = on_new(&pair, "revert");
+    assert_eq!(
+        reverted.status, 0,
+        "{}\n{}",
+        reverted.stderr, reverted.stdout
+    );
+    crate::json_schema::validate(&reverted.events);
+    // Still the operator's server, serving, with its table.
+    let rows: i64 = pair
+        .old
+        .client("postgres")
+        .query_one("SELECT count(*) FROM late", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    pair.old.stop();
+    let now = old_state_now(&mut pair);
+    let rerun = pair.run(&with(pair.dir_args(), &["--link"]));
+    assert_eq!(rerun.status, 0, "{}", rerun.stderr);
+    assert_upgraded_to(&mut pair, &now, "upgrade after the revert");
+}
+
 /// A new cluster started and stopped with `-m immediate` leaves no pid file
 /// and no new checkpoint; its writes sit in files it shares with the old one.
 fn revert_refused_after_an_immediate_stop(pair: &mut Pair) {
