@@ -170,7 +170,7 @@ pub fn judge(inputs: &Inputs) -> Vec<Finding> {
                 "the cluster keeps a slot for {} but no such member is running: a member is down",
                 missing.join(", ")
             ),
-            "start that member's Patroni and wait until it streams; a member gone for good stops being retained once Patroni forgets it (member_slots_ttl)",
+            "start that member's Patroni and wait until it streams (a member left out would find the cluster under a new system identifier and need rebuilding); a member gone for good is forgotten after member_slots_ttl (default 30 min), or at once with patronictl edit-config -s member_slots_ttl=0 (set it back afterwards)",
         )
         .with_objects(members(&missing))
     } else {

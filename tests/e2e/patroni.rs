@@ -792,6 +792,10 @@ impl Bed {
     /// pg-migrate patroni with the member scripts as Patroni's service
     /// commands, `extra` flags and environment.
     fn run_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Run {
+        pgm_testkit::finish(self.command_with(extra, env).output().unwrap())
+    }
+
+    fn command_with(&self, extra: &[&str], env: &[(&str, &str)]) -> std::process::Command {
         let mut args = self.args(&[]);
         args.extend(patroni_templates(self).into_iter().map(OsString::from));
         args.extend(extra.iter().map(OsString::from));
@@ -803,7 +807,7 @@ impl Bed {
         for (k, v) in env {
             command.env(k, v);
         }
-        pgm_testkit::finish(command.output().unwrap())
+        command
     }
 
     fn assert_on(&self, major: u32) {
@@ -870,6 +874,122 @@ fn killed_before_the_point_of_no_return_resume_puts_the_cluster_back() {
     let run = bed.run_with(&[], &[]);
     assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
     bed.assert_on(NEW);
+}
+
+/// Killed, with its child, in the middle of the leader's upgrade (after
+/// the dump, before its point of no return). Meanwhile the operator brings
+/// the service back by hand: the old leader started with pg_ctl and
+/// written to, and a replica started too. --resume, from a directory the
+/// operator cannot write, finds the leader's upgrade cannot be finished
+/// (its old cluster ran since), reverts and removes it, and puts the
+/// cluster back on the old major with every row written meanwhile on all
+/// three; a run after that upgrades with those rows.
+#[test]
+fn killed_mid_leader_upgrade_then_old_leader_used_resume_puts_back_keeping_the_writes() {
+    use std::os::unix::process::CommandExt as _;
+    let Some(bed) = bed() else { return };
+    let leader = &bed.cluster.members[0];
+    let pause = bed.sandbox.path().join("pause");
+    let mut child = bed
+        .command_with(
+            &[],
+            &[
+                ("PG_MIGRATE_TEST_PAUSE_AT", "after:dump-old"),
+                ("PG_MIGRATE_TEST_PAUSE_FILE", pause.to_str().unwrap()),
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the leader's upgrade never reached its dump"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_datadir = leader.datadir.with_extension(NEW.to_string());
+    assert!(
+        new_datadir.join("pg_migrate.d").exists(),
+        "the leader's upgrade began"
+    );
+    // The whole operation killed: pg-migrate patroni and its upgrade child.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&pause).unwrap();
+
+    // The operator: the old leader and m2 started by hand (on the port in
+    // their Patroni configuration: Patroni gives it on the command line),
+    // writes made.
+    for m in [leader, bed.cluster.member("m2")] {
+        pgm_testkit::run_ok(
+            pgm_testkit::as_test_user(bed.cluster.bindir.join("pg_ctl"))
+                .args(["start", "-w", "-D"])
+                .arg(&m.datadir)
+                .arg("-o")
+                .arg(format!("-p {}", m.pg_port))
+                .arg("-l")
+                .arg(m.datadir.with_extension("by-hand.log")),
+        );
+    }
+    leader.sql(
+        "postgres",
+        "INSERT INTO accounts SELECT g, 7 FROM generate_series(100001, 100500) g",
+    );
+    let rows = |m: &pgm_testkit::ha::Member| -> i64 {
+        m.client("postgres")
+            .query_one("SELECT count(*) FROM accounts", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(rows(leader), 2500);
+
+    // --resume from a directory the test user cannot write.
+    let unwritable = bed.sandbox.path().join("unwritable");
+    std::fs::create_dir(&unwritable).unwrap();
+    std::fs::set_permissions(
+        &unwritable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let resumed = pgm_testkit::finish(
+        bed.command_with(&["--resume"], &[])
+            .current_dir(&unwritable)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(resumed.status, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    super::json_schema::validate(&resumed.events);
+    assert_eq!(
+        resumed.summary()["result"],
+        "reverted",
+        "{}",
+        resumed.stdout
+    );
+    assert!(!new_datadir.exists(), "the begun upgrade is removed");
+    bed.assert_on(OLD);
+    for m in &bed.cluster.members {
+        bed.cluster
+            .wait_until(Duration::from_secs(60), "every row on every member", |_| {
+                m.try_client("postgres")
+                    .and_then(|mut c| c.query_one("SELECT count(*) FROM accounts", &[]))
+                    .is_ok_and(|row| row.get::<_, i64>(0) == 2500)
+            });
+    }
+
+    let run = bed.run_with(&[], &[]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    bed.assert_on(NEW);
+    for m in &bed.cluster.members {
+        assert_eq!(rows(m), 2500, "{}", m.name);
+    }
 }
 
 /// Killed right after the leader's upgrade (past its point of no return),
@@ -988,6 +1108,53 @@ fn a_replica_that_fails_is_left_stopped_and_resume_finishes_it() {
             .get(0)
     };
     assert_eq!(count(m3_member), count(&bed.cluster.members[0]));
+}
+
+/// --copy: the leader's relation files are copied, so its old cluster is
+/// left whole (pg_control in place, not renamed) and startable; the
+/// replicas still come from their own files with the kit. Every member on
+/// the new major with the leader's rows, with -j 2.
+#[test]
+fn upgrades_with_copy_leaving_the_old_leader_whole() {
+    let Some(bed) = bed() else { return };
+    let leader = &bed.cluster.members[0];
+    let run = bed.run_with(&["--copy", "-j", "2"], &[]);
+    assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    super::json_schema::validate(&run.events);
+    bed.assert_on(NEW);
+    let sum = |m: &pgm_testkit::ha::Member| -> i64 {
+        m.client("postgres")
+            .query_one("SELECT count(*) + sum(balance) FROM accounts", &[])
+            .unwrap()
+            .get(0)
+    };
+    let want = sum(leader);
+    assert_eq!(want, 2000 + (1..=2000).map(|g| g * 10).sum::<i64>());
+    for m in &bed.cluster.members[1..] {
+        bed.cluster
+            .wait_until(Duration::from_secs(60), "the replica's rows", |_| {
+                sum(m) == want
+            });
+    }
+    // The old leader's cluster: whole, and it starts (on its own port,
+    // privately) with the rows it had.
+    assert!(leader.datadir.join("global/pg_control").is_file());
+    let sockdir = bed.sandbox.mkdir("old-leader");
+    let mut old = pgm_testkit::Cluster::attached(
+        OLD,
+        bed.cluster.bindir.clone(),
+        leader.datadir.clone(),
+        sockdir,
+        pgm_testkit::ha::free_ports(1)[0],
+    );
+    old.start();
+    let count: i64 = old
+        .client("postgres")
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2000);
+    old.stop();
 }
 
 /// A cluster that has been through switchovers (timeline 3, with Patroni's
