@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a Debian machine and runs every test:
-# PostgreSQL 12-18 (scripts/install-postgres.sh), etcd and Patroni
+# PostgreSQL 10-18 (scripts/install-postgres.sh), etcd and Patroni
 # (scripts/install-ha.sh), the build, then cargo test
 # for the whole workspace (unit, golden-file and end-to-end tests against
 # real servers). Run as root (CI) or as a user who can run PostgreSQL.

@@ -29,6 +29,7 @@ pub enum Code {
     KitNotPossible,
     KitUnusable,
     LinkNotPossible,
+    NotFromThisMajor,
     LockTableTooSmall,
     Locked,
     NewCatalogFailed,
@@ -72,7 +73,7 @@ pub enum Code {
 
 impl Code {
     #[cfg(test)]
-    pub const ALL: [Code; 57] = [
+    pub const ALL: [Code; 58] = [
         Code::AfterStepFailed,
         Code::AlreadyPrepared,
         Code::AlreadyReverted,
@@ -91,6 +92,7 @@ impl Code {
         Code::KitNotPossible,
         Code::KitUnusable,
         Code::LinkNotPossible,
+        Code::NotFromThisMajor,
         Code::LockTableTooSmall,
         Code::Locked,
         Code::NewCatalogFailed,
@@ -152,6 +154,7 @@ impl Code {
             Code::JournalFailed => "journal_failed",
             Code::KitNotPossible => "kit_not_possible",
             Code::KitUnusable => "kit_unusable",
+            Code::NotFromThisMajor => "not_from_this_major",
             Code::NotPatroniConfig => "not_patroni_config",
             Code::PatroniFailed => "patroni_failed",
             Code::LinkNotPossible => "link_not_possible",
@@ -215,6 +218,7 @@ impl Code {
             | Code::RestoreTargetNotFresh
             | Code::KitNotPossible
             | Code::KitUnusable
+            | Code::NotFromThisMajor
             | Code::NotPatroniConfig => exit::USAGE,
             Code::NewClusterHasRun | Code::UnfinishedRevert => exit::FAILED_NEEDS_RECOVERY,
             Code::AfterStepFailed | Code::PostUpgradeScriptFailed | Code::VerifyNotPossible => {

@@ -452,3 +452,31 @@ pub(crate) fn fail_leaving(
     ));
     exit_code
 }
+
+/// The online mode and standbys (a kit, `standby`, `patroni`) are proven
+/// for old clusters of 12 and later only (a 10 or 11 standby is configured
+/// by recovery.conf, and the online mode's catalog fingerprint has not been
+/// tested against their catalogs): an old 10 or 11 is refused for them
+/// before anything, naming what does work. None: go on.
+pub(crate) fn refuse_old_before_12(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
+    old_datadir: &std::path::Path,
+    what: &str,
+) -> Option<i32> {
+    let text = std::fs::read_to_string(old_datadir.join("PG_VERSION")).ok()?;
+    let major = pgm_cluster::PgMajor::parse_pg_version_file(&text).ok()?;
+    if !(10..12).contains(&major.number()) {
+        return None;
+    }
+    Some(fail_early(
+        printer,
+        started,
+        command,
+        Code::NotFromThisMajor,
+        format!("{what} is not supported from PostgreSQL {major} (only from 12 on)"),
+        "upgrade in one go without it (pg-migrate upgrade --link or --copy), then rebuild any standbys from the new primary (pg_basebackup)",
+        exit::USAGE,
+    ))
+}

@@ -63,6 +63,15 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
             )
         }
     };
+    if let Some(code) = super::refuse_old_before_12(
+        &printer,
+        started,
+        NAME,
+        &config.data_dir,
+        "a Patroni cluster's upgrade (its replicas are upgraded as standbys)",
+    ) {
+        return code;
+    }
     let remote = match Remote::new(
         &args.remote,
         &args.remote_pg_migrate,

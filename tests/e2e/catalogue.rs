@@ -116,6 +116,128 @@ fn aclitem_columns_before_16() {
         .contains("does not concern"));
 }
 
+/// From 10 and 11: a table WITH OIDS, a column of sql_identifier, columns
+/// of the types 12 removed and a domain over one (which would fail the
+/// restore even once no column uses it), each refused by name with both
+/// clusters unchanged; after the documented fixes the upgrade goes through.
+#[test]
+fn what_12_removed_is_refused_from_10_and_11_then_fixed_and_upgraded() {
+    for old in [10, 11] {
+        let Some(mut pair) = Pair::new(old, 18) else {
+            return;
+        };
+        pair.old.with_running(|c| {
+            c.sql(
+                "postgres",
+                "CREATE TABLE legacy (id int) WITH OIDS; INSERT INTO legacy VALUES (1);
+                 CREATE TABLE names (n information_schema.sql_identifier);
+                 INSERT INTO names VALUES ('x');
+                 CREATE DOMAIN stamp AS abstime;
+                 CREATE TABLE times (a stamp, r reltime, t tinterval);
+                 INSERT INTO times VALUES (now(), '1 day', NULL);",
+            )
+        });
+        let (old_before, new_before) = pair.snapshots();
+        let run = pair.check(&[]);
+        crate::json_schema::validate(&run.events);
+        assert_refused(&run, "old-tables-with-oids", "tables_with_oids");
+        assert_eq!(
+            names(&run, "old-tables-with-oids"),
+            ["public.legacy"],
+            "{old}"
+        );
+        assert_refused(&run, "old-sql-identifier-columns", "sql_identifier_columns");
+        assert_eq!(
+            names(&run, "old-sql-identifier-columns"),
+            ["public.names.n"],
+            "{old}"
+        );
+        assert_refused(&run, "old-removed-time-types", "removed_type_columns");
+        assert_eq!(
+            names(&run, "old-removed-time-types"),
+            [
+                "public.stamp",
+                "public.times.a",
+                "public.times.r",
+                "public.times.t"
+            ],
+            "{old}"
+        );
+        crate::proof::assert_data_files_untouched(&old_before, &snapshot(&pair.old.datadir));
+        crate::proof::assert_data_files_untouched(&new_before, &snapshot(&pair.new.datadir));
+
+        pair.old.with_running(|c| {
+            c.sql(
+                "postgres",
+                "ALTER TABLE legacy SET WITHOUT OIDS;
+                 ALTER TABLE names ALTER COLUMN n TYPE text;
+                 ALTER TABLE times ALTER COLUMN a TYPE timestamptz USING a::abstime::timestamptz,
+                   ALTER COLUMN r TYPE interval, DROP COLUMN t;
+                 DROP DOMAIN stamp;",
+            )
+        });
+        let mut args = pair.dir_args();
+        args.extend(["--link".into(), "--json".into()]);
+        let run = pair.run(&args);
+        assert_eq!(run.status, 0, "{old}: {}", run.stderr);
+        pair.new.with_running(|c| {
+            let row = c
+                .client("postgres")
+                .query_one(
+                    "SELECT n || ' ' || (SELECT count(*) FROM legacy) FROM names",
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), "x 1");
+        });
+    }
+}
+
+/// From 10 and 11, what is proven only from 12 on is refused before
+/// anything, with its own code and what to do instead: the online mode, a
+/// standby kit, a standby's upgrade from its own files.
+#[test]
+fn online_mode_and_standbys_are_refused_from_11() {
+    let Some(pair) = Pair::new(11, 18) else {
+        return;
+    };
+    let (old_before, new_before) = pair.snapshots();
+    let kit = pair.sandbox.path().join("standby.kit");
+    let attempts: [(&str, Vec<std::ffi::OsString>); 3] = [
+        ("prepare", vec!["prepare".into(), "--link".into()]),
+        (
+            "upgrade",
+            vec!["--link".into(), "--standby-kit".into(), kit.clone().into()],
+        ),
+        (
+            "standby",
+            vec!["standby".into(), "--kit".into(), kit.clone().into()],
+        ),
+    ];
+    for (command, first) in attempts {
+        let mut args = first;
+        args.extend(pair.dir_args());
+        args.push("--json".into());
+        let run = pair.run(&args);
+        assert_eq!(run.status, 2, "{command}: {}", run.stderr);
+        crate::json_schema::validate(&run.events);
+        let error = run.error();
+        assert_eq!(error["code"], "not_from_this_major", "{command}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("PostgreSQL 11"),
+            "{error}"
+        );
+        assert!(
+            error["remedy"].as_str().unwrap().contains("pg_basebackup"),
+            "{error}"
+        );
+    }
+    assert!(!kit.exists());
+    let (old_after, new_after) = pair.snapshots();
+    assert_same_tree(&old_before, &old_after, "old cluster");
+    assert_same_tree(&new_before, &new_after, "new cluster");
+}
+
 #[test]
 fn postfix_operators_before_14() {
     let Some(run) = check_with(

@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 60] = [
+const ALL_CHECKS: [&str; 63] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -38,6 +38,9 @@ const ALL_CHECKS: [&str; 60] = [
     "old-database-scan",
     "old-prepared-transactions",
     "old-reg-types",
+    "old-tables-with-oids",
+    "old-sql-identifier-columns",
+    "old-removed-time-types",
     "old-aclitem-columns",
     "old-postfix-operators",
     "old-polymorphic-functions",
@@ -138,6 +141,8 @@ pairs! {
     check_15_to_17: 15 => 17;
     check_15_to_18: 15 => 18;
     check_17_to_18: 17 => 18;
+    check_10_to_18: 10 => 18;
+    check_11_to_18: 11 => 18;
     check_12_to_18: 12 => 18;
     check_13_to_18: 13 => 18;
     check_14_to_18: 14 => 18;

@@ -14,8 +14,10 @@ use crate::Error;
 pub struct PgMajor(u32);
 
 /// Oldest and newest majors whose `pg_control` layout we know.
-pub const OLDEST_SUPPORTED: PgMajor = PgMajor(1200);
+pub const OLDEST_SUPPORTED: PgMajor = PgMajor(1000);
 pub const NEWEST_SUPPORTED: PgMajor = PgMajor(1800);
+/// The oldest major an upgrade may go to.
+pub const OLDEST_NEW: PgMajor = PgMajor(1300);
 
 impl PgMajor {
     /// A major of the 10-and-later numbering (12, 13, … 18).
@@ -41,6 +43,11 @@ impl PgMajor {
     /// major has nothing newer to go to).
     pub fn is_supported_as_old(self) -> bool {
         self.is_supported() && self < NEWEST_SUPPORTED
+    }
+
+    /// Whether an upgrade may go to a cluster of this major.
+    pub fn is_supported_as_new(self) -> bool {
+        (OLDEST_NEW..=NEWEST_SUPPORTED).contains(&self)
     }
 
     /// Parses the contents of a `PG_VERSION` file ("15\n", or "9.6\n").
@@ -261,6 +268,8 @@ mod tests {
         let nine_six = PgMajor::parse_pg_version_file("9.6").unwrap();
         assert!(nine_six < PgMajor::new(10));
         assert!(!nine_six.is_supported() && !PgMajor::new(19).is_supported());
-        assert!(PgMajor::new(12).is_supported() && PgMajor::new(18).is_supported());
+        assert!(PgMajor::new(10).is_supported() && PgMajor::new(18).is_supported());
+        assert!(PgMajor::new(10).is_supported_as_old() && !PgMajor::new(18).is_supported_as_old());
+        assert!(!PgMajor::new(12).is_supported_as_new() && PgMajor::new(13).is_supported_as_new());
     }
 }

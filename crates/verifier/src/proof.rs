@@ -81,6 +81,19 @@ pub fn measure(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // Both sides hash rows with the same function: hashtextextended from
+    // 11 on, an md5-derived 64-bit value where either side is older.
+    let older = major.number().min(like.map_or(u32::MAX, |side| side.major));
+    let hash = if older < 11 {
+        RowHash::Md5
+    } else {
+        RowHash::HashTextExtended
+    };
+    // 12 prints floats in their shortest exact form, older servers rounded
+    // (to 15 digits, or 17 with extra_float_digits = 3): across 12 both sides
+    // print the rounded form, the one format they share (a float that
+    // differs past its 15th digit is then not seen).
+    let float_digits = if older < 12 { 0 } else { 3 };
     let results = std::sync::Mutex::new(Vec::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -90,7 +103,7 @@ pub fn measure(
                 let Some(name) = databases.get(at) else {
                     return;
                 };
-                let measured = measure_database(server, name, options, like);
+                let measured = measure_database(server, name, options, like, hash, float_digits);
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -118,15 +131,39 @@ type DatabaseMeasures = (
     BTreeMap<String, Measure>,
 );
 
+/// How a row (or a large object) is hashed into the sums compared.
+#[derive(Clone, Copy)]
+enum RowHash {
+    HashTextExtended,
+    Md5,
+}
+
+impl RowHash {
+    /// A bigint hash of the text `expr`.
+    fn of(self, expr: &str) -> String {
+        match self {
+            RowHash::HashTextExtended => format!("pg_catalog.hashtextextended({expr}, 0)"),
+            RowHash::Md5 => format!(
+                "('x' || pg_catalog.substr(pg_catalog.md5({expr}), 1, 16))::pg_catalog.bit(64)::bigint"
+            ),
+        }
+    }
+}
+
 fn measure_database(
     server: &Server,
     database: &str,
     options: MeasureOptions,
     like: Option<&Side>,
+    hash: RowHash,
+    float_digits: i32,
 ) -> Result<DatabaseMeasures, crate::Error> {
     let mut client = server.connect(database)?;
     let q = |what: &'static str| move |e: postgres::Error| query_error(database, what, &e);
     client.batch_execute(SESSION).map_err(q("setting up"))?;
+    client
+        .batch_execute(&format!("SET extra_float_digits = {float_digits}"))
+        .map_err(q("setting up"))?;
     let relations: Vec<(String, String, bool, i64)> = client
         .query(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text,
@@ -179,8 +216,8 @@ fn measure_database(
         let row = client
             .query_one(
                 &format!(
-                    "SELECT count(*), coalesce(sum(pg_catalog.hashtextextended(t::text, 0)), 0)::text
-                       FROM ONLY {name} t{sample}"
+                    "SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {name} t{sample}",
+                    hash.of("t::text")
                 ),
                 &[],
             )
@@ -196,9 +233,10 @@ fn measure_database(
     }
     let row = client
         .query_one(
-            "SELECT count(*), coalesce(sum(pg_catalog.hashtextextended(
-                        oid::text || ':' || pg_catalog.md5(pg_catalog.lo_get(oid)), 0)), 0)::text
-               FROM pg_catalog.pg_largeobject_metadata",
+            &format!(
+                "SELECT count(*), coalesce(sum({}), 0)::text FROM pg_catalog.pg_largeobject_metadata",
+                hash.of("oid::text || ':' || pg_catalog.md5(pg_catalog.lo_get(oid))")
+            ),
             &[],
         )
         .map_err(q("checksumming large objects"))?;
@@ -281,6 +319,30 @@ pub const RULES: &[Rule] = &[
         rewrite: |line, _| {
             (!line.starts_with("\\restrict ") && !line.starts_with("\\unrestrict "))
                 .then(|| line.into())
+        },
+    },
+    // 12 added table access methods: pg_dump sets the default one before
+    // each table it dumps from a 12+ server (heap, the only one before 12).
+    Rule {
+        name: "table-access-method",
+        cosmetic: false,
+        applies: |old, _| old < 12,
+        rewrite: |line, _| {
+            (!line.starts_with("SET default_table_access_method = ")).then(|| line.into())
+        },
+    },
+    // A 12+ server prints a trigger's EXECUTE FUNCTION, an older one
+    // EXECUTE PROCEDURE (the same trigger).
+    Rule {
+        name: "trigger-functions",
+        cosmetic: false,
+        applies: |old, _| old < 12,
+        rewrite: |line, _| {
+            if line.starts_with("CREATE TRIGGER ") {
+                Some(line.replace(" EXECUTE PROCEDURE ", " EXECUTE FUNCTION "))
+            } else {
+                Some(line.into())
+            }
         },
     },
     // 14 gave every range type a multirange type, named only for 14+ servers.

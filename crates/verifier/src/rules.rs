@@ -48,9 +48,9 @@ pub(crate) struct Rule {
     pub remedy: &'static str,
 }
 
-/// Columns of user relations whose type is one of `types` (schema, name),
-/// directly or through a domain, an array, a composite or a range.
-pub fn columns_using(types: &[(&str, &str)]) -> String {
+/// The CTE `oids`: the types of `types` (schema, name) and every type
+/// derived from them (domains, arrays, composites, ranges).
+fn derived_types(types: &[(&str, &str)]) -> String {
     let list = types
         .iter()
         .map(|(schema, name)| format!("(n.nspname = '{schema}' AND t.typname = '{name}')"))
@@ -72,15 +72,54 @@ pub fn columns_using(types: &[(&str, &str)]) -> String {
                    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
                    JOIN x ON a.atttypid = x.oid
                UNION ALL
-                 SELECT r.rngtypid FROM pg_catalog.pg_range r, x WHERE r.rngsubtype = x.oid) derived)
-         SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), n.nspname::text
+                 SELECT r.rngtypid FROM pg_catalog.pg_range r, x WHERE r.rngsubtype = x.oid) derived)"
+    )
+}
+
+/// Columns of relations of `relkinds` whose type is in the CTE `oids`.
+fn columns_of(relkinds: &str) -> String {
+    format!(
+        "SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), n.nspname::text
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
           WHERE a.atttypid IN (SELECT oid FROM oids) AND NOT a.attisdropped AND a.attnum > 0
-            AND c.relkind IN ('r', 'm', 'p', 'i', 'I')
-            AND n.nspname !~ '^pg_(toast_)?temp_' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          ORDER BY 2"
+            AND c.relkind IN ({relkinds})
+            AND n.nspname !~ '^pg_(toast_)?temp_' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    )
+}
+
+/// Columns of user relations whose type is one of `types` (schema, name),
+/// directly or through a domain, an array, a composite or a range.
+pub fn columns_using(types: &[(&str, &str)]) -> String {
+    format!(
+        "{} {} ORDER BY 2",
+        derived_types(types),
+        columns_of("'r', 'm', 'p', 'i', 'I'")
+    )
+}
+
+/// Everything of the user's the restore would have to create with one of
+/// `types` (which the new major no longer has): columns of every kind of
+/// relation (views and composite types too), domains and ranges built on
+/// them, and functions that take or return them.
+pub fn objects_using(types: &[(&str, &str)]) -> String {
+    format!(
+        "{} {}
+         UNION ALL
+         SELECT 'type', pg_catalog.format('%I.%I', n.nspname, t.typname), n.nspname::text
+           FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+          WHERE t.oid IN (SELECT oid FROM oids) AND t.oid >= 16384 AND t.typtype IN ('d', 'r')
+         UNION ALL
+         SELECT 'function', p.oid::pg_catalog.regprocedure::text, n.nspname::text
+           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE p.oid >= 16384
+            AND (p.prorettype IN (SELECT oid FROM oids)
+                 OR EXISTS (SELECT 1 FROM pg_catalog.unnest(coalesce(p.proallargtypes, p.proargtypes::pg_catalog.oid[])) arg
+                             WHERE arg IN (SELECT oid FROM oids)))
+         ORDER BY 2",
+        derived_types(types),
+        columns_of("'r', 'm', 'p', 'i', 'I', 'v', 'c', 'f'")
     )
 }
 
@@ -115,6 +154,43 @@ pub(crate) const RULES: &[Rule] = &[
         global: false,
         why: "values of these types store OIDs of functions, operators, namespaces or configurations, which the upgrade does not preserve",
         remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster; regclass, regrole and regtype columns are fine",
+    },
+    Rule {
+        id: "old-tables-with-oids",
+        title: "no tables declared WITH OIDS",
+        code: "tables_with_oids",
+        // relhasoids is gone from 12 on, with the feature.
+        applies: |old, _| old.number() <= 11,
+        sql: |_| "SELECT 'table', pg_catalog.format('%I.%I', n.nspname, c.relname), n.nspname::text
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relhasoids AND n.nspname <> 'pg_catalog' ORDER BY 2".into(),
+        global: false,
+        why: "PostgreSQL 12 removed WITH OIDS: a table's hidden oid column cannot be carried",
+        remedy: "ALTER TABLE … SET WITHOUT OIDS in the old cluster (its oid values are dropped: copy them into an ordinary column first if anything reads them)",
+    },
+    Rule {
+        id: "old-sql-identifier-columns",
+        title: "no columns of type information_schema.sql_identifier",
+        code: "sql_identifier_columns",
+        applies: |old, _| old.number() <= 11,
+        sql: |_| columns_using(&[("information_schema", "sql_identifier")]),
+        global: false,
+        why: "the storage format of sql_identifier changed in PostgreSQL 12: the new server would misread the values",
+        remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster",
+    },
+    Rule {
+        id: "old-removed-time-types",
+        title: "nothing built on the removed types abstime, reltime, tinterval",
+        code: "removed_type_columns",
+        applies: |old, _| old.number() <= 11,
+        sql: |_| objects_using(&[
+            ("pg_catalog", "abstime"),
+            ("pg_catalog", "reltime"),
+            ("pg_catalog", "tinterval"),
+        ]),
+        global: false,
+        why: "PostgreSQL 12 removed these types: no column, domain or function built on them can be restored",
+        remedy: "in the old cluster, change the columns (ALTER TABLE … ALTER COLUMN … TYPE timestamptz for abstime, interval for reltime) or drop them (tinterval has no successor), then drop or redefine the domains, views and functions built on these types",
     },
     Rule {
         id: "old-aclitem-columns",

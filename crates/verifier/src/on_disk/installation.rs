@@ -165,11 +165,11 @@ pub(crate) fn check_version_pair(report: &Report) -> Finding {
             id,
             title,
             "version_unsupported",
-            format!("upgrading from PostgreSQL {old_major} is not supported: pg-migrate upgrades from 12 to 17"),
-            "upgrade to PostgreSQL 12 or later first (with that release's pg_upgrade or by dump and restore)",
+            format!("upgrading from PostgreSQL {old_major} is not supported: pg-migrate upgrades from 10 to 17"),
+            "upgrade to PostgreSQL 10 or later first (with that release's pg_upgrade or by dump and restore)",
         );
     }
-    if !new_major.is_supported() {
+    if !new_major.is_supported_as_new() {
         return Finding::fail(
             id,
             title,
