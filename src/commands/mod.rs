@@ -463,10 +463,19 @@ pub(crate) fn refuse_old_before_12(
     started: Instant,
     command: &'static str,
     old_datadir: &std::path::Path,
+    old_bindir: Option<&std::path::Path>,
     what: &str,
 ) -> Option<i32> {
-    let text = std::fs::read_to_string(old_datadir.join("PG_VERSION")).ok()?;
-    let major = pgm_cluster::PgMajor::parse_pg_version_file(&text).ok()?;
+    // The data directory's own PG_VERSION, or (a configuration directory,
+    // as Debian's) the old installation's version.
+    let major = std::fs::read_to_string(old_datadir.join("PG_VERSION"))
+        .ok()
+        .and_then(|text| pgm_cluster::PgMajor::parse_pg_version_file(&text).ok())
+        .or_else(|| {
+            old_bindir
+                .and_then(|bindir| pgm_cluster::Installation::discover(bindir).ok())
+                .map(|install| install.version.major)
+        })?;
     if !(10..12).contains(&major.number()) {
         return None;
     }

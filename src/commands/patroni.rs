@@ -68,6 +68,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
         started,
         NAME,
         &config.data_dir,
+        None,
         "a Patroni cluster's upgrade (its replicas are upgraded as standbys)",
     ) {
         return code;

@@ -23,6 +23,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
         started,
         name,
         settings.old_datadir(),
+        Some(settings.old_bindir()),
         "the online mode (prepare, then cutover)",
     ) {
         return code;

@@ -192,6 +192,7 @@ pub(crate) fn run_standby(settings: &Settings, printer: &Printer, started: Insta
         started,
         name,
         settings.old_datadir(),
+        Some(settings.old_bindir()),
         "upgrading a standby from its own files",
     ) {
         return code;

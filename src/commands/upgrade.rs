@@ -39,6 +39,7 @@ pub(crate) fn run_command(
             started,
             name,
             settings.old_datadir(),
+            Some(settings.old_bindir()),
             "a standby kit (--standby-kit)",
         ) {
             return code;

@@ -690,6 +690,10 @@ impl<'a> Procedure<'a> {
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
         };
+        // Resumed is what every member's Patroni says, not only the store
+        // (each reads it on its next loop): a wrapper that looks right after
+        // must not find one still paused.
+        let resumed = resumed.and_then(|()| self.wait_resumed(&order));
         self.event(&leader, "resume", &resumed);
         errors.extend(resumed.err());
         let names: Vec<String> = self
@@ -898,6 +902,14 @@ impl<'a> Procedure<'a> {
         // Resume, and see every upgraded replica stream.
         let result = self.step("resume", || {
             rest::set_pause(&self.config.rest_url, false)?;
+            let mut running = vec![leader.clone()];
+            running.extend(
+                replicas
+                    .iter()
+                    .filter(|m| !failed.contains(&m.name) && !failed_patroni.contains(&m.name))
+                    .cloned(),
+            );
+            self.wait_resumed(&running)?;
             let upgraded: Vec<MemberView> = replicas
                 .iter()
                 .filter(|m| !failed.contains(&m.name) && !failed_patroni.contains(&m.name))
@@ -984,6 +996,17 @@ impl<'a> Procedure<'a> {
     }
 
     /// Waits until a member's `/patroni` satisfies `ready`.
+    /// Waits until each of `members`' Patroni no longer says paused.
+    fn wait_resumed(&self, members: &[MemberView]) -> Result<(), String> {
+        for m in members {
+            self.wait_member(m, Duration::from_secs(60), |s| {
+                !s["pause"].as_bool().unwrap_or(false)
+            })
+            .map_err(|e| format!("not seen resumed: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn wait_member(
         &self,
         m: &MemberView,

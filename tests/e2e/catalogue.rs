@@ -177,16 +177,35 @@ fn what_12_removed_is_refused_from_10_and_11_then_fixed_and_upgraded() {
             )
         });
         let mut args = pair.dir_args();
-        args.extend(["--link".into(), "--json".into()]);
+        args.extend(["--link".into(), "--verify".into(), "--json".into()]);
         let run = pair.run(&args);
         assert_eq!(run.status, 0, "{old}: {}", run.stderr);
+        // No standby kit of it: standbys of a 10 or 11 primary are rebuilt.
+        let kit = pair.sandbox.path().join("standby.kit");
+        let refused = pair.run(&[
+            "standby-kit".into(),
+            "-D".into(),
+            pair.new.datadir.clone().into(),
+            "-o".into(),
+            kit.clone().into(),
+            "--json".into(),
+        ]);
+        assert_eq!(refused.status, 2, "{old}: {}", refused.stderr);
+        assert_eq!(refused.error()["code"], "kit_not_possible");
+        assert!(
+            refused.error()["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("the old major is {old}")),
+            "{}",
+            refused.stdout
+        );
+        assert!(!kit.exists());
         pair.new.with_running(|c| {
+            // A row written WITH OIDS, read after SET WITHOUT OIDS and the upgrade.
             let row = c
                 .client("postgres")
-                .query_one(
-                    "SELECT n || ' ' || (SELECT count(*) FROM legacy) FROM names",
-                    &[],
-                )
+                .query_one("SELECT n || ' ' || (SELECT id FROM legacy) FROM names", &[])
                 .unwrap();
             assert_eq!(row.get::<_, String>(0), "x 1");
         });
@@ -236,6 +255,33 @@ fn online_mode_and_standbys_are_refused_from_11() {
     let (old_after, new_after) = pair.snapshots();
     assert_same_tree(&old_before, &old_after, "old cluster");
     assert_same_tree(&new_before, &new_after, "new cluster");
+}
+
+/// Columns of a system catalog's or an information_schema view's row type
+/// (whose OIDs differ in the new major), and a reg* value reached through a
+/// view's row type: each refused by name.
+#[test]
+fn system_row_types_and_reg_types_through_a_view_row_type() {
+    let Some(run) = check_with(
+        15,
+        18,
+        "CREATE TABLE snap (c information_schema.columns, k pg_class);
+         CREATE VIEW vreg AS SELECT 'sum(int4)'::regprocedure AS p;
+         CREATE TABLE holds (v vreg);",
+    ) else {
+        return;
+    };
+    assert_refused(
+        &run,
+        "old-system-composite-columns",
+        "system_composite_columns",
+    );
+    assert_eq!(
+        names(&run, "old-system-composite-columns"),
+        ["public.snap.c", "public.snap.k"]
+    );
+    assert_refused(&run, "old-reg-types", "reg_type_columns");
+    assert_eq!(names(&run, "old-reg-types"), ["public.holds.v"]);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use crate::support::*;
 
 /// Every check id a complete run reports, in order.
-const ALL_CHECKS: [&str; 63] = [
+const ALL_CHECKS: [&str; 64] = [
     "old-bindir",
     "new-bindir",
     "version-pair",
@@ -38,6 +38,7 @@ const ALL_CHECKS: [&str; 63] = [
     "old-database-scan",
     "old-prepared-transactions",
     "old-reg-types",
+    "old-system-composite-columns",
     "old-tables-with-oids",
     "old-sql-identifier-columns",
     "old-removed-time-types",

@@ -193,7 +193,10 @@ pub fn normalize(dump: &str, old_major: u32, new_major: u32) -> String {
         let line = line.as_ref();
         // Rule "trigger functions" (old before 12): a 12+ server prints a
         // trigger's EXECUTE FUNCTION, an older one EXECUTE PROCEDURE.
-        let line = if old_major < 12 && line.starts_with("CREATE TRIGGER ") {
+        let line = if old_major < 12
+            && (line.starts_with("CREATE TRIGGER ")
+                || line.starts_with("CREATE CONSTRAINT TRIGGER "))
+        {
             std::borrow::Cow::Owned(line.replace(" EXECUTE PROCEDURE ", " EXECUTE FUNCTION "))
         } else {
             std::borrow::Cow::Borrowed(line)
@@ -600,6 +603,8 @@ proofs! {
     link_11_to_18: 11 => 18, "--link";
     copy_11_to_18: 11 => 18, "--copy";
     swap_10_to_18: 10 => 18, "--swap";
+    link_10_to_17: 10 => 17, "--link";
+    link_11_to_15: 11 => 15, "--link";
     link_13_to_18: 13 => 18, "--link";
     link_14_to_18: 14 => 18, "--link";
     link_16_to_18: 16 => 18, "--link";

@@ -91,8 +91,8 @@ pub fn measure(
     };
     // 12 prints floats in their shortest exact form, older servers rounded
     // (to 15 digits, or 17 with extra_float_digits = 3): across 12 both sides
-    // print the rounded form, the one format they share (a float that
-    // differs past its 15th digit is then not seen).
+    // print the rounded form, the one format they share (a float8 that
+    // differs past its 15th digit, a float4 past its 6th, is then not seen).
     let float_digits = if older < 12 { 0 } else { 3 };
     let results = std::sync::Mutex::new(Vec::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -338,7 +338,8 @@ pub const RULES: &[Rule] = &[
         cosmetic: false,
         applies: |old, _| old < 12,
         rewrite: |line, _| {
-            if line.starts_with("CREATE TRIGGER ") {
+            if line.starts_with("CREATE TRIGGER ") || line.starts_with("CREATE CONSTRAINT TRIGGER ")
+            {
                 Some(line.replace(" EXECUTE PROCEDURE ", " EXECUTE FUNCTION "))
             } else {
                 Some(line.into())

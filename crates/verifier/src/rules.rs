@@ -56,6 +56,15 @@ fn derived_types(types: &[(&str, &str)]) -> String {
         .map(|(schema, name)| format!("(n.nspname = '{schema}' AND t.typname = '{name}')"))
         .collect::<Vec<_>>()
         .join(" OR ");
+    derived_types_where(&list)
+}
+
+/// The CTE `oids`: the types matching `list` (over pg_type t and its
+/// pg_namespace n) and every type derived from them: domains, arrays,
+/// ranges, and the row type of any relation with a column of one (a
+/// table's or a view's row type is a composite type as much as a
+/// standalone one is).
+fn derived_types_where(list: &str) -> String {
     format!(
         "WITH RECURSIVE oids AS (
              SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {list}
@@ -68,7 +77,7 @@ fn derived_types(types: &[(&str, &str)]) -> String {
                  SELECT t.oid FROM pg_catalog.pg_type t, x WHERE t.typtype = 'b' AND t.typelem = x.oid
                UNION ALL
                  SELECT t.oid FROM pg_catalog.pg_type t
-                   JOIN pg_catalog.pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+                   JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
                    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
                    JOIN x ON a.atttypid = x.oid
                UNION ALL
@@ -110,10 +119,17 @@ pub fn objects_using(types: &[(&str, &str)]) -> String {
          SELECT 'type', pg_catalog.format('%I.%I', n.nspname, t.typname), n.nspname::text
            FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
           WHERE t.oid IN (SELECT oid FROM oids) AND t.oid >= 16384 AND t.typtype IN ('d', 'r')
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                             WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                               AND d.objid = t.oid AND d.deptype = 'e')
          UNION ALL
          SELECT 'function', p.oid::pg_catalog.regprocedure::text, n.nspname::text
            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
           WHERE p.oid >= 16384
+            -- An extension's own functions are made again by its script, not restored.
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                             WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                               AND d.objid = p.oid AND d.deptype = 'e')
             AND (p.prorettype IN (SELECT oid FROM oids)
                  OR EXISTS (SELECT 1 FROM pg_catalog.unnest(coalesce(p.proallargtypes, p.proargtypes::pg_catalog.oid[])) arg
                              WHERE arg IN (SELECT oid FROM oids)))
@@ -154,6 +170,24 @@ pub(crate) const RULES: &[Rule] = &[
         global: false,
         why: "values of these types store OIDs of functions, operators, namespaces or configurations, which the upgrade does not preserve",
         remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster; regclass, regrole and regtype columns are fine",
+    },
+    Rule {
+        id: "old-system-composite-columns",
+        title: "no columns of system-defined composite types",
+        code: "system_composite_columns",
+        applies: |_, _| true,
+        sql: |_| {
+            format!(
+                "{} {} ORDER BY 2",
+                derived_types_where(
+                    "t.typtype = 'c' AND (t.oid < 16384 OR n.nspname = 'information_schema')"
+                ),
+                columns_of("'r', 'm', 'p', 'i', 'I'")
+            )
+        },
+        global: false,
+        why: "a stored composite value names its type's OID, and the row types of the system catalogs and of information_schema's views get other OIDs in the new major",
+        remedy: "drop those columns, or change them to text or to a composite type of your own, in the old cluster",
     },
     Rule {
         id: "old-tables-with-oids",
