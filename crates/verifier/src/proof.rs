@@ -44,6 +44,16 @@ pub struct Side {
     pub sequences: BTreeMap<String, String>,
     /// database → its large objects' count and checksum.
     pub large_objects: BTreeMap<String, Measure>,
+    /// How rows were hashed and floats printed: the other side, measured
+    /// later (perhaps by another release, from a saved file), repeats it.
+    #[serde(default)]
+    pub row_hash: RowHash,
+    #[serde(default = "default_float_digits")]
+    pub extra_float_digits: i32,
+}
+
+fn default_float_digits() -> i32 {
+    3
 }
 
 fn query_error(database: &str, what: &str, e: &postgres::Error) -> crate::Error {
@@ -81,19 +91,24 @@ pub fn measure(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // Both sides hash rows with the same function: hashtextextended from
-    // 11 on, an md5-derived 64-bit value where either side is older.
+    // Both sides hash rows and print floats the same way: as the side
+    // measured first says it did, else hashtextextended from 11 on (an
+    // md5-derived 64-bit value before).
     let older = major.number().min(like.map_or(u32::MAX, |side| side.major));
-    let hash = if older < 11 {
-        RowHash::Md5
-    } else {
-        RowHash::HashTextExtended
+    let hash = match like {
+        Some(side) => side.row_hash,
+        None if older < 11 => RowHash::Md5,
+        None => RowHash::HashTextExtended,
     };
     // 12 prints floats in their shortest exact form, older servers rounded
     // (to 15 digits, or 17 with extra_float_digits = 3): across 12 both sides
     // print the rounded form, the one format they share (a float8 that
     // differs past its 15th digit, a float4 past its 6th, is then not seen).
-    let float_digits = if older < 12 { 0 } else { 3 };
+    let float_digits = match like {
+        Some(side) => side.extra_float_digits,
+        None if older < 12 => 0,
+        None => default_float_digits(),
+    };
     let results = std::sync::Mutex::new(Vec::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -114,6 +129,8 @@ pub fn measure(
     let mut side = Side {
         major: major.number(),
         schema,
+        row_hash: hash,
+        extra_float_digits: float_digits,
         ..Side::default()
     };
     for measured in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -132,9 +149,14 @@ type DatabaseMeasures = (
 );
 
 /// How a row (or a large object) is hashed into the sums compared.
-#[derive(Clone, Copy)]
-enum RowHash {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowHash {
+    /// hashtextextended (11 and later), the default of a side saved
+    /// without the field.
+    #[default]
     HashTextExtended,
+    /// An md5-derived bigint, where a side predates hashtextextended.
     Md5,
 }
 
@@ -652,6 +674,18 @@ mod tests {
             schema: schema.into(),
             ..Side::default()
         }
+    }
+
+    /// A side saved before the method was recorded was measured the only
+    /// way there was then.
+    #[test]
+    fn a_side_saved_without_its_method_says_the_old_one() {
+        let side: Side = serde_json::from_str(
+            r#"{"major": 15, "schema": "", "tables": {}, "sequences": {}, "large_objects": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(side.row_hash, RowHash::HashTextExtended);
+        assert_eq!(side.extra_float_digits, 3);
     }
 
     #[test]
