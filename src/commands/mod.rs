@@ -462,6 +462,25 @@ pub(crate) fn refuse_old_before_12(
     printer: &Printer,
     started: Instant,
     command: &'static str,
+    settings: &Settings,
+    what: &str,
+) -> Option<i32> {
+    refuse_old_datadir_before_12(
+        printer,
+        started,
+        command,
+        settings.old_datadir(),
+        Some(settings.old_bindir()),
+        what,
+    )
+}
+
+/// [`refuse_old_before_12`] for a data directory (and its installation,
+/// where known) named otherwise than by the settings (Patroni's).
+pub(crate) fn refuse_old_datadir_before_12(
+    printer: &Printer,
+    started: Instant,
+    command: &'static str,
     old_datadir: &std::path::Path,
     old_bindir: Option<&std::path::Path>,
     what: &str,

@@ -63,7 +63,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
             )
         }
     };
-    if let Some(code) = super::refuse_old_before_12(
+    if let Some(code) = super::refuse_old_datadir_before_12(
         &printer,
         started,
         NAME,

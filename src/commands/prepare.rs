@@ -22,8 +22,7 @@ pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Insta
         printer,
         started,
         name,
-        settings.old_datadir(),
-        Some(settings.old_bindir()),
+        settings,
         "the online mode (prepare, then cutover)",
     ) {
         return code;

@@ -191,8 +191,7 @@ pub(crate) fn run_standby(settings: &Settings, printer: &Printer, started: Insta
         printer,
         started,
         name,
-        settings.old_datadir(),
-        Some(settings.old_bindir()),
+        settings,
         "upgrading a standby from its own files",
     ) {
         return code;

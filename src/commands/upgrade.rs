@@ -38,8 +38,7 @@ pub(crate) fn run_command(
             printer,
             started,
             name,
-            settings.old_datadir(),
-            Some(settings.old_bindir()),
+            settings,
             "a standby kit (--standby-kit)",
         ) {
             return code;
