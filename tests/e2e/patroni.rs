@@ -413,6 +413,60 @@ fn a_file_that_is_not_patronis_is_refused() {
     }
 }
 
+/// A Patroni cluster of PostgreSQL 11 is refused before anything is asked
+/// of it (its replicas would be upgraded as standbys, which is not
+/// supported from 11): no REST API, store or member is contacted (none
+/// exists here), and its data directory is left as it was.
+#[test]
+fn a_cluster_of_11_is_refused_before_anything() {
+    let Some(new) = pgm_testkit::require(NEW) else {
+        return;
+    };
+    if pgm_testkit::require(11).is_none() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let bin = binary(&sandbox);
+    let old = sandbox.cluster("m1", 11, &[]);
+    let yaml = sandbox.path().join("m1.yml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "scope: pgm\nname: m1\nrestapi:\n  listen: 127.0.0.1:1\netcd3:\n  hosts: 127.0.0.1:1\n\
+             postgresql:\n  data_dir: {}\n  bin_dir: {}\n",
+            old.datadir.display(),
+            old.bindir.display()
+        ),
+    )
+    .unwrap();
+    pgm_testkit::chown_to_test_user(&yaml);
+    let before = snapshot(&old.datadir);
+    let args: Vec<OsString> = vec![
+        "patroni".into(),
+        "--config".into(),
+        yaml.into(),
+        "-B".into(),
+        new.into(),
+        "--json".into(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let run = pg_migrate(&bin, sandbox.path(), &refs);
+    assert_eq!(run.status, 2, "{}\n{}", run.stdout, run.stderr);
+    super::json_schema::validate(&run.events);
+    let error = run.error();
+    assert_eq!(error["code"], "not_from_this_major", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("PostgreSQL 11"),
+        "{error}"
+    );
+    assert!(
+        run.events.iter().all(|e| e["event"] != "check"),
+        "nothing was probed: {}",
+        run.stdout
+    );
+    pgm_testkit::assert_same_tree(&before, &snapshot(&old.datadir), "the old data directory");
+}
+
 /// The upgrade (no --check) of a cluster whose REST API does not answer is
 /// refused by its preflight, nothing changed anywhere.
 #[test]
