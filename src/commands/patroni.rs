@@ -785,11 +785,7 @@ fn upgrade_replica(args: &MemberArgs) -> Result<PathBuf, String> {
     let mut kit = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut kit)
         .map_err(|e| format!("reading the kit: {e}"))?;
-    let records = crate::standby::records(&new_datadir);
-    let finished = crate::standby::done_steps(&records)
-        .iter()
-        .any(|s| s == "sync");
-    if !finished {
+    if !standby_upgraded(&new_datadir) {
         if crate::standby::is_standby(&new_datadir) {
             // An earlier run began this standby's upgrade: its journal finishes it.
             run_pg_migrate(
@@ -850,10 +846,7 @@ fn start_new_replica(args: &MemberArgs) -> Result<PathBuf, String> {
     let config = PatroniConfig::read(&old_member_config(args)?)?;
     let probe = member::probe(&config.path, &args.new_bindir, &args.new_datadir)?;
     let new_datadir = probe.new_datadir;
-    if !crate::standby::done_steps(&crate::standby::records(&new_datadir))
-        .iter()
-        .any(|s| s == "sync")
-    {
+    if !standby_upgraded(&new_datadir) {
         return Err(format!(
             "{} is not an upgraded standby: run upgrade-replica first",
             new_datadir.display()
@@ -861,6 +854,14 @@ fn start_new_replica(args: &MemberArgs) -> Result<PathBuf, String> {
     }
     start_new(&config.data_dir, &args.new_bindir, &new_datadir)?;
     Ok(new_datadir)
+}
+
+/// Whether a standby's upgrade into `new_datadir` finished (its last step,
+/// the sync, is done).
+fn standby_upgraded(new_datadir: &Path) -> bool {
+    crate::standby::done_steps(&crate::standby::records(new_datadir))
+        .iter()
+        .any(|s| s == "sync")
 }
 
 fn start_new(old_datadir: &Path, new_bindir: &Path, new_datadir: &Path) -> Result<(), String> {
