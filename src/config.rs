@@ -235,6 +235,101 @@ pub fn carry(
     (text, changes)
 }
 
+/// Recovery targets name points of the old cluster's history (its WAL,
+/// transactions, restore points), which the new cluster does not share.
+const RECOVERY_TARGETS: [&str; 8] = [
+    "recovery_target",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_inclusive",
+    "recovery_target_action",
+    "pause_at_recovery_target",
+];
+
+/// A 10 or 11 standby's recovery.conf as the setting lines a 12+ server
+/// reads from postgresql.auto.conf (12 made them ordinary settings and
+/// refuses to start beside a recovery.conf). `standby_mode` becomes
+/// `standby.signal`, which the caller writes; `trigger_file` is
+/// `promote_trigger_file` until 16 removed it; recovery targets and a
+/// numbered timeline, which name the old cluster's history, are left out.
+pub fn carry_recovery_conf(text: &str, new_major: u32) -> (Vec<String>, Vec<Change>) {
+    let mut lines = Vec::new();
+    let mut changes = Vec::new();
+    let mut change = |setting: &str,
+                      action: &'static str,
+                      value: &str,
+                      new: Option<(&str, &str)>,
+                      reason: String| {
+        changes.push(Change {
+            setting: setting.into(),
+            action,
+            old_value: Some(unquote(value)),
+            new_setting: new.map(|(n, _)| n.to_string()),
+            new_value: new.map(|(_, v)| unquote(v)),
+            reason,
+        });
+    };
+    for line in parse(text) {
+        let Line::Setting { name, value, .. } = line else {
+            continue;
+        };
+        let timeline = unquote(&value).to_ascii_lowercase();
+        match name.as_str() {
+            "standby_mode" => change(
+                &name,
+                "moved",
+                &value,
+                Some(("standby.signal", "")),
+                "PostgreSQL 12 replaced it by the file standby.signal in the data directory".into(),
+            ),
+            "trigger_file" if new_major >= 16 => change(
+                &name,
+                "removed",
+                &value,
+                None,
+                "PostgreSQL 16 removed promote_trigger_file (its successor): promote with pg_ctl promote or SELECT pg_promote()".into(),
+            ),
+            "trigger_file" => {
+                lines.push(format!("promote_trigger_file = {value}"));
+                change(
+                    &name,
+                    "renamed",
+                    &value,
+                    Some(("promote_trigger_file", &value)),
+                    "renamed in PostgreSQL 12".into(),
+                );
+            }
+            _ if RECOVERY_TARGETS.contains(&name.as_str()) => change(
+                &name,
+                "removed",
+                &value,
+                None,
+                "a recovery target names a point of the old cluster's history, which the upgraded standby does not share".into(),
+            ),
+            "recovery_target_timeline" if timeline != "latest" && timeline != "current" => change(
+                &name,
+                "removed",
+                &value,
+                None,
+                "a numbered timeline is of the old cluster's history: the upgraded standby follows the new primary's latest".into(),
+            ),
+            _ => {
+                lines.push(format!("{name} = {value}"));
+                change(
+                    &name,
+                    "moved",
+                    &value,
+                    Some((&name, &value)),
+                    "PostgreSQL 12 reads recovery.conf's settings from the ordinary configuration: now in postgresql.auto.conf".into(),
+                );
+            }
+        }
+    }
+    (lines, changes)
+}
+
 /// Comments out every active line setting `name` (the new server rejects
 /// it); true if there was one.
 pub fn comment_out(text: &str, name: &str, why: &str) -> (String, bool) {
@@ -321,6 +416,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_recovery_conf_becomes_settings_and_a_signal() {
+        let old = "# made by pg_basebackup\nstandby_mode = 'on'\nprimary_conninfo = 'host=/tmp port=5432 user=rep'\n\
+                   primary_slot_name = 'one'\ntrigger_file = '/tmp/promote'\nrecovery_target_timeline = 'latest'\n\
+                   recovery_target_xid = '1234'\n";
+        let (lines, changes) = carry_recovery_conf(old, 15);
+        assert_eq!(
+            lines,
+            [
+                "primary_conninfo = 'host=/tmp port=5432 user=rep'",
+                "primary_slot_name = 'one'",
+                "promote_trigger_file = '/tmp/promote'",
+                "recovery_target_timeline = 'latest'",
+            ]
+        );
+        let actions: Vec<(&str, &str)> = changes
+            .iter()
+            .map(|c| (c.setting.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("standby_mode", "moved"),
+                ("primary_conninfo", "moved"),
+                ("primary_slot_name", "moved"),
+                ("trigger_file", "renamed"),
+                ("recovery_target_timeline", "moved"),
+                ("recovery_target_xid", "removed"),
+            ]
+        );
+        let (lines, changes) = carry_recovery_conf(
+            "trigger_file = '/tmp/p'\nrecovery_target_timeline = 2\n",
+            18,
+        );
+        assert!(lines.is_empty(), "{lines:?}");
+        assert!(changes.iter().all(|c| c.action == "removed"), "{changes:?}");
     }
 
     #[test]

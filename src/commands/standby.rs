@@ -187,15 +187,6 @@ fn counts(findings: &[pgm_verifier::Finding]) -> CheckCounts {
 
 pub(crate) fn run_standby(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "standby";
-    if let Some(code) = super::refuse_old_before_12(
-        printer,
-        started,
-        name,
-        settings,
-        "upgrading a standby from its own files",
-    ) {
-        return code;
-    }
     let new = settings.new_datadir();
     if crate::standby::is_standby(new) {
         return refuse(

@@ -33,17 +33,6 @@ pub(crate) fn run_command(
     } else {
         "upgrade"
     };
-    if settings.standby_kit.is_some() {
-        if let Some(code) = super::refuse_old_before_12(
-            printer,
-            started,
-            name,
-            settings,
-            "a standby kit (--standby-kit)",
-        ) {
-            return code;
-        }
-    }
     let run_dir = match make_run_dir(settings, printer, started, name) {
         Ok(dir) => dir,
         Err(code) => return code,

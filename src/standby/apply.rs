@@ -630,6 +630,9 @@ fn configure(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
         let to = new.join(name);
         journal::write_atomically(&to, carried.as_bytes()).map_err(|e| io("configure", &to, e))?;
     }
+    if old_major < 12 {
+        carry_recovery_conf(applied, printer)?;
+    }
     for name in ["pg_hba.conf", "pg_ident.conf"] {
         let from = old.join(name);
         if from.is_file() {
@@ -641,6 +644,49 @@ fn configure(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
     let signal = new.join("standby.signal");
     journal::write_atomically(&signal, b"").map_err(|e| io("configure", &signal, e))?;
     accepted_by_new_server(applied, printer)
+}
+
+/// A 10 or 11 standby's recovery.conf, its settings appended to the new
+/// postgresql.auto.conf (a 12+ server reads them from there and refuses
+/// to start beside a recovery.conf, which is not carried).
+fn carry_recovery_conf(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
+    let plan = &applied.plan;
+    let from = plan.old_datadir.join("recovery.conf");
+    let text = match std::fs::read_to_string(&from) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            printer.say("  the old standby has no recovery.conf: the new one is a standby (standby.signal) that finds its primary only if its configuration names it (primary_conninfo)");
+            return Ok(());
+        }
+        Err(e) => return Err(io("configure", &from, e)),
+    };
+    let (lines, changes) = crate::config::carry_recovery_conf(&text, applied.manifest.new.major);
+    for change in changes {
+        printer.emit(&Event::ConfigChange {
+            file: "recovery.conf".into(),
+            setting: change.setting,
+            action: change.action,
+            old_value: change.old_value,
+            new_setting: change.new_setting,
+            new_value: change.new_value,
+            reason: change.reason,
+        });
+    }
+    let to = plan.new_datadir.join("postgresql.auto.conf");
+    let mut auto = match std::fs::read_to_string(&to) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io("configure", &to, e)),
+    };
+    if !auto.is_empty() && !auto.ends_with('\n') {
+        auto.push('\n');
+    }
+    auto.push_str("# carried from the old standby's recovery.conf by pg-migrate\n");
+    for line in lines {
+        auto.push_str(&line);
+        auto.push('\n');
+    }
+    journal::write_atomically(&to, auto.as_bytes()).map_err(|e| io("configure", &to, e))
 }
 
 /// The new server judges the carried configuration (`postgres -C`, which

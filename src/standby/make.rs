@@ -76,14 +76,6 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
             rebuild,
         ));
     }
-    let old_major = major_of(&plan.old.version);
-    if old_major < 12 {
-        return Err(refuse(
-            Code::KitNotPossible,
-            format!("the old major is {old_major}: standbys are upgraded from their own files only from 12 on (a 10 or 11 standby is configured by recovery.conf)"),
-            rebuild,
-        ));
-    }
     if let Some(why) = ran_since(new_datadir, &view) {
         return Err(refuse(
             Code::KitNotPossible,
@@ -153,6 +145,7 @@ pub fn gather(new_datadir: &Path) -> Result<Made, Failure> {
         )
     })?;
     let old_control = crate::engine::read_control(&old_datadir)?;
+    let old_major = major_of(&plan.old.version);
     let new_major = major_of(&plan.new.version);
     if new_major < 15 {
         return Err(refuse(

@@ -98,6 +98,12 @@ thread_local! {
     static ROUNDED_FLOATS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Compares floats as an old cluster of `old_major` can print them (see
+/// `ROUNDED_FLOATS`), in this thread's later [`contents_of`].
+pub fn round_floats_for(old_major: u32) {
+    ROUNDED_FLOATS.set(old_major < 12);
+}
+
 /// Table row counts and content checksums, sequence states and large-object
 /// checksums of every connectable database but the templates.
 pub fn contents(cluster: &Cluster) -> BTreeMap<String, String> {
@@ -450,7 +456,7 @@ fn prove(old_major: u32, new_major: u32, mode: &str) {
 pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) {
     let old_major = pair.old.major;
     let new_major = pair.new.major;
-    ROUNDED_FLOATS.set(old_major < 12);
+    round_floats_for(old_major);
     pair.old.start();
     load_rich(pair);
     let before = capture(&pair.old, &pair.new.bindir);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::proof::{contents_of, load_rich_into, upgrade};
+use crate::proof::{contents_of, load_rich_into, round_floats_for, upgrade};
 use crate::support::*;
 
 const OLD: u32 = 16;
@@ -82,7 +82,7 @@ fn shut_down_in_order(primary: &mut Cluster, standbys: &mut [&mut Cluster]) {
     }
 }
 
-/// A primary of `OLD` with the rich fixture (its tablespace in `tblspc`),
+/// A primary of `OLD` (or another old major) with the rich fixture (its tablespace in `tblspc`),
 /// a slot for the first standby, and two standbys streaming from it.
 struct Bed {
     pair: Pair,
@@ -91,7 +91,11 @@ struct Bed {
 }
 
 fn bed(rich: bool) -> Option<Bed> {
-    let mut pair = Pair::new(OLD, NEW)?;
+    bed_of(OLD, rich)
+}
+
+fn bed_of(old: u32, rich: bool) -> Option<Bed> {
+    let mut pair = Pair::new(old, NEW)?;
     pair.old.start();
     let tablespace = pair.sandbox.mkdir("tblspc");
     if rich {
@@ -337,20 +341,29 @@ fn streaming(primary: &Cluster) -> i64 {
         .get(0)
 }
 
-fn standbys_upgraded_in_place(mode: &str) {
+fn standbys_upgraded_in_place(old: u32, mode: &str) {
     let Some(Bed {
         mut pair,
         standbys,
         tablespace: _,
-    }) = bed(true)
+    }) = bed_of(old, true)
     else {
         return;
     };
+    round_floats_for(old);
     let [mut s1, mut s2]: [Cluster; 2] = standbys.try_into().ok().unwrap();
-    // A setting 16 knows and 18 does not: carried, then left out.
+    // A setting the old major knows and 18 does not: carried, then left out.
     let conf = s1.datadir.join("postgresql.conf");
     let text = std::fs::read_to_string(&conf).unwrap() + "\nold_snapshot_threshold = -1\n";
     std::fs::write(&conf, text).unwrap();
+    if old < 12 {
+        // recovery.conf's own settings: one renamed and then removed by
+        // 16, one that names the old cluster's history.
+        let recovery = s2.datadir.join("recovery.conf");
+        let text = std::fs::read_to_string(&recovery).unwrap()
+            + "trigger_file = '/nonexistent/promote'\nrecovery_target_timeline = 'latest'\n";
+        std::fs::write(&recovery, text).unwrap();
+    }
     last_writes(&pair.old);
     // amcheck travels to the standbys as any DDL does.
     pair.old.sql("appdb", "CREATE EXTENSION amcheck");
@@ -462,6 +475,48 @@ fn standbys_upgraded_in_place(mode: &str) {
     let two = standby_from_stdin(&pair, &s2.datadir, &new2, &kit);
     assert_eq!(two.status, 0, "{}\n{}", two.stderr, two.stdout);
     crate::json_schema::validate(&two.events);
+    if old < 12 {
+        let from_recovery_conf = |run: &Run| -> Vec<String> {
+            run.events_named("config_change")
+                .iter()
+                .filter(|e| e["file"] == "recovery.conf")
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e["setting"].as_str().unwrap(),
+                        e["action"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        };
+        let one_changes = from_recovery_conf(&one);
+        for expected in [
+            "standby_mode moved",
+            "primary_conninfo moved",
+            "primary_slot_name moved",
+        ] {
+            assert!(
+                one_changes.iter().any(|c| c == expected),
+                "{expected}: {one_changes:?}"
+            );
+        }
+        let two_changes = from_recovery_conf(&two);
+        for expected in ["trigger_file removed", "recovery_target_timeline moved"] {
+            assert!(
+                two_changes.iter().any(|c| c == expected),
+                "{expected}: {two_changes:?}"
+            );
+        }
+        for new in [&new1, &new2] {
+            assert!(
+                !new.join("recovery.conf").exists(),
+                "a 12+ server refuses it"
+            );
+            assert!(new.join("standby.signal").exists());
+        }
+        let auto = std::fs::read_to_string(new1.join("postgresql.auto.conf")).unwrap();
+        assert!(auto.contains("primary_slot_name = 'standby_one'"), "{auto}");
+    }
 
     let mut n1 = pair.sandbox.existing("standby1_new", NEW, &new1);
     let mut n2 = pair.sandbox.existing("standby2_new", NEW, &new2);
@@ -480,6 +535,9 @@ fn standbys_upgraded_in_place(mode: &str) {
         .unwrap()
         .get(0);
     assert!(active, "standby 1 streams on its slot");
+    // amcheck made on an old major is brought to the new one's version
+    // (verify_heapam came with 14); the standbys follow.
+    pair.new.sql("appdb", "ALTER EXTENSION amcheck UPDATE");
     pair.new.sql(
         "appdb",
         "INSERT INTO app.customers (email, name) VALUES ('after-standbys@example.com', 'S');
@@ -551,12 +609,24 @@ fn standbys_upgraded_in_place(mode: &str) {
 
 #[test]
 fn standbys_upgraded_in_place_after_a_link_upgrade() {
-    standbys_upgraded_in_place("--link");
+    standbys_upgraded_in_place(OLD, "--link");
 }
 
 #[test]
 fn standbys_upgraded_in_place_after_a_copy_upgrade() {
-    standbys_upgraded_in_place("--copy");
+    standbys_upgraded_in_place(OLD, "--copy");
+}
+
+/// Standbys of 11 and 10, configured by recovery.conf, carried into the
+/// new majors' settings and standby.signal.
+#[test]
+fn standbys_of_11_upgraded_in_place_after_a_link_upgrade() {
+    standbys_upgraded_in_place(11, "--link");
+}
+
+#[test]
+fn standbys_of_10_upgraded_in_place_after_a_copy_upgrade() {
+    standbys_upgraded_in_place(10, "--copy");
 }
 
 /// Gives a copied data directory a copy of its (one) tablespace, as if on

@@ -296,8 +296,13 @@ impl Sandbox {
         }
         run_ok(&mut command);
         // A newer pg_basebackup writes connection options the standby's
-        // own libpq may not know: name the primary plainly.
-        let auto = datadir.join("postgresql.auto.conf");
+        // own libpq may not know: name the primary plainly (before 12 in
+        // recovery.conf, which -R writes for those).
+        let auto = datadir.join(if primary.major < 12 {
+            "recovery.conf"
+        } else {
+            "postgresql.auto.conf"
+        });
         let text = std::fs::read_to_string(&auto).unwrap();
         let mut kept: Vec<&str> = text
             .lines()

@@ -200,16 +200,6 @@ impl<'a> Engine<'a> {
                     .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
             self.physical_slots = pgm_catalog::list_physical_slots(&mut client)
                 .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
-            // Standbys of a 10 or 11 primary are rebuilt, never upgraded from
-            // their files: slots kept for them would only pile up WAL.
-            if self.old_install.version.major.number() < 12 && !self.physical_slots.is_empty() {
-                self.printer.say(&format!(
-                    "  the old cluster's physical replication slots are not made again ({}): standbys of a PostgreSQL {} primary are rebuilt from the new one (pg_basebackup), which makes its own",
-                    self.physical_slots.join(", "),
-                    self.old_install.version.major
-                ));
-                self.physical_slots.clear();
-            }
             if let Some(journal) = self.journal.as_mut() {
                 journal
                     .record(Record::PhysicalSlots {
