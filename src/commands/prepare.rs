@@ -18,15 +18,6 @@ use super::*;
 /// made it); a finished one waits for its cutover or discard.
 pub(crate) fn run_prepare(settings: &Settings, printer: &Printer, started: Instant) -> i32 {
     let name = "prepare";
-    if let Some(code) = super::refuse_old_before_12(
-        printer,
-        started,
-        name,
-        settings,
-        "the online mode (prepare, then cutover)",
-    ) {
-        return code;
-    }
     let new = settings.new_datadir();
     let refuse_with = |code: Code, message: String, remedy: String| {
         fail_early(printer, started, name, code, message, &remedy, exit::USAGE)

@@ -7,6 +7,8 @@
 //! `relfrozenxid`, `datfrozenxid` …) leave it alone. Statistics
 //! (pg_statistic*) and large-object data (pg_largeobject, carried as a
 //! file) are left out; temporary objects (their rows, their namespaces) too.
+//! Before 12 the values of extended statistics lived in their definitions'
+//! rows: there those rows are hashed by what they define.
 
 use std::collections::BTreeMap;
 
@@ -100,6 +102,15 @@ pub fn fingerprint(
             &[],
         )
         .map_err(q)?;
+    let statistics_in_definitions = client
+        .query_opt(
+            "SELECT FROM pg_catalog.pg_attribute
+              WHERE attrelid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass
+                AND attname = 'stxndistinct'",
+            &[],
+        )
+        .map_err(q)?
+        .is_some();
     let mut parts = Vec::new();
     for row in rows {
         let (name, is_shared, namespace_column): (String, bool, Option<String>) =
@@ -143,8 +154,16 @@ pub fn fingerprint(
         } else {
             format!(" WHERE {}", filters.join(" AND "))
         };
+        // Before 12, ANALYZE wrote extended statistics' values into the
+        // definitions' own rows (new xmins): there, the definitions are
+        // hashed instead.
+        let hashed = if name == "pg_statistic_ext" && statistics_in_definitions {
+            "ROW(t.oid, t.stxrelid, t.stxname, t.stxnamespace, t.stxowner, t.stxkeys::text, t.stxkind::text)::text"
+        } else {
+            "t.xmin::text"
+        };
         parts.push(format!(
-            "SELECT '{name}'::text, count(*), coalesce(sum(pg_catalog.hashtext(t.xmin::text)::bigint), 0)::text
+            "SELECT '{name}'::text, count(*), coalesce(sum(pg_catalog.hashtext({hashed})::bigint), 0)::text
                FROM pg_catalog.{name} t{filter}"
         ));
     }
