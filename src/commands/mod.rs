@@ -453,48 +453,19 @@ pub(crate) fn fail_leaving(
     exit_code
 }
 
-/// The online mode and standbys (a kit, `standby`, `patroni`) are proven
-/// for old clusters of 12 and later only (a 10 or 11 standby is configured
-/// by recovery.conf, and the online mode's catalog fingerprint has not been
-/// tested against their catalogs): an old 10 or 11 is refused for them
-/// before anything, naming what does work. None: go on.
-pub(crate) fn refuse_old_before_12(
-    printer: &Printer,
-    started: Instant,
-    command: &'static str,
-    settings: &Settings,
-    what: &str,
-) -> Option<i32> {
-    refuse_old_datadir_before_12(
-        printer,
-        started,
-        command,
-        settings.old_datadir(),
-        Some(settings.old_bindir()),
-        what,
-    )
-}
-
-/// [`refuse_old_before_12`] for a data directory (and its installation,
-/// where known) named otherwise than by the settings (Patroni's).
-pub(crate) fn refuse_old_datadir_before_12(
+/// `pg-migrate patroni` is proven for Patroni clusters of 12 and later
+/// only (Patroni needs the old major's pg_controldata, which the only
+/// builds of 10 and 11 these tests can get lack): an old 10 or 11 is
+/// refused before anything, naming what does work. None: go on.
+pub(crate) fn refuse_patroni_before_12(
     printer: &Printer,
     started: Instant,
     command: &'static str,
     old_datadir: &std::path::Path,
-    old_bindir: Option<&std::path::Path>,
-    what: &str,
 ) -> Option<i32> {
-    // The data directory's own PG_VERSION, or (a configuration directory,
-    // as Debian's) the old installation's version.
     let major = std::fs::read_to_string(old_datadir.join("PG_VERSION"))
         .ok()
-        .and_then(|text| pgm_cluster::PgMajor::parse_pg_version_file(&text).ok())
-        .or_else(|| {
-            old_bindir
-                .and_then(|bindir| pgm_cluster::Installation::discover(bindir).ok())
-                .map(|install| install.version.major)
-        })?;
+        .and_then(|text| pgm_cluster::PgMajor::parse_pg_version_file(&text).ok())?;
     if !(10..12).contains(&major.number()) {
         return None;
     }
@@ -503,8 +474,8 @@ pub(crate) fn refuse_old_datadir_before_12(
         started,
         command,
         Code::NotFromThisMajor,
-        format!("{what} is not supported from PostgreSQL {major} (only from 12 on)"),
-        "upgrade in one go without it (pg-migrate upgrade --link or --copy), then rebuild any standbys from the new primary (pg_basebackup)",
+        format!("a Patroni cluster's upgrade is not supported from PostgreSQL {major} (only from 12 on)"),
+        "follow Patroni's own documentation for a major upgrade, with pg-migrate upgrade --standby-kit on the leader and pg-migrate standby on each replica (docs/standbys.md) in place of pg_upgrade and rsync",
         exit::USAGE,
     ))
 }

@@ -63,14 +63,7 @@ pub(crate) fn run_patroni(args: PatroniArgs, started: Instant) -> i32 {
             )
         }
     };
-    if let Some(code) = super::refuse_old_datadir_before_12(
-        &printer,
-        started,
-        NAME,
-        &config.data_dir,
-        None,
-        "a Patroni cluster's upgrade (its replicas are upgraded as standbys)",
-    ) {
+    if let Some(code) = super::refuse_patroni_before_12(&printer, started, NAME, &config.data_dir) {
         return code;
     }
     let remote = match Remote::new(

@@ -180,27 +180,6 @@ fn what_12_removed_is_refused_from_10_and_11_then_fixed_and_upgraded() {
         args.extend(["--link".into(), "--verify".into(), "--json".into()]);
         let run = pair.run(&args);
         assert_eq!(run.status, 0, "{old}: {}", run.stderr);
-        // No standby kit of it: standbys of a 10 or 11 primary are rebuilt.
-        let kit = pair.sandbox.path().join("standby.kit");
-        let refused = pair.run(&[
-            "standby-kit".into(),
-            "-D".into(),
-            pair.new.datadir.clone().into(),
-            "-o".into(),
-            kit.clone().into(),
-            "--json".into(),
-        ]);
-        assert_eq!(refused.status, 2, "{old}: {}", refused.stderr);
-        assert_eq!(refused.error()["code"], "kit_not_possible");
-        assert!(
-            refused.error()["message"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("the old major is {old}")),
-            "{}",
-            refused.stdout
-        );
-        assert!(!kit.exists());
         pair.new.with_running(|c| {
             // A row written WITH OIDS, read after SET WITHOUT OIDS and the upgrade.
             let row = c
@@ -210,51 +189,6 @@ fn what_12_removed_is_refused_from_10_and_11_then_fixed_and_upgraded() {
             assert_eq!(row.get::<_, String>(0), "x 1");
         });
     }
-}
-
-/// From 10 and 11, what is proven only from 12 on is refused before
-/// anything, with its own code and what to do instead: the online mode, a
-/// standby kit, a standby's upgrade from its own files.
-#[test]
-fn online_mode_and_standbys_are_refused_from_11() {
-    let Some(pair) = Pair::new(11, 18) else {
-        return;
-    };
-    let (old_before, new_before) = pair.snapshots();
-    let kit = pair.sandbox.path().join("standby.kit");
-    let attempts: [(&str, Vec<std::ffi::OsString>); 3] = [
-        ("prepare", vec!["prepare".into(), "--link".into()]),
-        (
-            "upgrade",
-            vec!["--link".into(), "--standby-kit".into(), kit.clone().into()],
-        ),
-        (
-            "standby",
-            vec!["standby".into(), "--kit".into(), kit.clone().into()],
-        ),
-    ];
-    for (command, first) in attempts {
-        let mut args = first;
-        args.extend(pair.dir_args());
-        args.push("--json".into());
-        let run = pair.run(&args);
-        assert_eq!(run.status, 2, "{command}: {}", run.stderr);
-        crate::json_schema::validate(&run.events);
-        let error = run.error();
-        assert_eq!(error["code"], "not_from_this_major", "{command}: {error}");
-        assert!(
-            error["message"].as_str().unwrap().contains("PostgreSQL 11"),
-            "{error}"
-        );
-        assert!(
-            error["remedy"].as_str().unwrap().contains("pg_basebackup"),
-            "{error}"
-        );
-    }
-    assert!(!kit.exists());
-    let (old_after, new_after) = pair.snapshots();
-    assert_same_tree(&old_before, &old_after, "old cluster");
-    assert_same_tree(&new_before, &new_after, "new cluster");
 }
 
 /// Columns of a system catalog's or an information_schema view's row type
@@ -338,6 +272,59 @@ fn user_encoding_conversions_before_14() {
         names(&run, "old-encoding-conversions"),
         ["public.my_latin1"]
     );
+}
+
+/// The rules older majors share with 12 and later find their objects in
+/// the catalogs of 10 (no prokind) and 11 as well.
+#[test]
+fn the_shared_rules_find_their_objects_in_10_and_11_catalogs() {
+    for old in [10, 11] {
+        let Some(run) = check_with(
+            old,
+            18,
+            "CREATE TABLE r (p regproc, fine regclass);
+             CREATE TABLE acl (a aclitem);
+             CREATE TABLE snap (k pg_class);
+             CREATE OPERATOR !!! (LEFTARG = bigint, PROCEDURE = numeric_fac);
+             CREATE AGGREGATE array_accum(anyelement) (SFUNC = array_append, STYPE = anyarray, INITCOND = '{}');
+             CREATE CONVERSION my_latin1 FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;",
+        ) else {
+            return;
+        };
+        let expected: [(&str, &str, &[&str]); 6] = [
+            ("old-reg-types", "reg_type_columns", &["public.r.p"]),
+            // pg_class's row holds relacl, an aclitem[].
+            (
+                "old-aclitem-columns",
+                "aclitem_columns",
+                &["public.acl.a", "public.snap.k"],
+            ),
+            (
+                "old-system-composite-columns",
+                "system_composite_columns",
+                &["public.snap.k"],
+            ),
+            (
+                "old-postfix-operators",
+                "postfix_operators",
+                &["public.!!! (bigint, NONE)"],
+            ),
+            (
+                "old-polymorphic-functions",
+                "incompatible_polymorphics",
+                &["public.array_accum(anyelement)"],
+            ),
+            (
+                "old-encoding-conversions",
+                "user_encoding_conversions",
+                &["public.my_latin1"],
+            ),
+        ];
+        for (id, code, objects) in expected {
+            assert_refused(&run, id, code);
+            assert_eq!(names(&run, id), objects, "{old}: {id}");
+        }
+    }
 }
 
 #[test]
