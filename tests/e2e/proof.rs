@@ -450,7 +450,7 @@ fn prove(old_major: u32, new_major: u32, mode: &str) {
 }
 
 /// The full proof on a pair: the rich fixture, the upgrade in `mode`, dump
-/// and contents compared, the new cluster healthy, and the old cluster
+/// and contents compared, the visibility probes held, the new cluster healthy, and the old cluster
 /// protected (link) or untouched and still equal (every other mode).
 /// `after_upgrade` looks at the pair before either server starts again.
 pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) {
@@ -459,6 +459,7 @@ pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) 
     round_floats_for(old_major);
     pair.old.start();
     load_rich(pair);
+    crate::upgrade::make_visibility_probes(&pair.old);
     let before = capture(&pair.old, &pair.new.bindir);
     pair.old.stop();
     let old_snapshot = snapshot(&pair.old.datadir);
@@ -498,6 +499,9 @@ pub fn prove_on(pair: &mut Pair, mode: &str, after_upgrade: impl FnOnce(&Pair)) 
         &format!("{old_major} -> {new_major} {mode}"),
     );
     assert_healthy(&pair.new);
+    // Deleted rows, aborted inserts and updates, multixact lockers (this
+    // changes the new cluster: after its capture).
+    crate::upgrade::assert_visibility(&pair.new, new_major);
     pair.new.stop();
 
     let control = pair.old.datadir.join("global/pg_control");

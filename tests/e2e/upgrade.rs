@@ -75,7 +75,7 @@ SELECT nextval('vis_seq') FROM generate_series(1, 41);";
 /// Rows whose fate only the commit log and multixacts know: deleted but not
 /// vacuumed, written by aborted transactions, locked by several transactions.
 /// Nothing reads them after the last change, so no hint bit gives it away.
-fn make_visibility_probes(cluster: &Cluster) {
+pub fn make_visibility_probes(cluster: &Cluster) {
     cluster.sql("postgres", VISIBILITY_SETUP);
     make_visibility_rows(cluster);
 }
