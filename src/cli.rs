@@ -7,18 +7,35 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::failure::{Code, Failure};
 
+/// `-V`: our own version, and the pg_upgrade we stand in for (wrappers
+/// that ask pg_upgrade for its version learn both).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (a drop-in for pg_upgrade (PostgreSQL) 13 to 18: old clusters of 10 to 18)"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pg-migrate",
-    version,
+    version = VERSION,
     about = "Upgrade a PostgreSQL cluster to a new major version in place (a drop-in for pg_upgrade)",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // As getopt does for pg_upgrade: a repeated option takes its last value.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub options: Options,
+    /// Print help (every PostgreSQL program takes -? for it)
+    #[arg(short = '?', action = clap::ArgAction::Help, global = true, hide = true)]
+    pub question_mark_help: Option<bool>,
+}
+
+/// The whole command-line definition, for the man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +69,30 @@ pub enum Command {
     /// The work `pg-migrate patroni` does on one member's host (run by it through --remote)
     #[command(hide = true)]
     PatroniMember(MemberArgs),
+    /// Write the man pages or a shell's completions, made from these very options (for packagers)
+    Generate(GenerateArgs),
+}
+
+/// `generate`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generated,
+}
+
+/// What `generate` writes.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Generated {
+    /// Man pages: pg-migrate.1 and one per command (pg-migrate-check.1 …), into DIR
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL, on standard output
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `patroni`'s flags.

@@ -85,6 +85,7 @@ fn run() -> i32 {
         Some(Command::StandbyKit(args)) => return commands::run_standby_kit(args, started),
         Some(Command::Patroni(args)) => return commands::run_patroni(args, started),
         Some(Command::PatroniMember(args)) => return commands::run_patroni_member(args),
+        Some(Command::Generate(args)) => return commands::run_generate(args),
         None if cli.options.check => (cli.options, Action::Check),
         None => (cli.options, Action::Upgrade),
     };

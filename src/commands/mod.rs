@@ -18,6 +18,7 @@ use crate::rundir::RunDir;
 mod backup;
 mod check;
 mod cutover;
+mod generate;
 mod patroni;
 mod post_upgrade;
 mod prepare;
@@ -27,6 +28,7 @@ mod revert;
 mod standby;
 mod upgrade;
 
+pub(crate) use self::generate::run_generate;
 pub(crate) use self::patroni::{run_patroni, run_patroni_member};
 pub(crate) use self::standby::run_standby_kit;
 pub(crate) use self::upgrade::{run_command, run_from_journal, FromJournal};

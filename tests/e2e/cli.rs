@@ -156,3 +156,145 @@ fn set_char_signedness_is_refused_for_an_old_cluster_that_records_it() {
         .unwrap()
         .contains("unsigned"));
 }
+
+/// What PostgreSQL's programs do, pg-migrate does: `-?` is help (for every
+/// command too), a repeated option takes its last value, `-V` names the
+/// pg_upgrade it stands in for beside its own version.
+#[test]
+fn drop_in_details_of_the_command_line() {
+    let sandbox = Sandbox::new();
+    let bin = binary(&sandbox);
+    let run_with = |args: &[&str]| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        pgm_testkit::pg_migrate(&bin, sandbox.path(), &args)
+    };
+    let help = run_with(&["--help"]);
+    let question = run_with(&["-?"]);
+    assert_eq!(question.status, 0, "{}", question.stderr);
+    assert!(
+        question.stdout.contains("--old-datadir"),
+        "{}",
+        question.stdout
+    );
+    assert!(help.stdout.contains("Usage: pg-migrate"));
+    let check_help = run_with(&["check", "-?"]);
+    assert_eq!(check_help.status, 0, "{}", check_help.stderr);
+    assert!(
+        check_help.stdout.contains("Usage: pg-migrate check"),
+        "{}",
+        check_help.stdout
+    );
+
+    let version = run_with(&["-V"]);
+    assert_eq!(version.status, 0);
+    let line = version.stdout.trim();
+    assert!(
+        line.starts_with(&format!("pg-migrate {}", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    let (oldest, newest, oldest_new) = (
+        pgm_cluster::version::OLDEST_SUPPORTED.number(),
+        pgm_cluster::version::NEWEST_SUPPORTED.number(),
+        pgm_cluster::version::OLDEST_NEW.number(),
+    );
+    assert!(
+        line.contains(&format!("pg_upgrade (PostgreSQL) {oldest_new} to {newest}"))
+            && line.contains(&format!("old clusters of {oldest} to {newest}")),
+        "{line}"
+    );
+
+    // Twice -b (and -j): the last is used, as getopt does for pg_upgrade.
+    let repeated = run_with(&[
+        "check",
+        "--json",
+        "-j",
+        "1",
+        "-j",
+        "3",
+        "-b",
+        "/nonexistent/first",
+        "-b",
+        "/nonexistent/last",
+        "-B",
+        "/nonexistent/new",
+        "-d",
+        "/nonexistent/old-data",
+        "-D",
+        "/nonexistent/new-data",
+    ]);
+    assert_eq!(repeated.status, 1, "{}", repeated.stderr);
+    let plan = &repeated.events_named("plan")[0];
+    assert_eq!(plan["old"]["bindir"], "/nonexistent/last", "{plan}");
+    assert_eq!(plan["jobs"], 3, "{plan}");
+    assert!(repeated.check("old-bindir")["message"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/last"));
+}
+
+/// The man pages and completions come from the command-line definition:
+/// one page per visible command, each naming that command's options, and
+/// completion scripts the shells load.
+#[test]
+fn man_pages_and_completions_are_generated_from_the_options() {
+    let sandbox = Sandbox::new();
+    let bin = binary(&sandbox);
+    let dir = sandbox.path().join("man");
+    let run = pgm_testkit::pg_migrate(
+        &bin,
+        sandbox.path(),
+        &["generate".as_ref(), "man".as_ref(), dir.as_os_str()],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}.1: {e}"))
+    };
+    let main = page("pg-migrate");
+    assert!(main.contains(".TH pg-migrate 1"), "{main}");
+    for flag in ["old\\-datadir", "new\\-bindir", "\\-\\-link", "\\-\\-json"] {
+        assert!(main.contains(flag), "pg-migrate.1 lacks {flag}");
+    }
+    for command in [
+        "check",
+        "resume",
+        "revert",
+        "prepare",
+        "cutover",
+        "standby",
+        "standby-kit",
+        "patroni",
+    ] {
+        let text = page(&format!("pg-migrate-{command}"));
+        assert!(text.contains(".SH OPTIONS"), "{command}");
+    }
+    assert!(
+        !dir.join("pg-migrate-patroni-member.1").exists(),
+        "hidden commands get no page"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let run = pgm_testkit::pg_migrate(
+            &bin,
+            sandbox.path(),
+            &["generate".as_ref(), "completions".as_ref(), shell.as_ref()],
+        );
+        assert_eq!(run.status, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains("pg-migrate"), "{shell}");
+        assert!(run.stdout.contains("old-datadir"), "{shell}");
+        if shell == "bash" {
+            // Bash itself loads it and registers the completion.
+            let script = sandbox.path().join("pg-migrate.bash");
+            std::fs::write(&script, &run.stdout).unwrap();
+            let out = std::process::Command::new("bash")
+                .args(["-c", "source \"$0\" && complete -p pg-migrate"])
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pg-migrate"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
