@@ -52,6 +52,8 @@ ensure_prerequisites() {
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   command -v npm >/dev/null || missing+=(npm)
   command -v runuser >/dev/null || missing+=(util-linux)
+  # The package's proof and the container entrypoint read events with jq.
+  command -v jq >/dev/null || missing+=(jq)
   # The durability test reads pg-migrate's system calls.
   command -v strace >/dev/null || missing+=(strace)
   # The --clone test makes an XFS filesystem with reflink on a loop device.

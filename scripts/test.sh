@@ -3,7 +3,8 @@
 # PostgreSQL 10-18 (scripts/install-postgres.sh), etcd and Patroni
 # (scripts/install-ha.sh), the build, then cargo test
 # for the whole workspace (unit, golden-file and end-to-end tests against
-# real servers). Run as root (CI) or as a user who can run PostgreSQL.
+# real servers), then the Debian package (scripts/package.sh). Run as root
+# (CI) or as a user who can run PostgreSQL.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -38,6 +39,14 @@ fi
 if grep -q PG_MIGRATE_TEST_ target/release/pg-migrate; then
   echo "the release build of pg-migrate carries test hooks" >&2
   status=1
+fi
+# The Debian package: built, and as root installed with dpkg -i and proven
+# with one real upgrade by the installed /usr/bin/pg-migrate.
+if [ "$(id -u)" = 0 ]; then
+  bash "$root/scripts/package.sh" --install || status=1
+else
+  bash "$root/scripts/package.sh" || status=1
+  echo "the package was built, not installed (dpkg -i needs root)"
 fi
 skips=$(sort -u "$skipped" | grep -c . || true)
 echo ", $skips skipped for a missing PostgreSQL (counted as passed above)"
