@@ -669,3 +669,135 @@ fn the_dump_is_given_locks_for_its_sequences_too() {
         run.stderr
     );
 }
+
+/// Clusters whose local connections need a password (scram-sha-256 on the
+/// socket): found in PGPASSWORD, PGPASSFILE or ~/.pgpass as libpq finds
+/// it, for our connections and the client programs alike; without one, a
+/// refusal that says so; the password itself nowhere in what pg-migrate
+/// writes or prints.
+#[test]
+fn clusters_that_need_a_password_upgrade_with_pgpassword_pgpassfile_or_pgpass() {
+    const SECRET: &str = "s3cret-ZQX-pw";
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    let user = pgm_testkit::test_user().name.clone();
+    for cluster in [&mut pair.old, &mut pair.new] {
+        cluster.with_running(|c| {
+            c.sql(
+                "postgres",
+                &format!("ALTER ROLE \"{user}\" PASSWORD '{SECRET}'"),
+            )
+        });
+        std::fs::write(
+            cluster.datadir.join("pg_hba.conf"),
+            "local all all scram-sha-256\n",
+        )
+        .unwrap();
+    }
+    let home = pair.sandbox.mkdir("home");
+    let run_with = |env: &[(&str, &std::ffi::OsStr)], extra: &[&str]| {
+        let mut command = as_test_user(&pair.bin);
+        command
+            .current_dir(pair.sandbox.path())
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE");
+        command.env("HOME", &home);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.args(pair.dir_args()).args(extra).arg("--json");
+        pgm_testkit::finish(command.output().unwrap())
+    };
+    let no_secret = |run: &Run, what: &str| {
+        assert!(
+            !run.stdout.contains(SECRET),
+            "{what}: stdout shows the password"
+        );
+        assert!(
+            !run.stderr.contains(SECRET),
+            "{what}: stderr shows the password"
+        );
+    };
+
+    // No password anywhere: refused, saying where one is looked for.
+    let (old_before, new_before) = pair.snapshots();
+    let refused = run_with(&[], &["-c"]);
+    assert_eq!(refused.status, 1, "{}", refused.stderr);
+    assert_eq!(refused.check("old-connect")["code"], "password_needed");
+    let text = refused.stdout.clone() + &refused.stderr;
+    assert!(text.contains("password"), "{text}");
+    assert!(
+        text.contains("PGPASSWORD") && text.contains(".pgpass"),
+        "{text}"
+    );
+    let (old_after, new_after) = pair.snapshots();
+    crate::proof::assert_data_files_untouched(&old_before, &old_after);
+    crate::proof::assert_data_files_untouched(&new_before, &new_after);
+
+    // PGPASSWORD.
+    let checked = run_with(&[("PGPASSWORD", SECRET.as_ref())], &["-c"]);
+    assert_eq!(checked.status, 0, "{}", checked.stderr);
+    no_secret(&checked, "PGPASSWORD");
+
+    // PGPASSFILE: used when only its owner can read it, as libpq does.
+    let passfile = pair.sandbox.path().join("passfile");
+    std::fs::write(&passfile, format!("*:*:*:{user}:{SECRET}\n")).unwrap();
+    pgm_testkit::chown_to_test_user(&passfile);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ignored = run_with(&[("PGPASSFILE", passfile.as_os_str())], &["-c"]);
+    assert_ne!(ignored.status, 0, "a file others can read is ignored");
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let checked = run_with(&[("PGPASSFILE", passfile.as_os_str())], &["-c"]);
+    assert_eq!(checked.status, 0, "{}", checked.stderr);
+
+    // ~/.pgpass, for the upgrade itself (our connections, pg_dump,
+    // pg_dumpall and the restore all need it).
+    let pgpass = home.join(".pgpass");
+    std::fs::write(&pgpass, format!("# the clusters\n*:*:*:{user}:{SECRET}\n")).unwrap();
+    pgm_testkit::chown_to_test_user(&pgpass);
+    pgm_testkit::chown_to_test_user(&home);
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let upgraded = run_with(&[], &["--copy", "--verify"]);
+    assert_eq!(upgraded.status, 0, "{}", upgraded.stderr);
+    no_secret(&upgraded, "~/.pgpass");
+    for entry in walkdir::WalkDir::new(pair.new.datadir.join("pg_migrate.d"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the password",
+            entry.path().display()
+        );
+    }
+    // The new cluster asks for the password and has the old one's rows.
+    pair.new.start();
+    let connect = |password: Option<&str>| {
+        let mut config = postgres::Config::new();
+        config
+            .host_path(&pair.new.sockdir)
+            .port(pair.new.port)
+            .user(&user)
+            .dbname("app");
+        if let Some(password) = password {
+            config.password(password);
+        }
+        config.connect(postgres::NoTls)
+    };
+    assert!(
+        connect(None).is_err(),
+        "the new cluster asks for a password"
+    );
+    let rows: i64 = connect(Some(SECRET))
+        .unwrap()
+        .query_one("SELECT count(*) FROM items", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 500);
+    pair.new.stop();
+}

@@ -367,7 +367,11 @@ impl Runner<'_> {
         notices: &Notices,
     ) -> Result<postgres::Client, Error> {
         let notices = notices.clone();
-        postgres::Config::new()
+        let mut config = postgres::Config::new();
+        if let Some(password) = conn.password(database) {
+            config.password(password);
+        }
+        config
             .host_path(&conn.socket_dir)
             .port(conn.port)
             .user(&conn.user)

@@ -28,7 +28,11 @@ pub fn set_observer(observer: impl Fn(&CommandRecord<'_>) + Send + Sync + 'stati
 
 /// Environment variables passed through from our own environment; everything
 /// else (notably PG* variables that would redirect a client) is dropped.
-const PASSED_THROUGH: &[&str] = &["HOME", "TMPDIR", "TZ"];
+/// PGPASSWORD and PGPASSFILE: the client programs find a password as our
+/// own connections do (crate::password). Other libpq variables (PGOPTIONS,
+/// PGHOST, PGSSLMODE …) are not passed: every connection is named in full
+/// and made to our private socket, and server options come from -o/-O.
+const PASSED_THROUGH: &[&str] = &["HOME", "TMPDIR", "TZ", "PGPASSWORD", "PGPASSFILE"];
 
 /// A PostgreSQL program invocation being built.
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ mod error;
 pub mod faults;
 pub mod install;
 mod mode;
+pub mod password;
 pub mod server;
 pub mod sql;
 pub mod version;

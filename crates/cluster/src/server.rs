@@ -49,14 +49,31 @@ impl Endpoint {
         ]
     }
 
+    /// The password for `database` on this server, where its local
+    /// connections need one: found as the client programs we run (libpq)
+    /// find it.
+    pub fn password(&self, database: &str) -> Option<String> {
+        crate::password::password_for(&crate::password::Target {
+            socket_dir: &self.socket_dir,
+            port: self.port,
+            database,
+            user: &self.user,
+        })
+    }
+
     pub fn connect(&self, database: &str) -> Result<postgres::Client, Error> {
-        let mut client = postgres::Config::new()
+        let mut config = postgres::Config::new();
+        config
             .host_path(&self.socket_dir)
             .port(self.port)
             .user(&self.user)
             .dbname(database)
             .application_name("pg-migrate")
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(30));
+        if let Some(password) = self.password(database) {
+            config.password(password);
+        }
+        let mut client = config
             .connect(postgres::NoTls)
             .map_err(|e| Error::Connect {
                 socket_dir: self.socket_dir.clone(),

@@ -433,6 +433,16 @@ pub(crate) fn classify_connect_error(
                 which.name()
             ),
         )
+    } else if text.contains("password") || text.contains("authentication failed") {
+        (
+            "password_needed",
+            format!(
+                "the {} cluster's pg_hba.conf asks local connections for a password: give the password of \"{}\" in PGPASSWORD, or in a password file only you can read (chmod 0600) named by PGPASSFILE or at ~/.pgpass, as the line *:*:*:{}:PASSWORD (pg-migrate's servers listen in a private socket directory, so the host field must be *); or allow local connections by peer or trust while upgrading",
+                which.name(),
+                config.user,
+                config.user
+            ),
+        )
     } else if text.contains("socket path") {
         (
             "socket_path_too_long",

@@ -1,0 +1,129 @@
+//! The password for a connection, found as libpq finds it, so that our own
+//! connections and the client programs we run (which use libpq) agree:
+//! `PGPASSWORD`, else the password file (`PGPASSFILE`, else `~/.pgpass`)
+//! when only its owner can read it. It owns the lookup only: it never logs,
+//! stores or prints a password.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// What a connection is to, as the password file's fields name it.
+pub struct Target<'a> {
+    /// The unix-socket directory (our servers listen on nothing else).
+    pub socket_dir: &'a Path,
+    pub port: u16,
+    pub database: &'a str,
+    pub user: &'a str,
+}
+
+/// The password libpq would use for `target`, if any.
+pub fn password_for(target: &Target) -> Option<String> {
+    if let Some(password) = std::env::var_os("PGPASSWORD") {
+        return Some(password.to_string_lossy().into_owned());
+    }
+    let file = password_file()?;
+    let meta = std::fs::metadata(&file).ok()?;
+    // libpq ignores a file others can read (with a warning), or no file.
+    if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(&file).ok()?;
+    find_in(&text, target)
+}
+
+fn password_file() -> Option<PathBuf> {
+    match std::env::var_os("PGPASSFILE") {
+        Some(file) => Some(PathBuf::from(file)),
+        None => std::env::var_os("HOME").map(|home| Path::new(&home).join(".pgpass")),
+    }
+}
+
+/// The first line of a password file that matches `target`:
+/// `host:port:database:user:password`, `*` matching anything, `\` escaping
+/// `:` and `\`. A socket directory is its own host name, except libpq's
+/// default one, which is `localhost`.
+pub fn find_in(text: &str, target: &Target) -> Option<String> {
+    let host = target.socket_dir.to_string_lossy();
+    let host = if host == "/tmp" || host == "/var/run/postgresql" || host == "/run/postgresql" {
+        "localhost".into()
+    } else {
+        host
+    };
+    let port = target.port.to_string();
+    let wanted = [host.as_ref(), port.as_str(), target.database, target.user];
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_fields(line);
+        if fields.len() < 5 {
+            continue;
+        }
+        let matches = wanted
+            .iter()
+            .zip(&fields)
+            .all(|(want, field)| field == "*" || field == want);
+        if matches {
+            return Some(fields[4..].join(":"));
+        }
+    }
+    None
+}
+
+/// A line's fields, unescaped (`\:` and `\\`).
+fn split_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().unwrap().push(next);
+                }
+            }
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target<'a>(socket_dir: &'a Path, database: &'a str) -> Target<'a> {
+        Target {
+            socket_dir,
+            port: 50432,
+            database,
+            user: "postgres",
+        }
+    }
+
+    #[test]
+    fn password_file_lines_match_as_libpq_matches_them() {
+        let text = "# comment\n\
+                    localhost:*:*:postgres:for-the-default-socket\n\
+                    /srv/sock:50432:app:postgres:exact\n\
+                    *:50432:*:postgres:with\\:colon\\\\and-backslash\n";
+        let private = Path::new("/srv/sock");
+        assert_eq!(
+            find_in(text, &target(private, "app")).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            find_in(text, &target(private, "other")).as_deref(),
+            Some("with:colon\\and-backslash")
+        );
+        assert_eq!(
+            find_in(text, &target(Path::new("/var/run/postgresql"), "x")).as_deref(),
+            Some("for-the-default-socket")
+        );
+        let other_user = Target {
+            user: "someone",
+            ..target(private, "app")
+        };
+        assert_eq!(find_in(text, &other_user), None);
+    }
+}
