@@ -330,3 +330,26 @@ fn check_with_a_new_data_directory_still_to_be_created() {
     let run = pair.run(&args);
     assert_refused(&run, "new-datadir", "datadir_not_found");
 }
+
+/// When an early check fails, every later one is still listed (skipped):
+/// a person counting the list sees all of them.
+#[test]
+fn an_early_failure_still_lists_every_check() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let Some(other_new) = pgm_testkit::require(17) else {
+        return;
+    };
+    // -B names 17 while -D holds an 18 cluster: refused on disk, early.
+    let run = pair.check(&["-B", other_new.to_str().unwrap()]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    let ids: Vec<&str> = run
+        .events_named("check")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ALL_CHECKS);
+    assert_eq!(run.check("new-datadir-version")["status"], "fail");
+    assert_eq!(run.check("old-removed-time-types")["status"], "skip");
+}
