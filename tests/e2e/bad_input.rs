@@ -653,3 +653,48 @@ fn tablespace_location_this_user_cannot_write() {
         .contains(location.to_str().unwrap()));
     std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// After a link upgrade, a run pointed at the old directory again says the
+/// upgrade renamed its pg_control and why, not that it is missing.
+#[test]
+fn an_old_directory_already_upgraded_by_link_is_named_as_such() {
+    let Some(pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let mut args = pair.dir_args();
+    args.extend(["--link".into(), "--json".into()]);
+    let run = pair.run(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let before = snapshot(&pair.old.datadir);
+    let again = pair.sandbox.path().join("new-again");
+    let run = pair.run(&[
+        "check".into(),
+        "-b".into(),
+        pair.old.bindir.clone().into(),
+        "-B".into(),
+        pair.new.bindir.clone().into(),
+        "-d".into(),
+        pair.old.datadir.clone().into(),
+        "-D".into(),
+        again.clone().into(),
+        "--json".into(),
+    ]);
+    assert_refused(&run, "old-control", "cluster_already_upgraded");
+    let check = run.check("old-control");
+    assert!(
+        check["message"]
+            .as_str()
+            .unwrap()
+            .contains("pg_control.old"),
+        "{check}"
+    );
+    assert!(
+        check["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("pg-migrate revert"),
+        "{check}"
+    );
+    assert!(!again.exists());
+    assert_same_tree(&before, &snapshot(&pair.old.datadir), "the old directory");
+}

@@ -225,6 +225,34 @@ pub(crate) fn check_control_and_server(
             ));
             Some(control)
         }
+        Err(_) if datadir.path.join("global/pg_control.old").exists() => {
+            // pg-migrate (or pg_upgrade) --link/--swap renamed it: this
+            // cluster's files went into the new cluster it was upgraded into.
+            out.push(Finding::fail(
+                control_id,
+                control_title,
+                "cluster_already_upgraded",
+                format!(
+                    "{}/global/pg_control was renamed pg_control.old by an upgrade in link or swap mode: its files now belong to the cluster it was upgraded into, and it must not start on its own",
+                    datadir.path.display()
+                ),
+                "use the new cluster it was upgraded into; to go back instead, and only while that new cluster has never been started: pg-migrate revert -D NEW_DATADIR (or, after pg_upgrade, rename pg_control.old back to pg_control)",
+            ));
+            None
+        }
+        Err(_) if datadir.path.join("global/pg_control.prepared").exists() => {
+            out.push(Finding::fail(
+                control_id,
+                control_title,
+                "cluster_prepared",
+                format!(
+                    "{} is a cluster pg-migrate prepare made (its pg_control is set aside as pg_control.prepared until the cutover)",
+                    datadir.path.display()
+                ),
+                "finish it with pg-migrate cutover -D DIR, or throw it away with pg-migrate discard -D DIR",
+            ));
+            None
+        }
         Err(e) => {
             let code = match e {
                 Error::Io { .. } => "control_unreadable",

@@ -111,10 +111,11 @@ pub(crate) fn new_tablespace_dirs(report: &Report, tablespaces: &[std::path::Pat
         Finding::pass(
             id,
             title,
-            format!(
-                "{} user tablespaces have room for the new cluster's directory",
-                tablespaces.len()
-            ),
+            match tablespaces.len() {
+                0 => "no user tablespaces".to_string(),
+                1 => "the 1 user tablespace has room for the new cluster's directory".to_string(),
+                n => format!("all {n} user tablespaces have room for the new cluster's directory"),
+            },
         )
     } else {
         Finding::fail(
@@ -266,7 +267,11 @@ pub(crate) fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Fi
         Finding::pass(
             "old-tablespace-locations",
             "tablespaces outside the old data directory",
-            format!("{} user tablespaces, none inside the data directory", tablespaces.len()),
+            match tablespaces.len() {
+                0 => "no user tablespaces".to_string(),
+                1 => "1 user tablespace, outside the data directory".to_string(),
+                n => format!("{n} user tablespaces, none inside the data directory"),
+            },
         )
     } else {
         Finding::warn(

@@ -226,7 +226,11 @@ pub(crate) fn compare_capabilities(report: &Report) -> Vec<Finding> {
         Finding::pass(
             "new-extensions",
             title("new-extensions"),
-            format!("{count} extension versions in use; each is available in the new installation"),
+            match count {
+                0 => "no extensions in use (beyond what initdb installs)".to_string(),
+                1 => "1 extension version in use, available in the new installation".to_string(),
+                n => format!("{n} extension versions in use, each available in the new installation"),
+            },
         )
         .with_objects(extension_report(uses, can))
     });
@@ -243,7 +247,11 @@ pub(crate) fn compare_capabilities(report: &Report) -> Vec<Finding> {
         Finding::pass(
             "new-libraries",
             title("new-libraries"),
-            format!("{} shared libraries load in the new installation", uses.libraries.len()),
+            match uses.libraries.len() {
+                0 => "the old cluster needs no shared libraries beyond the server's own".to_string(),
+                1 => "the 1 shared library the old cluster needs loads in the new installation".to_string(),
+                n => format!("all {n} shared libraries the old cluster needs load in the new installation"),
+            },
         )
     } else if only_preloaded && !report.carry_config {
         let libs: Vec<String> = can.failed_libraries.iter().map(|(l, e)| format!("{l} ({e})")).collect();
@@ -347,10 +355,12 @@ pub(crate) fn collation_drift(uses: &CapabilityUse, can: &Capabilities, strict: 
         return Finding::pass(
             id,
             title(id),
-            format!(
-                "{} indexes depend on a versioned collation; none changed version",
-                uses.collated_indexes.len()
-            ),
+            match uses.collated_indexes.len() {
+                0 => "no index depends on a versioned collation".to_string(),
+                1 => "1 index depends on a versioned collation, which did not change version"
+                    .to_string(),
+                n => format!("{n} indexes depend on versioned collations; none changed version"),
+            },
         );
     }
     let bytes: i64 = drifted.iter().map(|(i, _)| i.bytes).sum();
