@@ -495,6 +495,8 @@ impl Options {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub check_only: bool,
+    /// Asked for by -c/--check (pg_upgrade's spelling), not `check`.
+    pub check_by_flag: bool,
     /// `None` only for restore, post-upgrade and verify, which may go
     /// without the old cluster; every other command has both.
     pub old_bindir: Option<PathBuf>,
@@ -838,6 +840,7 @@ impl Options {
         let join = |opts: &[String]| (!opts.is_empty()).then(|| opts.join(" "));
         Ok(Settings {
             check_only: action == Action::Check || self.check,
+            check_by_flag: self.check,
             old_bindir,
             new_bindir,
             old_datadir,

@@ -64,7 +64,12 @@ pub(crate) fn run_command(
                 .push("stop the old server before upgrading".to_string());
         }
         summary.next_steps.push(format!(
-            "run the same command without `check`{} to upgrade",
+            "run the same command without {}{} to upgrade",
+            if settings.check_by_flag {
+                "-c/--check"
+            } else {
+                "`check`"
+            },
             mode_flag(settings.mode)
         ));
     } else if summary.exit_code == exit::SUCCESS {

@@ -207,6 +207,9 @@ fn pg_upgrade_flags_and_environment_variables_are_accepted() {
     assert_eq!(plan["mode"], "link");
     assert_eq!(plan["old"]["port"], 50555);
     assert_eq!(plan["jobs"], 2);
+    // The next step says to drop what was given: -c, not a subcommand.
+    let next = run.summary()["next_steps"].to_string();
+    assert!(next.contains("without -c/--check"), "{next}");
     // --verbose shows every command with its duration.
     assert!(
         run.stderr.contains("pg_ctl") && run.stderr.contains(" ms"),
