@@ -260,6 +260,22 @@ impl ClusterStates {
             new: ClusterCondition::Unchanged,
         }
     }
+
+    /// Neither cluster touched, each `not_named` where the command line
+    /// (and environment) named none.
+    pub fn untouched(old_named: bool, new_named: bool) -> ClusterStates {
+        let state = |named| {
+            if named {
+                ClusterCondition::Unchanged
+            } else {
+                ClusterCondition::NotNamed
+            }
+        };
+        ClusterStates {
+            old: state(old_named),
+            new: state(new_named),
+        }
+    }
 }
 
 /// One cluster's state after a run (docs/json-status.md, "Cluster states").
@@ -268,6 +284,8 @@ impl ClusterStates {
 pub enum ClusterCondition {
     /// Not touched: byte for byte as before.
     Unchanged,
+    /// No such cluster was named: the run stopped before it knew of one.
+    NotNamed,
     /// Its server was started privately and stopped cleanly.
     StartedAndStopped,
     /// A running server was only queried.

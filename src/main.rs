@@ -59,7 +59,8 @@ fn run() -> i32 {
                 .trim_start_matches("error: ")
                 .to_string();
             let printer = Printer::new(true);
-            return commands::fail_early(
+            // The command line was not understood: no cluster is known.
+            return commands::fail_leaving(
                 &printer,
                 started,
                 "pg-migrate",
@@ -67,6 +68,7 @@ fn run() -> i32 {
                 first,
                 "run pg-migrate --help for the options",
                 exit::USAGE,
+                failure::ClusterStates::untouched(false, false),
             );
         }
     };

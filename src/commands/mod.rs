@@ -115,9 +115,15 @@ pub(crate) fn dispatch(action: Action, mut options: cli::Options, started: Insta
             );
         }
     }
+    let named = (options.old_datadir.is_some(), options.new_datadir.is_some());
     let settings = match options.resolve(action) {
         Ok(settings) => settings,
-        Err(e) => return refuse(&printer, started, name, e, exit::USAGE),
+        Err(mut e) => {
+            if e.clusters.is_none() {
+                e.clusters = Some(ClusterStates::untouched(named.0, named.1));
+            }
+            return refuse(&printer, started, name, e, exit::USAGE);
+        }
     };
     if settings.verbose {
         let verbose_printer = Printer::new(false);

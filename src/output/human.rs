@@ -151,11 +151,15 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             if let Some(remedy) = remedy {
                 text.push_str(&format!("\n  fix: {remedy}"));
             }
-            text.push_str(&format!(
-                "\n  old cluster: {}; new cluster: {}",
-                words(clusters.old),
-                words(clusters.new)
-            ));
+            if (clusters.old, clusters.new)
+                != (ClusterCondition::NotNamed, ClusterCondition::NotNamed)
+            {
+                text.push_str(&format!(
+                    "\n  old cluster: {}; new cluster: {}",
+                    words(clusters.old),
+                    words(clusters.new)
+                ));
+            }
             Some(text)
         }
         Event::Summary {
@@ -211,6 +215,7 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
 fn words(state: ClusterCondition) -> &'static str {
     match state {
         ClusterCondition::Unchanged => "unchanged",
+        ClusterCondition::NotNamed => "none named",
         ClusterCondition::StartedAndStopped => "unchanged (its server was started privately and stopped cleanly)",
         ClusterCondition::RunningUntouched => "still running, only queried",
         ClusterCondition::Protected => "disabled so that it cannot be started by mistake: its global/pg_control is renamed to pg_control.old (and in swap mode its database directories may be in the new cluster: go back only with pg-migrate revert)",

@@ -30,7 +30,17 @@ fn missing_directories_are_a_usage_error_with_a_json_event() {
         error["remedy"].as_str().unwrap().contains("PGDATAOLD"),
         "{error}"
     );
+    crate::json_schema::validate(&run.events);
+    // No data directory was named: no cluster to call "unchanged".
+    assert_eq!(error["clusters"]["old"], "not_named", "{error}");
+    assert_eq!(error["clusters"]["new"], "not_named", "{error}");
     assert_eq!(run.summary()["exit_code"], 2);
+    let text = pgm_testkit::pg_migrate(
+        &bin,
+        sandbox.path(),
+        &["check".as_ref(), "-b".as_ref(), "/x".as_ref()],
+    );
+    assert!(!text.stderr.contains("old cluster:"), "{}", text.stderr);
 }
 
 #[test]
@@ -44,6 +54,7 @@ fn unknown_flags_are_a_usage_error_with_a_json_event() {
     );
     assert_eq!(run.status, 2);
     assert_eq!(run.error()["code"], "usage");
+    assert_eq!(run.error()["clusters"]["old"], "not_named");
     assert!(run.error()["message"]
         .as_str()
         .unwrap()
