@@ -21,18 +21,19 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             }
             Some(text)
         }
-        Event::StepStart { step } => Some(format!("{step} …")),
+        Event::StepStart { step } => Some(match step_purpose(step) {
+            Some(purpose) => format!("{step}: {purpose} …"),
+            None => format!("{step} …"),
+        }),
         Event::StepEnd {
             step,
             status,
             duration_ms,
-        } => (*status != StepStatus::Ok || *duration_ms >= 1000).then(|| {
-            format!(
-                "{step}: {} ({:.1} s)",
-                status.as_str(),
-                Duration::from_millis(*duration_ms).as_secs_f64()
-            )
-        }),
+        } => Some(format!(
+            "{step}: {} ({:.1} s)",
+            status.as_str(),
+            Duration::from_millis(*duration_ms).as_secs_f64()
+        )),
         Event::Initdb { command, .. } => Some(format!("creating the new cluster: {command}")),
         Event::Member {
             member,
@@ -182,20 +183,28 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
                     Duration::from_millis(*duration_ms).as_secs_f64()
                 ));
             }
+            let total = format!(
+                " ({:.1} s in all)",
+                Duration::from_millis(*duration_ms).as_secs_f64()
+            );
             match *result {
                 RunResult::Ok if *command == "check" => {
                     text.push_str("\n*Clusters are compatible*")
                 }
-                RunResult::Ok if *command == "backup" => text.push_str("\nBackup complete."),
-                RunResult::Ok if *command == "restore" => text.push_str("\nRestore complete."),
-                RunResult::Ok if *command == "post-upgrade" => {
-                    text.push_str("\nThe steps after the upgrade are done.")
+                RunResult::Ok if *command == "backup" => {
+                    text.push_str(&format!("\nBackup complete{total}."))
                 }
-                RunResult::Ok => text.push_str("\nUpgrade complete."),
-                RunResult::AfterStepFailed => text.push_str(
-                    "\nUpgrade complete, but a step after it failed (see the error above).",
-                ),
-                RunResult::Reverted => text.push_str("\nUpgrade reverted."),
+                RunResult::Ok if *command == "restore" => {
+                    text.push_str(&format!("\nRestore complete{total}."))
+                }
+                RunResult::Ok if *command == "post-upgrade" => {
+                    text.push_str(&format!("\nThe steps after the upgrade are done{total}."))
+                }
+                RunResult::Ok => text.push_str(&format!("\nUpgrade complete{total}.")),
+                RunResult::AfterStepFailed => text.push_str(&format!(
+                    "\nUpgrade complete{total}, but a step after it failed (see the error above)."
+                )),
+                RunResult::Reverted => text.push_str(&format!("\nUpgrade reverted{total}.")),
                 RunResult::ChecksFailed => {
                     text.push_str("\nThe clusters are not compatible yet; nothing was changed.")
                 }
@@ -210,6 +219,39 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             Some(text.trim_start().to_string())
         }
     }
+}
+
+/// What a step does, in a few words, for the line that starts it (the
+/// whole story of each: docs/upgrade.md, "The steps").
+fn step_purpose(step: &str) -> Option<&'static str> {
+    Some(match step {
+        "checks" => "every check, nothing changed",
+        "create-new-cluster" => "initdb makes the new cluster to match the old one",
+        "backup" => "a logical backup of the old cluster",
+        "dump-old" => "the old cluster's schema dumped (binary-upgrade mode)",
+        "prepare-new" => "the new cluster's own catalog frozen",
+        "handover-counters" => {
+            "the old commit log and transaction and OID counters carried to the new cluster"
+        }
+        "restore-schema" => "the schema restored into the new cluster",
+        "match-relations" => "old and new relation files matched",
+        "protect-old" => {
+            "the point of no return: the old cluster disabled (pg_control renamed pg_control.old)"
+        }
+        "transfer" => "the data files moved into the new cluster",
+        "sync" => "the new cluster flushed to disk",
+        "finish" => "the scripts for after the upgrade written",
+        "verify" => "the new cluster compared with the old one",
+        "analyze" => "statistics gathered",
+        "update-extensions" => "extensions updated to the new installation's versions",
+        "reindex-collation" => "indexes on changed collations rebuilt",
+        "carry-config" => "the old configuration carried over",
+        "record-old" => "the old cluster's rows measured for the later comparison",
+        "standby-kit" => "the kit for the standbys written",
+        "dump-all" => "every database dumped whole (dump and reload)",
+        "restore-all" => "every database restored whole (dump and reload)",
+        _ => return None,
+    })
 }
 
 fn words(state: ClusterCondition) -> &'static str {
