@@ -50,6 +50,8 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                         remedy: Some(status.resume.clone()),
                         causes: Vec::new(),
                         clusters: status.clusters.clone(),
+                        step: None,
+                        log: None,
                     });
                     status.exit_code
                 }
@@ -68,6 +70,8 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                         remedy: Some(status.resume.clone()),
                         causes: Vec::new(),
                         clusters: status.clusters.clone(),
+                        step: None,
+                        log: None,
                     });
                     status.exit_code
                 }
@@ -82,6 +86,8 @@ pub fn install(json: bool, started: Instant, command: &'static str) {
                         ),
                         causes: Vec::new(),
                         clusters: ClusterStates::unchanged(),
+                        step: None,
+                        log: None,
                     });
                     exit::FAILED_OLD_INTACT
                 }

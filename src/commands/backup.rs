@@ -224,6 +224,8 @@ pub(crate) fn report(
                 remedy: failure.remedy,
                 causes: Vec::new(),
                 clusters,
+                step: None,
+                log: None,
             });
             (exit_code, Vec::new())
         }

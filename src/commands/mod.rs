@@ -450,6 +450,8 @@ pub(crate) fn fail_leaving(
         remedy: Some(remedy.to_string()),
         causes: Vec::new(),
         clusters,
+        step: None,
+        log: None,
     });
     printer.emit(&Event::bare_summary(
         command,

@@ -331,6 +331,8 @@ fn report(
                     old: ClusterCondition::StartedAndStopped,
                     new: ClusterCondition::Unchanged,
                 },
+                step: None,
+                log: None,
             });
             (exit::FAILED_OLD_INTACT, RunResult::Error, Vec::new())
         }
@@ -341,6 +343,8 @@ fn report(
                 remedy: Some("nothing was changed; fix the cause, then run again".into()),
                 causes: Vec::new(),
                 clusters: ClusterStates::unchanged(),
+                step: None,
+                log: None,
             });
             (exit::FAILED_OLD_INTACT, RunResult::Error, Vec::new())
         }
@@ -366,6 +370,8 @@ fn report(
                         new: ClusterCondition::Incomplete,
                     }
                 },
+                step: None,
+                log: None,
             });
             (exit::FAILED_NEEDS_RECOVERY, RunResult::Error, Vec::new())
         }

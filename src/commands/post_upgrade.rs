@@ -113,12 +113,18 @@ pub fn run_post_upgrade(
         None => exit::SUCCESS,
         Some(failure) => {
             let code = failure_exit_code(failure.code);
-            printer.emit(&Event::failure(
+            let failed_step = steps
+                .iter()
+                .find(|s| s.status == crate::output::StepStatus::Failed)
+                .map(|s| s.step);
+            printer.emit(&Event::failure_in_step(
                 failure,
                 ClusterStates {
                     old: old_state,
                     new: ClusterCondition::Upgraded,
                 },
+                failed_step,
+                None,
             ));
             code
         }

@@ -196,12 +196,19 @@ pub(crate) fn finish_upgrade(
                 summary.after = Some(steps);
                 if let Some(failure) = failure {
                     let code = failure.code;
-                    printer.emit(&Event::failure(
+                    let failed_step = summary
+                        .after
+                        .as_ref()
+                        .and_then(|steps| steps.iter().find(|s| s.status == StepStatus::Failed))
+                        .map(|s| s.step);
+                    printer.emit(&Event::failure_in_step(
                         failure,
                         ClusterStates {
                             old: engine.old_state(),
                             new: ClusterCondition::Upgraded,
                         },
+                        failed_step,
+                        None,
                     ));
                     summary.exit_code = post_upgrade::failure_exit_code(code);
                     summary.result = Some(post_upgrade::result_of(summary.exit_code));
@@ -210,7 +217,12 @@ pub(crate) fn finish_upgrade(
             summary.next_steps = next_steps.into_iter().map(|n| n.text).collect();
         }
         Err(failed) => {
-            printer.emit(&Event::failure(failed.failure, failed.clusters));
+            printer.emit(&Event::failure_in_step(
+                failed.failure,
+                failed.clusters,
+                failed.step,
+                failed.logs.as_deref(),
+            ));
             summary.exit_code = failed.exit_code;
             summary.logs = failed.logs.map(|p| p.display().to_string());
         }

@@ -53,6 +53,8 @@ pub use crate::failure::{Code, Failure};
 /// where the logs are.
 pub struct Failed {
     pub failure: Failure,
+    /// The step that failed (none: before the first).
+    pub step: Option<&'static str>,
     pub clusters: ClusterStates,
     pub exit_code: i32,
     pub logs: Option<PathBuf>,
@@ -144,6 +146,8 @@ pub struct Engine<'a> {
     created_new: bool,
     /// Link mode: the old cluster's pg_control has been renamed.
     old_protected: bool,
+    /// The step that failed, for the error event.
+    failed_step: Option<&'static str>,
     transferred: (u64, u64),
     files_copied_ahead: u64,
     /// Relations whose files the plan moves.
@@ -263,6 +267,7 @@ impl<'a> Engine<'a> {
             new_touched: false,
             created_new: false,
             old_protected: false,
+            failed_step: None,
             transferred: (0, 0),
             files_copied_ahead: 0,
             relations: 0,
@@ -402,6 +407,7 @@ impl<'a> Engine<'a> {
             *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) = None;
             Box::new(Failed {
                 failure: self.with_recovery_advice(failure),
+                step: self.failed_step,
                 clusters: states,
                 exit_code: code,
                 logs: self.output.as_ref().map(|_| self.log_dir()),
@@ -490,6 +496,9 @@ impl<'a> Engine<'a> {
         self.printer.emit(&Event::StepStart { step: name });
         let started = Instant::now();
         let result = f(self);
+        if result.is_err() {
+            self.failed_step = Some(name);
+        }
         self.publish_interrupt_status();
         let duration_ms = started.elapsed().as_millis() as u64;
         self.printer.emit(&Event::StepEnd {

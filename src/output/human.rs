@@ -146,11 +146,15 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             message,
             remedy,
             clusters,
+            log,
             ..
         } => {
             let mut text = format!("error [{code}]: {message}");
             if let Some(remedy) = remedy {
                 text.push_str(&format!("\n  fix: {remedy}"));
+            }
+            if let Some(log) = log {
+                text.push_str(&format!("\n  log: {log}"));
             }
             if (clusters.old, clusters.new)
                 != (ClusterCondition::NotNamed, ClusterCondition::NotNamed)

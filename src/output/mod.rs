@@ -155,6 +155,13 @@ pub enum Event {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         causes: Vec<Cause>,
         clusters: ClusterStates,
+        /// The step that failed, when a step did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        /// The log that says more: the file the message names, else the
+        /// run's log directory.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        log: Option<String>,
     },
     /// Always the last event.
     Summary {
@@ -215,6 +222,8 @@ impl Event {
                 })
                 .collect(),
             clusters,
+            step: Some("checks".into()),
+            log: None,
         }
     }
 
@@ -247,12 +256,28 @@ impl Event {
     /// The `error` event of a failure, leaving the clusters as `clusters`
     /// says (a failure that knows better says so itself).
     pub fn failure(failure: crate::failure::Failure, clusters: ClusterStates) -> Event {
+        Event::failure_in_step(failure, clusters, None, None)
+    }
+
+    /// [`Event::failure`] of a step, with the run's log directory for when
+    /// the message names no log file of its own.
+    pub fn failure_in_step(
+        failure: crate::failure::Failure,
+        clusters: ClusterStates,
+        step: Option<&str>,
+        log_dir: Option<&std::path::Path>,
+    ) -> Event {
+        let log = log_named_in(&failure.message)
+            .or_else(|| failure.remedy.as_deref().and_then(log_named_in))
+            .or_else(|| log_dir.map(|d| d.display().to_string()));
         Event::Error {
             code: failure.code,
             message: failure.message,
             remedy: failure.remedy,
             causes: Vec::new(),
             clusters: failure.clusters.unwrap_or(clusters),
+            step: step.map(str::to_string),
+            log,
         }
     }
 
@@ -675,4 +700,12 @@ impl ProgressMeter<'_> {
             });
         }
     }
+}
+
+/// The first log file a message names (an absolute path ending in `.log`).
+fn log_named_in(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | '"' | '\''))
+        .map(|word| word.trim_end_matches(['.', ':']))
+        .find(|word| word.starts_with('/') && word.ends_with(".log"))
+        .map(str::to_string)
 }

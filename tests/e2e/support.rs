@@ -138,6 +138,7 @@ pub fn assert_refused(run: &Run, check_id: &str, code: &str) {
     );
     let error = run.error();
     assert_eq!(error["code"], "checks_failed");
+    assert_eq!(error["step"], "checks");
     assert!(
         error["causes"]
             .as_array()

@@ -472,6 +472,10 @@ fn failed_restore_leaves_the_old_cluster_intact() {
     );
     assert_eq!(error["clusters"]["old"], "started_and_stopped");
     assert_eq!(error["clusters"]["new"], "incomplete");
+    // The step and where to read more, as fields.
+    assert_eq!(error["step"], "restore-schema", "{error}");
+    let log = std::path::Path::new(error["log"].as_str().expect("a log named"));
+    assert!(log.exists(), "{error}");
     let remedy = error["remedy"].as_str().unwrap();
     assert!(
         remedy.contains("old cluster is unchanged") && remedy.contains("pg-migrate revert -D"),
