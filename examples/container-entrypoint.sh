@@ -2,11 +2,22 @@
 # An example container entrypoint that upgrades an old cluster before the
 # server starts (no Docker needed to try it: run it directly).
 #
-# Layout, as the postgres images of several majors keep it on one volume:
+# Layouts, as the official postgres images keep clusters on one volume at
+# $PGROOT (/var/lib/postgresql), all recognised for the old cluster:
+#   $PGROOT/data              the images up to 17
+#   $PGROOT/<major>/docker    the images from 18 on
 #   $PGROOT/<major>/data      one data directory per major
+# The upgraded cluster goes where the new image expects it: $PGDATA, by
+# default $PGROOT/<new major>/docker from 18 on (the official image's own
+# default), $PGROOT/<new major>/data before (give an image of 17 or older
+# PGDATA=$PGROOT/<major>/data: its default, $PGROOT/data, is the old
+# cluster's place).
+# Started as root (as the official images start), it makes the log
+# directory and $PGDATA's parent, gives them to the clusters' owner (the
+# old cluster's, else $PGDATA's, else the user postgres) and runs itself
+# again as that user, as the official entrypoint does with gosu.
 # At start, with the image's PostgreSQL in $PGBINNEW, the entrypoint reads
-# the state file pg-migrate keeps in $PGDATA (default
-# $PGROOT/<new major>/data) and:
+# the state file pg-migrate keeps in $PGDATA and:
 #   - "complete": nothing to upgrade; post-upgrade scripts not run yet
 #     still run (each runs once: pg-migrate keeps completion markers);
 #   - "upgrading" or "failed" (e.g. the container was killed during the
@@ -21,13 +32,13 @@
 # waits and looks again. Then it runs the command it was given (the
 # server); any failure stops it first. Every JSON event goes to
 # $PG_MIGRATE_LOG_DIR/events.ndjson and a line per step, script and error
-# to stderr, and pg-migrate's logs to $PG_MIGRATE_LOG_DIR (--log-dir), so
-# they survive the container.
+# to stderr (read with jq, a real JSON parser), and pg-migrate's logs to
+# $PG_MIGRATE_LOG_DIR (--log-dir), so they survive the container.
 #
 # Environment:
 #   PGBINNEW            the image's bin directory (required)
 #   PGROOT              default /var/lib/postgresql
-#   PGDATA              default $PGROOT/<new major>/data
+#   PGDATA              default $PGROOT/<new major>/docker (18 on) or /data
 #   PGBINOLD_<major>    bin directory of an old major (default
 #                       /usr/lib/postgresql/<major>/bin)
 #   PG_MIGRATE          the pg-migrate program (default: pg-migrate on PATH)
@@ -48,6 +59,10 @@ PG_MIGRATE_LOG_DIR=${PG_MIGRATE_LOG_DIR:-$PGROOT/pg-migrate-logs}
 PG_MIGRATE_WAIT=${PG_MIGRATE_WAIT:-600}
 
 say() { echo "entrypoint: $*" >&2; }
+command -v jq >/dev/null || {
+  say "jq is needed to read pg-migrate's events: install it (apt-get install jq)"
+  exit 1
+}
 
 major_of_bindir() {
   # "postgres (PostgreSQL) 18.6" -> 18
@@ -55,35 +70,42 @@ major_of_bindir() {
 }
 
 new_major=$(major_of_bindir "$PGBINNEW")
-PGDATA=${PGDATA:-$PGROOT/$new_major/data}
-mkdir -p "$PG_MIGRATE_LOG_DIR"
+if [ "$new_major" -ge 18 ]; then
+  PGDATA=${PGDATA:-$PGROOT/$new_major/docker}
+else
+  PGDATA=${PGDATA:-$PGROOT/$new_major/data}
+fi
 events=$PG_MIGRATE_LOG_DIR/events.ndjson
 
-# One string field of one event line (the flat fields used here), escaped
-# quotes and backslashes in it kept.
-field() {
-  sed -nE "s/.*\"$1\":\"(([^\"\\\\]|\\\\.)*)\".*/\1/p" <<<"$2" | sed -e 's/\\"/"/g' -e 's/\\\\/\\/g'
+# Each event pg-migrate writes, as one tab-separated line for the loop
+# below: what (say, error), the error code (- for none), the text.
+describe_events() {
+  jq -r --unbuffered '
+    def one_line: tostring | gsub("[\t\n\r]"; " ");
+    if .event == "step_end" then
+      ["say", "-", "\(.step): \(.status) (\(.duration_ms) ms)"]
+    elif .event == "error" then
+      ["error", .code, "error \(.code): \(.message)" + (if .log then " (log: \(.log))" else "" end)]
+    elif .event == "script" then
+      ["say", "-", "script \(.name) \(.database // ""): \(.status)"]
+    elif .event == "summary" then
+      ["say", "-", "pg-migrate \(.command): \(.result) (exit \(.exit_code))"]
+    else empty end
+    | map(one_line) | join("\t")'
 }
-number() { sed -nE "s/.*\"$1\":([0-9]+).*/\1/p" <<<"$2"; }
 
 # Runs pg-migrate with --json; every event is kept, a line per step, script
 # and error is said. Returns pg-migrate's exit status; sets $last_error.
 run_pg_migrate() {
-  local status line event
-    set +e
-  "$PG_MIGRATE" "$@" --json 2>>"$PG_MIGRATE_LOG_DIR/pg-migrate.stderr" | {
-    while IFS= read -r line; do
-      printf '%s\n' "$line" >>"$events"
-      event=$(field event "$line")
-      case $event in
-        step_end) say "$(field step "$line"): $(field status "$line") ($(number duration_ms "$line") ms)" ;;
-        error)
-          say "error $(field code "$line"): $(field message "$line")"
-          printf '%s\n' "$(field code "$line")" >"$PG_MIGRATE_LOG_DIR/.last-error"
-          ;;
-        script) say "script $(field name "$line") $(field database "$line"): $(field status "$line")" ;;
-        summary) say "pg-migrate $(field command "$line"): $(field result "$line") (exit $(number exit_code "$line"))" ;;
-      esac
+  local status kind code text
+  set +e
+  "$PG_MIGRATE" "$@" --json 2>>"$PG_MIGRATE_LOG_DIR/pg-migrate.stderr" |
+    tee -a "$events" | describe_events | {
+    while IFS=$'\t' read -r kind code text; do
+      say "$text"
+      if [ "$kind" = error ]; then
+        printf '%s\n' "$code" >"$PG_MIGRATE_LOG_DIR/.last-error"
+      fi
     done
   }
   status=${PIPESTATUS[0]}
@@ -97,12 +119,13 @@ common=(-B "$PGBINNEW" -j "$PG_MIGRATE_JOBS" --log-dir "$PG_MIGRATE_LOG_DIR")
 after=()
 [ -n "${PG_MIGRATE_POST_UPGRADE_DIR:-}" ] && after+=(--post-upgrade "$PG_MIGRATE_POST_UPGRADE_DIR")
 
-# The newest cluster of an older major under $PGROOT: sets $old, $old_major.
+# The newest cluster of an older major under $PGROOT, in any of the
+# layouts: sets $old, $old_major.
 find_old() {
   local dir major
   old=
   old_major=0
-  for dir in "$PGROOT"/*/data; do
+  for dir in "$PGROOT"/data "$PGROOT"/*/docker "$PGROOT"/*/data; do
     [ -f "$dir/PG_VERSION" ] || continue
     [ "$dir" = "$PGDATA" ] && continue
     major=$(cat "$dir/PG_VERSION")
@@ -158,6 +181,36 @@ upgrade_if_due() {
       ;;
   esac
 }
+
+# Root: the directories it needs made and given to the clusters' owner,
+# then this script again as that owner (PostgreSQL refuses to run as root).
+if [ "$(id -u)" = 0 ]; then
+  find_old
+  owner=
+  if [ -n "$old" ]; then
+    owner=$(stat -c %u "$old")
+  elif [ -e "$PGDATA" ]; then
+    owner=$(stat -c %u "$PGDATA")
+  elif id -u postgres >/dev/null 2>&1; then
+    owner=$(id -u postgres)
+  fi
+  if [ -z "$owner" ] || [ "$owner" = 0 ]; then
+    say "started as root, and no cluster owner found (the old cluster's, \$PGDATA's or the user postgres): start it as the clusters' owner"
+    exit 1
+  fi
+  group=$(getent passwd "$owner" | cut -d: -f4)
+  for dir in "$PG_MIGRATE_LOG_DIR" "$(dirname "$PGDATA")"; do
+    if [ ! -d "$dir" ]; then
+      mkdir -p "$dir"
+      chown "$owner:${group:-$owner}" "$dir"
+    fi
+  done
+  HOME=$(getent passwd "$owner" | cut -d: -f6)
+  export HOME PGDATA
+  say "started as root: going on as $(getent passwd "$owner" | cut -d: -f1) (uid $owner), the clusters' owner"
+  exec setpriv --reuid="$owner" --regid="${group:-$owner}" --init-groups "$BASH" "${BASH_SOURCE[0]}" "$@"
+fi
+mkdir -p "$PG_MIGRATE_LOG_DIR"
 
 waited=0
 while :; do

@@ -942,7 +942,8 @@ fn the_example_container_entrypoint_upgrades_resumes_waits_and_then_just_starts(
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    let new_data = root.join("18/data");
+    // Where the official image of 18 keeps its cluster.
+    let new_data = root.join("18/docker");
     let state = || std::fs::read_to_string(new_data.join("pg_migrate.d/state")).unwrap_or_default();
 
     // Killed after the backup and the dump: the container fails, the
@@ -1050,40 +1051,147 @@ fn the_example_container_entrypoint_upgrades_resumes_waits_and_then_just_starts(
     new.stop();
 }
 
-/// The entrypoint reads its fields out of pg-migrate's event lines with
-/// sed: a message with quotes and backslashes in it (paths and names are
-/// quoted in messages) comes out whole, as pg-migrate wrote it.
+/// The example entrypoint started as root, as a container starts it, with
+/// the old cluster in each of the official images' layouts ($PGROOT/data up
+/// to 17, $PGROOT/<major>/docker from 18): it makes what it needs, gives it
+/// to the clusters' owner, goes on as that user, and leaves the upgraded
+/// cluster where the image of 18 expects it ($PGROOT/18/docker).
 #[test]
-fn the_example_entrypoint_reads_messages_with_quotes_whole() {
+fn the_example_entrypoint_started_as_root_upgrades_both_image_layouts() {
+    let (Some(old_bin), Some(new_bin)) = (require(15), require(18)) else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        pgm_testkit::skip_or_fail::<()>(
+            "the entrypoint's start as root needs a test run as root",
+            "root",
+        );
+        return;
+    }
     let entrypoint = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/container-entrypoint.sh");
-    let message = r#"cannot read "/srv/a b\c": the "old" cluster's file"#;
-    let line = serde_json::json!({
-        "event": "error", "code": "some_code", "message": message,
-        "clusters": { "old": "unchanged", "new": "unchanged" },
-    })
-    .to_string();
-    let read = |name: &str| {
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(r#"eval "$(sed -n '/^field() {/,/^}/p' "$0")"; field "$1" "$2""#)
+    let owner = pgm_testkit::test_user();
+    for layout in ["data", "15/docker"] {
+        let sandbox = Sandbox::new();
+        let binary = binary(&sandbox);
+        // $PGROOT belongs to root, as a fresh volume's mount point may.
+        let root = sandbox.path().join("pgroot");
+        std::fs::create_dir_all(root.join(layout)).unwrap();
+        pgm_testkit::chown_to_test_user(&root.join(layout));
+        if let Some(major_dir) = Path::new(layout)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            pgm_testkit::chown_to_test_user(&root.join(major_dir));
+        }
+        // The test's own server log beside the data directory.
+        let test_log = root.join(layout).with_extension("log");
+        std::fs::write(&test_log, "").unwrap();
+        pgm_testkit::chown_to_test_user(&test_log);
+        let mut old = sandbox.cluster_at(&root.join(layout), 15, &[]);
+        old.start();
+        old.sql(
+            "postgres",
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g",
+        );
+        let before = capture(&old, &new_bin);
+        old.stop();
+        let output = std::process::Command::new("bash")
             .arg(&entrypoint)
-            .arg(name)
-            .arg(&line)
+            .args(["sh", "-c", "id -u > \"$PGROOT/18/started-as\""])
+            .current_dir(sandbox.path())
+            .env("PGBINNEW", &new_bin)
+            .env("PGROOT", &root)
+            .env("PGBINOLD_15", &old_bin)
+            .env("PG_MIGRATE", &binary)
+            .env("PG_MIGRATE_JOBS", "2")
+            .env_remove("PGDATA")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{layout}: {stderr}");
+        assert!(stderr.contains("going on as"), "{layout}: {stderr}");
+        // The command ran as the owner, not as root.
+        let started_as = std::fs::read_to_string(root.join("18/started-as")).unwrap();
+        assert_eq!(started_as.trim(), owner.uid.to_string(), "{layout}");
+        let new_data = root.join("18/docker");
+        assert_eq!(
+            std::fs::read_to_string(new_data.join("PG_VERSION"))
+                .unwrap()
+                .trim(),
+            "18",
+            "{layout}"
         );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim_end_matches('\n')
-            .to_string()
-    };
-    assert_eq!(read("message"), message);
-    assert_eq!(read("code"), "some_code");
-    assert_eq!(read("event"), "error");
+        assert_eq!(
+            std::fs::read_to_string(new_data.join("pg_migrate.d/state"))
+                .unwrap()
+                .trim(),
+            "complete"
+        );
+        use std::os::unix::fs::MetadataExt;
+        for made in [
+            root.join("18"),
+            new_data.clone(),
+            root.join("pg-migrate-logs/events.ndjson"),
+        ] {
+            assert_eq!(
+                std::fs::metadata(&made).unwrap().uid(),
+                owner.uid,
+                "{} belongs to the clusters' owner",
+                made.display()
+            );
+        }
+        trust_local(&new_data);
+        let mut new = sandbox.existing("entry-root-new", 18, &new_data);
+        new.start();
+        let after = capture(&new, &new_bin);
+        assert_same_state(
+            &before,
+            &after,
+            (15, 18),
+            &format!("entrypoint as root, {layout}"),
+        );
+        new.stop();
+    }
+}
+
+/// The entrypoint reads pg-migrate's events with jq: a message with
+/// quotes, backslashes and a line break in it (paths and names are quoted in
+/// messages) comes out whole, on one line, with its code and log.
+#[test]
+fn the_example_entrypoint_reads_events_with_jq_whole() {
+    let entrypoint = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/container-entrypoint.sh");
+    let message = r#"cannot read "/srv/a b\c": the "old" cluster's file"#;
+    let lines = [
+        serde_json::json!({"event": "step_start", "step": "dump-old"}),
+        serde_json::json!({"event": "step_end", "step": "dump-old", "status": "ok", "duration_ms": 12}),
+        serde_json::json!({
+            "event": "error", "code": "some_code", "message": format!("{message}\nsecond line"),
+            "clusters": { "old": "unchanged", "new": "unchanged" }, "log": "/logs/x.log",
+        }),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"eval "$(sed -n '/^describe_events() {/,/^}/p' "$0")"; describe_events <<<"$1""#)
+        .arg(&entrypoint)
+        .arg(&lines)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let described: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        described,
+        [
+            "say\t-\tdump-old: ok (12 ms)".to_string(),
+            format!("error\tsome_code\terror some_code: {message} second line (log: /logs/x.log)"),
+        ]
+    );
 }
 
 /// `--reindex-collation` runs the script the collation check wrote: the
