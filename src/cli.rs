@@ -93,6 +93,8 @@ pub enum Generated {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+    /// The JSON Schema of the events --json writes (docs/events.schema.json), on standard output
+    EventSchema,
 }
 
 /// `patroni`'s flags.
@@ -278,7 +280,17 @@ impl Action {
 }
 
 /// How the upgrade moves the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// The catalog by a binary-upgrade dump, the data files by link/copy/clone/swap

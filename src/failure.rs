@@ -72,7 +72,6 @@ pub enum Code {
 }
 
 impl Code {
-    #[cfg(test)]
     pub const ALL: [Code; 58] = [
         Code::AfterStepFailed,
         Code::AlreadyPrepared,
@@ -236,6 +235,18 @@ impl std::fmt::Display for Code {
     }
 }
 
+/// The schema of a code: one of the documented strings.
+impl schemars::JsonSchema for Code {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Code".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        schemars::json_schema!({ "type": "string", "enum": codes })
+    }
+}
+
 impl Serialize for Code {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
@@ -246,7 +257,7 @@ impl Serialize for Code {
 /// `started_and_stopped` (a server was started privately and stopped
 /// cleanly; only the files any clean start and stop rewrites changed),
 /// `running_untouched` (a running server was only queried).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ClusterStates {
     pub old: ClusterCondition,
     pub new: ClusterCondition,
@@ -279,7 +290,7 @@ impl ClusterStates {
 }
 
 /// One cluster's state after a run (docs/json-status.md, "Cluster states").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterCondition {
     /// Not touched: byte for byte as before.

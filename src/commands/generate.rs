@@ -21,6 +21,18 @@ pub(crate) fn run_generate(args: GenerateArgs) -> i32 {
                 }
             }
         }
+        Generated::EventSchema => {
+            let mut text =
+                serde_json::to_string_pretty(&crate::output::event_schema()).unwrap_or_default();
+            text.push('\n');
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Ok(()) => exit::SUCCESS,
+                Err(e) => {
+                    eprintln!("pg-migrate generate event-schema: {e}");
+                    exit::USAGE
+                }
+            }
+        }
         Generated::Completions { shell } => {
             let mut command = crate::cli::command();
             let mut script = Vec::new();

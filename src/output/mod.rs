@@ -40,13 +40,14 @@ pub fn park_if_interrupted() {
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One status event. Every event carries `schema` and `event`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// What will be done, with which clusters; always the first event of a run
     /// whose flags parsed.
     Plan {
         command: &'static str,
+        #[schemars(with = "String")]
         mode: crate::cli::Mode,
         old: PlanSide,
         new: PlanSide,
@@ -313,7 +314,7 @@ impl Event {
 }
 
 /// What `patroni` did to the cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PatroniSummary {
     pub scope: String,
     pub leader: String,
@@ -326,7 +327,7 @@ pub struct PatroniSummary {
 }
 
 /// One member's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct MemberResult {
     pub name: String,
     pub role: &'static str,
@@ -342,7 +343,7 @@ pub struct MemberResult {
 }
 
 /// A backup written (backup, `--backup-dir`) or restored (restore).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct BackupCounts {
     pub dir: String,
     pub databases: usize,
@@ -352,14 +353,14 @@ pub struct BackupCounts {
 }
 
 /// How one step after the upgrade ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AfterStep {
     pub step: &'static str,
     pub status: StepStatus,
 }
 
 /// How a command ended: the summary's `result` (docs/json-status.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunResult {
     Ok,
@@ -384,7 +385,7 @@ impl RunResult {
 }
 
 /// How a step ended (`step_end` events, the summary's `after` list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Ok,
@@ -415,8 +416,9 @@ impl StepStatus {
 }
 
 /// What an upgrade carried.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct UpgradeCounts {
+    #[schemars(with = "String")]
     pub mode: crate::cli::Mode,
     pub method: crate::cli::Method,
     pub databases: usize,
@@ -429,7 +431,7 @@ pub struct UpgradeCounts {
     pub scripts: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PlanSide {
     pub bindir: String,
     pub datadir: String,
@@ -461,7 +463,7 @@ impl PlanSide {
 }
 
 /// A failed check behind an error.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Cause {
     pub check: &'static str,
     /// The check's problem code (docs/checks.md), not an error code.
@@ -469,7 +471,7 @@ pub struct Cause {
 }
 
 /// `standby-kit`'s summary.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KitCounts {
     /// The file written, or `-` for stdout.
     pub path: String,
@@ -487,7 +489,7 @@ pub struct KitCounts {
 }
 
 /// `standby`'s summary.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct StandbyCounts {
     /// The standby's relation files linked into the new data directory.
     pub linked: u64,
@@ -497,7 +499,7 @@ pub struct StandbyCounts {
     pub unlogged_left_out: usize,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct CheckCounts {
     pub pass: usize,
     pub warn: usize,
@@ -505,7 +507,7 @@ pub struct CheckCounts {
     pub skip: usize,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Envelope<'a> {
     schema: u32,
     time_ms: u64,
@@ -515,6 +517,22 @@ struct Envelope<'a> {
     /// tools it runs not included).
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_rss_bytes: Option<u64>,
+}
+
+/// The JSON Schema of every line `--json` writes (docs/events.schema.json
+/// is this, written by `pg-migrate generate event-schema`).
+pub fn event_schema() -> serde_json::Value {
+    // What pg-migrate writes (a field skipped when empty is not required),
+    // not what it would read.
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
+        .for_serialize()
+        .into_generator()
+        .into_root_schema_for::<Envelope<'static>>();
+    schema.insert(
+        "title".into(),
+        "pg-migrate --json: one event per line".into(),
+    );
+    schema.to_value()
 }
 
 /// This process's peak resident set size, from /proc/self/status (VmHWM).
@@ -708,4 +726,19 @@ fn log_named_in(text: &str) -> Option<String> {
         .map(|word| word.trim_end_matches(['.', ':']))
         .find(|word| word.starts_with('/') && word.ends_with(".log"))
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// The published schema is the one the event types make: it cannot
+    /// drift from what pg-migrate writes.
+    #[test]
+    fn the_published_event_schema_is_generated_from_the_event_types() {
+        let published: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/events.schema.json")).unwrap();
+        assert!(
+            published == super::event_schema(),
+            "docs/events.schema.json is stale: pg-migrate generate event-schema > docs/events.schema.json"
+        );
+    }
 }

@@ -129,6 +129,9 @@ fn validate_object(
 }
 
 pub fn validate(events: &[Value]) {
+    // The published JSON Schema, by a real validator (every run the tests
+    // read is checked so in pgm_testkit::finish; events made otherwise too).
+    pgm_testkit::assert_events_match_schema(events);
     let docs = documented_events();
     let common = &docs["Every event"];
     let error_codes = documented_codes("docs/json-status.md", "Error codes:");

@@ -581,12 +581,34 @@ pub fn pg_migrate(binary: &Path, cwd: &Path, args: &[&std::ffi::OsStr]) -> Run {
     finish(output)
 }
 
+/// Every event matches the published JSON Schema (docs/events.schema.json),
+/// judged by a real validator.
+pub fn assert_events_match_schema(events: &[Value]) {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.schema.json");
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        jsonschema::validator_for(&schema).expect("docs/events.schema.json is a JSON Schema")
+    });
+    for event in events {
+        let errors: Vec<String> = validator
+            .iter_errors(event)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "event does not match docs/events.schema.json: {errors:?}\n{event}"
+        );
+    }
+}
+
 /// Turns a process's output into a [`Run`], parsing every stdout line as JSON
-/// when the first one looks like JSON.
+/// when the first one looks like JSON (each event checked against the
+/// published schema).
 pub fn finish(output: Output) -> Run {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let events = if stdout.starts_with('{') {
+    let events: Vec<Value> = if stdout.starts_with('{') {
         stdout
             .lines()
             .map(|line| {
@@ -596,6 +618,7 @@ pub fn finish(output: Output) -> Run {
     } else {
         Vec::new()
     };
+    assert_events_match_schema(&events);
     Run {
         status: output.status.code().unwrap_or(-1),
         stdout,

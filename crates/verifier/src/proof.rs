@@ -500,7 +500,7 @@ pub fn normalize(dump: &str, old: u32, new: u32) -> (String, BTreeMap<&'static s
 }
 
 /// The outcome of a comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Nothing differs but noise (version strings, random keys).
@@ -511,7 +511,7 @@ pub enum Outcome {
     Different,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RuleUse {
     pub rule: &'static str,
     pub lines: usize,

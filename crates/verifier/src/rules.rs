@@ -10,7 +10,7 @@ use pgm_cluster::PgMajor;
 use serde::Serialize;
 
 /// An object a finding is about.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 pub struct ObjectRef {
     /// The database it lives in (absent for cluster-wide objects).
     #[serde(skip_serializing_if = "Option::is_none")]
