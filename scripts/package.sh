@@ -52,7 +52,8 @@ if grep -q PG_MIGRATE_TEST_ /usr/bin/pg-migrate; then fail "the binary carries t
 for file in /usr/share/man/man1/pg-migrate.1.gz /usr/share/man/man1/pg-migrate-standby.1.gz \
   /usr/share/bash-completion/completions/pg-migrate /usr/share/zsh/vendor-completions/_pg-migrate \
   /usr/share/fish/vendor_completions.d/pg-migrate.fish /usr/share/doc/pg-migrate/copyright \
-  /usr/share/doc/pg-migrate/README.md /usr/share/doc/pg-migrate/docs/json-status.md; do
+  /usr/share/doc/pg-migrate/README.md /usr/share/doc/pg-migrate/docs/json-status.md \
+  /usr/share/doc/pg-migrate/docs/events.schema.json; do
   [ -s "$file" ] || fail "$file is missing"
 done
 zcat /usr/share/man/man1/pg-migrate.1.gz | grep -q '^\.TH pg-migrate 1' || fail "pg-migrate.1 is no man page"
