@@ -80,8 +80,10 @@ events=$PG_MIGRATE_LOG_DIR/events.ndjson
 # Each event pg-migrate writes, as one tab-separated line for the loop
 # below: what (say, error), the error code (- for none), the text.
 describe_events() {
-  jq -r --unbuffered '
+  # -R and fromjson?: a line that is not JSON is passed over, not fatal.
+  jq -R -r --unbuffered '
     def one_line: tostring | gsub("[\t\n\r]"; " ");
+    fromjson? |
     if .event == "step_end" then
       ["say", "-", "\(.step): \(.status) (\(.duration_ms) ms)"]
     elif .event == "error" then
@@ -198,17 +200,27 @@ if [ "$(id -u)" = 0 ]; then
     say "started as root, and no cluster owner found (the old cluster's, \$PGDATA's or the user postgres): start it as the clusters' owner"
     exit 1
   fi
-  group=$(getent passwd "$owner" | cut -d: -f4)
+  # A uid without a passwd entry (a volume from another image) works too:
+  # its own number as group, no supplementary groups, $PGROOT as home.
+  entry=$(getent passwd "$owner" || true)
+  group=$(cut -d: -f4 <<<"$entry")
+  group=${group:-$(stat -c %g "${old:-$PGROOT}")}
   for dir in "$PG_MIGRATE_LOG_DIR" "$(dirname "$PGDATA")"; do
     if [ ! -d "$dir" ]; then
       mkdir -p "$dir"
-      chown "$owner:${group:-$owner}" "$dir"
+      chown "$owner:$group" "$dir"
     fi
   done
-  HOME=$(getent passwd "$owner" | cut -d: -f6)
+  if [ -n "$entry" ]; then
+    HOME=$(cut -d: -f6 <<<"$entry")
+    groups=--init-groups
+  else
+    HOME=$PGROOT
+    groups=--clear-groups
+  fi
   export HOME PGDATA
-  say "started as root: going on as $(getent passwd "$owner" | cut -d: -f1) (uid $owner), the clusters' owner"
-  exec setpriv --reuid="$owner" --regid="${group:-$owner}" --init-groups "$BASH" "${BASH_SOURCE[0]}" "$@"
+  say "started as root: going on as ${entry%%:*}${entry:+ }(uid $owner), the clusters' owner"
+  exec setpriv --reuid="$owner" --regid="$group" "$groups" "$BASH" "${BASH_SOURCE[0]}" "$@"
 fi
 mkdir -p "$PG_MIGRATE_LOG_DIR"
 

@@ -69,9 +69,8 @@ work=$(mktemp -d /tmp/pgm-package.XXXXXX)
 chmod 0755 "$work"
 [ "$(id -u)" = 0 ] && chown "$test_user" "$work"
 cleanup() {
-  for d in "$work/old" "$work/new"; do
-    [ -f "$d/postmaster.pid" ] && as_user "$PG_MIGRATE_PG_PREFIX"/*/bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
-  done
+  [ -f "$work/old/postmaster.pid" ] && as_user "$old_bin/pg_ctl" -D "$work/old" -m immediate stop >/dev/null 2>&1
+  [ -f "$work/new/postmaster.pid" ] && as_user "$new_bin/pg_ctl" -D "$work/new" -m immediate stop >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -40,6 +40,11 @@ if grep -q PG_MIGRATE_TEST_ target/release/pg-migrate; then
   echo "the release build of pg-migrate carries test hooks" >&2
   status=1
 fi
+skips=$(sort -u "$skipped" | grep -c . || true)
+echo ", $skips skipped for a missing PostgreSQL (counted as passed above)"
+if [ "$skips" -gt 0 ]; then
+  sort -u "$skipped" | sed 's/^/  skipped: /'
+fi
 # The Debian package: built, and as root installed with dpkg -i and proven
 # with one real upgrade by the installed /usr/bin/pg-migrate.
 if [ "$(id -u)" = 0 ]; then
@@ -47,10 +52,5 @@ if [ "$(id -u)" = 0 ]; then
 else
   bash "$root/scripts/package.sh" || status=1
   echo "the package was built, not installed (dpkg -i needs root)"
-fi
-skips=$(sort -u "$skipped" | grep -c . || true)
-echo ", $skips skipped for a missing PostgreSQL (counted as passed above)"
-if [ "$skips" -gt 0 ]; then
-  sort -u "$skipped" | sed 's/^/  skipped: /'
 fi
 exit "$status"

@@ -11,7 +11,7 @@ use crate::failure::{Code, Failure};
 /// that ask pg_upgrade for its version learn both).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (a drop-in for pg_upgrade (PostgreSQL) 13 to 18: old clusters of 10 to 18)"
+    " (a drop-in for pg_upgrade of PostgreSQL 13 to 18; old clusters of 10 to 18)"
 );
 
 #[derive(Debug, Parser)]

@@ -262,12 +262,20 @@ pub fn carry_recovery_conf(text: &str, new_major: u32) -> (Vec<String>, Vec<Chan
                       value: &str,
                       new: Option<(&str, &str)>,
                       reason: String| {
+        // What is reported (events, the terminal) never holds a password.
+        let shown = |v: &str| {
+            if setting.ends_with("conninfo") {
+                hide_conninfo_password(&unquote(v))
+            } else {
+                unquote(v)
+            }
+        };
         changes.push(Change {
             setting: setting.into(),
             action,
-            old_value: Some(unquote(value)),
+            old_value: Some(shown(value)),
             new_setting: new.map(|(n, _)| n.to_string()),
-            new_value: new.map(|(_, v)| unquote(v)),
+            new_value: new.map(|(_, v)| shown(v)),
             reason,
         });
     };
@@ -328,6 +336,60 @@ pub fn carry_recovery_conf(text: &str, new_major: u32) -> (Vec<String>, Vec<Chan
         }
     }
     (lines, changes)
+}
+
+/// A libpq connection string with its password's value hidden
+/// (`password=…`), for reports; everything else as it was.
+pub fn hide_conninfo_password(conninfo: &str) -> String {
+    // A URI: postgresql://user:password@host/…
+    for scheme in ["postgresql://", "postgres://"] {
+        if let Some(after) = conninfo.strip_prefix(scheme) {
+            let authority_end = after.find(['/', '?']).unwrap_or(after.len());
+            if let Some(at) = after[..authority_end].rfind('@') {
+                if let Some(colon) = after[..at].find(':') {
+                    return format!("{scheme}{}:…{}", &after[..colon], &after[at..]);
+                }
+            }
+            return conninfo.to_string();
+        }
+    }
+    let mut out = String::new();
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("password") {
+        let before_ok = rest[..at].chars().last().is_none_or(|c| c.is_whitespace());
+        let after = rest[at + "password".len()..].trim_start();
+        if !before_ok || !after.starts_with('=') {
+            out.push_str(&rest[..at + "password".len()]);
+            rest = &rest[at + "password".len()..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        out.push_str("password=…");
+        let value = after[1..].trim_start();
+        // The value: quoted ('…', with \' and \\ escapes) or up to a space.
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            1 + end
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Comments out every active line setting `name` (the new server rejects
@@ -416,6 +478,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn conninfo_passwords_are_hidden_in_reports() {
+        assert_eq!(
+            hide_conninfo_password("host=/tmp port=5432 user=rep password=s3cret sslmode=disable"),
+            "host=/tmp port=5432 user=rep password=… sslmode=disable"
+        );
+        assert_eq!(
+            hide_conninfo_password("password = 'it\\'s secret' host=h"),
+            "password=… host=h"
+        );
+        assert_eq!(
+            hide_conninfo_password("user=passwordless host=h"),
+            "user=passwordless host=h"
+        );
+        assert_eq!(
+            hide_conninfo_password("postgresql://rep:s3cret@h:5432/db"),
+            "postgresql://rep:…@h:5432/db"
+        );
+        let (_, changes) =
+            carry_recovery_conf("primary_conninfo = 'host=h password=s3cret user=rep'\n", 15);
+        assert_eq!(
+            changes[0].old_value.as_deref(),
+            Some("host=h password=… user=rep")
+        );
+        assert!(!format!("{changes:?}").contains("s3cret"));
     }
 
     #[test]

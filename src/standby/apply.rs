@@ -678,10 +678,16 @@ fn carry_recovery_conf(applied: &Applied, printer: &Printer) -> Result<(), Failu
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io("configure", &to, e)),
     };
+    // A resumed step finds its own block from before (when the old standby
+    // had no postgresql.auto.conf to carry afresh): it is written again.
+    const MARK: &str = "# carried from the old standby's recovery.conf by pg-migrate\n";
+    if let Some(at) = auto.find(MARK) {
+        auto.truncate(at);
+    }
     if !auto.is_empty() && !auto.ends_with('\n') {
         auto.push('\n');
     }
-    auto.push_str("# carried from the old standby's recovery.conf by pg-migrate\n");
+    auto.push_str(MARK);
     for line in lines {
         auto.push_str(&line);
         auto.push('\n');

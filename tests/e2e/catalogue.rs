@@ -521,7 +521,7 @@ fn extensions_and_libraries_the_new_installation_lacks() {
     assert!(run.check("new-libraries")["message"]
         .as_str()
         .unwrap()
-        .starts_with("1 shared libraries"));
+        .starts_with("the 1 shared library the old cluster needs loads"));
 }
 
 /// A library only the old cluster's shared_preload_libraries names: the

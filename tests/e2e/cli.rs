@@ -209,8 +209,9 @@ fn drop_in_details_of_the_command_line() {
         pgm_cluster::version::OLDEST_NEW.number(),
     );
     assert!(
-        line.contains(&format!("pg_upgrade (PostgreSQL) {oldest_new} to {newest}"))
-            && line.contains(&format!("old clusters of {oldest} to {newest}")),
+        line.contains(&format!(
+            "pg_upgrade of PostgreSQL {oldest_new} to {newest}"
+        )) && line.contains(&format!("old clusters of {oldest} to {newest}")),
         "{line}"
     );
 

@@ -356,7 +356,17 @@ fn standbys_upgraded_in_place(old: u32, mode: &str) {
     let conf = s1.datadir.join("postgresql.conf");
     let text = std::fs::read_to_string(&conf).unwrap() + "\nold_snapshot_threshold = -1\n";
     std::fs::write(&conf, text).unwrap();
+    const CONNINFO_SECRET: &str = "s3cret-conninfo-pw";
     if old < 12 {
+        // A password in primary_conninfo (trust ignores it): carried, and
+        // never shown.
+        let recovery = s1.datadir.join("recovery.conf");
+        let text = std::fs::read_to_string(&recovery).unwrap().replace(
+            "application_name=standby1'",
+            &format!("application_name=standby1 password={CONNINFO_SECRET}'"),
+        );
+        assert!(text.contains(CONNINFO_SECRET), "{text}");
+        std::fs::write(&recovery, text).unwrap();
         // recovery.conf's own settings: one renamed and then removed by
         // 16, one that names the old cluster's history.
         let recovery = s2.datadir.join("recovery.conf");
@@ -516,6 +526,15 @@ fn standbys_upgraded_in_place(old: u32, mode: &str) {
         }
         let auto = std::fs::read_to_string(new1.join("postgresql.auto.conf")).unwrap();
         assert!(auto.contains("primary_slot_name = 'standby_one'"), "{auto}");
+        assert!(
+            auto.contains(CONNINFO_SECRET),
+            "the password is carried: {auto}"
+        );
+        assert!(
+            !one.stdout.contains(CONNINFO_SECRET) && !one.stderr.contains(CONNINFO_SECRET),
+            "the password is shown"
+        );
+        assert!(one.stdout.contains("password=…"), "{}", one.stdout);
     }
 
     let mut n1 = pair.sandbox.existing("standby1_new", NEW, &new1);

@@ -28,11 +28,15 @@ pub fn set_observer(observer: impl Fn(&CommandRecord<'_>) + Send + Sync + 'stati
 
 /// Environment variables passed through from our own environment; everything
 /// else (notably PG* variables that would redirect a client) is dropped.
-/// PGPASSWORD and PGPASSFILE: the client programs find a password as our
-/// own connections do (crate::password). Other libpq variables (PGOPTIONS,
-/// PGHOST, PGSSLMODE …) are not passed: every connection is named in full
-/// and made to our private socket, and server options come from -o/-O.
-const PASSED_THROUGH: &[&str] = &["HOME", "TMPDIR", "TZ", "PGPASSWORD", "PGPASSFILE"];
+/// Other libpq variables (PGOPTIONS, PGHOST, PGSSLMODE …) are not passed:
+/// every connection is named in full, and server options come from -o/-O.
+const PASSED_THROUGH: &[&str] = &["HOME", "TMPDIR", "TZ"];
+
+/// PGPASSWORD and PGPASSFILE, for the client programs only: they find a
+/// password as our own connections do (crate::password). A server never
+/// gets them (anything in it that uses libpq would use them unasked).
+const PASSWORD_VARIABLES: &[&str] = &["PGPASSWORD", "PGPASSFILE"];
+const CLIENT_PROGRAMS: &[&str] = &["pg_dump", "pg_dumpall", "pg_restore", "psql", "vacuumdb"];
 
 /// A PostgreSQL program invocation being built.
 #[derive(Debug, Clone)]
@@ -95,7 +99,12 @@ impl PgCommand {
     fn build(&self) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args).env_clear();
-        for key in PASSED_THROUGH {
+        let client = self
+            .program
+            .file_name()
+            .is_some_and(|name| CLIENT_PROGRAMS.iter().any(|c| name == *c));
+        let passwords: &[&str] = if client { PASSWORD_VARIABLES } else { &[] };
+        for key in PASSED_THROUGH.iter().chain(passwords) {
             if let Some(value) = std::env::var_os(key) {
                 command.env(key, value);
             }

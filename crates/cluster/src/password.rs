@@ -18,7 +18,8 @@ pub struct Target<'a> {
 
 /// The password libpq would use for `target`, if any.
 pub fn password_for(target: &Target) -> Option<String> {
-    if let Some(password) = std::env::var_os("PGPASSWORD") {
+    // An empty PGPASSWORD counts as none, as for libpq.
+    if let Some(password) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
         return Some(password.to_string_lossy().into_owned());
     }
     let file = password_file()?;
@@ -39,9 +40,11 @@ fn password_file() -> Option<PathBuf> {
 }
 
 /// The first line of a password file that matches `target`:
-/// `host:port:database:user:password`, `*` matching anything, `\` escaping
-/// `:` and `\`. A socket directory is its own host name, except libpq's
-/// default one, which is `localhost`.
+/// `host:port:database:user:password`, a bare `*` matching anything, `\`
+/// escaping `:`, `\` and `*`. A socket directory is its own host name,
+/// except the default ones of libpq's builds (`/tmp` upstream,
+/// `/var/run/postgresql` on Debian), which are `localhost`: libpq maps only
+/// its own build's default, so `*` is the host field that always works.
 pub fn find_in(text: &str, target: &Target) -> Option<String> {
     let host = target.socket_dir.to_string_lossy();
     let host = if host == "/tmp" || host == "/var/run/postgresql" || host == "/run/postgresql" {
@@ -62,29 +65,40 @@ pub fn find_in(text: &str, target: &Target) -> Option<String> {
         let matches = wanted
             .iter()
             .zip(&fields)
-            .all(|(want, field)| field == "*" || field == want);
+            .all(|(want, (field, wildcard))| *wildcard || field == want);
         if matches {
-            return Some(fields[4..].join(":"));
+            // The password ends at the next unescaped colon, as in libpq.
+            return Some(fields[4].0.clone());
         }
     }
     None
 }
 
-/// A line's fields, unescaped (`\:` and `\\`).
-fn split_fields(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
+/// A line's fields, unescaped (`\:`, `\\`, `\*`), each with whether it is
+/// the bare wildcard `*` (an escaped `\*` is a literal star).
+fn split_fields(line: &str) -> Vec<(String, bool)> {
+    let mut fields: Vec<(String, bool)> = Vec::new();
+    let mut field = String::new();
+    let mut escaped_any = false;
     let mut chars = line.chars();
+    let mut close = |field: &mut String, escaped_any: &mut bool| {
+        let wildcard = field == "*" && !*escaped_any;
+        fields.push((std::mem::take(field), wildcard));
+        *escaped_any = false;
+    };
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
                 if let Some(next) = chars.next() {
-                    fields.last_mut().unwrap().push(next);
+                    field.push(next);
+                    escaped_any = true;
                 }
             }
-            ':' => fields.push(String::new()),
-            c => fields.last_mut().unwrap().push(c),
+            ':' => close(&mut field, &mut escaped_any),
+            c => field.push(c),
         }
     }
+    close(&mut field, &mut escaped_any);
     fields
 }
 
@@ -106,7 +120,8 @@ mod tests {
         let text = "# comment\n\
                     localhost:*:*:postgres:for-the-default-socket\n\
                     /srv/sock:50432:app:postgres:exact\n\
-                    *:50432:*:postgres:with\\:colon\\\\and-backslash\n";
+                    *:50432:*:postgres:with\\:colon\\\\and-backslash:rest\n\
+                    \\*:*:*:literal:star\n";
         let private = Path::new("/srv/sock");
         assert_eq!(
             find_in(text, &target(private, "app")).as_deref(),
@@ -125,5 +140,11 @@ mod tests {
             ..target(private, "app")
         };
         assert_eq!(find_in(text, &other_user), None);
+        // An escaped star is a host named "*", not a wildcard.
+        let literal = Target {
+            user: "literal",
+            ..target(private, "app")
+        };
+        assert_eq!(find_in(text, &literal), None);
     }
 }

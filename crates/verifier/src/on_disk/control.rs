@@ -225,7 +225,10 @@ pub(crate) fn check_control_and_server(
             ));
             Some(control)
         }
-        Err(_) if datadir.path.join("global/pg_control.old").exists() => {
+        Err(Error::Io { .. })
+            if !datadir.path.join("global/pg_control").exists()
+                && datadir.path.join("global/pg_control.old").exists() =>
+        {
             // pg-migrate (or pg_upgrade) --link/--swap renamed it: this
             // cluster's files went into the new cluster it was upgraded into.
             out.push(Finding::fail(
@@ -236,11 +239,14 @@ pub(crate) fn check_control_and_server(
                     "{}/global/pg_control was renamed pg_control.old by an upgrade in link or swap mode: its files now belong to the cluster it was upgraded into, and it must not start on its own",
                     datadir.path.display()
                 ),
-                "use the new cluster it was upgraded into; to go back instead, and only while that new cluster has never been started: pg-migrate revert -D NEW_DATADIR (or, after pg_upgrade, rename pg_control.old back to pg_control)",
+                "use the new cluster it was upgraded into; to go back instead, and only while that new cluster has never been started: pg-migrate revert -D NEW_DATADIR (after pg_upgrade --link: rename pg_control.old back to pg_control; after pg_upgrade --swap only a backup brings the old cluster back)",
             ));
             None
         }
-        Err(_) if datadir.path.join("global/pg_control.prepared").exists() => {
+        Err(Error::Io { .. })
+            if !datadir.path.join("global/pg_control").exists()
+                && datadir.path.join("global/pg_control.prepared").exists() =>
+        {
             out.push(Finding::fail(
                 control_id,
                 control_title,

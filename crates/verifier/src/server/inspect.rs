@@ -433,11 +433,18 @@ pub(crate) fn classify_connect_error(
                 which.name()
             ),
         )
-    } else if text.contains("password") || text.contains("authentication failed") {
+    } else if [
+        "password authentication failed",
+        "password missing",
+        "no password supplied",
+    ]
+    .iter()
+    .any(|said| text.contains(said))
+    {
         (
             "password_needed",
             format!(
-                "the {} cluster's pg_hba.conf asks local connections for a password: give the password of \"{}\" in PGPASSWORD, or in a password file only you can read (chmod 0600) named by PGPASSFILE or at ~/.pgpass, as the line *:*:*:{}:PASSWORD (pg-migrate's servers listen in a private socket directory, so the host field must be *); or allow local connections by peer or trust while upgrading",
+                "the {} cluster's pg_hba.conf asks local connections for a password: give the password of \"{}\" in PGPASSWORD, or in a password file only you can read (chmod 0600) named by PGPASSFILE or at ~/.pgpass, as the line *:*:*:{}:PASSWORD (the host field * matches the private socket directory pg-migrate's servers listen in); or allow local connections by peer or trust while upgrading",
                 which.name(),
                 config.user,
                 config.user
