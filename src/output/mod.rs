@@ -254,6 +254,19 @@ impl Event {
         }
     }
 
+    /// The `config_change` event of one setting carried from `file`.
+    pub fn config_change(file: &str, change: crate::config::Change) -> Event {
+        Event::ConfigChange {
+            file: file.to_string(),
+            setting: change.setting,
+            action: change.action,
+            old_value: change.old_value,
+            new_setting: change.new_setting,
+            new_value: change.new_value,
+            reason: change.reason,
+        }
+    }
+
     /// The `error` event of a failure, leaving the clusters as `clusters`
     /// says (a failure that knows better says so itself).
     pub fn failure(failure: crate::failure::Failure, clusters: ClusterStates) -> Event {

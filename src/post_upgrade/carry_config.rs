@@ -239,15 +239,7 @@ pub(crate) fn carry_config(
         });
     }
     for (file, change) in &changes {
-        printer.emit(&Event::ConfigChange {
-            file: file.to_string(),
-            setting: change.setting.clone(),
-            action: change.action,
-            old_value: change.old_value.clone(),
-            new_setting: change.new_setting.clone(),
-            new_value: change.new_value.clone(),
-            reason: change.reason.clone(),
-        });
+        printer.emit(&Event::config_change(file, change.clone()));
     }
     for (file, setting, message) in rejected_all {
         printer.emit(&Event::ConfigChange {

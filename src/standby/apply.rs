@@ -617,15 +617,7 @@ fn configure(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
         };
         let (carried, changes) = crate::config::carry(&text, old_major, new_major, wal_mb, &[]);
         for change in changes {
-            printer.emit(&Event::ConfigChange {
-                file: name.into(),
-                setting: change.setting,
-                action: change.action,
-                old_value: change.old_value,
-                new_setting: change.new_setting,
-                new_value: change.new_value,
-                reason: change.reason,
-            });
+            printer.emit(&Event::config_change(name, change));
         }
         let to = new.join(name);
         journal::write_atomically(&to, carried.as_bytes()).map_err(|e| io("configure", &to, e))?;
@@ -662,15 +654,7 @@ fn carry_recovery_conf(applied: &Applied, printer: &Printer) -> Result<(), Failu
     };
     let (lines, changes) = crate::config::carry_recovery_conf(&text, applied.manifest.new.major);
     for change in changes {
-        printer.emit(&Event::ConfigChange {
-            file: "recovery.conf".into(),
-            setting: change.setting,
-            action: change.action,
-            old_value: change.old_value,
-            new_setting: change.new_setting,
-            new_value: change.new_value,
-            reason: change.reason,
-        });
+        printer.emit(&Event::config_change("recovery.conf", change));
     }
     let to = plan.new_datadir.join("postgresql.auto.conf");
     let mut auto = match std::fs::read_to_string(&to) {
