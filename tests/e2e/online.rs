@@ -1097,3 +1097,51 @@ fn no_password_hash_stays_in_the_new_data_directory() {
     assert_eq!(carried, hash);
     pair.new.stop();
 }
+
+/// A prepared new cluster named again is called what it is: as the target
+/// (-D) by its journal (`already_prepared`), as an old cluster (-d) by its
+/// pg_control set aside until the cutover (`cluster_prepared`), each with
+/// the commands that finish or discard it; both clusters stay as they were.
+#[test]
+fn a_prepared_cluster_is_named_as_such() {
+    let Some(mut pair) = small_running_pair() else {
+        return;
+    };
+    let run = prepare(&pair, &["--copy"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    pair.old.stop();
+    let (old_before, new_before) = pair.snapshots();
+    let again = pair.check(&[]);
+    assert_eq!(
+        again.error()["code"],
+        "already_prepared",
+        "{}",
+        again.stdout
+    );
+    let elsewhere = pair.sandbox.path().join("elsewhere");
+    let run = pair.run(&[
+        "check".into(),
+        "-b".into(),
+        pair.new.bindir.clone().into(),
+        "-B".into(),
+        pair.new.bindir.clone().into(),
+        "-d".into(),
+        pair.new.datadir.clone().into(),
+        "-D".into(),
+        elsewhere.clone().into(),
+        "--json".into(),
+    ]);
+    assert_refused(&run, "old-control", "cluster_prepared");
+    let remedy = run.check("old-control")["remedy"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        remedy.contains("pg-migrate cutover") && remedy.contains("pg-migrate discard"),
+        "{remedy}"
+    );
+    assert!(!elsewhere.exists());
+    let (old_after, new_after) = pair.snapshots();
+    crate::proof::assert_data_files_untouched(&old_before, &old_after);
+    assert_same_tree(&new_before, &new_after, "the prepared cluster");
+}
