@@ -450,6 +450,14 @@ pub fn rejected_settings(server_output: &str) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    /// Each change as (setting, action).
+    fn actions_of(changes: &[Change]) -> Vec<(&str, &str)> {
+        changes
+            .iter()
+            .map(|c| (c.setting.as_str(), c.action))
+            .collect()
+    }
+
     #[test]
     fn setting_lines_are_recognised_with_their_values() {
         assert_eq!(
@@ -522,10 +530,7 @@ mod tests {
                 "recovery_target_timeline = 'latest'",
             ]
         );
-        let actions: Vec<(&str, &str)> = changes
-            .iter()
-            .map(|c| (c.setting.as_str(), c.action))
-            .collect();
+        let actions = actions_of(&changes);
         assert_eq!(
             actions,
             [
@@ -566,10 +571,7 @@ mod tests {
         assert!(!text.lines().any(|l| l.starts_with("hba_file")), "{text}");
         assert!(text.contains("#include_dir = 'conf.d'"), "{text}");
         assert!(text.contains("\nwork_mem = '8MB'\n"), "{text}");
-        let actions: Vec<(&str, &str)> = changes
-            .iter()
-            .map(|c| (c.setting.as_str(), c.action))
-            .collect();
+        let actions = actions_of(&changes);
         assert_eq!(
             actions,
             vec![

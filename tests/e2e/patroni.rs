@@ -441,16 +441,7 @@ fn a_cluster_of_11_is_refused_before_anything() {
     .unwrap();
     pgm_testkit::chown_to_test_user(&yaml);
     let before = snapshot(&old.datadir);
-    let args: Vec<OsString> = vec![
-        "patroni".into(),
-        "--config".into(),
-        yaml.into(),
-        "-B".into(),
-        new.into(),
-        "--json".into(),
-    ];
-    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let run = pg_migrate(&bin, sandbox.path(), &refs);
+    let run = patroni_upgrade(&bin, &sandbox, &yaml, &new);
     assert_eq!(run.status, 2, "{}\n{}", run.stdout, run.stderr);
     super::json_schema::validate(&run.events);
     let error = run.error();
@@ -465,6 +456,24 @@ fn a_cluster_of_11_is_refused_before_anything() {
         run.stdout
     );
     pgm_testkit::assert_same_tree(&before, &snapshot(&old.datadir), "the old data directory");
+}
+
+/// `pg-migrate patroni --config YAML -B NEW --json`, run in the sandbox.
+fn patroni_upgrade(
+    bin: &std::path::Path,
+    sandbox: &Sandbox,
+    yaml: &std::path::Path,
+    new: &std::path::Path,
+) -> Run {
+    let args: [&std::ffi::OsStr; 6] = [
+        "patroni".as_ref(),
+        "--config".as_ref(),
+        yaml.as_os_str(),
+        "-B".as_ref(),
+        new.as_os_str(),
+        "--json".as_ref(),
+    ];
+    pg_migrate(bin, sandbox.path(), &args)
 }
 
 /// The upgrade (no --check) of a cluster whose REST API does not answer is
@@ -488,16 +497,7 @@ fn an_unreachable_rest_api_is_refused_before_anything() {
     .unwrap();
     pgm_testkit::chown_to_test_user(&yaml);
     let before = snapshot(sandbox.path());
-    let args: Vec<OsString> = vec![
-        "patroni".into(),
-        "--config".into(),
-        yaml.into(),
-        "-B".into(),
-        new.into(),
-        "--json".into(),
-    ];
-    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let run = pg_migrate(&bin, sandbox.path(), &refs);
+    let run = patroni_upgrade(&bin, &sandbox, &yaml, &new);
     assert_refused_by(&run, "patroni-rest", "rest_unreachable");
     super::json_schema::validate(&run.events);
     assert_eq!(snapshot(sandbox.path()), before);
