@@ -360,6 +360,8 @@ pub fn run_steps(new_datadir: &Path, printer: &Printer) -> Result<Applied, Failu
         };
         printer.emit(&Event::step_end(step, result.is_ok(), started));
         result?;
+        // Done but not journaled: a resume repeats the step.
+        pgm_cluster::faults::point(|| format!("standby:{step}:unrecorded"));
         super::record(new_datadir, &StandbyRecord::Step { step: step.into() })
             .map_err(|e| io("the journal", new_datadir, e))?;
         pgm_cluster::faults::point(|| format!("standby:{step}"));

@@ -482,7 +482,33 @@ fn standbys_upgraded_in_place(old: u32, mode: &str) {
         !s1.datadir.join("global/pg_control").exists(),
         "the old standby is disabled"
     );
-    let two = standby_from_stdin(&pair, &s2.datadir, &new2, &kit);
+    let two = if old < 12 {
+        // Killed after its configuration was written, before that was
+        // journaled: the resume writes it again, recovery.conf's block once.
+        killed_at(
+            &pair,
+            &s2.datadir,
+            &new2,
+            &kit,
+            "standby:configure:unrecorded",
+        );
+        let resumed = pair.run(&[
+            "resume".into(),
+            "-D".into(),
+            new2.clone().into(),
+            "--json".into(),
+        ]);
+        let auto = std::fs::read_to_string(new2.join("postgresql.auto.conf")).unwrap();
+        assert_eq!(
+            auto.matches("carried from the old standby's recovery.conf")
+                .count(),
+            1,
+            "{auto}"
+        );
+        resumed
+    } else {
+        standby_from_stdin(&pair, &s2.datadir, &new2, &kit)
+    };
     assert_eq!(two.status, 0, "{}\n{}", two.stderr, two.stdout);
     crate::json_schema::validate(&two.events);
     if old < 12 {
