@@ -181,66 +181,151 @@ pub fn restore_globals(
     run_logged(command, "restoring roles and tablespaces", log)
 }
 
-/// Restores one database's dump. template1 is re-created from `postgres`;
-/// every other database from template1 (`postgres` itself is dropped first).
+/// One database's restore, ready to run: how many objects it restores (the
+/// total its progress counts to) and the script pg-migrate runs itself.
+#[derive(Debug, Clone)]
+pub struct PlannedRestore {
+    pub objects: u64,
+    /// None: pg_restore restores over its own connection (before 17, or a
+    /// script that is not UTF-8).
+    script: Option<std::path::PathBuf>,
+    transaction_size: Option<u32>,
+}
+
+/// Makes ready one database's restore: with `transaction_size` (17 and
+/// later) pg_restore writes the script (its transactions included) that
+/// `restore_database` runs, a transaction per message; the objects are
+/// counted from that script or from the dump's table of contents.
+pub fn plan_restore(
+    install: &Installation,
+    database: &str,
+    dump: &Path,
+    log: &Path,
+    transaction_size: Option<u32>,
+) -> Result<PlannedRestore, Error> {
+    if let Some(size) = transaction_size {
+        let script = dump.with_extension("sql");
+        let writer = restore_command(install, database, Some(size))?
+            .arg(format!("--file={}", script.display()))
+            .arg(dump);
+        run_logged(
+            writer,
+            &format!("restoring the schema of database \"{database}\": writing the restore script"),
+            log,
+        )?;
+        if crate::script::is_utf8_script(&script)? {
+            return Ok(PlannedRestore {
+                objects: crate::script::count_objects(&script)?,
+                script: Some(script),
+                transaction_size,
+            });
+        }
+    }
+    // The dump's table of contents: one line per entry, after `;` comments.
+    let (status, captured) = client(install, Tool::PgRestore)?
+        .arg("--list")
+        .arg(dump)
+        .run_unchecked()?;
+    if !status.success() {
+        return Err(Error::Program {
+            what: format!("listing the dump of database \"{database}\""),
+            detail: captured.stderr.trim().to_string(),
+            log: log.to_path_buf(),
+        });
+    }
+    let objects = captured
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .count() as u64;
+    Ok(PlannedRestore {
+        objects,
+        script: None,
+        transaction_size,
+    })
+}
+
+/// pg_restore with the flags every restore of a binary-upgrade dump takes.
+/// template1 is re-created from `postgres`; every other database from
+/// template1 (`postgres` itself is dropped first).
+fn restore_command(
+    install: &Installation,
+    database: &str,
+    transaction_size: Option<u32>,
+) -> Result<PgCommand, Error> {
+    let mut command = client(install, Tool::PgRestore)?;
+    if database == "template1" || database == "postgres" {
+        command = command.arg("--clean");
+    }
+    command = command.args(["--create", "--exit-on-error"]);
+    if let Some(size) = transaction_size {
+        command = command.arg(format!("--transaction-size={size}"));
+    }
+    Ok(command)
+}
+
+/// The database a restore of `database` starts in (and creates it from).
+fn restore_via(database: &str) -> &'static str {
+    if database == "template1" {
+        "postgres"
+    } else {
+        "template1"
+    }
+}
+
+/// Restores one database's dump as `plan_restore` made it ready; `progress`
+/// is told how many objects were restored as they are (in all, exactly the
+/// plan's count).
 pub fn restore_database(
     install: &Installation,
     conn: &Endpoint,
     database: &str,
     dump: &Path,
     log: &Path,
-    transaction_size: Option<u32>,
+    planned: &PlannedRestore,
+    progress: &dyn Fn(u64),
 ) -> Result<(), Error> {
-    let mut command = client(install, Tool::PgRestore)?;
-    if database == "template1" || database == "postgres" {
-        command = command.arg("--clean");
-    }
-    command = command.args(["--create", "--exit-on-error"]);
-    let via = if database == "template1" {
-        "postgres"
-    } else {
-        "template1"
+    let reported = std::cell::Cell::new(0u64);
+    let counted = |n: u64| {
+        let n = n.min(planned.objects - reported.get());
+        reported.set(reported.get() + n);
+        if n > 0 {
+            progress(n);
+        }
     };
+    let via = restore_via(database);
     let what = format!("restoring the schema of database \"{database}\"");
-    let connected = |command: PgCommand| {
-        command
-            .args(conn.args())
-            .arg("--verbose")
-            .args(["--dbname", via])
-            .arg(dump)
-    };
-    let Some(size) = transaction_size else {
-        // Before 17 pg_restore cannot group objects into transactions, so
-        // there is nothing to batch: it restores over its own connection.
-        return run_logged(connected(command), &what, log);
-    };
-    let command = command.arg(format!("--transaction-size={size}"));
-    // pg_restore writes the script (its transactions included) and
-    // pg-migrate runs it, a transaction per message.
-    let script = dump.with_extension("sql");
-    let writer = command
-        .clone()
-        .arg(format!("--file={}", script.display()))
-        .arg(dump);
-    run_logged(writer, &format!("{what}: writing the restore script"), log)?;
-    if !crate::script::is_utf8_script(&script)? {
-        return run_logged(connected(command), &what, log);
+    match &planned.script {
+        Some(script) => {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| Error::io(log, e))?;
+            let _ = writeln!(file, "running {} in database {via}", script.display());
+            let result =
+                crate::script::run_script(script, conn, via, database, &mut file, &counted);
+            if let Err(e) = &result {
+                let _ = writeln!(file, "failed: {e}");
+            }
+            result.map_err(|e| Error::Program {
+                what,
+                detail: e.to_string(),
+                log: log.to_path_buf(),
+            })?;
+        }
+        None => {
+            let command = restore_command(install, database, planned.transaction_size)?
+                .args(conn.args())
+                .arg("--verbose")
+                .args(["--dbname", via])
+                .arg(dump);
+            run_logged(command, &what, log)?;
+        }
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| Error::io(log, e))?;
-    let _ = writeln!(file, "running {} in database {via}", script.display());
-    let result = crate::script::run_script(&script, conn, via, database, &mut file);
-    if let Err(e) = &result {
-        let _ = writeln!(file, "failed: {e}");
-    }
-    result.map_err(|e| Error::Program {
-        what,
-        detail: e.to_string(),
-        log: log.to_path_buf(),
-    })
+    // Objects the script restored without a header of their own.
+    counted(planned.objects);
+    Ok(())
 }
 
 /// `vacuumdb --all` with `--analyze` or `--freeze` on the new cluster, `jobs`

@@ -22,8 +22,8 @@ mod script;
 mod slots;
 
 pub use dump::{
-    dump_database, dump_globals, restore_database, restore_globals, restore_transaction_size,
-    vacuum_all, DumpOptions,
+    dump_database, dump_globals, plan_restore, restore_database, restore_globals,
+    restore_transaction_size, vacuum_all, DumpOptions, PlannedRestore,
 };
 pub use error::Error;
 pub use handover::{

@@ -343,6 +343,39 @@ pub(crate) fn is_utf8_script(script: &Path) -> Result<bool, Error> {
     }
 }
 
+/// Whether a line of pg_restore's script is the header comment it writes
+/// before each object (`-- Name: t; Type: TABLE; Schema: s; Owner: o`,
+/// `-- Data for Name: …`): what the restore's progress counts.
+fn is_object_header(line: &str) -> bool {
+    line.starts_with("-- ") && line.contains("Name: ") && line.contains("; Type: ")
+}
+
+/// The objects a piece of script restores (its header comments).
+fn objects_in(text: &str) -> u64 {
+    text.lines().filter(|l| is_object_header(l)).count() as u64
+}
+
+/// The objects a whole script restores: the total its progress counts to.
+pub(crate) fn count_objects(script: &Path) -> Result<u64, Error> {
+    let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let mut objects = 0;
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(script, e))?
+            == 0
+        {
+            return Ok(objects);
+        }
+        if line.starts_with(b"-- ") && is_object_header(&String::from_utf8_lossy(&line)) {
+            objects += 1;
+        }
+    }
+}
+
 /// A batch this large is sent even inside a transaction (the server keeps
 /// a message's parse trees until its last statement ends).
 const BATCH_BYTES: usize = 4 << 20;
@@ -352,6 +385,8 @@ type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 struct Runner<'a> {
     conn: &'a Endpoint,
+    /// Told how many objects each message restored, once the server took it.
+    progress: &'a dyn Fn(u64),
     database: &'a str,
     notices: Notices,
     client: postgres::Client,
@@ -394,7 +429,9 @@ impl Runner<'_> {
         self.messages += 1;
         self.client
             .batch_execute(text)
-            .map_err(|e| describe_failure(&e, text))
+            .map_err(|e| describe_failure(&e, text))?;
+        (self.progress)(objects_in(text));
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), String> {
@@ -453,9 +490,10 @@ pub(crate) fn run_script(
     first_database: &str,
     database: &str,
     log: &mut impl Write,
+    progress: &dyn Fn(u64),
 ) -> Result<(), Error> {
     let notices = Notices::default();
-    let result = execute(script, conn, first_database, database, &notices);
+    let result = execute(script, conn, first_database, database, &notices, progress);
     // What the server said, whether or not the script went through.
     for notice in notices.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(log, "{notice}");
@@ -471,11 +509,13 @@ fn execute(
     first_database: &str,
     database: &str,
     notices: &Notices,
+    progress: &dyn Fn(u64),
 ) -> Result<(u64, u64), Error> {
     let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
     let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut runner = Runner {
         conn,
+        progress,
         database,
         client: Runner::connect(conn, first_database, notices)?,
         notices: notices.clone(),
@@ -552,6 +592,7 @@ fn execute(
                 writer
                     .finish()
                     .map_err(|e| fail(describe_failure(&e, &statement)))?;
+                progress(objects_in(&statement));
             }
         }
     }

@@ -43,34 +43,40 @@ impl<'a> Engine<'a> {
         let major = self.new_install.version.major;
         let size = pgm_catalog::restore_transaction_size(major, self.settings.jobs);
         let install = &self.new_install;
-        let meter = self
-            .printer
-            .meter("restore-schema", self.databases.len() as u64, "databases");
+        // Every database's restore made ready first, so that the progress
+        // counts objects of the whole cluster.
+        let planned = parallel(&self.databases, self.settings.jobs, |plan| {
+            pgm_catalog::plan_restore(install, &plan.db.name, &plan.dump, &plan.log, size)
+                .map_err(|e| Failure::new(Code::RestoreFailed, e))
+        })?;
+        let objects = planned.iter().map(|p| p.objects).sum();
+        let meter = self.printer.meter("restore-schema", objects, "objects");
         let restored = AtomicUsize::new(0);
-        let restore = |plan: &DatabasePlan| -> Result<(), Failure> {
+        let restore = |(plan, planned): &(&DatabasePlan, &pgm_catalog::PlannedRestore)| {
             pgm_catalog::restore_database(
                 install,
                 &conn,
                 &plan.db.name,
                 &plan.dump,
                 &plan.log,
-                size,
+                planned,
+                &|n| meter.add(n, 0),
             )
             .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
             let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
-            meter.add(1, 0);
             pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
             Ok(())
         };
         // template1 is dropped and re-created: nothing else may use it meanwhile.
-        let (first, rest): (Vec<&DatabasePlan>, Vec<&DatabasePlan>) = self
+        let (first, rest): (Vec<_>, Vec<_>) = self
             .databases
             .iter()
-            .partition(|p| p.db.name == "template1");
-        for plan in first {
-            restore(plan)?;
+            .zip(&planned)
+            .partition(|(p, _)| p.db.name == "template1");
+        for item in &first {
+            restore(item)?;
         }
-        parallel(&rest, self.settings.jobs, |plan| restore(plan))?;
+        parallel(&rest, self.settings.jobs, restore)?;
         meter.finish();
         let mut client = server
             .connect("template1")
