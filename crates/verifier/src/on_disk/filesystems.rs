@@ -21,6 +21,31 @@ pub(crate) fn tree_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes under a `base` directory in relation files a copy transfers (user
+/// relations: file numbers from 16384 on, every fork and segment) and in
+/// the rest (the catalogs, which the new cluster makes again by restoring).
+pub(crate) fn split_base(base: &Path) -> (u64, u64) {
+    const FIRST_NORMAL_OBJECT_ID: u64 = 16384;
+    let mut user = 0;
+    let mut other = 0;
+    for entry in walkdir::WalkDir::new(base)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let name = entry.file_name().to_string_lossy();
+        let number: String = name.chars().take_while(char::is_ascii_digit).collect();
+        match number.parse::<u64>() {
+            Ok(n) if n >= FIRST_NORMAL_OBJECT_ID => user += meta.len(),
+            _ => other += meta.len(),
+        }
+    }
+    (user, other)
+}
+
 pub(crate) fn device(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let existing = path.ancestors().find(|p| p.exists())?;
@@ -316,7 +341,11 @@ pub(crate) fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Fi
             } else {
                 64 << 20
             };
-            add(new, tree_size(&old.path.join("base")) + 2 * new_cluster);
+            // What is copied, and room for the new cluster's own catalogs
+            // (as large as the old ones, besides what initdb made).
+            let (relations, catalogs) = split_base(&old.path.join("base"));
+            let mut copied = relations;
+            add(new, relations + catalogs + 2 * new_cluster);
             for location in &tablespaces {
                 let size = std::fs::read_dir(location)
                     .map(|entries| {
@@ -331,6 +360,7 @@ pub(crate) fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Fi
                             .sum()
                     })
                     .unwrap_or(0);
+                copied += size;
                 add(location, size);
             }
             let mut short = Vec::new();
@@ -350,7 +380,15 @@ pub(crate) fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Fi
                 }
             }
             out.push(if short.is_empty() {
-                Finding::pass(space_id, space_title, format!("about {} to copy, and room for it", human_bytes(total)))
+                Finding::pass(
+                    space_id,
+                    space_title,
+                    format!(
+                        "about {} of relation files to copy and {} for the new cluster's catalogs: room for both",
+                        human_bytes(copied),
+                        human_bytes(total.saturating_sub(copied))
+                    ),
+                )
             } else {
                 Finding::fail(
                     space_id,
@@ -363,4 +401,28 @@ pub(crate) fn check_filesystems(config: &CheckConfig, report: &Report) -> Vec<Fi
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_counts_user_relation_files_apart_from_the_catalogs() {
+        let dir = std::env::temp_dir().join(format!("pgm-split-base-{}", std::process::id()));
+        let db = dir.join("base/5");
+        std::fs::create_dir_all(&db).unwrap();
+        for (name, len) in [
+            ("1259", 100),
+            ("2619_fsm", 10),
+            ("PG_VERSION", 3),
+            ("16384", 1000),
+            ("16384.1", 500),
+            ("16385_vm", 20),
+        ] {
+            std::fs::write(db.join(name), vec![0u8; len]).unwrap();
+        }
+        assert_eq!(split_base(&dir.join("base")), (1520, 113));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
