@@ -33,10 +33,41 @@ pub struct Cli {
     pub question_mark_help: Option<bool>,
 }
 
-/// The whole command-line definition, for the man pages and completions.
+/// The whole command-line definition: what is parsed, and what the man
+/// pages and completions are made from.
 pub fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command()
+    <Cli as clap::CommandFactory>::command().mut_subcommand("check", |check| {
+        CHECK_IGNORES
+            .iter()
+            .fold(check, |check, id| check.mut_arg(*id, |arg| arg.hide(true)))
+            .after_help(
+                "The upgrade's other options (-N, --analyze, --post-upgrade, …) are accepted and \
+                 change nothing here, so that the upgrade's own command line runs as a check; \
+                 the ones that cannot apply to a check (--verify, --standby-kit, …) are refused.",
+            )
+    })
 }
+
+/// The upgrade's options `check` does not show: what they change happens
+/// after the checks (or never in a check run). Each is still accepted, as
+/// pg_upgrade -c accepts the upgrade's whole command line.
+const CHECK_IGNORES: &[&str] = &[
+    "check",
+    "no_sync",
+    "sync_method",
+    "no_statistics",
+    "backup_dir",
+    "tablespace_map",
+    "post_upgrade",
+    "analyze",
+    "update_extensions",
+    "reindex_collation",
+    "verify",
+    "verify_sample_above",
+    "stop_old",
+    "kit",
+    "standby_kit",
+];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

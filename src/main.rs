@@ -23,8 +23,6 @@ mod support;
 
 use std::time::Instant;
 
-use clap::Parser;
-
 use crate::cli::{Action, Cli, Command};
 use crate::failure::Code;
 use crate::output::Printer;
@@ -38,7 +36,10 @@ fn run() -> i32 {
     // Everything pg-migrate writes (journal, logs, dumps, scripts) is private.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let wants_json = std::env::args_os().any(|a| a == "--json");
-    let cli = match Cli::try_parse() {
+    let parsed = cli::command()
+        .try_get_matches()
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
