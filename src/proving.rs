@@ -10,13 +10,21 @@ use pgm_verifier::proof::{self, MeasureOptions, Outcome, Side};
 
 use crate::cli::{Method, Mode, Settings, Verify, VerifyMode};
 use crate::failure::{Code, Failure};
-use crate::output::{Event, Printer};
+use crate::output::{Event, Printer, ProgressMeter};
 use crate::rundir::RunDir;
 
 /// The old side as the upgrade measured it, beside the journal.
 pub const OLD_SIDE: &str = "verify-old.json";
 /// The last comparison's full report.
 pub const REPORT: &str = "verify-report.json";
+
+/// A measure's progress on a meter of tables (and sequences).
+fn counted(meter: &ProgressMeter, progress: proof::MeasureProgress) {
+    match progress {
+        proof::MeasureProgress::Found(n) => meter.grow(n),
+        proof::MeasureProgress::Started => meter.add(1, 0),
+    }
+}
 
 /// How much of each table is read. A dump and reload lays every table out
 /// anew, so samples of blocks would not match: it reads everything.
@@ -36,6 +44,7 @@ pub fn record_old(
     new_datadir: &Path,
     options: MeasureOptions,
     jobs: usize,
+    meter: &ProgressMeter,
 ) -> Result<(), Failure> {
     let side = proof::measure(
         new_install,
@@ -44,6 +53,7 @@ pub fn record_old(
         options,
         None,
         jobs,
+        &|p| counted(meter, p),
     )
     .map_err(|e| Failure::new(Code::VerifyFailed, e))?;
     let path = crate::journal::dir(new_datadir).join(OLD_SIDE);
@@ -65,10 +75,11 @@ pub fn run(
     verify: Verify,
 ) -> Result<(), Failure> {
     let recorded = crate::journal::dir(new_datadir).join(OLD_SIDE);
+    let meter = printer.meter("verify", 0, "tables");
     let (old, old_measured) = match proof::load(&recorded) {
         Ok(side) => (side, "before_transfer"),
         Err(_) => (
-            measure_old_now(settings, new_install, run_dir, verify)?,
+            measure_old_now(settings, new_install, run_dir, verify, &meter)?,
             "now",
         ),
     };
@@ -79,8 +90,10 @@ pub fn run(
         measure_options(verify, settings.method),
         Some(&old),
         settings.jobs,
+        &|p| counted(&meter, p),
     )
     .map_err(|e| Failure::new(Code::VerifyFailed, e))?;
+    meter.finish();
     let verdict = proof::compare(&old, &new);
     let report = crate::journal::dir(new_datadir).join(REPORT);
     write_report(&report, &verdict, &old, &new)?;
@@ -178,6 +191,7 @@ fn measure_old_now(
     new_install: &Installation,
     run_dir: &RunDir,
     verify: Verify,
+    meter: &ProgressMeter,
 ) -> Result<Side, Failure> {
     let not_possible = |why: String| {
         Failure {
@@ -224,6 +238,7 @@ fn measure_old_now(
         measure_options(verify, settings.method),
         None,
         settings.jobs,
+        &|p| counted(meter, p),
     )
     .map_err(|e| Failure::new(Code::VerifyFailed, e));
     server

@@ -86,8 +86,14 @@ pub fn run_checks(settings: &Settings, printer: &Printer, run_dir: &RunDir) -> O
     });
     let started = Instant::now();
     printer.emit(&Event::StepStart { step: "checks" });
+    let meter = printer.meter_without_bar("checks", 0, "checks");
     let pgm_verifier::Checked { report, old_server } =
-        pgm_verifier::run_checks(&config, &mut |f| printer.emit(&Event::check(f)));
+        pgm_verifier::run_checks(&config, &mut |total| meter.grow(total as u64), &mut |f| {
+            printer.emit(&Event::check(f));
+            meter.add(1, 0);
+        });
+    meter.finish();
+    drop(meter);
     let failed = report.failed();
     printer.emit(&Event::step_end("checks", failed.is_empty(), started));
     let exit_code = if failed.is_empty() {
@@ -172,7 +178,7 @@ pub fn leader_findings(
     };
     let config = config(&settings, &run_dir);
     let mut findings = Vec::new();
-    let checked = pgm_verifier::run_checks(&config, &mut |f| findings.push(f.clone()));
+    let checked = pgm_verifier::run_checks(&config, &mut |_| {}, &mut |f| findings.push(f.clone()));
     drop(checked.old_server);
     findings
 }

@@ -149,7 +149,7 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
         roots.push(wal);
     }
     // Durable before the journal says "reset".
-    pgm_transfer::sync_tree(&roots, &HashSet::new(), 2).map_err(std::io::Error::other)?;
+    pgm_transfer::sync_tree(&roots, &HashSet::new(), 2, &|_| {}).map_err(std::io::Error::other)?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub use crate::failure::{ClusterCondition, ClusterStates};
 
 mod human;
 use human::human;
+mod heartbeat;
 
 /// Set by the signal handler: from then on only its own thread reports (the
 /// interrupted work would otherwise report the failures the interruption
@@ -558,6 +559,7 @@ fn peak_rss_bytes() -> Option<u64> {
 
 pub struct Printer {
     json: bool,
+    heartbeat: heartbeat::Heartbeat,
     /// The reason of the last skipped check, so that a run of checks skipped
     /// for one reason states it once.
     last_skip: Mutex<Option<String>>,
@@ -567,6 +569,7 @@ impl Printer {
     pub fn new(json: bool) -> Printer {
         Printer {
             json,
+            heartbeat: heartbeat::Heartbeat::new(),
             last_skip: Mutex::new(None),
         }
     }
@@ -574,6 +577,11 @@ impl Printer {
     /// Emits one event as a JSON line (under `--json`) and as text for people.
     pub fn emit(&self, event: &Event) {
         park_if_interrupted();
+        match event {
+            Event::StepStart { step } => self.heartbeat.step_started(step),
+            Event::StepEnd { .. } => self.heartbeat.step_ended(),
+            _ => {}
+        }
         if self.json {
             let time_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -610,6 +618,7 @@ impl Printer {
 
     /// Text for people only (stderr).
     pub fn say(&self, text: &str) {
+        self.heartbeat.said_something();
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{text}");
     }
@@ -628,17 +637,31 @@ pub struct ProgressMeter<'a> {
     printer: &'a Printer,
     step: &'static str,
     unit: &'static str,
-    total: u64,
+    total: std::sync::atomic::AtomicU64,
     bytes_total: Option<u64>,
     done: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
     last: Mutex<std::time::Instant>,
+    started: std::time::Instant,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl Printer {
     pub fn meter(&self, step: &'static str, total: u64, unit: &'static str) -> ProgressMeter<'_> {
         self.make_meter(step, total, unit, None)
+    }
+
+    /// A meter without a bar, for a step that prints its own line per unit
+    /// (the checks): its events, and the line of a log without a terminal.
+    pub fn meter_without_bar(
+        &self,
+        step: &'static str,
+        total: u64,
+        unit: &'static str,
+    ) -> ProgressMeter<'_> {
+        let mut meter = self.make_meter(step, total, unit, None);
+        meter.bar = None;
+        meter
     }
 
     pub fn meter_bytes(&self, step: &'static str, files: u64, bytes: u64) -> ProgressMeter<'_> {
@@ -653,15 +676,33 @@ impl Printer {
         bytes_total: Option<u64>,
     ) -> ProgressMeter<'_> {
         use std::io::IsTerminal;
-        let bar = (!self.json && std::io::stderr().is_terminal() && total > 0).then(|| {
+        let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(bytes_total.unwrap_or(total));
+            // Only bytes come at a steady enough pace to foretell the end:
+            // objects, tables and databases differ too much in cost (a
+            // restore's first objects, its databases, take longest).
             let template = if bytes_total.is_some() {
-                "  {prefix} [{bar:30}] {bytes}/{total_bytes} ({eta})"
+                "  {prefix} [{bar:30}] {bytes}/{total_bytes} ({steady_eta})"
             } else {
-                "  {prefix} [{bar:30}] {pos}/{len} (eta {eta})"
+                "  {prefix} [{bar:30}] {pos}/{len} ({elapsed})"
             };
             if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
+                bar.set_style(style.progress_chars("=> ").with_key(
+                    "steady_eta",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let eta = heartbeat::steady_eta(
+                            state.elapsed(),
+                            state.pos(),
+                            state.len().unwrap_or(0),
+                        );
+                        let _ = match eta {
+                            Some(eta) => {
+                                write!(w, "about {} to go", heartbeat::duration_words(eta))
+                            }
+                            None => write!(w, "{}", heartbeat::duration_words(state.elapsed())),
+                        };
+                    },
+                ));
             }
             bar.set_prefix(step);
             bar
@@ -670,17 +711,30 @@ impl Printer {
             printer: self,
             step,
             unit,
-            total,
+            total: total.into(),
             bytes_total,
             done: 0.into(),
             bytes: 0.into(),
             last: Mutex::new(std::time::Instant::now()),
+            started: std::time::Instant::now(),
             bar,
         }
     }
 }
 
 impl ProgressMeter<'_> {
+    /// More units than the meter was made with (a step that learns its
+    /// total as it goes: the tables of each database it measures).
+    pub fn grow(&self, more: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.total.fetch_add(more, Ordering::SeqCst) + more;
+        if let Some(bar) = &self.bar {
+            if self.bytes_total.is_none() {
+                bar.set_length(total);
+            }
+        }
+    }
+
     pub fn add(&self, done: u64, bytes: u64) {
         use std::sync::atomic::Ordering;
         let d = self.done.fetch_add(done, Ordering::SeqCst) + done;
@@ -720,11 +774,21 @@ impl ProgressMeter<'_> {
             return;
         }
         *previous = std::time::Instant::now();
+        let total = self.total.load(std::sync::atomic::Ordering::SeqCst);
+        self.printer.heartbeat.read(heartbeat::Reading {
+            done,
+            total,
+            unit: self.unit,
+            bytes: self.bytes_total.map(|total| (bytes, total)),
+            eta: self
+                .bytes_total
+                .and_then(|total| heartbeat::steady_eta(self.started.elapsed(), bytes, total)),
+        });
         if self.printer.json {
             self.printer.emit(&Event::Progress {
                 step: self.step,
                 done,
-                total: self.total,
+                total,
                 unit: self.unit,
                 bytes_done: self.bytes_total.map(|_| bytes),
                 bytes_total: self.bytes_total,

@@ -126,9 +126,9 @@ pub fn run_steps(
                     settings.after.verify.expect("asked for"),
                 ),
                 "update-extensions" => update_extensions(server, run_dir),
-                "reindex-collation" => reindex_collation(upgraded, server, run_dir),
+                "reindex-collation" => reindex_collation(printer, upgraded, server, run_dir),
                 "post-upgrade" => post_upgrade(settings, printer, upgraded, server, run_dir),
-                "analyze" => analyze(settings, upgraded, server, run_dir),
+                "analyze" => analyze(printer, settings, upgraded, server, run_dir),
                 _ => unreachable!("every step is matched"),
             }
         })();
@@ -224,6 +224,7 @@ pub(crate) fn run_client(
     server: &Server,
     what: &str,
     log: &Path,
+    on_line: &mut dyn FnMut(&str),
 ) -> Result<(), Failure> {
     let command = command
         .arg("--host")
@@ -234,7 +235,7 @@ pub(crate) fn run_client(
         .arg(&server.endpoint.user);
     let line = command.command_line();
     let (status, captured) = command
-        .run_unchecked()
+        .run_watching(on_line)
         .map_err(|e| Failure::new(Code::AfterStepFailed, e))?;
     append(
         log,

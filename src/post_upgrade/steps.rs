@@ -44,6 +44,7 @@ pub(crate) fn update_extensions(server: &Server, run_dir: &RunDir) -> Result<(),
 /// Runs the reindex script the upgrade wrote for indexes (and views) whose
 /// collation or Unicode version changed.
 pub(crate) fn reindex_collation(
+    printer: &Printer,
     upgraded: &Upgraded<'_>,
     server: &Server,
     run_dir: &RunDir,
@@ -66,17 +67,41 @@ pub(crate) fn reindex_collation(
         .map_err(|e| Failure::new(Code::AfterStepFailed, e))?
         .args(["-X", "--dbname=template1", "-f"])
         .arg(script);
-    run_client(
+    // Each statement's command tag, as psql prints it, is one done.
+    const STATEMENTS: [&str; 4] = [
+        "REINDEX",
+        "REFRESH MATERIALIZED VIEW",
+        "ALTER COLLATION",
+        "ALTER DATABASE",
+    ];
+    let text = std::fs::read_to_string(script)
+        .map_err(|e| Failure::new(Code::AfterStepFailed, format!("{}: {e}", script.display())))?;
+    let total = text
+        .lines()
+        .filter(|l| STATEMENTS.iter().any(|s| l.starts_with(&format!("{s} "))))
+        .count() as u64;
+    let meter = printer.meter("reindex-collation", total, "statements");
+    let mut done = 0;
+    let result = run_client(
         command,
         server,
         "rebuilding collation-dependent indexes",
         &run_dir.log_dir().join("reindex-collation.log"),
-    )
+        &mut |line| {
+            if STATEMENTS.contains(&line) && done < total {
+                done += 1;
+                meter.set(done, 0);
+            }
+        },
+    );
+    meter.finish();
+    result
 }
 
 /// Statistics the upgrade did not carry: the missing ones only, in stages,
 /// where the new version can (18), else all of them in stages.
 pub(crate) fn analyze(
+    printer: &Printer,
     settings: &Settings,
     upgraded: &Upgraded<'_>,
     server: &Server,
@@ -93,10 +118,24 @@ pub(crate) fn analyze(
     if settings.jobs > 1 {
         command = command.arg(format!("--jobs={}", settings.jobs));
     }
-    run_client(
+    // vacuumdb --all visits every database that takes connections (all
+    // but template0) once per stage, and says so on a line of its own.
+    let databases = user_databases(server)?.len() as u64 + 1;
+    let total = databases * 3;
+    let meter = printer.meter("analyze", total, "passes");
+    let mut done = 0;
+    let result = run_client(
         command,
         server,
         "gathering statistics (vacuumdb --analyze-in-stages)",
         &run_dir.log_dir().join("analyze.log"),
-    )
+        &mut |line| {
+            if line.starts_with("vacuumdb: processing database") && done < total {
+                done += 1;
+                meter.set(done, 0);
+            }
+        },
+    );
+    meter.finish();
+    result
 }

@@ -272,7 +272,7 @@ pub fn check_and_stage(
     };
     let begin = || -> std::io::Result<()> {
         // The kit durable before the journal says it is there.
-        pgm_transfer::sync_tree(std::slice::from_ref(&staging), &HashSet::new(), 2)
+        pgm_transfer::sync_tree(std::slice::from_ref(&staging), &HashSet::new(), 2, &|_| {})
             .map_err(std::io::Error::other)?;
         journal::write_atomically(
             &super::manifest_path(new),
@@ -777,7 +777,8 @@ fn sync_new(applied: &Applied) -> Result<(), Failure> {
         .filter_map(|r| place(plan, &plan.new_datadir, &r.new).ok())
         .collect();
     let durable: HashSet<&Path> = linked.iter().map(|p| p.as_path()).collect();
-    pgm_transfer::sync_tree(&roots, &durable, 2).map_err(|e| Failure::new(Code::SyncFailed, e))?;
+    pgm_transfer::sync_tree(&roots, &durable, 2, &|_| {})
+        .map_err(|e| Failure::new(Code::SyncFailed, e))?;
     Ok(())
 }
 

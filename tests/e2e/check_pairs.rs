@@ -87,6 +87,15 @@ fn check_passes(old_major: u32, new_major: u32) {
         .map(|e| e["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ALL_CHECKS);
+    // The checks' progress counted to exactly the checks reported.
+    let progress = run.events_named("progress");
+    let last = progress
+        .iter()
+        .rfind(|e| e["step"] == "checks")
+        .expect("the checks report their progress");
+    assert_eq!(last["done"], ALL_CHECKS.len(), "{last}");
+    assert_eq!(last["total"], ALL_CHECKS.len(), "{last}");
+    assert_eq!(last["unit"], "checks", "{last}");
     for check in run.events_named("check") {
         assert_eq!(check["status"], "pass", "{check}");
     }

@@ -195,6 +195,38 @@ fn drop_in_details_of_the_command_line() {
         "{}",
         check_help.stdout
     );
+    // check's help shows what the checks use, not what happens after them.
+    for shown in [
+        "--old-datadir",
+        "--link",
+        "--swap",
+        "--jobs",
+        "--carry-config",
+        "--strict",
+    ] {
+        assert!(
+            check_help.stdout.contains(shown),
+            "{shown}:\n{}",
+            check_help.stdout
+        );
+    }
+    for hidden in [
+        "--analyze",
+        "--no-sync",
+        "--post-upgrade",
+        "--stop-old",
+        "--verify",
+        "--standby-kit",
+    ] {
+        assert!(
+            !check_help.stdout.contains(&format!("  {hidden}")),
+            "{hidden}:\n{}",
+            check_help.stdout
+        );
+    }
+    assert!(check_help
+        .stdout
+        .contains("accepted and change nothing here"));
 
     let version = run_with(&["-V"]);
     assert_eq!(version.status, 0);
@@ -242,6 +274,30 @@ fn drop_in_details_of_the_command_line() {
         .as_str()
         .unwrap()
         .contains("/nonexistent/last"));
+    // The upgrade's command line with check added still parses: its
+    // after-steps are accepted (and the checks run as without them).
+    let upgrade_line = run_with(&[
+        "check",
+        "--json",
+        "-N",
+        "--analyze",
+        "--post-upgrade",
+        "/nonexistent/scripts",
+        "-b",
+        "/nonexistent/old",
+        "-B",
+        "/nonexistent/new",
+        "-d",
+        "/nonexistent/old-data",
+        "-D",
+        "/nonexistent/new-data",
+    ]);
+    assert_eq!(upgrade_line.status, 1, "{}", upgrade_line.stderr);
+    assert!(upgrade_line
+        .events_named("error")
+        .iter()
+        .all(|e| e["code"] != "usage"));
+    assert_eq!(upgrade_line.check("old-bindir")["status"], "fail");
 }
 
 /// The man pages and completions come from the command-line definition:

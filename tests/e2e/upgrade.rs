@@ -403,6 +403,102 @@ fn many_relations() {
     pair.new.stop();
 }
 
+/// One database of 2,500 tables: the restore shows its objects advancing
+/// within that database, the transfer its files and bytes, and the checks,
+/// the sync, --verify and --analyze their own progress; a log without a
+/// terminal gets a line on how far the step is while nothing else is said.
+#[test]
+fn progress_within_one_database() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    pair.old.with_running(|c| {
+        c.sql("postgres", "CREATE DATABASE big");
+        c.sql(
+            "big",
+            "DO $$ BEGIN
+               FOR i IN 1..2500 LOOP
+                 EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, payload text)', i);
+                 EXECUTE format('INSERT INTO t%s VALUES (1, %L)', i, md5(i::text));
+               END LOOP;
+             END $$",
+        );
+    });
+    let mut words = pair.dir_args();
+    words.extend(
+        ["--link", "--json", "--verify", "--analyze"]
+            .iter()
+            .map(std::ffi::OsString::from),
+    );
+    let mut command = pgm_testkit::as_test_user(&pair.bin);
+    command
+        .current_dir(pair.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_PROGRESS_EVERY_MS", "300");
+    let run = pgm_testkit::finish(command.output().unwrap());
+    assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
+    crate::json_schema::validate(&run.events);
+    let progress = |step: &str| -> Vec<serde_json::Value> {
+        run.events_named("progress")
+            .into_iter()
+            .filter(|e| e["step"] == step)
+            .cloned()
+            .collect()
+    };
+    let number = |e: &serde_json::Value, field: &str| e[field].as_u64().unwrap();
+    // Every metered step ends at its total, counting up.
+    for (step, unit) in [
+        ("checks", "checks"),
+        ("restore-schema", "objects"),
+        ("transfer", "files"),
+        ("sync", "files"),
+        ("record-old", "tables"),
+        ("verify", "tables"),
+        ("analyze", "passes"),
+    ] {
+        let events = progress(step);
+        let last = events
+            .last()
+            .unwrap_or_else(|| panic!("no progress for {step}"));
+        assert_eq!(last["unit"], unit, "{last}");
+        assert_eq!(number(last, "done"), number(last, "total"), "{last}");
+        assert!(number(last, "total") > 0, "{last}");
+        let done: Vec<u64> = events.iter().map(|e| number(e, "done")).collect();
+        assert!(done.windows(2).all(|w| w[0] <= w[1]), "{step}: {done:?}");
+    }
+    // The restore of the one database is seen advancing, object by object
+    // batch: its tables, keys and their dependents.
+    let restore = progress("restore-schema");
+    let total = number(restore.last().unwrap(), "total");
+    assert!(total >= 5000, "{total} objects");
+    let between = restore
+        .iter()
+        .filter(|e| (1..total).contains(&number(e, "done")))
+        .count();
+    assert!(between >= 2, "{restore:?}");
+    // The transfer counts every relation file, and its bytes.
+    let transfer = progress("transfer");
+    let last = transfer.last().unwrap();
+    assert!(number(last, "total") >= 7500, "{last}");
+    assert_eq!(
+        number(last, "bytes_done"),
+        number(last, "bytes_total"),
+        "{last}"
+    );
+    assert!(number(last, "bytes_total") > 0, "{last}");
+    // verify measured the old side's tables and the new side's: 2,500 each.
+    assert!(number(progress("verify").last().unwrap(), "total") >= 2500);
+    // Three stages in each of big, postgres and template1.
+    assert_eq!(number(progress("analyze").last().unwrap(), "total"), 9);
+    // stderr is no terminal here: the restore's own line came while it ran.
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("  restore-schema: ") && l.contains(" objects ("))
+        .unwrap_or_else(|| panic!("no progress line:\n{}", run.stderr));
+    assert!(line.contains(" of ") && line.contains("so far"), "{line}");
+}
+
 /// A table over 1 GiB has segment files (`<relfilenode>.1`); all must move.
 #[test]
 fn relation_larger_than_a_segment() {

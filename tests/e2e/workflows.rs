@@ -1227,6 +1227,16 @@ fn reindex_collation_rebuilds_what_the_check_found() {
         run.summary()["after"],
         serde_json::json!([{ "step": "reindex-collation", "status": "ok" }])
     );
+    // Its progress: the script's statements, each counted as psql ran it.
+    let progress = run.events_named("progress");
+    let last = progress
+        .iter()
+        .rfind(|e| e["step"] == "reindex-collation")
+        .expect("reindex-collation reports its progress");
+    assert_eq!(last["unit"], "statements", "{last}");
+    assert_eq!(last["done"], last["total"], "{last}");
+    // Two indexes, the collation's and the database's recorded versions.
+    assert_eq!(last["total"], 4, "{last}");
     let next = run.summary()["next_steps"].to_string();
     assert!(!next.contains("reindex_after_upgrade.sql"), "{next}");
     pair.new.start();

@@ -170,6 +170,61 @@ impl PgCommand {
         }
     }
 
+    /// As [`run_unchecked`](Self::run_unchecked), handing each line of
+    /// standard output to `on_line` as the program writes it (how far a
+    /// long client program is: vacuumdb's stages, psql's command tags).
+    pub fn run_watching(
+        &self,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(std::process::ExitStatus, Captured), Error> {
+        use std::io::{BufRead, Read};
+        let line = self.command_line();
+        let started = Instant::now();
+        let spawn_error = |source| Error::Spawn {
+            command: line.clone(),
+            source,
+        };
+        let mut child = self
+            .build()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        let mut stderr = child.stderr.take().expect("piped above");
+        let errors = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            text
+        });
+        let mut stdout = String::new();
+        if let Some(out) = child.stdout.take() {
+            let mut reader = std::io::BufReader::new(out);
+            let mut buffer = Vec::new();
+            while reader.read_until(b'\n', &mut buffer).map_err(spawn_error)? > 0 {
+                let text = String::from_utf8_lossy(&buffer);
+                on_line(text.trim_end_matches(['\n', '\r']));
+                stdout.push_str(&text);
+                buffer.clear();
+            }
+        }
+        let status = child.wait().map_err(spawn_error)?;
+        let stderr = errors.join().unwrap_or_default();
+        if let Some(observer) = OBSERVER.get() {
+            observer(&CommandRecord {
+                command_line: &line,
+                duration: started.elapsed(),
+                success: status.success(),
+            });
+        }
+        Ok((
+            status,
+            Captured {
+                stdout,
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            },
+        ))
+    }
+
     /// Runs the program and returns its status without judging it.
     pub fn run_unchecked(&self) -> Result<(std::process::ExitStatus, Captured), Error> {
         let line = self.command_line();
@@ -247,6 +302,19 @@ mod tests {
             "{text}"
         );
         let err = PgCommand::new("/nonexistent/postgres").run().unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }));
+        let mut seen = Vec::new();
+        let (status, captured) = PgCommand::new("/bin/sh")
+            .args(["-c", "echo one; echo oops >&2; echo two; exit 4"])
+            .run_watching(&mut |line| seen.push(line.to_string()))
+            .unwrap();
+        assert_eq!(seen, ["one", "two"]);
+        assert_eq!(status.code(), Some(4));
+        assert_eq!(captured.stdout, "one\ntwo\n");
+        assert_eq!(captured.stderr, "oops\n");
+        let err = PgCommand::new("/nonexistent/postgres")
+            .run_watching(&mut |_| {})
+            .unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }));
     }
 

@@ -15,6 +15,8 @@
 //!   new catalog (but not its proof), so that a test can show the proof
 //!   stops a prepare whose freeze did not happen. `=all` skips the proof
 //!   too, so that a test can show the damage is found after the cutover.
+//! - `PG_MIGRATE_TEST_PROGRESS_EVERY_MS=<ms>`: the progress line written to
+//!   a log without a terminal comes this often instead of every 10 s.
 
 #[cfg(feature = "test-hooks")]
 mod hooks {
@@ -49,6 +51,15 @@ mod hooks {
     /// Whether a test asked prepare to skip the freeze's proof as well.
     pub fn freeze_proof_skipped() -> bool {
         std::env::var_os("PG_MIGRATE_TEST_SKIP_FREEZE").is_some_and(|v| v == "all")
+    }
+
+    /// How often a test wants the progress line of a log without a terminal.
+    pub fn progress_interval() -> Option<Duration> {
+        std::env::var("PG_MIGRATE_TEST_PROGRESS_EVERY_MS")
+            .ok()?
+            .parse()
+            .ok()
+            .map(Duration::from_millis)
     }
 
     /// A fault point; `name` is only computed when a hook is set.
@@ -91,6 +102,10 @@ mod inert {
 
     pub fn freeze_proof_skipped() -> bool {
         false
+    }
+
+    pub fn progress_interval() -> Option<std::time::Duration> {
+        None
     }
 
     #[inline(always)]

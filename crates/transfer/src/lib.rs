@@ -545,12 +545,19 @@ mod tests {
         }
         let linked = root.join("base/5/16384");
         let durable = HashSet::from([linked.as_path()]);
+        let told = std::sync::Mutex::new(Vec::new());
+        let progress = |p: SyncProgress| told.lock().unwrap().push(p);
         assert_eq!(
-            sync_tree(std::slice::from_ref(&root), &durable, 2).unwrap(),
+            sync_tree(std::slice::from_ref(&root), &durable, 2, &progress).unwrap(),
             3
         );
-        assert_eq!(sync_tree(&[root], &HashSet::new(), 1).unwrap(), 4);
-        assert!(sync_tree(&[dir.path().join("missing")], &HashSet::new(), 1).is_err());
+        // new, base, base/5, global and new's parent: 5 directories.
+        let told = told.into_inner().unwrap();
+        assert_eq!(told[0], SyncProgress::Total(3 + 5));
+        assert_eq!(told.len(), 1 + 3 + 5);
+        assert!(told[1..].iter().all(|p| *p == SyncProgress::Synced));
+        assert_eq!(sync_tree(&[root], &HashSet::new(), 1, &|_| {}).unwrap(), 4);
+        assert!(sync_tree(&[dir.path().join("missing")], &HashSet::new(), 1, &|_| {}).is_err());
     }
 
     #[test]

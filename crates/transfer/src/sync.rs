@@ -9,12 +9,27 @@ use std::sync::Mutex;
 #[allow(unused_imports)]
 use super::*;
 
+/// What `sync_tree` tells of its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncProgress {
+    /// Files and directories it will sync.
+    Total(u64),
+    /// One more synced.
+    Synced,
+}
+
 /// fsyncs every regular file under `roots` but those in `durable` (files
 /// whose contents already were on disk: the old cluster's, hard-linked or
 /// moved), then every directory, so that new names are durable too; `jobs`
-/// files at a time. Symbolic links are not followed. Returns how many files
-/// were synced.
-pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<&Path>, jobs: usize) -> Result<u64, Error> {
+/// files at a time. Symbolic links are not followed. `progress` learns the
+/// files and directories to sync (once, first) and then each one synced.
+/// Returns how many files were synced.
+pub fn sync_tree(
+    roots: &[PathBuf],
+    durable: &HashSet<&Path>,
+    jobs: usize,
+    progress: &(dyn Fn(SyncProgress) + Sync),
+) -> Result<u64, Error> {
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for root in roots {
@@ -47,6 +62,7 @@ pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<&Path>, jobs: usize) -> Re
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let all: Vec<&PathBuf> = files.iter().chain(dirs.iter()).collect();
+    progress(SyncProgress::Total(all.len() as u64));
     // An fsync mostly waits for the disk: more of them in flight let the
     // filesystem commit its journal for many at once.
     let threads = jobs.max(1) * 4;
@@ -66,6 +82,7 @@ pub fn sync_tree(roots: &[PathBuf], durable: &HashSet<&Path>, jobs: usize) -> Re
                             .get_or_insert(e);
                         break;
                     }
+                    progress(SyncProgress::Synced);
                 });
             }
         });

@@ -170,8 +170,14 @@ impl Report {
     }
 }
 
-/// Runs every check, handing each finding to `sink` as soon as it is known.
-pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Checked {
+/// Runs every check, handing each finding to `sink` as soon as it is known;
+/// `total` learns first how many findings the run will report (every check
+/// once, run or skipped).
+pub fn run_checks(
+    config: &CheckConfig,
+    total: &mut dyn FnMut(usize),
+    sink: &mut dyn FnMut(&Finding),
+) -> Checked {
     let mut report = Report {
         strict: config.strict,
         carry_config: config.carry_config,
@@ -183,7 +189,9 @@ pub fn run_checks(config: &CheckConfig, sink: &mut dyn FnMut(&Finding)) -> Check
         sink(&finding);
         report.findings.push(finding);
     };
-    for finding in on_disk::run(config, &mut report) {
+    let on_disk = on_disk::run(config, &mut report);
+    total(on_disk.len() + server::CHECKS.len());
+    for finding in on_disk {
         emit(&mut report, finding);
     }
     if !report.failed().is_empty() {

@@ -79,6 +79,7 @@ pub fn measure(
     options: MeasureOptions,
     like: Option<&Side>,
     jobs: usize,
+    progress: &(dyn Fn(MeasureProgress) + Sync),
 ) -> Result<Side, crate::Error> {
     let schema = dump_schema(install, server)?;
     let databases: Vec<String> = server
@@ -118,7 +119,17 @@ pub fn measure(
                 let Some(name) = databases.get(at) else {
                     return;
                 };
-                let measured = measure_database(server, name, options, like, hash, float_digits);
+                let measured = measure_database(
+                    server,
+                    name,
+                    Measuring {
+                        options,
+                        like,
+                        hash,
+                        float_digits,
+                        progress,
+                    },
+                );
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -172,14 +183,36 @@ impl RowHash {
     }
 }
 
+/// What `measure` tells of its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureProgress {
+    /// A database's tables and sequences, listed: more to measure.
+    Found(u64),
+    /// One more begun (the ones before it are measured).
+    Started,
+}
+
+/// How every database of one side is measured.
+struct Measuring<'a> {
+    options: MeasureOptions,
+    like: Option<&'a Side>,
+    hash: RowHash,
+    float_digits: i32,
+    progress: &'a (dyn Fn(MeasureProgress) + Sync),
+}
+
 fn measure_database(
     server: &Server,
     database: &str,
-    options: MeasureOptions,
-    like: Option<&Side>,
-    hash: RowHash,
-    float_digits: i32,
+    how: Measuring<'_>,
 ) -> Result<DatabaseMeasures, crate::Error> {
+    let Measuring {
+        options,
+        like,
+        hash,
+        float_digits,
+        progress,
+    } = how;
     let mut client = server.connect(database)?;
     let q = |what: &'static str| move |e: postgres::Error| query_error(database, what, &e);
     client.batch_execute(SESSION).map_err(q("setting up"))?;
@@ -203,7 +236,9 @@ fn measure_database(
         .collect();
     let mut tables = BTreeMap::new();
     let mut sequences = BTreeMap::new();
+    progress(MeasureProgress::Found(relations.len() as u64));
     for (name, kind, populated, bytes) in relations {
+        progress(MeasureProgress::Started);
         let key = format!("{database}: {name}");
         if kind == "S" {
             let row = client

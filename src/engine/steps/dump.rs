@@ -160,6 +160,7 @@ impl<'a> Engine<'a> {
             .verify
             .ok_or_else(|| Failure::new(Code::Internal, "record-old without --verify"))?;
         let server = self.old_server_for_dumps()?;
+        let meter = self.printer.meter("record-old", 0, "tables");
         let result = crate::proving::record_old(
             &self.new_install,
             &server,
@@ -167,7 +168,9 @@ impl<'a> Engine<'a> {
             &self.new_dir().path,
             crate::proving::measure_options(verify, self.settings.method),
             self.settings.jobs,
+            &meter,
         );
+        meter.finish();
         server
             .stop()
             .map_err(|e| Failure::new(Code::ServerStopFailed, e))?;

@@ -35,8 +35,13 @@ impl<'a> Engine<'a> {
             } else {
                 HashSet::new()
             };
-            pgm_transfer::sync_tree(&roots, &durable, self.settings.jobs)
-                .map_err(|e| Failure::new(Code::SyncFailed, e))?;
+            let meter = self.printer.meter("sync", 0, "files");
+            pgm_transfer::sync_tree(&roots, &durable, self.settings.jobs, &|p| match p {
+                pgm_transfer::SyncProgress::Total(n) => meter.grow(n),
+                pgm_transfer::SyncProgress::Synced => meter.add(1, 0),
+            })
+            .map_err(|e| Failure::new(Code::SyncFailed, e))?;
+            meter.finish();
             return Ok(());
         }
         let mut command = self

@@ -42,9 +42,10 @@ impl<'a> Engine<'a> {
             )
         })?;
         let total_bytes = self.moves.iter().map(|m| m.bytes).sum();
+        // A directory moves whole, however large: directories are the measure.
         let meter = self
             .printer
-            .meter_bytes("transfer", dirs.len() as u64, total_bytes);
+            .meter("transfer", dirs.len() as u64, "directories");
         let markers = crate::journal::dir(&self.new_dir().path).join("swap");
         pgm_transfer::swap(&dirs, &markers, &|done| {
             meter.set(done as u64, 0);
