@@ -579,7 +579,11 @@ impl Printer {
         park_if_interrupted();
         match event {
             Event::StepStart { step } => self.heartbeat.step_started(step),
-            Event::StepEnd { .. } => self.heartbeat.step_ended(),
+            // A failure ends the step too: what follows (a revert, the
+            // summary) is not that step still running.
+            Event::StepEnd { .. } | Event::Error { .. } | Event::Summary { .. } => {
+                self.heartbeat.step_ended()
+            }
             _ => {}
         }
         if self.json {
