@@ -54,9 +54,13 @@ def parse_args():
     p.add_argument("--manyrels-tables", type=int, default=2500, help="tables per database (each with an index and a TOAST table)")
     p.add_argument("--pgbench-scale", type=int, default=50)
     p.add_argument("--lobjs", type=int, default=50000)
-    p.add_argument("--series", default="1000,5000,20000",
-                   help="relation counts of the scaling series: one database of tables with an index and a TOAST table, "
-                        "4 relations each (empty: none)")
+    p.add_argument("--series", default="10000,50000,100000",
+                   help="relation counts of the one-database series: one database of tables with a primary key, "
+                        "an index and a TOAST table, 5 relations each (empty: none)")
+    p.add_argument("--series-jobs", default="2,4",
+                   help="-j of the one-database series, for both tools (pg-migrate restores that database over "
+                        "that many connections; pg_upgrade's -j cannot split one database)")
+    p.add_argument("--series-modes", default="link,copy")
     p.add_argument("--ha-rounds", type=int, default=2, metavar="N",
                    help="rounds of the HA case on each filesystem (0: none): a three-member Patroni cluster (real "
                         "etcd and Patroni, PostgreSQL 15 -> 18) upgraded by pg-migrate patroni and by Spilo's "
@@ -80,7 +84,7 @@ def parse_args():
     a = p.parse_args()
     if a.quick:
         a.rounds, a.manyrels_dbs, a.manyrels_tables = 2, 2, 100
-        a.pgbench_scale, a.lobjs, a.series = 2, 1000, "400,1200"
+        a.pgbench_scale, a.lobjs, a.series = 2, 1000, "1000,2000"
         a.ha_pgbench_scale, a.ha_tables = 2, 200
     return a
 
@@ -92,6 +96,8 @@ WORK = Path(ARGS.workdir)
 IS_ROOT = os.geteuid() == 0
 # Where trials (and the floors) run: WORK, or the journaled filesystem mounted by mount_trial_fs().
 TRIALS = WORK
+# The -j both tools run with (the one-database series changes it).
+JOBS = [ARGS.jobs]
 
 
 def as_user(cmd):
@@ -156,6 +162,25 @@ def tables_sql(count):
             out.append(f"CREATE TABLE t{i} (id int PRIMARY KEY, payload text); INSERT INTO t{i} VALUES (1, 'x');")
         out.append("COMMIT;")
     return "\n".join(out)
+
+
+def series_sql(count):
+    """`count` tables, each with a primary key, one more index and a TOAST table (5 relations), 250 per transaction."""
+    out = []
+    for start in range(1, count + 1, 250):
+        out.append("BEGIN;")
+        for i in range(start, min(start + 250, count + 1)):
+            out.append(f"CREATE TABLE t{i} (id int PRIMARY KEY, payload text); CREATE INDEX ON t{i} (payload); "
+                       f"INSERT INTO t{i} VALUES (1, 'x');")
+        out.append("COMMIT;")
+    return "\n".join(out)
+
+
+def load_series(tables):
+    def loader(server):
+        server.psql("postgres", "CREATE DATABASE one;")
+        server.psql("one", series_sql(tables))
+    return loader
 
 
 def build(name, loader, sizes):
@@ -351,7 +376,7 @@ def run_tool(tool, golden, mode):
     pg-migrate's seconds are the cutover's (the downtime, stopping the old server included) and the
     prepare's are in the info; pg_upgrade runs --link."""
     trial = trial_dirs(golden)
-    dirs = ["-b", OLD_BIN, "-B", NEW_BIN, "-d", trial / "old", "-D", trial / "new", "-j", ARGS.jobs]
+    dirs = ["-b", OLD_BIN, "-B", NEW_BIN, "-d", trial / "old", "-D", trial / "new", "-j", JOBS[0]]
     if mode == "online":
         if tool == "pg_upgrade":
             seconds, _ = timed([NEW_BIN / "pg_upgrade"] + dirs + ["--link"], cwd=trial)
@@ -570,10 +595,18 @@ def targets(report):
                 e["ratio_replicas_streaming_s"], 1.0)
     series = report.get("series", [])
     if series:
-        largest = series[-1]
-        add(f"peak RSS at {largest['relations']} relations (MB)", largest["peak_rss_bytes"] / 1e6, 64)
-        if len(series) >= 2:
-            a, b = series[-2], series[-1]
+        largest = max(s["relations"] for s in series)
+        at_largest = [s for s in series if s["relations"] == largest]
+        add(f"peak RSS at {largest} relations in one database (MB)",
+            max(s["peak_rss_bytes"] or 0 for s in at_largest) / 1e6, 64)
+        for s in at_largest:
+            limit = 0.35 if s.get("jobs", 2) <= 2 else 0.3
+            add(f"one database of {largest} relations, {s.get('mode', 'link')} -j {s.get('jobs', '?')}: "
+                f"pg-migrate / pg_upgrade", s["pg-migrate"] / s["pg_upgrade"], limit)
+        link = sorted((s for s in series if s.get("mode", "link") == "link" and s.get("jobs") == min(
+            x.get("jobs", 0) for x in series)), key=lambda s: s["relations"])
+        if len(link) >= 2:
+            a, b = link[-2], link[-1]
             growth = (b["pg-migrate"] / b["relations"]) / (a["pg-migrate"] / a["relations"])
             add(f"time per relation, {b['relations']} vs {a['relations']} relations (1 = linear)", growth, 1.25)
     return out
@@ -696,11 +729,14 @@ def markdown(report):
             lines.append(f"| {fs} | | **ratio** | **{e['ratio_write_downtime_s']:.2f}** | "
                          f"**{e['ratio_replicas_streaming_s']:.2f}** | |")
     if report.get("series"):
-        lines += ["", "## Scaling (one database, link mode)", "",
-                  "| relations | tables | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate peak RSS |", "|---|---|---|---|---|---|"]
+        lines += ["", "## One database, many relations (tables with a primary key, an index and TOAST)", "",
+                  "| relations | mode | -j | pg_upgrade (s) | pg-migrate (s) | ratio | pg_upgrade per relation (ms) "
+                  "| pg-migrate per relation (ms) | pg-migrate peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
         for s in report["series"]:
-            lines.append(f"| {s['relations']} | {s['tables']} | {s['pg_upgrade']:.2f} | {s['pg-migrate']:.2f} | "
-                         f"{s['pg-migrate'] / s['pg_upgrade']:.2f} | {s['peak_rss_bytes'] / 2**20:.1f} MiB |")
+            lines.append(f"| {s['relations']} | {s.get('mode', 'link')} | {s.get('jobs', '')} | {s['pg_upgrade']:.2f} | "
+                         f"{s['pg-migrate']:.2f} | {s['pg-migrate'] / s['pg_upgrade']:.2f} | "
+                         f"{1000 * s['pg_upgrade'] / s['relations']:.3f} | {1000 * s['pg-migrate'] / s['relations']:.3f} | "
+                         f"{(s['peak_rss_bytes'] or 0) / 2**20:.1f} MiB |")
     lines += ["", "## Where pg-migrate's time goes (median seconds per step)", ""]
     for name, d in report["datasets"].items():
         for mode, e in d["modes"].items():
@@ -781,13 +817,19 @@ def main():
                 print(f"  {name}: a standby upgraded from its own files", flush=True)
                 report["datasets"][name]["standby"] = measure_standby(golden)
             drop(golden)
+        series_modes = [m for m in ARGS.series_modes.split(",") if m]
         for relations in [int(r) for r in ARGS.series.split(",") if r]:
-            tables = max(1, relations // 4)
-            print(f"series {relations} relations ({tables} tables)", flush=True)
-            golden = build(f"series-{tables}", load_manyrels(1, tables), tables)
-            entry = measure(f"series-{tables}", golden, ["link"])["modes"]["link"]
-            report["series"].append({"relations": 4 * tables, "tables": tables, "pg_upgrade": entry["pg_upgrade"],
-                                     "pg-migrate": entry["pg-migrate"], "peak_rss_bytes": entry["peak_rss_bytes"]})
+            tables = max(1, relations // 5)
+            print(f"series {relations} relations ({tables} tables) in one database", flush=True)
+            golden = build(f"series-{tables}", load_series(tables), tables)
+            for jobs in [int(j) for j in ARGS.series_jobs.split(",") if j]:
+                JOBS[0] = jobs
+                measured = measure(f"series-{tables} -j {jobs}", golden, series_modes)["modes"]
+                for mode, entry in measured.items():
+                    report["series"].append({"relations": 5 * tables, "tables": tables, "jobs": jobs, "mode": mode,
+                                             "pg_upgrade": entry["pg_upgrade"], "pg-migrate": entry["pg-migrate"],
+                                             "peak_rss_bytes": entry["peak_rss_bytes"], "steps": entry["steps"]})
+            JOBS[0] = ARGS.jobs
             drop(golden)
         if ARGS.ha_rounds > 0:
             print("HA: a Patroni cluster", flush=True)
