@@ -239,6 +239,7 @@ kill_points! {
     link_after_handover: "--link", "after:handover-counters";
     link_inside_restore_first_database: "--link", "restore-schema:database:1";
     link_inside_restore_third_database: "--link", "restore-schema:database:3";
+    link_inside_parallel_restore: "--link", "restore-schema:parallel-batch:2";
     link_after_restore: "--link", "after:restore-schema";
     link_after_match_relations: "--link", "after:match-relations";
     link_after_protect_old: "--link", "after:protect-old";
@@ -256,6 +257,7 @@ kill_points! {
     copy_after_prepare_new: "--copy", "after:prepare-new";
     copy_after_handover: "--copy", "after:handover-counters";
     copy_inside_restore: "--copy", "restore-schema:database:2";
+    copy_inside_parallel_restore: "--copy", "restore-schema:parallel-batch:2";
     copy_after_restore: "--copy", "after:restore-schema";
     copy_after_match_relations: "--copy", "after:match-relations";
     copy_inside_transfer_first_file: "--copy", "transfer:file:1";

@@ -11,6 +11,7 @@ mod faults;
 mod json_schema;
 mod modes;
 mod online;
+mod parallel_restore;
 mod patroni;
 mod proof;
 mod recovery;

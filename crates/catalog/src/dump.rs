@@ -186,6 +186,9 @@ pub fn restore_globals(
 #[derive(Debug, Clone)]
 pub struct PlannedRestore {
     pub objects: u64,
+    database: String,
+    dump: std::path::PathBuf,
+    log: std::path::PathBuf,
     /// None: pg_restore restores over its own connection (before 17, or a
     /// script that is not UTF-8).
     script: Option<std::path::PathBuf>,
@@ -195,7 +198,9 @@ pub struct PlannedRestore {
 /// Makes ready one database's restore: with `transaction_size` (17 and
 /// later) pg_restore writes the script (its transactions included) that
 /// `restore_database` runs, a transaction per message; the objects are
-/// counted from that script or from the dump's table of contents.
+/// counted from that script or from the dump's table of contents. The
+/// script is written `--verbose`: each entry's dump id and dependencies,
+/// which a restore over several connections schedules by.
 pub fn plan_restore(
     install: &Installation,
     database: &str,
@@ -206,6 +211,7 @@ pub fn plan_restore(
     if let Some(size) = transaction_size {
         let script = dump.with_extension("sql");
         let writer = restore_command(install, database, Some(size))?
+            .arg("--verbose")
             .arg(format!("--file={}", script.display()))
             .arg(dump);
         run_logged(
@@ -216,6 +222,9 @@ pub fn plan_restore(
         if crate::script::is_utf8_script(&script)? {
             return Ok(PlannedRestore {
                 objects: crate::script::count_objects(&script)?,
+                database: database.to_string(),
+                dump: dump.to_path_buf(),
+                log: log.to_path_buf(),
                 script: Some(script),
                 transaction_size,
             });
@@ -240,6 +249,9 @@ pub fn plan_restore(
         .count() as u64;
     Ok(PlannedRestore {
         objects,
+        database: database.to_string(),
+        dump: dump.to_path_buf(),
+        log: log.to_path_buf(),
         script: None,
         transaction_size,
     })
@@ -275,24 +287,30 @@ fn restore_via(database: &str) -> &'static str {
 
 /// Restores one database's dump as `plan_restore` made it ready; `progress`
 /// is told how many objects were restored as they are (in all, exactly the
-/// plan's count).
+/// plan's count). With `workers` above 1, its indexes, constraints and
+/// the like are made over that many connections at once (17 and later).
 pub fn restore_database(
     install: &Installation,
     conn: &Endpoint,
-    database: &str,
-    dump: &Path,
-    log: &Path,
     planned: &PlannedRestore,
-    progress: &dyn Fn(u64),
+    workers: usize,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Error> {
-    let reported = std::cell::Cell::new(0u64);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let reported = AtomicU64::new(0);
     let counted = |n: u64| {
-        let n = n.min(planned.objects - reported.get());
-        reported.set(reported.get() + n);
-        if n > 0 {
-            progress(n);
+        // Never past the plan's count, however the script's pieces add up.
+        let before = reported
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                Some((r + n).min(planned.objects))
+            })
+            .unwrap_or(0);
+        let added = (before + n).min(planned.objects) - before;
+        if added > 0 {
+            progress(added);
         }
     };
+    let (database, dump, log) = (planned.database.as_str(), &planned.dump, &planned.log);
     let via = restore_via(database);
     let what = format!("restoring the schema of database \"{database}\"");
     match &planned.script {
@@ -303,8 +321,12 @@ pub fn restore_database(
                 .open(log)
                 .map_err(|e| Error::io(log, e))?;
             let _ = writeln!(file, "running {} in database {via}", script.display());
-            let result =
-                crate::script::run_script(script, conn, via, database, &mut file, &counted);
+            let how = crate::parallel::Restore {
+                workers,
+                transaction_size: planned.transaction_size.unwrap_or(1000) as usize,
+                progress: &counted,
+            };
+            let result = crate::script::run_script(script, conn, via, database, &mut file, &how);
             if let Err(e) = &result {
                 let _ = writeln!(file, "failed: {e}");
             }

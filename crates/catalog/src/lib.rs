@@ -17,6 +17,7 @@ mod dump;
 mod error;
 pub mod fingerprint;
 mod handover;
+mod parallel;
 mod relations;
 mod script;
 mod slots;

@@ -53,8 +53,12 @@ pub(crate) struct Splitter<R> {
     /// The statement's first words, lower-cased.
     words: Vec<String>,
     standard_strings: bool,
-    pending: std::collections::VecDeque<Piece>,
+    /// Each piece with the offset just past its last byte.
+    pending: std::collections::VecDeque<(Piece, u64)>,
     line: String,
+    /// Bytes read before the current line, and in all.
+    line_start: u64,
+    consumed: u64,
     done: bool,
 }
 
@@ -82,7 +86,7 @@ fn dollar_tag(bytes: &[u8]) -> Option<usize> {
 
 /// The statement's words, upper-cased and single-spaced, without comments
 /// before it (enough to recognise BEGIN, COMMIT, SET and COPY).
-fn normalized(statement: &str) -> String {
+pub(crate) fn normalized(statement: &str) -> String {
     let text: Vec<&str> = statement
         .lines()
         .map(str::trim)
@@ -108,6 +112,8 @@ impl<R: BufRead> Splitter<R> {
             standard_strings: true,
             pending: Default::default(),
             line: String::new(),
+            line_start: 0,
+            consumed: 0,
             done: false,
         }
     }
@@ -144,7 +150,7 @@ impl<R: BufRead> Splitter<R> {
         }
     }
 
-    fn finish_statement(&mut self) -> Result<(), String> {
+    fn finish_statement(&mut self, end: u64) -> Result<(), String> {
         let statement = std::mem::take(&mut self.statement);
         self.reset_statement();
         let words = normalized(&statement);
@@ -165,14 +171,16 @@ impl<R: BufRead> Splitter<R> {
                 if read == 0 {
                     return Err("the script ends inside COPY data (no \\. line)".into());
                 }
+                self.consumed += read as u64;
                 if line.trim_end_matches(['\n', '\r']) == "\\." {
                     break;
                 }
                 data.push_str(&line);
             }
-            self.pending.push_back(Piece::Copy { statement, data });
+            self.pending
+                .push_back((Piece::Copy { statement, data }, self.consumed));
         } else {
-            self.pending.push_back(Piece::Sql(statement));
+            self.pending.push_back((Piece::Sql(statement), end));
         }
         Ok(())
     }
@@ -182,7 +190,9 @@ impl<R: BufRead> Splitter<R> {
         let line = std::mem::take(&mut self.line);
         if self.quote == Quote::None && !self.has_token && line.trim_start().starts_with('\\') {
             self.statement.clear();
-            self.pending.push_back(Piece::Meta(line.trim().to_string()));
+            let end = self.line_start + line.len() as u64;
+            self.pending
+                .push_back((Piece::Meta(line.trim().to_string()), end));
             return Ok(());
         }
         let bytes = line.as_bytes();
@@ -227,7 +237,7 @@ impl<R: BufRead> Splitter<R> {
                         self.statement.push_str(&line[start..=i]);
                         start = i + 1;
                         if self.has_token {
-                            self.finish_statement()?;
+                            self.finish_statement(self.line_start + i as u64 + 1)?;
                         } else {
                             self.statement.clear();
                             self.reset_statement();
@@ -288,6 +298,12 @@ impl<R: BufRead> Splitter<R> {
     /// The next piece, None at the end; an error for a script that ends
     /// inside a statement or a quote.
     pub(crate) fn next_piece(&mut self) -> Result<Option<Piece>, String> {
+        Ok(self.next_piece_at()?.map(|(piece, _)| piece))
+    }
+
+    /// The next piece and the offset just past it: a piece spans from the
+    /// end of the one before (its leading comments included) to there.
+    pub(crate) fn next_piece_at(&mut self) -> Result<Option<(Piece, u64)>, String> {
         loop {
             if let Some(piece) = self.pending.pop_front() {
                 return Ok(Some(piece));
@@ -300,6 +316,8 @@ impl<R: BufRead> Splitter<R> {
                 .input
                 .read_line(&mut self.line)
                 .map_err(|e| e.to_string())?;
+            self.line_start = self.consumed;
+            self.consumed += read as u64;
             if read == 0 {
                 self.done = true;
                 if self.quote != Quote::None || self.has_token {
@@ -351,7 +369,7 @@ fn is_object_header(line: &str) -> bool {
 }
 
 /// The objects a piece of script restores (its header comments).
-fn objects_in(text: &str) -> u64 {
+pub(crate) fn objects_in(text: &str) -> u64 {
     text.lines().filter(|l| is_object_header(l)).count() as u64
 }
 
@@ -378,15 +396,15 @@ pub(crate) fn count_objects(script: &Path) -> Result<u64, Error> {
 
 /// A batch this large is sent even inside a transaction (the server keeps
 /// a message's parse trees until its last statement ends).
-const BATCH_BYTES: usize = 4 << 20;
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
 
 /// The server's notices and warnings during a restore, for its log.
-type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-struct Runner<'a> {
+pub(crate) struct Runner<'a> {
     conn: &'a Endpoint,
     /// Told how many objects each message restored, once the server took it.
-    progress: &'a dyn Fn(u64),
+    progress: &'a (dyn Fn(u64) + Sync),
     database: &'a str,
     notices: Notices,
     client: postgres::Client,
@@ -396,7 +414,7 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn connect(
+    pub(crate) fn connect(
         conn: &Endpoint,
         database: &str,
         notices: &Notices,
@@ -444,7 +462,7 @@ impl Runner<'_> {
 }
 
 /// The server's error, and the statement of the message it points into.
-fn describe_failure(e: &postgres::Error, text: &str) -> String {
+pub(crate) fn describe_failure(e: &postgres::Error, text: &str) -> String {
     let detail = pgm_cluster::describe_pg_error(e);
     let at = e.as_db_error().and_then(|db| match db.position() {
         Some(postgres::error::ErrorPosition::Original(p)) => Some(*p as usize),
@@ -483,17 +501,27 @@ fn describe_failure(e: &postgres::Error, text: &str) -> String {
 /// it starts in `first_database` and each `\connect` goes to `database`,
 /// the only database such a script connects to. Statements between a
 /// top-level BEGIN and its COMMIT travel together; the others alone, as
-/// pg_restore sends them.
+/// pg_restore sends them. With `workers` above 1, the part of the script
+/// that may run side by side (its post-data objects: indexes, constraints,
+/// triggers …) runs over that many connections ([`crate::parallel`]).
 pub(crate) fn run_script(
     script: &Path,
     conn: &Endpoint,
     first_database: &str,
     database: &str,
     log: &mut impl Write,
-    progress: &dyn Fn(u64),
+    restore: &crate::parallel::Restore<'_>,
 ) -> Result<(), Error> {
     let notices = Notices::default();
-    let result = execute(script, conn, first_database, database, &notices, progress);
+    let result = execute(
+        script,
+        conn,
+        first_database,
+        database,
+        &notices,
+        restore,
+        log,
+    );
     // What the server said, whether or not the script went through.
     for notice in notices.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(log, "{notice}");
@@ -509,44 +537,154 @@ fn execute(
     first_database: &str,
     database: &str,
     notices: &Notices,
-    progress: &dyn Fn(u64),
+    restore: &crate::parallel::Restore<'_>,
+    log: &mut impl Write,
 ) -> Result<(u64, u64), Error> {
-    let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
-    let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, file));
-    let mut runner = Runner {
-        conn,
-        progress,
-        database,
-        client: Runner::connect(conn, first_database, notices)?,
-        notices: notices.clone(),
-        batch: String::new(),
-        statements: 0,
-        messages: 0,
+    let mut session = Session {
+        runner: Runner {
+            conn,
+            progress: restore.progress,
+            database,
+            client: Runner::connect(conn, first_database, notices)?,
+            notices: notices.clone(),
+            batch: String::new(),
+            statements: 0,
+            messages: 0,
+        },
+        in_transaction: false,
+        restricted: None,
     };
-    let mut in_transaction = false;
-    let mut restricted: Option<String> = None;
-    let fail = |detail: String| {
-        Error::Inconsistent(format!("restoring database \"{database}\": {detail}"))
+    let plan = if restore.workers > 1 {
+        crate::parallel::plan(script, restore.workers)?
+    } else {
+        None
     };
-    while let Some(piece) = splitter.next_piece().map_err(fail)? {
+    match plan {
+        None => session.run_range(script, 0, None)?,
+        Some(plan) => {
+            let _ = writeln!(
+                log,
+                "restoring {} objects (bytes {} to {}) over {} connections",
+                plan.entries.len(),
+                plan.start,
+                plan.end,
+                restore.workers
+            );
+            let started = std::time::Instant::now();
+            session.run_range(script, 0, Some(plan.start))?;
+            // What the script left open there is closed: the parallel part
+            // makes its own transactions.
+            if session.in_transaction {
+                session.commit()?;
+            }
+            let before = started.elapsed();
+            let stats = crate::parallel::run(script, &plan, conn, database, notices, restore)?;
+            let side_by_side = started.elapsed() - before;
+            session.apply(&plan.state_at_end)?;
+            if plan.in_transaction_at_end {
+                session.begin()?;
+            }
+            session.run_range(script, plan.end, None)?;
+            let _ = writeln!(
+                log,
+                "ran the parallel part in {} transactions ({} retried after a deadlock); \
+                 {:.1} s before it, {:.1} s in it, {:.1} s after it",
+                stats.batches,
+                stats.retried,
+                before.as_secs_f64(),
+                side_by_side.as_secs_f64(),
+                (started.elapsed() - before - side_by_side).as_secs_f64()
+            );
+        }
+    }
+    if session.in_transaction {
+        return Err(session.fail("the script ends inside a transaction".into()));
+    }
+    session.runner.flush().map_err(|e| session.fail(e))?;
+    Ok((session.runner.statements, session.runner.messages))
+}
+
+/// One connection running a script's pieces in order.
+struct Session<'a> {
+    runner: Runner<'a>,
+    in_transaction: bool,
+    /// The key of a `\restrict` not yet lifted.
+    restricted: Option<String>,
+}
+
+impl Session<'_> {
+    fn fail(&self, detail: String) -> Error {
+        Error::Inconsistent(format!(
+            "restoring database \"{}\": {detail}",
+            self.runner.database
+        ))
+    }
+
+    /// Ends the transaction the script began (pieces of it went ahead).
+    fn commit(&mut self) -> Result<(), Error> {
+        self.runner.batch.push_str("\nCOMMIT;");
+        self.in_transaction = false;
+        self.runner.flush().map_err(|e| self.fail(e))
+    }
+
+    /// Begins the transaction a later part of the script continues.
+    fn begin(&mut self) -> Result<(), Error> {
+        self.runner.flush().map_err(|e| self.fail(e))?;
+        self.runner.batch.push_str("BEGIN;\n");
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// Sets the session state (search_path, default_tablespace …) the
+    /// script had set by the end of the part run elsewhere.
+    fn apply(&mut self, state: &crate::parallel::State) -> Result<(), Error> {
+        let text: String = state.statements().collect();
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.runner.flush().map_err(|e| self.fail(e))?;
+        self.runner.send(&text).map_err(|e| self.fail(e))
+    }
+
+    /// Runs the pieces from offset `from` to `to` (the end of the script
+    /// when None).
+    fn run_range(&mut self, script: &Path, from: u64, to: Option<u64>) -> Result<(), Error> {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
+        file.seek(std::io::SeekFrom::Start(from))
+            .map_err(|e| Error::io(script, e))?;
+        let input = file.take(to.map_or(u64::MAX, |to| to.saturating_sub(from)));
+        let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, input));
+        while let Some(piece) = splitter.next_piece().map_err(|e| self.fail(e))? {
+            self.run_piece(piece)?;
+        }
+        Ok(())
+    }
+
+    fn run_piece(&mut self, piece: Piece) -> Result<(), Error> {
+        let runner = &mut self.runner;
+        let database = runner.database;
+        let fail = |detail: String| {
+            Error::Inconsistent(format!("restoring database \"{database}\": {detail}"))
+        };
         match piece {
             Piece::Meta(line) => {
                 let mut words = line.split_whitespace();
                 let command = words.next().unwrap_or_default();
                 let argument = words.next().unwrap_or_default();
-                match (&restricted, command) {
-                    (Some(key), "\\unrestrict") if argument == key => restricted = None,
+                match (&self.restricted, command) {
+                    (Some(key), "\\unrestrict") if argument == key => self.restricted = None,
                     (Some(_), _) => {
                         return Err(fail(format!(
                             "the script runs {line:?} while restricted (only \\unrestrict with its key may follow \\restrict)"
                         )))
                     }
                     (None, "\\restrict") if !argument.is_empty() => {
-                        restricted = Some(argument.to_string())
+                        self.restricted = Some(argument.to_string())
                     }
                     (None, "\\encoding") if argument.eq_ignore_ascii_case("utf8") => {}
                     (None, "\\connect" | "\\c") => {
-                        if in_transaction {
+                        if self.in_transaction {
                             return Err(fail("the script reconnects inside a transaction".into()));
                         }
                         runner.flush().map_err(fail)?;
@@ -564,13 +702,13 @@ fn execute(
                 runner.statements += 1;
                 // Exactly what pg_restore writes between its transactions.
                 let words = normalized(&statement);
-                if !in_transaction && words == "BEGIN;" {
-                    in_transaction = true;
+                if !self.in_transaction && words == "BEGIN;" {
+                    self.in_transaction = true;
                     runner.batch.push_str(&statement);
-                } else if in_transaction {
+                } else if self.in_transaction {
                     runner.batch.push_str(&statement);
                     if words == "COMMIT;" {
-                        in_transaction = false;
+                        self.in_transaction = false;
                         runner.flush().map_err(fail)?;
                     } else if runner.batch.len() >= BATCH_BYTES {
                         runner.flush().map_err(fail)?;
@@ -592,15 +730,11 @@ fn execute(
                 writer
                     .finish()
                     .map_err(|e| fail(describe_failure(&e, &statement)))?;
-                progress(objects_in(&statement));
+                (runner.progress)(objects_in(&statement));
             }
         }
+        Ok(())
     }
-    if in_transaction {
-        return Err(fail("the script ends inside a transaction".into()));
-    }
-    runner.flush().map_err(fail)?;
-    Ok((runner.statements, runner.messages))
 }
 
 #[cfg(test)]

@@ -52,31 +52,45 @@ impl<'a> Engine<'a> {
         let objects = planned.iter().map(|p| p.objects).sum();
         let meter = self.printer.meter("restore-schema", objects, "objects");
         let restored = AtomicUsize::new(0);
-        let restore = |(plan, planned): &(&DatabasePlan, &pgm_catalog::PlannedRestore)| {
-            pgm_catalog::restore_database(
-                install,
-                &conn,
-                &plan.db.name,
-                &plan.dump,
-                &plan.log,
-                planned,
-                &|n| meter.add(n, 0),
-            )
-            .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
+        let restore = |planned: &pgm_catalog::PlannedRestore, workers: usize| {
+            pgm_catalog::restore_database(install, &conn, planned, workers, &|n| meter.add(n, 0))
+                .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
             let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
             pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
             Ok(())
         };
-        // template1 is dropped and re-created: nothing else may use it meanwhile.
-        let (first, rest): (Vec<_>, Vec<_>) = self
-            .databases
-            .iter()
-            .zip(&planned)
+        // template1 is dropped and re-created: nothing else may use it
+        // meanwhile. The largest database comes last, alone, with every
+        // connection -j allows (-j spreads over databases until then): a
+        // cluster whose time goes into one large schema gets it restored
+        // side by side, and never more than -j connections restore at once.
+        let jobs = self.settings.jobs;
+        let order: Vec<(&DatabasePlan, &pgm_catalog::PlannedRestore)> =
+            self.databases.iter().zip(&planned).collect();
+        let (first, rest): (Vec<_>, Vec<_>) = order
+            .into_iter()
             .partition(|(p, _)| p.db.name == "template1");
-        for item in &first {
-            restore(item)?;
+        for (_, planned) in &first {
+            restore(planned, 1)?;
         }
-        parallel(&rest, self.settings.jobs, restore)?;
+        let largest = rest
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (_, planned))| planned.objects)
+            .map(|(i, _)| i)
+            .filter(|_| jobs > 1);
+        let (last, others): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| Some(*i) == largest);
+        parallel(&others, jobs, |(_, (_, planned))| restore(planned, 1))?;
+        // Its connections' backends build catalog rows on this machine's
+        // CPUs: more of them than CPUs only contend (on two CPUs four
+        // connections were at times twice as slow as two).
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (_, (_, planned)) in &last {
+            restore(planned, jobs.min(cpus.max(2)))?;
+        }
         meter.finish();
         let mut client = server
             .connect("template1")

@@ -1,0 +1,745 @@
+//! One database's restore over several connections: the part of the
+//! restore script that may run side by side (its post-data objects:
+//! indexes, constraints, triggers, policies, their comments and
+//! statistics) is spread over `workers` connections, each in transactions
+//! of its own; what comes before it (the database, types, functions,
+//! tables) and after it (privileges, and whatever this module does not
+//! know) runs in order over one connection, as without workers.
+//!
+//! What keeps the result the serial one's: every object's binary-upgrade
+//! OIDs and file numbers are set in its own script entry, on its own
+//! connection, just before it is created; an entry runs only after every
+//! entry it depends on (pg_restore's `-- Dependencies:` lines, written
+//! with `--verbose`); and no two connections work on one table at once
+//! (each entry's tables are those among its dependencies, followed
+//! through the indexes and constraints it names), so that one never waits
+//! for another's lock. A deadlock all the same (a partitioned table's
+//! constraint reaches its partitions) is retried with the other
+//! connections idle. The session settings the script set before an entry
+//! (search_path, default_tablespace …) are set on its connection first.
+//!
+//! This module must not decide how many workers a restore gets, nor run
+//! the serial parts: `script` does.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+
+use pgm_cluster::server::Endpoint;
+
+use crate::script::{describe_failure, normalized, objects_in, Notices, Piece, Runner, Splitter};
+use crate::Error;
+
+/// How one database's restore runs.
+pub struct Restore<'a> {
+    /// Connections for the part that may run side by side (1: none).
+    pub workers: usize,
+    /// Entries per transaction there.
+    pub transaction_size: usize,
+    /// Told how many objects were restored, as they are.
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+/// The session settings a script has set: each setting's last statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct State(Arc<BTreeMap<String, String>>);
+
+impl State {
+    pub(crate) fn statements(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
+    }
+
+    fn with(&self, key: String, statement: String) -> State {
+        let mut map = (*self.0).clone();
+        map.insert(key, statement);
+        State(Arc::new(map))
+    }
+
+    /// The statements that take a connection from `self` to `to`.
+    fn changes_to<'a>(&self, to: &'a State) -> Vec<&'a str> {
+        if Arc::ptr_eq(&self.0, &to.0) {
+            return Vec::new();
+        }
+        to.0.iter()
+            .filter(|(key, statement)| self.0.get(*key) != Some(statement))
+            .map(|(_, statement)| statement.as_str())
+            .collect()
+    }
+}
+
+/// A statement that sets a session setting, and the setting's name.
+fn session_setting(statement: &str) -> Option<String> {
+    let words = normalized(statement);
+    let words = words.trim_end_matches(';');
+    if let Some(rest) = words.strip_prefix("SELECT PG_CATALOG.SET_CONFIG('") {
+        return rest.split('\'').next().map(str::to_ascii_lowercase);
+    }
+    let rest = words
+        .strip_prefix("SET ")
+        .or_else(|| words.strip_prefix("RESET "))?;
+    let rest = rest.strip_prefix("SESSION ").unwrap_or(rest);
+    let name = rest.split([' ', '=']).next()?;
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+/// One entry of pg_restore's table of contents the workers run.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// Byte ranges of its statements in the script.
+    ranges: Vec<(u64, u64)>,
+    /// Entries (indexes into the plan's) it waits for.
+    after: Vec<usize>,
+    /// The relations it works on (their dump ids).
+    tables: Vec<u32>,
+    /// Runs alone, after every entry before it and before any after it
+    /// (what this module does not know, or an entry that names no relation).
+    alone: bool,
+    objects: u64,
+    /// The session settings in force where it begins.
+    state: State,
+    /// Where it begins, the settings then, and whether the script had a
+    /// transaction open there (in case the part must end at it).
+    start: u64,
+    in_transaction_before: bool,
+}
+
+/// The part of a script the workers run, and how to go on after it.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub start: u64,
+    pub end: u64,
+    pub entries: Vec<Entry>,
+    pub state_at_end: State,
+    pub in_transaction_at_end: bool,
+}
+
+/// What a table-of-contents entry is, as far as scheduling goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A relation (table, view, materialized view, foreign table,
+    /// sequence): the first begins the part that may run side by side; it
+    /// works on itself and the relations it depends on.
+    Relation,
+    /// Works on the relations it depends on (an index, a constraint, a
+    /// trigger, a default, a partition's attachment, statistics, a comment …).
+    OnRelations,
+    /// Privileges: the pass that ends the part run side by side.
+    Privileges,
+    /// Anything else (a function, a type …): run alone, in script order.
+    Other,
+}
+
+fn kind(desc_line: &str) -> Kind {
+    let is = |desc: &str| desc_line.contains(&format!("; Type: {desc}; Schema: "));
+    let any = |descs: &[&str]| descs.iter().any(|d| is(d));
+    if any(&[
+        "TABLE",
+        "MATERIALIZED VIEW",
+        "VIEW",
+        "FOREIGN TABLE",
+        "SEQUENCE",
+    ]) {
+        return Kind::Relation;
+    }
+    if any(&[
+        "INDEX",
+        "INDEX ATTACH",
+        "CONSTRAINT",
+        "CHECK CONSTRAINT",
+        "FK CONSTRAINT",
+        "TRIGGER",
+        "RULE",
+        "POLICY",
+        "STATISTICS",
+        "STATISTICS DATA",
+        "TABLE ATTACH",
+        "SEQUENCE OWNED BY",
+        "SEQUENCE SET",
+        "DEFAULT",
+        "COMMENT",
+        "SECURITY LABEL",
+        "ROW SECURITY",
+    ]) {
+        return Kind::OnRelations;
+    }
+    if any(&["ACL", "DEFAULT ACL"]) {
+        return Kind::Privileges;
+    }
+    Kind::Other
+}
+
+/// The table-of-contents facts of a piece that begins an entry.
+struct Header {
+    id: u32,
+    dependencies: Vec<u32>,
+    kind: Kind,
+}
+
+fn header(text: &str) -> Option<Header> {
+    let mut id = None;
+    let mut dependencies = Vec::new();
+    let mut kind_found = Kind::Other;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("-- TOC entry ") {
+            id = rest.split(' ').next().and_then(|n| n.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("-- Dependencies: ") {
+            dependencies = rest
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+        } else if line.starts_with("-- ") && line.contains("Name: ") {
+            kind_found = kind(line);
+        }
+    }
+    Some(Header {
+        id: id?,
+        dependencies,
+        kind: kind_found,
+    })
+}
+
+/// Ends the parallel part at the entry being read (it runs in order after,
+/// from its beginning), or here when none is: where, the settings there,
+/// and whether the script had a transaction open.
+fn cut(
+    entries: &mut Vec<Entry>,
+    dependencies: &mut Vec<Vec<u32>>,
+    here: u64,
+    state: &State,
+    in_transaction: bool,
+) -> (u64, State, bool) {
+    match entries.pop() {
+        Some(entry) => {
+            dependencies.pop();
+            (entry.start, entry.state, entry.in_transaction_before)
+        }
+        None => (here, state.clone(), in_transaction),
+    }
+}
+
+/// Reads the script (written by `pg_restore --verbose`) once and finds the
+/// part that may run side by side; None when there is too little of it to
+/// be worth more connections.
+pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error> {
+    let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
+    let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let fail = |detail: String| Error::Inconsistent(format!("{}: {detail}", script.display()));
+    #[derive(PartialEq)]
+    enum Phase {
+        Before,
+        Inside,
+        After,
+    }
+    let mut phase = Phase::Before;
+    let mut kinds: HashMap<u32, (Kind, Option<usize>)> = HashMap::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut dependencies: Vec<Vec<u32>> = Vec::new();
+    let mut state = State::default();
+    let mut in_transaction = false;
+    let mut start = 0;
+    let mut end = 0;
+    let mut state_at_end = State::default();
+    let mut in_transaction_at_end = false;
+    // Whether the last piece began an entry or belonged to one (a setting
+    // changed after it is within that entry).
+    let mut in_entry = false;
+    let mut setting_within = false;
+    let mut from = 0u64;
+    while let Some((piece, to)) = splitter.next_piece_at().map_err(fail)? {
+        let range = (from, to);
+        from = to;
+        if phase == Phase::After {
+            continue;
+        }
+        let statement = match piece {
+            Piece::Sql(statement) => statement,
+            Piece::Meta(line) => {
+                if phase == Phase::Inside {
+                    (end, state_at_end, in_transaction_at_end) = cut(
+                        &mut entries,
+                        &mut dependencies,
+                        range.0,
+                        &state,
+                        in_transaction,
+                    );
+                    phase = Phase::After;
+                } else if line.starts_with("\\connect") || line.starts_with("\\c ") {
+                    // A new connection starts with none of the settings.
+                    state = State::default();
+                }
+                in_entry = false;
+                continue;
+            }
+            Piece::Copy { .. } => {
+                if phase == Phase::Inside {
+                    (end, state_at_end, in_transaction_at_end) = cut(
+                        &mut entries,
+                        &mut dependencies,
+                        range.0,
+                        &state,
+                        in_transaction,
+                    );
+                    phase = Phase::After;
+                }
+                in_entry = false;
+                continue;
+            }
+        };
+        let setting = session_setting(&statement).map(|key| {
+            let text: Vec<&str> = statement
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect();
+            (key, format!("{}\n", text.join("\n").trim()))
+        });
+        if let Some(found) = header(&statement) {
+            // An entry that is a setting (SEARCHPATH) sets it for what follows.
+            if let (Some((key, text)), Phase::Before) = (&setting, &phase) {
+                state = state.with(key.clone(), text.clone());
+            }
+            in_entry = true;
+            setting_within = false;
+            let begins = found.kind == Kind::Relation && phase == Phase::Before;
+            if begins {
+                phase = Phase::Inside;
+                start = range.0;
+            }
+            let runs_inside = phase == Phase::Inside && found.kind != Kind::Privileges;
+            if phase == Phase::Inside && !runs_inside {
+                end = range.0;
+                state_at_end = state.clone();
+                in_transaction_at_end = in_transaction;
+                phase = Phase::After;
+                continue;
+            }
+            let index = runs_inside.then_some(entries.len());
+            kinds.insert(found.id, (found.kind, index));
+            if runs_inside {
+                entries.push(Entry {
+                    ranges: vec![range],
+                    after: Vec::new(),
+                    tables: if found.kind == Kind::Relation {
+                        vec![found.id]
+                    } else {
+                        Vec::new()
+                    },
+                    alone: found.kind == Kind::Other,
+                    objects: objects_in(&statement),
+                    state: state.clone(),
+                    start: range.0,
+                    in_transaction_before: in_transaction,
+                });
+                dependencies.push(found.dependencies);
+            }
+            continue;
+        }
+        let words = normalized(&statement);
+        if words == "BEGIN;" || words == "COMMIT;" {
+            in_transaction = words == "BEGIN;";
+            in_entry = false;
+            continue;
+        }
+        if let Some((key, text)) = setting {
+            state = state.with(key, text);
+            setting_within = in_entry;
+            continue;
+        }
+        // A statement of the entry being read.
+        if phase == Phase::Inside {
+            if setting_within || !in_entry {
+                // A setting changed within the entry, or a statement that
+                // belongs to none: that cannot be moved, so it runs in order.
+                (end, state_at_end, in_transaction_at_end) = cut(
+                    &mut entries,
+                    &mut dependencies,
+                    range.0,
+                    &state,
+                    in_transaction,
+                );
+                phase = Phase::After;
+                continue;
+            }
+            if let Some(entry) = entries.last_mut() {
+                entry.ranges.push(range);
+            }
+        }
+    }
+    match phase {
+        Phase::Before => return Ok(None),
+        Phase::Inside => {
+            end = from;
+            state_at_end = state.clone();
+            in_transaction_at_end = in_transaction;
+        }
+        Phase::After => {}
+    }
+    // Each entry's tables: the relations it depends on, and theirs of the
+    // entries it depends on (an index's comment works on the index's table).
+    for index in 0..entries.len() {
+        let mut tables: BTreeSet<u32> = entries[index].tables.iter().copied().collect();
+        let mut after = Vec::new();
+        for id in &dependencies[index] {
+            match kinds.get(id) {
+                // An entry later in the script: not an order we can keep.
+                Some((_, Some(other))) if *other >= index => return Ok(None),
+                Some((kind, Some(other))) => {
+                    after.push(*other);
+                    if *kind == Kind::Relation {
+                        tables.insert(*id);
+                    }
+                    tables.extend(entries[*other].tables.iter().copied());
+                }
+                Some((Kind::Relation, None)) => {
+                    tables.insert(*id);
+                }
+                _ => {}
+            }
+        }
+        entries[index].alone |= tables.is_empty();
+        entries[index].tables = tables.into_iter().collect();
+        entries[index].after = after;
+    }
+    if entries.len() < workers * 4 {
+        return Ok(None);
+    }
+    Ok(Some(Plan {
+        start,
+        end,
+        entries,
+        state_at_end,
+        in_transaction_at_end,
+    }))
+}
+
+/// How the parallel part went.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub batches: u64,
+    pub retried: u64,
+}
+
+/// Who runs what, shared by the workers.
+struct Board {
+    /// Entries that run alone, in script order, and the next of them.
+    barriers: Vec<usize>,
+    next_barrier: usize,
+    finished: Vec<bool>,
+    /// Every entry before it is finished.
+    lowest_unfinished: usize,
+    waiting: Vec<usize>,
+    ready: BTreeSet<usize>,
+    busy: HashSet<u32>,
+    running: usize,
+    /// An entry with no tables is running (alone).
+    alone: bool,
+    /// A worker retries after a deadlock: nothing else starts.
+    exclusive: bool,
+    done: usize,
+    failure: Option<Error>,
+    stats: Stats,
+}
+
+impl Board {
+    /// The next batch: ready entries before the next entry that runs alone,
+    /// in script order, whose tables no other connection works on; or,
+    /// once every entry before it is finished and nothing runs, that entry
+    /// (with those that run alone right after it).
+    fn pick(&mut self, plan: &Plan, size: usize) -> Option<(Vec<usize>, Vec<u32>)> {
+        if self.exclusive || self.alone {
+            return None;
+        }
+        let count = plan.entries.len();
+        let limit = self
+            .barriers
+            .get(self.next_barrier)
+            .copied()
+            .unwrap_or(count);
+        if limit < count && self.lowest_unfinished == limit {
+            if self.running > 0 {
+                return None;
+            }
+            let mut batch = Vec::new();
+            while let Some(&index) = self.barriers.get(self.next_barrier) {
+                if index != limit + batch.len() || batch.len() >= size {
+                    break;
+                }
+                batch.push(index);
+                self.ready.remove(&index);
+                self.next_barrier += 1;
+            }
+            self.alone = true;
+            self.running += 1;
+            return Some((batch, Vec::new()));
+        }
+        let mut batch = Vec::new();
+        let mut mine: HashSet<u32> = HashSet::new();
+        for &index in self.ready.range(..limit) {
+            let entry = &plan.entries[index];
+            if entry
+                .tables
+                .iter()
+                .any(|t| self.busy.contains(t) && !mine.contains(t))
+            {
+                continue;
+            }
+            mine.extend(entry.tables.iter().copied());
+            batch.push(index);
+            if batch.len() >= size {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        for index in &batch {
+            self.ready.remove(index);
+        }
+        self.busy.extend(mine.iter().copied());
+        self.running += 1;
+        Some((batch, mine.into_iter().collect()))
+    }
+
+    fn finish(&mut self, plan: &Plan, dependents: &[Vec<usize>], batch: &[usize], tables: &[u32]) {
+        self.running -= 1;
+        if plan.entries[batch[0]].alone {
+            self.alone = false;
+        }
+        for table in tables {
+            self.busy.remove(table);
+        }
+        // All of the batch first: an entry that runs alone may depend on
+        // the one before it in its batch.
+        for &index in batch {
+            self.done += 1;
+            self.finished[index] = true;
+        }
+        for &index in batch {
+            for &next in &dependents[index] {
+                self.waiting[next] -= 1;
+                if self.waiting[next] == 0 && !self.finished[next] {
+                    self.ready.insert(next);
+                }
+            }
+        }
+        while self.finished.get(self.lowest_unfinished) == Some(&true) {
+            self.lowest_unfinished += 1;
+        }
+        self.stats.batches += 1;
+    }
+}
+
+fn is_deadlock(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// Runs the plan's entries over `restore.workers` connections to `database`.
+pub(crate) fn run(
+    script: &Path,
+    plan: &Plan,
+    conn: &Endpoint,
+    database: &str,
+    notices: &Notices,
+    restore: &Restore<'_>,
+) -> Result<Stats, Error> {
+    let count = plan.entries.len();
+    let mut dependents = vec![Vec::new(); count];
+    let mut waiting = vec![0; count];
+    for (index, entry) in plan.entries.iter().enumerate() {
+        waiting[index] = entry.after.len();
+        for &before in &entry.after {
+            dependents[before].push(index);
+        }
+    }
+    let ready = (0..count).filter(|&i| waiting[i] == 0).collect();
+    let board = Mutex::new(Board {
+        barriers: (0..count).filter(|&i| plan.entries[i].alone).collect(),
+        next_barrier: 0,
+        finished: vec![false; count],
+        lowest_unfinished: 0,
+        waiting,
+        ready,
+        busy: HashSet::new(),
+        running: 0,
+        alone: false,
+        exclusive: false,
+        done: 0,
+        failure: None,
+        stats: Stats::default(),
+    });
+    let changed = Condvar::new();
+    let size = restore.transaction_size.max(1);
+    let fail = |detail: String| {
+        Error::Inconsistent(format!("restoring database \"{database}\": {detail}"))
+    };
+    let lock = || board.lock().unwrap_or_else(|e| e.into_inner());
+    let give_up = |error: Error| {
+        let mut board = lock();
+        board.failure.get_or_insert(error);
+        changed.notify_all();
+    };
+    let worker = || -> Result<(), Error> {
+        let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
+        let mut client = Runner::connect(conn, database, notices)?;
+        let mut session = State::default();
+        loop {
+            let (batch, tables) = {
+                let mut board = lock();
+                loop {
+                    if board.failure.is_some() || board.done == count {
+                        return Ok(());
+                    }
+                    if let Some(picked) = board.pick(plan, size) {
+                        break picked;
+                    }
+                    if board.running == 0 && !board.exclusive {
+                        // Nothing runs and nothing can: the rest waits for
+                        // itself.
+                        return Err(fail(format!(
+                            "{} objects of the part restored side by side wait for each other",
+                            count - board.done
+                        )));
+                    }
+                    board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let mut text = String::from("BEGIN;\n");
+            let mut state = session.clone();
+            let mut objects = 0;
+            for &index in &batch {
+                let entry = &plan.entries[index];
+                for statement in state.changes_to(&entry.state) {
+                    text.push_str(statement);
+                }
+                state = entry.state.clone();
+                for &(from, to) in &entry.ranges {
+                    let mut bytes = vec![0; (to - from) as usize];
+                    file.read_exact_at(&mut bytes, from)
+                        .map_err(|e| Error::io(script, e))?;
+                    text.push_str(
+                        &String::from_utf8(bytes)
+                            .map_err(|_| fail(format!("the script is not UTF-8 at byte {from}")))?,
+                    );
+                }
+                text.push('\n');
+                objects += entry.objects;
+            }
+            text.push_str("COMMIT;\n");
+            if let Err(e) = client.batch_execute(&text) {
+                if !is_deadlock(&e) {
+                    return Err(fail(describe_failure(&e, &text)));
+                }
+                // Rolled back whole: again, once no other connection works
+                // (its tables stay this batch's meanwhile).
+                let _ = client.batch_execute("ROLLBACK");
+                {
+                    let mut board = lock();
+                    board.stats.retried += 1;
+                    board.running -= 1;
+                    while board.exclusive && board.failure.is_none() {
+                        board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
+                    }
+                    board.exclusive = true;
+                    while board.running > 0 && board.failure.is_none() {
+                        board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
+                    }
+                    board.running += 1;
+                }
+                let again = client.batch_execute(&text);
+                lock().exclusive = false;
+                changed.notify_all();
+                again.map_err(|e| fail(describe_failure(&e, &text)))?;
+            }
+            session = state;
+            (restore.progress)(objects);
+            let mut board = lock();
+            board.finish(plan, &dependents, &batch, &tables);
+            let finished = board.stats.batches;
+            drop(board);
+            changed.notify_all();
+            pgm_cluster::faults::point(|| format!("restore-schema:parallel-batch:{finished}"));
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..restore.workers {
+            scope.spawn(|| {
+                if let Err(e) = worker() {
+                    give_up(e);
+                }
+            });
+        }
+    });
+    let board = board.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(error) = board.failure {
+        return Err(error);
+    }
+    if board.done != count {
+        return Err(fail(format!(
+            "{} of {count} objects of the parallel part were never run (a dependency loop?)",
+            count - board.done
+        )));
+    }
+    Ok(board.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_settings_are_recognised_by_name() {
+        assert_eq!(
+            session_setting("SET default_tablespace = '';").as_deref(),
+            Some("default_tablespace")
+        );
+        assert_eq!(
+            session_setting("SELECT pg_catalog.set_config('search_path', '', false);").as_deref(),
+            Some("search_path")
+        );
+        assert_eq!(
+            session_setting("SET SESSION AUTHORIZATION 'x';").as_deref(),
+            Some("authorization")
+        );
+        assert_eq!(
+            session_setting("UPDATE pg_catalog.pg_class\nSET relfrozenxid = '1';"),
+            None
+        );
+        assert_eq!(session_setting("SELECT 1;"), None);
+    }
+
+    #[test]
+    fn headers_give_the_entry_its_dependencies_and_kind() {
+        let text = "\n--\n-- TOC entry 2469 (class 2620 OID 16424)\n-- Dependencies: 231 222\n-- Name: c t; Type: TRIGGER; Schema: s; Owner: me\n--\n\nCREATE TRIGGER t …;";
+        let found = header(text).unwrap();
+        assert_eq!(found.id, 2469);
+        assert_eq!(found.dependencies, [231, 222]);
+        assert_eq!(found.kind, Kind::OnRelations);
+        assert_eq!(
+            kind("-- Name: p; Type: TABLE; Schema: s; Owner: me"),
+            Kind::Relation
+        );
+        assert_eq!(
+            kind("-- Statistics for Name: c_v; Type: STATISTICS DATA; Schema: s; Owner: -"),
+            Kind::OnRelations
+        );
+        assert_eq!(
+            kind("-- Name: TABLE \"p\"; Type: ACL; Schema: s; Owner: me"),
+            Kind::Privileges
+        );
+        assert_eq!(
+            kind("-- Name: f(); Type: FUNCTION; Schema: s; Owner: me"),
+            Kind::Other
+        );
+        assert!(header("-- Name: x; Type: TABLE; Schema: s; Owner: me\nSELECT 1;").is_none());
+    }
+
+    #[test]
+    fn a_connection_is_told_only_the_settings_that_differ() {
+        let empty = State::default();
+        let one = empty.with("a".into(), "SET a = 1;\n".into());
+        let two = one.with("b".into(), "SET b = 2;\n".into());
+        assert_eq!(empty.changes_to(&two), ["SET a = 1;\n", "SET b = 2;\n"]);
+        assert_eq!(one.changes_to(&two), ["SET b = 2;\n"]);
+        assert!(two.changes_to(&two).is_empty());
+    }
+}

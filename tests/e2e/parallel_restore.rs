@@ -1,0 +1,226 @@
+//! One database's schema restored over several connections (`-j`): the same
+//! catalog as a serial restore and as pg_upgrade's, and a kill in the
+//! middle of it (and of its resume) resumed to a proven result.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::proof::*;
+use crate::support::*;
+
+/// Many relations in one schema, and the post-data objects that must keep
+/// their order or not share a table: keys and indexes, foreign keys (one
+/// to a partitioned table, which reaches every partition), comments on
+/// indexes, triggers, a policy, extended statistics, a partitioned key
+/// and its partitions' attached indexes.
+const WIDE: &str = "
+CREATE SCHEMA wide;
+DO $$ BEGIN
+  FOR i IN 1..600 LOOP
+    EXECUTE format('CREATE TABLE wide.p%s (id int PRIMARY KEY, v text, n int)', i);
+    EXECUTE format('CREATE INDEX ON wide.p%s (v)', i);
+    EXECUTE format('CREATE TABLE wide.c%s (id int PRIMARY KEY, p int REFERENCES wide.p%s, w text UNIQUE)', i, i);
+    EXECUTE format('COMMENT ON INDEX wide.p%s_v_idx IS %L', i, 'index ' || i);
+    EXECUTE format('INSERT INTO wide.p%s VALUES (1, %L, %s)', i, md5(i::text), i);
+    EXECUTE format('INSERT INTO wide.c%s VALUES (1, 1, %L)', i, md5(i::text));
+  END LOOP;
+END $$;
+CREATE TABLE wide.parted (k int PRIMARY KEY, v text) PARTITION BY RANGE (k);
+DO $$ BEGIN
+  FOR i IN 0..59 LOOP
+    EXECUTE format('CREATE TABLE wide.parted_%s PARTITION OF wide.parted FOR VALUES FROM (%s) TO (%s)', i, i * 10, i * 10 + 10);
+  END LOOP;
+END $$;
+CREATE INDEX ON wide.parted (v);
+INSERT INTO wide.parted SELECT g, md5(g::text) FROM generate_series(0, 599) g;
+CREATE TABLE wide.refs (id int PRIMARY KEY, k int REFERENCES wide.parted);
+INSERT INTO wide.refs SELECT g, g FROM generate_series(0, 99) g;
+CREATE FUNCTION wide.touch() RETURNS trigger LANGUAGE plpgsql
+  AS $f$BEGIN NEW.n := coalesce(NEW.n, 0); RETURN NEW; END$f$;
+DO $$ BEGIN
+  FOR i IN 1..100 LOOP
+    EXECUTE format('CREATE TRIGGER touch BEFORE INSERT ON wide.p%s FOR EACH ROW EXECUTE FUNCTION wide.touch()', i);
+  END LOOP;
+END $$;
+ALTER TABLE wide.p1 ENABLE ROW LEVEL SECURITY;
+CREATE POLICY positive ON wide.p1 USING (n > 0);
+CREATE STATISTICS wide.p2_stats ON v, n FROM wide.p2;
+ANALYZE;
+";
+
+/// The new major's directories in a tablespace, gone: room for the next
+/// upgrade of the same old cluster.
+fn clear_new_tablespace_dirs(tablespace: &Path) {
+    for entry in std::fs::read_dir(tablespace).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("PG_18_")
+        {
+            std::fs::remove_dir_all(path).unwrap();
+        }
+    }
+}
+
+/// Every log file under `dir`, read.
+fn logs_under(dir: &Path) -> String {
+    walk(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The rich fixture with 2,000 more relations in its largest database:
+/// pg_upgrade, pg-migrate -j 1 and pg-migrate -j 4 (whose largest database
+/// is restored over 4 connections) give the same dump, to the byte, and the
+/// same contents.
+#[test]
+fn one_database_restored_side_by_side_is_the_serial_restore_and_pg_upgrades() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    pair.old.start();
+    let tablespace = load_rich(&pair);
+    pair.old.sql("appdb", WIDE);
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+
+    run_ok(
+        as_test_user(pair.new.bindir.join("pg_upgrade"))
+            .current_dir(pair.sandbox.path())
+            .args(pair.dir_args())
+            .arg("-s")
+            .arg(pair.sandbox.path())
+            .args(["--copy", "--no-sync", "-j", "4"]),
+    );
+    pair.new.start();
+    let by_pg_upgrade = capture(&pair.new, &pair.new.bindir);
+    pair.new.stop();
+    clear_new_tablespace_dirs(&tablespace);
+
+    let ours = |name: &str, jobs: &str| {
+        let mut cluster = pair.sandbox.cluster(name, 18, no_checksums(18));
+        let logs = pair.sandbox.mkdir(&format!("{name}-logs"));
+        let mut args = pair.dir_args();
+        let at = args.iter().position(|a| a == "-D").unwrap();
+        args[at + 1] = cluster.datadir.clone().into();
+        args.extend(
+            ["--copy", "--json", "--no-sync", "-j", jobs, "--log-dir"]
+                .iter()
+                .map(OsString::from),
+        );
+        args.push(logs.clone().into());
+        let run = pair.run(&args);
+        assert_eq!(run.status, 0, "-j {jobs}: {}", run.stderr);
+        crate::json_schema::validate(&run.events);
+        cluster.start();
+        let state = capture(&cluster, &pair.new.bindir);
+        cluster.stop();
+        clear_new_tablespace_dirs(&tablespace);
+        (state, run, logs_under(&logs))
+    };
+    let (serial, _, serial_logs) = ours("serial", "1");
+    let (side_by_side, run, logs) = ours("side-by-side", "4");
+
+    // It did run side by side (over as many connections as there are
+    // CPUs, 2 at least, 4 at most), and the serial run did not.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let connections = format!("over {} connections", cpus.clamp(2, 4));
+    assert!(
+        logs.contains(&connections),
+        "appdb was not restored side by side ({connections}):\n{logs}"
+    );
+    assert!(!serial_logs.contains(" objects (bytes "), "{serial_logs}");
+    // Every object counted, across the connections.
+    let restore: Vec<_> = run
+        .events_named("progress")
+        .into_iter()
+        .filter(|e| e["step"] == "restore-schema")
+        .collect();
+    let last = restore.last().unwrap();
+    assert_eq!(last["done"], last["total"], "{last}");
+    assert!(last["total"].as_u64().unwrap() > 4000, "{last}");
+
+    assert_same_dump(&by_pg_upgrade.dump, &serial.dump, "pg_upgrade vs -j 1");
+    assert_same_dump(&serial.dump, &side_by_side.dump, "-j 1 vs -j 4");
+    assert_eq!(by_pg_upgrade.contents, serial.contents);
+    assert_eq!(serial.contents, side_by_side.contents);
+    assert_same_state(&before, &side_by_side, (15, 18), "-j 4");
+}
+
+/// Killed in the middle of restoring one database over 4 connections; its
+/// resume killed again in the middle of its own; the last resume run from
+/// a directory the operator cannot write: the result is proven.
+#[test]
+fn a_parallel_restore_killed_and_its_resume_killed_is_resumed_to_a_proven_result() {
+    let Some(mut pair) = Pair::new(17, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql("postgres", "CREATE DATABASE big");
+    pair.old.sql("big", WIDE);
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let run_at = |args: Vec<OsString>, cwd: &Path, kill_at: Option<&str>| {
+        let mut command = as_test_user(&pair.bin);
+        command.current_dir(cwd).args(&args);
+        if let Some(point) = kill_at {
+            command.env("PG_MIGRATE_TEST_KILL_AT", point);
+        }
+        pgm_testkit::finish(command.output().unwrap())
+    };
+    let on_new = |command: &str| {
+        vec![
+            OsString::from(command),
+            "-D".into(),
+            pair.new.datadir.clone().into(),
+            "--json".into(),
+        ]
+    };
+    let killed = run_at(
+        with(pair.dir_args(), &["--link", "-j", "4"]),
+        pair.sandbox.path(),
+        Some("restore-schema:parallel-batch:3"),
+    );
+    assert_eq!(killed.status, -1, "not killed: {}", killed.stderr);
+    let resume_killed = run_at(
+        on_new("resume"),
+        pair.sandbox.path(),
+        Some("restore-schema:parallel-batch:2"),
+    );
+    assert_eq!(
+        resume_killed.status, -1,
+        "the resume did not restore side by side: {}",
+        resume_killed.stderr
+    );
+    let unwritable = pair.sandbox.path().join("not-yours");
+    std::fs::create_dir(&unwritable).unwrap();
+    std::fs::set_permissions(
+        &unwritable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let resumed = run_at(on_new("resume"), &unwritable, None);
+    assert_eq!(resumed.status, 0, "{}\n{}", resumed.stderr, resumed.stdout);
+    crate::json_schema::validate(&resumed.events);
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    pair.new.stop();
+    assert_same_state(&before, &after, (17, 18), "resumed parallel restore");
+}
