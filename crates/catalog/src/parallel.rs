@@ -86,6 +86,8 @@ fn session_setting(statement: &str) -> Option<String> {
 /// One entry of pg_restore's table of contents the workers run.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// Its dump id (what a failure names).
+    id: u32,
     /// Byte ranges of its statements in the script.
     ranges: Vec<(u64, u64)>,
     /// Entries (indexes into the plan's) it waits for.
@@ -110,6 +112,11 @@ pub(crate) struct Plan {
     pub start: u64,
     pub end: u64,
     pub entries: Vec<Entry>,
+    /// The first index, constraint, trigger … : it and everything after it
+    /// wait until every relation before it is defined, as pg_restore keeps
+    /// them (a partition attached after its parent's key exists would need
+    /// an index the binary-upgrade restore has no OID for).
+    fence: usize,
     pub state_at_end: State,
     pub in_transaction_at_end: bool,
 }
@@ -174,12 +181,15 @@ struct Header {
     id: u32,
     dependencies: Vec<u32>,
     kind: Kind,
+    /// Of pg_dump's post-data section: after every table's definition.
+    post_data: bool,
 }
 
 fn header(text: &str) -> Option<Header> {
     let mut id = None;
     let mut dependencies = Vec::new();
     let mut kind_found = Kind::Other;
+    let mut post_data = false;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("-- TOC entry ") {
             id = rest.split(' ').next().and_then(|n| n.parse().ok());
@@ -190,12 +200,26 @@ fn header(text: &str) -> Option<Header> {
                 .collect();
         } else if line.starts_with("-- ") && line.contains("Name: ") {
             kind_found = kind(line);
+            post_data = [
+                "INDEX",
+                "INDEX ATTACH",
+                "CONSTRAINT",
+                "CHECK CONSTRAINT",
+                "FK CONSTRAINT",
+                "TRIGGER",
+                "RULE",
+                "POLICY",
+                "STATISTICS",
+            ]
+            .iter()
+            .any(|d| line.contains(&format!("; Type: {d}; Schema: ")));
         }
     }
     Some(Header {
         id: id?,
         dependencies,
         kind: kind_found,
+        post_data,
     })
 }
 
@@ -232,6 +256,7 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
         After,
     }
     let mut phase = Phase::Before;
+    let mut fence: Option<usize> = None;
     let mut kinds: HashMap<u32, (Kind, Option<usize>)> = HashMap::new();
     let mut entries: Vec<Entry> = Vec::new();
     let mut dependencies: Vec<Vec<u32>> = Vec::new();
@@ -316,7 +341,11 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
             let index = runs_inside.then_some(entries.len());
             kinds.insert(found.id, (found.kind, index));
             if runs_inside {
+                if found.post_data && fence.is_none() {
+                    fence = Some(entries.len());
+                }
                 entries.push(Entry {
+                    id: found.id,
                     ranges: vec![range],
                     after: Vec::new(),
                     tables: if found.kind == Kind::Relation {
@@ -403,9 +432,11 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
     if entries.len() < workers * 4 {
         return Ok(None);
     }
+    let fence = fence.unwrap_or(entries.len());
     Ok(Some(Plan {
         start,
         end,
+        fence,
         entries,
         state_at_end,
         in_transaction_at_end,
@@ -435,6 +466,8 @@ struct Board {
     alone: bool,
     /// A worker retries after a deadlock: nothing else starts.
     exclusive: bool,
+    /// Workers waiting to retry (not running, but not done either).
+    retrying: usize,
     done: usize,
     failure: Option<Error>,
     stats: Stats,
@@ -471,6 +504,10 @@ impl Board {
             self.alone = true;
             self.running += 1;
             return Some((batch, Vec::new()));
+        }
+        let mut limit = limit;
+        if self.lowest_unfinished < plan.fence {
+            limit = limit.min(plan.fence);
         }
         let mut batch = Vec::new();
         let mut mine: HashSet<u32> = HashSet::new();
@@ -529,8 +566,16 @@ impl Board {
     }
 }
 
-fn is_deadlock(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+/// A failure another connection's work caused, which the same batch run
+/// alone does not meet: a deadlock, or a name two connections took at once
+/// (table `_t` and table `t`'s array type `_t`; run alone, the second
+/// picks another name, as in a serial restore).
+fn is_retried(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::UNIQUE_VIOLATION)
+    )
 }
 
 /// Runs the plan's entries over `restore.workers` connections to `database`.
@@ -563,6 +608,7 @@ pub(crate) fn run(
         running: 0,
         alone: false,
         exclusive: false,
+        retrying: 0,
         done: 0,
         failure: None,
         stats: Stats::default(),
@@ -581,6 +627,12 @@ pub(crate) fn run(
     let worker = || -> Result<(), Error> {
         let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
         let mut client = Runner::connect(conn, database, notices)?;
+        // This connection starts after the script's ALTER DATABASE … SET
+        // (the serial one before it): none of those may make it another
+        // role or close it while it waits.
+        client
+            .batch_execute("SET ROLE NONE; SET idle_session_timeout = 0")
+            .map_err(|e| fail(describe_failure(&e, "SET ROLE NONE")))?;
         let mut session = State::default();
         loop {
             let (batch, tables) = {
@@ -592,7 +644,7 @@ pub(crate) fn run(
                     if let Some(picked) = board.pick(plan, size) {
                         break picked;
                     }
-                    if board.running == 0 && !board.exclusive {
+                    if board.running == 0 && !board.exclusive && board.retrying == 0 {
                         // Nothing runs and nothing can: the rest waits for
                         // itself.
                         return Err(fail(format!(
@@ -625,9 +677,19 @@ pub(crate) fn run(
                 objects += entry.objects;
             }
             text.push_str("COMMIT;\n");
+            let ids = || {
+                let ids: Vec<String> = batch
+                    .iter()
+                    .map(|&i| plan.entries[i].id.to_string())
+                    .collect();
+                format!(
+                    " (a transaction of the part restored side by side: dump ids {})",
+                    ids.join(" ")
+                )
+            };
             if let Err(e) = client.batch_execute(&text) {
-                if !is_deadlock(&e) {
-                    return Err(fail(describe_failure(&e, &text)));
+                if !is_retried(&e) {
+                    return Err(fail(describe_failure(&e, &text) + &ids()));
                 }
                 // Rolled back whole: again, once no other connection works
                 // (its tables stay this batch's meanwhile).
@@ -636,6 +698,8 @@ pub(crate) fn run(
                     let mut board = lock();
                     board.stats.retried += 1;
                     board.running -= 1;
+                    board.retrying += 1;
+                    changed.notify_all();
                     while board.exclusive && board.failure.is_none() {
                         board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
                     }
@@ -643,12 +707,13 @@ pub(crate) fn run(
                     while board.running > 0 && board.failure.is_none() {
                         board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
                     }
+                    board.retrying -= 1;
                     board.running += 1;
                 }
                 let again = client.batch_execute(&text);
                 lock().exclusive = false;
                 changed.notify_all();
-                again.map_err(|e| fail(describe_failure(&e, &text)))?;
+                again.map_err(|e| fail(describe_failure(&e, &text) + &ids()))?;
             }
             session = state;
             (restore.progress)(objects);
