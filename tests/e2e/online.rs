@@ -292,17 +292,7 @@ fn pg_upgrade_result(pair: &Pair, tablespace: &std::path::Path) -> State {
     let ts_copy = pair.sandbox.path().join("tblspc-for-pg_upgrade");
     copy_tree(tablespace, &ts_copy);
     // Without the new version's directory prepare made there.
-    for entry in std::fs::read_dir(&ts_copy).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("PG_18_")
-        {
-            std::fs::remove_dir_all(path).unwrap();
-        }
-    }
+    clear_new_tablespace_dirs(&ts_copy);
     for link in std::fs::read_dir(old_copy.join("pg_tblspc")).unwrap() {
         let link = link.unwrap().path();
         std::fs::remove_file(&link).unwrap();

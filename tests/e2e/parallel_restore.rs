@@ -48,22 +48,6 @@ CREATE STATISTICS wide.p2_stats ON v, n FROM wide.p2;
 ANALYZE;
 ";
 
-/// The new major's directories in a tablespace, gone: room for the next
-/// upgrade of the same old cluster.
-fn clear_new_tablespace_dirs(tablespace: &Path) {
-    for entry in std::fs::read_dir(tablespace).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("PG_18_")
-        {
-            std::fs::remove_dir_all(path).unwrap();
-        }
-    }
-}
-
 /// Every log file under `dir`, read.
 fn logs_under(dir: &Path) -> String {
     walk(dir)

@@ -263,3 +263,19 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// The new major's (18's) directories in a tablespace, gone: room for
+/// another upgrade of the same old cluster.
+pub fn clear_new_tablespace_dirs(tablespace: &Path) {
+    for entry in std::fs::read_dir(tablespace).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("PG_18_")
+        {
+            std::fs::remove_dir_all(path).unwrap();
+        }
+    }
+}

@@ -37,17 +37,7 @@ fn same_result_as_pg_upgrade() {
     let by_pg_upgrade = capture(&pair.new, &pair.new.bindir);
     pair.new.stop();
     // Make room for the second upgrade of the same old cluster.
-    for entry in std::fs::read_dir(&tablespace).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("PG_18_")
-        {
-            std::fs::remove_dir_all(path).unwrap();
-        }
-    }
+    clear_new_tablespace_dirs(&tablespace);
     let mut ours = pair.sandbox.cluster("ours", 18, no_checksums(18));
     let mut args = pair.dir_args();
     let at = args.iter().position(|a| a == "-D").unwrap();

@@ -219,9 +219,9 @@ pub fn plan_restore(
             &format!("restoring the schema of database \"{database}\": writing the restore script"),
             log,
         )?;
-        if crate::script::is_utf8_script(&script)? {
+        if let Some(objects) = crate::script::utf8_script_objects(&script)? {
             return Ok(PlannedRestore {
-                objects: crate::script::count_objects(&script)?,
+                objects,
                 database: database.to_string(),
                 dump: dump.to_path_buf(),
                 log: log.to_path_buf(),

@@ -137,9 +137,28 @@ enum Kind {
     Other,
 }
 
+/// pg_dump's post-data objects: after every relation's definition.
+const POST_DATA: &[&str] = &[
+    "INDEX",
+    "INDEX ATTACH",
+    "CONSTRAINT",
+    "CHECK CONSTRAINT",
+    "FK CONSTRAINT",
+    "TRIGGER",
+    "RULE",
+    "POLICY",
+    "STATISTICS",
+];
+
+/// Whether a header line names an object of one of `descs`.
+fn of_type(desc_line: &str, descs: &[&str]) -> bool {
+    descs
+        .iter()
+        .any(|d| desc_line.contains(&format!("; Type: {d}; Schema: ")))
+}
+
 fn kind(desc_line: &str) -> Kind {
-    let is = |desc: &str| desc_line.contains(&format!("; Type: {desc}; Schema: "));
-    let any = |descs: &[&str]| descs.iter().any(|d| is(d));
+    let any = |descs: &[&str]| of_type(desc_line, descs);
     if any(&[
         "TABLE",
         "MATERIALIZED VIEW",
@@ -149,25 +168,18 @@ fn kind(desc_line: &str) -> Kind {
     ]) {
         return Kind::Relation;
     }
-    if any(&[
-        "INDEX",
-        "INDEX ATTACH",
-        "CONSTRAINT",
-        "CHECK CONSTRAINT",
-        "FK CONSTRAINT",
-        "TRIGGER",
-        "RULE",
-        "POLICY",
-        "STATISTICS",
-        "STATISTICS DATA",
-        "TABLE ATTACH",
-        "SEQUENCE OWNED BY",
-        "SEQUENCE SET",
-        "DEFAULT",
-        "COMMENT",
-        "SECURITY LABEL",
-        "ROW SECURITY",
-    ]) {
+    if any(POST_DATA)
+        || any(&[
+            "STATISTICS DATA",
+            "TABLE ATTACH",
+            "SEQUENCE OWNED BY",
+            "SEQUENCE SET",
+            "DEFAULT",
+            "COMMENT",
+            "SECURITY LABEL",
+            "ROW SECURITY",
+        ])
+    {
         return Kind::OnRelations;
     }
     if any(&["ACL", "DEFAULT ACL"]) {
@@ -200,19 +212,7 @@ fn header(text: &str) -> Option<Header> {
                 .collect();
         } else if line.starts_with("-- ") && line.contains("Name: ") {
             kind_found = kind(line);
-            post_data = [
-                "INDEX",
-                "INDEX ATTACH",
-                "CONSTRAINT",
-                "CHECK CONSTRAINT",
-                "FK CONSTRAINT",
-                "TRIGGER",
-                "RULE",
-                "POLICY",
-                "STATISTICS",
-            ]
-            .iter()
-            .any(|d| line.contains(&format!("; Type: {d}; Schema: ")));
+            post_data = of_type(line, POST_DATA);
         }
     }
     Some(Header {

@@ -333,13 +333,15 @@ impl<R: BufRead> Splitter<R> {
     }
 }
 
-/// Whether the script is UTF-8 and asks for no other client encoding:
-/// our connections speak UTF-8 only (a database in another encoding is
+/// The objects a script restores (the total its progress counts to), or
+/// None when it is not UTF-8 or asks for another client encoding: our
+/// connections speak UTF-8 only (a database in another encoding is
 /// restored by pg_restore itself).
-pub(crate) fn is_utf8_script(script: &Path) -> Result<bool, Error> {
+pub(crate) fn utf8_script_objects(script: &Path) -> Result<Option<u64>, Error> {
     let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
+    let mut objects = 0;
     loop {
         line.clear();
         if reader
@@ -347,16 +349,19 @@ pub(crate) fn is_utf8_script(script: &Path) -> Result<bool, Error> {
             .map_err(|e| Error::io(script, e))?
             == 0
         {
-            return Ok(true);
+            return Ok(Some(objects));
         }
         let Ok(text) = std::str::from_utf8(&line) else {
-            return Ok(false);
+            return Ok(None);
         };
+        if is_object_header(text) {
+            objects += 1;
+        }
         let text = text.trim().to_ascii_lowercase();
         let names_encoding =
             text.starts_with("\\encoding") || text.starts_with("set client_encoding");
         if names_encoding && !text.contains("utf8") {
-            return Ok(false);
+            return Ok(None);
         }
     }
 }
@@ -371,27 +376,6 @@ fn is_object_header(line: &str) -> bool {
 /// The objects a piece of script restores (its header comments).
 pub(crate) fn objects_in(text: &str) -> u64 {
     text.lines().filter(|l| is_object_header(l)).count() as u64
-}
-
-/// The objects a whole script restores: the total its progress counts to.
-pub(crate) fn count_objects(script: &Path) -> Result<u64, Error> {
-    let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::new();
-    let mut objects = 0;
-    loop {
-        line.clear();
-        if reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io(script, e))?
-            == 0
-        {
-            return Ok(objects);
-        }
-        if line.starts_with(b"-- ") && is_object_header(&String::from_utf8_lossy(&line)) {
-            objects += 1;
-        }
-    }
 }
 
 /// A batch this large is sent even inside a transaction (the server keeps
@@ -823,12 +807,21 @@ mod tests {
         let check = |bytes: &[u8]| {
             let path = dir.path().join("script.sql");
             std::fs::write(&path, bytes).unwrap();
-            is_utf8_script(&path).unwrap()
+            utf8_script_objects(&path).unwrap().is_some()
         };
         assert!(check(
             b"SET client_encoding = 'UTF8';\nSELECT '\xc3\xa9';\n\\encoding UTF8\n"
         ));
         assert!(!check(b"SET client_encoding = 'LATIN1';\nSELECT 1;\n"));
+        // And what its progress counts: each object's header.
+        let path = dir.path().join("counted.sql");
+        std::fs::write(
+            &path,
+            "--\n-- Name: t; Type: TABLE; Schema: s; Owner: o\n--\nCREATE TABLE t ();\n\
+             -- Data for Name: t; Type: TABLE DATA; Schema: s; Owner: o\nSELECT 1;\n",
+        )
+        .unwrap();
+        assert_eq!(utf8_script_objects(&path).unwrap(), Some(2));
         assert!(!check(b"\\encoding SQL_ASCII\n"));
         assert!(!check(b"SELECT '\xe9';\n"));
     }
