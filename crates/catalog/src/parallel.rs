@@ -279,17 +279,21 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
         }
         let statement = match piece {
             Piece::Sql(statement) => statement,
+            // Neither a meta-command nor COPY data can be moved: the part
+            // run side by side ends before the entry that has one.
+            Piece::Meta(_) | Piece::Copy { .. } if phase == Phase::Inside => {
+                (end, state_at_end, in_transaction_at_end) = cut(
+                    &mut entries,
+                    &mut dependencies,
+                    range.0,
+                    &state,
+                    in_transaction,
+                );
+                phase = Phase::After;
+                continue;
+            }
             Piece::Meta(line) => {
-                if phase == Phase::Inside {
-                    (end, state_at_end, in_transaction_at_end) = cut(
-                        &mut entries,
-                        &mut dependencies,
-                        range.0,
-                        &state,
-                        in_transaction,
-                    );
-                    phase = Phase::After;
-                } else if line.starts_with("\\connect") || line.starts_with("\\c ") {
+                if line.starts_with("\\connect") || line.starts_with("\\c ") {
                     // A new connection starts with none of the settings.
                     state = State::default();
                 }
@@ -297,16 +301,6 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
                 continue;
             }
             Piece::Copy { .. } => {
-                if phase == Phase::Inside {
-                    (end, state_at_end, in_transaction_at_end) = cut(
-                        &mut entries,
-                        &mut dependencies,
-                        range.0,
-                        &state,
-                        in_transaction,
-                    );
-                    phase = Phase::After;
-                }
                 in_entry = false;
                 continue;
             }
