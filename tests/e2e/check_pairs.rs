@@ -365,3 +365,122 @@ fn an_early_failure_still_lists_every_check() {
     assert_eq!(run.check("new-datadir-version")["status"], "fail");
     assert_eq!(run.check("old-removed-time-types")["status"], "skip");
 }
+
+/// The checks' catalog queries over many relations get row estimates in the
+/// millions, and JIT then spends most of a second compiling each: none of
+/// pg-migrate's queries may be compiled, on a server it starts (jit=off) or
+/// on a running one it inspects (turned off per session). pg_stat_statements
+/// counts the functions each query had compiled.
+#[test]
+fn no_query_of_pg_migrate_is_jit_compiled() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    let llvmjit = pair.old.bindir.parent().unwrap().join("lib/llvmjit.so");
+    assert!(
+        llvmjit.exists()
+            || pair
+                .old
+                .bindir
+                .parent()
+                .unwrap()
+                .join("lib/postgresql/llvmjit.so")
+                .exists(),
+        "PostgreSQL 15 here has no JIT provider: this test would prove nothing"
+    );
+    let conf = pair.old.datadir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(
+        "\nshared_preload_libraries = 'pg_stat_statements'\njit = on\njit_above_cost = 0\n\
+         pg_stat_statements.track = all\n",
+    );
+    std::fs::write(&conf, text).unwrap();
+    pair.old.start();
+    pair.old
+        .sql("postgres", "CREATE EXTENSION pg_stat_statements");
+    // JIT works here: a catalog query of our own is compiled.
+    pair.old.sql(
+        "postgres",
+        "SELECT count(*) AS jit_probe FROM pg_catalog.pg_class WHERE relname ~ 'x'",
+    );
+    let compiled = |cluster: &Cluster, what: &str| -> i64 {
+        cluster
+            .client("postgres")
+            .query_one(
+                &format!(
+                    "SELECT coalesce(sum(jit_functions), 0)::bigint FROM pg_stat_statements
+                      WHERE {what}"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(
+        compiled(&pair.old, "query ~ 'jit_probe'") > 0,
+        "JIT compiled nothing"
+    );
+    // Each session's first statement (which turns JIT off) runs before JIT
+    // is off: with the default jit_above_cost it is never compiled.
+    let ours = "query !~ 'jit_probe' AND query !~ 'pg_stat_statements' AND query ~ 'pg_catalog' \
+                AND query !~ 'set_config'";
+    // A running server is inspected over sessions with JIT off.
+    pair.old
+        .sql("postgres", "SELECT pg_stat_statements_reset()");
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let queries: i64 = pair
+        .old
+        .client("postgres")
+        .query_one(
+            &format!("SELECT count(*) FROM pg_stat_statements WHERE {ours}"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(queries > 5, "the check's queries were not seen ({queries})");
+    assert_eq!(
+        compiled(&pair.old, ours),
+        0,
+        "a query of the live check was JIT-compiled: {:?}",
+        compiled_queries(&pair.old, ours)
+    );
+    // A server pg-migrate starts itself runs with jit=off (the statistics
+    // are saved at its shutdown and read at the next start).
+    pair.old
+        .sql("postgres", "SELECT pg_stat_statements_reset()");
+    pair.old.stop();
+    let run = pair.check(&[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    pair.old.start();
+    let queries: i64 = pair
+        .old
+        .client("postgres")
+        .query_one(
+            &format!("SELECT count(*) FROM pg_stat_statements WHERE {ours}"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(queries > 5, "the check's queries were not seen ({queries})");
+    assert_eq!(
+        compiled(&pair.old, ours),
+        0,
+        "a query of the check was JIT-compiled: {:?}",
+        compiled_queries(&pair.old, ours)
+    );
+    pair.old.stop();
+}
+
+fn compiled_queries(cluster: &Cluster, which: &str) -> Vec<String> {
+    cluster
+        .client("postgres")
+        .query(
+            &format!("SELECT left(query, 120) FROM pg_stat_statements WHERE {which} AND jit_functions > 0"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

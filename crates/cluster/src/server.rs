@@ -82,11 +82,18 @@ impl Endpoint {
                 detail: crate::describe_pg_error(&e),
             })?;
         // Nothing we run may resolve names through a user's search_path.
+        // No JIT either, on a server we did not start too (online mode): a
+        // catalog query over many relations spends most of a second
+        // compiling. `jit` exists from 11 on, hence the lookup.
         client
-            .batch_execute("SELECT pg_catalog.set_config('search_path', '', false)")
+            .batch_execute(
+                "SELECT pg_catalog.set_config('search_path', '', false);
+                 SELECT pg_catalog.set_config(name, 'off', false)
+                   FROM pg_catalog.pg_settings WHERE name = 'jit'",
+            )
             .map_err(|e| Error::Query {
                 database: database.to_string(),
-                what: "clearing search_path".into(),
+                what: "clearing search_path and turning JIT off".into(),
                 detail: crate::describe_pg_error(&e),
             })?;
         Ok(client)
@@ -202,6 +209,13 @@ impl Server {
             ] {
                 server_args.extend(["-c".into(), setting.into()]);
             }
+        }
+        if datadir.major.has_jit() {
+            // Catalog queries over tens of thousands of relations get row
+            // estimates in the millions, and JIT then compiles each for
+            // most of a second (pg_dump's and the checks' alike); none of
+            // what runs on a server we start gains from it.
+            server_args.extend(["-c".into(), "jit=off".into()]);
         }
         server_args.extend(["-c".into(), "listen_addresses=".into()]);
         server_args.extend(["-c".into(), "unix_socket_permissions=0700".into()]);

@@ -147,6 +147,11 @@ impl PgMajor {
         self.0 >= 1700
     }
 
+    /// 11 and later have JIT compilation (the `jit` setting).
+    pub fn has_jit(self) -> bool {
+        self.0 >= 1100
+    }
+
     /// Whether the server reports `unicode_version()` (17 and later).
     pub fn has_unicode_version(self) -> bool {
         self.0 >= 1700
