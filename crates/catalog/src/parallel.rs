@@ -28,7 +28,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use pgm_cluster::server::Endpoint;
 
-use crate::script::{describe_failure, normalized, objects_in, Notices, Piece, Runner, Splitter};
+use crate::script::{
+    begins_with, describe_failure, is_just, leading_comments, normalized, objects_in, Notices,
+    Piece, Runner, Splitter,
+};
 use crate::Error;
 
 /// How one database's restore runs.
@@ -39,6 +42,8 @@ pub struct Restore<'a> {
     pub transaction_size: usize,
     /// Told how many objects were restored, as they are.
     pub progress: &'a (dyn Fn(u64) + Sync),
+    /// The part run side by side, if it was found ahead for as many workers.
+    pub ahead: Option<Ahead>,
 }
 
 /// The session settings a script has set: each setting's last statement.
@@ -70,6 +75,12 @@ impl State {
 
 /// A statement that sets a session setting, and the setting's name.
 fn session_setting(statement: &str) -> Option<String> {
+    if !["SET ", "RESET ", "SELECT PG_CATALOG.SET_CONFIG("]
+        .iter()
+        .any(|prefix| begins_with(statement, prefix))
+    {
+        return None;
+    }
     let words = normalized(statement);
     let words = words.trim_end_matches(';');
     if let Some(rest) = words.strip_prefix("SELECT PG_CATALOG.SET_CONFIG('") {
@@ -121,6 +132,10 @@ pub(crate) struct Plan {
     pub in_transaction_at_end: bool,
 }
 
+/// A plan found ahead of its restore (None: no part runs side by side).
+#[derive(Debug)]
+pub struct Ahead(pub(crate) Option<Plan>);
+
 /// What a table-of-contents entry is, as far as scheduling goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -152,9 +167,14 @@ const POST_DATA: &[&str] = &[
 
 /// Whether a header line names an object of one of `descs`.
 fn of_type(desc_line: &str, descs: &[&str]) -> bool {
-    descs
-        .iter()
-        .any(|d| desc_line.contains(&format!("; Type: {d}; Schema: ")))
+    // "-- Name: …; Type: INDEX; Schema: …": the type is between the last
+    // "; Type: " before "; Schema: " and it (a name may hold either).
+    desc_line.match_indices("; Schema: ").any(|(end, _)| {
+        let before = &desc_line[..end];
+        before
+            .rfind("; Type: ")
+            .is_some_and(|start| descs.contains(&&before[start + "; Type: ".len()..]))
+    })
 }
 
 fn kind(desc_line: &str) -> Kind {
@@ -202,7 +222,7 @@ fn header(text: &str) -> Option<Header> {
     let mut dependencies = Vec::new();
     let mut kind_found = Kind::Other;
     let mut post_data = false;
-    for line in text.lines() {
+    for line in leading_comments(text).lines() {
         if let Some(rest) = line.strip_prefix("-- TOC entry ") {
             id = rest.split(' ').next().and_then(|n| n.parse().ok());
         } else if let Some(rest) = line.strip_prefix("-- Dependencies: ") {
@@ -357,9 +377,9 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
             }
             continue;
         }
-        let words = normalized(&statement);
-        if words == "BEGIN;" || words == "COMMIT;" {
-            in_transaction = words == "BEGIN;";
+        let begins = is_just(&statement, "BEGIN;");
+        if begins || is_just(&statement, "COMMIT;") {
+            in_transaction = begins;
             in_entry = false;
             continue;
         }

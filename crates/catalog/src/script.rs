@@ -84,6 +84,56 @@ fn dollar_tag(bytes: &[u8]) -> Option<usize> {
     (end < bytes.len()).then_some(end + 1)
 }
 
+/// The statement from its first word on: past the comment lines and the
+/// blank lines before it.
+pub(crate) fn code_of(statement: &str) -> &str {
+    let mut rest = statement;
+    loop {
+        let trimmed = rest.trim_start();
+        match trimmed.strip_prefix("--") {
+            Some(comment) => rest = comment.split_once('\n').map_or("", |(_, after)| after),
+            None => return trimmed,
+        }
+    }
+}
+
+/// The comment lines before the statement (where pg_restore writes an
+/// entry's header).
+pub(crate) fn leading_comments(statement: &str) -> &str {
+    &statement[..statement.len() - code_of(statement).len()]
+}
+
+/// Whether the statement's words, as [`normalized`] gives them, begin with
+/// `prefix` (upper case; a last word without a space after it may be the
+/// beginning of a longer one). Reads no further than the prefix: most
+/// statements are none of those looked for, and some are long.
+pub(crate) fn begins_with(statement: &str, prefix: &str) -> bool {
+    let mut code = code_of(statement).split_whitespace();
+    let mut words = prefix.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        let Some(found) = code.next() else {
+            return false;
+        };
+        let whole = words.peek().is_some() || prefix.ends_with(' ');
+        let matches = if whole {
+            found.eq_ignore_ascii_case(word)
+        } else {
+            found.len() >= word.len()
+                && found.is_char_boundary(word.len())
+                && found[..word.len()].eq_ignore_ascii_case(word)
+        };
+        if !matches {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether the statement is exactly `words` (BEGIN; COMMIT;).
+pub(crate) fn is_just(statement: &str, words: &str) -> bool {
+    code_of(statement).len() <= words.len() + 16 && normalized(statement) == words
+}
+
 /// The statement's words, upper-cased and single-spaced, without comments
 /// before it (enough to recognise BEGIN, COMMIT, SET and COPY).
 pub(crate) fn normalized(statement: &str) -> String {
@@ -135,25 +185,31 @@ impl<R: BufRead> Splitter<R> {
     }
 
     fn on_word(&mut self, word: &str) {
-        let word = word.to_ascii_lowercase();
         if self.paren_depth == 0 && self.defines_routine() {
-            match word.as_str() {
-                "begin" => self.begin_depth += 1,
+            let is = |w: &str| word.eq_ignore_ascii_case(w);
+            if is("begin") {
+                self.begin_depth += 1;
+            } else if is("case") && self.begin_depth > 0 {
                 // CASE … END inside a body: only counted within a BEGIN.
-                "case" if self.begin_depth > 0 => self.begin_depth += 1,
-                "end" => self.begin_depth = self.begin_depth.saturating_sub(1),
-                _ => {}
+                self.begin_depth += 1;
+            } else if is("end") {
+                self.begin_depth = self.begin_depth.saturating_sub(1);
             }
         }
         if self.words.len() < 4 {
-            self.words.push(word);
+            self.words.push(word.to_ascii_lowercase());
         }
     }
 
     fn finish_statement(&mut self, end: u64) -> Result<(), String> {
         let statement = std::mem::take(&mut self.statement);
         self.reset_statement();
-        let words = normalized(&statement);
+        // Only a SET or a COPY matters here: the others are not copied.
+        let words = if begins_with(&statement, "SET ") || begins_with(&statement, "COPY ") {
+            normalized(&statement)
+        } else {
+            String::new()
+        };
         match words.trim_end_matches(';').trim() {
             "SET STANDARD_CONFORMING_STRINGS = OFF" | "SET STANDARD_CONFORMING_STRINGS = 'OFF'" => {
                 self.standard_strings = false
@@ -199,6 +255,23 @@ impl<R: BufRead> Splitter<R> {
         let mut start = 0;
         let mut i = 0;
         while i < bytes.len() {
+            // Within a quoted text (most of a statistics call's bytes) only
+            // a byte that may end it matters.
+            let to_end = match &self.quote {
+                Quote::Single { backslash_escapes } => {
+                    let escapes = *backslash_escapes;
+                    bytes[i..]
+                        .iter()
+                        .position(|&c| c == b'\'' || (escapes && c == b'\\'))
+                }
+                Quote::Double => bytes[i..].iter().position(|&c| c == b'"'),
+                Quote::Dollar(_) => bytes[i..].iter().position(|&c| c == b'$'),
+                Quote::None | Quote::Block(_) => Some(0),
+            };
+            match to_end {
+                Some(n) => i += n,
+                None => break,
+            }
             let b = bytes[i];
             let next = bytes.get(i + 1).copied();
             match &mut self.quote {
@@ -375,7 +448,10 @@ fn is_object_header(line: &str) -> bool {
 
 /// The objects a piece of script restores (its header comments).
 pub(crate) fn objects_in(text: &str) -> u64 {
-    text.lines().filter(|l| is_object_header(l)).count() as u64
+    leading_comments(text)
+        .lines()
+        .filter(|l| is_object_header(l))
+        .count() as u64
 }
 
 /// A batch this large is sent even inside a transaction (the server keeps
@@ -494,7 +570,7 @@ pub(crate) fn run_script(
     first_database: &str,
     database: &str,
     log: &mut impl Write,
-    restore: &crate::parallel::Restore<'_>,
+    restore: crate::parallel::Restore<'_>,
 ) -> Result<(), Error> {
     let notices = Notices::default();
     let result = execute(
@@ -521,7 +597,7 @@ fn execute(
     first_database: &str,
     database: &str,
     notices: &Notices,
-    restore: &crate::parallel::Restore<'_>,
+    mut restore: crate::parallel::Restore<'_>,
     log: &mut impl Write,
 ) -> Result<(u64, u64), Error> {
     let mut session = Session {
@@ -538,10 +614,10 @@ fn execute(
         in_transaction: false,
         restricted: None,
     };
-    let plan = if restore.workers > 1 {
-        crate::parallel::plan(script, restore.workers)?
-    } else {
-        None
+    let plan = match restore.ahead.take() {
+        Some(found) => found.0,
+        None if restore.workers > 1 => crate::parallel::plan(script, restore.workers)?,
+        None => None,
     };
     match plan {
         None => session.run_range(script, 0, None)?,
@@ -562,7 +638,7 @@ fn execute(
                 session.commit()?;
             }
             let before = started.elapsed();
-            let stats = crate::parallel::run(script, &plan, conn, database, notices, restore)?;
+            let stats = crate::parallel::run(script, &plan, conn, database, notices, &restore)?;
             let side_by_side = started.elapsed() - before;
             session.apply(&plan.state_at_end)?;
             if plan.in_transaction_at_end {
@@ -685,13 +761,12 @@ impl Session<'_> {
             Piece::Sql(statement) => {
                 runner.statements += 1;
                 // Exactly what pg_restore writes between its transactions.
-                let words = normalized(&statement);
-                if !self.in_transaction && words == "BEGIN;" {
+                if !self.in_transaction && is_just(&statement, "BEGIN;") {
                     self.in_transaction = true;
                     runner.batch.push_str(&statement);
                 } else if self.in_transaction {
                     runner.batch.push_str(&statement);
-                    if words == "COMMIT;" {
+                    if is_just(&statement, "COMMIT;") {
                         self.in_transaction = false;
                         runner.flush().map_err(fail)?;
                     } else if runner.batch.len() >= BATCH_BYTES {

@@ -49,6 +49,25 @@ impl<'a> Engine<'a> {
             pgm_catalog::plan_restore(install, &plan.db.name, &plan.dump, &plan.log, size)
                 .map_err(|e| Failure::new(Code::RestoreFailed, e))
         })?;
+        let jobs = self.settings.jobs;
+        // The largest database comes last, alone, with every connection -j
+        // allows (-j spreads over databases until then): a cluster whose
+        // time goes into one large schema gets it restored side by side,
+        // and never more than -j connections restore at once. Its
+        // connections' backends build catalog rows on this machine's CPUs:
+        // more of them than CPUs only contend (on two CPUs four connections
+        // were at times twice as slow as two).
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let last_workers = jobs.min(cpus.max(2));
+        let largest = self
+            .databases
+            .iter()
+            .zip(&planned)
+            .enumerate()
+            .filter(|(_, (p, _))| p.db.name != "template1")
+            .max_by_key(|(_, (_, planned))| planned.objects)
+            .map(|(i, _)| i)
+            .filter(|_| jobs > 1);
         let objects = planned.iter().map(|p| p.objects).sum();
         let meter = self.printer.meter("restore-schema", objects, "objects");
         let restored = AtomicUsize::new(0);
@@ -59,38 +78,33 @@ impl<'a> Engine<'a> {
             pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
             Ok(())
         };
-        // template1 is dropped and re-created: nothing else may use it
-        // meanwhile. The largest database comes last, alone, with every
-        // connection -j allows (-j spreads over databases until then): a
-        // cluster whose time goes into one large schema gets it restored
-        // side by side, and never more than -j connections restore at once.
-        let jobs = self.settings.jobs;
-        let order: Vec<(&DatabasePlan, &pgm_catalog::PlannedRestore)> =
-            self.databases.iter().zip(&planned).collect();
-        let (first, rest): (Vec<_>, Vec<_>) = order
-            .into_iter()
-            .partition(|(p, _)| p.db.name == "template1");
-        for (_, planned) in &first {
-            restore(planned, 1)?;
-        }
-        let largest = rest
+        // template1 is dropped and re-created first: nothing else may use
+        // it meanwhile. The largest database's script is read for its
+        // side-by-side part while the others restore.
+        let (first, others): (Vec<_>, Vec<_>) = self
+            .databases
             .iter()
+            .zip(&planned)
             .enumerate()
-            .max_by_key(|(_, (_, planned))| planned.objects)
-            .map(|(i, _)| i)
-            .filter(|_| jobs > 1);
-        let (last, others): (Vec<_>, Vec<_>) = rest
-            .into_iter()
-            .enumerate()
-            .partition(|(i, _)| Some(*i) == largest);
-        parallel(&others, jobs, |(_, (_, planned))| restore(planned, 1))?;
-        // Its connections' backends build catalog rows on this machine's
-        // CPUs: more of them than CPUs only contend (on two CPUs four
-        // connections were at times twice as slow as two).
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for (_, (_, planned)) in &last {
-            restore(planned, jobs.min(cpus.max(2)))?;
-        }
+            .filter(|(i, _)| Some(*i) != largest)
+            .partition(|(_, (p, _))| p.db.name == "template1");
+        std::thread::scope(|scope| -> Result<(), Failure> {
+            let ahead = largest.map(|i| {
+                let planned = &planned[i];
+                scope.spawn(move || planned.find_side_by_side(last_workers))
+            });
+            for (_, (_, planned)) in &first {
+                restore(planned, 1)?;
+            }
+            parallel(&others, jobs, |(_, (_, planned))| restore(planned, 1))?;
+            if let Some(ahead) = ahead {
+                let _ = ahead.join();
+            }
+            if let Some(i) = largest {
+                restore(&planned[i], last_workers)?;
+            }
+            Ok(())
+        })?;
         meter.finish();
         let mut client = server
             .connect("template1")
