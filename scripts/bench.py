@@ -44,9 +44,11 @@ def parse_args():
     p.add_argument("--verify-datasets", default="manyrels,pgbench",
                    help="datasets on which the cost of --verify and --verify=full is measured (pg-migrate --link "
                         "with and without them; pg_upgrade has no such step)")
-    p.add_argument("--trial-fs", choices=["image", "workdir"], default="image",
-                   help="where the trials run: 'image' (default, root only) an ext4 filesystem with a journal made in "
-                        "an image file under --workdir and loop-mounted; 'workdir' in --workdir itself. ext4 without a "
+    p.add_argument("--filesystems", default="workdir,ext4,xfs",
+                   help="where the trials run, each dataset and series on each in turn: workdir (--workdir itself, "
+                        "the machine's own filesystem), ext4 (with a journal) and xfs, each made in an image file "
+                        "under --workdir and loop-mounted (root only; one that cannot be made is reported and "
+                        "skipped). The online, --verify and standby measures run on the first only. ext4 without a "
                         "journal (as some VMs' root filesystems are) avoids reusing a deleted file's inode for 1-5 "
                         "minutes and scans past each one: every trial deletes the last one's files (250,000 for "
                         "manyrels), and the next tool's file creation then spends seconds in the kernel")
@@ -94,7 +96,7 @@ OLD_BIN = Path(ARGS.prefix) / "15" / "bin"
 NEW_BIN = Path(ARGS.prefix) / "18" / "bin"
 WORK = Path(ARGS.workdir)
 IS_ROOT = os.geteuid() == 0
-# Where trials (and the floors) run: WORK, or the journaled filesystem mounted by mount_trial_fs().
+# Where trials (and the floors) run: WORK, or a filesystem mounted by use_filesystem().
 TRIALS = WORK
 # The -j both tools run with (the one-database series changes it).
 JOBS = [ARGS.jobs]
@@ -274,25 +276,30 @@ def unmount_image(mountpoint):
     mountpoint.rmdir()
 
 
-def mount_trial_fs():
-    """An ext4 filesystem with a journal for the trials, in a sparse image under WORK; returns its
-    description, or None where it cannot be made (then the trials run in WORK)."""
+FS_DESCRIPTIONS = {"ext4": "ext4 with a journal, in an image file loop-mounted for the trials",
+                   "xfs": "XFS, in an image file loop-mounted for the trials"}
+
+
+def use_filesystem(fs):
+    """Makes the trials run on `fs` (workdir, ext4 or xfs); returns its description, or None with the
+    reason it cannot be made here."""
     global TRIALS
-    if ARGS.trial_fs != "image" or not IS_ROOT:
-        if ARGS.trial_fs == "image":
-            print("  not root: the trials run in --workdir, not on a journaled filesystem of their own", flush=True)
-        return None
-    mountpoint, failure = mount_image("ext4", "trialfs", 80)
+    TRIALS = WORK
+    if fs == "workdir":
+        return f"the working directory ({machine_fs(WORK)})", None
+    mountpoint, failure = mount_image(fs, f"trial-{fs}", 80)
     if failure:
-        print(f"  cannot make the trial filesystem ({failure}); the trials run in --workdir", flush=True)
-        return None
+        return None, failure
     TRIALS = mountpoint
-    return "ext4 with a journal, in an image file loop-mounted for the trials"
+    return FS_DESCRIPTIONS[fs], None
 
 
-def unmount_trial_fs():
+def release_filesystem():
+    global TRIALS
+    shutil.rmtree(TRIALS / "trial", ignore_errors=True)
     if TRIALS != WORK:
         unmount_image(TRIALS)
+    TRIALS = WORK
 
 
 HA_PROCEDURES = {"pg-migrate patroni": "pg-migrate", "pg_upgrade --link + rsync (Spilo's procedure)": "spilo"}
@@ -306,8 +313,6 @@ def measure_ha():
     for fs in [f for f in ARGS.ha_filesystems.split(",") if f]:
         if fs == "workdir":
             where, failure, mounted = WORK, None, None
-        elif fs == "ext4" and TRIALS != WORK:
-            where, failure, mounted = TRIALS, None, None
         else:
             where, failure = mount_image(fs, f"ha-{fs}", 40)
             mounted = where
@@ -562,7 +567,7 @@ def targets(report):
         link_note = (f"restore-schema alone (the new server creating the 80,000 relations, the same statements "
                      f"pg_upgrade's pg_restore sends) takes {restore:.2f} s = "
                      f"{restore / manyrels_link['pg_upgrade']:.2f} × pg_upgrade's whole run")
-    if link_note and "journal" not in report["machine"].get("trials", ""):
+    if link_note and "(ext4)" in str(report["machine"].get("trials", "")):
         link_note += "; and the trials ran on a filesystem without a journal (see above)"
     add("link, manyrels: pg-migrate / pg_upgrade", ratio("manyrels", "link"), 0.6, link_note)
     add("copy, pgbench: pg-migrate / pg_upgrade --copy", ratio("pgbench", "copy"), 0.8)
@@ -593,6 +598,19 @@ def targets(report):
             add(f"HA write downtime on {fs}: pg-migrate patroni / Spilo's procedure", e["ratio_write_downtime_s"], 1.0)
             add(f"HA time until the replicas stream on {fs}: pg-migrate patroni / Spilo's procedure",
                 e["ratio_replicas_streaming_s"], 1.0)
+    for fs, f in report.get("filesystems", {}).items():
+        if "skipped" in f or (fs == next(iter(report["filesystems"])) and "filesystems_date" not in report):
+            continue  # the first filesystem's are the targets above and below
+        fs_link = f["datasets"].get("manyrels", {}).get("modes", {}).get("link")
+        if fs_link:
+            add(f"link, manyrels, on {fs}: pg-migrate / pg_upgrade", fs_link["ratio"], 0.6)
+        fs_series = f["series"]
+        if fs_series:
+            largest = max(e["relations"] for e in fs_series)
+            for e in fs_series:
+                if e["relations"] == largest and e["mode"] == "link":
+                    add(f"one database of {largest} relations, link -j {e['jobs']}, on {fs}: pg-migrate / pg_upgrade",
+                        e["pg-migrate"] / e["pg_upgrade"], 0.35 if e["jobs"] <= 2 else 0.3)
     series = report.get("series", [])
     if series:
         largest = max(s["relations"] for s in series)
@@ -626,16 +644,13 @@ def markdown(report):
         f"{m['old']} → {m['pg_upgrade']}. Trials: {m.get('trials', 'in the working directory')}.",
         "",
     ]
-    if "journal" not in m.get("trials", ""):
+    if "without a journal" in str(m.get("trials", "")) or "(ext4)" in str(m.get("trials", "")):
         lines += [
-            "The trials ran in the working directory. Where that is ext4 without a journal (this machine's root "
-            "filesystem is), creating files is slowed for 1-5 minutes after many were deleted (the kernel will not "
-            "reuse a deleted file's inode that soon, and scans past each one), and every trial deletes the last "
-            "one's files (250,000 for manyrels). The tool that creates files fastest loses most: on manyrels, link "
-            "mode, it added ~8 s to pg-migrate's run (its restore, 10.7 s → 16-20 s, much of it kernel time in "
-            "ext4's inode allocator) and ~1 s to pg_upgrade's, measured against the same rounds on a journaled ext4 "
-            "(the benchmark machine, November 2026). `--trial-fs image` (the default when root) runs the trials on "
-            "a journaled ext4 of their own.",
+            "The first trials ran in the working directory, on this machine's own ext4, which has no journal: "
+            "creating files is slowed for 1-5 minutes after many were deleted (the kernel will not reuse a "
+            "deleted file's inode that soon, and scans past each one), and every trial deletes the last one's "
+            "files (250,000 for manyrels). The same datasets on a journaled ext4 and on XFS follow below "
+            "(\"On every filesystem\").",
             "",
         ]
     lines += [
@@ -650,6 +665,32 @@ def markdown(report):
             sync_floor = f"{d['cp -a + sync']:.2f}" if "cp -a + sync" in d else "—"
             lines.append(f"| {name} | {d['size']} | {mode} | {e['pg_upgrade']:.2f} | {e['pg-migrate']:.2f} | "
                          f"{e['ratio']:.2f} | {d['cp -al']:.2f} | {d['cp -a']:.2f} | {sync_floor} | {rss} |")
+    by_fs = report.get("filesystems", {})
+    if by_fs:
+        lines += ["", "## On every filesystem", "",
+                  f"Measured on {report.get('filesystems_date', report['date'])}: the same datasets and rounds "
+                  "on each filesystem the benchmark can make here, medians, alternating which tool goes first"
+                  + (" (the table above is the first one's)." if "filesystems_date" not in report else
+                     f" ({report['filesystems_rounds']} rounds; measured apart from the tables above)."), "",
+                  "| filesystem | case | mode | -j | pg_upgrade (s) | pg-migrate (s) | ratio |", "|---|---|---|---|---|---|---|"]
+        if m["cpus"] < 4:
+            lines[-2:-2] = [f"With {m['cpus']} CPUs, pg-migrate restores the largest database over {max(2, m['cpus'])} "
+                            "connections at -j 4 as at -j 2 (no more than the CPUs), and pg_upgrade's -j does not "
+                            "split one database: the two -j rows of one filesystem are the same runs twice, and "
+                            "their difference is this machine's noise.", ""]
+        for fs, f in by_fs.items():
+            if "skipped" in f:
+                lines.append(f"| {fs} | skipped: {f['skipped']} | | | | | |")
+                continue
+            for name, d in f["datasets"].items():
+                for mode, e in d["modes"].items():
+                    if mode == "online" or mode in VERIFY_MODES:
+                        continue
+                    lines.append(f"| {fs} | {name} ({d['size']}) | {mode} | {report['jobs']} | {e['pg_upgrade']:.2f} | "
+                                 f"{e['pg-migrate']:.2f} | {e['ratio']:.2f} |")
+            for e in f["series"]:
+                lines.append(f"| {fs} | one database, {e['relations']} relations | {e['mode']} | {e['jobs']} | "
+                             f"{e['pg_upgrade']:.2f} | {e['pg-migrate']:.2f} | {e['pg-migrate'] / e['pg_upgrade']:.2f} |")
     online = [(name, d["modes"]["online"]) for name, d in report["datasets"].items() if "online" in d["modes"]]
     if online:
         lines += ["", "## Online mode (prepare while the old server serves, cutover in the window)", "",
@@ -797,54 +838,82 @@ def main():
         (out / "benchmarks.md").write_text(text)
         print("\n" + text)
         return
-    trials = mount_trial_fs()
-    try:
-        loaders = {
-            "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
-            "pgbench": (load_pgbench, ARGS.pgbench_scale),
-            "lobj": (load_lobj, ARGS.lobjs),
-        }
-        modes = [m for m in ARGS.modes.split(",") if m]
-        report = {"date": time.strftime("%Y-%m-%d"), "quick": ARGS.quick, "rounds": ARGS.rounds, "jobs": ARGS.jobs,
-                  "machine": dict(machine(), trials=trials or "in the working directory"), "datasets": {}, "series": []}
-        for name in [d for d in ARGS.datasets.split(",") if d]:
-            print(f"dataset {name}", flush=True)
-            golden = build(name, *loaders[name])
-            online = ["online"] if name in ARGS.online_datasets.split(",") else []
-            verify = list(VERIFY_MODES) if name in ARGS.verify_datasets.split(",") and "link" in modes else []
-            report["datasets"][name] = measure(name, golden, modes + online + verify)
-            if name in ARGS.standby_datasets.split(","):
+    filesystems = [f for f in ARGS.filesystems.split(",") if f]
+    loaders = {
+        "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
+        "pgbench": (load_pgbench, ARGS.pgbench_scale),
+        "lobj": (load_lobj, ARGS.lobjs),
+    }
+    modes = [m for m in ARGS.modes.split(",") if m]
+    per_fs = {fs: {"datasets": {}, "series": []} for fs in filesystems}
+
+    def on_each_filesystem(what, measure_on):
+        """Runs measure_on(fs, first) with the trials on each filesystem in turn."""
+        for i, fs in enumerate(filesystems):
+            description, failure = use_filesystem(fs)
+            if failure:
+                print(f"  {what} on {fs}: cannot make it here ({failure}); skipped", flush=True)
+                per_fs[fs]["skipped"] = failure
+                continue
+            per_fs[fs]["trials"] = description
+            print(f"  {what} on {fs} ({description})", flush=True)
+            try:
+                measure_on(fs, i == 0)
+            finally:
+                release_filesystem()
+
+    for name in [d for d in ARGS.datasets.split(",") if d]:
+        print(f"dataset {name}", flush=True)
+        golden = build(name, *loaders[name])
+
+        def dataset_on(fs, first):
+            online = ["online"] if first and name in ARGS.online_datasets.split(",") else []
+            verify = (list(VERIFY_MODES) if first and name in ARGS.verify_datasets.split(",") and "link" in modes
+                      else [])
+            per_fs[fs]["datasets"][name] = measure(f"{name} [{fs}]", golden, modes + online + verify)
+            if first and name in ARGS.standby_datasets.split(","):
                 print(f"  {name}: a standby upgraded from its own files", flush=True)
-                report["datasets"][name]["standby"] = measure_standby(golden)
-            drop(golden)
-        series_modes = [m for m in ARGS.series_modes.split(",") if m]
-        for relations in [int(r) for r in ARGS.series.split(",") if r]:
-            tables = max(1, relations // 5)
-            print(f"series {relations} relations ({tables} tables) in one database", flush=True)
-            golden = build(f"series-{tables}", load_series(tables), tables)
+                per_fs[fs]["datasets"][name]["standby"] = measure_standby(golden)
+
+        on_each_filesystem(name, dataset_on)
+        drop(golden)
+    series_modes = [m for m in ARGS.series_modes.split(",") if m]
+    for relations in [int(r) for r in ARGS.series.split(",") if r]:
+        tables = max(1, relations // 5)
+        print(f"series {relations} relations ({tables} tables) in one database", flush=True)
+        golden = build(f"series-{tables}", load_series(tables), tables)
+
+        def series_on(fs, first):
             for jobs in [int(j) for j in ARGS.series_jobs.split(",") if j]:
                 JOBS[0] = jobs
-                measured = measure(f"series-{tables} -j {jobs}", golden, series_modes)["modes"]
+                measured = measure(f"series-{tables} -j {jobs} [{fs}]", golden, series_modes)["modes"]
                 for mode, entry in measured.items():
-                    report["series"].append({"relations": 5 * tables, "tables": tables, "jobs": jobs, "mode": mode,
-                                             "pg_upgrade": entry["pg_upgrade"], "pg-migrate": entry["pg-migrate"],
-                                             "peak_rss_bytes": entry["peak_rss_bytes"], "steps": entry["steps"]})
+                    per_fs[fs]["series"].append({
+                        "relations": 5 * tables, "tables": tables, "jobs": jobs, "mode": mode,
+                        "pg_upgrade": entry["pg_upgrade"], "pg-migrate": entry["pg-migrate"],
+                        "peak_rss_bytes": entry["peak_rss_bytes"], "steps": entry["steps"]})
             JOBS[0] = ARGS.jobs
-            drop(golden)
-        if ARGS.ha_rounds > 0:
-            print("HA: a Patroni cluster", flush=True)
-            report["ha"] = dict(measure_ha(), date=report["date"], quick=ARGS.quick)
-        report["targets"] = targets(report)
-        out = Path(ARGS.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
-        text = markdown(report)
-        (out / "benchmarks.md").write_text(text)
-        print("\n" + text)
-        shutil.rmtree(TRIALS / "trial", ignore_errors=True)
-    finally:
-        unmount_trial_fs()
 
+        on_each_filesystem(f"series {relations}", series_on)
+        drop(golden)
+    measured_on = [fs for fs in filesystems if "trials" in per_fs[fs]]
+    first = per_fs[measured_on[0]] if measured_on else {"datasets": {}, "series": [], "trials": "none"}
+    report = {"date": time.strftime("%Y-%m-%d"), "quick": ARGS.quick, "rounds": ARGS.rounds, "jobs": ARGS.jobs,
+              "machine": dict(machine(), trials=first.get("trials")),
+              # The first filesystem's, in full (the sections below read these) …
+              "datasets": first["datasets"], "series": first["series"],
+              # … and every filesystem's.
+              "filesystems": per_fs}
+    if ARGS.ha_rounds > 0:
+        print("HA: a Patroni cluster", flush=True)
+        report["ha"] = dict(measure_ha(), date=report["date"], quick=ARGS.quick)
+    report["targets"] = targets(report)
+    out = Path(ARGS.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / "benchmarks.md").write_text(text)
+    print("\n" + text)
 
 if __name__ == "__main__":
     main()
