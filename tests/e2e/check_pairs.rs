@@ -421,7 +421,7 @@ fn no_query_of_pg_migrate_is_jit_compiled() {
         "JIT compiled nothing"
     );
     // Each session's first statement (which turns JIT off) runs before JIT
-    // is off: with the default jit_above_cost it is never compiled.
+    // is off: compiled here (jit_above_cost = 0), never at the default cost.
     let ours = "query !~ 'jit_probe' AND query !~ 'pg_stat_statements' AND query ~ 'pg_catalog' \
                 AND query !~ 'set_config'";
     // A running server is inspected over sessions with JIT off.

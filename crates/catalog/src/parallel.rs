@@ -368,7 +368,7 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
                         Vec::new()
                     },
                     alone: found.kind == Kind::Other,
-                    objects: objects_in(&statement),
+                    objects: objects_in(leading_comments(&statement)),
                     state: state.clone(),
                     start: range.0,
                     in_transaction_before: in_transaction,

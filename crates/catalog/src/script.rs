@@ -448,10 +448,8 @@ fn is_object_header(line: &str) -> bool {
 
 /// The objects a piece of script restores (its header comments).
 pub(crate) fn objects_in(text: &str) -> u64 {
-    leading_comments(text)
-        .lines()
-        .filter(|l| is_object_header(l))
-        .count() as u64
+    // All of it: a batch is many statements, each with its header.
+    text.lines().filter(|l| is_object_header(l)).count() as u64
 }
 
 /// A batch this large is sent even inside a transaction (the server keeps
@@ -490,7 +488,9 @@ impl Runner<'_> {
             .user(&conn.user)
             .dbname(database)
             .application_name("pg-migrate restore")
-            .options("-c default_transaction_read_only=false")
+            // The new server is 17 or later here: no JIT, whatever the
+            // restored database's or role's settings say.
+            .options("-c default_transaction_read_only=false -c jit=off")
             .connect_timeout(Duration::from_secs(30))
             .notice_callback(move |notice| {
                 let mut notices = notices.lock().unwrap_or_else(|e| e.into_inner());
