@@ -427,24 +427,29 @@ fn no_query_of_pg_migrate_is_jit_compiled() {
     // A running server is inspected over sessions with JIT off.
     pair.old
         .sql("postgres", "SELECT pg_stat_statements_reset()");
+    let none_compiled = |cluster: &Cluster, which: &str| {
+        let queries: i64 = cluster
+            .client("postgres")
+            .query_one(
+                &format!("SELECT count(*) FROM pg_stat_statements WHERE {ours}"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            queries > 5,
+            "{which}: its queries were not seen ({queries})"
+        );
+        assert_eq!(
+            compiled(cluster, ours),
+            0,
+            "{which}: a query was JIT-compiled: {:?}",
+            compiled_queries(cluster, ours)
+        );
+    };
     let run = pair.check(&[]);
     assert_eq!(run.status, 0, "{}", run.stderr);
-    let queries: i64 = pair
-        .old
-        .client("postgres")
-        .query_one(
-            &format!("SELECT count(*) FROM pg_stat_statements WHERE {ours}"),
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(queries > 5, "the check's queries were not seen ({queries})");
-    assert_eq!(
-        compiled(&pair.old, ours),
-        0,
-        "a query of the live check was JIT-compiled: {:?}",
-        compiled_queries(&pair.old, ours)
-    );
+    none_compiled(&pair.old, "the live check");
     // A server pg-migrate starts itself runs with jit=off (the statistics
     // are saved at its shutdown and read at the next start).
     pair.old
@@ -453,22 +458,7 @@ fn no_query_of_pg_migrate_is_jit_compiled() {
     let run = pair.check(&[]);
     assert_eq!(run.status, 0, "{}", run.stderr);
     pair.old.start();
-    let queries: i64 = pair
-        .old
-        .client("postgres")
-        .query_one(
-            &format!("SELECT count(*) FROM pg_stat_statements WHERE {ours}"),
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(queries > 5, "the check's queries were not seen ({queries})");
-    assert_eq!(
-        compiled(&pair.old, ours),
-        0,
-        "a query of the check was JIT-compiled: {:?}",
-        compiled_queries(&pair.old, ours)
-    );
+    none_compiled(&pair.old, "the check on a server pg-migrate started");
     pair.old.stop();
 }
 
