@@ -86,7 +86,7 @@ fn dollar_tag(bytes: &[u8]) -> Option<usize> {
 
 /// The statement from its first word on: past the comment lines and the
 /// blank lines before it.
-pub(crate) fn code_of(statement: &str) -> &str {
+fn code_of(statement: &str) -> &str {
     let mut rest = statement;
     loop {
         let trimmed = rest.trim_start();

@@ -87,16 +87,17 @@ impl<'a> Engine<'a> {
             .zip(&planned)
             .enumerate()
             .filter(|(i, _)| Some(*i) != largest)
-            .partition(|(_, (p, _))| p.db.name == "template1");
+            .map(|(_, pair)| pair)
+            .partition(|(p, _)| p.db.name == "template1");
         std::thread::scope(|scope| -> Result<(), Failure> {
             let ahead = largest.map(|i| {
                 let planned = &planned[i];
                 scope.spawn(move || planned.find_side_by_side(last_workers))
             });
-            for (_, (_, planned)) in &first {
+            for (_, planned) in &first {
                 restore(planned, 1)?;
             }
-            parallel(&others, jobs, |(_, (_, planned))| restore(planned, 1))?;
+            parallel(&others, jobs, |(_, planned)| restore(planned, 1))?;
             if let Some(ahead) = ahead {
                 let _ = ahead.join();
             }
