@@ -90,8 +90,12 @@ pub fn relation_base(
     } else {
         Path::new(tablespace_location).join(tablespace_version_dir)
     };
-    dir.join(database_oid.to_string())
-        .join(relfilenode.to_string())
+    let mut base = dir
+        .join(database_oid.to_string())
+        .join(relfilenode.to_string());
+    // Held for every relation at once: no spare capacity.
+    base.shrink_to_fit();
+    base
 }
 
 /// The forks a relation may have besides the main one.
@@ -161,7 +165,9 @@ impl Listing {
 }
 
 pub(crate) fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
-    let mut name = base.as_os_str().to_owned();
+    // Exactly as long as it needs to be: one is held for every file.
+    let mut name = std::ffi::OsString::with_capacity(base.as_os_str().len() + suffix.len());
+    name.push(base.as_os_str());
     name.push(suffix);
     PathBuf::from(name)
 }
@@ -169,7 +175,11 @@ pub(crate) fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 /// The files to move for these relations. Files of the new relation that the
 /// old one lacks (a fork the restore created) are removed here, so that the
 /// new relation ends up with exactly the old one's files.
-pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
+///
+/// The pairs are taken by value and let go one by one as their files are
+/// planned: with hundreds of thousands of relations the paths of the pairs
+/// and of the moves would otherwise be held twice.
+pub fn plan(relations: impl IntoIterator<Item = RelationFiles>) -> Result<Vec<FileMove>, Error> {
     let mut listing = Listing::default();
     let mut moves = Vec::new();
     for relation in relations {
@@ -195,6 +205,8 @@ pub fn plan(relations: &[RelationFiles]) -> Result<Vec<FileMove>, Error> {
             });
         }
     }
+    drop(listing);
+    moves.shrink_to_fit();
     Ok(moves)
 }
 
@@ -394,7 +406,7 @@ mod tests {
             old_base: old.clone(),
             new_base: new.clone(),
         };
-        let moves = plan(std::slice::from_ref(&rel)).unwrap();
+        let moves = plan([rel.clone()]).unwrap();
         assert_eq!(moves.len(), 5);
         assert!(
             !with_suffix(&new, "_vm").exists(),
@@ -456,7 +468,7 @@ mod tests {
         // A source written after its copy was made is copied again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         write(&with_suffix(&old, ".1"), &big("changed since"));
-        let moves = plan(&[RelationFiles {
+        let moves = plan([RelationFiles {
             old_base: old.clone(),
             new_base: new.clone(),
         }])
@@ -498,7 +510,7 @@ mod tests {
         let copies = StagedCopies::new(&staging);
         // The main fork's copy is under way when the transfer starts.
         copies.lock().insert(old.clone(), Entry::Copying);
-        let moves = plan(&[RelationFiles {
+        let moves = plan([RelationFiles {
             old_base: old.clone(),
             new_base: new.clone(),
         }])
@@ -567,6 +579,6 @@ mod tests {
             old_base: dir.path().join("old/1/2"),
             new_base: dir.path().join("new/1/2"),
         };
-        assert!(matches!(plan(&[rel]), Err(Error::MissingMainFork(_))));
+        assert!(matches!(plan([rel]), Err(Error::MissingMainFork(_))));
     }
 }

@@ -544,17 +544,12 @@ impl<'a> Engine<'a> {
     /// is linked, a name the old cluster no longer has goes; copy and clone
     /// modes copy or clone everything now.
     pub(in crate::engine) fn transfer_at_cutover(&mut self) -> Result<(), Failure> {
-        let pairs: Vec<RelationFiles> = self
-            .prepared
-            .pairs
-            .iter()
-            .map(|(old, new)| RelationFiles {
-                old_base: old.clone(),
-                new_base: new.clone(),
-            })
-            .collect();
+        let pairs = self.prepared.pairs.iter().map(|(old, new)| RelationFiles {
+            old_base: old.clone(),
+            new_base: new.clone(),
+        });
         self.moves =
-            pgm_transfer::plan(&pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?;
+            pgm_transfer::plan(pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?;
         self.save_plan()?;
         if self.settings.mode != Mode::Link {
             // The old cluster stays startable in these modes: a server

@@ -27,70 +27,82 @@ impl<'a> Engine<'a> {
         // A database at a time, so that only one database's pairs and
         // directory listings are held at once.
         for plan in &mut self.databases {
-            let mut pairs = Vec::with_capacity(plan.old_relations.len());
-            let new_by_oid: BTreeMap<u32, &Relation> =
-                plan.new_relations.iter().map(|r| (r.oid, r)).collect();
-            let mut missing = Vec::new();
-            for old in &plan.old_relations {
-                let Some(new) = new_by_oid.get(&old.oid) else {
-                    missing.push(old.name.to_string());
-                    continue;
-                };
-                let old_location = if old.tablespace_location.is_empty() {
-                    plan.db.tablespace_location.as_str()
-                } else {
-                    &old.tablespace_location
-                };
-                let new_location = if new.tablespace_location.is_empty() {
-                    plan.new_tablespace_location.as_str()
-                } else {
-                    &new.tablespace_location
-                };
-                pairs.push(RelationFiles {
-                    old_base: pgm_transfer::relation_base(
-                        &self.old_dir.path,
-                        &old_suffix,
-                        old_location,
-                        plan.db.oid,
-                        old.relfilenode,
-                    ),
-                    new_base: pgm_transfer::relation_base(
-                        &new_path,
-                        &new_suffix,
-                        new_location,
-                        plan.new_oid,
-                        new.relfilenode,
-                    ),
-                });
-            }
-            if !missing.is_empty() || plan.new_relations.len() != plan.old_relations.len() {
+            let mut old_relations = std::mem::take(&mut plan.old_relations);
+            let mut new_relations = std::mem::take(&mut plan.new_relations);
+            // Both by OID: the same OIDs then pair up in order, without a map.
+            old_relations.sort_unstable_by_key(|r| r.oid);
+            new_relations.sort_unstable_by_key(|r| r.oid);
+            let missing: Vec<&str> = old_relations
+                .iter()
+                .filter(|old| {
+                    new_relations
+                        .binary_search_by_key(&old.oid, |r| r.oid)
+                        .is_err()
+                })
+                .map(|old| &*old.name)
+                .collect();
+            if !missing.is_empty() || new_relations.len() != old_relations.len() {
                 return Err(Failure::new(Code::RelationMapMismatch,
                     format!(
                         "database \"{}\": the old cluster has {} relations with data, the new one {} after the restore{}",
                         plan.db.name,
-                        plan.old_relations.len(),
-                        plan.new_relations.len(),
+                        old_relations.len(),
+                        new_relations.len(),
                         if missing.is_empty() { String::new() } else { format!("; missing in the new cluster: {}", missing.join(", ")) }
                     ),
                 ));
             }
-            drop(new_by_oid);
-            self.moves.extend(
-                pgm_transfer::plan(&pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?,
-            );
-            if self.phase == Phase::Prepare {
-                // The cutover plans its files again from the same pairs.
-                self.prepared.pairs.extend(
-                    pairs
-                        .iter()
-                        .map(|p| (p.old_base.clone(), p.new_base.clone())),
-                );
+            drop(missing);
+            self.relations += old_relations.len();
+            let keep_pairs = self.phase == Phase::Prepare;
+            let mut kept = Vec::new();
+            // Each pair made as the plan reaches it, and each relation let
+            // go then: lists, pairs and moves are never all held at once.
+            let pairs = old_relations
+                .into_iter()
+                .zip(new_relations)
+                .map(|(old, new)| {
+                    debug_assert_eq!(old.oid, new.oid);
+                    let old_location = if old.tablespace_location.is_empty() {
+                        plan.db.tablespace_location.as_str()
+                    } else {
+                        &old.tablespace_location
+                    };
+                    let new_location = if new.tablespace_location.is_empty() {
+                        plan.new_tablespace_location.as_str()
+                    } else {
+                        &new.tablespace_location
+                    };
+                    let pair = RelationFiles {
+                        old_base: pgm_transfer::relation_base(
+                            &self.old_dir.path,
+                            &old_suffix,
+                            old_location,
+                            plan.db.oid,
+                            old.relfilenode,
+                        ),
+                        new_base: pgm_transfer::relation_base(
+                            &new_path,
+                            &new_suffix,
+                            new_location,
+                            plan.new_oid,
+                            new.relfilenode,
+                        ),
+                    };
+                    if keep_pairs {
+                        // The cutover plans its files again from the same pairs.
+                        kept.push((pair.old_base.clone(), pair.new_base.clone()));
+                    }
+                    pair
+                });
+            let mut planned =
+                pgm_transfer::plan(pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?;
+            self.prepared.pairs.append(&mut kept);
+            if self.moves.is_empty() {
+                self.moves = planned;
+            } else {
+                self.moves.append(&mut planned);
             }
-            self.relations += plan.old_relations.len();
-            // The pairs hold what the transfer needs; the lists go (memory
-            // stays flatter with tens of thousands of relations).
-            plan.old_relations = Vec::new();
-            plan.new_relations = Vec::new();
         }
         self.moves.shrink_to_fit();
         if self.settings.mode == Mode::Swap {
