@@ -94,27 +94,99 @@ fn session_setting(statement: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
-/// One entry of pg_restore's table of contents the workers run.
+/// A list of numbers for each entry, all end to end in one vector: a
+/// database with 100,000 relations has several hundred thousand entries,
+/// and a vector apiece would cost an allocation each.
+#[derive(Debug, Default)]
+pub(crate) struct Lists {
+    items: Vec<u32>,
+    /// Where each entry's list ends in `items`.
+    ends: Vec<u32>,
+}
+
+impl Lists {
+    fn push(&mut self, list: impl IntoIterator<Item = u32>) {
+        self.items.extend(list);
+        self.ends.push(self.items.len() as u32);
+    }
+
+    fn pop(&mut self) {
+        self.ends.pop();
+        self.items
+            .truncate(self.ends.last().map_or(0, |&end| end as usize));
+    }
+
+    fn get(&self, entry: usize) -> &[u32] {
+        let start = entry
+            .checked_sub(1)
+            .map_or(0, |before| self.ends[before] as usize);
+        &self.items[start..self.ends[entry] as usize]
+    }
+
+    /// For each entry, the entries whose lists name it, in order.
+    fn reversed(&self) -> Lists {
+        let mut ends = vec![0u32; self.ends.len()];
+        for &item in &self.items {
+            ends[item as usize] += 1;
+        }
+        let mut total = 0;
+        for end in &mut ends {
+            total += *end;
+            *end = total;
+        }
+        // Each list filled from its end, the naming entries taken last first.
+        let mut next = ends.clone();
+        let mut items = vec![0; self.items.len()];
+        for entry in (0..self.ends.len()).rev() {
+            for &item in self.get(entry) {
+                let slot = &mut next[item as usize];
+                *slot -= 1;
+                items[*slot as usize] = entry as u32;
+            }
+        }
+        Lists { items, ends }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.items.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+}
+
+/// One entry of pg_restore's table of contents the workers run (what it
+/// waits for and works on are the plan's `after` and `tables`).
 #[derive(Debug)]
 pub(crate) struct Entry {
     /// Its dump id (what a failure names).
     id: u32,
-    /// Byte ranges of its statements in the script.
-    ranges: Vec<(u64, u64)>,
-    /// Entries (indexes into the plan's) it waits for.
-    after: Vec<usize>,
-    /// The relations it works on (their dump ids).
-    tables: Vec<u32>,
+    /// The byte range of its statements in the script (its start is where
+    /// the part would end, were it cut at this entry), and any further
+    /// ranges (a statement the script put between them is not its own).
+    range: (u64, u64),
+    more_ranges: Vec<(u64, u64)>,
     /// Runs alone, after every entry before it and before any after it
     /// (what this module does not know, or an entry that names no relation).
     alone: bool,
-    objects: u64,
-    /// The session settings in force where it begins.
+    objects: u32,
+    /// The session settings in force where it begins, and whether the
+    /// script had a transaction open there.
     state: State,
-    /// Where it begins, the settings then, and whether the script had a
-    /// transaction open there (in case the part must end at it).
-    start: u64,
     in_transaction_before: bool,
+}
+
+impl Entry {
+    fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        std::iter::once(self.range).chain(self.more_ranges.iter().copied())
+    }
+
+    fn add_range(&mut self, range: (u64, u64)) {
+        let last = self.more_ranges.last_mut().unwrap_or(&mut self.range);
+        if last.1 == range.0 {
+            last.1 = range.1;
+        } else {
+            self.more_ranges.push(range);
+        }
+    }
 }
 
 /// The part of a script the workers run, and how to go on after it.
@@ -123,6 +195,10 @@ pub(crate) struct Plan {
     pub start: u64,
     pub end: u64,
     pub entries: Vec<Entry>,
+    /// Each entry's entries (indexes into `entries`) it waits for.
+    after: Lists,
+    /// Each entry's relations it works on (their dump ids).
+    tables: Lists,
     /// The first index, constraint, trigger … : it and everything after it
     /// wait until every relation before it is defined, as pg_restore keeps
     /// them (a partition attached after its parent's key exists would need
@@ -248,7 +324,7 @@ fn header(text: &str) -> Option<Header> {
 /// and whether the script had a transaction open.
 fn cut(
     entries: &mut Vec<Entry>,
-    dependencies: &mut Vec<Vec<u32>>,
+    dependencies: &mut Lists,
     here: u64,
     state: &State,
     in_transaction: bool,
@@ -256,7 +332,7 @@ fn cut(
     match entries.pop() {
         Some(entry) => {
             dependencies.pop();
-            (entry.start, entry.state, entry.in_transaction_before)
+            (entry.range.0, entry.state, entry.in_transaction_before)
         }
         None => (here, state.clone(), in_transaction),
     }
@@ -277,9 +353,9 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
     }
     let mut phase = Phase::Before;
     let mut fence: Option<usize> = None;
-    let mut kinds: HashMap<u32, (Kind, Option<usize>)> = HashMap::new();
+    let mut kinds: HashMap<u32, (Kind, Option<u32>)> = HashMap::new();
     let mut entries: Vec<Entry> = Vec::new();
-    let mut dependencies: Vec<Vec<u32>> = Vec::new();
+    let mut dependencies = Lists::default();
     let mut state = State::default();
     let mut in_transaction = false;
     let mut start = 0;
@@ -352,7 +428,7 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
                 phase = Phase::After;
                 continue;
             }
-            let index = runs_inside.then_some(entries.len());
+            let index = runs_inside.then_some(entries.len() as u32);
             kinds.insert(found.id, (found.kind, index));
             if runs_inside {
                 if found.post_data && fence.is_none() {
@@ -360,17 +436,11 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
                 }
                 entries.push(Entry {
                     id: found.id,
-                    ranges: vec![range],
-                    after: Vec::new(),
-                    tables: if found.kind == Kind::Relation {
-                        vec![found.id]
-                    } else {
-                        Vec::new()
-                    },
+                    range,
+                    more_ranges: Vec::new(),
                     alone: found.kind == Kind::Other,
-                    objects: objects_in(leading_comments(&statement)),
+                    objects: objects_in(leading_comments(&statement)) as u32,
                     state: state.clone(),
-                    start: range.0,
                     in_transaction_before: in_transaction,
                 });
                 dependencies.push(found.dependencies);
@@ -404,7 +474,7 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
                 continue;
             }
             if let Some(entry) = entries.last_mut() {
-                entry.ranges.push(range);
+                entry.add_range(range);
             }
         }
     }
@@ -419,19 +489,24 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
     }
     // Each entry's tables: the relations it depends on, and theirs of the
     // entries it depends on (an index's comment works on the index's table).
-    for index in 0..entries.len() {
-        let mut tables: BTreeSet<u32> = entries[index].tables.iter().copied().collect();
+    let mut all_tables = Lists::default();
+    let mut all_after = Lists::default();
+    for (index, entry) in entries.iter_mut().enumerate() {
+        let mut tables = BTreeSet::new();
+        if let Some((Kind::Relation, _)) = kinds.get(&entry.id) {
+            tables.insert(entry.id);
+        }
         let mut after = Vec::new();
-        for id in &dependencies[index] {
+        for id in dependencies.get(index) {
             match kinds.get(id) {
                 // An entry later in the script: not an order we can keep.
-                Some((_, Some(other))) if *other >= index => return Ok(None),
+                Some((_, Some(other))) if *other as usize >= index => return Ok(None),
                 Some((kind, Some(other))) => {
                     after.push(*other);
                     if *kind == Kind::Relation {
                         tables.insert(*id);
                     }
-                    tables.extend(entries[*other].tables.iter().copied());
+                    tables.extend(all_tables.get(*other as usize).iter().copied());
                 }
                 Some((Kind::Relation, None)) => {
                     tables.insert(*id);
@@ -439,10 +514,15 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
                 _ => {}
             }
         }
-        entries[index].alone |= tables.is_empty();
-        entries[index].tables = tables.into_iter().collect();
-        entries[index].after = after;
+        entry.alone |= tables.is_empty();
+        all_tables.push(tables);
+        all_after.push(after);
     }
+    drop(kinds);
+    drop(dependencies);
+    entries.shrink_to_fit();
+    all_tables.shrink_to_fit();
+    all_after.shrink_to_fit();
     if entries.len() < workers * 4 {
         return Ok(None);
     }
@@ -452,6 +532,8 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
         end,
         fence,
         entries,
+        after: all_after,
+        tables: all_tables,
         state_at_end,
         in_transaction_at_end,
     }))
@@ -472,7 +554,7 @@ struct Board {
     finished: Vec<bool>,
     /// Every entry before it is finished.
     lowest_unfinished: usize,
-    waiting: Vec<usize>,
+    waiting: Vec<u32>,
     ready: BTreeSet<usize>,
     busy: HashSet<u32>,
     running: usize,
@@ -526,15 +608,14 @@ impl Board {
         let mut batch = Vec::new();
         let mut mine: HashSet<u32> = HashSet::new();
         for &index in self.ready.range(..limit) {
-            let entry = &plan.entries[index];
-            if entry
-                .tables
+            let tables = plan.tables.get(index);
+            if tables
                 .iter()
                 .any(|t| self.busy.contains(t) && !mine.contains(t))
             {
                 continue;
             }
-            mine.extend(entry.tables.iter().copied());
+            mine.extend(tables.iter().copied());
             batch.push(index);
             if batch.len() >= size {
                 break;
@@ -551,7 +632,7 @@ impl Board {
         Some((batch, mine.into_iter().collect()))
     }
 
-    fn finish(&mut self, plan: &Plan, dependents: &[Vec<usize>], batch: &[usize], tables: &[u32]) {
+    fn finish(&mut self, plan: &Plan, dependents: &Lists, batch: &[usize], tables: &[u32]) {
         self.running -= 1;
         if plan.entries[batch[0]].alone {
             self.alone = false;
@@ -566,7 +647,8 @@ impl Board {
             self.finished[index] = true;
         }
         for &index in batch {
-            for &next in &dependents[index] {
+            for &next in dependents.get(index) {
+                let next = next as usize;
                 self.waiting[next] -= 1;
                 if self.waiting[next] == 0 && !self.finished[next] {
                     self.ready.insert(next);
@@ -602,14 +684,8 @@ pub(crate) fn run(
     restore: &Restore<'_>,
 ) -> Result<Stats, Error> {
     let count = plan.entries.len();
-    let mut dependents = vec![Vec::new(); count];
-    let mut waiting = vec![0; count];
-    for (index, entry) in plan.entries.iter().enumerate() {
-        waiting[index] = entry.after.len();
-        for &before in &entry.after {
-            dependents[before].push(index);
-        }
-    }
+    let waiting: Vec<u32> = (0..count).map(|i| plan.after.get(i).len() as u32).collect();
+    let dependents = plan.after.reversed();
     let ready = (0..count).filter(|&i| waiting[i] == 0).collect();
     let board = Mutex::new(Board {
         barriers: (0..count).filter(|&i| plan.entries[i].alone).collect(),
@@ -678,7 +754,7 @@ pub(crate) fn run(
                     text.push_str(statement);
                 }
                 state = entry.state.clone();
-                for &(from, to) in &entry.ranges {
+                for (from, to) in entry.ranges() {
                     let mut bytes = vec![0; (to - from) as usize];
                     file.read_exact_at(&mut bytes, from)
                         .map_err(|e| Error::io(script, e))?;
@@ -688,7 +764,7 @@ pub(crate) fn run(
                     );
                 }
                 text.push('\n');
-                objects += entry.objects;
+                objects += u64::from(entry.objects);
             }
             text.push_str("COMMIT;\n");
             let ids = || {
@@ -810,6 +886,40 @@ mod tests {
             Kind::Other
         );
         assert!(header("-- Name: x; Type: TABLE; Schema: s; Owner: me\nSELECT 1;").is_none());
+    }
+
+    #[test]
+    fn lists_hold_each_entry_s_numbers_and_their_reverse() {
+        let mut lists = Lists::default();
+        lists.push([]);
+        lists.push([0]);
+        lists.push([0, 1]);
+        lists.push([7]);
+        lists.pop();
+        assert_eq!(lists.get(0), [] as [u32; 0]);
+        assert_eq!(lists.get(1), [0]);
+        assert_eq!(lists.get(2), [0, 1]);
+        let reversed = lists.reversed();
+        assert_eq!(reversed.get(0), [1, 2]);
+        assert_eq!(reversed.get(1), [2]);
+        assert_eq!(reversed.get(2), [] as [u32; 0]);
+    }
+
+    #[test]
+    fn an_entry_s_adjoining_ranges_become_one() {
+        let mut entry = Entry {
+            id: 1,
+            range: (0, 10),
+            more_ranges: Vec::new(),
+            alone: false,
+            objects: 1,
+            state: State::default(),
+            in_transaction_before: false,
+        };
+        entry.add_range((10, 20));
+        entry.add_range((25, 30));
+        entry.add_range((30, 31));
+        assert_eq!(entry.ranges().collect::<Vec<_>>(), [(0, 20), (25, 31)]);
     }
 
     #[test]
