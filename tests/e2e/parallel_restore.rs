@@ -258,3 +258,50 @@ fn partitions_are_attached_before_their_parents_key_exists() {
         "partitions restored side by side",
     );
 }
+
+/// An object of the part restored side by side cannot be restored (a view
+/// calling a function 18 no longer has, after every table): the error names
+/// it and says it failed in that part, the other connections stop, and the
+/// old cluster's files and contents are as they were.
+#[test]
+fn a_failure_inside_the_side_by_side_part_leaves_the_old_cluster_intact() {
+    let Some(mut pair) = Pair::new(14, 18) else {
+        return;
+    };
+    pair.old.start();
+    pair.old.sql("postgres", "CREATE DATABASE big");
+    pair.old.sql("big", WIDE);
+    pair.old.sql(
+        "big",
+        "CREATE VIEW wide.zz_legacy_backup AS SELECT pg_stop_backup();",
+    );
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let old_snapshot = snapshot(&pair.old.datadir);
+    let run = pair.run(&with(pair.dir_args(), &["--link", "-j", "4", "--json"]));
+    assert_eq!(run.status, 3, "{}", run.stderr);
+    let error = run.error();
+    assert_eq!(error["code"], "restore_failed", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("pg_stop_backup") && message.contains("side by side"),
+        "not a failure inside the side-by-side part: {message}"
+    );
+    assert_eq!(error["clusters"]["new"], "incomplete", "{error}");
+    assert!(
+        error["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("old cluster is unchanged"),
+        "{error}"
+    );
+    assert_data_files_untouched(&old_snapshot, &snapshot(&pair.old.datadir));
+    pair.old.start();
+    assert_same_state(
+        &before,
+        &capture(&pair.old, &pair.new.bindir),
+        (18, 18),
+        "old cluster after a failure inside the side-by-side restore",
+    );
+    pair.old.stop();
+}
