@@ -80,7 +80,10 @@ impl<'a> Engine<'a> {
         };
         // template1 is dropped and re-created first: nothing else may use
         // it meanwhile. The largest database's script is read for its
-        // side-by-side part while the others restore.
+        // side-by-side part while the others restore, on this thread: glibc
+        // keeps what a thread frees for that thread, and the steps after
+        // (matching 100,000 relations' files) then reuse the plan's memory
+        // instead of adding to it.
         let (first, others): (Vec<_>, Vec<_>) = self
             .databases
             .iter()
@@ -90,17 +93,18 @@ impl<'a> Engine<'a> {
             .map(|(_, pair)| pair)
             .partition(|(p, _)| p.db.name == "template1");
         std::thread::scope(|scope| -> Result<(), Failure> {
-            let ahead = largest.map(|i| {
-                let planned = &planned[i];
-                scope.spawn(move || planned.find_side_by_side(last_workers))
+            let rest = scope.spawn(|| -> Result<(), Failure> {
+                for (_, planned) in &first {
+                    restore(planned, 1)?;
+                }
+                parallel(&others, jobs, |(_, planned)| restore(planned, 1))?;
+                Ok(())
             });
-            for (_, planned) in &first {
-                restore(planned, 1)?;
+            if let Some(i) = largest {
+                planned[i].find_side_by_side(last_workers);
             }
-            parallel(&others, jobs, |(_, planned)| restore(planned, 1))?;
-            if let Some(ahead) = ahead {
-                let _ = ahead.join();
-            }
+            rest.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
             if let Some(i) = largest {
                 restore(&planned[i], last_workers)?;
             }
