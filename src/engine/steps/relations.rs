@@ -32,6 +32,17 @@ impl<'a> Engine<'a> {
             // Both by OID: the same OIDs then pair up in order, without a map.
             old_relations.sort_unstable_by_key(|r| r.oid);
             new_relations.sort_unstable_by_key(|r| r.oid);
+            // With no OID twice in the old list, the checks below leave the
+            // two lists the same OIDs, so that each file pairs with its own.
+            if let Some(twice) = old_relations.windows(2).find(|w| w[0].oid == w[1].oid) {
+                return Err(Failure::new(
+                    Code::RelationMapMismatch,
+                    format!(
+                        "database \"{}\": the old cluster's relation list names OID {} twice ({})",
+                        plan.db.name, twice[0].oid, twice[0].name
+                    ),
+                ));
+            }
             let missing: Vec<&str> = old_relations
                 .iter()
                 .filter(|old| {
