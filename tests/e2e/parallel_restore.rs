@@ -305,3 +305,78 @@ fn a_failure_inside_the_side_by_side_part_leaves_the_old_cluster_intact() {
     );
     pair.old.stop();
 }
+
+/// -j asked for a database no part of which can run side by side: it is
+/// restored over one connection, and a database of 1,000 objects or more
+/// says why on stderr (pg_restore restores it itself for a new installation
+/// older than 17; a schema of functions alone creates no relation); a small
+/// one (three tables) only in its log. Each upgrade is proven.
+#[test]
+fn a_database_restored_over_one_connection_despite_jobs_says_why() {
+    let cases = [
+        (
+            14,
+            15,
+            "DO $$ BEGIN FOR i IN 1..600 LOOP
+               EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY)', i);
+             END LOOP; END $$;",
+            "pg_restore restores it itself",
+            true,
+        ),
+        (
+            17,
+            18,
+            "DO $$ BEGIN FOR i IN 1..1100 LOOP
+               EXECUTE format('CREATE FUNCTION f%s() RETURNS int LANGUAGE sql AS ''SELECT %s''', i, i);
+             END LOOP; END $$;",
+            "its schema creates no relation",
+            true,
+        ),
+        (
+            17,
+            18,
+            "CREATE TABLE a (id int); CREATE TABLE b (id int); CREATE TABLE c (id int);",
+            "objects could run side by side, too few for 2 connections",
+            false,
+        ),
+    ];
+    for (old, new, schema, reason, said) in cases {
+        let Some(mut pair) = Pair::new(old, new) else {
+            return;
+        };
+        pair.old.start();
+        pair.old.sql("postgres", "CREATE DATABASE big");
+        pair.old.sql("big", schema);
+        let before = capture(&pair.old, &pair.new.bindir);
+        pair.old.stop();
+        let logs = pair.sandbox.mkdir("logs");
+        let mut args = with(pair.dir_args(), &["--link", "-j", "2"]);
+        args.extend([OsString::from("--log-dir"), logs.clone().into()]);
+        let run = pair.run(&args);
+        assert_eq!(run.status, 0, "{old}->{new}: {}", run.stderr);
+        // The line, where said, and the log's, each naming the reason.
+        let line_with = |text: &str, prefix: &str| {
+            text.lines()
+                .any(|l| l.contains(prefix) && l.contains(reason))
+        };
+        let prefix = "database \"big\" was restored over one connection, not 2: ";
+        assert_eq!(
+            line_with(&run.stderr, prefix),
+            said,
+            "{old}->{new}: \"{prefix}{reason}\" said: {}, expected {said}:\n{}",
+            !said,
+            run.stderr
+        );
+        if new >= 17 {
+            let logs = logs_under(&logs);
+            assert!(
+                line_with(&logs, "restoring over one connection, not 2: "),
+                "{old}->{new}: the log does not say why:\n{logs}"
+            );
+        }
+        pair.new.start();
+        let after = capture(&pair.new, &pair.new.bindir);
+        pair.new.stop();
+        assert_same_state(&before, &after, (old, new), "restored over one connection");
+    }
+}

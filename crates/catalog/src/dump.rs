@@ -9,7 +9,7 @@ use pgm_cluster::command::PgCommand;
 use pgm_cluster::server::Endpoint;
 use pgm_cluster::{Installation, PgMajor, Tool};
 
-use crate::Error;
+use crate::{Error, Serial};
 
 /// What the per-database dump carries besides the schema.
 #[derive(Debug, Clone)]
@@ -186,7 +186,7 @@ pub fn restore_globals(
 #[derive(Debug, Clone)]
 pub struct PlannedRestore {
     pub objects: u64,
-    database: String,
+    pub database: String,
     dump: std::path::PathBuf,
     log: std::path::PathBuf,
     /// None: pg_restore restores over its own connection (before 17, or a
@@ -311,15 +311,16 @@ fn restore_via(database: &str) -> &'static str {
 
 /// Restores one database's dump as `plan_restore` made it ready; `progress`
 /// is told how many objects were restored as they are (in all, exactly the
-/// plan's count). With `workers` above 1, its indexes, constraints and
-/// the like are made over that many connections at once (17 and later).
+/// plan's count). With `workers` above 1, the part of its script that may
+/// run side by side runs over that many connections at once (17 and
+/// later); when none does, why is returned.
 pub fn restore_database(
     install: &Installation,
     conn: &Endpoint,
     planned: &PlannedRestore,
     workers: usize,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(), Error> {
+) -> Result<Option<Serial>, Error> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let reported = AtomicU64::new(0);
     let counted = |n: u64| {
@@ -337,6 +338,7 @@ pub fn restore_database(
     let (database, dump, log) = (planned.database.as_str(), &planned.dump, &planned.log);
     let via = restore_via(database);
     let what = format!("restoring the schema of database \"{database}\"");
+    let mut serial = None;
     match &planned.script {
         Some(script) => {
             let mut file = std::fs::OpenOptions::new()
@@ -364,13 +366,16 @@ pub fn restore_database(
             if let Err(e) = &result {
                 let _ = writeln!(file, "failed: {e}");
             }
-            result.map_err(|e| Error::Program {
+            serial = result.map_err(|e| Error::Program {
                 what,
                 detail: e.to_string(),
                 log: log.to_path_buf(),
             })?;
         }
         None => {
+            if workers > 1 {
+                serial = Some(Serial::ByPgRestore);
+            }
             let command = restore_command(install, database, planned.transaction_size)?
                 .args(conn.args())
                 .arg("--verbose")
@@ -381,7 +386,7 @@ pub fn restore_database(
     }
     // Objects the script restored without a header of their own.
     counted(planned.objects);
-    Ok(())
+    Ok(serial)
 }
 
 /// `vacuumdb --all` with `--analyze` or `--freeze` on the new cluster, `jobs`

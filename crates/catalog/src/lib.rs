@@ -31,6 +31,7 @@ pub use handover::{
     copy_commit_log, copy_multixacts, next_wal_file_name, reset_counters, set_char_signedness,
     set_frozen_xids, set_next_oid, set_template0_locale,
 };
+pub use parallel::Serial;
 pub use relations::{
     list_databases, list_relations, list_tablespaces, outdated_extensions, Database, Relation,
     RelationQuery,

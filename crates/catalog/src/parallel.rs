@@ -208,9 +208,46 @@ pub(crate) struct Plan {
     pub in_transaction_at_end: bool,
 }
 
-/// A plan found ahead of its restore (None: no part runs side by side).
+/// A plan found ahead of its restore, or why none runs side by side.
 #[derive(Debug)]
-pub struct Ahead(pub(crate) Option<Plan>);
+pub struct Ahead(pub(crate) Result<Plan, Serial>);
+
+/// Why a database that was to be restored over several connections is
+/// restored over one, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// The script creates no table, index or other relation: nothing of it
+    /// is known to be independent of the rest.
+    NoRelations,
+    /// An entry depends on one the script runs after it, an order only a
+    /// serial restore keeps.
+    OutOfOrder { entry: u32, depends_on: u32 },
+    /// Too few objects could run side by side to be worth the connections.
+    TooFew { objects: usize, workers: usize },
+    /// pg_restore restores the database itself, over one connection: the
+    /// new installation is older than 17, or the database is not UTF-8.
+    ByPgRestore,
+}
+
+impl std::fmt::Display for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Serial::NoRelations => write!(f, "its schema creates no relation"),
+            Serial::OutOfOrder { entry, depends_on } => write!(
+                f,
+                "its dump's entry {entry} depends on entry {depends_on}, which comes later"
+            ),
+            Serial::TooFew { objects, workers } => write!(
+                f,
+                "only {objects} objects could run side by side, too few for {workers} connections"
+            ),
+            Serial::ByPgRestore => write!(
+                f,
+                "pg_restore restores it itself (a new installation older than 17, or a database not in UTF-8)"
+            ),
+        }
+    }
+}
 
 /// What a table-of-contents entry is, as far as scheduling goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,9 +376,8 @@ fn cut(
 }
 
 /// Reads the script (written by `pg_restore --verbose`) once and finds the
-/// part that may run side by side; None when there is too little of it to
-/// be worth more connections.
-pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error> {
+/// part that may run side by side, or why it runs over one connection.
+pub(crate) fn plan(script: &Path, workers: usize) -> Result<Result<Plan, Serial>, Error> {
     let file = std::fs::File::open(script).map_err(|e| Error::io(script, e))?;
     let mut splitter = Splitter::new(std::io::BufReader::with_capacity(1 << 20, file));
     let fail = |detail: String| Error::Inconsistent(format!("{}: {detail}", script.display()));
@@ -479,7 +515,7 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
         }
     }
     match phase {
-        Phase::Before => return Ok(None),
+        Phase::Before => return Ok(Err(Serial::NoRelations)),
         Phase::Inside => {
             end = from;
             state_at_end = state.clone();
@@ -500,7 +536,12 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
         for id in dependencies.get(index) {
             match kinds.get(id) {
                 // An entry later in the script: not an order we can keep.
-                Some((_, Some(other))) if *other as usize >= index => return Ok(None),
+                Some((_, Some(other))) if *other as usize >= index => {
+                    return Ok(Err(Serial::OutOfOrder {
+                        entry: entry.id,
+                        depends_on: *id,
+                    }))
+                }
                 Some((kind, Some(other))) => {
                     after.push(*other);
                     if *kind == Kind::Relation {
@@ -524,10 +565,13 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Option<Plan>, Error>
     all_tables.shrink_to_fit();
     all_after.shrink_to_fit();
     if entries.len() < workers * 4 {
-        return Ok(None);
+        return Ok(Err(Serial::TooFew {
+            objects: entries.len(),
+            workers,
+        }));
     }
     let fence = fence.unwrap_or(entries.len());
-    Ok(Some(Plan {
+    Ok(Ok(Plan {
         start,
         end,
         fence,

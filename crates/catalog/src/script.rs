@@ -562,8 +562,9 @@ pub(crate) fn describe_failure(e: &postgres::Error, text: &str) -> String {
 /// the only database such a script connects to. Statements between a
 /// top-level BEGIN and its COMMIT travel together; the others alone, as
 /// pg_restore sends them. With `workers` above 1, the part of the script
-/// that may run side by side (its post-data objects: indexes, constraints,
-/// triggers …) runs over that many connections ([`crate::parallel`]).
+/// that may run side by side (from its first relation on) runs over that
+/// many connections ([`crate::parallel`]); otherwise the reason is
+/// returned.
 pub(crate) fn run_script(
     script: &Path,
     conn: &Endpoint,
@@ -571,7 +572,7 @@ pub(crate) fn run_script(
     database: &str,
     log: &mut impl Write,
     restore: crate::parallel::Restore<'_>,
-) -> Result<(), Error> {
+) -> Result<Option<crate::parallel::Serial>, Error> {
     let notices = Notices::default();
     let result = execute(
         script,
@@ -586,9 +587,9 @@ pub(crate) fn run_script(
     for notice in notices.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(log, "{notice}");
     }
-    let (statements, messages) = result?;
+    let (statements, messages, serial) = result?;
     let _ = writeln!(log, "ran {statements} statements in {messages} messages");
-    Ok(())
+    Ok(serial)
 }
 
 fn execute(
@@ -599,7 +600,7 @@ fn execute(
     notices: &Notices,
     mut restore: crate::parallel::Restore<'_>,
     log: &mut impl Write,
-) -> Result<(u64, u64), Error> {
+) -> Result<(u64, u64, Option<crate::parallel::Serial>), Error> {
     let mut session = Session {
         runner: Runner {
             conn,
@@ -615,13 +616,23 @@ fn execute(
         restricted: None,
     };
     let plan = match restore.ahead.take() {
-        Some(found) => found.0,
-        None if restore.workers > 1 => crate::parallel::plan(script, restore.workers)?,
+        Some(found) => Some(found.0),
+        None if restore.workers > 1 => Some(crate::parallel::plan(script, restore.workers)?),
         None => None,
     };
+    let mut serial = None;
     match plan {
         None => session.run_range(script, 0, None)?,
-        Some(plan) => {
+        Some(Err(reason)) => {
+            let _ = writeln!(
+                log,
+                "restoring over one connection, not {}: {reason}",
+                restore.workers
+            );
+            serial = Some(reason);
+            session.run_range(script, 0, None)?;
+        }
+        Some(Ok(plan)) => {
             let _ = writeln!(
                 log,
                 "restoring {} objects (bytes {} to {}) over {} connections",
@@ -661,7 +672,7 @@ fn execute(
         return Err(session.fail("the script ends inside a transaction".into()));
     }
     session.runner.flush().map_err(|e| session.fail(e))?;
-    Ok((session.runner.statements, session.runner.messages))
+    Ok((session.runner.statements, session.runner.messages, serial))
 }
 
 /// One connection running a script's pieces in order.

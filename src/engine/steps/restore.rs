@@ -3,6 +3,11 @@
 
 use crate::engine::*;
 
+/// A database of this many objects restored over one connection although
+/// -j asked for more is told to the operator: below it the restore takes
+/// about a second either way.
+const SERIAL_WORTH_SAYING: u64 = 1000;
+
 impl<'a> Engine<'a> {
     /// New server up: frozen horizons set to the old next XID, globals and
     /// every database's schema restored (template1 first, then `-j` at a
@@ -71,9 +76,20 @@ impl<'a> Engine<'a> {
         let objects = planned.iter().map(|p| p.objects).sum();
         let meter = self.printer.meter("restore-schema", objects, "objects");
         let restored = AtomicUsize::new(0);
+        let printer = self.printer;
         let restore = |planned: &pgm_catalog::PlannedRestore, workers: usize| {
-            pgm_catalog::restore_database(install, &conn, planned, workers, &|n| meter.add(n, 0))
-                .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
+            let serial = pgm_catalog::restore_database(install, &conn, planned, workers, &|n| {
+                meter.add(n, 0)
+            })
+            .map_err(|e| Failure::new(Code::RestoreFailed, e))?;
+            // -j was meant for this database: say why it did not help
+            // where that cost time (the log of each database says it always).
+            if let Some(reason) = serial.filter(|_| planned.objects >= SERIAL_WORTH_SAYING) {
+                printer.say(&format!(
+                    "  database \"{}\" was restored over one connection, not {workers}: {reason}",
+                    planned.database
+                ));
+            }
             let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
             pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
             Ok(())
