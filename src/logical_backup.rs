@@ -126,7 +126,8 @@ pub fn write(
 
 /// Restores a verified backup into the (fresh) cluster `server` serves:
 /// roles and tablespaces, then template1, then the other databases `jobs`
-/// at a time, each dropped if present and created as it was.
+/// at a time but the largest, which comes last, alone, over `jobs`
+/// connections; each dropped if present and created as it was.
 pub fn restore_into(
     work: &Work<'_>,
     server: &Server,
@@ -149,25 +150,37 @@ pub fn restore_into(
     catalog::run_globals(tools, &conn, &globals, &log_dir.join("restore-globals.log"))
         .map_err(fail)?;
     let meter = printer.meter(step, manifest.databases.len() as u64, "databases");
-    let restore = |db: &BackupDatabase| -> Result<(), Failure> {
+    let restore = |db: &BackupDatabase, connections: usize| -> Result<(), Failure> {
         let log = log_dir.join(format!(
             "restore-{}.log",
             db.dump.file.trim_end_matches(".dump")
         ));
-        catalog::restore_backup_database(tools, &conn, &db.name, &dir.join(&db.dump.file), &log)
+        let dump = dir.join(&db.dump.file);
+        catalog::restore_backup_database(tools, &conn, &db.name, &dump, &log, connections)
             .map_err(fail)?;
         meter.add(1, db.dump.bytes);
         Ok(())
     };
     // template1 is dropped and re-created: nothing else may use it meanwhile.
-    let (first, rest): (Vec<&BackupDatabase>, Vec<&BackupDatabase>) = manifest
+    let (first, mut rest): (Vec<&BackupDatabase>, Vec<&BackupDatabase>) = manifest
         .databases
         .iter()
         .partition(|d| d.name == "template1");
     for db in first {
-        restore(db)?;
+        restore(db, 1)?;
     }
-    parallel(&rest, jobs, |db| restore(db))?;
+    // The largest last, over every connection: -j across databases does
+    // nothing for a cluster whose time is in one of them.
+    let largest = (jobs > 1)
+        .then(|| {
+            let at = (0..rest.len()).max_by_key(|&i| rest[i].dump.bytes)?;
+            Some(rest.remove(at))
+        })
+        .flatten();
+    parallel(&rest, jobs, |db| restore(db, 1))?;
+    if let Some(db) = largest {
+        restore(db, jobs)?;
+    }
     meter.finish();
     Ok(())
 }

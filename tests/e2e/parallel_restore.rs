@@ -48,28 +48,6 @@ CREATE STATISTICS wide.p2_stats ON v, n FROM wide.p2;
 ANALYZE;
 ";
 
-/// Every log file under `dir`, read.
-fn logs_under(dir: &Path) -> String {
-    walk(dir)
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .collect()
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// The rich fixture with 2,000 more relations in its largest database:
 /// pg_upgrade, pg-migrate -j 1 and pg-migrate -j 4 (whose largest database
 /// is restored over 4 connections) give the same dump, to the byte, and the

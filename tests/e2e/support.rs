@@ -279,3 +279,25 @@ pub fn clear_new_tablespace_dirs(tablespace: &Path) {
         }
     }
 }
+
+/// Every log file under `dir`, read.
+pub fn logs_under(dir: &Path) -> String {
+    walk(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -1283,11 +1283,33 @@ fn dump_and_reload_killed_resumes_or_reverts() {
     let state =
         || std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/state")).unwrap_or_default();
     assert_eq!(state().trim(), "upgrading");
-    let resumed = run_with(&["resume"], None);
+    let logs = pair.sandbox.mkdir("resume-logs");
+    let logs_text = logs.to_string_lossy().into_owned();
+    let resumed = run_with(&["resume", "--log-dir", &logs_text], None);
     assert_eq!(resumed.status, 0, "{}", resumed.stderr);
     crate::json_schema::validate(&resumed.events);
     assert_eq!(resumed.summary()["upgrade"]["method"], "dump");
     assert_eq!(state().trim(), "complete");
+    // -j 2: the largest database came last, restored by pg_restore over 2
+    // connections (its parallel restore launches items), the others not.
+    let restore_logs: Vec<String> = walk(&logs)
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("restore-"))
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    let parallel_logs = restore_logs
+        .iter()
+        .filter(|text| text.contains("--jobs=2") && text.contains("launching item"))
+        .count();
+    assert_eq!(
+        parallel_logs,
+        1,
+        "not one database restored over 2 connections:\n{}",
+        restore_logs.join("\n----\n")
+    );
     pair.new.start();
     let after = capture(&pair.new, &pair.new.bindir);
     assert_same_state(&before, &after, (15, 18), "dump and reload, resumed");

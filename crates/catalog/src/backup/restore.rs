@@ -108,13 +108,16 @@ pub fn run_globals(
 
 /// Restores one database of a backup: the database is dropped if it exists
 /// and created as it was (`--clean --if-exists --create`), from template1's
-/// connection, or postgres's for template1 itself.
+/// connection, or postgres's for template1 itself; over `jobs` connections
+/// (pg_restore's own parallel restore: tables' data and indexes side by
+/// side) when above 1.
 pub fn restore_backup_database(
     tools: &Installation,
     conn: &Endpoint,
     database: &str,
     dump: &Path,
     log: &Path,
+    jobs: usize,
 ) -> Result<(), Error> {
     let via = if database == "template1" {
         "postgres"
@@ -131,6 +134,7 @@ pub fn restore_backup_database(
             "--verbose",
         ])
         .args(["--dbname", via])
+        .args((jobs > 1).then(|| format!("--jobs={jobs}")))
         .arg(dump);
     run_logged(
         command,
