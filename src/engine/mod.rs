@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pgm_catalog::{Database, DumpOptions, Relation, RelationQuery};
+use pgm_catalog::{Database, DumpOptions, RelationList, RelationQuery};
 use pgm_cluster::command::{shell_quote, PgCommand};
 use pgm_cluster::server::Endpoint;
 use pgm_cluster::{ControlFile, DataDir, Installation, Server, ServerOptions, Tool};

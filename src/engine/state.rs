@@ -8,8 +8,8 @@ use crate::engine::*;
 /// One database's part of the plan.
 pub(in crate::engine) struct DatabasePlan {
     pub(in crate::engine) db: Database,
-    pub(in crate::engine) old_relations: Vec<Relation>,
-    pub(in crate::engine) new_relations: Vec<Relation>,
+    pub(in crate::engine) old_relations: RelationList,
+    pub(in crate::engine) new_relations: RelationList,
     pub(in crate::engine) new_oid: u32,
     pub(in crate::engine) new_tablespace_location: String,
     pub(in crate::engine) dump: PathBuf,
@@ -26,8 +26,8 @@ impl DatabasePlan {
                 name,
                 tablespace_location: String::new(),
             },
-            old_relations: Vec::new(),
-            new_relations: Vec::new(),
+            old_relations: RelationList::default(),
+            new_relations: RelationList::default(),
             new_oid: 0,
             new_tablespace_location: String::new(),
             dump: PathBuf::new(),

@@ -34,7 +34,7 @@ pub use handover::{
 pub use parallel::Serial;
 pub use relations::{
     list_databases, list_relations, list_tablespaces, outdated_extensions, Database, Relation,
-    RelationQuery,
+    RelationList, RelationQuery,
 };
 pub use slots::{
     create_logical_slots, create_physical_slots, list_logical_slots, list_physical_slots,

@@ -252,8 +252,8 @@ impl<'a> Engine<'a> {
                 dump: self.output().join(format!("dump/{}.custom", db.oid)),
                 log: self.log(&format!("database-{}.log", db.oid)),
                 db,
-                old_relations: Vec::new(),
-                new_relations: Vec::new(),
+                old_relations: RelationList::default(),
+                new_relations: RelationList::default(),
                 new_oid: 0,
                 new_tablespace_location: String::new(),
             })

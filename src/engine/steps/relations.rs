@@ -22,100 +22,47 @@ impl<'a> Engine<'a> {
         let old_suffix = self.tablespace_dir(true)?;
         let new_suffix = self.tablespace_dir(false)?;
         let new_path = self.new_dir().path.clone();
+        let old_path = self.old_dir.path.clone();
         self.relations = 0;
         self.moves = Vec::new();
-        // A database at a time, so that only one database's pairs and
-        // directory listings are held at once.
+        let mut planner = pgm_transfer::Planner::default();
+        let failed = |e| Failure::new(Code::TransferFailed, e);
+        // First every database's lists checked and its files counted, so
+        // that the list of moves is made once, as long as it must be.
+        let mut files = 0;
         for plan in &mut self.databases {
-            let mut old_relations = std::mem::take(&mut plan.old_relations);
-            let mut new_relations = std::mem::take(&mut plan.new_relations);
-            // Both by OID: the same OIDs then pair up in order, without a map.
-            old_relations.sort_unstable_by_key(|r| r.oid);
-            new_relations.sort_unstable_by_key(|r| r.oid);
-            // With no OID twice in the old list, the checks below leave the
-            // two lists the same OIDs, so that each file pairs with its own.
-            if let Some(twice) = old_relations.windows(2).find(|w| w[0].oid == w[1].oid) {
-                return Err(Failure::new(
-                    Code::RelationMapMismatch,
-                    format!(
-                        "database \"{}\": the old cluster's relation list names OID {} twice ({})",
-                        plan.db.name, twice[0].oid, twice[0].name
-                    ),
-                ));
-            }
-            let missing: Vec<&str> = old_relations
-                .iter()
-                .filter(|old| {
-                    new_relations
-                        .binary_search_by_key(&old.oid, |r| r.oid)
-                        .is_err()
-                })
-                .map(|old| &*old.name)
-                .collect();
-            if !missing.is_empty() || new_relations.len() != old_relations.len() {
-                return Err(Failure::new(Code::RelationMapMismatch,
-                    format!(
-                        "database \"{}\": the old cluster has {} relations with data, the new one {} after the restore{}",
-                        plan.db.name,
-                        old_relations.len(),
-                        new_relations.len(),
-                        if missing.is_empty() { String::new() } else { format!("; missing in the new cluster: {}", missing.join(", ")) }
-                    ),
-                ));
-            }
-            drop(missing);
-            self.relations += old_relations.len();
-            let keep_pairs = self.phase == Phase::Prepare;
+            check_relations(plan)?;
+            self.relations += plan.old_relations.len();
+            files += planner
+                .count(relation_pairs(
+                    plan,
+                    &old_path,
+                    &old_suffix,
+                    &new_path,
+                    &new_suffix,
+                ))
+                .map_err(failed)?;
+        }
+        planner.reserve(files);
+        let keep_pairs = self.phase == Phase::Prepare;
+        for plan in &mut self.databases {
             let mut kept = Vec::new();
-            // Each pair made as the plan reaches it, and each relation let
-            // go then: lists, pairs and moves are never all held at once.
-            let pairs = old_relations
-                .into_iter()
-                .zip(new_relations)
-                .map(|(old, new)| {
-                    debug_assert_eq!(old.oid, new.oid);
-                    let old_location = if old.tablespace_location.is_empty() {
-                        plan.db.tablespace_location.as_str()
-                    } else {
-                        &old.tablespace_location
-                    };
-                    let new_location = if new.tablespace_location.is_empty() {
-                        plan.new_tablespace_location.as_str()
-                    } else {
-                        &new.tablespace_location
-                    };
-                    let pair = RelationFiles {
-                        old_base: pgm_transfer::relation_base(
-                            &self.old_dir.path,
-                            &old_suffix,
-                            old_location,
-                            plan.db.oid,
-                            old.relfilenode,
-                        ),
-                        new_base: pgm_transfer::relation_base(
-                            &new_path,
-                            &new_suffix,
-                            new_location,
-                            plan.new_oid,
-                            new.relfilenode,
-                        ),
-                    };
+            // Each pair made as the plan reaches it: pairs and moves are
+            // never all held at once.
+            let pairs = relation_pairs(plan, &old_path, &old_suffix, &new_path, &new_suffix)
+                .inspect(|pair| {
                     if keep_pairs {
                         // The cutover plans its files again from the same pairs.
                         kept.push((pair.old_base.clone(), pair.new_base.clone()));
                     }
-                    pair
                 });
-            let mut planned =
-                pgm_transfer::plan(pairs).map_err(|e| Failure::new(Code::TransferFailed, e))?;
+            planner.add(pairs).map_err(failed)?;
             self.prepared.pairs.append(&mut kept);
-            if self.moves.is_empty() {
-                self.moves = planned;
-            } else {
-                self.moves.append(&mut planned);
-            }
+            // Only the moves are needed from here on.
+            plan.old_relations = RelationList::default();
+            plan.new_relations = RelationList::default();
         }
-        self.moves.shrink_to_fit();
+        self.moves = planner.finish();
         if self.settings.mode == Mode::Swap {
             // Found here, before the point of no return.
             pgm_transfer::swap_dirs(&self.moves).map_err(|file| Failure {
@@ -149,4 +96,93 @@ impl<'a> Engine<'a> {
             )
         })
     }
+}
+
+/// Sorts one database's old and new relation lists by OID and checks that
+/// they list the same relations: then each file pairs with its own.
+fn check_relations(plan: &mut DatabasePlan) -> Result<(), Failure> {
+    let (old, new) = (&mut plan.old_relations, &mut plan.new_relations);
+    // Both by OID: the same OIDs then pair up in order, without a map.
+    old.sort_by_oid();
+    new.sort_by_oid();
+    // With no OID twice in the old list, the checks below leave the two
+    // lists the same OIDs.
+    if let Some((twice, _)) = old
+        .iter()
+        .zip(old.iter().skip(1))
+        .find(|(a, b)| a.oid == b.oid)
+    {
+        return Err(Failure::new(
+            Code::RelationMapMismatch,
+            format!(
+                "database \"{}\": the old cluster's relation list names OID {} twice ({})",
+                plan.db.name, twice.oid, twice.name
+            ),
+        ));
+    }
+    let missing: Vec<&str> = old
+        .iter()
+        .filter(|r| !new.contains_sorted(r.oid))
+        .map(|r| r.name)
+        .collect();
+    if !missing.is_empty() || new.len() != old.len() {
+        return Err(Failure::new(
+            Code::RelationMapMismatch,
+            format!(
+                "database \"{}\": the old cluster has {} relations with data, the new one {} after the restore{}",
+                plan.db.name,
+                old.len(),
+                new.len(),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; missing in the new cluster: {}", missing.join(", "))
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One database's relations as pairs of file paths, old and new, made as
+/// they are asked for (the lists are sorted by OID and checked).
+fn relation_pairs<'p>(
+    plan: &'p DatabasePlan,
+    old_path: &'p Path,
+    old_suffix: &'p str,
+    new_path: &'p Path,
+    new_suffix: &'p str,
+) -> impl Iterator<Item = RelationFiles> + 'p {
+    plan.old_relations
+        .iter()
+        .zip(plan.new_relations.iter())
+        .map(move |(old, new)| {
+            debug_assert_eq!(old.oid, new.oid);
+            let old_location = if old.tablespace_location.is_empty() {
+                plan.db.tablespace_location.as_str()
+            } else {
+                old.tablespace_location
+            };
+            let new_location = if new.tablespace_location.is_empty() {
+                plan.new_tablespace_location.as_str()
+            } else {
+                new.tablespace_location
+            };
+            RelationFiles {
+                old_base: pgm_transfer::relation_base(
+                    old_path,
+                    old_suffix,
+                    old_location,
+                    plan.db.oid,
+                    old.relfilenode,
+                ),
+                new_base: pgm_transfer::relation_base(
+                    new_path,
+                    new_suffix,
+                    new_location,
+                    plan.new_oid,
+                    new.relfilenode,
+                ),
+            }
+        })
 }
