@@ -1290,25 +1290,59 @@ fn dump_and_reload_killed_resumes_or_reverts() {
     crate::json_schema::validate(&resumed.events);
     assert_eq!(resumed.summary()["upgrade"]["method"], "dump");
     assert_eq!(state().trim(), "complete");
-    // -j 2: the largest database came last, restored by pg_restore over 2
-    // connections (its parallel restore launches items), the others not.
-    let restore_logs: Vec<String> = walk(&logs)
+    // -j 2: the largest database (by its dump's size, in the manifest)
+    // came last, restored by pg_restore over 2 connections (its parallel
+    // restore launches items), the others not.
+    let manifests: Vec<PathBuf> = walk(&pair.new.datadir.join("pg_migrate.d"))
+        .into_iter()
+        .filter(|p| p.ends_with("dump-all/manifest.json"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let written = manifest(manifests[0].parent().unwrap());
+    let largest = written["databases"]
+        .as_array()
+        .unwrap()
         .iter()
+        .filter(|d| d["name"] != "template1")
+        .max_by_key(|d| d["dump"]["bytes"].as_u64().unwrap())
+        .unwrap()["dump"]["file"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".dump")
+        .to_string();
+    let restore_logs: Vec<(PathBuf, String, std::time::SystemTime)> = walk(&logs)
+        .into_iter()
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("restore-"))
         })
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let written = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, text, written)
+        })
         .collect();
-    let parallel_logs = restore_logs
+    let name = |path: &PathBuf| path.file_name().unwrap().to_string_lossy().into_owned();
+    let parallel: Vec<String> = restore_logs
         .iter()
-        .filter(|text| text.contains("--jobs=2") && text.contains("launching item"))
-        .count();
+        .filter(|(_, text, _)| text.contains("--jobs=2") && text.contains("launching item"))
+        .map(|(path, _, _)| name(path))
+        .collect();
+    let expected = format!("restore-{largest}.log");
     assert_eq!(
-        parallel_logs,
-        1,
-        "not one database restored over 2 connections:\n{}",
-        restore_logs.join("\n----\n")
+        parallel,
+        vec![expected.clone()],
+        "not the largest database alone restored over 2 connections"
+    );
+    let last = restore_logs
+        .iter()
+        .filter(|(path, _, _)| !path.ends_with("restore-globals.log"))
+        .max_by_key(|(_, _, written)| *written)
+        .unwrap();
+    assert_eq!(
+        name(&last.0),
+        expected,
+        "the largest database was not restored last"
     );
     pair.new.start();
     let after = capture(&pair.new, &pair.new.bindir);

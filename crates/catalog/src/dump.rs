@@ -374,7 +374,17 @@ pub fn restore_database(
         }
         None => {
             if workers > 1 {
-                serial = Some(Serial::ByPgRestore);
+                let reason = Serial::ByPgRestore;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .map_err(|e| Error::io(log, e))?;
+                let _ = writeln!(
+                    file,
+                    "restoring over one connection, not {workers}: {reason}"
+                );
+                serial = Some(reason);
             }
             let command = restore_command(install, database, planned.transaction_size)?
                 .args(conn.args())

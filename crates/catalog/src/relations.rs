@@ -56,7 +56,8 @@ impl RelationList {
         self.items.is_empty()
     }
 
-    /// Adds one; fails only past 4 GB of names or 65,535 tablespaces.
+    /// Adds one; fails only past 4 GB of names, 65,535 tablespaces or a
+    /// name of 65,535 bytes.
     pub fn push(&mut self, relation: Relation<'_>) -> Result<(), Error> {
         let too_many =
             |what: &str| Error::Inconsistent(format!("too many {what} in one relation list"));
@@ -75,12 +76,12 @@ impl RelationList {
             }
         };
         // A name is at most two identifiers of 63 bytes and a dot.
-        let name = &relation.name[..relation.name.len().min(usize::from(u16::MAX))];
+        let name = relation.name;
         let item = Item {
             oid: relation.oid,
             relfilenode: relation.relfilenode,
             name_start: u32::try_from(self.names.len()).map_err(|_| too_many("names"))?,
-            name_len: name.len() as u16,
+            name_len: u16::try_from(name.len()).map_err(|_| too_many("bytes in a name"))?,
             location: u16::try_from(location).map_err(|_| too_many("tablespaces"))?,
         };
         self.names.push_str(name);

@@ -240,14 +240,20 @@ pub struct Planner {
 
 impl Planner {
     /// How many files these relations have in the old cluster (each
-    /// directory is read once, for this and for [`Planner::add`]).
+    /// directory is read once, for this and for [`Planner::add`]); fails,
+    /// as `add` would, for a relation without its main fork.
     pub fn count(
         &mut self,
         relations: impl IntoIterator<Item = RelationFiles>,
     ) -> Result<usize, Error> {
         let mut files = 0;
         for relation in relations {
-            files += self.listing.existing(&relation.old_base)?.len();
+            let old_files = self.listing.existing(&relation.old_base)?;
+            // Found before anything is changed (add removes strays).
+            if !old_files.iter().any(|suffix| suffix.is_empty()) {
+                return Err(Error::MissingMainFork(relation.old_base));
+            }
+            files += old_files.len();
         }
         Ok(files)
     }
@@ -572,15 +578,19 @@ mod tests {
             write(&with_suffix(&new, suffix), b"");
         }
         // Link mode never stages: its transfer is a rename already.
+        let sources = [StageSource {
+            dir: old.parent().unwrap().to_path_buf(),
+            relfilenodes: vec![16384],
+        }];
         let none = StagedCopies::new(&staging);
-        stage(std::slice::from_ref(&old), Mode::Link, &none);
+        stage(&sources, Mode::Link, &none);
         assert_eq!(none.ready(), 0);
         let stopped = StagedCopies::new(&staging);
         stopped.stop();
-        stage(std::slice::from_ref(&old), Mode::Copy, &stopped);
+        stage(&sources, Mode::Copy, &stopped);
         assert_eq!(stopped.ready(), 0);
         let staged = StagedCopies::new(&staging);
-        stage(std::slice::from_ref(&old), Mode::Copy, &staged);
+        stage(&sources, Mode::Copy, &staged);
         assert_eq!(staged.ready(), 2);
         assert!(staged.copy_of(&with_suffix(&old, "_fsm")).is_none());
         // A source written after its copy was made is copied again.

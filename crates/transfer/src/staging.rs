@@ -110,14 +110,23 @@ pub(crate) fn yield_to_everything_else() {
 /// big files, whose bytes take the time, gain the most.
 pub const STAGE_MIN_BYTES: u64 = 1 << 20;
 
+/// The relations of one database directory whose files may be copied
+/// ahead: the directory and their file numbers (4 bytes a relation, where a
+/// path each took some 70).
+#[derive(Debug, Clone)]
+pub struct StageSource {
+    pub dir: PathBuf,
+    pub relfilenodes: Vec<u32>,
+}
+
 /// Copies (`mode`: Copy or CopyFileRange) every file of at least
-/// [`STAGE_MIN_BYTES`] of the relations at `old_bases` into `copies`'
+/// [`STAGE_MIN_BYTES`] of the relations of `sources` into `copies`'
 /// directory (which must exist), one at a time, until done or stopped, at
 /// idle priority (call it on a thread of its own). For the time the catalog
 /// is being restored: the copies are renamed into place by [`transfer`], so
 /// the directory must be on the new cluster's filesystem. A failure only
 /// ends the copying early (the transfer copies the rest itself).
-pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
+pub fn stage(sources: &[StageSource], mode: Mode, copies: &StagedCopies) {
     /// However the copying ends (even by a panic), no file stays claimed:
     /// the transfer would wait for it.
     struct Release<'a>(&'a StagedCopies);
@@ -133,12 +142,18 @@ pub fn stage(old_bases: &[PathBuf], mode: Mode, copies: &StagedCopies) {
     yield_to_everything_else();
     let mut listing = Listing::default();
     let mut number = 0u32;
-    for base in old_bases {
-        let Ok(suffixes) = listing.existing(base) else {
+    let bases = sources.iter().flat_map(|source| {
+        source
+            .relfilenodes
+            .iter()
+            .map(|node| source.dir.join(node.to_string()))
+    });
+    for base in bases {
+        let Ok(suffixes) = listing.existing(&base) else {
             return;
         };
         for suffix in suffixes {
-            let from = with_suffix(base, &suffix);
+            let from = with_suffix(&base, &suffix);
             let Ok((len, modified)) =
                 std::fs::metadata(&from).and_then(|m| Ok((m.len(), m.modified()?)))
             else {

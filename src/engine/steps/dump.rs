@@ -347,29 +347,24 @@ impl<'a> Engine<'a> {
         if std::fs::create_dir(&dir).is_err() {
             return;
         }
-        let old_bases: Vec<PathBuf> = self
+        let sources: Vec<pgm_transfer::StageSource> = self
             .databases
             .iter()
             .filter(|plan| plan.db.tablespace_location.is_empty())
-            .flat_map(|plan| {
-                plan.old_relations
+            .map(|plan| pgm_transfer::StageSource {
+                dir: self.old_dir.path.join("base").join(plan.db.oid.to_string()),
+                relfilenodes: plan
+                    .old_relations
                     .iter()
                     .filter(|r| r.tablespace_location.is_empty())
-                    .map(|r| {
-                        pgm_transfer::relation_base(
-                            &self.old_dir.path,
-                            "",
-                            "",
-                            plan.db.oid,
-                            r.relfilenode,
-                        )
-                    })
+                    .map(|r| r.relfilenode)
+                    .collect(),
             })
             .collect();
         let copies = Arc::new(pgm_transfer::StagedCopies::new(&dir));
         let worker = {
             let copies = copies.clone();
-            std::thread::spawn(move || pgm_transfer::stage(&old_bases, mode, &copies))
+            std::thread::spawn(move || pgm_transfer::stage(&sources, mode, &copies))
         };
         self.staging = Some(Staging { copies, worker });
     }
