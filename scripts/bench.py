@@ -789,8 +789,10 @@ def markdown(report):
             lines.append(f"| {fs} | | **ratio** | **{e['ratio_write_downtime_s']:.2f}** | "
                          f"**{e['ratio_replicas_streaming_s']:.2f}** | |")
     if report.get("series"):
-        lines += ["", "## One database, many relations (tables with a primary key, an index and TOAST)", "",
-                  "| relations | mode | -j | pg_upgrade (s) | pg-migrate (s) | ratio | pg_upgrade per relation (ms) "
+        lines += ["", "## One database, many relations (tables with a primary key, an index and TOAST)", ""]
+        if report.get("series_measured"):
+            lines += [f"Measured {report['series_measured']}.", ""]
+        lines += ["| relations | mode | -j | pg_upgrade (s) | pg-migrate (s) | ratio | pg_upgrade per relation (ms) "
                   "| pg-migrate per relation (ms) | pg-migrate peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
         for s in report["series"]:
             lines.append(f"| {s['relations']} | {s.get('mode', 'link')} | {s.get('jobs', '')} | {s['pg_upgrade']:.2f} | "
@@ -826,8 +828,10 @@ def markdown(report):
               "them is not on disk yet, and costs next to nothing when all is; its time is in the sync step "
               "above), asks for write-back of everything first and keeps "
               "4 × -j fsyncs in flight; copies start their write-back as they are written.",
-              "- **Memory**: relations are read row by row into small records, the plan is made a database "
-              "at a time and the relation lists are dropped once planned.",
+              "- **Memory**: relations are read row by row into a compact list (16 bytes each, the names in one "
+              "string), directories are listed as sorted numbers, the list of moves is counted before it is made "
+              "(never grown by doubling), pairs of paths are made as they are planned, and the side-by-side "
+              "restore's plan shares its vectors; at 100,000 relations the heap peaks at about 23 MB (heaptrack), in the restore.",
               ]
     lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
     for t in report["targets"]:
@@ -921,6 +925,7 @@ def main():
               "machine": dict(machine(), trials=first.get("trials")),
               # The first filesystem's, in full (the sections below read these) …
               "datasets": first["datasets"], "series": first["series"],
+              "series_measured": f"{time.strftime('%Y-%m-%d')}, {ARGS.rounds} round(s), trials on {first.get('trials')}",
               # … and every filesystem's.
               "filesystems": per_fs}
     if ARGS.ha_rounds > 0:
