@@ -171,12 +171,10 @@ pub fn restore_into(
     }
     // The largest last, over every connection: -j across databases does
     // nothing for a cluster whose time is in one of them.
-    let largest = (jobs > 1)
-        .then(|| {
-            let at = (0..rest.len()).max_by_key(|&i| rest[i].dump.bytes)?;
-            Some(rest.remove(at))
-        })
-        .flatten();
+    let largest = match (0..rest.len()).max_by_key(|&i| rest[i].dump.bytes) {
+        Some(at) if jobs > 1 => Some(rest.remove(at)),
+        _ => None,
+    };
     parallel(&rest, jobs, |db| restore(db, 1))?;
     if let Some(db) = largest {
         restore(db, jobs)?;

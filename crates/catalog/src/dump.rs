@@ -380,10 +380,7 @@ pub fn restore_database(
                     .append(true)
                     .open(log)
                     .map_err(|e| Error::io(log, e))?;
-                let _ = writeln!(
-                    file,
-                    "restoring over one connection, not {workers}: {reason}"
-                );
+                let _ = writeln!(file, "{}", reason.log_line(workers));
                 serial = Some(reason);
             }
             let command = restore_command(install, database, planned.transaction_size)?

@@ -229,6 +229,13 @@ pub enum Serial {
     ByPgRestore,
 }
 
+impl Serial {
+    /// The restore log's line saying so.
+    pub(crate) fn log_line(&self, workers: usize) -> String {
+        format!("restoring over one connection, not {workers}: {self}")
+    }
+}
+
 impl std::fmt::Display for Serial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -75,7 +75,6 @@ impl RelationList {
                 self.locations.len() - 1
             }
         };
-        // A name is at most two identifiers of 63 bytes and a dot.
         let name = relation.name;
         let item = Item {
             oid: relation.oid,

@@ -624,11 +624,7 @@ fn execute(
     match plan {
         None => session.run_range(script, 0, None)?,
         Some(Err(reason)) => {
-            let _ = writeln!(
-                log,
-                "restoring over one connection, not {}: {reason}",
-                restore.workers
-            );
+            let _ = writeln!(log, "{}", reason.log_line(restore.workers));
             serial = Some(reason);
             session.run_range(script, 0, None)?;
         }

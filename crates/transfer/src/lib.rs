@@ -75,8 +75,25 @@ pub struct FileMove {
     pub bytes: u64,
 }
 
-/// Where a relation's files live: `base/<db>` in the data directory for the
-/// default tablespace, `<location>/<version dir>/<db>` for a user tablespace.
+/// A database's directory in a tablespace: `base/<db>` in the data
+/// directory for the default tablespace, `<location>/<version dir>/<db>`
+/// for a user tablespace.
+pub fn database_dir(
+    datadir: &Path,
+    tablespace_version_dir: &str,
+    tablespace_location: &str,
+    database_oid: u32,
+) -> PathBuf {
+    let dir = if tablespace_location.is_empty() {
+        datadir.join("base")
+    } else {
+        Path::new(tablespace_location).join(tablespace_version_dir)
+    };
+    dir.join(database_oid.to_string())
+}
+
+/// Where a relation's files live: its file number in its
+/// [`database_dir`], without fork or segment suffix.
 pub fn relation_base(
     datadir: &Path,
     tablespace_version_dir: &str,
@@ -84,14 +101,13 @@ pub fn relation_base(
     database_oid: u32,
     relfilenode: u32,
 ) -> PathBuf {
-    let dir = if tablespace_location.is_empty() {
-        datadir.join("base")
-    } else {
-        Path::new(tablespace_location).join(tablespace_version_dir)
-    };
-    let mut base = dir
-        .join(database_oid.to_string())
-        .join(relfilenode.to_string());
+    let mut base = database_dir(
+        datadir,
+        tablespace_version_dir,
+        tablespace_location,
+        database_oid,
+    )
+    .join(relfilenode.to_string());
     // Held for every relation at once: no spare capacity.
     base.shrink_to_fit();
     base
@@ -168,6 +184,16 @@ impl Listing {
             self.dirs.insert(dir.to_path_buf(), keys);
         }
         Ok(self.dirs.get_mut(dir).expect("just inserted"))
+    }
+
+    /// The old relation's files, as suffixes of its base name; an error
+    /// without its main fork (nothing of it could be carried).
+    fn old_files(&mut self, base: &Path) -> Result<Vec<String>, Error> {
+        let files = self.existing(base)?;
+        if !files.iter().any(|suffix| suffix.is_empty()) {
+            return Err(Error::MissingMainFork(base.to_path_buf()));
+        }
+        Ok(files)
     }
 
     /// Every existing segment of every fork, as suffixes of the base name.
@@ -248,12 +274,8 @@ impl Planner {
     ) -> Result<usize, Error> {
         let mut files = 0;
         for relation in relations {
-            let old_files = self.listing.existing(&relation.old_base)?;
-            // Found before anything is changed (add removes strays).
-            if !old_files.iter().any(|suffix| suffix.is_empty()) {
-                return Err(Error::MissingMainFork(relation.old_base));
-            }
-            files += old_files.len();
+            // A missing main fork is found here, before add removes strays.
+            files += self.listing.old_files(&relation.old_base)?.len();
         }
         Ok(files)
     }
@@ -267,10 +289,7 @@ impl Planner {
     pub fn add(&mut self, relations: impl IntoIterator<Item = RelationFiles>) -> Result<(), Error> {
         let listing = &mut self.listing;
         for relation in relations {
-            let old_files = listing.existing(&relation.old_base)?;
-            if !old_files.iter().any(|suffix| suffix.is_empty()) {
-                return Err(Error::MissingMainFork(relation.old_base.clone()));
-            }
+            let old_files = listing.old_files(&relation.old_base)?;
             for suffix in listing.existing(&relation.new_base)? {
                 if !old_files.contains(&suffix) {
                     let stray = with_suffix(&relation.new_base, &suffix);

@@ -352,7 +352,7 @@ impl<'a> Engine<'a> {
             .iter()
             .filter(|plan| plan.db.tablespace_location.is_empty())
             .map(|plan| pgm_transfer::StageSource {
-                dir: self.old_dir.path.join("base").join(plan.db.oid.to_string()),
+                dir: pgm_transfer::database_dir(&self.old_dir.path, "", "", plan.db.oid),
                 relfilenodes: plan
                     .old_relations
                     .iter()
