@@ -40,18 +40,57 @@ pub fn require_ha() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// `count` distinct free TCP ports on 127.0.0.1: the kernel's picks, all
-/// held until every one is picked (so no two are the same), then closed.
-/// Below the ephemeral range's usual start they would be safer from
-/// outgoing connections, but the kernel's pick is what is free now.
+/// `count` TCP ports on 127.0.0.1 that nothing holds now, from just below
+/// the kernel's ephemeral range. A port the kernel picks (bind to port 0)
+/// is closed again before the server binds it, and in between another
+/// test's pick or an outgoing connection's local port can take it (a CI run
+/// lost a Patroni member that way); ports below the range are never handed
+/// out by the kernel, and a process-wide cursor gives each out once.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound port").port())
-        .collect()
+    (0..count).map(|_| next_free_port()).collect()
+}
+
+fn next_free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let (low, span) = ports_below_ephemeral_range();
+    if span == 0 {
+        return kernel_pick();
+    }
+    // Start each test process at its own place in the span so that two
+    // processes on one machine seldom try the same ports.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + CURSOR.fetch_add(1, Ordering::SeqCst)) % span;
+        let port = (low + offset) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    kernel_pick()
+}
+
+/// The ports from 10,000 below the ephemeral range's start up to it (never
+/// under 1024); a span of 0 when that leaves too few.
+fn ports_below_ephemeral_range() -> (u32, u32) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(10_000).max(1024);
+    let span = ephemeral_low.saturating_sub(low);
+    if span < 1000 {
+        (0, 0)
+    } else {
+        (low, span)
+    }
+}
+
+fn kernel_pick() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
 }
 
 /// One etcd member on 127.0.0.1, its data in the sandbox.
@@ -446,20 +485,44 @@ tags:
         }
     }
 
-    /// The last lines of every member's Patroni log, for failure messages.
+    /// The last lines of every member's Patroni log, for failure messages:
+    /// first, and longer, those of members missing from the cluster's view
+    /// or whose Patroni is not running (a CI log may keep only the start).
     pub fn logs_tail(&self) -> String {
-        let mut out = String::new();
+        let listed: Vec<String> = self
+            .cluster_view()
+            .and_then(|view| {
+                Some(
+                    view["members"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|m| m["name"].as_str().map(str::to_string))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        let mut suspects = String::new();
+        let mut others = String::new();
         for m in &self.members {
+            let running = patroni_pid(&m.pidfile).is_some_and(alive);
+            let missing = !listed.contains(&m.name);
             let text = std::fs::read_to_string(&m.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(15);
+            let (out, keep) = if missing || !running {
+                (&mut suspects, 40)
+            } else {
+                (&mut others, 8)
+            };
+            let from = lines.len().saturating_sub(keep);
             out.push_str(&format!(
-                "--- {} ---\n{}\n",
+                "--- {} (Patroni {}, {} the cluster's view) ---\n{}\n",
                 m.name,
+                if running { "running" } else { "not running" },
+                if missing { "missing from" } else { "in" },
                 lines[from..].join("\n")
             ));
         }
-        out
+        suspects + &others
     }
 
     /// `patronictl` with the first member's configuration.
