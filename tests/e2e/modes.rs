@@ -4,6 +4,7 @@
 //! check refuses before anything changes. `--copy-file-range` and `--swap`
 //! have their proofs in proof.rs, swap's interruptions in faults.rs.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -145,6 +146,50 @@ fn clone_on_a_reflink_filesystem() {
             file.display()
         );
         assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&twin).unwrap());
+    });
+    drop(pair);
+    drop(disk);
+}
+
+/// On XFS, links go one database directory per worker (two workers in one
+/// directory slow each other down there): the rich fixture's six databases
+/// and its tablespace upgraded with --link -j 2 on XFS, proven, and a user
+/// relation's file shared with the old cluster.
+#[test]
+fn link_on_xfs_one_worker_per_directory() {
+    if pgm_testkit::require(15).is_none() || pgm_testkit::require(18).is_none() {
+        return;
+    }
+    let scratch = Sandbox::new();
+    let disk = match ReflinkDisk::mount(&scratch.path().join("xfs")) {
+        Ok(disk) => disk,
+        Err(why) => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI runs as root and must be able to make an XFS loop device: {why}"
+            );
+            eprintln!("SKIP: no XFS here ({why}); links elsewhere are proven by proof::");
+            return;
+        }
+    };
+    let mut pair = Pair::new_in(&disk.mount_point, 15, 18).unwrap();
+    crate::proof::prove_on(&mut pair, "--link", |pair| {
+        let file = largest_user_file(&pair.new.datadir);
+        let twin = pair
+            .old
+            .datadir
+            .join(file.strip_prefix(&pair.new.datadir).unwrap());
+        let (new, old) = (
+            std::fs::metadata(&file).unwrap(),
+            std::fs::metadata(&twin).unwrap(),
+        );
+        assert_eq!(
+            (new.dev(), new.ino()),
+            (old.dev(), old.ino()),
+            "{} is not a link of the old file",
+            file.display()
+        );
     });
     drop(pair);
     drop(disk);
