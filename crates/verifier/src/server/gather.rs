@@ -279,8 +279,20 @@ pub(crate) struct DbScan {
     pub(crate) uses: CapabilityUse,
 }
 
-/// One connection per database, `jobs` databases at a time. With
-/// `old_scan`, the old cluster's catalogue rules run in each database too.
+/// One piece of a database's scan, run on whichever connection is free: a
+/// database holding most of the cluster's relations spreads its rules over
+/// -j connections instead of keeping one busy while the others idle (at
+/// 100,000 relations in one database, three rules took a second each).
+#[derive(Clone, Copy)]
+enum Piece {
+    /// Its counts and what the capability checks need.
+    Base,
+    Rule(&'static crate::rules::Rule),
+}
+
+/// Every database's pieces, `jobs` at a time over as many connections.
+/// With `old_scan`, the old cluster's catalogue rules run in each database
+/// too.
 pub(crate) fn scan_databases(
     server: &Server,
     databases: &mut [DatabaseInfo],
@@ -293,21 +305,60 @@ pub(crate) fn scan_databases(
         .filter(|(_, d)| d.allow_connections && d.connection_limit != -2 && d.name != "template0")
         .map(|(i, d)| (i, d.name.clone()))
         .collect();
+    // (index into targets, piece), each database's pieces together.
+    let mut pieces: Vec<(usize, Piece)> = Vec::new();
+    for target in 0..targets.len() {
+        pieces.push((target, Piece::Base));
+        if let Some((majors, _)) = old_scan {
+            pieces.extend(
+                RULES
+                    .iter()
+                    .filter(|r| !r.global && (r.applies)(majors.this, majors.new))
+                    .map(|r| (target, Piece::Rule(r))),
+            );
+        }
+    }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, DbScan)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<crate::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, targets.len().max(1)) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((index, name)) = targets.get(i) else {
-                    break;
-                };
-                match scan_one(server, name, old_scan) {
-                    Ok(scan) => results.lock().unwrap().push((*index, scan)),
-                    Err(e) => {
-                        first_error.lock().unwrap().get_or_insert(e);
+        for _ in 0..jobs.clamp(1, pieces.len().max(1)) {
+            scope.spawn(|| {
+                // The connection of the last piece, kept while the next
+                // piece is of the same database.
+                let mut connected: Option<(usize, postgres::Client)> = None;
+                loop {
+                    if first_error.lock().unwrap().is_some() {
                         break;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&(target, piece)) = pieces.get(i) else {
+                        break;
+                    };
+                    let name = &targets[target].1;
+                    let scanned = (|| {
+                        if connected.as_ref().map(|(t, _)| *t) != Some(target) {
+                            connected = Some((target, server.connect(name)?));
+                        }
+                        let client = &mut connected.as_mut().expect("just connected").1;
+                        match piece {
+                            Piece::Base => scan_base(client, name, old_scan),
+                            Piece::Rule(rule) => {
+                                let mode = old_scan.map_or(ScanMode::Private, |(_, mode)| mode);
+                                let hits = objects(client, name, &(rule.sql)(mode), rule.title)?;
+                                Ok(DbScan {
+                                    hits: hits.into_iter().map(|o| (rule.id, o)).collect(),
+                                    ..DbScan::default()
+                                })
+                            }
+                        }
+                    })();
+                    match scanned {
+                        Ok(scan) => results.lock().unwrap().push((i, scan)),
+                        Err(e) => {
+                            first_error.lock().unwrap().get_or_insert(e);
+                            break;
+                        }
                     }
                 }
             });
@@ -319,13 +370,19 @@ pub(crate) fn scan_databases(
     let mut hits = Vec::new();
     let mut uses = CapabilityUse::default();
     let mut results = results.into_inner().unwrap();
+    // In the order of the pieces: each database's rules, rule by rule.
     results.sort_by_key(|(i, _)| *i);
-    for (index, scan) in results {
+    for (i, scan) in results {
+        let (target, piece) = pieces[i];
+        hits.extend(scan.hits);
+        if matches!(piece, Piece::Rule(_)) {
+            continue;
+        }
+        let index = targets[target].0;
         databases[index].user_objects = Some(scan.objects);
         databases[index].user_relations = Some(scan.relations);
         databases[index].user_tables = Some(scan.tables);
         databases[index].user_sequences = Some(scan.sequences);
-        hits.extend(scan.hits);
         uses.icu.extend(scan.uses.icu);
         uses.lz4.extend(scan.uses.lz4);
         uses.xml.extend(scan.uses.xml);
@@ -367,12 +424,13 @@ pub(crate) fn objects(
         .collect())
 }
 
-pub(crate) fn scan_one(
-    server: &Server,
+/// A database's counts and, for the old cluster, what the capability
+/// checks need (its catalogue rules are pieces of their own).
+fn scan_base(
+    client: &mut postgres::Client,
     database: &str,
     old_scan: Option<(Majors, ScanMode)>,
 ) -> Result<DbScan, crate::Error> {
-    let mut client = server.connect(database)?;
     // OIDs below 16384 belong to initdb; temporary schemas come and go.
     let row = client
         .query_one(
@@ -405,29 +463,24 @@ pub(crate) fn scan_one(
         sequences,
         ..DbScan::default()
     };
-    let Some((majors, mode)) = old_scan else {
+    let Some((majors, _)) = old_scan else {
         return Ok(scan);
     };
-    let (old, new) = (majors.this, majors.new);
-    for rule in RULES.iter().filter(|r| !r.global && (r.applies)(old, new)) {
-        for object in objects(&mut client, database, &(rule.sql)(mode), rule.title)? {
-            scan.hits.push((rule.id, object));
-        }
-    }
+    let old = majors.this;
     if let Some(sql) = crate::rules::icu_sql(old) {
-        scan.uses.icu = objects(&mut client, database, &sql, "looking for ICU collations")?;
+        scan.uses.icu = objects(client, database, &sql, "looking for ICU collations")?;
     }
     if let Some(sql) = crate::rules::lz4_sql(old) {
-        scan.uses.lz4 = objects(&mut client, database, &sql, "looking for lz4 columns")?;
+        scan.uses.lz4 = objects(client, database, &sql, "looking for lz4 columns")?;
     }
     scan.uses.xml = objects(
-        &mut client,
+        client,
         database,
         &crate::rules::xml_sql(),
         "looking for xml columns",
     )?;
     scan.uses.xml_literals = objects(
-        &mut client,
+        client,
         database,
         &crate::rules::xml_literals_sql(old),
         "looking for xml values in expressions",
@@ -455,7 +508,7 @@ pub(crate) fn scan_one(
         .collect();
     if old.has_unicode_version() {
         scan.uses.unicode_dependent = objects(
-            &mut client,
+            client,
             database,
             UNICODE_DEPENDENT_SQL,
             "looking for expressions that depend on Unicode",
