@@ -710,6 +710,27 @@ def markdown(report):
                   "",
                   "So the narrower lead comes from the benchmark deleting hundreds of thousands of files "
                   "moments before each run; an upgrade that follows no such deletion does not pay for the walk."]
+    if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
+        lines += ["", "### Where the time goes at 100,000 relations in one database", "",
+                  "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
+                  "image, the steps timed by pg-migrate's JSON events and by timestamping pg_upgrade's output lines. "
+                  "This machine is noisy: identical pg-migrate runs took 48 s and 76 s, the difference all in the "
+                  "restore.", "",
+                  "| step | pg_upgrade (s) | pg-migrate (s) |",
+                  "|---|---|---|",
+                  "| checks | 4.3 | 2.9-3.5 (a database's rules over -j connections) |",
+                  "| dump of the one database | 5.1 | 6.0-6.9 (globals and relation map included) |",
+                  "| restore of its schema | 68.4 (one connection) | 29-31 (two connections) |",
+                  "| link | 8.2 | 5.9-6.4 (one worker per directory on XFS) |",
+                  "| sync | 20.4 (initdb --sync-only) | 0.3-0.5 |",
+                  "| whole run | 109-116 | 47.5-49.3 (quiet runs) |", "",
+                  "The restore is at what two CPUs can do: over one connection it took 48.7 s (on this "
+                  "machine's ext4), over two 25-31 s, with the server's two backends busy all along. Their time "
+                  "goes into the catalog work each CREATE does, which pg_upgrade's one connection does too: creating the TOAST table and its index "
+                  "(43% of the backends' samples), rebuilding relation cache entries (11%), creating the relation "
+                  "files (14%). 0.35 of pg_upgrade's time is 38-40 s; with about 25 s for the restore at best and "
+                  "the dump alone (pg_dump's own queries, as pg_upgrade's) above 5 s, a ratio of 0.35 needs more "
+                  "CPUs than this machine's two, or less work per relation than pg_upgrade's server does."]
     online = [(name, d["modes"]["online"]) for name, d in report["datasets"].items() if "online" in d["modes"]]
     if online:
         lines += ["", "## Online mode (prepare while the old server serves, cutover in the window)", "",
