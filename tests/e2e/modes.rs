@@ -27,6 +27,24 @@ struct ReflinkDisk {
 }
 
 impl ReflinkDisk {
+    /// A disk in the sandbox; where none can be made, None after saying
+    /// what goes untested (`untested`) — except on CI, which runs as root
+    /// and must be able to make one.
+    fn mount_or_skip(sandbox: &Sandbox, untested: &str) -> Option<ReflinkDisk> {
+        match ReflinkDisk::mount(&sandbox.path().join("xfs")) {
+            Ok(disk) => Some(disk),
+            Err(why) => {
+                assert_ne!(
+                    std::env::var("CI").as_deref(),
+                    Ok("true"),
+                    "CI runs as root and must be able to make an XFS loop device: {why}"
+                );
+                eprintln!("SKIP: {untested} ({why})");
+                None
+            }
+        }
+    }
+
     /// Why it could not be made, when it could not.
     fn mount(scratch: &Path) -> Result<ReflinkDisk, String> {
         if !nix::unistd::geteuid().is_root() {
@@ -111,17 +129,11 @@ fn clone_on_a_reflink_filesystem() {
         return;
     }
     let scratch = Sandbox::new();
-    let disk = match ReflinkDisk::mount(&scratch.path().join("xfs")) {
-        Ok(disk) => disk,
-        Err(why) => {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI runs as root and must be able to make an XFS loop device: {why}"
-            );
-            eprintln!("SKIP: the clone itself is not tested here ({why}); the refusal is (clone_refused_where_the_filesystem_cannot_clone)");
-            return;
-        }
+    let Some(disk) = ReflinkDisk::mount_or_skip(
+        &scratch,
+        "the clone itself is not tested here; the refusal is (clone_refused_where_the_filesystem_cannot_clone)",
+    ) else {
+        return;
     };
     let mut pair = Pair::new_in(&disk.mount_point, 15, 18).unwrap();
     let check = pair.check(&["--clone"]);
@@ -161,17 +173,11 @@ fn link_on_xfs_one_worker_per_directory() {
         return;
     }
     let scratch = Sandbox::new();
-    let disk = match ReflinkDisk::mount(&scratch.path().join("xfs")) {
-        Ok(disk) => disk,
-        Err(why) => {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI runs as root and must be able to make an XFS loop device: {why}"
-            );
-            eprintln!("SKIP: no XFS here ({why}); links elsewhere are proven by proof::");
-            return;
-        }
+    let Some(disk) = ReflinkDisk::mount_or_skip(
+        &scratch,
+        "links on XFS are not tested here; links elsewhere are (proof::)",
+    ) else {
+        return;
     };
     let mut pair = Pair::new_in(&disk.mount_point, 15, 18).unwrap();
     crate::proof::prove_on(&mut pair, "--link", |pair| {
