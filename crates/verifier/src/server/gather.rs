@@ -287,7 +287,8 @@ pub(crate) struct DbScan {
 enum Piece {
     /// Its counts and what the capability checks need.
     Base,
-    Rule(&'static crate::rules::Rule),
+    /// One of the old cluster's catalogue rules.
+    Rule(&'static crate::rules::Rule, ScanMode),
 }
 
 /// Every database's pieces, `jobs` at a time over as many connections.
@@ -309,12 +310,12 @@ pub(crate) fn scan_databases(
     let mut pieces: Vec<(usize, Piece)> = Vec::new();
     for target in 0..targets.len() {
         pieces.push((target, Piece::Base));
-        if let Some((majors, _)) = old_scan {
+        if let Some((majors, mode)) = old_scan {
             pieces.extend(
                 RULES
                     .iter()
                     .filter(|r| !r.global && (r.applies)(majors.this, majors.new))
-                    .map(|r| (target, Piece::Rule(r))),
+                    .map(|r| (target, Piece::Rule(r, mode))),
             );
         }
     }
@@ -336,24 +337,19 @@ pub(crate) fn scan_databases(
                         break;
                     };
                     let name = &targets[target].1;
-                    let scanned = (|| {
-                        if connected.as_ref().map(|(t, _)| *t) != Some(target) {
-                            connected = Some((target, server.connect(name)?));
-                        }
-                        let client = &mut connected.as_mut().expect("just connected").1;
-                        match piece {
-                            Piece::Base => scan_base(client, name, old_scan),
-                            Piece::Rule(rule) => {
-                                let mode = old_scan.map_or(ScanMode::Private, |(_, mode)| mode);
-                                let hits = objects(client, name, &(rule.sql)(mode), rule.title)?;
-                                Ok(DbScan {
-                                    hits: hits.into_iter().map(|o| (rule.id, o)).collect(),
-                                    ..DbScan::default()
-                                })
+                    if connected.as_ref().is_none_or(|(t, _)| *t != target) {
+                        // The last database's connection closes first.
+                        drop(connected.take());
+                        match server.connect(name) {
+                            Ok(client) => connected = Some((target, client)),
+                            Err(e) => {
+                                first_error.lock().unwrap().get_or_insert(e.into());
+                                break;
                             }
                         }
-                    })();
-                    match scanned {
+                    }
+                    let (_, client) = connected.as_mut().expect("connected above");
+                    match scan_piece(client, name, piece, old_scan) {
                         Ok(scan) => results.lock().unwrap().push((i, scan)),
                         Err(e) => {
                             first_error.lock().unwrap().get_or_insert(e);
@@ -375,7 +371,7 @@ pub(crate) fn scan_databases(
     for (i, scan) in results {
         let (target, piece) = pieces[i];
         hits.extend(scan.hits);
-        if matches!(piece, Piece::Rule(_)) {
+        if matches!(piece, Piece::Rule(..)) {
             continue;
         }
         let index = targets[target].0;
@@ -422,6 +418,25 @@ pub(crate) fn objects(
             schema: if r.len() > 2 { r.get(2) } else { None },
         })
         .collect())
+}
+
+/// Runs one piece of a database's scan on a connection to it.
+fn scan_piece(
+    client: &mut postgres::Client,
+    database: &str,
+    piece: Piece,
+    old_scan: Option<(Majors, ScanMode)>,
+) -> Result<DbScan, crate::Error> {
+    match piece {
+        Piece::Base => scan_base(client, database, old_scan),
+        Piece::Rule(rule, mode) => Ok(DbScan {
+            hits: objects(client, database, &(rule.sql)(mode), rule.title)?
+                .into_iter()
+                .map(|object| (rule.id, object))
+                .collect(),
+            ..DbScan::default()
+        }),
+    }
 }
 
 /// A database's counts and, for the old cluster, what the capability
