@@ -43,9 +43,10 @@ pub fn require_ha() -> Option<(PathBuf, PathBuf)> {
 /// `count` TCP ports on 127.0.0.1 that nothing holds now, from just below
 /// the kernel's ephemeral range. A port the kernel picks (bind to port 0)
 /// is closed again before the server binds it, and in between another
-/// test's pick or an outgoing connection's local port can take it (a CI run
-/// lost a Patroni member that way); ports below the range are never handed
-/// out by the kernel, and a process-wide cursor gives each out once.
+/// test's pick or an outgoing connection's local port can take it (most
+/// likely how a CI run lost a Patroni member); ports below the range are
+/// never handed out by the kernel, and a process-wide cursor gives each
+/// out once.
 pub fn free_ports(count: usize) -> Vec<u16> {
     (0..count).map(|_| next_free_port()).collect()
 }
