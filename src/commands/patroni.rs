@@ -314,7 +314,7 @@ fn report(
             ],
         ),
         Outcome::PutBack { message } if resuming => {
-            printer.say(&message);
+            printer.notice("patroni_put_back", message);
             (
                 exit::SUCCESS,
                 RunResult::Reverted,

@@ -19,9 +19,10 @@ pub fn initdb_auth(printer: &Printer, user: &str) -> Vec<String> {
             "--auth-host=scram-sha-256".to_string(),
         ];
     }
-    printer.say(&format!(
-        "warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{user}\" is not this OS user; review it before starting the server"
-    ));
+    printer.notice(
+        "new_cluster_trusts_local",
+        format!("warning: the new cluster's pg_hba.conf trusts local connections, because the install user \"{user}\" is not this OS user; review it before starting the server"),
+    );
     vec!["--auth=trust".to_string()]
 }
 

@@ -100,6 +100,7 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             }
             Some(text)
         }
+        Event::Notice { message, .. } => Some(format!("  {message}")),
         Event::ConfigChange {
             file,
             setting,

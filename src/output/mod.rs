@@ -110,6 +110,13 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+    /// Something the operator should know that is neither progress nor a
+    /// failure: a setting pg-migrate chose for them, objects it made again,
+    /// a `-j` it could not use, and why. `code` is stable.
+    Notice {
+        code: &'static str,
+        message: String,
+    },
     /// One change `--carry-config` made to a setting while carrying it.
     ConfigChange {
         file: String,
@@ -618,6 +625,12 @@ impl Printer {
             self.say(&text);
         }
         *self.last_skip.lock().unwrap_or_else(|e| e.into_inner()) = skip_reason;
+    }
+
+    /// A `notice` event: under `--json` a line a wrapper can act on, and
+    /// for people the message on stderr.
+    pub fn notice(&self, code: &'static str, message: String) {
+        self.emit(&Event::Notice { code, message });
     }
 
     /// Text for people only (stderr).

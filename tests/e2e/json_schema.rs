@@ -135,6 +135,7 @@ pub fn validate(events: &[Value]) {
     let docs = documented_events();
     let common = &docs["Every event"];
     let error_codes = documented_codes("docs/json-status.md", "Error codes:");
+    let notice_codes = documented_codes("docs/json-status.md", "Notice codes:");
     let mut check_ids = documented_codes("docs/checks.md", "## Checks");
     check_ids.extend(documented_codes("docs/checks.md", "## Standby checks"));
     check_ids.extend(documented_codes("docs/checks.md", "## Patroni checks"));
@@ -172,6 +173,13 @@ pub fn validate(events: &[Value]) {
             assert!(
                 error_codes.iter().any(|c| c == code),
                 "error code {code} is not documented"
+            );
+        }
+        if name == "notice" {
+            let code = event["code"].as_str().unwrap();
+            assert!(
+                notice_codes.iter().any(|c| c == code),
+                "notice code {code} is not documented"
             );
         }
         if name == "check" {

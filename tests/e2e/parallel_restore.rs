@@ -328,10 +328,29 @@ fn a_database_restored_over_one_connection_despite_jobs_says_why() {
         let before = capture(&pair.old, &pair.new.bindir);
         pair.old.stop();
         let logs = pair.sandbox.mkdir("logs");
-        let mut args = with(pair.dir_args(), &["--link", "-j", "2"]);
+        let mut args = with(pair.dir_args(), &["--link", "-j", "2", "--json"]);
         args.extend([OsString::from("--log-dir"), logs.clone().into()]);
         let run = pair.run(&args);
         assert_eq!(run.status, 0, "{old}->{new}: {}", run.stderr);
+        crate::json_schema::validate(&run.events);
+        // Under --json, a wrapper reads it as a notice.
+        let notices: Vec<&str> = run
+            .events_named("notice")
+            .into_iter()
+            .filter(|e| e["code"] == "restored_over_one_connection")
+            .map(|e| e["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            notices.len(),
+            usize::from(said),
+            "{old}->{new}: notices {notices:?}"
+        );
+        assert!(
+            notices
+                .iter()
+                .all(|m| m.contains("\"big\"") && m.contains(reason)),
+            "{old}->{new}: {notices:?}"
+        );
         // The line, where said, and the log's, each naming the reason.
         let line_with = |text: &str, prefix: &str| {
             text.lines()

@@ -92,12 +92,13 @@ fn publish(publisher: &Cluster) {
     );
 }
 
-fn upgrade(pair: &Pair, mode: &str) {
+fn upgrade(pair: &Pair, mode: &str) -> Run {
     let mut words: Vec<OsString> = pair.dir_args();
     words.extend([mode.into(), "--json".into(), "-j".into(), "2".into()]);
     let run = pair.run(&words);
     crate::json_schema::validate(&run.events);
     assert_eq!(run.status, 0, "{}\n{}", run.stderr, run.stdout);
+    run
 }
 
 /// The publisher is upgraded (link mode): its slots are made again in the
@@ -148,7 +149,18 @@ fn a_publisher_upgraded_17_to_18_keeps_its_subscriber() {
     let before = capture(&pair.old, &pair.new.bindir);
     pair.old.stop();
 
-    upgrade(&pair, "--link");
+    let run = upgrade(&pair, "--link");
+    // A wrapper is told which slots were made again.
+    let told: Vec<&str> = run
+        .events_named("notice")
+        .into_iter()
+        .filter(|e| e["code"] == "logical_slots_recreated")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        told.len() == 1 && told[0].contains("\"sub\"") && told[0].contains("\"spare\""),
+        "{told:?}"
+    );
     pair.new.start();
     let after = capture(&pair.new, &pair.new.bindir);
     assert_same_state(&before, &after, (17, 18), "publisher 17 -> 18");

@@ -758,6 +758,14 @@ fn the_dump_is_given_locks_for_its_sequences_too() {
         "{}",
         run.stderr
     );
+    crate::json_schema::validate(&run.events);
+    assert!(
+        run.events_named("notice")
+            .iter()
+            .any(|e| e["code"] == "old_lock_table_raised"),
+        "{:?}",
+        run.events
+    );
 }
 
 /// Clusters whose local connections need a password (scram-sha-256 on the

@@ -93,9 +93,10 @@ impl<'a> Engine<'a> {
                 "{} -c max_locks_per_transaction={per_transaction}",
                 options.extra_options.unwrap_or_default()
             ));
-            self.printer.say(&format!(
-                "  the old server restarts with max_locks_per_transaction={per_transaction}: its databases have more tables than its lock table holds"
-            ));
+            self.printer.notice(
+                "old_lock_table_raised",
+                format!("the old server restarts with max_locks_per_transaction={per_transaction}: its databases have more tables than its lock table holds"),
+            );
             server = Server::start(&self.old_install, &self.old_dir, &options)
                 .map_err(|e| Failure::new(Code::ServerStartFailed, e))?;
         }

@@ -85,10 +85,13 @@ impl<'a> Engine<'a> {
             // -j was meant for this database: say why it did not help
             // where that cost time (the log of each database says it always).
             if let Some(reason) = serial.filter(|_| planned.objects >= SERIAL_WORTH_SAYING) {
-                printer.say(&format!(
-                    "  database \"{}\" was restored over one connection, not {workers}: {reason}",
-                    planned.database
-                ));
+                printer.notice(
+                    "restored_over_one_connection",
+                    format!(
+                        "database \"{}\" was restored over one connection, not {workers}: {reason}",
+                        planned.database
+                    ),
+                );
             }
             let restored = restored.fetch_add(1, Ordering::SeqCst) + 1;
             pgm_cluster::faults::point(|| format!("restore-schema:database:{restored}"));
@@ -183,15 +186,18 @@ impl<'a> Engine<'a> {
         }
         pgm_catalog::create_logical_slots(|db| server.connect(db), &self.logical_slots)
             .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
-        self.printer.say(&format!(
-            "  {} logical replication slots made again: {}",
-            self.logical_slots.len(),
-            self.logical_slots
-                .iter()
-                .map(|s| format!("\"{}\" ({})", s.name, s.database))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        self.printer.notice(
+            "logical_slots_recreated",
+            format!(
+                "{} logical replication slots made again: {}",
+                self.logical_slots.len(),
+                self.logical_slots
+                    .iter()
+                    .map(|s| format!("\"{}\" ({})", s.name, s.database))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
         if let Some(journal) = self.journal.as_mut() {
             journal
                 .record(Record::LogicalSlots {
@@ -218,15 +224,18 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
         pgm_catalog::create_physical_slots(&mut client, &self.physical_slots)
             .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
-        self.printer.say(&format!(
-            "  {} physical replication slots made again for the standbys: {}",
-            self.physical_slots.len(),
-            self.physical_slots
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        self.printer.notice(
+            "physical_slots_recreated",
+            format!(
+                "{} physical replication slots made again for the standbys: {}",
+                self.physical_slots.len(),
+                self.physical_slots
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
         Ok(())
     }
 }
