@@ -731,17 +731,19 @@ def markdown(report):
                   "files (14%). 0.35 of pg_upgrade's time is 38-40 s; with about 25 s for the restore at best and "
                   "the dump alone (pg_dump's own queries, as pg_upgrade's) above 5 s, a ratio of 0.35 needs more "
                   "CPUs than this machine's two, or less work per relation than pg_upgrade's server does.", "",
-                  "Measured by hand again on 2026-12-04, on a fresh machine of the same kind (journal-less ext4, "
-                  "single trials): pg-migrate 24-27 s in quiet runs (checks 1.5, dump 3.8-4.3, restore 16-19, "
-                  "link 1.0, sync 0.6), pg_upgrade 61 s: 0.40-0.44. Sampling /proc/stat every half second showed "
-                  "where CPU is left idle: during the dump one of the two CPUs (35-50% idle: pg_dump and one "
-                  "backend), at the restore's fence (every table defined before the first index: 10-20% idle for "
-                  "about a second) and in its last second; the checks and the rest of the restore keep both busy. "
-                  "A uprobe on RelationCacheInvalidate counted 255 full resets of the backends' caches during one "
-                  "restore over two connections (about one per transaction: a commit's invalidation messages "
-                  "overflow the shared queue, and a connection that has not read them yet is reset); 145 with 50 entries per "
-                  "transaction, 496 with 100, and no timing difference between these sizes that stood out of the "
-                  "noise, so the transaction size stays as pg_upgrade sizes it."]
+                  "Measured by hand again on 2026-12-04, a few runs each on another machine of this kind, on its own "
+                  "journal-less ext4 (not comparable with the XFS table above): pg-migrate 24-27 s in quiet runs "
+                  "(checks 1.5, dump 3.8-4.3, restore 16-19, link 1.0, sync 0.6), pg_upgrade 61 s: 0.39-0.44. "
+                  "Sampling /proc/stat every half second showed where CPU is left idle: during the dump, about one "
+                  "CPU of the two (35-50% idle: only pg_dump and its backend run), at the restore's fence (every "
+                  "table defined before the first index: 10-20% idle for about a second) and in the restore's last "
+                  "second; the checks and the rest of the restore keep both busy. A uprobe on "
+                  "RelationCacheInvalidate counted 255 full resets of the backends' caches during one restore over "
+                  "two connections at 500 entries per transaction (pg_upgrade's 1,000 over -j 2), about one per "
+                  "transaction: a commit's invalidation messages overflow the shared queue, and a connection that "
+                  "has not read them yet is reset. With 50 entries per transaction there were 145, with 100 there "
+                  "were 496, and no timing difference between these sizes stood out from the noise, so the "
+                  "transaction size stays as it is."]
     online = [(name, d["modes"]["online"]) for name, d in report["datasets"].items() if "online" in d["modes"]]
     if online:
         lines += ["", "## Online mode (prepare while the old server serves, cutover in the window)", "",

@@ -100,6 +100,17 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
             }
             Some(text)
         }
+        // As these lines read before they were events: a warning about the
+        // new cluster and a Patroni put-back stand alone, the rest belong
+        // to the step that is running.
+        Event::Notice {
+            code: "new_cluster_trusts_local",
+            message,
+        } => Some(format!("warning: {message}")),
+        Event::Notice {
+            code: "patroni_put_back",
+            message,
+        } => Some(message.clone()),
         Event::Notice { message, .. } => Some(format!("  {message}")),
         Event::ConfigChange {
             file,

@@ -835,4 +835,57 @@ mod schema_tests {
             "docs/events.schema.json is stale: pg-migrate generate event-schema > docs/events.schema.json"
         );
     }
+
+    /// Every notice code the sources emit is in docs/json-status.md's
+    /// table, and every code there is emitted somewhere: a wrapper may match
+    /// on them, including those no end-to-end test provokes.
+    #[test]
+    fn every_notice_code_is_documented_and_every_documented_one_is_used() {
+        use std::collections::BTreeSet;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut used = BTreeSet::new();
+        for entry in walkdir::WalkDir::new(root.join("src")) {
+            let entry = entry.unwrap();
+            if entry.path().extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            for (at, _) in text.match_indices("notice(") {
+                let rest = text[at + "notice(".len()..].trim_start();
+                // A code is snake_case (this test's own "notice(" is not one).
+                let code = rest
+                    .strip_prefix('"')
+                    .and_then(|quoted| quoted.split('"').next())
+                    .filter(|c| {
+                        !c.is_empty() && c.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    });
+                if let Some(code) = code {
+                    used.insert(code.to_string());
+                }
+            }
+        }
+        let docs = std::fs::read_to_string(root.join("docs/json-status.md")).unwrap();
+        let table = &docs[docs
+            .find("Notice codes:")
+            .expect("the table of notice codes")..];
+        let documented: BTreeSet<String> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|l| {
+                l.split('|')
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .trim_matches('`')
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            used.len() >= 8,
+            "notice codes found in the sources: {used:?}"
+        );
+        assert_eq!(used, documented);
+    }
 }
