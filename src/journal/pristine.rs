@@ -133,6 +133,12 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
             format!("{} is missing", pristine.display()),
         ));
     }
+    let saved_wal = dir(new_datadir).join(PRISTINE_WAL);
+    for archive in [&pristine, &saved_wal] {
+        if archive.is_file() {
+            refuse_holes(archive)?;
+        }
+    }
     let tblspc = new_datadir.join("pg_tblspc");
     if let Ok(entries) = std::fs::read_dir(&tblspc) {
         for entry in entries.flatten() {
@@ -148,7 +154,6 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
     clear_dir(new_datadir, &[DIR])?;
     unpack(&pristine, new_datadir)?;
     let mut roots = vec![new_datadir.to_path_buf()];
-    let saved_wal = dir(new_datadir).join(PRISTINE_WAL);
     if let (Some(wal), true) = (external_wal(new_datadir), saved_wal.is_file()) {
         clear_dir(&wal, &[])?;
         unpack(&saved_wal, &wal)?;
@@ -156,6 +161,25 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
     }
     // Durable before the journal says "reset".
     pgm_transfer::sync_tree(&roots, &HashSet::new(), 2, &|_| {}).map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Refuses, before anything is removed, an archive that holds a file as a
+/// map of holes: pg-migrate before 2026-12-04 let its archiver store a file
+/// whose block count read 0 during writeback so, and restoring it would put
+/// zeros in place of initdb's catalog. initdb writes no sparse file.
+fn refuse_holes(archive: &Path) -> std::io::Result<()> {
+    let mut reader = tar::Archive::new(std::io::BufReader::new(File::open(archive)?));
+    for entry in reader.entries()? {
+        let entry = entry?;
+        if entry.header().entry_type() == tar::EntryType::GNUSparse {
+            return Err(std::io::Error::other(format!(
+                "{} holds {} as holes only, not as the bytes initdb wrote (an earlier pg-migrate could save a file so while it was being written back)",
+                archive.display(),
+                entry.path()?.display()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -242,6 +266,30 @@ mod tests {
             }
         }
         assert!(seen, "the file is in the archive");
+    }
+
+    /// An archive an earlier pg-migrate wrote with a file as holes is
+    /// refused before the data directory is touched.
+    #[test]
+    fn an_archive_holding_a_file_as_holes_is_refused_and_nothing_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("base/1")).unwrap();
+        let holed = data.join("base/1/2656");
+        File::create(&holed).unwrap().set_len(16384).unwrap();
+        std::fs::create_dir_all(super::dir(&data)).unwrap();
+        // As the crate's default builder wrote it.
+        let mut old = tar::Builder::new(File::create(super::dir(&data).join(PRISTINE)).unwrap());
+        old.append_dir_all("base", data.join("base")).unwrap();
+        old.into_inner().unwrap();
+        std::fs::write(data.join("PG_VERSION"), b"18\n").unwrap();
+        let refused = restore_pristine(&data, "PG_18_1").unwrap_err().to_string();
+        assert!(
+            refused.contains("base/1/2656") && refused.contains("holes"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(data.join("PG_VERSION")).unwrap(), b"18\n");
+        assert!(holed.exists());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! signalled) and run again, a swap plan gone, pg-migrate killed anywhere in
 //! its first second, a new cluster with its WAL elsewhere, a supervisor
 //! restarting the old server during a copy-mode cutover, and the order of
-//! renames and fsyncs that makes each step durable before it is journalled.
+//! renames and fsyncs that makes each step durable before it is journalled,
+//! and a saved new cluster that an earlier pg-migrate stored with holes.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -707,4 +708,70 @@ fn a_revert_cut_short_does_not_excuse_a_new_cluster_started_after_it() {
     let refused = on_new(&pair, "revert");
     assert_eq!(refused.status, 4, "{}", refused.stderr);
     assert_eq!(refused.error()["code"], "new_cluster_has_run");
+}
+
+/// The saved new cluster, written by a pg-migrate whose archiver could store
+/// a file being written back as holes only: revert gives the old cluster
+/// back, refuses to put zeros into the new one, names the file and the
+/// remedy, and leaves the new cluster's files as they were.
+#[test]
+fn revert_refuses_a_saved_new_cluster_holding_a_file_as_holes() {
+    let Some((mut pair, before)) = seeded() else {
+        return;
+    };
+    killed_at(&pair, "--link", "after:dump-old");
+    let archive = pair.new.datadir.join("pg_migrate.d/pristine.tar");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&archive).unwrap());
+    // The same archive, but global/1260 (pg_authid) stored as the crate's
+    // default builder stores a file whose block count reads 0.
+    let holed = pair.sandbox.path().join("holed");
+    let rewritten = pair.sandbox.path().join("rewritten.tar");
+    {
+        let mut reader = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+        let mut writer = tar::Builder::new(std::fs::File::create(&rewritten).unwrap());
+        for entry in reader.entries().unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            if path == Path::new("global/1260") {
+                std::fs::File::create(&holed)
+                    .unwrap()
+                    .set_len(entry.header().size().unwrap())
+                    .unwrap();
+                writer.append_path_with_name(&holed, &path).unwrap();
+            } else {
+                let header = entry.header().clone();
+                writer.append(&header, entry).unwrap();
+            }
+        }
+        writer.into_inner().unwrap();
+    }
+    std::fs::rename(&rewritten, &archive).unwrap();
+    std::os::unix::fs::chown(&archive, Some(owner), None).unwrap();
+    let (_, new_before) = pair.snapshots();
+    let refused = on_new(&pair, "revert");
+    crate::json_schema::validate(&refused.events);
+    assert_ne!(refused.status, 0, "{}", refused.stderr);
+    let error = refused.error();
+    assert_eq!(error["code"], "reset_failed", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("global/1260") && message.contains("holes"),
+        "{error}"
+    );
+    assert!(
+        error["remedy"].as_str().unwrap().contains("initdb"),
+        "{error}"
+    );
+    let outside_journal = |tree: pgm_testkit::TreeSnapshot| -> pgm_testkit::TreeSnapshot {
+        tree.into_iter()
+            .filter(|(path, _)| !path.starts_with("pg_migrate.d"))
+            .collect()
+    };
+    let (_, new_after) = pair.snapshots();
+    assert_same_tree(
+        &outside_journal(new_before),
+        &outside_journal(new_after),
+        "new cluster after the refused reset",
+    );
+    assert_same_state(&before, &old_state_now(&mut pair), (18, 18), "old cluster");
 }
