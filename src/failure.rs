@@ -340,23 +340,7 @@ mod tests {
     /// The codes and the documented table are the same set, both ways.
     #[test]
     fn every_code_is_documented_and_every_documented_code_exists() {
-        let doc = include_str!("../docs/json-status.md");
-        let table = &doc[doc.find("Error codes:").expect("the error code table")..];
-        let documented: std::collections::BTreeSet<String> = table
-            .lines()
-            .skip_while(|l| !l.starts_with('|'))
-            .take_while(|l| l.starts_with('|'))
-            .skip(2)
-            .flat_map(|l| {
-                l.split('|')
-                    .nth(1)
-                    .unwrap_or("")
-                    .split(',')
-                    .map(|c| c.trim().trim_matches('`').to_string())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|c| !c.is_empty())
-            .collect();
+        let documented = crate::output::documented_codes("Error codes:");
         let ours: std::collections::BTreeSet<String> =
             Code::ALL.iter().map(|c| c.as_str().to_string()).collect();
         assert_eq!(ours, documented);

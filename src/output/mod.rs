@@ -822,6 +822,31 @@ fn log_named_in(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The codes in the first column of the table that follows `marker` in
+/// docs/json-status.md (several to a row, comma-separated).
+#[cfg(test)]
+pub(crate) fn documented_codes(marker: &str) -> std::collections::BTreeSet<String> {
+    let doc = include_str!("../../docs/json-status.md");
+    let table = &doc[doc
+        .find(marker)
+        .unwrap_or_else(|| panic!("docs/json-status.md has no {marker}"))..];
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .flat_map(|l| {
+            l.split('|')
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod schema_tests {
     /// The published schema is the one the event types make: it cannot
@@ -864,24 +889,7 @@ mod schema_tests {
                 }
             }
         }
-        let docs = std::fs::read_to_string(root.join("docs/json-status.md")).unwrap();
-        let table = &docs[docs
-            .find("Notice codes:")
-            .expect("the table of notice codes")..];
-        let documented: BTreeSet<String> = table
-            .lines()
-            .skip_while(|l| !l.starts_with('|'))
-            .take_while(|l| l.starts_with('|'))
-            .skip(2)
-            .map(|l| {
-                l.split('|')
-                    .nth(1)
-                    .unwrap()
-                    .trim()
-                    .trim_matches('`')
-                    .to_string()
-            })
-            .collect();
+        let documented = super::documented_codes("Notice codes:");
         assert!(
             used.len() >= 8,
             "notice codes found in the sources: {used:?}"
