@@ -128,6 +128,19 @@ fn bed_of(old: u32, rich: bool) -> Option<Bed> {
         standby.start();
         standbys.push(standby);
     }
+    // Both stream before any test goes on: a primary stopped while a
+    // standby still connects refuses it ("shutting down"), and that standby
+    // never receives the shutdown checkpoint.
+    wait_for("both standbys to stream from the primary", || {
+        pair.old
+            .client("postgres")
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .map(|r| r.get::<_, i64>(0) == 2)
+            .unwrap_or(false)
+    });
     Some(Bed {
         pair,
         standbys,
