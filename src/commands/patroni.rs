@@ -314,7 +314,7 @@ fn report(
             ],
         ),
         Outcome::PutBack { message } if resuming => {
-            printer.notice("patroni_put_back", message);
+            printer.notice(crate::output::NoticeCode::PatroniPutBack, message);
             (
                 exit::SUCCESS,
                 RunResult::Reverted,

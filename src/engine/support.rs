@@ -20,7 +20,7 @@ pub fn initdb_auth(printer: &Printer, user: &str) -> Vec<String> {
         ];
     }
     printer.notice(
-        "new_cluster_trusts_local",
+        crate::output::NoticeCode::NewClusterTrustsLocal,
         format!("the new cluster's pg_hba.conf trusts local connections, because the install user \"{user}\" is not this OS user; review it before starting the server"),
     );
     vec!["--auth=trust".to_string()]

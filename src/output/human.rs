@@ -104,11 +104,11 @@ pub(super) fn human(event: &Event, repeated_skip: bool) -> Option<String> {
         // new cluster and a Patroni put-back stand alone, the rest belong
         // to the step that is running.
         Event::Notice {
-            code: "new_cluster_trusts_local",
+            code: NoticeCode::NewClusterTrustsLocal,
             message,
         } => Some(format!("warning: {message}")),
         Event::Notice {
-            code: "patroni_put_back",
+            code: NoticeCode::PatroniPutBack,
             message,
         } => Some(message.clone()),
         Event::Notice { message, .. } => Some(format!("  {message}")),

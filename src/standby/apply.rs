@@ -613,7 +613,7 @@ fn configure(applied: &Applied, printer: &Printer) -> Result<(), Failure> {
         let from = old.join(name);
         let Ok(text) = std::fs::read_to_string(&from) else {
             if name == "postgresql.conf" {
-                printer.notice("standby_config_elsewhere", "the standby keeps its postgresql.conf elsewhere: the new standby has the new primary's; set it up as the old one was (primary_conninfo, primary_slot_name)".into());
+                printer.notice(crate::output::NoticeCode::StandbyConfigElsewhere, "the standby keeps its postgresql.conf elsewhere: the new standby has the new primary's; set it up as the old one was (primary_conninfo, primary_slot_name)".into());
             }
             continue;
         };
@@ -649,7 +649,7 @@ fn carry_recovery_conf(applied: &Applied, printer: &Printer) -> Result<(), Failu
     let text = match std::fs::read_to_string(&from) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            printer.notice("standby_without_recovery_conf", "the old standby has no recovery.conf: the new one is a standby (standby.signal) that finds its primary only if its configuration names it (primary_conninfo)".into());
+            printer.notice(crate::output::NoticeCode::StandbyWithoutRecoveryConf, "the old standby has no recovery.conf: the new one is a standby (standby.signal) that finds its primary only if its configuration names it (primary_conninfo)".into());
             return Ok(());
         }
         Err(e) => return Err(io("configure", &from, e)),

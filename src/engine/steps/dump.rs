@@ -94,7 +94,7 @@ impl<'a> Engine<'a> {
                 options.extra_options.unwrap_or_default()
             ));
             self.printer.notice(
-                "old_lock_table_raised",
+                crate::output::NoticeCode::OldLockTableRaised,
                 format!("the old server restarts with max_locks_per_transaction={per_transaction}: its databases have more tables than its lock table holds"),
             );
             server = Server::start(&self.old_install, &self.old_dir, &options)

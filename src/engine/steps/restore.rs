@@ -86,7 +86,7 @@ impl<'a> Engine<'a> {
             // where that cost time (the log of each database says it always).
             if let Some(reason) = serial.filter(|_| planned.objects >= SERIAL_WORTH_SAYING) {
                 printer.notice(
-                    "restored_over_one_connection",
+                    crate::output::NoticeCode::RestoredOverOneConnection,
                     format!(
                         "database \"{}\" was restored over one connection, not {workers}: {reason}",
                         planned.database
@@ -187,7 +187,7 @@ impl<'a> Engine<'a> {
         pgm_catalog::create_logical_slots(|db| server.connect(db), &self.logical_slots)
             .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
         self.printer.notice(
-            "logical_slots_recreated",
+            crate::output::NoticeCode::LogicalSlotsRecreated,
             format!(
                 "{} logical replication slots made again: {}",
                 self.logical_slots.len(),
@@ -225,7 +225,7 @@ impl<'a> Engine<'a> {
         pgm_catalog::create_physical_slots(&mut client, &self.physical_slots)
             .map_err(|e| Failure::new(Code::SlotsFailed, e))?;
         self.printer.notice(
-            "physical_slots_recreated",
+            crate::output::NoticeCode::PhysicalSlotsRecreated,
             format!(
                 "{} physical replication slots made again for the standbys: {}",
                 self.physical_slots.len(),
