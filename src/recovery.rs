@@ -333,13 +333,15 @@ pub fn reset_new_cluster(settings: &Settings) -> Result<(), Failure> {
     let version_dir = new_tablespace_dir(settings)
         .ok_or_else(|| refusal("its pg_control cannot be read".into()))?;
     let mut journal = Journal::open(settings.new_datadir()).map_err(|e| refusal(e.to_string()))?;
-    // From here the new cluster changes by pg-migrate's hand (a revert
-    // cut short in it must not take that for a stranger's start).
-    journal
-        .record(Record::ResetStarted)
-        .map_err(|e| refusal(e.to_string()))?;
-    journal::restore_pristine(settings.new_datadir(), &version_dir)
-        .map_err(|e| refusal(e.to_string()))?;
+    // Once the saved copy is found whole, the new cluster changes by
+    // pg-migrate's hand (a revert cut short in it must not take that for a
+    // stranger's start); a refused copy leaves the journal as it was.
+    journal::restore_pristine(settings.new_datadir(), &version_dir, || {
+        journal
+            .record(Record::ResetStarted)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(|e| refusal(e.to_string()))?;
     journal
         .record(Record::Reset)
         .map_err(|e| refusal(e.to_string()))?;

@@ -123,10 +123,14 @@ pub fn remove_staged_copies(new_datadir: &Path) {
 /// Returns the new cluster to its pristine state: every new-version directory
 /// it made in a tablespace, and everything in the data directory but
 /// `pg_migrate.d`, is removed; the saved copy is put back (an external WAL
-/// directory's contents too) and made durable.
-pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std::io::Result<()> {
+/// directory's contents too) and made durable. The saved copy is checked
+/// first; `before_changing` runs once it passed, before anything is removed.
+pub fn restore_pristine(
+    new_datadir: &Path,
+    tablespace_version_dir: &str,
+    before_changing: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let pristine = dir(new_datadir).join(PRISTINE);
-    remove_staged_copies(new_datadir);
     if !pristine.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -139,6 +143,8 @@ pub fn restore_pristine(new_datadir: &Path, tablespace_version_dir: &str) -> std
             refuse_holes(archive)?;
         }
     }
+    before_changing()?;
+    remove_staged_copies(new_datadir);
     let tblspc = new_datadir.join("pg_tblspc");
     if let Ok(entries) = std::fs::read_dir(&tblspc) {
         for entry in entries.flatten() {
@@ -224,7 +230,7 @@ mod tests {
         // pg_resetwal of the upgrade: its segment goes, another comes.
         std::fs::remove_file(wal.join("000000010000000000000001")).unwrap();
         std::fs::write(wal.join("0000000100000000000000A0"), b"upgrade's").unwrap();
-        restore_pristine(&data, "PG_18_1").unwrap();
+        restore_pristine(&data, "PG_18_1", || Ok(())).unwrap();
         assert_eq!(
             std::fs::read(wal.join("000000010000000000000001")).unwrap(),
             b"initdb's"
@@ -283,7 +289,9 @@ mod tests {
         old.append_dir_all("base", data.join("base")).unwrap();
         old.into_inner().unwrap();
         std::fs::write(data.join("PG_VERSION"), b"18\n").unwrap();
-        let refused = restore_pristine(&data, "PG_18_1").unwrap_err().to_string();
+        let refused = restore_pristine(&data, "PG_18_1", || Ok(()))
+            .unwrap_err()
+            .to_string();
         assert!(
             refused.contains("base/1/2656") && refused.contains("holes"),
             "{refused}"
@@ -312,7 +320,7 @@ mod tests {
         save_pristine(&data).unwrap();
         std::fs::write(data.join("base/1/1259"), b"changed").unwrap();
         std::fs::write(data.join("base/1/16384"), b"restored table").unwrap();
-        restore_pristine(&data, "PG_18_1").unwrap();
+        restore_pristine(&data, "PG_18_1", || Ok(())).unwrap();
         assert_eq!(std::fs::read(data.join("base/1/1259")).unwrap(), b"catalog");
         assert!(!data.join("base/1/16384").exists());
         assert_eq!(mode(&data.join("base/1")), 0o750);

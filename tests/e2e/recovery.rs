@@ -773,5 +773,9 @@ fn revert_refuses_a_saved_new_cluster_holding_a_file_as_holes() {
         &outside_journal(new_after),
         "new cluster after the refused reset",
     );
+    // Nor does the journal say a reset began.
+    let journal =
+        std::fs::read_to_string(pair.new.datadir.join("pg_migrate.d/journal.ndjson")).unwrap();
+    assert!(!journal.contains("\"reset_started\""), "{journal}");
     assert_same_state(&before, &old_state_now(&mut pair), (18, 18), "old cluster");
 }
