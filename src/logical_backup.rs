@@ -25,6 +25,10 @@ pub struct Work<'a> {
     pub step: &'static str,
     pub jobs: usize,
     pub log_dir: &'a Path,
+    /// A backup of a server others may be using: each database is dumped
+    /// over one connection (pg_dump's parallel workers would give up on a
+    /// table another session wants to lock).
+    pub shared_server: bool,
 }
 
 /// Backs up the cluster `server` serves (data directory `datadir`) into
@@ -77,28 +81,49 @@ pub fn write(
     .map_err(fail)?;
     let globals = catalog::describe_file(&partial, catalog::GLOBALS_FILE).map_err(fail)?;
     let meter = printer.meter(step, facts.databases.len() as u64, "databases");
-    let indexed: Vec<(usize, &String)> = facts.databases.iter().enumerate().collect();
-    let databases = parallel(&indexed, jobs, |(index, name)| {
-        let file = catalog::database_file(*index);
+    let dump = |index: usize, connections: usize| -> Result<BackupDatabase, Failure> {
+        let file = catalog::database_file(index);
+        let name = &facts.databases[index];
         catalog::dump_database_for_backup(
             tools,
             &conn,
             name,
             &partial.join(&file),
             &log_dir.join(format!("backup-{}.log", file.trim_end_matches(".dump"))),
+            connections,
         )
         .map_err(fail)?;
-        let dump = catalog::describe_file(&partial, &file).map_err(fail)?;
+        let (dump, files) = if connections > 1 {
+            catalog::describe_directory(&partial, &file).map_err(fail)?
+        } else {
+            (
+                catalog::describe_file(&partial, &file).map_err(fail)?,
+                Vec::new(),
+            )
+        };
         meter.add(1, dump.bytes);
         pgm_cluster::faults::point(|| format!("backup:database:{}", index + 1));
         Ok(BackupDatabase {
-            name: (*name).clone(),
+            name: name.clone(),
             dump,
+            files,
         })
-    })?;
+    };
+    // On a server nobody else uses, the largest database comes last, alone,
+    // over every connection (as its restore does): -j across databases does
+    // nothing for a cluster whose data is in one of them.
+    let mut indexes: Vec<usize> = (0..facts.databases.len()).collect();
+    let largest = match (0..indexes.len()).max_by_key(|&i| facts.database_bytes[i]) {
+        Some(at) if jobs > 1 && !work.shared_server => Some(indexes.remove(at)),
+        _ => None,
+    };
+    let mut databases = parallel(&indexes, jobs, |&index| dump(index, 1))?;
+    if let Some(index) = largest {
+        databases.insert(index, dump(index, jobs)?);
+    }
     meter.finish();
     let manifest = Manifest {
-        format: catalog::MANIFEST_FORMAT,
+        format: Manifest::format_for(&databases),
         created_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

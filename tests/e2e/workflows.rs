@@ -191,10 +191,26 @@ fn backup_then_restore_into_the_same_and_a_newer_major() {
     );
     pair.new.stop();
 
-    // A second backup moves the first aside, whole.
+    // A second backup, of the running server, moves the first aside, whole.
     let first = manifest(&dir);
+    pair.old.start();
     let run = backup(&pair, &pair.old, &dir, &[]);
+    pair.old.stop();
     assert_eq!(run.status, 0, "{}", run.stderr);
+    // A server others may use is dumped over one connection per database:
+    // pg_dump's parallel workers give up on a table another session wants
+    // to lock. The first, of a server pg-migrate started, was not.
+    assert_eq!(first["format"], 2, "{first}");
+    let live = manifest(&dir);
+    assert_eq!(live["format"], 1, "{live}");
+    assert!(
+        live["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d.get("files").is_none()),
+        "{live}"
+    );
     let aside = pair.sandbox.path().join("backup.old");
     assert_eq!(
         run.summary()["backup"]["moved_aside"],
@@ -233,16 +249,46 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
     let run = restore(&pair, &require(15).unwrap(), &target, &dir, &[]);
     refused(&run, "backup_too_new", "PostgreSQL 17");
 
-    // One byte changed in a database's dump (same size).
-    let damaged = pair.sandbox.path().join("damaged");
-    copy_dir(&dir, &damaged);
-    let file = damaged.join("database-0003.dump");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x20;
-    std::fs::write(&file, bytes).unwrap();
-    let run = restore(&pair, &pair.new.bindir, &target, &damaged, &[]);
-    refused(&run, "backup_unusable", "database-0003.dump is damaged");
+    // One byte changed (same size) in a database's dump: a custom-format
+    // file, and a file of the largest database's directory (-j 2 dumped it
+    // in pg_dump's directory format).
+    let written = manifest(&dir);
+    assert_eq!(written["format"], 2, "{written}");
+    let directory = written["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d.get("files").is_some())
+        .unwrap_or_else(|| panic!("no database dumped as a directory: {written}"));
+    let largest = directory["dump"]["file"].as_str().unwrap();
+    let table_data = directory["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .find(|f| f.ends_with(".dat.gz") || f.ends_with(".dat"))
+        .unwrap_or_else(|| panic!("no table data in {directory}"));
+    let a_file = written["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d.get("files").is_none())
+        .unwrap()["dump"]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for file in [a_file, format!("{largest}/{table_data}")] {
+        let damaged = pair.sandbox.path().join("damaged");
+        let _ = std::fs::remove_dir_all(&damaged);
+        copy_dir(&dir, &damaged);
+        let path = damaged.join(&file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+        let run = restore(&pair, &pair.new.bindir, &target, &damaged, &[]);
+        refused(&run, "backup_unusable", &format!("{file} is damaged"));
+    }
 
     // A missing file, into an existing cluster that must stay as it was.
     let missing = pair.sandbox.path().join("missing");
@@ -312,7 +358,11 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
     let status = std::process::Command::new("chown")
         .arg("-R")
@@ -1328,6 +1378,38 @@ fn dump_and_reload_killed_resumes_or_reverts() {
         .filter(|(_, text, _)| text.contains("--jobs=2") && text.contains("launching item"))
         .map(|(path, _, _)| name(path))
         .collect();
+    // The largest database was also dumped over 2 connections (pg_dump's
+    // directory format), the others each over one, into a file.
+    assert_eq!(written["format"], 2, "{written}");
+    let directories: Vec<&str> = written["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d.get("files").is_some())
+        .map(|d| d["dump"]["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(directories.len(), 1, "{written}");
+    let dumped_in_parallel: Vec<String> = walk(pair.sandbox.path())
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("backup-database-"))
+        })
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            text.contains("--format=directory") && text.contains("--jobs=2")
+        })
+        .map(|p| name(&p))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        dumped_in_parallel,
+        vec![format!(
+            "backup-{}.log",
+            directories[0].trim_end_matches(".dump")
+        )]
+    );
     let expected = format!("restore-{largest}.log");
     assert_eq!(
         parallel,

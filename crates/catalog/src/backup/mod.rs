@@ -1,6 +1,7 @@
 //! Logical backups of a whole cluster, and their restore into a fresh one:
 //! roles and tablespaces (`pg_dumpall --globals-only`), then one
-//! `pg_dump --format=custom` per database, into a directory with a manifest
+//! `pg_dump --format=custom` per database (`--format=directory` for one
+//! dumped over several connections), into a directory with a manifest
 //! (versions, databases, sizes, the SHA-256 of every file).
 //!
 //! The manifest is written last, after every file is on disk: a directory
@@ -22,6 +23,11 @@ use pgm_cluster::server::Endpoint;
 pub const MANIFEST: &str = "manifest.json";
 /// Raised when the manifest changes incompatibly.
 pub const MANIFEST_FORMAT: u32 = 1;
+/// A manifest that lists a dump in pg_dump's directory format: a
+/// pg-migrate that reads only format 1 would take the directory for a
+/// damaged file, so such a backup says it needs a newer reader. One
+/// without writes format 1, which every pg-migrate reads.
+pub const MANIFEST_FORMAT_DIRECTORIES: u32 = 2;
 pub const GLOBALS_FILE: &str = "globals.sql";
 
 /// One file of a backup.
@@ -36,7 +42,25 @@ pub struct BackupFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupDatabase {
     pub name: String,
+    /// The dump: a file in pg_dump's custom format, or, when `files` is
+    /// not empty, a directory in its directory format (then `bytes` is
+    /// its files' total and `sha256` that of their list, see
+    /// [`directory_digest`]).
     pub dump: BackupFile,
+    /// A directory dump's files, by name inside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<BackupFile>,
+}
+
+impl BackupDatabase {
+    /// The manifest format this entry needs.
+    pub fn format(&self) -> u32 {
+        if self.files.is_empty() {
+            MANIFEST_FORMAT
+        } else {
+            MANIFEST_FORMAT_DIRECTORIES
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +103,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The lowest format that describes these databases.
+    pub fn format_for(databases: &[BackupDatabase]) -> u32 {
+        databases
+            .iter()
+            .map(BackupDatabase::format)
+            .max()
+            .unwrap_or(MANIFEST_FORMAT)
+    }
+
     pub fn bytes(&self) -> u64 {
         self.globals.bytes + self.databases.iter().map(|d| d.dump.bytes).sum::<u64>()
     }
@@ -214,6 +247,8 @@ pub struct SourceFacts {
     pub tablespaces: Vec<BackupTablespace>,
     /// Databases that accept connections (template0 never changes).
     pub databases: Vec<String>,
+    /// Their sizes on disk (`pg_database_size`), in the same order.
+    pub database_bytes: Vec<u64>,
     /// Other databases that do not: pg_dump cannot reach them.
     pub unconnectable: Vec<String>,
 }
@@ -278,10 +313,13 @@ pub fn source_facts(client: &mut postgres::Client) -> Result<SourceFacts, Error>
         })
         .collect();
     let mut databases = Vec::new();
+    let mut database_bytes = Vec::new();
     let mut unconnectable = Vec::new();
     for row in client
         .query(
-            "SELECT datname::text, datallowconn FROM pg_catalog.pg_database
+            "SELECT datname::text, datallowconn,
+                    CASE WHEN datallowconn THEN pg_catalog.pg_database_size(oid) END
+               FROM pg_catalog.pg_database
               WHERE datname <> 'template0' ORDER BY oid",
             &[],
         )
@@ -290,6 +328,7 @@ pub fn source_facts(client: &mut postgres::Client) -> Result<SourceFacts, Error>
         let (name, allowed): (String, bool) = (row.get(0), row.get(1));
         if allowed {
             databases.push(name);
+            database_bytes.push(row.get::<_, Option<i64>>(2).unwrap_or(0).max(0) as u64);
         } else {
             unconnectable.push(name);
         }
@@ -301,6 +340,7 @@ pub fn source_facts(client: &mut postgres::Client) -> Result<SourceFacts, Error>
         template0,
         tablespaces,
         databases,
+        database_bytes,
         unconnectable,
     })
 }
@@ -343,17 +383,28 @@ pub fn dump_globals_for_backup(
     )
 }
 
-/// `pg_dump --format=custom` of one whole database into `out`.
+/// `pg_dump` of one whole database into `out`: a file in the custom
+/// format, or over `jobs` connections (above 1) a directory in the
+/// directory format, the only one pg_dump writes in parallel. Its workers
+/// take each table's lock without waiting and give up when another session
+/// asked for a conflicting one meanwhile: only for a server nobody else uses.
 pub fn dump_database_for_backup(
     tools: &Installation,
     conn: &Endpoint,
     database: &str,
     out: &Path,
     log: &Path,
+    jobs: usize,
 ) -> Result<(), Error> {
+    let format: &[String] = if jobs > 1 {
+        &["--format=directory".into(), format!("--jobs={jobs}")]
+    } else {
+        &["--format=custom".into()]
+    };
     let command = client(tools, Tool::PgDump)?
         .args(conn.args())
-        .args(["--format=custom", "--no-sync", "--verbose"])
+        .args(format)
+        .args(["--no-sync", "--verbose"])
         .arg(format!("--file={}", out.display()))
         .arg(dbname_conninfo(database));
     run_logged(
@@ -375,6 +426,53 @@ pub fn describe_file(dir: &Path, name: &str) -> Result<BackupFile, Error> {
         bytes,
         sha256,
     })
+}
+
+/// A directory dump `name` in `dir` described, after fsyncing each of its
+/// files and itself: the whole (see [`BackupDatabase::dump`]) and each file.
+pub fn describe_directory(dir: &Path, name: &str) -> Result<(BackupFile, Vec<BackupFile>), Error> {
+    let path = dir.join(name);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
+        let entry = entry.map_err(|e| Error::io(&path, e))?;
+        let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+        if !kind.is_file() {
+            // pg_dump's directory format is flat: anything else is not its.
+            return Err(Error::Inconsistent(format!(
+                "{} is not a file of a pg_dump directory",
+                entry.path().display()
+            )));
+        }
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    let files = names
+        .iter()
+        .map(|file| describe_file(&path, file))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::File::open(&path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(&path, e))?;
+    let whole = BackupFile {
+        file: name.to_string(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
+        sha256: directory_digest(&files),
+    };
+    Ok((whole, files))
+}
+
+/// A directory dump's SHA-256: that of its list of files, one line each
+/// as `sha256sum` prints them (`<sha256>  <name>`), in the order listed.
+pub fn directory_digest(files: &[BackupFile]) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(format!("{}  {}\n", file.sha256, file.file));
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn sha256_of(file: &mut impl Read) -> std::io::Result<(u64, String)> {
@@ -422,53 +520,89 @@ pub fn verify_backup(dir: &Path) -> Result<Manifest, Error> {
     };
     let manifest: Manifest = serde_json::from_slice(&text)
         .map_err(|e| Error::BackupManifestUnreadable(e.to_string()))?;
-    if manifest.format != MANIFEST_FORMAT {
+    if !(MANIFEST_FORMAT..=MANIFEST_FORMAT_DIRECTORIES).contains(&manifest.format) {
         return Err(Error::BackupManifestUnreadable(format!(
-            "format {} (this pg-migrate reads format {MANIFEST_FORMAT})",
+            "format {} (this pg-migrate reads formats {MANIFEST_FORMAT} to {MANIFEST_FORMAT_DIRECTORIES})",
             manifest.format
         )));
     }
-    let files =
-        std::iter::once(&manifest.globals).chain(manifest.databases.iter().map(|d| &d.dump));
-    for expected in files {
-        // A name from the manifest must stay inside the backup directory.
-        if expected.file.contains('/') || expected.file.starts_with('.') {
+    check_file(dir, "", &manifest.globals)?;
+    for database in &manifest.databases {
+        if database.format() > manifest.format {
             return Err(Error::BackupManifestUnreadable(format!(
-                "it names the file {:?}",
-                expected.file
+                "it is of format {} but lists {} as a directory",
+                manifest.format, database.dump.file
             )));
         }
-        let path = dir.join(&expected.file);
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::BackupFileMissing(expected.file.clone()))
-            }
-            Err(e) => {
-                return Err(Error::BackupFileDamaged {
-                    file: expected.file.clone(),
-                    detail: e.to_string(),
-                })
-            }
-        };
-        let (bytes, sha256) = sha256_of(&mut file).map_err(|e| Error::BackupFileDamaged {
-            file: expected.file.clone(),
-            detail: e.to_string(),
-        })?;
-        if bytes != expected.bytes {
-            return Err(Error::BackupFileDamaged {
-                file: expected.file.clone(),
-                detail: format!("{bytes} bytes where the manifest says {}", expected.bytes),
-            });
+        if database.files.is_empty() {
+            check_file(dir, "", &database.dump)?;
+            continue;
         }
-        if sha256 != expected.sha256 {
-            return Err(Error::BackupFileDamaged {
-                file: expected.file.clone(),
-                detail: "its SHA-256 differs from the manifest's".into(),
-            });
+        check_plain_name(&database.dump.file)?;
+        let inside = dir.join(&database.dump.file);
+        let shown = format!("{}/", database.dump.file);
+        for file in &database.files {
+            check_file(&inside, &shown, file)?;
+        }
+        // The list itself must be the one described (a line removed from
+        // the manifest would leave a dump pg_restore cannot finish).
+        let total: u64 = database.files.iter().map(|f| f.bytes).sum();
+        if total != database.dump.bytes || directory_digest(&database.files) != database.dump.sha256
+        {
+            return Err(Error::BackupManifestUnreadable(format!(
+                "its list of the files of {} differs from its size or SHA-256",
+                database.dump.file
+            )));
         }
     }
     Ok(manifest)
+}
+
+/// A name from the manifest must stay inside the directory it is in.
+fn check_plain_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::BackupManifestUnreadable(format!(
+            "it names the file {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// One file of the backup, in `dir`, against the manifest (named in
+/// errors after `shown`, the directory dump it is in, if any).
+fn check_file(dir: &Path, shown: &str, expected: &BackupFile) -> Result<(), Error> {
+    check_plain_name(&expected.file)?;
+    let name = format!("{shown}{}", expected.file);
+    let path = dir.join(&expected.file);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BackupFileMissing(name))
+        }
+        Err(e) => {
+            return Err(Error::BackupFileDamaged {
+                file: name,
+                detail: e.to_string(),
+            })
+        }
+    };
+    let (bytes, sha256) = sha256_of(&mut file).map_err(|e| Error::BackupFileDamaged {
+        file: name.clone(),
+        detail: e.to_string(),
+    })?;
+    if bytes != expected.bytes {
+        return Err(Error::BackupFileDamaged {
+            file: name,
+            detail: format!("{bytes} bytes where the manifest says {}", expected.bytes),
+        });
+    }
+    if sha256 != expected.sha256 {
+        return Err(Error::BackupFileDamaged {
+            file: name,
+            detail: "its SHA-256 differs from the manifest's".into(),
+        });
+    }
+    Ok(())
 }
 
 mod restore;

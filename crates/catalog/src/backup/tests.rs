@@ -29,6 +29,7 @@ fn manifest(dir: &Path) -> Manifest {
         databases: vec![BackupDatabase {
             name: "app".into(),
             dump: describe_file(dir, &database_file(0)).unwrap(),
+            files: Vec::new(),
         }],
         tablespaces: Vec::new(),
     }
@@ -64,6 +65,85 @@ fn a_backup_is_verified_file_by_file() {
     assert!(matches!(
         verify_backup(dir.path()),
         Err(Error::BackupManifestUnreadable(_))
+    ));
+}
+
+#[test]
+fn a_directory_dump_is_verified_file_by_file_and_needs_format_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manifest(dir.path());
+    let inside = dir.path().join(database_file(1));
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::write(inside.join("toc.dat"), b"table of contents").unwrap();
+    std::fs::write(inside.join("3456.dat.gz"), b"rows").unwrap();
+    let (dump, files) = describe_directory(dir.path(), &database_file(1)).unwrap();
+    assert_eq!(dump.bytes, 21);
+    assert_eq!(
+        files.iter().map(|f| f.file.as_str()).collect::<Vec<_>>(),
+        ["3456.dat.gz", "toc.dat"]
+    );
+    m.databases.push(BackupDatabase {
+        name: "big".into(),
+        dump,
+        files,
+    });
+    assert_eq!(
+        Manifest::format_for(&m.databases),
+        MANIFEST_FORMAT_DIRECTORIES
+    );
+    m.format = Manifest::format_for(&m.databases);
+    write_manifest(dir.path(), &m).unwrap();
+    assert_eq!(verify_backup(dir.path()).unwrap(), m);
+    let shown = |file: &str| format!("{}/{file}", database_file(1));
+
+    // A format-1 manifest cannot hold a directory (an older pg-migrate
+    // would take it for a damaged file).
+    let mut old = m.clone();
+    old.format = MANIFEST_FORMAT;
+    write_manifest(dir.path(), &old).unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupManifestUnreadable(ref why)) if why.contains("directory")
+    ));
+    // A file left out of the list no longer matches the whole's digest.
+    let mut shortened = m.clone();
+    shortened.databases[1].files.remove(0);
+    write_manifest(dir.path(), &shortened).unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupManifestUnreadable(ref why)) if why.contains("list")
+    ));
+    // A name that leaves the dump's directory.
+    let mut escaping = m.clone();
+    escaping.databases[1].files[0].file = "../globals.sql".into();
+    write_manifest(dir.path(), &escaping).unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupManifestUnreadable(ref why)) if why.contains("../globals.sql")
+    ));
+
+    write_manifest(dir.path(), &m).unwrap();
+    std::fs::write(inside.join("3456.dat.gz"), b"rowz").unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupFileDamaged { ref file, .. }) if *file == shown("3456.dat.gz")
+    ));
+    std::fs::remove_file(inside.join("toc.dat")).unwrap();
+    std::fs::write(inside.join("3456.dat.gz"), b"rows").unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupFileMissing(ref file)) if *file == shown("toc.dat")
+    ));
+    // Anything but files in it is not pg_dump's.
+    std::fs::create_dir(inside.join("sub")).unwrap();
+    assert!(describe_directory(dir.path(), &database_file(1)).is_err());
+    // A format this pg-migrate does not know.
+    let mut newer = m.clone();
+    newer.format = MANIFEST_FORMAT_DIRECTORIES + 1;
+    write_manifest(dir.path(), &newer).unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupManifestUnreadable(ref why)) if why.contains("format 3")
     ));
 }
 
