@@ -35,6 +35,12 @@ impl NoticeCode {
         NoticeCode::PatroniPutBack,
     ];
 
+    /// The code a `notice` event names (as another pg-migrate's output
+    /// gives it), if it is one of these.
+    pub fn parse(code: &str) -> Option<NoticeCode> {
+        NoticeCode::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NoticeCode::NewClusterTrustsLocal => "new_cluster_trusts_local",
@@ -79,5 +85,24 @@ mod tests {
             .map(|c| c.as_str().to_string())
             .collect();
         assert_eq!(ours, crate::output::documented_codes("Notice codes:"));
+    }
+
+    /// Another pg-migrate's notice (the leader's upgrade under `patroni`)
+    /// is read back as the code it names, and only a known one.
+    #[test]
+    fn a_notice_read_from_another_run_keeps_its_code() {
+        for code in NoticeCode::ALL {
+            assert_eq!(NoticeCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(NoticeCode::parse("no_such_notice"), None);
+        let stdout = br#"{"event":"step_start","step":"x"}
+{"event":"notice","code":"physical_slots_recreated","message":"2 slots"}
+not json
+{"event":"notice","code":"from_a_newer_pg_migrate","message":"?"}
+"#;
+        assert_eq!(
+            crate::patroni::remote::notice_events(stdout),
+            vec![(NoticeCode::PhysicalSlotsRecreated, "2 slots".to_string())]
+        );
     }
 }

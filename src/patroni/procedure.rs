@@ -550,6 +550,7 @@ impl<'a> Procedure<'a> {
         let out = command
             .output()
             .map_err(|e| (format!("running {}: {e}", self.pg_migrate.display()), false))?;
+        self.pass_on_notices(&out.stdout);
         if out.status.success() {
             return Ok(());
         }
@@ -562,6 +563,16 @@ impl<'a> Procedure<'a> {
         let past = crate::journal::JournalView::read(&probe.new_datadir)
             .is_some_and(|j| j.passed_point_of_no_return());
         Err((message, past))
+    }
+
+    /// What the leader's upgrade (or its resume) told its operator, told
+    /// this one's, naming the leader: the slots made again, a raised lock
+    /// table, a restore over one connection.
+    fn pass_on_notices(&self, stdout: &[u8]) {
+        for (code, message) in super::remote::notice_events(stdout) {
+            self.printer
+                .notice(code, format!("leader {}: {message}", self.state.leader));
+        }
     }
 
     /// A leader's upgrade that failed with the old cluster intact leaves a
@@ -608,6 +619,7 @@ impl<'a> Procedure<'a> {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| e.to_string())?;
+        self.pass_on_notices(&out.stdout);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let already = stdout.contains("\"already_upgraded\"")
             || crate::journal::read_state(new_datadir) == Some(crate::journal::State::Complete);

@@ -129,6 +129,20 @@ fn checked(mut command: Command, line: &str, on: Option<&str>) -> Result<(), Str
     ))
 }
 
+/// The `notice` events of a pg-migrate run's JSON output, in order (those
+/// of a code this pg-migrate does not know are left out).
+pub fn notice_events(stdout: &[u8]) -> Vec<(crate::output::NoticeCode, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "notice")
+        .filter_map(|e| {
+            let code = crate::output::NoticeCode::parse(e["code"].as_str()?)?;
+            Some((code, e["message"].as_str().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
 /// The `error` event of a pg-migrate run's JSON output, as "(code): message".
 pub fn error_event(stdout: &[u8]) -> Option<String> {
     String::from_utf8_lossy(stdout)

@@ -624,6 +624,18 @@ fn upgrades_the_whole_cluster_with_one_command() {
     for m in summary["members"].as_array().unwrap() {
         assert_eq!(m["result"], "upgraded", "{m}");
     }
+    // The leader's upgrade made its replicas' slots again: its notice is
+    // passed on, naming the leader.
+    let notices = run.events_named("notice");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n["code"] == "physical_slots_recreated"
+                && n["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("leader m1: ") && m.contains("m2"))),
+        "{notices:?}"
+    );
     assert!(
         committed > 0,
         "the writer wrote nothing before the leader stopped"
