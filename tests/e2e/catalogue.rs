@@ -572,7 +572,10 @@ fn the_column_type_query_finds_sql_identifier_columns() {
         "postgres",
         "CREATE TABLE meta (n information_schema.sql_identifier, ns information_schema.sql_identifier[]);",
     );
-    let sql = pgm_verifier::columns_using(&[("information_schema", "sql_identifier")]);
+    let sql = pgm_verifier::columns_using(
+        &[("information_schema", "sql_identifier")],
+        pgm_cluster::PgMajor::new(12),
+    );
     let found: Vec<String> = pair
         .old
         .client("postgres")
@@ -739,7 +742,7 @@ fn the_isn_query_finds_isn_functions() {
     };
     pair.old.start();
     pair.old.sql("postgres", "CREATE EXTENSION isn;");
-    let sql = pgm_verifier::rule_sql("old-isn-float8").unwrap();
+    let sql = pgm_verifier::rule_sql("old-isn-float8", pgm_cluster::PgMajor::new(15)).unwrap();
     let found = pair
         .old
         .client("postgres")

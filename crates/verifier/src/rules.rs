@@ -41,7 +41,7 @@ pub(crate) struct Rule {
     /// Whether the rule concerns this old → new pair.
     pub applies: fn(PgMajor, PgMajor) -> bool,
     /// Lists (kind, name[, schema]) of offending objects in the connected database.
-    pub sql: fn(ScanMode) -> String,
+    pub sql: fn(ScanMode, PgMajor) -> String,
     /// Cluster-wide objects: asked in one database only.
     pub global: bool,
     pub why: &'static str,
@@ -50,13 +50,13 @@ pub(crate) struct Rule {
 
 /// The CTE `oids`: the types of `types` (schema, name) and every type
 /// derived from them (domains, arrays, composites, ranges).
-fn derived_types(types: &[(&str, &str)]) -> String {
+fn derived_types(types: &[(&str, &str)], old: PgMajor) -> String {
     let list = types
         .iter()
         .map(|(schema, name)| format!("(n.nspname = '{schema}' AND t.typname = '{name}')"))
         .collect::<Vec<_>>()
         .join(" OR ");
-    derived_types_where(&list)
+    derived_types_where(&list, old)
 }
 
 /// The CTE `oids`: the types matching `list` (over pg_type t and its
@@ -64,10 +64,35 @@ fn derived_types(types: &[(&str, &str)]) -> String {
 /// ranges, and the row type of any relation with a column of one (a
 /// table's or a view's row type is a composite type as much as a
 /// standalone one is).
-fn derived_types_where(list: &str) -> String {
+///
+/// Which row type has a column of which type (`contains`) is read from
+/// pg_attribute once, not in every round of the recursion: at 100,000
+/// relations each read takes a tenth of a second. Only columns whose type
+/// could be in `oids` are kept (one of `list`, or a type that derives from
+/// another: a domain, composite, range or a type with elements), which
+/// leaves out the ordinary columns of every table.
+fn derived_types_where(list: &str, old: PgMajor) -> String {
+    // From 12 on, a WITH query used once is folded into the query using
+    // it, here the recursion's every round, unless it is MATERIALIZED (a
+    // word 10 and 11 do not know, and do not need: they never fold).
+    let materialized = if old.number() >= 12 {
+        "MATERIALIZED "
+    } else {
+        ""
+    };
     format!(
-        "WITH RECURSIVE oids AS (
-             SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {list}
+        "WITH RECURSIVE
+           base AS (
+             SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {list}),
+           contains AS {materialized}(
+             SELECT a.atttypid AS member, t.oid AS composite
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_type t ON t.typrelid = a.attrelid
+               JOIN pg_catalog.pg_type m ON m.oid = a.atttypid
+              WHERE NOT a.attisdropped
+                AND (m.typtype IN ('d', 'c', 'r') OR m.typelem <> 0 OR m.oid IN (SELECT oid FROM base))),
+           oids AS (
+             SELECT oid FROM base
            UNION ALL
              -- One recursive reference only: the derived types of the last round.
              SELECT * FROM (
@@ -76,34 +101,36 @@ fn derived_types_where(list: &str) -> String {
                UNION ALL
                  SELECT t.oid FROM pg_catalog.pg_type t, x WHERE t.typtype = 'b' AND t.typelem = x.oid
                UNION ALL
-                 SELECT t.oid FROM pg_catalog.pg_type t
-                   JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
-                   JOIN x ON a.atttypid = x.oid
+                 SELECT k.composite FROM contains k, x WHERE k.member = x.oid
                UNION ALL
                  SELECT r.rngtypid FROM pg_catalog.pg_range r, x WHERE r.rngsubtype = x.oid) derived)"
     )
 }
 
 /// Columns of relations of `relkinds` whose type is in the CTE `oids`.
+/// The columns are found first, on their own (OFFSET 0 keeps the planner
+/// from merging that step into the joins): it cannot tell how few the
+/// types are and would otherwise join every column to its relation before
+/// looking at the type.
 fn columns_of(relkinds: &str) -> String {
     format!(
         "SELECT 'column', pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), n.nspname::text
-           FROM pg_catalog.pg_class c
+           FROM (SELECT a.attrelid, a.attname FROM pg_catalog.pg_attribute a
+                  WHERE a.atttypid IN (SELECT oid FROM oids) AND NOT a.attisdropped AND a.attnum > 0
+                 OFFSET 0) a
+           JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
-          WHERE a.atttypid IN (SELECT oid FROM oids) AND NOT a.attisdropped AND a.attnum > 0
-            AND c.relkind IN ({relkinds})
+          WHERE c.relkind IN ({relkinds})
             AND n.nspname !~ '^pg_(toast_)?temp_' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
     )
 }
 
 /// Columns of user relations whose type is one of `types` (schema, name),
 /// directly or through a domain, an array, a composite or a range.
-pub fn columns_using(types: &[(&str, &str)]) -> String {
+pub fn columns_using(types: &[(&str, &str)], old: PgMajor) -> String {
     format!(
         "{} {} ORDER BY 2",
-        derived_types(types),
+        derived_types(types, old),
         columns_of("'r', 'm', 'p', 'i', 'I'")
     )
 }
@@ -112,7 +139,7 @@ pub fn columns_using(types: &[(&str, &str)]) -> String {
 /// `types` (which the new major no longer has): columns of every kind of
 /// relation (views and composite types too), domains and ranges built on
 /// them, and functions that take or return them.
-pub fn objects_using(types: &[(&str, &str)]) -> String {
+pub fn objects_using(types: &[(&str, &str)], old: PgMajor) -> String {
     format!(
         "{} {}
          UNION ALL
@@ -134,22 +161,25 @@ pub fn objects_using(types: &[(&str, &str)]) -> String {
                  OR EXISTS (SELECT 1 FROM pg_catalog.unnest(coalesce(p.proallargtypes, p.proargtypes::pg_catalog.oid[])) arg
                              WHERE arg IN (SELECT oid FROM oids)))
          ORDER BY 2",
-        derived_types(types),
+        derived_types(types, old),
         columns_of("'r', 'm', 'p', 'i', 'I', 'v', 'c', 'f'")
     )
 }
 
-fn reg_types() -> String {
-    columns_using(&[
-        ("pg_catalog", "regcollation"),
-        ("pg_catalog", "regconfig"),
-        ("pg_catalog", "regdictionary"),
-        ("pg_catalog", "regnamespace"),
-        ("pg_catalog", "regoper"),
-        ("pg_catalog", "regoperator"),
-        ("pg_catalog", "regproc"),
-        ("pg_catalog", "regprocedure"),
-    ])
+fn reg_types(old: PgMajor) -> String {
+    columns_using(
+        &[
+            ("pg_catalog", "regcollation"),
+            ("pg_catalog", "regconfig"),
+            ("pg_catalog", "regdictionary"),
+            ("pg_catalog", "regnamespace"),
+            ("pg_catalog", "regoper"),
+            ("pg_catalog", "regoperator"),
+            ("pg_catalog", "regproc"),
+            ("pg_catalog", "regprocedure"),
+        ],
+        old,
+    )
 }
 
 /// Array functions whose signatures changed to anycompatible* in 14.
@@ -166,7 +196,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no columns of OID-referencing reg* types",
         code: "reg_type_columns",
         applies: |_, _| true,
-        sql: |_| reg_types(),
+        sql: |_, old| reg_types(old),
         global: false,
         why: "values of these types store OIDs of functions, operators, namespaces or configurations, which the upgrade does not preserve",
         remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster; regclass, regrole and regtype columns are fine",
@@ -176,11 +206,12 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no columns of system-defined composite types",
         code: "system_composite_columns",
         applies: |_, _| true,
-        sql: |_| {
+        sql: |_, old| {
             format!(
                 "{} {} ORDER BY 2",
                 derived_types_where(
-                    "t.typtype = 'c' AND (t.oid < 16384 OR n.nspname = 'information_schema')"
+                    "t.typtype = 'c' AND (t.oid < 16384 OR n.nspname = 'information_schema')",
+                    old
                 ),
                 columns_of("'r', 'm', 'p', 'i', 'I'")
             )
@@ -195,7 +226,7 @@ pub(crate) const RULES: &[Rule] = &[
         code: "tables_with_oids",
         // relhasoids is gone from 12 on, with the feature.
         applies: |old, _| old.number() <= 11,
-        sql: |_| "SELECT 'table', pg_catalog.format('%I.%I', n.nspname, c.relname), n.nspname::text
+        sql: |_, _| "SELECT 'table', pg_catalog.format('%I.%I', n.nspname, c.relname), n.nspname::text
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.relhasoids AND n.nspname <> 'pg_catalog' ORDER BY 2".into(),
         global: false,
@@ -207,7 +238,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no columns of type information_schema.sql_identifier",
         code: "sql_identifier_columns",
         applies: |old, _| old.number() <= 11,
-        sql: |_| columns_using(&[("information_schema", "sql_identifier")]),
+        sql: |_, old| columns_using(&[("information_schema", "sql_identifier")], old),
         global: false,
         why: "the storage format of sql_identifier changed in PostgreSQL 12: the new server would misread the values",
         remedy: "change those columns to text (ALTER TABLE … ALTER COLUMN … TYPE text), or drop them, in the old cluster",
@@ -217,11 +248,16 @@ pub(crate) const RULES: &[Rule] = &[
         title: "nothing built on the removed types abstime, reltime, tinterval",
         code: "removed_type_columns",
         applies: |old, _| old.number() <= 11,
-        sql: |_| objects_using(&[
-            ("pg_catalog", "abstime"),
-            ("pg_catalog", "reltime"),
-            ("pg_catalog", "tinterval"),
-        ]),
+        sql: |_, old| {
+            objects_using(
+                &[
+                    ("pg_catalog", "abstime"),
+                    ("pg_catalog", "reltime"),
+                    ("pg_catalog", "tinterval"),
+                ],
+                old,
+            )
+        },
         global: false,
         why: "PostgreSQL 12 removed these types: no column, domain or function built on them can be restored",
         remedy: "in the old cluster, change the columns (ALTER TABLE … ALTER COLUMN … TYPE timestamptz for abstime, interval for reltime) or drop them (tinterval has no successor), then drop or redefine the domains, views and functions built on these types",
@@ -231,7 +267,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no columns of type aclitem",
         code: "aclitem_columns",
         applies: |old, new| old.number() < 16 && new.number() >= 16,
-        sql: |_| columns_using(&[("pg_catalog", "aclitem")]),
+        sql: |_, old| columns_using(&[("pg_catalog", "aclitem")], old),
         global: false,
         why: "the storage format of aclitem changed in PostgreSQL 16",
         remedy: "drop those columns or change them to text (ALTER TABLE … ALTER COLUMN … TYPE text) in the old cluster",
@@ -241,7 +277,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no postfix operators",
         code: "postfix_operators",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: |_| "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype), n.nspname::text
+        sql: |_, _| "SELECT 'operator', pg_catalog.format('%I.%s (%s, NONE)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype), n.nspname::text
                    FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
                   WHERE o.oprright = 0 AND o.oid >= 16384 ORDER BY 2".into(),
         global: false,
@@ -253,7 +289,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no aggregates or operators on the old polymorphic array functions",
         code: "incompatible_polymorphics",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: |_| format!(
+        sql: |_, _| format!(
             "SELECT 'aggregate', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text
                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_aggregate a ON a.aggfnoid = p.oid
               WHERE p.oid >= 16384
@@ -275,7 +311,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no user-defined encoding conversions",
         code: "user_encoding_conversions",
         applies: |old, new| old.number() <= 13 && new.number() >= 14,
-        sql: |_| "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname), n.nspname::text
+        sql: |_, _| "SELECT 'conversion', pg_catalog.format('%I.%I', n.nspname, c.conname), n.nspname::text
                    FROM pg_catalog.pg_conversion c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
                   WHERE c.oid >= 16384 ORDER BY 2".into(),
         global: false,
@@ -287,7 +323,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "NOT NULL agrees between inheritance parents and children",
         code: "inconsistent_not_null",
         applies: |old, new| old.number() < 18 && new.number() >= 18,
-        sql: |_| "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname), n.nspname::text
+        sql: |_, _| "SELECT DISTINCT 'column', pg_catalog.format('%I.%I.%I', n.nspname, cc.relname, ac.attname), n.nspname::text
                    FROM pg_catalog.pg_inherits i
                    JOIN pg_catalog.pg_attribute ac ON ac.attrelid = i.inhrelid
                    JOIN pg_catalog.pg_attribute ap ON ap.attrelid = i.inhparent AND ap.attname = ac.attname
@@ -305,7 +341,7 @@ pub(crate) const RULES: &[Rule] = &[
         code: "logical_slots_not_carried",
         // 17 and later save a slot's position at shutdown: those are carried.
         applies: |old, _| old.number() < 17,
-        sql: |_| "SELECT 'slot', pg_catalog.quote_ident(slot_name::text) FROM pg_catalog.pg_replication_slots
+        sql: |_, _| "SELECT 'slot', pg_catalog.quote_ident(slot_name::text) FROM pg_catalog.pg_replication_slots
                   WHERE slot_type = 'logical' AND NOT temporary ORDER BY 2".into(),
         global: true,
         why: "before PostgreSQL 17 a slot's position is not saved at shutdown, so its slots cannot be carried (pg_upgrade drops them silently); their subscribers would lose their place",
@@ -328,7 +364,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "every subscribed table ready or still to be copied",
         code: "subscription_relation_state",
         applies: |old, _| old.number() >= 17,
-        sql: |_| "SELECT 'subscription', pg_catalog.format('%I: table %s in state %s', s.subname, r.srrelid::pg_catalog.regclass, r.srsubstate)
+        sql: |_, _| "SELECT 'subscription', pg_catalog.format('%I: table %s in state %s', s.subname, r.srrelid::pg_catalog.regclass, r.srsubstate)
                    FROM pg_catalog.pg_subscription_rel r JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
                   WHERE r.srsubstate NOT IN ('i', 'r') ORDER BY 2".into(),
         global: false,
@@ -340,7 +376,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "every subscription has its replication origin",
         code: "subscription_without_origin",
         applies: |old, _| old.number() >= 17,
-        sql: |_| "SELECT 'subscription', pg_catalog.format('%I (database %I)', s.subname, d.datname)
+        sql: |_, _| "SELECT 'subscription', pg_catalog.format('%I (database %I)', s.subname, d.datname)
                    FROM pg_catalog.pg_subscription s
                    JOIN pg_catalog.pg_database d ON d.oid = s.subdbid
                   WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin o
@@ -356,7 +392,7 @@ pub(crate) const RULES: &[Rule] = &[
         code: "isn_float8_mismatch",
         // Judged against control data: see `float8_by_value_differs`.
         applies: |_, _| true,
-        sql: |_| "SELECT 'function', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text FROM pg_catalog.pg_proc p
+        sql: |_, _| "SELECT 'function', p.oid::pg_catalog.regprocedure::text, p.pronamespace::pg_catalog.regnamespace::text FROM pg_catalog.pg_proc p
                   WHERE p.probin = '$libdir/isn' ORDER BY 2".into(),
         global: false,
         why: "the old and new installations pass float8 differently (by value or by reference), and contrib/isn's functions depend on it",
@@ -367,7 +403,7 @@ pub(crate) const RULES: &[Rule] = &[
         title: "no user roles named pg_*",
         code: "reserved_role_names",
         applies: |_, _| true,
-        sql: |_| "SELECT 'role', pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_roles
+        sql: |_, _| "SELECT 'role', pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_roles
                   WHERE rolname ~ '^pg_' AND oid >= 16384 ORDER BY 2".into(),
         global: true,
         why: "role names starting with pg_ are reserved for the system; the new cluster refuses to create them",
@@ -379,7 +415,7 @@ pub(crate) const RULES: &[Rule] = &[
 /// ones, and (privately started servers only: the question needs
 /// binary-upgrade mode, and a live server is still producing WAL) those that
 /// have not consumed all WAL.
-fn logical_slots_unusable(mode: ScanMode) -> String {
+fn logical_slots_unusable(mode: ScanMode, _old: PgMajor) -> String {
     let behind = match mode {
         ScanMode::Private => "NOT pg_catalog.binary_upgrade_logical_slot_has_caught_up(slot_name)",
         ScanMode::Live => "false",
@@ -602,8 +638,8 @@ pub(crate) fn lz4_sql(old: PgMajor) -> Option<String> {
     })
 }
 
-pub(crate) fn xml_sql() -> String {
-    columns_using(&[("pg_catalog", "xml")])
+pub(crate) fn xml_sql(old: PgMajor) -> String {
+    columns_using(&[("pg_catalog", "xml")], old)
 }
 
 /// The expressions a binary-upgrade restore parses again that hold a
@@ -713,11 +749,12 @@ pub(crate) fn not_applicable(old: PgMajor, new: PgMajor) -> String {
     format!("does not concern an upgrade from {old} to {new}")
 }
 
-/// The query of a catalogue rule, by id (for tests that prove a rule's query
-/// on a real cluster where the rule itself cannot fire).
-pub fn rule_sql(id: &str) -> Option<String> {
+/// The query of a catalogue rule for an old cluster of `old`, by id (for
+/// tests that prove a rule's query on a real cluster where the rule itself
+/// cannot fire).
+pub fn rule_sql(id: &str, old: PgMajor) -> Option<String> {
     RULES
         .iter()
         .find(|r| r.id == id)
-        .map(|r| (r.sql)(ScanMode::Private))
+        .map(|r| (r.sql)(ScanMode::Private, old))
 }

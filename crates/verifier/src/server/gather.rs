@@ -132,7 +132,7 @@ pub(crate) fn gather(
                 .iter()
                 .filter(|r| r.global && (r.applies)(major, new_major))
             {
-                for mut object in objects(&mut client, db, &(rule.sql)(mode), rule.title)? {
+                for mut object in objects(&mut client, db, &(rule.sql)(mode, major), rule.title)? {
                     object.database = None;
                     rule_hits.push((rule.id, object));
                 }
@@ -288,7 +288,7 @@ enum Piece {
     /// Its counts and what the capability checks need.
     Base,
     /// One of the old cluster's catalogue rules.
-    Rule(&'static crate::rules::Rule, ScanMode),
+    Rule(&'static crate::rules::Rule, ScanMode, PgMajor),
 }
 
 /// Every database's pieces, `jobs` at a time over as many connections.
@@ -315,7 +315,7 @@ pub(crate) fn scan_databases(
                 RULES
                     .iter()
                     .filter(|r| !r.global && (r.applies)(majors.this, majors.new))
-                    .map(|r| (target, Piece::Rule(r, mode))),
+                    .map(|r| (target, Piece::Rule(r, mode, majors.this))),
             );
         }
     }
@@ -429,8 +429,8 @@ fn scan_piece(
 ) -> Result<DbScan, crate::Error> {
     match piece {
         Piece::Base => scan_base(client, database, old_scan),
-        Piece::Rule(rule, mode) => Ok(DbScan {
-            hits: objects(client, database, &(rule.sql)(mode), rule.title)?
+        Piece::Rule(rule, mode, old) => Ok(DbScan {
+            hits: objects(client, database, &(rule.sql)(mode, old), rule.title)?
                 .into_iter()
                 .map(|object| (rule.id, object))
                 .collect(),
@@ -491,7 +491,7 @@ fn scan_base(
     scan.uses.xml = objects(
         client,
         database,
-        &crate::rules::xml_sql(),
+        &crate::rules::xml_sql(old),
         "looking for xml columns",
     )?;
     scan.uses.xml_literals = objects(
