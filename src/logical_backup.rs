@@ -25,10 +25,6 @@ pub struct Work<'a> {
     pub step: &'static str,
     pub jobs: usize,
     pub log_dir: &'a Path,
-    /// A backup of a server others may be using: each database is dumped
-    /// over one connection (pg_dump's parallel workers would give up on a
-    /// table another session wants to lock).
-    pub shared_server: bool,
 }
 
 /// Backs up the cluster `server` serves (data directory `datadir`) into
@@ -45,8 +41,10 @@ pub fn write(
     let mut client = server
         .connect("template1")
         .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
-    let facts =
-        catalog::source_facts(&mut client).map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
+    // The databases' sizes only where they choose the one dumped in parallel.
+    let sizes = jobs > 1 && server.is_owned();
+    let facts = catalog::source_facts(&mut client, sizes)
+        .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
     drop(client);
     if !facts.unconnectable.is_empty() {
         return Err(Failure {
@@ -109,12 +107,17 @@ pub fn write(
             files,
         })
     };
-    // On a server nobody else uses, the largest database comes last, alone,
-    // over every connection (as its restore does): -j across databases does
-    // nothing for a cluster whose data is in one of them.
+    // On a server pg-migrate started (nobody else uses it), the largest
+    // database comes last, alone, over every connection (as its restore
+    // does): -j across databases does nothing for a cluster whose data is in
+    // one of them. A running server's (`backup`, or `prepare` of a live
+    // cluster) keeps one connection per database: pg_dump's parallel workers
+    // give up on a table another session asked to lock.
     let mut indexes: Vec<usize> = (0..facts.databases.len()).collect();
-    let largest = match (0..indexes.len()).max_by_key(|&i| facts.database_bytes[i]) {
-        Some(at) if jobs > 1 && !work.shared_server => Some(indexes.remove(at)),
+    let largest = match facts.database_bytes.as_ref() {
+        Some(bytes) if jobs > 1 && server.is_owned() => (0..indexes.len())
+            .max_by_key(|&i| bytes[i])
+            .map(|at| indexes.remove(at)),
         _ => None,
     };
     let mut databases = parallel(&indexes, jobs, |&index| dump(index, 1))?;

@@ -128,7 +128,6 @@ pub fn run_backup(settings: &Settings, printer: &Printer, started: Instant) -> i
         step: "backup",
         jobs: settings.jobs,
         log_dir: &log_dir,
-        shared_server: old_state == ClusterCondition::RunningUntouched,
     };
     let result = write(&work, &server, tools, &old_dir.path, &dir);
     printer.emit(&Event::StepEnd {

@@ -289,7 +289,6 @@ pub fn run_restore(settings: &Settings, printer: &Printer, started: Instant) -> 
             step: "restore",
             jobs: settings.jobs,
             log_dir: &log_dir,
-            shared_server: false,
         };
         let result = restore_into(
             &work,

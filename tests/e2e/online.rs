@@ -1097,8 +1097,24 @@ fn a_prepared_cluster_is_named_as_such() {
     let Some(mut pair) = small_running_pair() else {
         return;
     };
-    let run = prepare(&pair, &["--copy"]);
+    // With a backup of the serving cluster: -j 2, yet every database over
+    // one connection (pg_dump's parallel workers would give up on a table
+    // one of its sessions asked to lock), so no directory dump (format 1).
+    let backup = pair.sandbox.path().join("backup");
+    let backup_text = backup.to_string_lossy().into_owned();
+    let run = prepare(&pair, &["--copy", "--backup-dir", &backup_text]);
     assert_eq!(run.status, 0, "{}", run.stderr);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], 1, "{manifest}");
+    assert!(
+        manifest["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d.get("files").is_none()),
+        "{manifest}"
+    );
     pair.old.stop();
     let (old_before, new_before) = pair.snapshots();
     let again = pair.check(&[]);

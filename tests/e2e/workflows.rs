@@ -229,6 +229,14 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
         return;
     }
     add_some_data(&mut pair.old);
+    // app the largest database by far: -j 2 dumps it as a directory, its
+    // table's rows in a file of their own.
+    pair.old.with_running(|c| {
+        c.sql(
+            "app",
+            "INSERT INTO items (name) SELECT repeat('n', 100) FROM generate_series(1, 50000)",
+        )
+    });
     let dir = pair.sandbox.path().join("backup");
     let run = backup(&pair, &pair.old, &dir, &[]);
     assert_eq!(run.status, 0, "{}", run.stderr);
@@ -260,14 +268,15 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
         .iter()
         .find(|d| d.get("files").is_some())
         .unwrap_or_else(|| panic!("no database dumped as a directory: {written}"));
+    assert_eq!(directory["name"], "app", "{written}");
     let largest = directory["dump"]["file"].as_str().unwrap();
     let table_data = directory["files"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f["file"].as_str().unwrap())
-        .find(|f| f.ends_with(".dat.gz") || f.ends_with(".dat"))
-        .unwrap_or_else(|| panic!("no table data in {directory}"));
+        .find(|f| f.ends_with(".dat.gz"))
+        .unwrap_or_else(|| panic!("no compressed table data in {directory}"));
     let a_file = written["databases"]
         .as_array()
         .unwrap()
@@ -289,6 +298,15 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
         let run = restore(&pair, &pair.new.bindir, &target, &damaged, &[]);
         refused(&run, "backup_unusable", &format!("{file} is damaged"));
     }
+    // A file the manifest does not list, beside those it does (a table's
+    // data unpacked to look at it: pg_restore would read `N.dat` before
+    // the listed `N.dat.gz`).
+    let extra = pair.sandbox.path().join("extra");
+    copy_dir(&dir, &extra);
+    let unpacked = format!("{largest}/{}", table_data.trim_end_matches(".gz"));
+    std::fs::write(extra.join(&unpacked), b"1\tnot the dumped rows\n").unwrap();
+    let run = restore(&pair, &pair.new.bindir, &target, &extra, &[]);
+    refused(&run, "backup_unusable", &format!("{unpacked} is damaged"));
 
     // A missing file, into an existing cluster that must stay as it was.
     let missing = pair.sandbox.path().join("missing");

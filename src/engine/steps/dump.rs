@@ -130,7 +130,6 @@ impl<'a> Engine<'a> {
             step: "backup",
             jobs: self.settings.jobs,
             log_dir: &log_dir,
-            shared_server: false,
         };
         let result = crate::logical_backup::write(&work, &server, tools, &self.old_dir.path, &dir);
         self.old_server = Some(server);

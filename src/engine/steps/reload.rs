@@ -26,7 +26,6 @@ impl<'a> Engine<'a> {
                 step: "dump-all",
                 jobs: self.settings.jobs,
                 log_dir: &log_dir,
-                shared_server: false,
             };
             crate::logical_backup::write(
                 &work,
@@ -69,7 +68,6 @@ impl<'a> Engine<'a> {
             step: "restore-all",
             jobs: self.settings.jobs,
             log_dir: &log_dir,
-            shared_server: false,
         };
         crate::logical_backup::restore_into(
             &work,

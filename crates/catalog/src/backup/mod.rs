@@ -247,13 +247,14 @@ pub struct SourceFacts {
     pub tablespaces: Vec<BackupTablespace>,
     /// Databases that accept connections (template0 never changes).
     pub databases: Vec<String>,
-    /// Their sizes on disk (`pg_database_size`), in the same order.
-    pub database_bytes: Vec<u64>,
+    /// Their sizes on disk (`pg_database_size`), in the same order, when
+    /// asked for (each costs a look at every file of the database).
+    pub database_bytes: Option<Vec<u64>>,
     /// Other databases that do not: pg_dump cannot reach them.
     pub unconnectable: Vec<String>,
 }
 
-pub fn source_facts(client: &mut postgres::Client) -> Result<SourceFacts, Error> {
+pub fn source_facts(client: &mut postgres::Client, sizes: bool) -> Result<SourceFacts, Error> {
     let q = |e: postgres::Error, what: &str| Error::query("template1", what, &e);
     let row = client
         .query_one(
@@ -318,10 +319,10 @@ pub fn source_facts(client: &mut postgres::Client) -> Result<SourceFacts, Error>
     for row in client
         .query(
             "SELECT datname::text, datallowconn,
-                    CASE WHEN datallowconn THEN pg_catalog.pg_database_size(oid) END
+                    CASE WHEN datallowconn AND $1 THEN pg_catalog.pg_database_size(oid) END
                FROM pg_catalog.pg_database
               WHERE datname <> 'template0' ORDER BY oid",
-            &[],
+            &[&sizes],
         )
         .map_err(|e| q(e, "listing databases"))?
     {
@@ -340,7 +341,7 @@ pub fn source_facts(client: &mut postgres::Client) -> Result<SourceFacts, Error>
         template0,
         tablespaces,
         databases,
-        database_bytes,
+        database_bytes: sizes.then_some(database_bytes),
         unconnectable,
     })
 }
@@ -554,13 +555,40 @@ pub fn verify_backup(dir: &Path) -> Result<Manifest, Error> {
                 database.dump.file
             )));
         }
+        // Nothing else may be in it: pg_restore takes a table's data from
+        // `N.dat` before `N.dat.gz`, so an unlisted file (a `gunzip -k` to
+        // look inside) would be restored unchecked.
+        let listed: std::collections::HashSet<&str> =
+            database.files.iter().map(|f| f.file.as_str()).collect();
+        let entries = std::fs::read_dir(&inside).map_err(|e| Error::BackupFileDamaged {
+            file: database.dump.file.clone(),
+            detail: e.to_string(),
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::BackupFileDamaged {
+                file: database.dump.file.clone(),
+                detail: e.to_string(),
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !listed.contains(name.as_str()) {
+                return Err(Error::BackupFileDamaged {
+                    file: format!("{shown}{name}"),
+                    detail: "the manifest does not list it: pg_restore could read it unchecked"
+                        .into(),
+                });
+            }
+        }
     }
     Ok(manifest)
 }
 
 /// A name from the manifest must stay inside the directory it is in.
 fn check_plain_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+    if name.is_empty()
+        || name.contains('/')
+        || name.starts_with('.')
+        || name.contains(char::is_control)
+    {
         return Err(Error::BackupManifestUnreadable(format!(
             "it names the file {name:?}"
         )));

@@ -123,6 +123,24 @@ fn a_directory_dump_is_verified_file_by_file_and_needs_format_2() {
     ));
 
     write_manifest(dir.path(), &m).unwrap();
+    // A file the list does not name: pg_restore prefers 3456.dat to
+    // 3456.dat.gz, so it would be restored unchecked.
+    std::fs::write(inside.join("3456.dat"), b"other rows").unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupFileDamaged { ref file, .. }) if *file == shown("3456.dat")
+    ));
+    std::fs::remove_file(inside.join("3456.dat")).unwrap();
+    assert_eq!(verify_backup(dir.path()).unwrap(), m);
+    // A name with a control character could make two lists hash alike.
+    let mut control = m.clone();
+    control.databases[1].files[0].file = "a\nb".into();
+    write_manifest(dir.path(), &control).unwrap();
+    assert!(matches!(
+        verify_backup(dir.path()),
+        Err(Error::BackupManifestUnreadable(_))
+    ));
+    write_manifest(dir.path(), &m).unwrap();
     std::fs::write(inside.join("3456.dat.gz"), b"rowz").unwrap();
     assert!(matches!(
         verify_backup(dir.path()),
