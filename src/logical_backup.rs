@@ -41,7 +41,8 @@ pub fn write(
     let mut client = server
         .connect("template1")
         .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
-    // The databases' sizes only where they choose the one dumped in parallel.
+    // The databases' sizes only where they choose the one dumped in
+    // parallel (see below): without them every database gets one connection.
     let sizes = jobs > 1 && server.is_owned();
     let facts = catalog::source_facts(&mut client, sizes)
         .map_err(|e| Failure::new(Code::OldCatalogFailed, e))?;
@@ -114,12 +115,11 @@ pub fn write(
     // cluster) keeps one connection per database: pg_dump's parallel workers
     // give up on a table another session asked to lock.
     let mut indexes: Vec<usize> = (0..facts.databases.len()).collect();
-    let largest = match facts.database_bytes.as_ref() {
-        Some(bytes) if jobs > 1 && server.is_owned() => (0..indexes.len())
+    let largest = facts.database_bytes.as_ref().and_then(|bytes| {
+        (0..indexes.len())
             .max_by_key(|&i| bytes[i])
-            .map(|at| indexes.remove(at)),
-        _ => None,
-    };
+            .map(|at| indexes.remove(at))
+    });
     let mut databases = parallel(&indexes, jobs, |&index| dump(index, 1))?;
     if let Some(index) = largest {
         databases.insert(index, dump(index, jobs)?);

@@ -129,12 +129,19 @@ fn checked(mut command: Command, line: &str, on: Option<&str>) -> Result<(), Str
     ))
 }
 
+/// The JSON events of a pg-migrate run's output (`--json`), in order.
+fn events(stdout: &[u8]) -> impl Iterator<Item = serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
 /// The `notice` events of a pg-migrate run's JSON output, in order (those
 /// of a code this pg-migrate does not know are left out).
 pub fn notice_events(stdout: &[u8]) -> Vec<(crate::output::NoticeCode, String)> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    events(stdout)
         .filter(|e| e["event"] == "notice")
         .filter_map(|e| {
             let code = crate::output::NoticeCode::parse(e["code"].as_str()?)?;
@@ -145,17 +152,13 @@ pub fn notice_events(stdout: &[u8]) -> Vec<(crate::output::NoticeCode, String)> 
 
 /// The `error` event of a pg-migrate run's JSON output, as "(code): message".
 pub fn error_event(stdout: &[u8]) -> Option<String> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["event"] == "error")
-        .map(|e| {
-            format!(
-                "({}): {}",
-                e["code"].as_str().unwrap_or("?"),
-                e["message"].as_str().unwrap_or("")
-            )
-        })
+    events(stdout).find(|e| e["event"] == "error").map(|e| {
+        format!(
+            "({}): {}",
+            e["code"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        )
+    })
 }
 
 fn fill(template: &str, member: &MemberView) -> String {

@@ -469,11 +469,11 @@ pub fn directory_digest(files: &[BackupFile]) -> String {
     for file in files {
         hasher.update(format!("{}  {}\n", file.sha256, file.file));
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sha256_of(file: &mut impl Read) -> std::io::Result<(u64, String)> {
@@ -491,7 +491,7 @@ fn sha256_of(file: &mut impl Read) -> std::io::Result<(u64, String)> {
         bytes += n as u64;
     }
     let digest = hasher.finalize();
-    Ok((bytes, digest.iter().map(|b| format!("{b:02x}")).collect()))
+    Ok((bytes, hex(&digest)))
 }
 
 /// Writes the manifest (temporary name, fsync, rename, fsync the
