@@ -1490,3 +1490,77 @@ fn dump_and_reload_killed_resumes_or_reverts() {
         assert_eq!(databases, 3, "the new cluster is back as initdb made it");
     });
 }
+
+/// `--method dump -j 2` killed just after the largest database was dumped
+/// over both connections (the manifest not yet written); the server it left
+/// stopped with -m immediate, the old cluster started and written to: the
+/// resumed run dumps it again, whole, and the new cluster holds the rows
+/// written after the kill.
+#[test]
+fn dump_and_reload_killed_after_the_parallel_dump_resumes_with_later_writes() {
+    let Some(mut pair) = Pair::new(15, 18) else {
+        return;
+    };
+    add_some_data(&mut pair.old);
+    // app the largest by far (template1, postgres, "odd…", app: the 4th).
+    pair.old.with_running(|c| {
+        c.sql(
+            "app",
+            "INSERT INTO items (name) SELECT repeat('n', 100) FROM generate_series(1, 50000)",
+        )
+    });
+    let mut words = pair.dir_args();
+    words.extend(args(&[&"--method", &"dump", &"--json", &"-j", &"2"]));
+    let mut command = as_test_user(&pair.bin);
+    command
+        .current_dir(pair.sandbox.path())
+        .args(&words)
+        .env("PG_MIGRATE_TEST_KILL_AT", "backup:database:4");
+    let killed = pgm_testkit::finish(command.output().unwrap());
+    assert_eq!(killed.status, -1, "{}", killed.stderr);
+    let dumped: Vec<PathBuf> = walk(&pair.new.datadir.join("pg_migrate.d"))
+        .into_iter()
+        .filter(|p| p.ends_with("dump-all.partial/database-0004.dump/toc.dat"))
+        .collect();
+    assert_eq!(
+        dumped.len(),
+        1,
+        "app was not dumped as a directory before the kill"
+    );
+
+    // The operator stops the old server the killed run left up, abruptly,
+    // and uses the old cluster in between.
+    pair.old.stop_immediate();
+    pair.old.with_running(|c| {
+        c.sql(
+            "app",
+            "INSERT INTO items (name) VALUES ('written after the kill')",
+        )
+    });
+    pair.old.start();
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+
+    let resumed = pair.run(&args(&[&"resume", &"-D", &pair.new.datadir, &"--json"]));
+    assert_eq!(resumed.status, 0, "{}", resumed.stderr);
+    crate::json_schema::validate(&resumed.events);
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    assert_same_state(
+        &before,
+        &after,
+        (15, 18),
+        "dump and reload, resumed after later writes",
+    );
+    let row: i64 = pair
+        .new
+        .client("app")
+        .query_one(
+            "SELECT count(*) FROM items WHERE name = 'written after the kill'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    pair.new.stop();
+    assert_eq!(row, 1);
+}
