@@ -228,15 +228,9 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
     if require(15).is_none() {
         return;
     }
-    add_some_data(&mut pair.old);
     // app the largest database by far: -j 2 dumps it as a directory, its
     // table's rows in a file of their own.
-    pair.old.with_running(|c| {
-        c.sql(
-            "app",
-            "INSERT INTO items (name) SELECT repeat('n', 100) FROM generate_series(1, 50000)",
-        )
-    });
+    add_data_app_largest(&mut pair.old);
     let dir = pair.sandbox.path().join("backup");
     let run = backup(&pair, &pair.old, &dir, &[]);
     assert_eq!(run.status, 0, "{}", run.stderr);
@@ -370,6 +364,17 @@ fn a_damaged_incomplete_or_too_new_backup_is_refused() {
         .as_str()
         .unwrap()
         .contains("this backup was made of"));
+}
+
+/// `add_some_data`, with app's table made the bulk of the cluster's data.
+fn add_data_app_largest(cluster: &mut Cluster) {
+    add_some_data(cluster);
+    cluster.with_running(|c| {
+        c.sql(
+            "app",
+            "INSERT INTO items (name) SELECT repeat('n', 100) FROM generate_series(1, 50000)",
+        )
+    });
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -1501,14 +1506,8 @@ fn dump_and_reload_killed_after_the_parallel_dump_resumes_with_later_writes() {
     let Some(mut pair) = Pair::new(15, 18) else {
         return;
     };
-    add_some_data(&mut pair.old);
-    // app the largest by far (template1, postgres, "odd…", app: the 4th).
-    pair.old.with_running(|c| {
-        c.sql(
-            "app",
-            "INSERT INTO items (name) SELECT repeat('n', 100) FROM generate_series(1, 50000)",
-        )
-    });
+    // app the largest (template1, postgres, "odd…", app: the 4th).
+    add_data_app_largest(&mut pair.old);
     let mut words = pair.dir_args();
     words.extend(args(&[&"--method", &"dump", &"--json", &"-j", &"2"]));
     let mut command = as_test_user(&pair.bin);
