@@ -49,9 +49,10 @@ def parse_args():
                         "the machine's own filesystem), ext4 (with a journal) and xfs, each made in an image file "
                         "under --workdir and loop-mounted (root only; one that cannot be made is reported and "
                         "skipped). The online, --verify and standby measures run on the first only. ext4 without a "
-                        "journal (as some VMs' root filesystems are) avoids reusing a deleted file's inode for 1-5 "
-                        "minutes and scans past each one: every trial deletes the last one's files (250,000 for "
-                        "manyrels), and the next tool's file creation then spends seconds in the kernel")
+                        "journal (as some VMs' root filesystems are) avoids reusing a deleted file's inode for 1-6 "
+                        "minutes while its inode table block is cached, and scans past each one: every trial "
+                        "deletes the last one's files (250,000 for manyrels), so the page cache is dropped after "
+                        "that deletion (as root), lest the next tool's file creation spend seconds in the kernel")
     p.add_argument("--manyrels-dbs", type=int, default=8)
     p.add_argument("--manyrels-tables", type=int, default=2500, help="tables per database (each with an index and a TOAST table)")
     p.add_argument("--pgbench-scale", type=int, default=50)
@@ -359,10 +360,30 @@ def machine_fs(path):
     return subprocess.run(["df", "-T", str(path)], text=True, capture_output=True).stdout.splitlines()[-1].split()[1]
 
 
+def forget_deleted_files():
+    """Writes everything back and drops the page cache, right after the last trial's files were deleted and
+    before this one's are made. Without a journal, ext4 will not reuse an inode freed in the last minute (six,
+    while its inode table block is still dirty) as long as that block is in the cache, and it walks past every
+    such inode before each file it creates (`recently_deleted()` in fs/ext4/ialloc.c). Every trial deletes the
+    last one's files (250,000 for manyrels); left in the cache, they slowed the next trial's file creation by
+    seconds, by how many depending on which trial came before (manyrels: pg_upgrade 23.6 s after no deletion,
+    32.7 s after one, and the set-up's cp -a 8.5 s instead of 2.1 s). An upgrade follows no such deletion. On
+    other filesystems this changes nothing the tools do: the old cluster is copied after it, so its files are
+    in the cache when a tool starts, as those of a server just stopped are."""
+    os.sync()
+    if os.geteuid() == 0:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    elif not getattr(forget_deleted_files, "said", False):
+        forget_deleted_files.said = True
+        print("  not root: the page cache is not dropped between trials (on ext4 without a journal the last "
+              "trial's deleted files then slow the next one)", file=sys.stderr, flush=True)
+
+
 def trial_dirs(golden):
     trial = TRIALS / "trial"
     if trial.exists():
         shutil.rmtree(trial)
+        forget_deleted_files()
     if TRIALS != WORK:
         # Give the freed blocks back to the image's own filesystem: without
         # it the sparse image grows by every trial's writes (tens of GB).
