@@ -371,19 +371,21 @@ def forget_deleted_files():
     other filesystems this changes nothing the tools do: the old cluster is copied after it, so its files are
     in the cache when a tool starts, as those of a server just stopped are."""
     os.sync()
-    if os.geteuid() == 0:
+    try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    elif not getattr(forget_deleted_files, "said", False):
-        forget_deleted_files.said = True
-        print("  not root: the page cache is not dropped between trials (on ext4 without a journal the last "
-              "trial's deleted files then slow the next one)", file=sys.stderr, flush=True)
+    except OSError as e:
+        if not getattr(forget_deleted_files, "said", False):
+            forget_deleted_files.said = True
+            print(f"  the page cache cannot be dropped between trials ({e}): on ext4 without a journal the last "
+                  "trial's deleted files then slow the next one", file=sys.stderr, flush=True)
 
 
 def trial_dirs(golden):
     trial = TRIALS / "trial"
     if trial.exists():
         shutil.rmtree(trial)
-        forget_deleted_files()
+    # Also after a build, a dataset dropped or an image released.
+    forget_deleted_files()
     if TRIALS != WORK:
         # Give the freed blocks back to the image's own filesystem: without
         # it the sparse image grows by every trial's writes (tens of GB).

@@ -406,7 +406,7 @@ pub struct Options {
         value_name = "DIR"
     )]
     pub socketdir: Option<PathBuf>,
-    /// Number of databases (and files) to work on at once; the largest database is restored over as many connections (up to the CPUs) where that finishes sooner
+    /// Number of databases (and files) to work on at once; the largest database is restored over as many connections (up to the CPUs) unless one connection per database is estimated to finish sooner
     #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
     /// Options for the old server's command line (repeatable)

@@ -381,3 +381,68 @@ fn a_database_restored_over_one_connection_despite_jobs_says_why() {
         assert_same_state(&before, &after, (old, new), "restored over one connection");
     }
 }
+
+/// Equal databases at -j 2: four go two to each connection, none split
+/// (splitting the last would leave one connection idle while the other
+/// three restore, then run it at less than twice the pace); of three, the
+/// last is split. `restore-schedule.log` says which, and each upgrade is
+/// proven.
+#[test]
+fn equal_databases_are_split_only_where_that_is_sooner() {
+    for (databases, split) in [(4, false), (3, true)] {
+        let Some(mut pair) = Pair::new(17, 18) else {
+            return;
+        };
+        pair.old.start();
+        for d in 1..=databases {
+            pair.old.sql("postgres", &format!("CREATE DATABASE d{d}"));
+            pair.old.sql(
+                &format!("d{d}"),
+                "DO $$ BEGIN FOR i IN 1..40 LOOP
+                   EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i);
+                   EXECUTE format('CREATE INDEX ON t%s (v)', i);
+                   EXECUTE format('INSERT INTO t%s VALUES (1, %L)', i, md5(i::text));
+                 END LOOP; END $$;",
+            );
+        }
+        let before = capture(&pair.old, &pair.new.bindir);
+        pair.old.stop();
+        let logs = pair.sandbox.mkdir("logs");
+        let mut args = with(pair.dir_args(), &["--link", "-j", "2", "--json"]);
+        args.extend([OsString::from("--log-dir"), logs.clone().into()]);
+        let run = pair.run(&args);
+        assert_eq!(run.status, 0, "{databases}: {}", run.stderr);
+        let files = walk(&logs);
+        let schedule = files
+            .iter()
+            .find(|p| p.ends_with("restore-schedule.log"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .unwrap_or_else(|| panic!("{databases}: no restore-schedule.log in {files:?}"));
+        let restores: String = files
+            .iter()
+            .filter(|p| !p.ends_with("restore-schedule.log"))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        let chosen = if split {
+            "is restored last, split"
+        } else {
+            "so every database is restored over one connection"
+        };
+        assert!(schedule.contains(chosen), "{databases}:\n{schedule}");
+        assert_eq!(
+            restores.contains("over 2 connections"),
+            split,
+            "{databases}: a database restored side by side: {}",
+            !split
+        );
+        pair.new.start();
+        let after = capture(&pair.new, &pair.new.bindir);
+        pair.new.stop();
+        assert_same_state(
+            &before,
+            &after,
+            (17, 18),
+            &format!("{databases} equal databases"),
+        );
+    }
+}

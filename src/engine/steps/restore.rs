@@ -74,6 +74,9 @@ impl<'a> Engine<'a> {
             last_workers,
         );
         let largest = shares.split.map(|k| candidates[k]);
+        if jobs > 1 {
+            self.log_restore_shares(&shares, &candidates, &planned, last_workers);
+        }
         let objects = planned.iter().map(|p| p.objects).sum();
         let meter = self.printer.meter("restore-schema", objects, "objects");
         let restored = AtomicUsize::new(0);
@@ -179,6 +182,47 @@ impl<'a> Engine<'a> {
             .map_err(|e| Failure::new(Code::ServerStopFailed, e))
     }
 
+    /// Says in `restore-schedule.log` how the databases were shared among
+    /// the connections, and why the largest was or was not split.
+    fn log_restore_shares(
+        &self,
+        shares: &ConnectionShares,
+        candidates: &[usize],
+        planned: &[pgm_catalog::PlannedRestore],
+        workers: usize,
+    ) {
+        let name = |k: usize| format!("\"{}\"", planned[candidates[k]].database);
+        let largest = shares.split.or(shares.order.first().copied());
+        let mut text = format!(
+            "-j {}, {workers} connections for one database; databases by objects, the restore's \
+             cost estimate, most first (template1 before them, alone):\n",
+            self.settings.jobs
+        );
+        for k in shares.split.iter().chain(&shares.order) {
+            text += &format!("  {} {}\n", name(*k), planned[candidates[*k]].objects);
+        }
+        text += &format!(
+            "one connection per database: done after about {} objects' time\n",
+            shares.one_each
+        );
+        if let Some(k) = largest {
+            text += &format!(
+                "{} split at the end, {workers} connections at once: about {}\n",
+                name(k),
+                shares.split_last
+            );
+        }
+        text += &match shares.split {
+            Some(k) => format!("so {} is restored last, split\n", name(k)),
+            None => {
+                "so every database is restored over one connection (more than a tenth sooner)\n"
+                    .to_string()
+            }
+        };
+        // The log only explains the schedule: losing it is no reason to fail.
+        let _ = std::fs::write(self.log("restore-schedule.log"), text);
+    }
+
     /// The old cluster's logical slots, made again now: this server runs
     /// after the new cluster's last pg_resetwal, so the WAL they keep from
     /// here on stays. Their consumers continue from this position.
@@ -253,6 +297,11 @@ impl<'a> Engine<'a> {
 struct ConnectionShares {
     split: Option<usize>,
     order: Vec<usize>,
+    /// When the restore was estimated to end (counted in objects restored
+    /// over one connection) with one connection per database, and with the
+    /// largest split at the end: why `split` is what it is.
+    one_each: u64,
+    split_last: u64,
 }
 
 /// What two connections restoring one database side by side gained over
@@ -263,39 +312,49 @@ struct ConnectionShares {
 const SIDE_BY_SIDE_GAIN: f64 = 0.4;
 
 /// Splits the largest database (by objects, its cost in the restore) over
-/// `workers` connections at the end only where that finishes sooner than
-/// giving every database one connection, `jobs` at a time: with one large
-/// database and small ones it does; eight equal databases at -j 2 are done
-/// soonest four per connection, while their split ninth would run after
-/// them at less than twice one connection's pace. Equal times within a
-/// tenth split: the same time, with the side-by-side restore's progress.
+/// `workers` connections at the end, unless giving every database one
+/// connection (as many at a time as `-j` and `workers`, the CPUs, allow)
+/// is estimated to finish more than a tenth sooner: with one large database
+/// and small ones it is split; eight equal databases at -j 2 are done
+/// soonest four per connection, while a split eighth would run after the
+/// other seven at less than twice one connection's pace. Closer than a
+/// tenth, the split wins: about the same time, and the side by side
+/// restore's progress counts across the connections.
 fn share_connections(objects: &[u64], jobs: usize, workers: usize) -> ConnectionShares {
     let mut order: Vec<usize> = (0..objects.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(objects[i]));
-    if jobs < 2 || order.is_empty() {
-        return ConnectionShares { split: None, order };
-    }
-    // Each database to the connection that finishes first, in this order.
-    let finish = |order: &[usize], connections: usize| -> f64 {
+    // Each database to the connection that is free first, in this order.
+    let finish = |order: &[usize], connections: usize| -> u64 {
         let mut busy = vec![0u64; connections.max(1)];
         for &i in order {
             let soonest = busy.iter_mut().min().expect("one connection at least");
             *soonest += objects[i];
         }
-        busy.into_iter().max().unwrap_or(0) as f64
+        busy.into_iter().max().unwrap_or(0)
     };
     let connections = jobs.min(workers);
-    let whole = finish(&order, connections);
-    let speedup = 1.0 + SIDE_BY_SIDE_GAIN * (workers.max(1) - 1) as f64;
-    let split = finish(&order[1..], connections) + objects[order[0]] as f64 / speedup;
-    if whole < 0.9 * split {
-        ConnectionShares { split: None, order }
-    } else {
-        let largest = order.remove(0);
-        ConnectionShares {
-            split: Some(largest),
+    let one_each = finish(&order, connections);
+    if jobs < 2 || order.is_empty() {
+        return ConnectionShares {
+            split: None,
             order,
-        }
+            one_each,
+            split_last: one_each,
+        };
+    }
+    let speedup = 1.0 + SIDE_BY_SIDE_GAIN * (workers.max(1) - 1) as f64;
+    let split_last =
+        finish(&order[1..], connections) + (objects[order[0]] as f64 / speedup).round() as u64;
+    let split = if (one_each as f64) < 0.9 * split_last as f64 {
+        None
+    } else {
+        Some(order.remove(0))
+    };
+    ConnectionShares {
+        split,
+        order,
+        one_each,
+        split_last,
     }
 }
 
@@ -315,6 +374,10 @@ mod tests {
         let shares = share_connections(&eight, 2, 2);
         assert_eq!(shares.split, None);
         assert_eq!(shares.order[8], 0, "the smallest last");
+        assert_eq!(
+            (shares.one_each, shares.split_last),
+            (50_006, 50_000 + 8_929)
+        );
         // Seven: three per connection, the seventh split at the end.
         let shares = share_connections(&eight[..8], 2, 2);
         assert!(shares.split.is_some());
