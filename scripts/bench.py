@@ -670,10 +670,12 @@ def markdown(report):
     if "without a journal" in str(m.get("trials", "")) or "(ext4)" in str(m.get("trials", "")):
         lines += [
             "The first trials ran in the working directory, on this machine's own ext4, which has no journal: "
-            "creating files is slowed for 1-5 minutes after many were deleted (the kernel will not reuse a "
-            "deleted file's inode that soon, and scans past each one), and every trial deletes the last one's "
-            "files (250,000 for manyrels). The same datasets on a journaled ext4 and on XFS follow below "
-            "(\"On every filesystem\").",
+            "creating files is slowed for 1-6 minutes after many were deleted (the kernel will not reuse a "
+            "deleted file's inode that soon while its inode table block is cached, and scans past each one), "
+            "and every trial deletes the last one's files (250,000 for manyrels). Since 2026-12-04 the script "
+            "drops the page cache after that deletion; the runs before did not (see \"ext4 without a "
+            "journal\" below). The same datasets on a journaled ext4 and on XFS follow below (\"On every "
+            "filesystem\").",
             "",
         ]
     lines += [
@@ -715,24 +717,48 @@ def markdown(report):
                 lines.append(f"| {fs} | one database, {e['relations']} relations | {e['mode']} | {e['jobs']} | "
                              f"{e['pg_upgrade']:.2f} | {e['pg-migrate']:.2f} | {e['pg-migrate'] / e['pg_upgrade']:.2f} |")
     if "workdir" in by_fs and "(ext4)" in str(by_fs["workdir"].get("trials", "")):
-        lines += ["", "### Why ext4 without a journal narrows the lead", "",
+        lines += ["", "### ext4 without a journal", "",
                   "Profiled on 2026-12-03 (perf, whole machine; one database of 100,000 relations, link, -j 2, "
                   "on this machine's journal-less ext4):", "",
                   "- Without a journal, ext4 does not reuse an inode freed less than a minute ago (six, while its "
-                  "inode table block is not yet written back), and before each file it creates it walks the inode group "
-                  "past every such inode (`recently_deleted()` in fs/ext4/ialloc.c). Each trial deletes the last "
-                  "one's files, so every relation file the next restore creates pays for that walk. It cost both "
-                  "tools the same: 12.8 CPU-seconds in pg-migrate's run, 12.5 in pg_upgrade's. The same seconds "
-                  "added to both bring the ratio toward 1.",
-                  "- pg-migrate pays a second time: the walk runs with the directory locked, and its two "
-                  "connections create files in one database directory, so one spins on the other's lock "
+                  "inode table block is not yet written back) as long as that block is cached, and before each "
+                  "file it creates it walks the inode group past every such inode (`recently_deleted()` in "
+                  "fs/ext4/ialloc.c). Each trial deleted the last one's files, so every relation file the next "
+                  "restore created paid for that walk: 12.8 CPU-seconds in pg-migrate's run, 12.5 in pg_upgrade's.",
+                  "- pg-migrate paid a second time: the walk runs with the directory locked, and its two "
+                  "connections create files in one database directory, so one spun on the other's lock "
                   "(`rwsem_spin_on_owner`: 6% of the machine's samples during pg-migrate's run; none sampled during "
-                  "pg_upgrade's, whose restore of one database is one connection).",
-                  "- With the page cache dropped after a trial's set-up, the walk fell from 13.6% to 3% of the "
-                  "samples (a freed inode whose table block has left the cache counts as old).",
-                  "",
-                  "So the narrower lead comes from the benchmark deleting hundreds of thousands of files "
-                  "moments before each run; an upgrade that follows no such deletion does not pay for the walk."]
+                  "pg_upgrade's, whose restore of one database is one connection).", "",
+                  "Measured on 2026-12-04 on manyrels (link, -j 2, 2 rounds each): what a trial cost depended on "
+                  "what was deleted before it. pg_upgrade took 23.6 s as the first trial after the dataset was "
+                  "built and 32.7 s right after pg-migrate's trial was deleted; the set-up's own `cp -a` took "
+                  "8.5 s instead of 2.1 s. With the page cache dropped right after the deletion (the freed inodes' "
+                  "table blocks leave the cache, and a freed inode whose block is not cached counts as old), "
+                  "pg_upgrade took 24.7 and 24.6 s, the `cp -a` 2.1 s, and the ratio went from 0.69 to 0.62. "
+                  "An upgrade follows no such deletion, so the script now drops the cache there, for both tools "
+                  "and on every filesystem (the old cluster is copied after the drop, so its files are cached "
+                  "when a tool starts, as a just-stopped server's are).", "",
+                  "The rest of the gap to 0.6 was pg-migrate's own: with eight equal databases at -j 2 it "
+                  "restored seven one per connection (the seventh alone, the other connection idle) and then the "
+                  "eighth split over both, at 1.4 times one connection's pace. pg_upgrade's four per connection "
+                  "was the better schedule. pg-migrate now splits the largest database only where that is "
+                  "estimated to be sooner ([upgrade.md](upgrade.md#one-large-database)); manyrels' restore went "
+                  "from 10.4 to 8.9 s, the ratio to 0.58.", "",
+                  "Measured then by this script, with both changes, on all three filesystems: `bench.py "
+                  "--datasets manyrels --modes link --series 100000 --series-modes link --series-jobs 2 "
+                  "--rounds 2 --ha-rounds 0`, alternating which tool goes first; medians of the 2 rounds.", "",
+                  "| filesystem | case | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate's restore (s) |",
+                  "|---|---|---|---|---|---|",
+                  "| this machine's ext4, no journal | manyrels (8 databases) | 28.19 | 14.64 | 0.52 | 9.85 |",
+                  "| ext4 with a journal | manyrels (8 databases) | 33.95 | 17.73 | 0.52 | 9.90 |",
+                  "| XFS | manyrels (8 databases) | 34.89 | 17.76 | 0.51 | 10.62 |",
+                  "| this machine's ext4, no journal | one database, 100,000 relations | 66.25 | 22.19 | 0.33 | "
+                  "15.02 |",
+                  "| ext4 with a journal | one database, 100,000 relations | 74.07 | 26.06 | 0.35 | 16.45 |",
+                  "| XFS | one database, 100,000 relations | 72.13 | 26.94 | 0.37 | 17.12 |", "",
+                  "The many-databases lead now holds at 0.51-0.52 on all three. At 100,000 relations the ratio "
+                  "stays at 0.33-0.37 with the filesystems in a different order than in the run before (below: "
+                  "0.33 on XFS then, 0.37 now): within this machine's noise, and not yet under 0.35 on all three."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
