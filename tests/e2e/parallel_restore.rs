@@ -331,12 +331,7 @@ fn a_database_restored_over_one_connection_despite_jobs_says_why() {
         pair.old.start();
         pair.old.sql("postgres", "CREATE DATABASE big");
         pair.old.sql("big", schema);
-        let before = capture(&pair.old, &pair.new.bindir);
-        pair.old.stop();
-        let logs = pair.sandbox.mkdir("logs");
-        let mut args = with(pair.dir_args(), &["--link", "-j", "2", "--json"]);
-        args.extend([OsString::from("--log-dir"), logs.clone().into()]);
-        let run = pair.run(&args);
+        let (before, run, logs) = upgrade_logged_j2(&mut pair);
         assert_eq!(run.status, 0, "{old}->{new}: {}", run.stderr);
         crate::json_schema::validate(&run.events);
         // Under --json, a wrapper reads it as a notice.
@@ -405,12 +400,7 @@ fn equal_databases_are_split_only_where_that_is_sooner() {
                  END LOOP; END $$;",
             );
         }
-        let before = capture(&pair.old, &pair.new.bindir);
-        pair.old.stop();
-        let logs = pair.sandbox.mkdir("logs");
-        let mut args = with(pair.dir_args(), &["--link", "-j", "2", "--json"]);
-        args.extend([OsString::from("--log-dir"), logs.clone().into()]);
-        let run = pair.run(&args);
+        let (before, run, logs) = upgrade_logged_j2(&mut pair);
         assert_eq!(run.status, 0, "{databases}: {}", run.stderr);
         let files = walk(&logs);
         let schedule = files
@@ -445,4 +435,15 @@ fn equal_databases_are_split_only_where_that_is_sooner() {
             &format!("{databases} equal databases"),
         );
     }
+}
+
+/// The old cluster's state captured, then the cluster stopped and upgraded
+/// with `--link -j 2 --json`, its logs kept under the returned directory.
+fn upgrade_logged_j2(pair: &mut Pair) -> (State, Run, std::path::PathBuf) {
+    let before = capture(&pair.old, &pair.new.bindir);
+    pair.old.stop();
+    let logs = pair.sandbox.mkdir("logs");
+    let mut args = with(pair.dir_args(), &["--link", "-j", "2", "--json"]);
+    args.extend([OsString::from("--log-dir"), logs.clone().into()]);
+    (before, pair.run(&args), logs)
 }
