@@ -365,6 +365,9 @@ impl<R: BufRead> Splitter<R> {
         if start < line.len() {
             self.statement.push_str(&line[start..]);
         }
+        // The buffer back for the next line: one allocation per script,
+        // not per line (a script of 100,000 relations has millions).
+        self.line = line;
         Ok(())
     }
 
@@ -430,7 +433,13 @@ pub(crate) fn utf8_script_objects(script: &Path) -> Result<Option<u64>, Error> {
         if is_object_header(text) {
             objects += 1;
         }
-        let text = text.trim().to_ascii_lowercase();
+        // Lower-cased only where it may name an encoding: most lines do not
+        // begin with a backslash or an s.
+        let text = text.trim();
+        if !text.starts_with(['\\', 's', 'S']) {
+            continue;
+        }
+        let text = text.to_ascii_lowercase();
         let names_encoding =
             text.starts_with("\\encoding") || text.starts_with("set client_encoding");
         if names_encoding && !text.contains("utf8") {
