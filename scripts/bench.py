@@ -758,7 +758,14 @@ def markdown(report):
                   "| XFS | one database, 100,000 relations | 72.13 | 26.94 | 0.37 | 17.12 |", "",
                   "The many-databases lead now holds at 0.51-0.52 on all three. At 100,000 relations the ratio "
                   "stays at 0.33-0.37 with the filesystems in a different order than in the run before (below: "
-                  "0.33 on XFS then, 0.37 now): within this machine's noise, and not yet under 0.35 on all three."]
+                  "0.33 on XFS then, 0.37 now): not yet under 0.35 on all three.", "",
+                  "The 100,000-relation series measured once more an hour later (2 rounds on each filesystem, "
+                  "after pg-migrate's reading of the restore script was made about 0.15 s faster): 18.86 s against "
+                  "54.88 s on this machine's ext4 (0.34), 22.52 s against 64.07 s on ext4 with a journal (0.35), "
+                  "28.20 s against 62.15 s on XFS (0.45). XFS measured right after without the page cache drop, "
+                  "as before: 28.92 s against 65.35 s (0.44), so the drop is not what changed there. In both XFS "
+                  "runs pg-migrate's restore took 17.7-18.9 s, against 12.8-13.1 s on the two ext4s and 13.6 s "
+                  "on XFS in the run of the paragraph below; what slows it on XFS now is not yet explained."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
