@@ -765,7 +765,11 @@ def markdown(report):
                   "28.20 s against 62.15 s on XFS (0.45). XFS measured right after without the page cache drop, "
                   "as before: 28.92 s against 65.35 s (0.44), so the drop is not what changed there. In both XFS "
                   "runs pg-migrate's restore took 17.7-18.9 s, against 12.8-13.1 s on the two ext4s and 13.6 s "
-                  "on XFS in the run of the paragraph below; what slows it on XFS now is not yet explained."]
+                  "on XFS in the run of the paragraph below; what slows it on XFS now is not yet explained. By hand, "
+                  "on a fresh 30 GiB XFS loop image (three trials, each after the last one's files were deleted), "
+                  "the restore took 12.5-13.0 s and the whole run 20.7-21.1 s (this machine's ext4: 11.9 and "
+                  "18.0 s): the slowdown belongs to this script's XFS trials (an 80 GiB sparse image, fstrim after "
+                  "each deletion, pg_upgrade's trials in between), and which of these, is not found yet."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
