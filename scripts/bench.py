@@ -768,8 +768,11 @@ def markdown(report):
                   "on XFS in the run of the paragraph below; what slows it on XFS now is not yet explained. By hand, "
                   "on a fresh 30 GiB XFS loop image (three trials, each after the last one's files were deleted), "
                   "the restore took 12.5-13.0 s and the whole run 20.7-21.1 s (this machine's ext4: 11.9 and "
-                  "18.0 s): the slowdown belongs to this script's XFS trials (an 80 GiB sparse image, fstrim after "
-                  "each deletion, pg_upgrade's trials in between), and which of these, is not found yet."]
+                  "18.0 s); on a fresh 80 GiB one with fstrim after each deletion, as this script makes it, and after a "
+                  "pg_upgrade trial (63.9 s), 20.6-21.1 s with the restore at 12.5-13.0 s: 0.32. This script's own "
+                  "XFS trials, run alone right after (1 round), gave pg_upgrade 74.4 s and pg-migrate 35.9 s "
+                  "(0.48; its dump 6.9 s instead of 3.0, its restore 21.6 s), so something in how this script's XFS "
+                  "trials run slows both tools, pg-migrate more; it is not found yet."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
