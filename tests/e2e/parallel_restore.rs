@@ -181,10 +181,7 @@ fn a_parallel_restore_killed_and_its_resume_killed_is_resumed_to_a_proven_result
     let resumed = run_at(on_new("resume"), &unwritable, None);
     assert_eq!(resumed.status, 0, "{}\n{}", resumed.stderr, resumed.stdout);
     crate::json_schema::validate(&resumed.events);
-    pair.new.start();
-    let after = capture(&pair.new, &pair.new.bindir);
-    pair.new.stop();
-    assert_same_state(&before, &after, (17, 18), "resumed parallel restore");
+    assert_upgraded_to(&mut pair, &before, (17, 18), "resumed parallel restore");
 }
 
 /// A partitioned table with a primary key, in a database small enough that
@@ -226,12 +223,9 @@ fn partitions_are_attached_before_their_parents_key_exists() {
         logs_under(&logs).contains("over 2 connections"),
         "small was not restored side by side"
     );
-    pair.new.start();
-    let after = capture(&pair.new, &pair.new.bindir);
-    pair.new.stop();
-    assert_same_state(
+    assert_upgraded_to(
+        &mut pair,
         &before,
-        &after,
         (17, 18),
         "partitions restored side by side",
     );
@@ -370,10 +364,12 @@ fn a_database_restored_over_one_connection_despite_jobs_says_why() {
             line_with(&logs, "restoring over one connection, not 2: "),
             "{old}->{new}: the log does not say why:\n{logs}"
         );
-        pair.new.start();
-        let after = capture(&pair.new, &pair.new.bindir);
-        pair.new.stop();
-        assert_same_state(&before, &after, (old, new), "restored over one connection");
+        assert_upgraded_to(
+            &mut pair,
+            &before,
+            (old, new),
+            "restored over one connection",
+        );
     }
 }
 
@@ -425,12 +421,9 @@ fn equal_databases_are_split_only_where_that_is_sooner() {
             "{databases}: a database restored side by side: {}",
             !split
         );
-        pair.new.start();
-        let after = capture(&pair.new, &pair.new.bindir);
-        pair.new.stop();
-        assert_same_state(
+        assert_upgraded_to(
+            &mut pair,
             &before,
-            &after,
             (17, 18),
             &format!("{databases} equal databases"),
         );

@@ -349,6 +349,15 @@ pub struct State {
     pub contents: BTreeMap<String, String>,
 }
 
+/// The new cluster started, proven to hold `before` (dump and contents),
+/// and stopped again.
+pub fn assert_upgraded_to(pair: &mut Pair, before: &State, majors: (u32, u32), what: &str) {
+    pair.new.start();
+    let after = capture(&pair.new, &pair.new.bindir);
+    pair.new.stop();
+    assert_same_state(before, &after, majors, what);
+}
+
 pub fn capture(cluster: &Cluster, bindir: &Path) -> State {
     State {
         dump: dumpall(cluster, bindir),
