@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cli::Mode;
+use crate::support::hex;
 
 /// The kit format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -116,10 +117,6 @@ pub struct Source {
     pub name: String,
     pub from: PathBuf,
     pub dir: bool,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reading through, hashing what passes.
