@@ -313,8 +313,9 @@ const SIDE_BY_SIDE_GAIN: f64 = 0.4;
 
 /// Splits the largest database (by objects, its cost in the restore) over
 /// `workers` connections at the end, unless giving every database one
-/// connection (as many at a time as `-j` and `workers`, the CPUs, allow)
-/// is estimated to finish more than a tenth sooner: with one large database
+/// connection is estimated to finish more than a tenth sooner (counting no
+/// more connections at work than `workers`, the CPUs: the restore runs
+/// `jobs` at a time, but more than the CPUs go no faster): with one large database
 /// and small ones it is split; eight equal databases at -j 2 are done
 /// soonest four per connection, while a split eighth would run after the
 /// other seven at less than twice one connection's pace. Closer than a
