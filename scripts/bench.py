@@ -673,6 +673,23 @@ def targets(report):
     return out
 
 
+# bench.py runs of 2026-12-05, after forget_golden_pages: (filesystem, case, rounds, pg_upgrade, pg-migrate,
+# pg-migrate's restore, pg-migrate's sync), medians in seconds.
+EVICTED_RUNS = [
+    ("this machine's ext4, no journal", "manyrels (8 databases)", 2, 27.76, 13.15, 8.44, 0.61),
+    ("ext4 with a journal", "manyrels (8 databases)", 2, 28.10, 12.92, 7.99, 0.68),
+    ("XFS", "manyrels (8 databases)", 2, 28.36, 12.88, 7.91, 0.68),
+    ("this machine's ext4, no journal", "one database, 100,000 relations", 2, 56.72, 18.94, 12.78, 0.59),
+    ("ext4 with a journal", "one database, 100,000 relations", 2, 60.50, 24.31, 13.20, 5.17),
+    ("XFS", "one database, 100,000 relations", 2, 63.82, 25.98, 12.81, 6.18),
+    ("this machine's ext4, no journal", "one database, 100,000 relations", 3, 55.49, 19.32, 13.16, 0.65),
+    ("ext4 with a journal", "one database, 100,000 relations", 3, 60.62, 21.77, 13.44, 2.19),
+    ("XFS", "one database, 100,000 relations", 3, 63.46, 22.00, 14.60, 0.70),
+]
+EVICTED_ROWS = [f"| {fs} | {case} | {rounds} | {pgu:.2f} | {pgm:.2f} | {pgm / pgu:.3f} | {restore:.2f} | {sync:.2f} |"
+                for fs, case, rounds, pgu, pgm, restore, sync in EVICTED_RUNS]
+
+
 def markdown(report):
     m = report["machine"]
     lines = [
@@ -792,7 +809,38 @@ def markdown(report):
                   "pg_upgrade trial (63.9 s), 20.6-21.1 s with the restore at 12.5-13.0 s: 0.32. This script's own "
                   "XFS trials, run alone right after (1 round), gave pg_upgrade 74.4 s and pg-migrate 35.9 s "
                   "(0.48; its dump 6.9 s instead of 3.0, its restore 21.6 s), so something in how this script's XFS "
-                  "trials run slows both tools, pg-migrate more; it is not found yet."]
+                  "trials run slows both tools, pg-migrate more; found two days later, below.", "",
+                  "Found on 2026-12-05: the set-up's own golden copy. Each trial's `cp -a` reads the golden (1.5 GB "
+                  "in 100,000 files on this machine's own ext4), and it stayed in the page cache, which no upgrade "
+                  "has. With it cached, both tools' writes cost more system time on this machine (a Firecracker VM). "
+                  "By hand, on the XFS image, with the golden copied from the machine's ext4 as this script does, "
+                  "pg-migrate took 30.9-34.2 s (restore 18.4-22.6 s, system time 21-26 s) and pg_upgrade 69.1 s. "
+                  "With the golden's pages dropped once the copy was made, pg-migrate took 21.1-23.2 s (restore "
+                  "12.6-13.7 s, system time 9-11 s) and pg_upgrade 64.6 s. Reading another 1.5 GB of files instead "
+                  "of the golden slowed it as much (35.2 s). The by-hand trials above were fast because their golden "
+                  "was on the XFS image itself. The extra time went into the kernel's plain copies of both tools' "
+                  "writes into the page cache and the loop device's copies into the image file, with steal time up "
+                  "from 0.1 to 2 s: it is below this machine's kernel, not in either tool. The script now drops the "
+                  "golden's pages once a trial's copy is made; the copy stays cached, as a just-stopped server's "
+                  "files are.", "",
+                  "Measured then by this script, on all three filesystems (link, -j 2, alternating which tool goes "
+                  "first; medians):", "",
+                  "| filesystem | case | rounds | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate's restore (s) "
+                  "| pg-migrate's sync (s) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  ] + EVICTED_ROWS + ["",
+                  "The first run (2 rounds) measured manyrels and the series, the second (3 rounds) the series "
+                  "alone. Manyrels' pg_upgrade on this machine's ext4 took 32.36 s in round 1, the run's first "
+                  "trial, and 23.16 s in round 2. The two series runs differ mostly in pg-migrate's final sync on "
+                  "the two images (5.2 and 6.2 s in the first run, 2.2 and 0.7 s in the second): the write-back, "
+                  "through the loop device, of about a gigabyte the restore left in the page cache. Many databases "
+                  "now hold at 0.45-0.47. At 100,000 relations pg-migrate takes 0.35-0.36 of pg_upgrade's time on "
+                  "all three filesystems in the 3-round run: at the goal of 0.35 within this machine's noise, not "
+                  "clearly under it.", "",
+                  "Tried and dropped on 2026-12-05: asking the kernel to write back (one syncfs a second) while the "
+                  "restore runs, so that the final sync finds less to write. On the XFS image the restore went from "
+                  "14.3-14.6 s to 20.3 s, with 8 s more system time: catalog pages written back and then dirtied "
+                  "again made 2.1 GB of writes instead of 1.2 GB."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
