@@ -385,9 +385,9 @@ def forget_golden_pages(golden):
     just-stopped server's files are; the golden is the script's own and no upgrade has a second copy of the cluster
     in memory. Measured on this machine (a Firecracker VM) on 2026-12-05, one database of 100,000 relations, link,
     -j 2, on the XFS image: with the golden's 1.5 GB (100,000 files on the machine's own ext4) cached, pg-migrate
-    took 30.9-34.2 s and pg_upgrade 69.1 s; with them dropped, 21.1-23.2 s and 64.6 s. Any 1.5 GB of the machine's
+    took 30.9-34.2 s and pg_upgrade 69.1 s; with them dropped, 21.1-24.4 s and 64.6 s. Any 1.5 GB of the machine's
     files did the same (the golden dropped and another 1.5 GB of 100,000 files read instead: 35.2 s). The time went to the kernel
-    (pg-migrate's run: 21-26 s of system time against 9-11), into the plain copies of both tools' writes into the
+    (pg-migrate's run: 21-26 s of system time against 9-13.5), into the plain copies of both tools' writes into the
     page cache and the loop device's copies into the image file, and steal time rose from 0.1 to 2 s: the cost
     is below this machine's kernel, not in either tool."""
     for directory, _, files in os.walk(golden):
@@ -815,8 +815,8 @@ def markdown(report):
                   "has. With it cached, both tools' writes cost more system time on this machine (a Firecracker VM). "
                   "By hand, on the XFS image, with the golden copied from the machine's ext4 as this script does, "
                   "pg-migrate took 30.9-34.2 s (restore 18.4-22.6 s, system time 21-26 s) and pg_upgrade 69.1 s. "
-                  "With the golden's pages dropped once the copy was made, pg-migrate took 21.1-23.2 s (restore "
-                  "12.6-13.7 s, system time 9-11 s) and pg_upgrade 64.6 s. Reading another 1.5 GB of files instead "
+                  "With the golden's pages dropped once the copy was made, pg-migrate took 21.1-24.4 s (restore "
+                  "12.6-15.5 s, system time 9-13.5 s) and pg_upgrade 64.6 s. Reading another 1.5 GB of files instead "
                   "of the golden slowed it as much (35.2 s). The by-hand trials above were fast because their golden "
                   "was on the XFS image itself. The extra time went into the kernel's plain copies of both tools' "
                   "writes into the page cache and the loop device's copies into the image file, with steal time up "
