@@ -385,11 +385,11 @@ def forget_golden_pages(golden):
     just-stopped server's files are; the golden is the script's own and no upgrade has a second copy of the cluster
     in memory. Measured on this machine (a Firecracker VM) on 2026-12-05, one database of 100,000 relations, link,
     -j 2, on the XFS image: with the golden's 1.5 GB (100,000 files on the machine's own ext4) cached, pg-migrate
-    took 30.9-34.2 s and pg_upgrade 69.1 s; with them dropped, 21.1-24.4 s and 64.6 s. Any 1.5 GB of the machine's
-    files did the same (the golden dropped and another 1.5 GB of 100,000 files read instead: 35.2 s). The time went to the kernel
-    (pg-migrate's run: 21-26 s of system time against 9-13.5), into the plain copies of both tools' writes into the
-    page cache and the loop device's copies into the image file, and steal time rose from 0.1 to 2 s: the cost
-    is below this machine's kernel, not in either tool."""
+    took 30.9-34.2 s and pg_upgrade 69.1 s; with them dropped, 21.1-24.4 s and 64.6 s. Another 1.5 GB of 100,000
+    files read instead of the golden did the same (35.2 s). The time went to the kernel (pg-migrate's run: 21-26 s
+    of system time against 9-13.5), into the plain copies of both tools' writes into the page cache and the loop
+    device's copies into the image file, and steal time rose from 0.1 to 2 s: the cost is below this machine's
+    kernel, not in either tool."""
     for directory, _, files in os.walk(golden):
         for name in files:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY)
@@ -809,7 +809,7 @@ def markdown(report):
                   "pg_upgrade trial (63.9 s), 20.6-21.1 s with the restore at 12.5-13.0 s: 0.32. This script's own "
                   "XFS trials, run alone right after (1 round), gave pg_upgrade 74.4 s and pg-migrate 35.9 s "
                   "(0.48; its dump 6.9 s instead of 3.0, its restore 21.6 s), so something in how this script's XFS "
-                  "trials run slows both tools, pg-migrate more; found two days later, below.", "",
+                  "trials run slows both tools, pg-migrate more; found on 2026-12-05, below.", "",
                   "Found on 2026-12-05: the set-up's own golden copy. Each trial's `cp -a` reads the golden (1.5 GB "
                   "in 100,000 files on this machine's own ext4), and it stayed in the page cache, which no upgrade "
                   "has. With it cached, both tools' writes cost more system time on this machine (a Firecracker VM). "
