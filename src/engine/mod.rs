@@ -138,6 +138,8 @@ pub struct Engine<'a> {
     /// Copy modes: the relation files being copied in the background while
     /// the catalog is restored.
     staging: Option<Staging>,
+    /// The restore being made ready while the steps before it run.
+    restore_planning: Option<steps::RestorePlanning>,
     /// Per database, the extensions whose installed version is older than
     /// the new installation's default (read while the restore's server runs).
     outdated_extensions: BTreeMap<String, Vec<String>>,
@@ -263,6 +265,7 @@ impl<'a> Engine<'a> {
             tablespaces: Vec::new(),
             moves: Vec::new(),
             staging: None,
+            restore_planning: None,
             outdated_extensions: BTreeMap::new(),
             new_touched: false,
             created_new: false,
@@ -386,6 +389,11 @@ impl<'a> Engine<'a> {
         let result = self.run_steps();
         if let Some(staging) = self.staging.take() {
             staging.abandon();
+        }
+        if let Some(planning) = self.restore_planning.take() {
+            // Its pg_restore writes into this run's directory: done before
+            // the failure is told, as nothing of the run may go on after.
+            let _ = planning.join();
         }
         result.map_err(|failure| {
             pgm_cluster::server::stop_all();

@@ -337,12 +337,14 @@ struct Header {
     post_data: bool,
 }
 
-fn header(text: &str) -> Option<Header> {
+/// The facts of an entry's header, from the comment lines before its
+/// first statement.
+fn header(comments: &str) -> Option<Header> {
     let mut id = None;
     let mut dependencies = Vec::new();
     let mut kind_found = Kind::Other;
     let mut post_data = false;
-    for line in leading_comments(text).lines() {
+    for line in comments.lines() {
         if let Some(rest) = line.strip_prefix("-- TOC entry ") {
             id = rest.split(' ').next().and_then(|n| n.parse().ok());
         } else if let Some(rest) = line.strip_prefix("-- Dependencies: ") {
@@ -444,14 +446,17 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Result<Plan, Serial>
                 continue;
             }
         };
-        let setting = session_setting(&statement).map(|key| {
+        // The header comments and the statement after them, told apart
+        // once: most of what follows looks at only one of the two.
+        let (comments, code) = statement.split_at(leading_comments(&statement).len());
+        let setting = session_setting(code).map(|key| {
             let text: Vec<&str> = statement
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("--"))
                 .collect();
             (key, format!("{}\n", text.join("\n").trim()))
         });
-        if let Some(found) = header(&statement) {
+        if let Some(found) = header(comments) {
             // An entry that is a setting (SEARCHPATH) sets it for what follows.
             if let (Some((key, text)), Phase::Before) = (&setting, &phase) {
                 state = state.with(key.clone(), text.clone());
@@ -482,7 +487,7 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Result<Plan, Serial>
                     range,
                     more_ranges: Vec::new(),
                     alone: found.kind == Kind::Other,
-                    objects: objects_in(leading_comments(&statement)) as u32,
+                    objects: objects_in(comments) as u32,
                     state: state.clone(),
                     in_transaction_before: in_transaction,
                 });
@@ -490,8 +495,8 @@ pub(crate) fn plan(script: &Path, workers: usize) -> Result<Result<Plan, Serial>
             }
             continue;
         }
-        let begins = is_just(&statement, "BEGIN;");
-        if begins || is_just(&statement, "COMMIT;") {
+        let begins = is_just(code, "BEGIN;");
+        if begins || is_just(code, "COMMIT;") {
             in_transaction = begins;
             in_entry = false;
             continue;
@@ -916,7 +921,7 @@ mod tests {
     #[test]
     fn headers_give_the_entry_its_dependencies_and_kind() {
         let text = "\n--\n-- TOC entry 2469 (class 2620 OID 16424)\n-- Dependencies: 231 222\n-- Name: c t; Type: TRIGGER; Schema: s; Owner: me\n--\n\nCREATE TRIGGER t …;";
-        let found = header(text).unwrap();
+        let found = header(leading_comments(text)).unwrap();
         assert_eq!(found.id, 2469);
         assert_eq!(found.dependencies, [231, 222]);
         assert_eq!(found.kind, Kind::OnRelations);
@@ -936,7 +941,7 @@ mod tests {
             kind("-- Name: f(); Type: FUNCTION; Schema: s; Owner: me"),
             Kind::Other
         );
-        assert!(header("-- Name: x; Type: TABLE; Schema: s; Owner: me\nSELECT 1;").is_none());
+        assert!(header("-- Name: x; Type: TABLE; Schema: s; Owner: me\n").is_none());
     }
 
     #[test]

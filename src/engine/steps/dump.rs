@@ -326,6 +326,7 @@ impl<'a> Engine<'a> {
             }
             plan.old_relations = relations;
         }
+        self.start_restore_planning();
         if !prepare && self.settings.after.verify.is_some() {
             // Measured next, by the same server (record-old starts the copying).
             self.old_server = Some(server);

@@ -14,3 +14,5 @@ mod reload;
 mod restore;
 mod sync;
 mod transfer;
+
+pub(in crate::engine) use restore::RestorePlanning;
