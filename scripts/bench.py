@@ -874,7 +874,12 @@ def markdown(report):
                   "transaction: a commit's invalidation messages overflow the shared queue, and a connection that "
                   "has not read them yet is reset. With 50 entries per transaction there were 145, with 100 there "
                   "were 496, and no timing difference between these sizes stood out from the noise, so the "
-                  "transaction size stays as it is.", "",
+                  "transaction size stayed as it was. On 2026-12-05, with the golden copy's pages no longer "
+                  "cached (below) and runs alternated on a quieter bed, the difference stood out: every "
+                  "database was restored 13.1-13.6 s into restore-schema with 20, 50, 100 or 200 entries per "
+                  "transaction (10 runs), 14.2-14.7 s with 500 (3 runs); the uprobe on InvalidateSystemCaches "
+                  "counted 165 resets at 50 and 265 at 500. The side-by-side part now commits every 50 entries "
+                  "at most.", "",
                   "Measured again later on 2026-12-04 by this script, on the same machine as the paragraph above, "
                   "after the checks' type queries were made to read pg_attribute twice instead of once per round of "
                   "their recursion (`--check` at 100,000 relations: 1.40-1.71 s before, 1.06-1.24 s after): "

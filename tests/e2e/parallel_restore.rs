@@ -109,6 +109,22 @@ fn one_database_restored_side_by_side_is_the_serial_restore_and_pg_upgrades() {
         "appdb was not restored side by side ({connections}):\n{logs}"
     );
     assert!(!serial_logs.contains(" objects (bytes "), "{serial_logs}");
+    // In transactions of 50 entries at most: a larger commit overflows the
+    // server's invalidation queue and resets the other connections' caches.
+    let number_in = |line_marker: &str, word: usize| -> u64 {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(line_marker))
+            .unwrap_or_else(|| panic!("no line with {line_marker}: {logs}"));
+        line.split(' ').nth(word).unwrap().parse().unwrap()
+    };
+    // "restoring N objects (bytes …", "ran the parallel part in T transactions …"
+    let entries = number_in(" objects (bytes ", 1);
+    let transactions = number_in("ran the parallel part in ", 5);
+    assert!(
+        entries > 1000 && transactions * 50 >= entries,
+        "{entries} entries in {transactions} transactions:\n{logs}"
+    );
     // Every object counted, across the connections.
     let restore: Vec<_> = run
         .events_named("progress")
