@@ -689,6 +689,17 @@ EVICTED_RUNS = [
 EVICTED_ROWS = [f"| {fs} | {case} | {rounds} | {pgu:.2f} | {pgm:.2f} | {pgm / pgu:.3f} | {restore:.2f} | {sync:.2f} |"
                 for fs, case, rounds, pgu, pgm, restore, sync in EVICTED_RUNS]
 
+# The bench.py run of 2026-12-05 after the side-by-side part's transactions were cut to 50 entries and the
+# scripts written while the steps before the restore run (commits f472ee0, 4ac72a6); same columns, medians.
+SMALL_TRANSACTION_RUNS = [
+    ("this machine's ext4, no journal", "one database, 100,000 relations", 3, 65.64, 21.60, 14.07, 0.76),
+    ("ext4 with a journal", "one database, 100,000 relations", 3, 80.26, 21.83, 13.84, 0.36),
+    ("XFS", "one database, 100,000 relations", 3, 78.12, 22.91, 14.24, 0.26),
+]
+SMALL_TRANSACTION_ROWS = [
+    f"| {fs} | {case} | {rounds} | {pgu:.2f} | {pgm:.2f} | {pgm / pgu:.3f} | {restore:.2f} | {sync:.2f} |"
+    for fs, case, rounds, pgu, pgm, restore, sync in SMALL_TRANSACTION_RUNS]
+
 
 def markdown(report):
     m = report["machine"]
@@ -840,7 +851,22 @@ def markdown(report):
                   "Tried and dropped on 2026-12-05: asking the kernel to write back (one syncfs a second) while the "
                   "restore runs, so that the final sync finds less to write. On the XFS image the restore went from "
                   "14.3-14.6 s to 20.3 s, with 8 s more system time: catalog pages written back and then dirtied "
-                  "again made 2.1 GB of writes instead of 1.2 GB."]
+                  "again made 2.1 GB of writes instead of 1.2 GB.", "",
+                  "Later on 2026-12-05 the part restored side by side was given transactions of 50 entries at "
+                  "most instead of 500 (why: the invalidation queue, in \"Where the time goes\" below), and pg_restore now writes the scripts "
+                  "while the old server stops and prepare-new and the handover run. By hand, alternating the "
+                  "two binaries on one bed (3 runs each), a whole run went from 22.5-22.6 s to 20.8-21.4 s. "
+                  "Measured then by this script (link, -j 2, 3 rounds, alternating; medians):", "",
+                  "| filesystem | case | rounds | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate's restore (s) "
+                  "| pg-migrate's sync (s) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  ] + SMALL_TRANSACTION_ROWS + ["",
+                  "The ratio is under 0.35 on all three filesystems in this run. But the machine was slower than "
+                  "in the run above: pg_upgrade took 64-67 s on the machine's ext4 (55.5 s before) and 75-85 s "
+                  "on the images (about 61-63 s before), and pg-migrate's checks and dump took 1.2 and 3.6 s "
+                  "(1.1 and 3.3 s by hand that morning). Part of the lower ratio on the images is pg_upgrade's "
+                  "own slowdown; the by-hand comparison above is the measure of the change itself. Peak RSS: "
+                  "53-56 MiB."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
@@ -875,7 +901,7 @@ def markdown(report):
                   "has not read them yet is reset. With 50 entries per transaction there were 145, with 100 there "
                   "were 496, and no timing difference between these sizes stood out from the noise, so the "
                   "transaction size stayed as it was. On 2026-12-05, with the golden copy's pages no longer "
-                  "cached (below) and runs alternated on a quieter bed, the difference stood out: every "
+                  "cached (above) and runs alternated on a quieter bed, the difference stood out: every "
                   "database was restored 13.1-13.6 s into restore-schema with 20, 50, 100 or 200 entries per "
                   "transaction (10 runs), 14.2-14.7 s with 500 (3 runs); the uprobe on InvalidateSystemCaches "
                   "counted 165 resets at 50 and 265 at 500. The side-by-side part now commits every 50 entries "
