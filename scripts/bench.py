@@ -686,8 +686,16 @@ EVICTED_RUNS = [
     ("ext4 with a journal", "one database, 100,000 relations", 3, 60.62, 21.77, 13.44, 2.19),
     ("XFS", "one database, 100,000 relations", 3, 63.46, 22.00, 14.60, 0.70),
 ]
-EVICTED_ROWS = [f"| {fs} | {case} | {rounds} | {pgu:.2f} | {pgm:.2f} | {pgm / pgu:.3f} | {restore:.2f} | {sync:.2f} |"
-                for fs, case, rounds, pgu, pgm, restore, sync in EVICTED_RUNS]
+
+
+def runs_table(runs):
+    """The markdown table of recorded runs such as EVICTED_RUNS, header included."""
+    return (["| filesystem | case | rounds | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate's restore (s) "
+             "| pg-migrate's sync (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+            + [f"| {fs} | {case} | {rounds} | {pgu:.2f} | {pgm:.2f} | {pgm / pgu:.3f} | {restore:.2f} | {sync:.2f} |"
+               for fs, case, rounds, pgu, pgm, restore, sync in runs])
+
 
 # The bench.py run of 2026-12-05 after the side-by-side part's transactions were cut to 50 entries and the
 # scripts written while the steps before the restore run (commits f472ee0, 4ac72a6); same columns, medians.
@@ -699,9 +707,6 @@ SMALL_TRANSACTION_RUNS = [
     ("ext4 with a journal", "one database, 100,000 relations (again)", 3, 75.14, 21.78, 13.64, 0.36),
     ("XFS", "one database, 100,000 relations (again)", 3, 85.60, 23.90, 14.86, 0.61),
 ]
-SMALL_TRANSACTION_ROWS = [
-    f"| {fs} | {case} | {rounds} | {pgu:.2f} | {pgm:.2f} | {pgm / pgu:.3f} | {restore:.2f} | {sync:.2f} |"
-    for fs, case, rounds, pgu, pgm, restore, sync in SMALL_TRANSACTION_RUNS]
 
 
 def markdown(report):
@@ -839,10 +844,7 @@ def markdown(report):
                   "files are.", "",
                   "Measured then by this script, on all three filesystems (link, -j 2, alternating which tool goes "
                   "first; medians):", "",
-                  "| filesystem | case | rounds | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate's restore (s) "
-                  "| pg-migrate's sync (s) |",
-                  "|---|---|---|---|---|---|---|---|",
-                  ] + EVICTED_ROWS + ["",
+                  ] + runs_table(EVICTED_RUNS) + ["",
                   "The first run (2 rounds) measured manyrels and the series, the second (3 rounds) the series "
                   "alone. Manyrels' pg_upgrade on this machine's ext4 took 32.36 s in round 1, the run's first "
                   "trial, and 23.16 s in round 2. The two series runs differ mostly in pg-migrate's final sync on "
@@ -856,14 +858,11 @@ def markdown(report):
                   "14.3-14.6 s to 20.3 s, with 8 s more system time: catalog pages written back and then dirtied "
                   "again made 2.1 GB of writes instead of 1.2 GB.", "",
                   "Later on 2026-12-05 the part restored side by side was given transactions of 50 entries at "
-                  "most instead of 500 (why: the invalidation queue, in \"Where the time goes\" below), and pg_restore now writes the scripts "
-                  "while the old server stops and prepare-new and the handover run. By hand, alternating the "
+                  "most instead of 500 (why: the invalidation queue, in \"Where the time goes\" below), and "
+                  "pg_restore now writes the scripts while the old server stops and prepare-new and the handover run. By hand, alternating the "
                   "two binaries on one bed (3 runs each), a whole run went from 22.5-22.6 s to 20.8-21.4 s. "
                   "Measured then by this script (link, -j 2, 3 rounds, alternating; medians):", "",
-                  "| filesystem | case | rounds | pg_upgrade (s) | pg-migrate (s) | ratio | pg-migrate's restore (s) "
-                  "| pg-migrate's sync (s) |",
-                  "|---|---|---|---|---|---|---|---|",
-                  ] + SMALL_TRANSACTION_ROWS + ["",
+                  ] + runs_table(SMALL_TRANSACTION_RUNS) + ["",
                   "The second run (\"again\") followed the first at once, with the same binary. The ratio is under "
                   "0.35 on all three filesystems in both runs (0.27-0.33). But the machine was slower than "
                   "in the run above: pg_upgrade took 64-69 s on the machine's ext4 (55.5 s before) and 75-87 s "
