@@ -38,10 +38,11 @@ use crate::Error;
 /// by side. Every commit sends the other connections the invalidations of
 /// the catalog rows it wrote, and the server's shared queue holds 4,096 of
 /// them, so a larger commit resets the caches of a connection that has
-/// not read them yet. 100,000 relations in one database over two
-/// connections were restored in 13.1-13.6 s with transactions of 20 to 200
-/// entries, 14.2-14.7 s with 500 (pg_upgrade's 1,000 over -j 2), measured
-/// alternately on one machine on 2026-12-05.
+/// not read them yet. With 100,000 relations in one database over two
+/// connections, every database was restored 13.1-13.6 s into
+/// restore-schema with transactions of 20 to 200 entries, 14.2-14.7 s with
+/// 500 (pg_upgrade's 1,000 over -j 2), measured alternately on one machine
+/// on 2026-12-05.
 pub(crate) const SIDE_BY_SIDE_TRANSACTION: usize = 50;
 
 /// How one database's restore runs.
