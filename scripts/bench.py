@@ -82,11 +82,11 @@ def parse_args():
     p.add_argument("--ha-only", action="store_true",
                    help="measure the HA case alone and put it into the benchmarks.json in --output (the other "
                         "sections kept as they were measured), then write benchmarks.md again")
-    p.add_argument("--series-only", action="store_true",
-                   help="measure the one-database series alone (--series, --series-modes, --series-jobs, on "
-                        "--filesystems) and put it into the benchmarks.json in --output in place of the series "
-                        "measured before (the other sections kept as they were measured, each with its date), then "
-                        "write benchmarks.md again")
+    p.add_argument("--update", action="store_true",
+                   help="measure only what --datasets, --modes and --series ask (on --filesystems), and put it into "
+                        "the benchmarks.json in --output in place of the same measurements made before; everything "
+                        "else is kept as it was measured, and benchmarks.md says which rows were measured when "
+                        "(the full run takes hours; e.g. --update --datasets '' for the one-database series alone)")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: write benchmarks.md again from the benchmarks.json in --output")
     a = p.parse_args()
@@ -777,10 +777,14 @@ def markdown(report):
                             "connections at -j 4 as at -j 2 (no more than the CPUs), and pg_upgrade's -j does not "
                             "split one database: the two -j rows of one filesystem are the same runs twice, and "
                             "their difference is this machine's noise.", ""]
-        series_dates = sorted({f["series_date"] for f in by_fs.values() if f.get("series_date")})
-        if series_dates:
-            lines[-2:-2] = [f"The one-database rows were measured apart from the others, by `bench.py --series-only` "
-                            f"({'; '.join(series_dates)}; the same binary, alternating which tool goes first).", ""]
+        apart = ([f"{name} {mode} on {fs} ({e['measured']})" for fs, f in by_fs.items()
+                  for name, d in f.get("datasets", {}).items() for mode, e in d["modes"].items()
+                  if e.get("measured")]
+                 + [f"the one-database series on {fs} ({f['series_measured']})" for fs, f in by_fs.items()
+                    if f.get("series_measured")])
+        if apart:
+            lines[-2:-2] = [f"Measured apart from the others, later, by `bench.py --update` (the same binary for "
+                            f"both tools' trials, alternating which goes first): {'; '.join(apart)}.", ""]
         for fs, f in by_fs.items():
             if "skipped" in f:
                 lines.append(f"| {fs} | skipped: {f['skipped']} | | | | | |")
@@ -1132,26 +1136,34 @@ def write_report(report, echo=True):
         print("\n" + text)
 
 
-def series_only(filesystems):
-    """--series-only: the series measured again, in place of the report's."""
+def update(filesystems, measure_datasets):
+    """--update: what was asked, measured again into the existing report."""
     report = json.loads((Path(ARGS.output) / "benchmarks.json").read_text())
     per_fs = {fs: {"datasets": {}, "series": []} for fs in filesystems}
+    measure_datasets(per_fs)
     measure_series(filesystems, per_fs)
-    measured_on = [fs for fs in filesystems if per_fs[fs]["series"]]
+    measured_on = [fs for fs in filesystems if per_fs[fs]["datasets"] or per_fs[fs]["series"]]
     if not measured_on:
-        sys.exit("the series could not be measured on any filesystem: benchmarks.json left as it was")
-    day = time.strftime("%Y-%m-%d")
-    first = measured_on[0]
-    report["series"] = per_fs[first]["series"]
-    report["series_filesystem"] = first
-    report["series_measured"] = (f"{day}, {ARGS.rounds} round(s)" + (" (--quick: small sizes)" if ARGS.quick else "")
-                                 + f", trials on {per_fs[first]['trials']} "
-                                 f"(by `bench.py --series-only`, apart from the datasets above)")
+        sys.exit("nothing could be measured on any filesystem: benchmarks.json left as it was")
+    stamp = f"{time.strftime('%Y-%m-%d')}, {ARGS.rounds} round(s)" + (" (--quick: small sizes)" if ARGS.quick else "")
     for fs in measured_on:
         entry = report.setdefault("filesystems", {}).setdefault(fs, {"datasets": {}, "series": []})
         entry.setdefault("trials", per_fs[fs]["trials"])
-        entry["series"] = per_fs[fs]["series"]
-        entry["series_date"] = f"{day}, {ARGS.rounds} round(s)"
+        for name, measured in per_fs[fs]["datasets"].items():
+            kept = entry["datasets"].get(name, {}).get("modes", {})
+            for e in measured["modes"].values():
+                e["measured"] = stamp
+            entry["datasets"][name] = dict(measured, modes=dict(kept, **measured["modes"]))
+        if per_fs[fs]["series"]:
+            entry["series"] = per_fs[fs]["series"]
+            entry["series_measured"] = stamp
+    with_series = [fs for fs in measured_on if per_fs[fs]["series"]]
+    if with_series:
+        first = with_series[0]
+        report["series"] = per_fs[first]["series"]
+        report["series_filesystem"] = first
+        report["series_measured"] = (f"{stamp}, trials on {per_fs[first]['trials']} "
+                                     "(by `bench.py --update`, apart from the datasets above)")
     write_report(report)
 
 
@@ -1175,27 +1187,30 @@ def main():
         "pgbench": (load_pgbench, ARGS.pgbench_scale),
         "lobj": (load_lobj, ARGS.lobjs),
     }
-    if ARGS.series_only:
-        series_only(filesystems)
-        return
     modes = [m for m in ARGS.modes.split(",") if m]
+
+    def measure_datasets(per_fs):
+        for name in [d for d in ARGS.datasets.split(",") if d]:
+            print(f"dataset {name}", flush=True)
+            golden = build(name, *loaders[name])
+
+            def dataset_on(fs, first):
+                online = ["online"] if first and name in ARGS.online_datasets.split(",") else []
+                verify = (list(VERIFY_MODES) if first and name in ARGS.verify_datasets.split(",") and "link" in modes
+                          else [])
+                per_fs[fs]["datasets"][name] = measure(f"{name} [{fs}]", golden, modes + online + verify)
+                if first and name in ARGS.standby_datasets.split(","):
+                    print(f"  {name}: a standby upgraded from its own files", flush=True)
+                    per_fs[fs]["datasets"][name]["standby"] = measure_standby(golden)
+
+            on_each_filesystem(filesystems, per_fs, name, dataset_on)
+            drop(golden)
+
+    if ARGS.update:
+        update(filesystems, measure_datasets)
+        return
     per_fs = {fs: {"datasets": {}, "series": []} for fs in filesystems}
-
-    for name in [d for d in ARGS.datasets.split(",") if d]:
-        print(f"dataset {name}", flush=True)
-        golden = build(name, *loaders[name])
-
-        def dataset_on(fs, first):
-            online = ["online"] if first and name in ARGS.online_datasets.split(",") else []
-            verify = (list(VERIFY_MODES) if first and name in ARGS.verify_datasets.split(",") and "link" in modes
-                      else [])
-            per_fs[fs]["datasets"][name] = measure(f"{name} [{fs}]", golden, modes + online + verify)
-            if first and name in ARGS.standby_datasets.split(","):
-                print(f"  {name}: a standby upgraded from its own files", flush=True)
-                per_fs[fs]["datasets"][name]["standby"] = measure_standby(golden)
-
-        on_each_filesystem(filesystems, per_fs, name, dataset_on)
-        drop(golden)
+    measure_datasets(per_fs)
     measure_series(filesystems, per_fs)
     measured_on = [fs for fs in filesystems if "trials" in per_fs[fs]]
     first = per_fs[measured_on[0]] if measured_on else {"datasets": {}, "series": [], "trials": "none"}
