@@ -84,8 +84,9 @@ def parse_args():
                         "sections kept as they were measured), then write benchmarks.md again")
     p.add_argument("--update", action="store_true",
                    help="measure only what --datasets, --modes and --series ask (on --filesystems), and put it into "
-                        "the benchmarks.json in --output in place of the same measurements made before; everything "
-                        "else is kept as it was measured, and benchmarks.md says which rows were measured when "
+                        "the benchmarks.json in --output in place of the same measurements made before (a dataset's "
+                        "modes measured again; on a filesystem, all one-database rows of a mode measured again); "
+                        "everything else is kept as it was measured, and benchmarks.md says which rows were measured when "
                         "(the full run takes hours; e.g. --update --datasets '' for the one-database series alone)")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: write benchmarks.md again from the benchmarks.json in --output")
@@ -780,8 +781,9 @@ def markdown(report):
         apart = ([f"{name} {mode} on {fs} ({e['measured']})" for fs, f in by_fs.items()
                   for name, d in f.get("datasets", {}).items() for mode, e in d["modes"].items()
                   if e.get("measured")]
-                 + [f"the one-database series on {fs} ({f['series_measured']})" for fs, f in by_fs.items()
-                    if f.get("series_measured")])
+                 + [f"the one-database {mode} rows on {fs} ({when})" for fs, f in by_fs.items()
+                    for mode, when in sorted({(e.get("mode", "link"), e["measured"])
+                                              for e in f.get("series", []) if e.get("measured")})])
         if apart:
             lines[-2:-2] = [f"Measured apart from the others, later, by `bench.py --update` (the same binary for "
                             f"both tools' trials, alternating which goes first): {'; '.join(apart)}.", ""]
@@ -895,7 +897,17 @@ def markdown(report):
                   "on the images (about 61-63 s before), and pg-migrate's checks and dump took 1.2 and 3.6 s "
                   "(1.1 and 3.3 s by hand that morning). Part of the lower ratio on the images is pg_upgrade's "
                   "own slowdown; the by-hand comparison above is the measure of the change itself. Peak RSS: "
-                  "53-57 MiB."]
+                  "53-57 MiB.", "",
+                  "Measured again on 2026-12-05, later, by `bench.py --update --datasets ''` (the rows of the table "
+                  "\"On every filesystem\" above marked so, and the targets below): 10,000, 50,000 and 100,000 "
+                  "relations, link, -j 2 and -j 4, 2 rounds on each filesystem, alternating which tool goes first. At "
+                  "100,000 relations and -j 2: 0.34 on this machine's ext4 (pg_upgrade 67.6 s, pg-migrate 22.7 s), "
+                  "0.32 on ext4 with a journal (81.4 s, 25.9 s) and 0.32 on XFS (85.3 s, 27.0 s). By hand that "
+                  "morning, on this machine's ext4, pg-migrate took 20.6 and 21.0 s, pg_upgrade 69.5 and 70.7 s "
+                  "(0.30): pg_upgrade's 64-70 s on this filesystem is its usual time now, not a slow day's. "
+                  "Against the by-hand runs, pg-migrate's restore took 15.2 s instead of 13.3-13.7 s, and on the "
+                  "images its final sync took 2.6-3.3 s (0.7 s on this machine's ext4). With 2 CPUs the -j 4 rows are the same runs again "
+                  "(0.27-0.35 at 100,000 relations); the targets say so rather than count them."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
@@ -1155,15 +1167,23 @@ def update(filesystems, measure_datasets):
                 e["measured"] = stamp
             entry["datasets"][name] = dict(measured, modes=dict(kept, **measured["modes"]))
         if per_fs[fs]["series"]:
-            entry["series"] = per_fs[fs]["series"]
-            entry["series_measured"] = stamp
+            # A mode measured again replaces all of that mode's rows; the other modes' stay, each row dated.
+            remeasured = {e["mode"] for e in per_fs[fs]["series"]}
+            for e in per_fs[fs]["series"]:
+                e["measured"] = stamp
+            entry["series"] = sorted([e for e in entry["series"] if e.get("mode", "link") not in remeasured]
+                                     + per_fs[fs]["series"],
+                                     key=lambda e: (e.get("mode", "link") != "link", e["relations"], e["jobs"]))
     with_series = [fs for fs in measured_on if per_fs[fs]["series"]]
     if with_series:
         first = with_series[0]
-        report["series"] = per_fs[first]["series"]
+        report["series"] = report["filesystems"][first]["series"]
         report["series_filesystem"] = first
-        report["series_measured"] = (f"{stamp}, trials on {per_fs[first]['trials']} "
-                                     "(by `bench.py --update`, apart from the datasets above)")
+        dated = sorted({(e.get("mode", "link"), e.get("measured", report.get("filesystems_date", "")))
+                        for e in report["series"]})
+        report["series_measured"] = (f"on the trials' filesystem {first} ({per_fs[first]['trials']}); "
+                                     + "; ".join(f"{mode} on {when}" for mode, when in dated)
+                                     + " (by `bench.py --update`, apart from the datasets above)")
     write_report(report)
 
 
