@@ -118,6 +118,38 @@ impl PgCommand {
         command
     }
 
+    /// As `build`, for a program we wait for: should we die first (SIGKILL,
+    /// the OOM killer), it gets SIGTERM, so that no pg_dump holds the old
+    /// server's locks, and no pg_restore or initdb goes on writing, for a run
+    /// that is gone and may be resumed or reverted at once. (pg_dump cancels
+    /// its query on SIGTERM; initdb removes what it made.) The signal comes
+    /// when the thread that started the program ends, and ours wait for it.
+    /// Servers (`spawn_into`) outlive us on purpose: recovery finds them.
+    #[allow(unsafe_code)] // the one exception to the workspace's rule: see SAFETY
+    fn build_waited(&self) -> Command {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        use std::os::unix::process::CommandExt;
+        let mut command = self.build();
+        let parent = nix::unistd::getpid();
+        // SAFETY: the closure runs between fork and exec, where only
+        // async-signal-safe calls are allowed: it makes three system calls
+        // (rt_sigaction, prctl, getppid), takes no lock and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                // Our SIGTERM handler (signals.rs) lives on in the child until
+                // exec and would swallow the signal: the default ends it.
+                signal(Signal::SIGTERM, SigHandler::SigDfl)?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+                if nix::unistd::getppid() != parent {
+                    // We died before the prctl: no signal would come.
+                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
     /// Starts the program in a process group of its own (so that a Ctrl-C
     /// at the terminal reaches only us), its output appended to `output`.
     pub fn spawn_into(&self, output: &Path) -> Result<std::process::Child, Error> {
@@ -185,7 +217,7 @@ impl PgCommand {
             source,
         };
         let mut child = self
-            .build()
+            .build_waited()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -229,10 +261,13 @@ impl PgCommand {
     pub fn run_unchecked(&self) -> Result<(std::process::ExitStatus, Captured), Error> {
         let line = self.command_line();
         let started = Instant::now();
-        let output = self.build().output().map_err(|source| Error::Spawn {
-            command: line.clone(),
-            source,
-        })?;
+        let output = self
+            .build_waited()
+            .output()
+            .map_err(|source| Error::Spawn {
+                command: line.clone(),
+                source,
+            })?;
         if let Some(observer) = OBSERVER.get() {
             observer(&CommandRecord {
                 command_line: &line,
@@ -316,6 +351,99 @@ mod tests {
             .run_watching(&mut |_| {})
             .unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }));
+    }
+
+    const PID_FILE: &str = "PGM_TEST_WAITED_PID_FILE";
+
+    /// Run by the test below in a process of its own, which it then kills.
+    #[test]
+    #[ignore = "a helper: waited_programs_end_when_we_are_killed runs it"]
+    fn helper_waits_for_a_program() {
+        let Some(pid_file) = std::env::var_os(PID_FILE) else {
+            return;
+        };
+        let _ = PgCommand::new("/bin/sh")
+            .args([
+                "-c",
+                r#"echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec sleep 60"#,
+            ])
+            .arg(pid_file)
+            .run();
+    }
+
+    /// A program we wait for does not outlive us: killed with SIGKILL while
+    /// it runs, we leave no orphan behind.
+    #[test]
+    fn waited_programs_end_when_we_are_killed() {
+        struct Helper(std::process::Child);
+        impl Drop for Helper {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        // State and start time (fields 3 and 22), read after the name,
+        // which may hold spaces and parentheses.
+        let stat = |pid: i32| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<String> = text
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            Some((fields.first()?.clone(), fields.get(19)?.clone()))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let mut helper = Helper(
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "command::tests::helper_waits_for_a_program"])
+                .args(["--ignored", "--test-threads=1"])
+                .env(PID_FILE, &pid_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let started = Instant::now();
+        while !pid_file.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the helper never started its program"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let (state, start_time) = stat(pid).expect("the program runs");
+        assert!(!["Z", "X"].contains(&state.as_str()), "state {state}");
+        // Alive: the same process (not a later one with its pid), not a zombie.
+        let alive = || {
+            stat(pid).is_some_and(|(state, start)| {
+                start == start_time && !["Z", "X"].contains(&state.as_str())
+            })
+        };
+        helper.0.kill().unwrap();
+        helper.0.wait().unwrap();
+        let killed = Instant::now();
+        while alive() && killed.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let orphaned = alive();
+        if orphaned {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(
+            !orphaned,
+            "the program outlived the process that waited for it"
+        );
     }
 
     #[test]
