@@ -907,7 +907,17 @@ def markdown(report):
                   "(0.30): pg_upgrade's 64-70 s on this filesystem is its usual time now, not a slow day's. "
                   "Against the by-hand runs, pg-migrate's restore took 15.2 s instead of 13.3-13.7 s, and on the "
                   "images its final sync took 2.6-3.3 s (0.7 s on this machine's ext4). With 2 CPUs the -j 4 rows are the same runs again "
-                  "(0.27-0.35 at 100,000 relations); the targets say so rather than count them."]
+                  "(0.27-0.35 at 100,000 relations); the targets say so rather than count them.", "",
+                  "Manyrels measured again right after (`--update --datasets manyrels --modes link --series ''`, "
+                  "2 rounds on each filesystem): 0.58 on this machine's ext4 (pg_upgrade 29.4 s, pg-migrate 17.0 s), "
+                  "0.50 on ext4 with a journal (42.6 s, 21.3 s), 0.48 on XFS (39.8 s, 19.2 s): under 0.6 on all "
+                  "three, but pg-migrate took 17.0 s where it took 13.2 s that morning, its restore 10.9 s instead "
+                  "of 8.4 s. By hand right after, alternating on one bed, the binary from before that day's two "
+                  "restore changes took 18.3-20.2 s (restore 12.4-14.2 s) and the current one 18.0-21.4 s (restore "
+                  "11.8-14.6 s), 4 runs each: the same within the noise, both slower than that morning. The "
+                  "machine, not the code, slowed the restore; the current binary's dump-old step is 0.1-0.4 s "
+                  "longer (pg_restore writes the scripts while the old server stops), its restore that much "
+                  "shorter."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
