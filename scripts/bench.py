@@ -926,8 +926,11 @@ def markdown(report):
                   "pg-migrate 39.6 s), 0.51 on ext4 with a journal (106.3 s, 53.8 s), 0.45 on XFS (112.3 s, "
                   "50.8 s); the transfer (the renames of what was copied ahead, and what was not) took 7.4 s, "
                   "24.6 s and 22.7 s. **pg-migrate's peak RSS in copy mode was 63.1 MB, 70.3 MB and 69.3 MB**: "
-                  "over the 64 MB goal on both images (60.5 MiB on 2026-12-03); link mode stays at 51-56 MB. Not "
-                  "yet explained."]
+                  "over the 64 MB goal on both images (60.5 MiB on 2026-12-03); link mode stays at 51-56 MB. One "
+                  "copy trial by hand on this machine's ext4, /proc/PID/status sampled every 0.1 s (peak 56.6 MB): "
+                  "the most anonymous memory was 26 MB in restore-schema, 37 MB in match-relations and the "
+                  "transfer (the list of moves), 46 MB in the sync (its list of files beside the moves), file-backed "
+                  "9 MB throughout. Not fixed yet."]
     if any(e["relations"] == 100000 and e["mode"] == "link" for f in by_fs.values() for e in f.get("series", [])):
         lines += ["", "### Where the time goes at 100,000 relations in one database", "",
                   "Measured by hand on 2026-12-03, not by this script: single trials of link -j 2 on an XFS loop "
