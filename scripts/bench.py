@@ -1137,6 +1137,31 @@ def on_each_filesystem(filesystems, per_fs, what, measure_on):
             release_filesystem()
 
 
+def measure_datasets(filesystems, per_fs):
+    """The datasets on each filesystem, into per_fs[fs]["datasets"]."""
+    loaders = {
+        "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
+        "pgbench": (load_pgbench, ARGS.pgbench_scale),
+        "lobj": (load_lobj, ARGS.lobjs),
+    }
+    modes = [m for m in ARGS.modes.split(",") if m]
+    for name in [d for d in ARGS.datasets.split(",") if d]:
+        print(f"dataset {name}", flush=True)
+        golden = build(name, *loaders[name])
+
+        def dataset_on(fs, first):
+            online = ["online"] if first and name in ARGS.online_datasets.split(",") else []
+            verify = (list(VERIFY_MODES) if first and name in ARGS.verify_datasets.split(",") and "link" in modes
+                      else [])
+            per_fs[fs]["datasets"][name] = measure(f"{name} [{fs}]", golden, modes + online + verify)
+            if first and name in ARGS.standby_datasets.split(","):
+                print(f"  {name}: a standby upgraded from its own files", flush=True)
+                per_fs[fs]["datasets"][name]["standby"] = measure_standby(golden)
+
+        on_each_filesystem(filesystems, per_fs, name, dataset_on)
+        drop(golden)
+
+
 def measure_series(filesystems, per_fs):
     """The one-database series on each filesystem, into per_fs[fs]["series"]."""
     series_modes = [m for m in ARGS.series_modes.split(",") if m]
@@ -1171,11 +1196,11 @@ def write_report(report, echo=True):
         print("\n" + text)
 
 
-def update(filesystems, measure_datasets):
+def update(filesystems):
     """--update: what was asked, measured again into the existing report."""
     report = json.loads((Path(ARGS.output) / "benchmarks.json").read_text())
     per_fs = {fs: {"datasets": {}, "series": []} for fs in filesystems}
-    measure_datasets(per_fs)
+    measure_datasets(filesystems, per_fs)
     measure_series(filesystems, per_fs)
     measured_on = [fs for fs in filesystems if per_fs[fs]["datasets"] or per_fs[fs]["series"]]
     if not measured_on:
@@ -1185,10 +1210,11 @@ def update(filesystems, measure_datasets):
         entry = report.setdefault("filesystems", {}).setdefault(fs, {"datasets": {}, "series": []})
         entry.setdefault("trials", per_fs[fs]["trials"])
         for name, measured in per_fs[fs]["datasets"].items():
-            kept = entry["datasets"].get(name, {}).get("modes", {})
+            kept = entry["datasets"].get(name, {})
             for e in measured["modes"].values():
                 e["measured"] = stamp
-            entry["datasets"][name] = dict(measured, modes=dict(kept, **measured["modes"]))
+            # What was not measured again (other modes, a standby) stays.
+            entry["datasets"][name] = {**kept, **measured, "modes": {**kept.get("modes", {}), **measured["modes"]}}
         if per_fs[fs]["series"]:
             # A mode measured again replaces all of that mode's rows; the other modes' stay, each row dated.
             remeasured = {e["mode"] for e in per_fs[fs]["series"]}
@@ -1225,35 +1251,11 @@ def main():
         write_report(report)
         return
     filesystems = [f for f in ARGS.filesystems.split(",") if f]
-    loaders = {
-        "manyrels": (load_manyrels(ARGS.manyrels_dbs, ARGS.manyrels_tables), [ARGS.manyrels_dbs, ARGS.manyrels_tables]),
-        "pgbench": (load_pgbench, ARGS.pgbench_scale),
-        "lobj": (load_lobj, ARGS.lobjs),
-    }
-    modes = [m for m in ARGS.modes.split(",") if m]
-
-    def measure_datasets(per_fs):
-        for name in [d for d in ARGS.datasets.split(",") if d]:
-            print(f"dataset {name}", flush=True)
-            golden = build(name, *loaders[name])
-
-            def dataset_on(fs, first):
-                online = ["online"] if first and name in ARGS.online_datasets.split(",") else []
-                verify = (list(VERIFY_MODES) if first and name in ARGS.verify_datasets.split(",") and "link" in modes
-                          else [])
-                per_fs[fs]["datasets"][name] = measure(f"{name} [{fs}]", golden, modes + online + verify)
-                if first and name in ARGS.standby_datasets.split(","):
-                    print(f"  {name}: a standby upgraded from its own files", flush=True)
-                    per_fs[fs]["datasets"][name]["standby"] = measure_standby(golden)
-
-            on_each_filesystem(filesystems, per_fs, name, dataset_on)
-            drop(golden)
-
     if ARGS.update:
-        update(filesystems, measure_datasets)
+        update(filesystems)
         return
     per_fs = {fs: {"datasets": {}, "series": []} for fs in filesystems}
-    measure_datasets(per_fs)
+    measure_datasets(filesystems, per_fs)
     measure_series(filesystems, per_fs)
     measured_on = [fs for fs in filesystems if "trials" in per_fs[fs]]
     first = per_fs[measured_on[0]] if measured_on else {"datasets": {}, "series": [], "trials": "none"}

@@ -1,7 +1,8 @@
 //! The one way to run a PostgreSQL program: an absolute path from a chosen
 //! bindir (never PATH), a cleared environment with an explicit allow-list,
 //! English messages, stdin closed, both output pipes drained, and the exit
-//! status always checked. Failures keep the command line and stderr's tail.
+//! status always checked; a program we wait for ends if we die first (a
+//! server does not). Failures keep the command line and stderr's tail.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
