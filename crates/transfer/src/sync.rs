@@ -26,7 +26,7 @@ pub enum SyncProgress {
 /// Returns how many files were synced.
 pub fn sync_tree(
     roots: &[PathBuf],
-    durable: &HashSet<&Path>,
+    durable: &HashSet<PathBuf>,
     jobs: usize,
     progress: &(dyn Fn(SyncProgress) + Sync),
 ) -> Result<u64, Error> {
@@ -61,14 +61,13 @@ pub fn sync_tree(
     }
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let all: Vec<&PathBuf> = files.iter().chain(dirs.iter()).collect();
-    progress(SyncProgress::Total(all.len() as u64));
+    progress(SyncProgress::Total((files.len() + dirs.len()) as u64));
     // An fsync mostly waits for the disk: more of them in flight let the
     // filesystem commit its journal for many at once.
     let threads = jobs.max(1) * 4;
     // Files before directories: a directory is synced after the files in it
     // got their names (a directory's fsync does not wait for file data).
-    for batch in [&all[..files.len()], &all[files.len()..]] {
+    for batch in [&files, &dirs] {
         next.store(0, Ordering::SeqCst);
         std::thread::scope(|scope| {
             for _ in 0..threads.clamp(1, batch.len().max(1)) {
