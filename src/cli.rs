@@ -409,6 +409,9 @@ pub struct Options {
     /// Number of databases (and files) to work on at once; the largest database is restored over as many connections (up to the CPUs) unless one connection per database is estimated to finish sooner
     #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
+    /// CPUs the restore may keep busy: at most this many connections restore one database side by side [default: the CPUs this process may run on]
+    #[arg(long = "cpus", env = "PG_MIGRATE_CPUS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub cpus: Option<u16>,
     /// Options for the old server's command line (repeatable)
     #[arg(
         short = 'o',
@@ -552,6 +555,8 @@ pub struct Settings {
     pub user: String,
     pub socket_base: PathBuf,
     pub jobs: usize,
+    /// `--cpus`: None, the CPUs this process may run on.
+    pub cpus: Option<usize>,
     pub old_options: Option<String>,
     pub new_options: Option<String>,
     pub mode: Mode,
@@ -893,6 +898,7 @@ impl Options {
             user,
             socket_base,
             jobs: usize::from(self.jobs),
+            cpus: self.cpus.map(usize::from),
             old_options: join(&self.old_options),
             new_options: join(&self.new_options),
             mode,

@@ -125,11 +125,14 @@ pub fn fill_from_journal(options: &mut Options, resume: bool) -> Result<JournalV
     if plan.method == crate::cli::Method::Dump {
         options.method = crate::cli::Method::Dump;
     }
-    // -j as the upgrade was given it, unless given now.
+    // -j and --cpus as the upgrade was given them, unless given now.
     if options.jobs == 1 {
         if let Ok(jobs) = u16::try_from(plan.jobs) {
             options.jobs = jobs.max(1);
         }
+    }
+    if options.cpus.is_none() {
+        options.cpus = plan.cpus.and_then(|n| u16::try_from(n).ok());
     }
     if resume {
         // A resumed upgrade still does what the interrupted one was asked

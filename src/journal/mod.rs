@@ -436,6 +436,7 @@ mod tests {
             new: side(),
             user: "postgres".into(),
             jobs: 2,
+            cpus: None,
             created_new: false,
             backup_dir: None,
             log_dir: None,

@@ -134,6 +134,9 @@ pub struct PlanRecord {
     pub new: PlanSide,
     pub user: String,
     pub jobs: usize,
+    /// `--cpus`, as given (None: the CPUs of the machine that runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<usize>,
     pub created_new: bool,
     pub backup_dir: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,

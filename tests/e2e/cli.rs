@@ -59,6 +59,19 @@ fn unknown_flags_are_a_usage_error_with_a_json_event() {
         .as_str()
         .unwrap()
         .contains("--frobnicate"));
+    // A count of CPUs that is not one: named, before anything is looked at.
+    let run = pgm_testkit::pg_migrate(
+        &bin,
+        sandbox.path(),
+        &["--json".as_ref(), "--cpus".as_ref(), "0".as_ref()],
+    );
+    assert_eq!(run.status, 2);
+    assert_eq!(run.error()["code"], "usage");
+    assert!(
+        run.error()["message"].as_str().unwrap().contains("--cpus"),
+        "{}",
+        run.error()
+    );
     // Without --json: clap's own message on stderr, nothing on stdout.
     let run = pgm_testkit::pg_migrate(
         &bin,

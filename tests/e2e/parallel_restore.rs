@@ -50,8 +50,8 @@ ANALYZE;
 
 /// The rich fixture with 2,000 more relations in its largest database:
 /// pg_upgrade, pg-migrate -j 1 and pg-migrate -j 4 (whose largest database
-/// is restored over 4 connections) give the same dump, to the byte, and the
-/// same contents.
+/// is restored over 4 connections, `--cpus 4` on any machine) give the same
+/// dump, to the byte, and the same contents.
 #[test]
 fn one_database_restored_side_by_side_is_the_serial_restore_and_pg_upgrades() {
     let Some(mut pair) = Pair::new(15, 18) else {
@@ -83,9 +83,18 @@ fn one_database_restored_side_by_side_is_the_serial_restore_and_pg_upgrades() {
         let at = args.iter().position(|a| a == "-D").unwrap();
         args[at + 1] = cluster.datadir.clone().into();
         args.extend(
-            ["--copy", "--json", "--no-sync", "-j", jobs, "--log-dir"]
-                .iter()
-                .map(OsString::from),
+            [
+                "--copy",
+                "--json",
+                "--no-sync",
+                "-j",
+                jobs,
+                "--cpus",
+                "4",
+                "--log-dir",
+            ]
+            .iter()
+            .map(OsString::from),
         );
         args.push(logs.clone().into());
         let run = pair.run(&args);
@@ -100,13 +109,11 @@ fn one_database_restored_side_by_side_is_the_serial_restore_and_pg_upgrades() {
     let (serial, _, serial_logs) = ours("serial", "1");
     let (side_by_side, run, logs) = ours("side-by-side", "4");
 
-    // It did run side by side (over as many connections as there are
-    // CPUs, 2 at least, 4 at most), and the serial run did not.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let connections = format!("over {} connections", cpus.clamp(2, 4));
+    // It did run side by side, over -j connections (on two CPUs too:
+    // --cpus 4), and the serial run did not.
     assert!(
-        logs.contains(&connections),
-        "appdb was not restored side by side ({connections}):\n{logs}"
+        logs.contains("over 4 connections"),
+        "appdb was not restored side by side over 4 connections:\n{logs}"
     );
     assert!(!serial_logs.contains(" objects (bytes "), "{serial_logs}");
     // In transactions of 50 entries at most: a larger commit overflows the
@@ -142,9 +149,10 @@ fn one_database_restored_side_by_side_is_the_serial_restore_and_pg_upgrades() {
     assert_same_state(&before, &side_by_side, (15, 18), "-j 4");
 }
 
-/// Killed in the middle of restoring one database over 4 connections; its
-/// resume killed again in the middle of its own; the last resume run from
-/// a directory the operator cannot write: the result is proven.
+/// Killed in the middle of restoring one database over 4 connections
+/// (`--cpus 4`, which the resumes take from the journal); its resume killed
+/// again in the middle of its own; the last resume run from a directory the
+/// operator cannot write: the result is proven.
 #[test]
 fn a_parallel_restore_killed_and_its_resume_killed_is_resumed_to_a_proven_result() {
     let Some(mut pair) = Pair::new(17, 18) else {
@@ -171,8 +179,11 @@ fn a_parallel_restore_killed_and_its_resume_killed_is_resumed_to_a_proven_result
             "--json".into(),
         ]
     };
+    let logs = pair.sandbox.mkdir("logs");
+    let mut args = with(pair.dir_args(), &["--link", "-j", "4", "--cpus", "4"]);
+    args.extend([OsString::from("--log-dir"), logs.clone().into()]);
     let killed = run_at(
-        with(pair.dir_args(), &["--link", "-j", "4"]),
+        args,
         pair.sandbox.path(),
         Some("restore-schema:parallel-batch:3"),
     );
@@ -196,6 +207,14 @@ fn a_parallel_restore_killed_and_its_resume_killed_is_resumed_to_a_proven_result
     .unwrap();
     let resumed = run_at(on_new("resume"), &unwritable, None);
     assert_eq!(resumed.status, 0, "{}\n{}", resumed.stderr, resumed.stdout);
+    // The killed upgrade and the killed resume (whose logs stay) both
+    // restored over 4 connections: the resume took -j and --cpus from the
+    // journal.
+    let logs = logs_under(&logs);
+    assert!(
+        logs.matches(" over 4 connections").count() >= 2 && !logs.contains(" over 2 connections"),
+        "the resume did not restore over the upgrade's 4 connections:\n{logs}"
+    );
     crate::json_schema::validate(&resumed.events);
     assert_upgraded_to(&mut pair, &before, (17, 18), "resumed parallel restore");
 }

@@ -124,6 +124,7 @@ impl<'a> Engine<'a> {
                 new: side(&self.new_install, &new_path, self.settings.new_port),
                 user: self.settings.user.clone(),
                 jobs: self.settings.jobs,
+                cpus: self.settings.cpus,
                 created_new: self.created_new,
                 // What a resume must still do as asked.
                 backup_dir: self.settings.backup_dir.clone(),

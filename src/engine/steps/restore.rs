@@ -57,7 +57,10 @@ impl<'a> Engine<'a> {
         // The connections' backends build catalog rows on this machine's
         // CPUs: more of them than CPUs only contend (on two CPUs four
         // connections were at times twice as slow as two).
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = self
+            .settings
+            .cpus
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let last_workers = jobs.min(cpus.max(2));
         // template1 is restored first, alone; the others share the
         // connections as [`share_connections`] finds soonest done.
