@@ -53,6 +53,7 @@ pub fn command() -> clap::Command {
 /// pg_upgrade -c accepts the upgrade's whole command line.
 const CHECK_IGNORES: &[&str] = &[
     "check",
+    "cpus",
     "no_sync",
     "sync_method",
     "no_statistics",
@@ -409,8 +410,8 @@ pub struct Options {
     /// Number of databases (and files) to work on at once; the largest database is restored over as many connections (up to the CPUs) unless one connection per database is estimated to finish sooner
     #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
-    /// CPUs the restore may keep busy: at most this many connections restore one database side by side [default: the CPUs this process may run on]
-    #[arg(long = "cpus", env = "PG_MIGRATE_CPUS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    /// CPUs counted for the largest database's schema restore split over several connections: min(-j, max(N, 2)) connections [default: the CPUs this process may run on]
+    #[arg(long = "cpus", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub cpus: Option<u16>,
     /// Options for the old server's command line (repeatable)
     #[arg(
