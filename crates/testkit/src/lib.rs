@@ -134,7 +134,10 @@ pub fn test_user() -> &'static TestUser {
     })
 }
 
-/// A command that will run as the test user.
+/// A command that will run as the test user. Its TMPDIR is this test
+/// process's own (see [`process_dir`]): the run directories pg-migrate
+/// keeps after a failure (for its logs; many tests fail it on purpose) go
+/// there and not into /tmp, where thousands piled up.
 pub fn as_test_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let user = test_user();
     let mut command = Command::new(program);
@@ -145,8 +148,41 @@ pub fn as_test_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
         .env_remove("PGHOST")
         .env_remove("PGPORT")
         .env_remove("PGUSER")
+        .env("TMPDIR", process_dir().join("tmp"))
         .stdin(Stdio::null());
     command
+}
+
+/// This test process's directory, `/tmp/pgmt-proc-<pid>`, for what lasts
+/// as long as the process (a static is never dropped, so a TempDir in one
+/// would never be removed): the test user's TMPDIR, fixtures made once,
+/// the binary's copy. Those of test processes that have ended are removed
+/// when the next one makes its own.
+pub fn process_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        const PREFIX: &str = "pgmt-proc-";
+        let base = Path::new("/tmp");
+        for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
+        // Left by an earlier process that had this pid.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tmp = dir.join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown_to_test_user(&tmp);
+        dir
+    })
 }
 
 /// Runs a command and panics with its output unless it succeeds.
@@ -646,7 +682,7 @@ pub fn binary_for_test_user(binary: &Path, _dir: &Path) -> PathBuf {
         return binary.to_path_buf();
     }
     COPY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("pgmt-bin-{}", std::process::id()));
+        let dir = process_dir().join("bin");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let target = dir.join("pg-migrate");
