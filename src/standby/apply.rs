@@ -770,12 +770,13 @@ fn sync_new(applied: &Applied) -> Result<(), Failure> {
             .iter()
             .map(|(_, l)| l.join(&applied.manifest.new.tablespace_dir)),
     );
-    let durable: HashSet<PathBuf> = applied
+    let linked: Vec<PathBuf> = applied
         .manifest
         .relations
         .iter()
         .filter_map(|r| place(plan, &plan.new_datadir, &r.new).ok())
         .collect();
+    let durable: HashSet<&Path> = linked.iter().map(|p| p.as_path()).collect();
     pgm_transfer::sync_tree(&roots, &durable, 2, &|_| {})
         .map_err(|e| Failure::new(Code::SyncFailed, e))?;
     Ok(())

@@ -811,7 +811,7 @@ mod tests {
             write(&root.join(name), b"x");
         }
         let linked = root.join("base/5/16384");
-        let durable = HashSet::from([linked]);
+        let durable = HashSet::from([linked.as_path()]);
         let told = std::sync::Mutex::new(Vec::new());
         let progress = |p: SyncProgress| told.lock().unwrap().push(p);
         assert_eq!(

@@ -26,7 +26,7 @@ pub enum SyncProgress {
 /// Returns how many files were synced.
 pub fn sync_tree(
     roots: &[PathBuf],
-    durable: &HashSet<PathBuf>,
+    durable: &HashSet<&Path>,
     jobs: usize,
     progress: &(dyn Fn(SyncProgress) + Sync),
 ) -> Result<u64, Error> {

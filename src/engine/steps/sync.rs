@@ -25,23 +25,22 @@ impl<'a> Engine<'a> {
                 }
             }
             // Nothing after this step needs the moves (a resume reads them
-            // from the saved plan): let go of them before the list of files
-            // to sync is made, so that the two are not held at once (at
-            // 100,000 relations each is about 10 MB).
-            let moves = std::mem::take(&mut self.moves);
-            let durable: HashSet<PathBuf> = if matches!(self.settings.mode, Mode::Link | Mode::Swap)
-            {
+            // from the saved plan). Copy mode lets go of them before the
+            // files to sync are listed, so that the two lists (each about
+            // 10 MB at 100,000 relations) are not held at once; link and
+            // swap mode list only the few files not among them.
+            let mut moves = std::mem::take(&mut self.moves);
+            if matches!(self.settings.mode, Mode::Link | Mode::Swap) {
                 // The old relation files are not fsynced one by one, but
                 // they are not taken on trust either (an old cluster run
                 // with fsync=off, files just copied into place): one
                 // syncfs per filesystem that holds them flushes whatever
                 // of them is not on disk yet, and costs little when all is.
                 self.sync_old_filesystems()?;
-                moves.into_iter().map(|m| m.to).collect()
             } else {
-                drop(moves);
-                HashSet::new()
-            };
+                moves = Vec::new();
+            }
+            let durable: HashSet<&Path> = moves.iter().map(|m| m.to.as_path()).collect();
             let meter = self.printer.meter("sync", 0, "files");
             pgm_transfer::sync_tree(&roots, &durable, self.settings.jobs, &|p| match p {
                 pgm_transfer::SyncProgress::Total(n) => meter.grow(n),
