@@ -565,7 +565,11 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let bytes: Vec<u8> = (0..len).map(|n| (n * 7 + n / 4099) as u8).collect();
+            // Each file's own bytes: the copying thread reuses its buffer,
+            // and a copy must never carry the file before's.
+            let bytes: Vec<u8> = (0..len)
+                .map(|n| (n * 7 + n / 4099 + i * 13) as u8)
+                .collect();
             let from = dir.path().join(format!("from{i}"));
             let to = dir.path().join(format!("to{i}"));
             write(&from, &bytes);
